@@ -1,0 +1,9 @@
+//! dpuemu's data services engine.
+//!
+//! A volume is a stack of layers, each over the one below:
+//! mapping (thin volumes, snapshots, clones) → reduction (zero-detect, dedup,
+//! compression) → encryption (AES-XTS) → protection (stripe, RAID10, RAID6,
+//! erasure coding) → [`media::Media`]. Every layer is pure logic over the
+//! [`media::Media`] trait, so it is tested with cargo alone, without a VM.
+
+pub mod media;

@@ -1,0 +1,2 @@
+//! The dpublk device interface (placeholder until filled in).
+#![no_std]

@@ -1,0 +1,25 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+# Runs inside a private mount namespace made by in_chroot (scripts/lib.sh):
+# bind-mounts what the chroot needs and executes the command in it. Never run
+# it directly: outside a private namespace its mounts would leak to the host.
+set -euo pipefail
+root=$1; shift
+top=$(cd "$(dirname "$0")/.." && pwd)
+cache=${DPUBLK_CACHE:-/var/cache/dpublk}
+
+mount --rbind /dev "$root/dev"
+mount -t tmpfs -o size=50% tmpfs "$root/dev/shm"
+mount -t proc proc "$root/proc"
+mount --rbind /sys "$root/sys"
+mount -t tmpfs tmpfs "$root/tmp"
+for path in "$top" "$cache"; do
+	mkdir -p "$root$path"
+	mount --bind "$path" "$root$path"
+done
+cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+exec chroot "$root" /usr/bin/env -i \
+	HOME=/root TERM="${TERM:-dumb}" CI="${CI:-}" \
+	PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+	DPUBLK_CACHE="$cache" DPUBLK_TOP="$top" LANG=C.UTF-8 \
+	DPUBLK_IN_CHROOT=1 "$@"
