@@ -18,8 +18,13 @@ for path in "$top" "$cache"; do
 	mount --bind "$path" "$root$path"
 done
 cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+# A clean environment: only our own DPUBLK_* settings and CI cross over.
+passed=()
+while IFS='=' read -r name _; do
+	case $name in DPUBLK_*) passed+=("$name=${!name}") ;; esac
+done < <(env)
 exec chroot "$root" /usr/bin/env -i \
 	HOME=/root TERM="${TERM:-dumb}" CI="${CI:-}" \
 	PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-	DPUBLK_CACHE="$cache" DPUBLK_TOP="$top" LANG=C.UTF-8 \
-	DPUBLK_IN_CHROOT=1 "$@"
+	LANG=C.UTF-8 "${passed[@]}" \
+	DPUBLK_CACHE="$cache" DPUBLK_TOP="$top" DPUBLK_IN_CHROOT=1 "$@"

@@ -1,0 +1,55 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# dpublk top-level Makefile.
+#
+#   make          build dpublk.ko (against our cached 7.3 tree) and the cargo workspace
+#   make run      the main job: boot the VM with the emulated accelerator and show it working
+#   make check    every test: cargo tests, then the kselftests in the VM
+#   make bench    benchmarks in the VM (see Documentation/benchmarks.rst)
+#   make setup    install/build everything the above need (idempotent, cached)
+#   make clean    remove build output in the repository (caches stay: see README)
+#
+# make KDIR=<Rust-enabled 7.3 build tree> builds the module against another
+# tree with the toolchain on PATH (LLVM=, RUSTC=, BINDGEN= pass through).
+
+KDIR ?=
+LLVM ?= -19
+MODULE_OUT := $(CURDIR)/build/module
+CARGO ?= cargo
+
+.PHONY: all module userspace setup run check bench clean help
+
+all: module userspace
+
+help:
+	@sed -n '3,14p' Makefile | sed 's/^# \{0,1\}//'
+
+setup:
+	scripts/setup.sh
+
+ifeq ($(KDIR),)
+# Our own tree, built in the chroot with the chroot's rustc: the same
+# compiler builds the kernel and the module.
+module:
+	scripts/build-module.sh
+else
+module:
+	mkdir -p $(MODULE_OUT)
+	$(MAKE) -C $(KDIR) M=$(CURDIR) MO=$(MODULE_OUT) LLVM=$(LLVM) modules
+endif
+
+userspace:
+	$(CARGO) build --release --workspace
+
+run: all
+	scripts/run.sh
+
+check:
+	scripts/check.sh
+
+bench: all
+	scripts/bench.sh
+
+clean:
+	rm -rf build
+	$(CARGO) clean

@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! dpublk: block devices served by a storage accelerator (DPU).
+//!
+//! The accelerator owns the local NVMe SSDs and runs the data services; this
+//! driver binds its PCIe function, speaks the NVMe-style queue interface
+//! described in Documentation/device-interface.rst and exposes volumes as
+//! blk-mq disks. Management goes through configfs at
+//! `/sys/kernel/config/dpublk/`.
+
+mod configfs;
+mod driver;
+#[path = "../../../rust/kernel-ext/pci_id.rs"]
+mod pci_id;
+
+use kernel::{driver::Registration, pci, prelude::*};
+
+module! {
+    type: DpublkModule,
+    name: "dpublk",
+    authors: ["dpublk developers"],
+    description: "Block devices served by a DPU storage accelerator",
+    license: "GPL v2",
+}
+
+/// The driver's version, shown in configfs (`version`); it follows the
+/// workspace version of the userspace crates.
+pub(crate) const DRIVER_VERSION: &str = "0.1.0";
+
+/// The loaded module.
+///
+/// Fields drop in declaration order: the configfs tree goes first, so no
+/// management request can reach a device while the PCI driver unbinds it.
+#[pin_data]
+struct DpublkModule {
+    #[pin]
+    configfs: kernel::configfs::Subsystem<configfs::Root>,
+    #[pin]
+    pci_driver: Registration<pci::Adapter<driver::AcceleratorDriver>>,
+}
+
+impl kernel::InPlaceModule for DpublkModule {
+    fn init(module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        pr_info!("loading: configfs root and PCI driver for the accelerator\n");
+        try_pin_init!(Self {
+            configfs <- configfs::subsystem(),
+            pci_driver <- Registration::new(c"dpublk", module),
+        })
+    }
+}
+
+impl Drop for DpublkModule {
+    fn drop(&mut self) {
+        pr_info!("unloaded\n");
+    }
+}

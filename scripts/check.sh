@@ -1,0 +1,78 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+# `make check`: every test. Userspace first (cargo fmt, clippy, tests), then
+# the module build, then the kselftests inside the VM (without and with the
+# accelerator, with and without a vIOMMU as the suites require).
+# Ends with 'N passed, N failed'; exits non-zero on any failure.
+#
+#   DPUBLK_CHECK_SUITES="host vm"   which parts to run (default: all)
+. "$(dirname "$0")/lib.sh"
+set +e
+
+cd "$DPUBLK_TOP"
+passed=0 failed=0
+results="$(mktemp -d)"
+trap 'rm -rf "$results"' EXIT
+suites=${DPUBLK_CHECK_SUITES:-host vm}
+
+record() { # record NAME RC
+	if [ "$2" = 0 ]; then
+		passed=$((passed + 1)); echo "PASS $1"
+	else
+		failed=$((failed + 1)); echo "FAIL $1"
+	fi
+}
+
+if [[ " $suites " == *" host "* ]]; then
+	"$DPUBLK_TOP/scripts/setup-host.sh" || die "host setup failed"
+	cargo fmt --all -- --check >"$results/fmt.log" 2>&1
+	rc=$?; [ $rc = 0 ] || tail -20 "$results/fmt.log"
+	record "cargo fmt --check" $rc
+	cargo clippy --workspace --all-targets --quiet -- -D warnings >"$results/clippy.log" 2>&1
+	rc=$?; [ $rc = 0 ] || tail -40 "$results/clippy.log"
+	record "cargo clippy -D warnings" $rc
+	cargo test --workspace --no-fail-fast 2>&1 | tee "$results/cargo-test.log" | grep -E '^test result:|FAILED|panicked' 
+	rc=${PIPESTATUS[0]}
+	# Count the individual cargo tests, so the closing line tells how much ran.
+	read -r cargo_pass cargo_fail < <(awk '/^test result:/ {
+		for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+		END { print p + 0, f + 0 }' "$results/cargo-test.log")
+	passed=$((passed + cargo_pass)); failed=$((failed + cargo_fail))
+	echo "cargo test: $cargo_pass passed, $cargo_fail failed"
+	if [ $rc != 0 ] && [ "$cargo_fail" = 0 ]; then
+		record "cargo test (build or harness error)" $rc
+	fi
+fi
+
+if [[ " $suites " == *" vm "* ]]; then
+	ko=$("$DPUBLK_TOP/scripts/build-module.sh" 2>"$results/module.log")
+	rc=$?; [ $rc = 0 ] || tail -40 "$results/module.log"
+	record "dpublk.ko builds" $rc
+	if [ $rc = 0 ]; then
+		cargo build --release --workspace --quiet 2>"$results/cargo-build.log" || tail -20 "$results/cargo-build.log"
+		# Each VM suite boots once and runs its tests; KTAP comes back on stdout.
+		run_suite() { # run_suite NAME VM-OPTIONS... -- TESTS...
+			local name=$1; shift
+			local vm_opts=()
+			while [ "$1" != -- ]; do vm_opts+=("$1"); shift; done
+			shift
+			echo "=== VM suite: $name"
+			"$DPUBLK_TOP/scripts/vm.sh" "${vm_opts[@]}" -- selftests/dpublk/run_tests.sh "$@" \
+				2> >(tee "$results/vm-$name.err" | grep -E '^\[dpublk|error' >&2) | tee "$results/vm-$name.ktap"
+			local p f
+			p=$(grep -cE '^ok [0-9]+ ' "$results/vm-$name.ktap")
+			f=$(grep -cE '^not ok [0-9]+ ' "$results/vm-$name.ktap")
+			passed=$((passed + p)); failed=$((failed + f))
+			if ! grep -q '^# Totals:' "$results/vm-$name.ktap"; then
+				echo "VM suite $name did not finish (no KTAP totals); VM stderr tail:"
+				tail -30 "$results/vm-$name.err"
+				record "VM suite $name completes" 1
+			fi
+		}
+		run_suite basic -- test_load_unload test_configfs_root test_null_blk_fio test_rnull_fio
+	fi
+fi
+
+echo
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]

@@ -1,0 +1,33 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+# Starts dpuemu for a VM run and prints the vfio-user socket paths to attach,
+# accelerator first, then the SSD functions.
+#
+#   dpuemu-start.sh RUNDIR NSSDS SSD_SIZE [extra dpuemu args...]
+#
+# SSD images live in RUNDIR/ssd<i>.img (kept across dpuemu restarts within the
+# run); the log goes to RUNDIR/dpuemu.log and the pid to RUNDIR/dpuemu.pid.
+. "$(dirname "$0")/lib.sh"
+rundir=$1 nssds=$2 ssd_size=$3
+shift 3
+dpuemu=${DPUBLK_DPUEMU:-$DPUBLK_TOP/target/release/dpuemu}
+[ -x "$dpuemu" ] || die "dpuemu is not built ($dpuemu): run make"
+args=(--socket-dir "$rundir/sockets")
+for i in $(seq 0 $((nssds - 1))); do
+	args+=(--ssd "$rundir/ssd$i.img:$ssd_size")
+done
+mkdir -p "$rundir/sockets"
+setsid "$dpuemu" "${args[@]}" "$@" >>"$rundir/dpuemu.log" 2>&1 </dev/null &
+echo $! >"$rundir/dpuemu.pid"
+# Wait until every socket listens (or dpuemu dies).
+want=("$rundir/sockets/accel.sock")
+for i in $(seq 0 $((nssds - 1))); do want+=("$rundir/sockets/ssd$i.sock"); done
+for _ in $(seq 1 100); do
+	ready=1
+	for sock in "${want[@]}"; do [ -S "$sock" ] || ready=0; done
+	[ "$ready" = 1 ] && break
+	kill -0 "$(cat "$rundir/dpuemu.pid")" 2>/dev/null || { tail -20 "$rundir/dpuemu.log" >&2; die "dpuemu exited"; }
+	sleep 0.1
+done
+[ "$ready" = 1 ] || { tail -20 "$rundir/dpuemu.log" >&2; die "dpuemu sockets did not appear"; }
+printf '%s\n' "${want[@]}"

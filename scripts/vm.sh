@@ -1,0 +1,96 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+# Boots the test VM (virtme-ng, our kernel, the chroot's userland as root fs)
+# and runs a command in it. Its stdout is the guest command's stdout.
+#
+#   scripts/vm.sh [options] -- <guest command...>
+#     --accelerator     start dpuemu and attach its functions (vfio-user)
+#     --ssds N          number of emulated local SSDs (default 4)
+#     --ssd-size SIZE   size of each SSD image (default 1G)
+#     --iommu           add a vIOMMU (intel-iommu,caching-mode=on) and boot
+#                       the guest with intel_iommu=on
+#     --memory SIZE     guest RAM (default 2G)
+#
+# Environment: DPUBLK_ACCEL=tcg|kvm|auto (default auto: KVM only where a short
+# probe boot succeeds; the result is cached per kernel tree).
+. "$(dirname "$0")/lib.sh"
+
+if [ -z "${DPUBLK_IN_CHROOT:-}" ]; then
+	kdir=$("$DPUBLK_TOP/scripts/setup-kernel.sh")
+	DPUBLK_KDIR=$kdir in_chroot "$DPUBLK_TOP/scripts/vm.sh" "$@"
+	exit
+fi
+
+accelerator=0 ssds=4 ssd_size=1G iommu=0 memory=2G
+while [ $# -gt 0 ]; do
+	case $1 in
+	--accelerator) accelerator=1 ;;
+	--ssds) ssds=$2; shift ;;
+	--ssd-size) ssd_size=$2; shift ;;
+	--iommu) iommu=1 ;;
+	--memory) memory=$2; shift ;;
+	--) shift; break ;;
+	*) die "vm.sh: unknown option $1" ;;
+	esac
+	shift
+done
+[ $# -gt 0 ] || die "vm.sh: no guest command given"
+kdir=${DPUBLK_KDIR:?}
+
+# The run directory is visible to the guest at the same path (9p root), so
+# guest scripts and the host side can exchange files through it.
+mkdir -p "$DPUBLK_CACHE/run"
+rundir=$(mktemp -d "$DPUBLK_CACHE/run/vm.XXXXXX")
+export DPUBLK_RUNDIR=$rundir
+cleanup() {
+	local pid
+	for pid in $(cat "$rundir"/*.pid 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
+	sleep 0.2
+	rm -rf "$rundir"
+}
+trap cleanup EXIT
+
+probe_kvm() {
+	local stamp="$kdir/.dpublk-kvm-probe"
+	[ -e /dev/kvm ] || { echo tcg; return; }
+	if [ ! -f "$stamp" ]; then
+		log "probing KVM with a short boot (cached in $stamp)"
+		if timeout 40 vng --run "$kdir" --force-9p --disable-microvm --memory 512M \
+			--exec 'echo dpublk-kvm-ok' 2>/dev/null | grep -q dpublk-kvm-ok; then
+			echo kvm >"$stamp"
+		else
+			echo tcg >"$stamp"
+		fi
+	fi
+	cat "$stamp"
+}
+case ${DPUBLK_ACCEL:-auto} in
+tcg | kvm) accel=${DPUBLK_ACCEL} ;;
+auto) accel=$(probe_kvm) ;;
+*) die "DPUBLK_ACCEL must be tcg, kvm or auto" ;;
+esac
+
+qemu_opts="-object memory-backend-memfd,id=mem0,size=$memory,share=on -machine memory-backend=mem0"
+append="console=ttyS0 panic_on_warn=0"
+if [ "$iommu" = 1 ]; then
+	qemu_opts+=" -device intel-iommu,caching-mode=on"
+	append+=" intel_iommu=on iommu.strict=1"
+fi
+
+if [ "$accelerator" = 1 ]; then
+	dpuemu=$("$DPUBLK_TOP/scripts/dpuemu-start.sh" "$rundir" "$ssds" "$ssd_size")
+	for sock in $dpuemu; do
+		# Single quotes keep the JSON intact through vng's shell-style split.
+		qemu_opts+=" -device '{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"$sock\"}}'"
+	done
+fi
+
+vng_args=(--run "$kdir" --force-9p --disable-microvm --memory "$memory" --cpus 2
+	--append "$append" --qemu-opts="$qemu_opts")
+[ "$accel" = tcg ] && vng_args+=(--disable-kvm)
+
+# The guest command runs with the repository as working directory and knows
+# where it is through the environment.
+guest_cmd="cd '$DPUBLK_TOP' && export DPUBLK_TOP='$DPUBLK_TOP' DPUBLK_RUNDIR='$rundir' DPUBLK_ACCEL_MODE=$accel DPUBLK_IOMMU=$iommu DPUBLK_MODULE='$DPUBLK_TOP/build/module/drivers/block/dpublk/dpublk.ko' && $*"
+log "booting VM ($accel, ${memory} RAM, iommu=$iommu, accelerator=$accelerator)"
+vng "${vng_args[@]}" --exec "$guest_cmd"

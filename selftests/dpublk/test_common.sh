@@ -1,0 +1,88 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+# Helpers shared by the dpublk kselftests. Each test sources this file, runs
+# in the VM as root, and exits 0 (pass), 1 (fail) or 4 (skip).
+
+KSFT_PASS=0
+KSFT_FAIL=1
+KSFT_SKIP=4
+
+DPUBLK_TOP=${DPUBLK_TOP:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+DPUBLK_MODULE=${DPUBLK_MODULE:-$DPUBLK_TOP/build/module/drivers/block/dpublk/dpublk.ko}
+CONFIGFS=/sys/kernel/config
+TEST_NAME=$(basename "$0" .sh)
+TEST_TMP=$(mktemp -d "/tmp/$TEST_NAME.XXXXXX")
+
+# Diagnostics go to stdout prefixed with '# ' so the KTAP stream stays valid.
+diag() { printf '# %s: %s\n' "$TEST_NAME" "$*"; }
+fail() { diag "FAIL: $*"; exit $KSFT_FAIL; }
+skip() { diag "SKIP: $*"; exit $KSFT_SKIP; }
+
+_cleanup_hooks=()
+on_exit() { _cleanup_hooks+=("$1"); }
+_run_cleanup() {
+	local i
+	for ((i = ${#_cleanup_hooks[@]} - 1; i >= 0; i--)); do eval "${_cleanup_hooks[$i]}" || true; done
+	rm -rf "$TEST_TMP"
+}
+trap _run_cleanup EXIT
+
+ensure_configfs() {
+	mountpoint -q "$CONFIGFS" || mount -t configfs none "$CONFIGFS" || fail "cannot mount configfs"
+}
+
+# Marks the current end of the kernel log; dmesg_check_clean later looks only
+# at what came after it.
+dmesg_mark() {
+	_dmesg_mark="dpublk-selftest-mark-$TEST_NAME-$RANDOM$RANDOM"
+	echo "$_dmesg_mark" >/dev/kmsg
+}
+
+dmesg_since_mark() {
+	dmesg | sed -n "/$_dmesg_mark/,\$p" | tail -n +2
+}
+
+# Fails the test if the kernel complained since dmesg_mark.
+dmesg_check_clean() {
+	local bad
+	bad=$(dmesg_since_mark | grep -E 'WARNING:|BUG:|Oops|general protection|kernel BUG|unreferenced object|Call Trace:|refcount_t:|UBSAN:|KASAN:|leak' || true)
+	if [ -n "$bad" ]; then
+		diag "kernel log since the test started:"
+		dmesg_since_mark | sed 's/^/#   /' | tail -60
+		fail "the kernel reported a problem: $(echo "$bad" | head -1)"
+	fi
+}
+
+require_module_file() {
+	[ -f "$DPUBLK_MODULE" ] || fail "module not built: $DPUBLK_MODULE"
+}
+
+dpublk_loaded() { grep -q '^dpublk ' /proc/modules; }
+
+load_dpublk() {
+	require_module_file
+	dpublk_loaded || insmod "$DPUBLK_MODULE" "$@" || fail "insmod $DPUBLK_MODULE failed"
+}
+
+unload_dpublk() {
+	! dpublk_loaded || rmmod dpublk || fail "rmmod dpublk failed"
+}
+
+# fio_verify DEV [extra fio args...]: writes a verifiable pattern and reads it
+# back; fails the test on any mismatch or error.
+fio_verify() {
+	local dev=$1
+	shift
+	local out="$TEST_TMP/fio-verify.json"
+	fio --name=verify --filename="$dev" --ioengine=io_uring --direct=1 \
+		--rw=randwrite --bs=4k --iodepth=16 --size=64M --verify=crc32c \
+		--verify_fatal=1 --do_verify=1 --output-format=json "$@" >"$out" 2>"$TEST_TMP/fio.err" ||
+		{ cat "$TEST_TMP/fio.err" | sed 's/^/#   /'; fail "fio verify on $dev failed"; }
+	local errors
+	errors=$(jq '[.jobs[].error] | add' "$out")
+	[ "$errors" = 0 ] || fail "fio reported error $errors on $dev"
+	local written
+	written=$(jq '[.jobs[].write.io_bytes] | add' "$out")
+	[ "$written" -gt 0 ] || fail "fio wrote nothing to $dev"
+	diag "fio verify on $dev: $written bytes written and verified"
+}
