@@ -115,8 +115,14 @@ mod tests {
         assert_eq!(data_direction(io::WRITE), DataDirection::HostToController);
         assert_eq!(data_direction(io::READ), DataDirection::ControllerToHost);
         assert_eq!(data_direction(io::FLUSH), DataDirection::None);
-        assert_eq!(data_direction(admin::IDENTIFY), DataDirection::ControllerToHost);
-        assert_eq!(data_direction(admin::GET_LOG_PAGE), DataDirection::ControllerToHost);
+        assert_eq!(
+            data_direction(admin::IDENTIFY),
+            DataDirection::ControllerToHost
+        );
+        assert_eq!(
+            data_direction(admin::GET_LOG_PAGE),
+            DataDirection::ControllerToHost
+        );
         assert_eq!(data_direction(0x03), DataDirection::Bidirectional);
         assert_eq!(admin::DOORBELL_BUFFER_CONFIG, 0x7c);
         assert_eq!(io::WRITE_ZEROES, 0x08);

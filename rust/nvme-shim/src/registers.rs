@@ -255,11 +255,11 @@ pub const fn decode_doorbell(offset: usize, dstrd: u8) -> Option<Doorbell> {
     }
     let stride = 4usize << dstrd;
     let rel = offset - DOORBELL_BASE;
-    if rel % stride != 0 {
+    if rel & (stride - 1) != 0 {
         return None;
     }
     let index = rel / stride;
-    let kind = if index % 2 == 0 {
+    let kind = if index & 1 == 0 {
         DoorbellKind::SubmissionTail
     } else {
         DoorbellKind::CompletionHead
@@ -343,7 +343,10 @@ mod tests {
         assert_eq!(decode_doorbell(DOORBELL_END, 0), None);
         assert_eq!(
             decode_doorbell(DOORBELL_END - 4, 0),
-            Some(Doorbell { qid: 511, kind: DoorbellKind::CompletionHead })
+            Some(Doorbell {
+                qid: 511,
+                kind: DoorbellKind::CompletionHead
+            })
         );
     }
 

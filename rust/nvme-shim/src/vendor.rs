@@ -1,0 +1,731 @@
+//! The dpublk vendor-specific admin command set (opcodes 0xC0-0xFF).
+//!
+//! Opcodes follow the NVMe opcode convention: bits 1:0 give the data
+//! direction (00 none, 01 host to controller, 10 controller to host) and
+//! bits 7:2 the function. Payloads travel through PRP entries 1 and 2 of the
+//! command and have the fixed size of their structure ([`payload_bytes`]).
+//! Results that fit in 32 bits (a new NSID, a snapshot ID) come back in
+//! completion DW0. Failures use Status Code Type 7 (vendor specific) with the
+//! codes in [`status`].
+
+use super::opcode::{data_direction, DataDirection};
+use super::sqe::SubmissionEntry;
+use super::status::{sct, Status};
+use super::wire::{Le16, Le32, Le64, Wire};
+
+/// Vendor admin opcodes.
+pub mod opcode {
+    /// Attach an SSD to the accelerator. CDW10: SSD index.
+    pub const SSD_ATTACH: u8 = 0xc0;
+    /// Detach an SSD from the accelerator. CDW10: SSD index.
+    pub const SSD_DETACH: u8 = 0xc4;
+    /// List SSDs. Data out: `SsdList`.
+    pub const SSD_LIST: u8 = 0xca;
+    /// Create a volume. Data in: `VolumeCreate`. DW0: new NSID.
+    pub const VOLUME_CREATE: u8 = 0xcd;
+    /// Delete a volume. NSID: the volume.
+    pub const VOLUME_DELETE: u8 = 0xd0;
+    /// Resize a volume. NSID: the volume; CDW10/11: new size in bytes.
+    pub const VOLUME_RESIZE: u8 = 0xd4;
+    /// List volumes. Data out: `VolumeList`.
+    pub const VOLUME_LIST: u8 = 0xda;
+    /// Change a volume's service settings. NSID: the volume.
+    /// Data in: `ServiceSettings`.
+    pub const SERVICE_SET: u8 = 0xdd;
+    /// Create a snapshot. NSID: the volume. Data in: `ObjectName`.
+    /// DW0: snapshot ID.
+    pub const SNAPSHOT_CREATE: u8 = 0xe1;
+    /// Delete a snapshot. CDW10: snapshot ID.
+    pub const SNAPSHOT_DELETE: u8 = 0xe4;
+    /// Clone a snapshot into a new volume. CDW10: snapshot ID.
+    /// Data in: `ObjectName`. DW0: new NSID.
+    pub const SNAPSHOT_CLONE: u8 = 0xe9;
+    /// Revert a volume to a snapshot. NSID: the volume; CDW10: snapshot ID.
+    pub const SNAPSHOT_REVERT: u8 = 0xec;
+    /// Read statistics. NSID: 0 for the controller or a volume.
+    /// Data out: `Statistics`.
+    pub const STATISTICS: u8 = 0xf2;
+    /// Inject or clear a fault. Data in: `FaultInjection`.
+    pub const FAULT_INJECT: u8 = 0xf5;
+    /// Read a volume's service settings. NSID: the volume.
+    /// Data out: `ServiceSettings`.
+    pub const SERVICE_GET: u8 = 0xfa;
+}
+
+/// Vendor status codes (Status Code Type 7).
+pub mod status {
+    /// The SSD index does not name an SSD function.
+    pub const SSD_NOT_FOUND: u8 = 0x01;
+    /// The SSD's own NVMe controller is enabled by the host (CC.EN=1).
+    pub const SSD_BUSY: u8 = 0x02;
+    /// The SSD is already attached to the accelerator.
+    pub const SSD_ALREADY_ATTACHED: u8 = 0x03;
+    /// The SSD is not attached to the accelerator.
+    pub const SSD_NOT_ATTACHED: u8 = 0x04;
+    /// The SSD holds data of a namespace and cannot be detached.
+    pub const SSD_IN_USE: u8 = 0x05;
+    /// No volume with this NSID.
+    pub const VOLUME_NOT_FOUND: u8 = 0x10;
+    /// A volume with this name already exists.
+    pub const VOLUME_EXISTS: u8 = 0x11;
+    /// Not enough capacity on the attached SSDs.
+    pub const NO_SPACE: u8 = 0x12;
+    /// The volume is in use (snapshots or clones depend on it).
+    pub const VOLUME_BUSY: u8 = 0x13;
+    /// The requested layout is invalid for the attached SSDs.
+    pub const INVALID_LAYOUT: u8 = 0x14;
+    /// No snapshot with this ID.
+    pub const SNAPSHOT_NOT_FOUND: u8 = 0x20;
+    /// Too many snapshots.
+    pub const SNAPSHOT_LIMIT: u8 = 0x21;
+    /// The command is defined but not implemented by this device.
+    pub const NOT_IMPLEMENTED: u8 = 0x30;
+    /// A payload field is out of range or inconsistent.
+    pub const INVALID_PAYLOAD: u8 = 0x31;
+}
+
+/// Builds a vendor status (SCT 7) with Do Not Retry.
+pub const fn vendor_status(code: u8) -> Status {
+    Status::dnr(sct::VENDOR, code)
+}
+
+/// The vendor commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VendorCommand {
+    /// See [`opcode::SSD_ATTACH`].
+    SsdAttach,
+    /// See [`opcode::SSD_DETACH`].
+    SsdDetach,
+    /// See [`opcode::SSD_LIST`].
+    SsdList,
+    /// See [`opcode::VOLUME_CREATE`].
+    VolumeCreate,
+    /// See [`opcode::VOLUME_DELETE`].
+    VolumeDelete,
+    /// See [`opcode::VOLUME_RESIZE`].
+    VolumeResize,
+    /// See [`opcode::VOLUME_LIST`].
+    VolumeList,
+    /// See [`opcode::SERVICE_SET`].
+    ServiceSet,
+    /// See [`opcode::SERVICE_GET`].
+    ServiceGet,
+    /// See [`opcode::SNAPSHOT_CREATE`].
+    SnapshotCreate,
+    /// See [`opcode::SNAPSHOT_DELETE`].
+    SnapshotDelete,
+    /// See [`opcode::SNAPSHOT_CLONE`].
+    SnapshotClone,
+    /// See [`opcode::SNAPSHOT_REVERT`].
+    SnapshotRevert,
+    /// See [`opcode::STATISTICS`].
+    Statistics,
+    /// See [`opcode::FAULT_INJECT`].
+    FaultInject,
+}
+
+impl VendorCommand {
+    /// Every vendor command, for tables and tests.
+    pub const ALL: [VendorCommand; 15] = [
+        VendorCommand::SsdAttach,
+        VendorCommand::SsdDetach,
+        VendorCommand::SsdList,
+        VendorCommand::VolumeCreate,
+        VendorCommand::VolumeDelete,
+        VendorCommand::VolumeResize,
+        VendorCommand::VolumeList,
+        VendorCommand::ServiceSet,
+        VendorCommand::ServiceGet,
+        VendorCommand::SnapshotCreate,
+        VendorCommand::SnapshotDelete,
+        VendorCommand::SnapshotClone,
+        VendorCommand::SnapshotRevert,
+        VendorCommand::Statistics,
+        VendorCommand::FaultInject,
+    ];
+
+    /// Decodes an opcode, or `None` if it is not a dpublk vendor command.
+    pub const fn from_opcode(op: u8) -> Option<Self> {
+        Some(match op {
+            opcode::SSD_ATTACH => VendorCommand::SsdAttach,
+            opcode::SSD_DETACH => VendorCommand::SsdDetach,
+            opcode::SSD_LIST => VendorCommand::SsdList,
+            opcode::VOLUME_CREATE => VendorCommand::VolumeCreate,
+            opcode::VOLUME_DELETE => VendorCommand::VolumeDelete,
+            opcode::VOLUME_RESIZE => VendorCommand::VolumeResize,
+            opcode::VOLUME_LIST => VendorCommand::VolumeList,
+            opcode::SERVICE_SET => VendorCommand::ServiceSet,
+            opcode::SERVICE_GET => VendorCommand::ServiceGet,
+            opcode::SNAPSHOT_CREATE => VendorCommand::SnapshotCreate,
+            opcode::SNAPSHOT_DELETE => VendorCommand::SnapshotDelete,
+            opcode::SNAPSHOT_CLONE => VendorCommand::SnapshotClone,
+            opcode::SNAPSHOT_REVERT => VendorCommand::SnapshotRevert,
+            opcode::STATISTICS => VendorCommand::Statistics,
+            opcode::FAULT_INJECT => VendorCommand::FaultInject,
+            _ => return None,
+        })
+    }
+
+    /// The command's opcode.
+    pub const fn opcode(self) -> u8 {
+        match self {
+            VendorCommand::SsdAttach => opcode::SSD_ATTACH,
+            VendorCommand::SsdDetach => opcode::SSD_DETACH,
+            VendorCommand::SsdList => opcode::SSD_LIST,
+            VendorCommand::VolumeCreate => opcode::VOLUME_CREATE,
+            VendorCommand::VolumeDelete => opcode::VOLUME_DELETE,
+            VendorCommand::VolumeResize => opcode::VOLUME_RESIZE,
+            VendorCommand::VolumeList => opcode::VOLUME_LIST,
+            VendorCommand::ServiceSet => opcode::SERVICE_SET,
+            VendorCommand::ServiceGet => opcode::SERVICE_GET,
+            VendorCommand::SnapshotCreate => opcode::SNAPSHOT_CREATE,
+            VendorCommand::SnapshotDelete => opcode::SNAPSHOT_DELETE,
+            VendorCommand::SnapshotClone => opcode::SNAPSHOT_CLONE,
+            VendorCommand::SnapshotRevert => opcode::SNAPSHOT_REVERT,
+            VendorCommand::Statistics => opcode::STATISTICS,
+            VendorCommand::FaultInject => opcode::FAULT_INJECT,
+        }
+    }
+
+    /// Size in bytes of the command's payload (0 for commands without data).
+    pub const fn payload_bytes(self) -> usize {
+        match self {
+            VendorCommand::SsdList => core::mem::size_of::<SsdList>(),
+            VendorCommand::VolumeCreate => core::mem::size_of::<VolumeCreate>(),
+            VendorCommand::VolumeList => core::mem::size_of::<VolumeList>(),
+            VendorCommand::ServiceSet | VendorCommand::ServiceGet => {
+                core::mem::size_of::<ServiceSettings>()
+            }
+            VendorCommand::SnapshotCreate | VendorCommand::SnapshotClone => {
+                core::mem::size_of::<ObjectName>()
+            }
+            VendorCommand::Statistics => core::mem::size_of::<Statistics>(),
+            VendorCommand::FaultInject => core::mem::size_of::<FaultInjection>(),
+            VendorCommand::SsdAttach
+            | VendorCommand::SsdDetach
+            | VendorCommand::VolumeDelete
+            | VendorCommand::VolumeResize
+            | VendorCommand::SnapshotDelete
+            | VendorCommand::SnapshotRevert => 0,
+        }
+    }
+
+    /// Data direction of the command.
+    pub const fn direction(self) -> DataDirection {
+        data_direction(self.opcode())
+    }
+}
+
+/// Size in bytes of the payload of vendor opcode `op` (0 if none or unknown).
+pub const fn payload_bytes(op: u8) -> usize {
+    match VendorCommand::from_opcode(op) {
+        Some(cmd) => cmd.payload_bytes(),
+        None => 0,
+    }
+}
+
+/// Builds SSD Attach (`attach`) or SSD Detach for SSD `index`.
+pub fn ssd_command(index: u16, attach: bool, cid: u16) -> SubmissionEntry {
+    let op = if attach {
+        opcode::SSD_ATTACH
+    } else {
+        opcode::SSD_DETACH
+    };
+    let mut sqe = SubmissionEntry::new(op, cid);
+    sqe.cdw10.set(index as u32);
+    sqe
+}
+
+/// The SSD index of SSD Attach and SSD Detach (CDW10 bits 15:0). Bits
+/// 31:16 are reserved; `None` if they are set.
+pub const fn ssd_index(sqe: &SubmissionEntry) -> Option<u16> {
+    let cdw10 = sqe.cdw10.get();
+    if cdw10 >> 16 != 0 {
+        None
+    } else {
+        Some(cdw10 as u16)
+    }
+}
+
+/// Builds a Volume Resize for `nsid` to `size_bytes`.
+pub fn volume_resize(nsid: u32, size_bytes: u64, cid: u16) -> SubmissionEntry {
+    let mut sqe = SubmissionEntry::new(opcode::VOLUME_RESIZE, cid);
+    sqe.nsid.set(nsid);
+    sqe.cdw10.set(size_bytes as u32);
+    sqe.cdw11.set((size_bytes >> 32) as u32);
+    sqe
+}
+
+/// The new size in bytes of a Volume Resize (CDW10 low, CDW11 high).
+pub const fn resize_bytes(sqe: &SubmissionEntry) -> u64 {
+    sqe.cdw10.get() as u64 | (sqe.cdw11.get() as u64) << 32
+}
+
+/// Builds a snapshot command that names a snapshot ID in CDW10
+/// (delete, clone, revert).
+pub fn snapshot_command(op: u8, nsid: u32, snapshot_id: u32, cid: u16) -> SubmissionEntry {
+    let mut sqe = SubmissionEntry::new(op, cid);
+    sqe.nsid.set(nsid);
+    sqe.cdw10.set(snapshot_id);
+    sqe
+}
+
+/// The snapshot ID of Snapshot Delete, Clone and Revert.
+pub const fn snapshot_id(sqe: &SubmissionEntry) -> u32 {
+    sqe.cdw10.get()
+}
+
+/// SSD state: owned by the host (its own NVMe function may be enabled).
+pub const SSD_STATE_HOST: u8 = 0;
+/// SSD state: attached to the accelerator.
+pub const SSD_STATE_ATTACHED: u8 = 1;
+/// SSD flag: the host has the SSD's own NVMe controller enabled (CC.EN=1).
+pub const SSD_FLAG_HOST_ENABLED: u8 = 1 << 0;
+/// SSD flag: a namespace of the accelerator stores data on the SSD.
+pub const SSD_FLAG_IN_USE: u8 = 1 << 1;
+
+/// One SSD in an [`SsdList`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SsdListEntry {
+    /// SSD index (as used by attach and detach).
+    pub index: Le16,
+    /// `SSD_STATE_*`.
+    pub state: u8,
+    /// `SSD_FLAG_*`.
+    pub flags: u8,
+    /// log2 of the SSD's logical block size.
+    pub lba_shift: u8,
+    /// Reserved.
+    pub rsvd5: [u8; 3],
+    /// Capacity in bytes.
+    pub capacity_bytes: Le64,
+    /// Serial number of the SSD function (ASCII, space padded).
+    pub serial: [u8; 20],
+    /// Reserved.
+    pub rsvd36: [u8; 28],
+}
+
+const _: () = assert!(core::mem::size_of::<SsdListEntry>() == 64);
+
+// SAFETY: repr(C) of Le types and u8 arrays: no padding, any bit pattern valid.
+unsafe impl Wire for SsdListEntry {}
+
+/// Payload of SSD List.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SsdList {
+    /// Number of valid entries.
+    pub count: Le32,
+    /// Reserved.
+    pub rsvd4: [u8; 60],
+    /// Entries; only the first `count` are valid.
+    pub entries: [SsdListEntry; 63],
+}
+
+const _: () = assert!(core::mem::size_of::<SsdList>() == 4096);
+
+// SAFETY: repr(C) of Le32, u8 arrays and Wire entries: no padding (size
+// asserted), any bit pattern valid.
+unsafe impl Wire for SsdList {}
+
+/// Volume layouts.
+pub mod layout {
+    /// All data on one SSD.
+    pub const SINGLE: u8 = 0;
+    /// Striped over the SSDs.
+    pub const RAID0: u8 = 1;
+    /// Mirrored stripes.
+    pub const RAID10: u8 = 2;
+    /// Striped with P+Q parity.
+    pub const RAID6: u8 = 3;
+    /// k+m erasure coding (`data_shards` + `parity_shards`).
+    pub const ERASURE: u8 = 4;
+    /// Log-structured RAID over erasure-coded full-stripe segments.
+    pub const LOG_RAID: u8 = 5;
+}
+
+/// Data service bits (`services` fields).
+pub mod service {
+    /// Thin provisioning.
+    pub const THIN: u32 = 1 << 0;
+    /// Zero-block detection.
+    pub const ZERO_DETECT: u32 = 1 << 1;
+    /// Deduplication.
+    pub const DEDUP: u32 = 1 << 2;
+    /// Compression.
+    pub const COMPRESSION: u32 = 1 << 3;
+    /// Encryption (AES-XTS).
+    pub const ENCRYPTION: u32 = 1 << 4;
+    /// Log-structured writes.
+    pub const LOG_STRUCTURED: u32 = 1 << 5;
+    /// Every defined service bit.
+    pub const ALL: u32 = 0x3f;
+}
+
+/// Payload of Volume Create.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VolumeCreate {
+    /// Size in bytes (a multiple of the logical block size).
+    pub size_bytes: Le64,
+    /// log2 of the logical block size (9 or 12).
+    pub lba_shift: u8,
+    /// `layout::*`.
+    pub layout: u8,
+    /// Data shards per stripe (RAID and erasure layouts).
+    pub data_shards: u8,
+    /// Parity shards per stripe.
+    pub parity_shards: u8,
+    /// `service::*` bits.
+    pub services: Le32,
+    /// Bit mask of the SSD indexes to place the volume on.
+    pub ssd_mask: Le64,
+    /// Stripe unit in bytes (0 = device default).
+    pub stripe_bytes: Le32,
+    /// Encryption key slot (meaningful with `service::ENCRYPTION`).
+    pub key_id: Le32,
+    /// Volume name (NUL padded, NUL terminated).
+    pub name: [u8; 32],
+    /// Reserved.
+    pub rsvd64: [u8; 192],
+}
+
+const _: () = assert!(core::mem::size_of::<VolumeCreate>() == 256);
+
+// SAFETY: repr(C) of Le types and u8 arrays: no padding, any bit pattern valid.
+unsafe impl Wire for VolumeCreate {}
+
+/// Volume flag: the volume is a clone of a snapshot.
+pub const VOLUME_FLAG_CLONE: u32 = 1 << 0;
+/// Volume flag: the volume runs degraded (a shard is missing).
+pub const VOLUME_FLAG_DEGRADED: u32 = 1 << 1;
+/// Volume flag: a rebuild is in progress.
+pub const VOLUME_FLAG_REBUILDING: u32 = 1 << 2;
+
+/// One volume in a [`VolumeList`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VolumeListEntry {
+    /// Namespace ID of the volume.
+    pub nsid: Le32,
+    /// `VOLUME_FLAG_*`.
+    pub flags: Le32,
+    /// Size in bytes.
+    pub size_bytes: Le64,
+    /// Bytes allocated on media.
+    pub used_bytes: Le64,
+    /// `layout::*`.
+    pub layout: u8,
+    /// log2 of the logical block size.
+    pub lba_shift: u8,
+    /// Data shards per stripe.
+    pub data_shards: u8,
+    /// Parity shards per stripe.
+    pub parity_shards: u8,
+    /// `service::*` bits.
+    pub services: Le32,
+    /// Volume name.
+    pub name: [u8; 32],
+}
+
+const _: () = assert!(core::mem::size_of::<VolumeListEntry>() == 64);
+
+// SAFETY: repr(C) of Le types and u8 arrays: no padding, any bit pattern valid.
+unsafe impl Wire for VolumeListEntry {}
+
+/// Payload of Volume List.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct VolumeList {
+    /// Number of valid entries.
+    pub count: Le32,
+    /// Reserved.
+    pub rsvd4: [u8; 60],
+    /// Entries; only the first `count` are valid.
+    pub entries: [VolumeListEntry; 63],
+}
+
+const _: () = assert!(core::mem::size_of::<VolumeList>() == 4096);
+
+// SAFETY: repr(C) of Le32, u8 arrays and Wire entries: no padding (size
+// asserted), any bit pattern valid.
+unsafe impl Wire for VolumeList {}
+
+/// Compression algorithms.
+pub mod compression {
+    /// LZ4.
+    pub const LZ4: u8 = 0;
+    /// Zstandard.
+    pub const ZSTD: u8 = 1;
+}
+
+/// Payload of Service Set and Service Get.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceSettings {
+    /// Enabled `service::*` bits.
+    pub services: Le32,
+    /// `compression::*`.
+    pub compression: u8,
+    /// Compression level (algorithm specific; 0 = default).
+    pub compression_level: u8,
+    /// Reserved.
+    pub rsvd6: [u8; 2],
+    /// Encryption key slot.
+    pub key_id: Le32,
+    /// Garbage collection starts below this free-space percentage.
+    pub gc_low_percent: u8,
+    /// Garbage collection stops above this free-space percentage.
+    pub gc_high_percent: u8,
+    /// Reserved.
+    pub rsvd14: [u8; 2],
+    /// I/O operations per second limit (0 = none).
+    pub iops_limit: Le32,
+    /// Bandwidth limit in MiB/s (0 = none).
+    pub bandwidth_limit_mib: Le32,
+    /// Reserved.
+    pub rsvd24: [u8; 40],
+}
+
+const _: () = assert!(core::mem::size_of::<ServiceSettings>() == 64);
+
+// SAFETY: repr(C) of Le types and u8 arrays: no padding, any bit pattern valid.
+unsafe impl Wire for ServiceSettings {}
+
+/// Payload of Snapshot Create and Snapshot Clone: the new object's name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectName {
+    /// Name (NUL padded, NUL terminated).
+    pub name: [u8; 32],
+    /// Reserved.
+    pub rsvd32: [u8; 32],
+}
+
+const _: () = assert!(core::mem::size_of::<ObjectName>() == 64);
+
+// SAFETY: repr(C) of u8 arrays: no padding, any bit pattern valid.
+unsafe impl Wire for ObjectName {}
+
+/// Payload of Statistics: counters since the controller was enabled (for
+/// NSID 0) or since the volume was created.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Statistics {
+    /// Read commands completed.
+    pub read_commands: Le64,
+    /// Write commands completed.
+    pub write_commands: Le64,
+    /// Flush commands completed.
+    pub flush_commands: Le64,
+    /// Write Zeroes commands completed.
+    pub write_zeroes_commands: Le64,
+    /// Dataset Management (deallocate) commands completed.
+    pub deallocate_commands: Le64,
+    /// Bytes read by the host.
+    pub read_bytes: Le64,
+    /// Bytes written by the host.
+    pub write_bytes: Le64,
+    /// Commands completed with an error status.
+    pub error_completions: Le64,
+    /// Bytes read from media.
+    pub media_read_bytes: Le64,
+    /// Bytes written to media.
+    pub media_write_bytes: Le64,
+    /// Bytes not written thanks to zero detection.
+    pub zero_detect_saved_bytes: Le64,
+    /// Bytes not written thanks to deduplication.
+    pub dedup_saved_bytes: Le64,
+    /// Bytes not written thanks to compression.
+    pub compression_saved_bytes: Le64,
+    /// Bytes moved by garbage collection.
+    pub gc_moved_bytes: Le64,
+    /// Interrupts raised.
+    pub interrupts: Le64,
+    /// Doorbell writes received through MMIO (as opposed to shadow
+    /// doorbells).
+    pub mmio_doorbells: Le64,
+    /// Reserved.
+    pub rsvd128: [u8; 384],
+}
+
+const _: () = assert!(core::mem::size_of::<Statistics>() == 512);
+
+// SAFETY: repr(C) of Le64 and u8 arrays: no padding, any bit pattern valid.
+unsafe impl Wire for Statistics {}
+
+/// Fault kinds for [`FaultInjection`].
+pub mod fault {
+    /// Clear all injected faults of the target.
+    pub const CLEAR: u8 = 0;
+    /// Fail reads in the LBA range with an unrecovered read error.
+    pub const FAIL_READS: u8 = 1;
+    /// Fail writes in the LBA range with a write fault.
+    pub const FAIL_WRITES: u8 = 2;
+    /// Fail all I/O to the SSD (it appears dead).
+    pub const FAIL_ALL: u8 = 3;
+    /// Delay every I/O by `delay_us`.
+    pub const DELAY: u8 = 4;
+}
+
+/// Payload of Fault Injection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultInjection {
+    /// `fault::*`.
+    pub kind: u8,
+    /// Reserved.
+    pub rsvd1: u8,
+    /// SSD index the fault applies to.
+    pub ssd_index: Le16,
+    /// Reserved.
+    pub rsvd4: [u8; 4],
+    /// First LBA of the range (SSD logical blocks).
+    pub slba: Le64,
+    /// Number of blocks in the range (0 = the whole SSD).
+    pub blocks: Le64,
+    /// How many I/Os to fail (0 = until cleared).
+    pub count: Le32,
+    /// Delay in microseconds for `fault::DELAY`.
+    pub delay_us: Le32,
+    /// Reserved.
+    pub rsvd32: [u8; 32],
+}
+
+const _: () = assert!(core::mem::size_of::<FaultInjection>() == 64);
+
+// SAFETY: repr(C) of Le types and u8 arrays: no padding, any bit pattern valid.
+unsafe impl Wire for FaultInjection {}
+
+#[cfg(test)]
+mod tests {
+    use super::super::opcode::admin;
+    use super::super::wire::{c_string_bytes, c_string_field};
+    use super::*;
+
+    #[test]
+    fn opcodes_round_trip_and_follow_convention() {
+        for cmd in VendorCommand::ALL {
+            let op = cmd.opcode();
+            assert!(op >= admin::VENDOR_FIRST);
+            assert_eq!(VendorCommand::from_opcode(op), Some(cmd));
+            let bytes = cmd.payload_bytes();
+            match cmd.direction() {
+                DataDirection::None => assert_eq!(bytes, 0, "{cmd:?}"),
+                DataDirection::HostToController | DataDirection::ControllerToHost => {
+                    assert!(bytes > 0 && bytes <= 4096, "{cmd:?}")
+                }
+                DataDirection::Bidirectional => panic!("{cmd:?} is bidirectional"),
+            }
+            assert_eq!(payload_bytes(op), bytes);
+        }
+        let mut seen = 0usize;
+        for op in 0..=255u8 {
+            if VendorCommand::from_opcode(op).is_some() {
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, VendorCommand::ALL.len());
+        assert_eq!(VendorCommand::from_opcode(0xff), None);
+        assert_eq!(payload_bytes(0x06), 0);
+        assert_eq!(
+            VendorCommand::SsdList.direction(),
+            DataDirection::ControllerToHost
+        );
+        assert_eq!(
+            VendorCommand::VolumeCreate.direction(),
+            DataDirection::HostToController
+        );
+    }
+
+    #[test]
+    fn command_encoders() {
+        let sqe = ssd_command(3, true, 9);
+        assert_eq!((sqe.opcode(), sqe.cid()), (opcode::SSD_ATTACH, 9));
+        assert_eq!(ssd_index(&sqe), Some(3));
+        assert_eq!(ssd_command(3, false, 9).opcode(), opcode::SSD_DETACH);
+        let mut bad = sqe;
+        bad.cdw10.set(0x1_0003);
+        assert_eq!(ssd_index(&bad), None);
+
+        let r = volume_resize(2, 0x3_0000_1000, 1);
+        assert_eq!(r.nsid.get(), 2);
+        assert_eq!(resize_bytes(&r), 0x3_0000_1000);
+
+        let s = snapshot_command(opcode::SNAPSHOT_REVERT, 4, 17, 2);
+        assert_eq!((s.opcode(), s.nsid.get(), snapshot_id(&s)), (0xec, 4, 17));
+
+        let st = vendor_status(status::SSD_BUSY);
+        assert_eq!((st.sct(), st.sc()), (7, 0x02));
+        assert!(st.do_not_retry());
+    }
+
+    #[test]
+    fn payload_layouts() {
+        let mut list = SsdList::zeroed();
+        list.count.set(2);
+        list.entries[1].index.set(1);
+        list.entries[1].state = SSD_STATE_ATTACHED;
+        list.entries[1].flags = SSD_FLAG_IN_USE;
+        list.entries[1].capacity_bytes.set(1 << 30);
+        let b = list.as_bytes();
+        assert_eq!(b[0], 2);
+        assert_eq!(&b[128..132], &[1, 0, SSD_STATE_ATTACHED, SSD_FLAG_IN_USE]);
+        assert_eq!(&b[136..144], &(1u64 << 30).to_le_bytes());
+        let back = SsdList::read_from(b).unwrap();
+        assert_eq!(back.entries[1], list.entries[1]);
+
+        let mut vc = VolumeCreate::zeroed();
+        vc.size_bytes.set(1 << 40);
+        vc.layout = layout::RAID6;
+        vc.data_shards = 4;
+        vc.parity_shards = 2;
+        vc.services.set(service::THIN | service::COMPRESSION);
+        vc.ssd_mask.set(0x3f);
+        c_string_field(&mut vc.name, b"vol0");
+        let b = vc.as_bytes();
+        assert_eq!(b[9], layout::RAID6);
+        assert_eq!((b[10], b[11]), (4, 2));
+        assert_eq!(b[12], 0x09);
+        assert_eq!(b[16], 0x3f);
+        assert_eq!(&b[32..36], b"vol0");
+        let back = VolumeCreate::read_from(b).unwrap();
+        assert_eq!(back, vc);
+        assert_eq!(c_string_bytes(&back.name), b"vol0");
+
+        let mut vl = VolumeList::zeroed();
+        vl.count.set(1);
+        vl.entries[0].nsid.set(1);
+        vl.entries[0].flags.set(VOLUME_FLAG_CLONE);
+        assert_eq!(vl.as_bytes()[64], 1);
+        assert_eq!(vl.as_bytes()[68], 1);
+
+        let mut ss = ServiceSettings::zeroed();
+        ss.services.set(service::ALL);
+        ss.compression = compression::ZSTD;
+        ss.iops_limit.set(1000);
+        let b = ss.as_bytes();
+        assert_eq!((b[0], b[4]), (0x3f, 1));
+        assert_eq!(&b[16..20], &1000u32.to_le_bytes());
+
+        let mut st = Statistics::zeroed();
+        st.write_bytes.set(4096);
+        st.mmio_doorbells.set(3);
+        assert_eq!(&st.as_bytes()[48..56], &4096u64.to_le_bytes());
+        assert_eq!(st.as_bytes()[120], 3);
+
+        let mut f = FaultInjection::zeroed();
+        f.kind = fault::FAIL_WRITES;
+        f.ssd_index.set(2);
+        f.slba.set(100);
+        f.count.set(1);
+        let b = f.as_bytes();
+        assert_eq!((b[0], b[2], b[8], b[24]), (2, 2, 100, 1));
+        assert_eq!(FaultInjection::read_from(b), Some(f));
+
+        let mut n = ObjectName::zeroed();
+        c_string_field(&mut n.name, b"snap");
+        assert_eq!(&n.as_bytes()[..5], b"snap\0");
+    }
+}
