@@ -11,6 +11,7 @@
 #                       the guest with intel_iommu=on
 #     --memory SIZE     guest RAM (default 2G)
 #
+# DPUBLK_DPUEMU_ARGS adds arguments to dpuemu (e.g. "--passthrough-ssd 0").
 # Environment: DPUBLK_ACCEL=tcg|kvm|auto (default auto: KVM only where a short
 # probe boot succeeds; the result is cached per kernel tree).
 . "$(dirname "$0")/lib.sh"
@@ -36,6 +37,14 @@ while [ $# -gt 0 ]; do
 done
 [ $# -gt 0 ] || die "vm.sh: no guest command given"
 kdir=${DPUBLK_KDIR:?}
+
+# One VM at a time: on a 2-core machine two TCG guests only slow each other
+# down and make timing-sensitive tests flaky.
+exec 8>"$DPUBLK_CACHE/.vm.lock"
+if ! flock -n 8; then
+	log "waiting for another VM run to finish"
+	flock 8
+fi
 
 # The run directory is visible to the guest at the same path (9p root), so
 # guest scripts and the host side can exchange files through it.
@@ -78,7 +87,8 @@ if [ "$iommu" = 1 ]; then
 fi
 
 if [ "$accelerator" = 1 ]; then
-	dpuemu=$("$DPUBLK_TOP/scripts/dpuemu-start.sh" "$rundir" "$ssds" "$ssd_size")
+	# shellcheck disable=SC2086 # DPUBLK_DPUEMU_ARGS is a word list by design
+	dpuemu=$("$DPUBLK_TOP/scripts/dpuemu-start.sh" "$rundir" "$ssds" "$ssd_size" ${DPUBLK_DPUEMU_ARGS:-})
 	for sock in $dpuemu; do
 		# Single quotes keep the JSON intact through vng's shell-style split.
 		qemu_opts+=" -device '{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"$sock\"}}'"
