@@ -54,7 +54,10 @@ export DPUBLK_RUNDIR=$rundir
 cleanup() {
 	local pid
 	for pid in $(cat "$rundir"/*.pid 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
-	sleep 0.2
+	for _ in $(seq 1 50); do
+		pgrep -f "dpuemu.*$rundir" >/dev/null || break
+		sleep 0.1
+	done
 	rm -rf "$rundir"
 }
 trap cleanup EXIT
@@ -86,12 +89,29 @@ if [ "$iommu" = 1 ]; then
 	append+=" intel_iommu=on iommu.strict=1"
 fi
 
+# QMP lets the host agent hot-plug functions when a test restarts dpuemu.
+qemu_opts+=" -qmp unix:$rundir/qmp.sock,server=on,wait=off"
+"$DPUBLK_TOP/scripts/vm-agent.sh" "$rundir" &
+echo $! >"$rundir/agent.pid"
+
 if [ "$accelerator" = 1 ]; then
 	# shellcheck disable=SC2086 # DPUBLK_DPUEMU_ARGS is a word list by design
-	dpuemu=$("$DPUBLK_TOP/scripts/dpuemu-start.sh" "$rundir" "$ssds" "$ssd_size" ${DPUBLK_DPUEMU_ARGS:-})
-	for sock in $dpuemu; do
+	echo "$rundir" "$ssds" "$ssd_size" ${DPUBLK_DPUEMU_ARGS:-} >"$rundir/dpuemu.args"
+	# shellcheck disable=SC2046
+	sockets=$("$DPUBLK_TOP/scripts/dpuemu-start.sh" $(cat "$rundir/dpuemu.args"))
+	# Each function sits behind its own PCIe root port, so it can be
+	# hot-unplugged and plugged again (the accelerator is "accel", the SSDs
+	# "ssd0", "ssd1", ...).
+	mkdir -p "$rundir/devices"
+	port=0
+	for sock in $sockets; do
+		id=$(basename "$sock" .sock)
+		port=$((port + 1))
+		qemu_opts+=" -device pcie-root-port,id=rp$port,chassis=$port,slot=$port"
+		spec="{\"driver\":\"vfio-user-pci\",\"id\":\"$id\",\"bus\":\"rp$port\",\"socket\":{\"type\":\"unix\",\"path\":\"$sock\"}}"
+		echo "$spec" >"$rundir/devices/$id.json"
 		# Single quotes keep the JSON intact through vng's shell-style split.
-		qemu_opts+=" -device '{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"$sock\"}}'"
+		qemu_opts+=" -device '$spec'"
 	done
 fi
 

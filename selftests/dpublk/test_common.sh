@@ -86,3 +86,37 @@ fio_verify() {
 	[ "$written" -gt 0 ] || fail "fio wrote nothing to $dev"
 	diag "fio verify on $dev: $written bytes written and verified"
 }
+
+# host_request COMMAND [ARGS]: asks the host agent of this VM run
+# (scripts/vm-agent.sh) to do something outside the guest, such as killing
+# or restarting dpuemu; prints its output, fails unless it answered ok.
+host_request() {
+	[ -n "${DPUBLK_RUNDIR:-}" ] && [ -d "$DPUBLK_RUNDIR/ctl" ] || skip "no host agent (not run by scripts/vm.sh)"
+	local id="req-$$-$RANDOM" answer i
+	echo "$*" >"$DPUBLK_RUNDIR/ctl/$id.req.tmp"
+	mv "$DPUBLK_RUNDIR/ctl/$id.req.tmp" "$DPUBLK_RUNDIR/ctl/$id.req"
+	for i in $(seq 1 600); do
+		if [ -e "$DPUBLK_RUNDIR/ctl/$id.done" ]; then
+			answer=$(cat "$DPUBLK_RUNDIR/ctl/$id.done")
+			rm -f "$DPUBLK_RUNDIR/ctl/$id.done"
+			[ "$(head -1 <<<"$answer")" = ok ] || fail "host agent: '$*' failed: $(tail -n +2 <<<"$answer")"
+			tail -n +2 <<<"$answer"
+			return 0
+		fi
+		sleep 0.1
+	done
+	fail "host agent did not answer '$*' within 60 s"
+}
+
+# dpublk_ssd_devices: block devices of the local SSD functions (PCI vendor
+# 0x1df5, device 0x0002) bound to the stock nvme driver.
+dpublk_ssd_devices() {
+	local ctrl pci
+	for ctrl in /sys/class/nvme/nvme*; do
+		[ -e "$ctrl/device/vendor" ] || continue
+		[ "$(cat "$ctrl/device/vendor")" = 0x1df5 ] && [ "$(cat "$ctrl/device/device")" = 0x0002 ] || continue
+		for ns in "$ctrl"/nvme*n*; do
+			[ -e "$ns" ] && echo "/dev/$(basename "$ns")"
+		done
+	done
+}

@@ -1,0 +1,63 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+# Host-side agent of a VM run: serves requests that guest tests drop into
+# RUNDIR/ctl/ (the guest sees RUNDIR at the same path through its 9p root).
+#
+#   request file  RUNDIR/ctl/<id>.req   one line: COMMAND [ARGS]
+#   answer file   RUNDIR/ctl/<id>.done  first line: ok|error, then output
+#
+# Commands:
+#   dpuemu-kill              kill -9 the emulator (a crash, not a shutdown)
+#   dpuemu-start             start it again with the same arguments and images
+#   device-del ID            hot-unplug a vfio-user function (QMP device_del)
+#   device-add ID            hot-plug it again (QMP device_add, same socket)
+#   dpuemu-cpu SECONDS       CPU seconds dpuemu used during the next SECONDS
+#   qemu-cpu SECONDS         the same for QEMU
+. "$(dirname "$0")/lib.sh"
+rundir=$1
+ctl=$rundir/ctl
+mkdir -p "$ctl"
+
+cpu_ticks() { # cpu_ticks PID: user+system clock ticks, children included
+	awk '{ print $14 + $15 + $16 + $17 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+measure_cpu() { # measure_cpu PID SECONDS: CPU seconds used in that window
+	local pid=$1 secs=$2 hz before after
+	hz=$(getconf CLK_TCK)
+	before=$(cpu_ticks "$pid")
+	sleep "$secs"
+	after=$(cpu_ticks "$pid")
+	awk -v a="$after" -v b="$before" -v hz="$hz" 'BEGIN { printf "%.3f\n", (a - b) / hz }'
+}
+
+serve() { # serve COMMAND [ARGS]
+	case $1 in
+	dpuemu-kill)
+		local pid
+		pid=$(cat "$rundir/dpuemu.pid")
+		kill -9 "$pid" && while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+		echo "killed $pid" ;;
+	dpuemu-start)
+		# shellcheck disable=SC2046 # the saved arguments are a word list
+		"$DPUBLK_TOP/scripts/dpuemu-start.sh" $(cat "$rundir/dpuemu.args") >/dev/null ;;
+	device-del)
+		"$DPUBLK_TOP/scripts/qmp.py" "$rundir/qmp.sock" device_del "{\"id\":\"$2\"}" ;;
+	device-add)
+		"$DPUBLK_TOP/scripts/qmp.py" "$rundir/qmp.sock" device_add "$(cat "$rundir/devices/$2.json")" ;;
+	dpuemu-cpu) measure_cpu "$(cat "$rundir/dpuemu.pid")" "$2" ;;
+	qemu-cpu) measure_cpu "$(pgrep -f -n "qemu-system-x86_64.*$rundir")" "$2" ;;
+	*) echo "unknown command: $1"; return 1 ;;
+	esac
+}
+
+while [ -d "$rundir" ]; do
+	for req in "$ctl"/*.req; do
+		[ -e "$req" ] || continue
+		read -r -a words <"$req"
+		rm -f "$req"
+		if out=$(serve "${words[@]}" 2>&1); then status=ok; else status=error; fi
+		printf '%s\n%s\n' "$status" "$out" >"${req%.req}.done.tmp"
+		mv "${req%.req}.done.tmp" "${req%.req}.done"
+	done
+	sleep 0.2
+done
