@@ -6,4 +6,6 @@
 //! erasure coding) → [`media::Media`]. Every layer is pure logic over the
 //! [`media::Media`] trait, so it is tested with cargo alone, without a VM.
 
+pub mod fault;
 pub mod media;
+pub mod protection;
