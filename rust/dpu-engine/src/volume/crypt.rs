@@ -89,7 +89,10 @@ impl Cipher {
             .map_err(|_| VolumeError::InvalidKey("bad AES-256 tweak key"))?;
         Ok(Cipher {
             xts: Xts128::new(data, tweak),
-            fingerprint_key: Zeroizing::new(blake3::derive_key(FINGERPRINT_CONTEXT, &key.bytes[..])),
+            fingerprint_key: Zeroizing::new(blake3::derive_key(
+                FINGERPRINT_CONTEXT,
+                &key.bytes[..],
+            )),
         })
     }
 
@@ -123,7 +126,9 @@ mod tests {
     use super::*;
 
     fn key(seed: u8) -> VolumeKey {
-        let bytes: Vec<u8> = (0..KEY_LEN as u8).map(|i| i.wrapping_mul(7) ^ seed).collect();
+        let bytes: Vec<u8> = (0..KEY_LEN as u8)
+            .map(|i| i.wrapping_mul(7) ^ seed)
+            .collect();
         VolumeKey::from_slice(&bytes).unwrap()
     }
 

@@ -1,0 +1,456 @@
+//! Thin volumes, snapshots and clones with zero-detect, dedup, compression
+//! and AES-XTS encryption, in a pool over one [`Media`].
+//!
+//! A [`Pool`] owns a media (an SSD image, or a protection layout built from
+//! several) and stores in it a superblock pair, a checkpoint of all
+//! metadata, and data. Volumes are thin: a block takes space when first
+//! written and gives it back on discard. Snapshots and clones share blocks
+//! with their origin through reference counts, and so do deduplicated
+//! blocks. The per-block write path is the stack the engine is built
+//! around: mapping → zero-detect → dedup → compression → encryption →
+//! media. `Documentation/engine-volumes.rst` describes the format and the
+//! crash-consistency argument.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use dpu_engine::media::MemMedia;
+//! use dpu_engine::volume::{Compression, Pool, Services, VolumeKey, VolumeOptions};
+//!
+//! let pool = Pool::format(Arc::new(MemMedia::new(4 << 20)))?;
+//! let key = VolumeKey::from_slice(&[[1u8; 32], [2u8; 32]].concat())?;
+//! let services = Services { zero_detect: true, dedup: true, compression: Compression::Lz4 };
+//! pool.create_volume("db", &VolumeOptions { size_bytes: 64 << 20, services, key: Some(&key) })?;
+//! let db = pool.open_volume("db", Some(&key))?;
+//! db.write_blocks(0, &[7u8; 4096])?;
+//! db.flush()?;
+//! pool.snapshot("db", "db@1")?;
+//! let mut block = [0u8; 4096];
+//! pool.open_volume("db@1", Some(&key))?.read_blocks(0, &mut block)?;
+//! assert_eq!(block, [7u8; 4096]);
+//! # Ok::<(), dpu_engine::volume::VolumeError>(())
+//! ```
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::media::{check_range, Media, MediaError, MediaResult};
+
+mod alloc;
+mod crypt;
+mod format;
+mod reduce;
+mod state;
+
+pub use crypt::{VolumeKey, KEY_LEN};
+pub use format::{Services, VolumeKind};
+pub use reduce::Compression;
+
+use crypt::Cipher;
+use state::PoolState;
+
+/// The pool's block size: the unit of mapping, dedup and allocation.
+pub const BLOCK_SIZE: usize = 4096;
+
+const BS: u64 = BLOCK_SIZE as u64;
+
+/// Why a pool or volume operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeError {
+    /// The media below failed.
+    Media(MediaError),
+    /// The pool is full; reads still work, and freeing space (discard,
+    /// delete, then flush) or growing the pool lets writes resume.
+    NoSpace,
+    /// No such volume.
+    NotFound(String),
+    /// A volume of that name exists.
+    Exists(String),
+    /// The volume is a snapshot.
+    ReadOnly,
+    /// The volume is encrypted and no key was given.
+    KeyRequired,
+    /// The key does not match the volume's key check value.
+    WrongKey,
+    /// A key was given for a volume that is not encrypted.
+    NotEncrypted,
+    /// The key is unusable.
+    InvalidKey(&'static str),
+    /// A bad argument (name, size, volume kinds).
+    InvalidArgument(String),
+    /// The media holds no pool.
+    NotFormatted,
+    /// The pool's metadata is inconsistent.
+    Corrupt(String),
+}
+
+impl fmt::Display for VolumeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VolumeError::Media(e) => write!(f, "media: {e}"),
+            VolumeError::NoSpace => f.write_str("no space left in the pool"),
+            VolumeError::NotFound(name) => write!(f, "no volume {name}"),
+            VolumeError::Exists(name) => write!(f, "volume {name} exists"),
+            VolumeError::ReadOnly => f.write_str("snapshots are read-only"),
+            VolumeError::KeyRequired => f.write_str("volume is encrypted: a key is required"),
+            VolumeError::WrongKey => {
+                f.write_str("wrong key: it does not match the volume's key check value")
+            }
+            VolumeError::NotEncrypted => f.write_str("volume is not encrypted but a key was given"),
+            VolumeError::InvalidKey(why) => write!(f, "invalid key: {why}"),
+            VolumeError::InvalidArgument(why) => f.write_str(why),
+            VolumeError::NotFormatted => f.write_str("no pool on this media"),
+            VolumeError::Corrupt(why) => write!(f, "pool metadata corrupt: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for VolumeError {}
+
+impl From<MediaError> for VolumeError {
+    fn from(e: MediaError) -> Self {
+        match e {
+            MediaError::NoSpace => VolumeError::NoSpace,
+            e => VolumeError::Media(e),
+        }
+    }
+}
+
+impl From<VolumeError> for MediaError {
+    fn from(e: VolumeError) -> Self {
+        match e {
+            VolumeError::Media(e) => e,
+            VolumeError::NoSpace => MediaError::NoSpace,
+            e => MediaError::Unrecoverable(e.to_string()),
+        }
+    }
+}
+
+pub type VolumeResult<T> = Result<T, VolumeError>;
+
+/// How to create a volume.
+#[derive(Debug, Default)]
+pub struct VolumeOptions<'a> {
+    /// Logical size, a multiple of [`BLOCK_SIZE`]; may exceed the pool
+    /// (thin provisioning over-commits).
+    pub size_bytes: u64,
+    pub services: Services,
+    /// Encrypts the volume with this key (AES-XTS-256). Snapshots and
+    /// clones of it use the same key.
+    pub key: Option<&'a VolumeKey>,
+}
+
+/// Pool-wide space accounting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolStats {
+    pub block_size: u64,
+    pub total_blocks: u64,
+    pub free_blocks: u64,
+    /// Blocks holding data (raw or packed), including the packed block
+    /// being filled.
+    pub data_blocks: u64,
+    /// Blocks holding compressed slots.
+    pub packed_blocks: u64,
+    /// Blocks of the committed metadata checkpoint.
+    pub metadata_blocks: u64,
+    /// Blocks freed since the last commit, reusable after the next flush.
+    pub pending_free_blocks: u64,
+    /// Mapped logical bytes of all volumes, snapshots and clones.
+    pub logical_bytes: u64,
+    /// Bytes the stored records take (compressed sizes rounded to units).
+    pub stored_bytes: u64,
+    /// Bytes of the data blocks.
+    pub physical_bytes: u64,
+    /// `logical_bytes / physical_bytes`.
+    pub reduction_ratio: f64,
+    /// Generation of the last committed checkpoint.
+    pub generation: u64,
+    /// Unreferenced records dropped when the pool was opened.
+    pub reclaimed_at_open: u64,
+}
+
+/// Per-volume space accounting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeStats {
+    pub size_bytes: u64,
+    /// Logical bytes written and not discarded (zero-detected included).
+    pub mapped_bytes: u64,
+    /// Logical bytes that were zero-detected and take no space.
+    pub zero_bytes: u64,
+    /// Stored bytes of the records this volume maps (each counted once).
+    pub allocated_bytes: u64,
+    /// Part of `allocated_bytes` no other volume maps.
+    pub exclusive_bytes: u64,
+    /// Part of `allocated_bytes` shared with snapshots, clones or other
+    /// volumes of the dedup domain.
+    pub shared_bytes: u64,
+    /// `mapped_bytes / allocated_bytes`.
+    pub reduction_ratio: f64,
+}
+
+/// A volume as listed by [`Pool::volumes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub kind: VolumeKind,
+    pub size_bytes: u64,
+    /// The volume it was snapshotted or cloned from, if that still exists.
+    pub parent: Option<String>,
+}
+
+/// A thin pool over one media. Cloning the handle shares the pool.
+#[derive(Clone)]
+pub struct Pool {
+    state: Arc<Mutex<PoolState>>,
+}
+
+impl Pool {
+    /// Formats `media` as an empty pool, destroying what it held.
+    pub fn format(media: Arc<dyn Media>) -> VolumeResult<Pool> {
+        Ok(Pool::wrap(PoolState::format(media)?))
+    }
+
+    /// Opens the pool on `media` in its last committed state. Space that
+    /// was allocated but never committed (a crash) is free again.
+    pub fn open(media: Arc<dyn Media>) -> VolumeResult<Pool> {
+        Ok(Pool::wrap(PoolState::open(media)?))
+    }
+
+    fn wrap(state: PoolState) -> Pool {
+        Pool {
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
+    fn lock(&self) -> VolumeResult<MutexGuard<'_, PoolState>> {
+        // A panic while holding the lock leaves the in-memory state
+        // suspect; the committed state on media is still fine, so the pool
+        // refuses further work until it is reopened.
+        self.state.lock().map_err(|_| {
+            VolumeError::Media(MediaError::Unrecoverable("pool state poisoned".into()))
+        })
+    }
+
+    /// Creates a thin volume; durable when this returns.
+    pub fn create_volume(&self, name: &str, options: &VolumeOptions<'_>) -> VolumeResult<()> {
+        self.lock()?
+            .create_volume(name, options.size_bytes, options.services, options.key)
+    }
+
+    /// Opens a volume (or snapshot) for I/O. An encrypted volume needs its
+    /// key and refuses any other with [`VolumeError::WrongKey`].
+    pub fn open_volume(&self, name: &str, key: Option<&VolumeKey>) -> VolumeResult<Volume> {
+        let opened = self.lock()?.open_volume(name, key)?;
+        Ok(Volume {
+            pool: self.clone(),
+            name: name.to_string(),
+            id: opened.id,
+            kind: opened.kind,
+            size_blocks: opened.size_blocks,
+            cipher: opened.cipher,
+        })
+    }
+
+    /// Takes a read-only snapshot `name` of `origin` (instant: blocks are
+    /// shared, not copied); durable when this returns.
+    pub fn snapshot(&self, origin: &str, name: &str) -> VolumeResult<()> {
+        self.lock()?.snapshot(origin, name)
+    }
+
+    /// Creates writable clone `name` of `snapshot`; durable when this
+    /// returns.
+    pub fn clone_snapshot(&self, snapshot: &str, name: &str) -> VolumeResult<()> {
+        self.lock()?.clone_snapshot(snapshot, name)
+    }
+
+    /// Reverts writable `volume` to the content of `snapshot`; durable when
+    /// this returns. Open handles of `volume` see the reverted content.
+    pub fn revert(&self, volume: &str, snapshot: &str) -> VolumeResult<()> {
+        self.lock()?.revert(volume, snapshot)
+    }
+
+    /// Deletes a volume, snapshot or clone, in any order: blocks that others
+    /// still map are kept. Durable when this returns.
+    pub fn delete(&self, name: &str) -> VolumeResult<()> {
+        self.lock()?.delete(name)
+    }
+
+    /// Takes in space the media gained (a grown file, a protection layout
+    /// with a new member); returns the pool's size in blocks.
+    pub fn grow(&self) -> VolumeResult<u64> {
+        self.lock()?.grow()
+    }
+
+    /// Makes every completed write of every volume durable.
+    pub fn flush(&self) -> VolumeResult<()> {
+        self.lock()?.flush()
+    }
+
+    pub fn volumes(&self) -> VolumeResult<Vec<VolumeInfo>> {
+        Ok(self
+            .lock()?
+            .volume_names()
+            .into_iter()
+            .map(|(name, kind, size_bytes, parent)| VolumeInfo {
+                name,
+                kind,
+                size_bytes,
+                parent,
+            })
+            .collect())
+    }
+
+    pub fn stats(&self) -> VolumeResult<PoolStats> {
+        Ok(self.lock()?.stats())
+    }
+
+    pub fn volume_stats(&self, name: &str) -> VolumeResult<VolumeStats> {
+        self.lock()?.volume_stats(name)
+    }
+
+    /// Checks the in-memory metadata's invariants: reference counts, block
+    /// usage, dedup index, and that every used block is accounted for.
+    pub fn check(&self) -> VolumeResult<()> {
+        self.lock()?.check()
+    }
+}
+
+/// An open volume, snapshot or clone. Dropping it wipes its key schedule.
+pub struct Volume {
+    pool: Pool,
+    name: String,
+    id: u32,
+    kind: VolumeKind,
+    size_blocks: u64,
+    cipher: Option<Arc<Cipher>>,
+}
+
+impl fmt::Debug for Volume {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Volume")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("size_blocks", &self.size_blocks)
+            .field("encrypted", &self.cipher.is_some())
+            .finish()
+    }
+}
+
+impl Volume {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn kind(&self) -> VolumeKind {
+        self.kind
+    }
+
+    /// Size in blocks as of open (a revert may change it).
+    pub fn size_blocks(&self) -> u64 {
+        self.size_blocks
+    }
+
+    /// Writes whole blocks from block `lba`. A full pool fails with
+    /// [`VolumeError::NoSpace`]; blocks before the failing one are written.
+    pub fn write_blocks(&self, lba: u64, data: &[u8]) -> VolumeResult<()> {
+        if !data.len().is_multiple_of(BLOCK_SIZE) {
+            return Err(VolumeError::InvalidArgument(
+                "write is not whole blocks".into(),
+            ));
+        }
+        let mut state = self.pool.lock()?;
+        for (i, block) in data.chunks_exact(BLOCK_SIZE).enumerate() {
+            state.write_block(self.id, lba + i as u64, block, self.cipher.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// Reads whole blocks from block `lba`; unwritten blocks read as zeros.
+    pub fn read_blocks(&self, lba: u64, buf: &mut [u8]) -> VolumeResult<()> {
+        if !buf.len().is_multiple_of(BLOCK_SIZE) {
+            return Err(VolumeError::InvalidArgument(
+                "read is not whole blocks".into(),
+            ));
+        }
+        let state = self.pool.lock()?;
+        for (i, block) in buf.chunks_exact_mut(BLOCK_SIZE).enumerate() {
+            state.read_block(self.id, lba + i as u64, block, self.cipher.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// Unmaps `count` blocks from `lba`: they read as zeros and their space
+    /// returns to the pool with the next flush.
+    pub fn discard_blocks(&self, lba: u64, count: u64) -> VolumeResult<()> {
+        self.pool.lock()?.discard(self.id, lba, count)
+    }
+
+    /// Makes completed writes durable (commits the pool).
+    pub fn flush(&self) -> VolumeResult<()> {
+        self.pool.flush()
+    }
+
+    pub fn stats(&self) -> VolumeResult<VolumeStats> {
+        self.pool.volume_stats(&self.name)
+    }
+}
+
+/// A volume is itself a [`Media`], so anything built over media can be
+/// built over a volume. Partial blocks are read-modify-written; discard
+/// unmaps the whole blocks inside the range and leaves partial ends alone.
+impl Media for Volume {
+    fn size(&self) -> u64 {
+        self.size_blocks * BS
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> MediaResult<()> {
+        check_range(offset, buf.len() as u64, self.size())?;
+        let mut block = vec![0u8; BLOCK_SIZE];
+        let mut done = 0;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let within = (pos % BS) as usize;
+            let n = (BLOCK_SIZE - within).min(buf.len() - done);
+            self.read_blocks(pos / BS, &mut block)?;
+            buf[done..done + n].copy_from_slice(&block[within..within + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> MediaResult<()> {
+        check_range(offset, data.len() as u64, self.size())?;
+        let mut block = vec![0u8; BLOCK_SIZE];
+        let mut done = 0;
+        while done < data.len() {
+            let pos = offset + done as u64;
+            let within = (pos % BS) as usize;
+            let n = (BLOCK_SIZE - within).min(data.len() - done);
+            if n == BLOCK_SIZE {
+                self.write_blocks(pos / BS, &data[done..done + n])?;
+            } else {
+                self.read_blocks(pos / BS, &mut block)?;
+                block[within..within + n].copy_from_slice(&data[done..done + n]);
+                self.write_blocks(pos / BS, &block)?;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> MediaResult<()> {
+        Ok(Volume::flush(self)?)
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> MediaResult<()> {
+        check_range(offset, len, self.size())?;
+        let first = offset.div_ceil(BS);
+        let end = (offset + len) / BS;
+        if end > first {
+            self.discard_blocks(first, end - first)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,605 @@
+//! The pool's on-media format: superblocks, checkpoint chain, checkpoint
+//! payload.
+//!
+//! Everything here is parsed from media that may be torn, stale or hostile,
+//! so every decoder checks bounds and returns [`VolumeError::Corrupt`]
+//! rather than trusting a length or count.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::crypt::CHECK_VALUE_LEN;
+use super::reduce::{Compression, UNITS_PER_BLOCK};
+use super::{VolumeError, BLOCK_SIZE};
+
+/// Blocks 0 and 1 hold the superblock pair.
+pub(crate) const SUPERBLOCKS: u64 = 2;
+
+const SUPER_MAGIC: &[u8; 8] = b"DPUPOOL\x01";
+const META_MAGIC: &[u8; 8] = b"DPUMETA\x01";
+const CHECKPOINT_MAGIC: &[u8; 8] = b"DPUCKPT\x01";
+const FORMAT_VERSION: u32 = 1;
+
+/// Bytes of a superblock that its checksum covers.
+const SUPER_BODY: usize = 84;
+
+/// Header of each checkpoint block: magic, generation, next block, length.
+const META_HEADER: usize = 8 + 8 + 8 + 4;
+
+/// Checkpoint payload bytes per block.
+pub(crate) const META_PAYLOAD: usize = BLOCK_SIZE - META_HEADER;
+
+/// Map value of a logical block that was written with zeros and
+/// zero-detected: it reads as zeros and takes no space, but it counts as
+/// written data in the statistics.
+pub(crate) const ZERO_ENTRY: u64 = u64::MAX;
+
+/// No parent volume.
+const NO_PARENT: u32 = u32::MAX;
+
+/// Encoded sizes, used for exact space estimates before a checkpoint.
+const RECORD_BYTES: usize = 8 + 8 + 2 + 2 + 1 + 2 + 4 + 1 + 32;
+const ENTRY_BYTES: usize = 16;
+const DOMAIN_BYTES: usize = 4 + 1 + CHECK_VALUE_LEN;
+const VOLUME_BYTES: usize = 4 + 2 + 1 + 8 + 4 + 1 + 1 + 1 + 4 + 8;
+
+/// One of the two superblocks: the root of a committed pool state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Superblock {
+    pub generation: u64,
+    pub total_blocks: u64,
+    pub checkpoint_head: u64,
+    pub checkpoint_len: u64,
+    pub checkpoint_blocks: u32,
+    pub checkpoint_hash: [u8; 32],
+}
+
+impl Superblock {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.bytes(SUPER_MAGIC);
+        w.u32(FORMAT_VERSION);
+        w.u32(BLOCK_SIZE as u32);
+        w.u64(self.generation);
+        w.u64(self.total_blocks);
+        w.u64(self.checkpoint_head);
+        w.u64(self.checkpoint_len);
+        w.u32(self.checkpoint_blocks);
+        w.bytes(&self.checkpoint_hash);
+        debug_assert_eq!(w.buf.len(), SUPER_BODY);
+        let sum = blake3::hash(&w.buf);
+        w.bytes(sum.as_bytes());
+        w.buf.resize(BLOCK_SIZE, 0);
+        w.buf
+    }
+
+    /// Parses a superblock; `None` if it is absent, torn or foreign.
+    pub(crate) fn decode(block: &[u8]) -> Option<Self> {
+        if block.len() < SUPER_BODY + 32 {
+            return None;
+        }
+        if blake3::hash(&block[..SUPER_BODY]).as_bytes() != &block[SUPER_BODY..SUPER_BODY + 32] {
+            return None;
+        }
+        let mut r = Reader::new(&block[..SUPER_BODY]);
+        if r.take(8).ok()? != SUPER_MAGIC
+            || r.u32().ok()? != FORMAT_VERSION
+            || r.u32().ok()? != BLOCK_SIZE as u32
+        {
+            return None;
+        }
+        Some(Superblock {
+            generation: r.u64().ok()?,
+            total_blocks: r.u64().ok()?,
+            checkpoint_head: r.u64().ok()?,
+            checkpoint_len: r.u64().ok()?,
+            checkpoint_blocks: r.u32().ok()?,
+            checkpoint_hash: r.array().ok()?,
+        })
+    }
+}
+
+/// Builds checkpoint block `index`'s bytes: header plus its payload chunk.
+pub(crate) fn meta_block(generation: u64, next: u64, chunk: &[u8]) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.bytes(META_MAGIC);
+    w.u64(generation);
+    w.u64(next);
+    w.u32(chunk.len() as u32);
+    w.bytes(chunk);
+    w.buf.resize(BLOCK_SIZE, 0);
+    w.buf
+}
+
+/// Parses a checkpoint block into (next block, payload chunk).
+pub(crate) fn parse_meta_block(block: &[u8], generation: u64) -> Result<(u64, &[u8]), VolumeError> {
+    let mut r = Reader::new(block);
+    if r.take(8)? != META_MAGIC || r.u64()? != generation {
+        return Err(VolumeError::Corrupt(
+            "checkpoint block of another generation".into(),
+        ));
+    }
+    let next = r.u64()?;
+    let len = r.u32()? as usize;
+    if len > META_PAYLOAD {
+        return Err(VolumeError::Corrupt("checkpoint block overfull".into()));
+    }
+    Ok((next, r.take(len)?))
+}
+
+/// A key domain: the volumes sharing one encryption key (or none), and so
+/// the scope within which blocks may be deduplicated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Domain {
+    pub encrypted: bool,
+    pub check_value: [u8; CHECK_VALUE_LEN],
+}
+
+/// A stored block: where its bytes are and how to turn them back into data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub block: u64,
+    /// First unit inside the block (0 for raw records).
+    pub unit: u16,
+    /// Units used (a whole block for raw records).
+    pub units: u16,
+    pub codec: Compression,
+    /// Compressed length in bytes (the block size for raw records).
+    pub len: u16,
+    pub domain: u32,
+    /// Dedup fingerprint, when the record is in the dedup index.
+    pub fingerprint: Option<[u8; 32]>,
+    /// Map entries referring to this record; derived at open, not stored.
+    pub refs: u32,
+}
+
+impl Record {
+    /// The XTS tweak: a number unique to this stored location.
+    pub(crate) fn location(&self) -> u64 {
+        (self.block << 8) | u64::from(self.unit)
+    }
+
+    pub(crate) fn stored_bytes(&self) -> u64 {
+        u64::from(self.units) * super::reduce::UNIT as u64
+    }
+}
+
+/// Whether a volume takes writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeKind {
+    /// A thin volume or a clone: read-write.
+    Writable,
+    /// A snapshot: read-only, frozen at the time it was taken.
+    Snapshot,
+}
+
+/// Per-volume data services (encryption is chosen by the key at creation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Services {
+    /// Map all-zero blocks to "zero" instead of storing them.
+    pub zero_detect: bool,
+    /// Store identical blocks of the key domain once.
+    pub dedup: bool,
+    /// Compress blocks before storing them.
+    pub compression: Compression,
+}
+
+/// A volume's metadata: identity, services and its logical → record map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VolumeMeta {
+    pub name: String,
+    pub kind: VolumeKind,
+    pub size_blocks: u64,
+    pub domain: u32,
+    pub services: Services,
+    pub parent: Option<u32>,
+    /// Logical block → record id, or [`ZERO_ENTRY`]. Unmapped blocks read
+    /// as zeros.
+    pub map: BTreeMap<u64, u64>,
+}
+
+/// Everything a checkpoint holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub next_volume: u32,
+    pub next_record: u64,
+    pub domains: BTreeMap<u32, Domain>,
+    pub records: HashMap<u64, Record>,
+    pub volumes: BTreeMap<u32, VolumeMeta>,
+}
+
+impl Meta {
+    /// An upper bound of the encoded size (every record counted with a
+    /// fingerprint), cheap enough to evaluate on every allocation.
+    pub(crate) fn encoded_size_bound(&self) -> usize {
+        let volumes: usize = self
+            .volumes
+            .values()
+            .map(|v| VOLUME_BYTES + v.name.len() + v.map.len() * ENTRY_BYTES)
+            .sum();
+        8 + 4
+            + 8
+            + 4
+            + self.domains.len() * DOMAIN_BYTES
+            + 8
+            + self.records.len() * RECORD_BYTES
+            + 4
+            + volumes
+    }
+
+    /// Extra bytes the checkpoint grows by for `entries` more map entries
+    /// and `records` more records.
+    pub(crate) fn growth(entries: usize, records: usize) -> usize {
+        entries * ENTRY_BYTES + records * RECORD_BYTES
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.buf.reserve(self.encoded_size_bound());
+        w.bytes(CHECKPOINT_MAGIC);
+        w.u32(self.next_volume);
+        w.u64(self.next_record);
+        w.u32(self.domains.len() as u32);
+        for (&id, domain) in &self.domains {
+            w.u32(id);
+            w.u8(u8::from(domain.encrypted));
+            w.bytes(&domain.check_value);
+        }
+        w.u64(self.records.len() as u64);
+        for (&id, rec) in &self.records {
+            w.u64(id);
+            w.u64(rec.block);
+            w.u16(rec.unit);
+            w.u16(rec.units);
+            w.u8(rec.codec.code());
+            w.u16(rec.len);
+            w.u32(rec.domain);
+            match &rec.fingerprint {
+                Some(fp) => {
+                    w.u8(1);
+                    w.bytes(fp);
+                }
+                None => w.u8(0),
+            }
+        }
+        w.u32(self.volumes.len() as u32);
+        for (&id, vol) in &self.volumes {
+            w.u32(id);
+            w.u16(vol.name.len() as u16);
+            w.bytes(vol.name.as_bytes());
+            w.u8(match vol.kind {
+                VolumeKind::Writable => 0,
+                VolumeKind::Snapshot => 1,
+            });
+            w.u64(vol.size_blocks);
+            w.u32(vol.domain);
+            w.u8(u8::from(vol.services.zero_detect));
+            w.u8(u8::from(vol.services.dedup));
+            w.u8(vol.services.compression.code());
+            w.u32(vol.parent.unwrap_or(NO_PARENT));
+            w.u64(vol.map.len() as u64);
+            for (&lba, &rid) in &vol.map {
+                w.u64(lba);
+                w.u64(rid);
+            }
+        }
+        w.buf
+    }
+
+    /// Parses a checkpoint payload. Cross-references (record ids, block
+    /// numbers) are checked by the pool when it rebuilds its state.
+    pub(crate) fn decode(payload: &[u8]) -> Result<Self, VolumeError> {
+        let mut r = Reader::new(payload);
+        if r.take(8)? != CHECKPOINT_MAGIC {
+            return Err(VolumeError::Corrupt("bad checkpoint magic".into()));
+        }
+        let mut meta = Meta {
+            next_volume: r.u32()?,
+            next_record: r.u64()?,
+            ..Meta::default()
+        };
+        let domains = r.u32()?;
+        let domains = r.count(u64::from(domains), DOMAIN_BYTES)?;
+        for _ in 0..domains {
+            let id = r.u32()?;
+            let domain = Domain {
+                encrypted: r.flag()?,
+                check_value: r.array()?,
+            };
+            if meta.domains.insert(id, domain).is_some() {
+                return Err(VolumeError::Corrupt(format!("domain {id} twice")));
+            }
+        }
+        let records = r.u64()?;
+        let records = r.count(records, RECORD_BYTES - 32)?;
+        meta.records.reserve(records);
+        for _ in 0..records {
+            let id = r.u64()?;
+            let rec = Record {
+                block: r.u64()?,
+                unit: r.u16()?,
+                units: r.u16()?,
+                codec: Compression::from_code(r.u8()?)?,
+                len: r.u16()?,
+                domain: r.u32()?,
+                fingerprint: if r.flag()? { Some(r.array()?) } else { None },
+                refs: 0,
+            };
+            let end = usize::from(rec.unit) + usize::from(rec.units);
+            let raw = rec.codec == Compression::None;
+            if rec.units == 0
+                || end > UNITS_PER_BLOCK
+                || usize::from(rec.len) > usize::from(rec.units) * super::reduce::UNIT
+                || (raw && (rec.unit != 0 || usize::from(rec.units) != UNITS_PER_BLOCK))
+                || id >= meta.next_record
+            {
+                return Err(VolumeError::Corrupt(format!("record {id} malformed")));
+            }
+            if meta.records.insert(id, rec).is_some() {
+                return Err(VolumeError::Corrupt(format!("record {id} twice")));
+            }
+        }
+        let volumes = r.u32()?;
+        let volumes = r.count(u64::from(volumes), VOLUME_BYTES)?;
+        for _ in 0..volumes {
+            let id = r.u32()?;
+            let name_len = usize::from(r.u16()?);
+            let name = std::str::from_utf8(r.take(name_len)?)
+                .map_err(|_| VolumeError::Corrupt("volume name not UTF-8".into()))?
+                .to_string();
+            let kind = match r.u8()? {
+                0 => VolumeKind::Writable,
+                1 => VolumeKind::Snapshot,
+                k => return Err(VolumeError::Corrupt(format!("volume kind {k}"))),
+            };
+            let size_blocks = r.u64()?;
+            let domain = r.u32()?;
+            let services = Services {
+                zero_detect: r.flag()?,
+                dedup: r.flag()?,
+                compression: Compression::from_code(r.u8()?)?,
+            };
+            let parent = Some(r.u32()?).filter(|&p| p != NO_PARENT);
+            let entries = r.u64()?;
+            let entries = r.count(entries, ENTRY_BYTES)?;
+            let mut map = BTreeMap::new();
+            for _ in 0..entries {
+                let lba = r.u64()?;
+                let rid = r.u64()?;
+                if lba >= size_blocks || map.insert(lba, rid).is_some() {
+                    return Err(VolumeError::Corrupt(format!(
+                        "volume {name}: bad entry {lba}"
+                    )));
+                }
+            }
+            if id >= meta.next_volume || !meta.domains.contains_key(&domain) {
+                return Err(VolumeError::Corrupt(format!("volume {name} malformed")));
+            }
+            let vol = VolumeMeta {
+                name,
+                kind,
+                size_blocks,
+                domain,
+                services,
+                parent,
+                map,
+            };
+            if meta.volumes.insert(id, vol).is_some() {
+                return Err(VolumeError::Corrupt(format!("volume {id} twice")));
+            }
+        }
+        if !r.is_empty() {
+            return Err(VolumeError::Corrupt("trailing bytes in checkpoint".into()));
+        }
+        Ok(meta)
+    }
+}
+
+/// Little-endian encoder.
+#[derive(Default)]
+struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn bytes(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+    }
+    fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_le_bytes());
+    }
+}
+
+/// Bounds-checked little-endian decoder.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+
+    fn take(&mut self, len: usize) -> Result<&'a [u8], VolumeError> {
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|&end| end <= self.buf.len())
+            .ok_or_else(|| VolumeError::Corrupt("metadata truncated".into()))?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], VolumeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, VolumeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn flag(&mut self) -> Result<bool, VolumeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(VolumeError::Corrupt(format!("flag byte {v}"))),
+        }
+    }
+    fn u16(&mut self) -> Result<u16, VolumeError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, VolumeError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, VolumeError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    /// Checks that `count` items of at least `min_size` bytes each can
+    /// still be in the buffer, so a corrupt count cannot make us allocate.
+    fn count(&self, count: u64, min_size: usize) -> Result<usize, VolumeError> {
+        let left = (self.buf.len() - self.pos) as u64;
+        match count.checked_mul(min_size as u64) {
+            Some(bytes) if bytes <= left => Ok(count as usize),
+            _ => Err(VolumeError::Corrupt(format!(
+                "count {count} exceeds metadata"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Meta {
+        let mut meta = Meta {
+            next_volume: 3,
+            next_record: 10,
+            ..Meta::default()
+        };
+        meta.domains.insert(
+            0,
+            Domain {
+                encrypted: false,
+                check_value: [0; CHECK_VALUE_LEN],
+            },
+        );
+        meta.domains.insert(
+            1,
+            Domain {
+                encrypted: true,
+                check_value: [7; CHECK_VALUE_LEN],
+            },
+        );
+        meta.records.insert(
+            4,
+            Record {
+                block: 9,
+                unit: 3,
+                units: 20,
+                codec: Compression::Zstd,
+                len: 311,
+                domain: 1,
+                fingerprint: Some([1; 32]),
+                refs: 0,
+            },
+        );
+        meta.records.insert(
+            5,
+            Record {
+                block: 12,
+                unit: 0,
+                units: UNITS_PER_BLOCK as u16,
+                codec: Compression::None,
+                len: BLOCK_SIZE as u16,
+                domain: 0,
+                fingerprint: None,
+                refs: 0,
+            },
+        );
+        let mut map = BTreeMap::new();
+        map.insert(0, 4);
+        map.insert(7, ZERO_ENTRY);
+        meta.volumes.insert(
+            2,
+            VolumeMeta {
+                name: "vol".into(),
+                kind: VolumeKind::Snapshot,
+                size_blocks: 8,
+                domain: 1,
+                services: Services {
+                    zero_detect: true,
+                    dedup: true,
+                    compression: Compression::Lz4,
+                },
+                parent: Some(1),
+                map,
+            },
+        );
+        meta
+    }
+
+    #[test]
+    fn checkpoint_round_trips_and_size_bound_holds() {
+        let meta = sample();
+        let bytes = meta.encode();
+        assert!(bytes.len() <= meta.encoded_size_bound());
+        assert_eq!(Meta::decode(&bytes).unwrap(), meta);
+        for cut in [0, 7, 30, bytes.len() - 1] {
+            assert!(Meta::decode(&bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn superblock_round_trips_and_rejects_damage() {
+        let sb = Superblock {
+            generation: 42,
+            total_blocks: 1000,
+            checkpoint_head: 17,
+            checkpoint_len: 5000,
+            checkpoint_blocks: 2,
+            checkpoint_hash: [3; 32],
+        };
+        let mut bytes = sb.encode();
+        assert_eq!(Superblock::decode(&bytes), Some(sb));
+        bytes[20] ^= 1;
+        assert_eq!(Superblock::decode(&bytes), None);
+        assert_eq!(Superblock::decode(&[0u8; BLOCK_SIZE]), None);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Random bytes and bit flips in a valid checkpoint never panic the
+        /// decoder.
+        #[test]
+        fn decoder_survives_garbage(flips in proptest::collection::vec((0usize..4096, 0u8..8), 0..6),
+                                    garbage in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut bytes = sample().encode();
+            for (pos, bit) in flips {
+                let len = bytes.len();
+                bytes[pos % len] ^= 1 << bit;
+            }
+            let _ = Meta::decode(&bytes);
+            let _ = Meta::decode(&garbage);
+            let _ = Superblock::decode(&garbage);
+        }
+    }
+}

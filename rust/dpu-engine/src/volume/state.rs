@@ -1,0 +1,1079 @@
+//! The pool's in-memory state and every operation on it.
+//!
+//! Crash consistency comes from two rules. First, nothing the committed
+//! checkpoint refers to is ever overwritten: new data always goes to free
+//! space (redirect-on-write), and space freed since the last commit is held
+//! back in `pending_free` until the next commit makes the free durable.
+//! Second, a commit is ordered by flushes: data, then the new checkpoint
+//! chain, then the superblock that points to it. A crash at any point
+//! therefore leaves either the old or the new checkpoint intact and
+//! complete, and everything either one refers to intact too.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use super::alloc::SpaceMap;
+use super::crypt::{Cipher, VolumeKey};
+use super::format::{
+    meta_block, parse_meta_block, Domain, Meta, Record, Services, Superblock, VolumeKind,
+    VolumeMeta, META_PAYLOAD, SUPERBLOCKS, ZERO_ENTRY,
+};
+use super::reduce::{
+    compress, decompress, fingerprint, is_zero, Compression, UNIT, UNITS_PER_BLOCK,
+};
+use super::{PoolStats, VolumeError, VolumeStats, BLOCK_SIZE};
+use crate::media::{Media, MediaError};
+
+const BS: u64 = BLOCK_SIZE as u64;
+
+/// Longest volume name (bytes); configfs names are shorter still.
+const MAX_NAME: usize = 255;
+
+/// Smallest pool: two superblocks, a checkpoint and a few data blocks.
+const MIN_BLOCKS: u64 = 8;
+
+/// The packed block currently being filled with compressed slots.
+struct PackCursor {
+    block: u64,
+    next_unit: usize,
+}
+
+/// What an opened volume needs to know about itself.
+pub(crate) struct OpenedVolume {
+    pub id: u32,
+    pub kind: VolumeKind,
+    pub size_blocks: u64,
+    pub cipher: Option<Arc<Cipher>>,
+}
+
+pub(crate) struct PoolState {
+    media: Arc<dyn Media>,
+    /// Generation of the committed superblock.
+    generation: u64,
+    meta: Meta,
+    space: SpaceMap,
+    /// Live records stored in each block.
+    live: Vec<u32>,
+    pack: Option<PackCursor>,
+    /// Blocks freed since the last commit: the committed checkpoint may
+    /// still refer to them, so they are reusable only after the next one.
+    pending_free: Vec<u64>,
+    /// Blocks of the committed checkpoint chain.
+    checkpoint: Vec<u64>,
+    /// Dedup index: (key domain, fingerprint) → record.
+    index: HashMap<(u32, [u8; 32]), u64>,
+    /// The state differs from the committed checkpoint.
+    dirty: bool,
+    /// A commit failed after the superblock write started: which state the
+    /// media holds is unknown until the pool is opened again.
+    failed: bool,
+    /// Records found unreferenced (leaked) and dropped at open.
+    reclaimed_at_open: u64,
+}
+
+impl PoolState {
+    /// Formats `media` as an empty pool.
+    pub(crate) fn format(media: Arc<dyn Media>) -> Result<Self, VolumeError> {
+        let blocks = media.size() / BS;
+        if blocks < MIN_BLOCKS {
+            return Err(VolumeError::InvalidArgument(format!(
+                "media of {} bytes is too small for a pool",
+                media.size()
+            )));
+        }
+        // A stale superblock of an earlier pool must not outrank ours.
+        let zeros = vec![0u8; BLOCK_SIZE];
+        for slot in 0..SUPERBLOCKS {
+            media.write_at(slot * BS, &zeros)?;
+        }
+        media.flush()?;
+        let mut meta = Meta::default();
+        meta.domains.insert(
+            0,
+            Domain {
+                encrypted: false,
+                check_value: [0; super::crypt::CHECK_VALUE_LEN],
+            },
+        );
+        let mut state = PoolState::empty(media, blocks, meta, 0);
+        state.dirty = true;
+        state.commit()?;
+        Ok(state)
+    }
+
+    fn empty(media: Arc<dyn Media>, blocks: u64, meta: Meta, generation: u64) -> Self {
+        let mut space = SpaceMap::new(blocks);
+        for slot in 0..SUPERBLOCKS {
+            space.claim(slot);
+        }
+        PoolState {
+            media,
+            generation,
+            meta,
+            space,
+            live: vec![0; blocks as usize],
+            pack: None,
+            pending_free: Vec::new(),
+            checkpoint: Vec::new(),
+            index: HashMap::new(),
+            dirty: false,
+            failed: false,
+            reclaimed_at_open: 0,
+        }
+    }
+
+    /// Opens the pool on `media` from its newest intact committed state.
+    pub(crate) fn open(media: Arc<dyn Media>) -> Result<Self, VolumeError> {
+        let mut supers = Vec::new();
+        for slot in 0..SUPERBLOCKS {
+            let mut block = vec![0u8; BLOCK_SIZE];
+            media.read_at(slot * BS, &mut block)?;
+            supers.extend(Superblock::decode(&block));
+        }
+        if supers.is_empty() {
+            return Err(VolumeError::NotFormatted);
+        }
+        supers.sort_by_key(|sb| std::cmp::Reverse(sb.generation));
+        let mut last_error = VolumeError::NotFormatted;
+        for sb in supers {
+            // A torn superblock write fails its checksum and is skipped
+            // above; a newer superblock whose checkpoint does not load
+            // falls back to the older one, which the commit protocol kept
+            // intact.
+            match PoolState::load(media.clone(), &sb) {
+                Ok(state) => return Ok(state),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
+    fn load(media: Arc<dyn Media>, sb: &Superblock) -> Result<Self, VolumeError> {
+        if sb.total_blocks < MIN_BLOCKS || sb.total_blocks > media.size() / BS {
+            return Err(VolumeError::Corrupt(format!(
+                "pool of {} blocks does not fit the media",
+                sb.total_blocks
+            )));
+        }
+        // Read and verify the checkpoint chain.
+        let mut payload = Vec::with_capacity(sb.checkpoint_len.min(1 << 30) as usize);
+        let mut chain = Vec::new();
+        let mut next = sb.checkpoint_head;
+        let mut block = vec![0u8; BLOCK_SIZE];
+        for _ in 0..sb.checkpoint_blocks {
+            if !(SUPERBLOCKS..sb.total_blocks).contains(&next) || chain.contains(&next) {
+                return Err(VolumeError::Corrupt("checkpoint chain broken".into()));
+            }
+            media.read_at(next * BS, &mut block)?;
+            let (following, chunk) = parse_meta_block(&block, sb.generation)?;
+            payload.extend_from_slice(chunk);
+            chain.push(next);
+            next = following;
+        }
+        if payload.len() as u64 != sb.checkpoint_len
+            || blake3::hash(&payload).as_bytes() != &sb.checkpoint_hash
+        {
+            return Err(VolumeError::Corrupt(
+                "checkpoint does not match its superblock".into(),
+            ));
+        }
+        let meta = Meta::decode(&payload)?;
+        let mut state = PoolState::empty(media, sb.total_blocks, meta, sb.generation);
+        for &b in &chain {
+            state.space.claim(b);
+        }
+        state.checkpoint = chain;
+        state.rebuild()?;
+        Ok(state)
+    }
+
+    /// Derives reference counts, block usage and the dedup index from the
+    /// checkpoint, validating every cross-reference on the way. Records no
+    /// map refers to are dropped: this is where a leak, if one ever got
+    /// committed, is reclaimed.
+    fn rebuild(&mut self) -> Result<(), VolumeError> {
+        if self.meta.domains.get(&0).is_none_or(|d| d.encrypted) {
+            return Err(VolumeError::Corrupt("plaintext domain missing".into()));
+        }
+        for vol in self.meta.volumes.values() {
+            for (&lba, &rid) in &vol.map {
+                if rid == ZERO_ENTRY {
+                    continue;
+                }
+                let rec = self.meta.records.get_mut(&rid).ok_or_else(|| {
+                    VolumeError::Corrupt(format!(
+                        "{}: block {lba} maps to missing record",
+                        vol.name
+                    ))
+                })?;
+                if rec.domain != vol.domain {
+                    return Err(VolumeError::Corrupt(format!(
+                        "{}: block {lba} maps to another key domain",
+                        vol.name
+                    )));
+                }
+                rec.refs = rec.refs.saturating_add(1);
+            }
+        }
+        let before = self.meta.records.len();
+        self.meta.records.retain(|_, rec| rec.refs > 0);
+        self.reclaimed_at_open = (before - self.meta.records.len()) as u64;
+
+        // Each raw record owns its block; packed records own disjoint unit
+        // ranges of blocks that hold only packed records.
+        let mut packed: HashMap<u64, [u64; UNITS_PER_BLOCK / 64]> = HashMap::new();
+        let mut raw: HashSet<u64> = HashSet::new();
+        for (&rid, rec) in &self.meta.records {
+            if !self.meta.domains.contains_key(&rec.domain) {
+                return Err(VolumeError::Corrupt(format!(
+                    "record {rid}: unknown domain"
+                )));
+            }
+            let bad = || VolumeError::Corrupt(format!("record {rid} overlaps other data"));
+            if rec.block < SUPERBLOCKS
+                || rec.block >= self.space.blocks()
+                || self.checkpoint.contains(&rec.block)
+            {
+                return Err(bad());
+            }
+            if rec.codec == Compression::None {
+                if packed.contains_key(&rec.block) || !raw.insert(rec.block) {
+                    return Err(bad());
+                }
+            } else {
+                if raw.contains(&rec.block) {
+                    return Err(bad());
+                }
+                let bits = packed.entry(rec.block).or_default();
+                for unit in usize::from(rec.unit)..usize::from(rec.unit) + usize::from(rec.units) {
+                    if bits[unit / 64] & (1 << (unit % 64)) != 0 {
+                        return Err(bad());
+                    }
+                    bits[unit / 64] |= 1 << (unit % 64);
+                }
+            }
+            self.live[rec.block as usize] += 1;
+            self.space.claim(rec.block);
+            if let Some(fp) = rec.fingerprint {
+                self.index.entry((rec.domain, fp)).or_insert(rid);
+            }
+        }
+        Ok(())
+    }
+
+    fn usable(&self) -> Result<(), VolumeError> {
+        if self.failed {
+            return Err(VolumeError::Media(MediaError::Unrecoverable(
+                "a metadata commit failed; reopen the pool".into(),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes the current state durable: flush data, write a new checkpoint
+    /// into free blocks, flush, write the other superblock, flush.
+    pub(crate) fn commit(&mut self) -> Result<(), VolumeError> {
+        self.usable()?;
+        self.media.flush()?;
+        let payload = self.meta.encode();
+        let needed = payload.len().div_ceil(META_PAYLOAD).max(1);
+        let mut chain = Vec::with_capacity(needed);
+        for _ in 0..needed {
+            match self.space.alloc() {
+                Some(b) => chain.push(b),
+                None => {
+                    for &b in &chain {
+                        self.space.release(b);
+                    }
+                    return Err(VolumeError::NoSpace);
+                }
+            }
+        }
+        let generation = self.generation + 1;
+        let written = chain.iter().enumerate().try_for_each(|(i, &b)| {
+            let next = chain.get(i + 1).copied().unwrap_or(0);
+            let start = (i * META_PAYLOAD).min(payload.len());
+            let end = ((i + 1) * META_PAYLOAD).min(payload.len());
+            self.media
+                .write_at(b * BS, &meta_block(generation, next, &payload[start..end]))
+        });
+        if let Err(e) = written.and_then(|()| self.media.flush()) {
+            // Nothing points to the new chain yet, so its blocks are free.
+            for &b in &chain {
+                self.space.release(b);
+            }
+            return Err(e.into());
+        }
+        let sb = Superblock {
+            generation,
+            total_blocks: self.space.blocks(),
+            checkpoint_head: chain[0],
+            checkpoint_len: payload.len() as u64,
+            checkpoint_blocks: chain.len() as u32,
+            checkpoint_hash: *blake3::hash(&payload).as_bytes(),
+        };
+        // The slot alternates, so the other slot keeps the previous
+        // generation, whose checkpoint is still intact, until this write
+        // is durable.
+        let slot = generation % SUPERBLOCKS;
+        if let Err(e) = self
+            .media
+            .write_at(slot * BS, &sb.encode())
+            .and_then(|()| self.media.flush())
+        {
+            self.failed = true;
+            return Err(e.into());
+        }
+        self.generation = generation;
+        for b in std::mem::replace(&mut self.checkpoint, chain) {
+            self.space.release(b);
+        }
+        for b in std::mem::take(&mut self.pending_free) {
+            self.space.release(b);
+        }
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Commits if anything changed, else just flushes the media.
+    pub(crate) fn flush(&mut self) -> Result<(), VolumeError> {
+        self.usable()?;
+        if self.dirty || !self.pending_free.is_empty() {
+            self.commit()
+        } else {
+            Ok(self.media.flush()?)
+        }
+    }
+
+    /// Blocks the next checkpoint needs if the metadata grows by `entries`
+    /// map entries and `records` records.
+    fn checkpoint_blocks_needed(&self, entries: usize, records: usize) -> u64 {
+        let bytes = self.meta.encoded_size_bound() + Meta::growth(entries, records);
+        bytes.div_ceil(META_PAYLOAD) as u64
+    }
+
+    /// Makes sure that, after taking `blocks` data blocks, the next
+    /// checkpoint (grown by `entries` and `records`) still fits. Commits to
+    /// release pending frees when that helps; fails with `NoSpace`
+    /// otherwise, before anything has changed.
+    fn ensure_room(
+        &mut self,
+        blocks: u64,
+        entries: usize,
+        records: usize,
+    ) -> Result<(), VolumeError> {
+        let fits =
+            |s: &Self| s.space.free() >= blocks + s.checkpoint_blocks_needed(entries, records);
+        if fits(self) {
+            return Ok(());
+        }
+        if !self.pending_free.is_empty() {
+            self.commit()?;
+            if fits(self) {
+                return Ok(());
+            }
+        }
+        Err(VolumeError::NoSpace)
+    }
+
+    fn alloc_block(&mut self) -> Result<u64, VolumeError> {
+        self.ensure_room(1, 1, 1)?;
+        self.space.alloc().ok_or(VolumeError::NoSpace)
+    }
+
+    /// Finds room for `units` units of a packed block.
+    fn alloc_slot(&mut self, units: usize) -> Result<(u64, usize), VolumeError> {
+        if let Some(cursor) = &mut self.pack {
+            if cursor.next_unit + units <= UNITS_PER_BLOCK {
+                let slot = (cursor.block, cursor.next_unit);
+                cursor.next_unit += units;
+                return Ok(slot);
+            }
+        }
+        let block = self.alloc_block()?;
+        if let Some(old) = self.pack.take() {
+            if self.live[old.block as usize] == 0 {
+                self.pending_free.push(old.block);
+            }
+        }
+        self.pack = Some(PackCursor {
+            block,
+            next_unit: units,
+        });
+        Ok((block, 0))
+    }
+
+    fn volume(&self, id: u32) -> Result<&VolumeMeta, VolumeError> {
+        self.meta
+            .volumes
+            .get(&id)
+            .ok_or_else(|| VolumeError::NotFound(format!("volume #{id}")))
+    }
+
+    fn find(&self, name: &str) -> Result<u32, VolumeError> {
+        self.meta
+            .volumes
+            .iter()
+            .find(|(_, v)| v.name == name)
+            .map(|(&id, _)| id)
+            .ok_or_else(|| VolumeError::NotFound(name.to_string()))
+    }
+
+    /// The cipher for `domain`: the caller's, which must exist exactly when
+    /// the domain is encrypted.
+    fn domain_cipher<'c>(
+        &self,
+        domain: u32,
+        cipher: Option<&'c Cipher>,
+    ) -> Result<Option<&'c Cipher>, VolumeError> {
+        let encrypted = self.meta.domains.get(&domain).is_some_and(|d| d.encrypted);
+        match (encrypted, cipher) {
+            (true, None) => Err(VolumeError::KeyRequired),
+            (true, Some(c)) => Ok(Some(c)),
+            (false, _) => Ok(None),
+        }
+    }
+
+    /// Writes one block of `vol`.
+    pub(crate) fn write_block(
+        &mut self,
+        vol: u32,
+        lba: u64,
+        data: &[u8],
+        cipher: Option<&Cipher>,
+    ) -> Result<(), VolumeError> {
+        self.usable()?;
+        let v = self.volume(vol)?;
+        if v.kind == VolumeKind::Snapshot {
+            return Err(VolumeError::ReadOnly);
+        }
+        if lba >= v.size_blocks || data.len() != BLOCK_SIZE {
+            return Err(VolumeError::Media(MediaError::OutOfRange {
+                offset: lba * BS,
+                len: data.len() as u64,
+                size: v.size_blocks * BS,
+            }));
+        }
+        let (domain, services, new_entry) = (v.domain, v.services, !v.map.contains_key(&lba));
+        let cipher = self.domain_cipher(domain, cipher)?;
+        let entry = if services.zero_detect && is_zero(data) {
+            self.ensure_room(0, usize::from(new_entry), 0)?;
+            ZERO_ENTRY
+        } else {
+            let fp = services.dedup.then(|| match cipher {
+                Some(c) => c.fingerprint(data),
+                None => fingerprint(data),
+            });
+            match fp.and_then(|fp| self.index.get(&(domain, fp)).copied()) {
+                // Equal fingerprints are not enough: the stored block is
+                // read back and compared, so a collision never shares.
+                Some(rid) if self.record_equals(rid, data, cipher)? => {
+                    self.ensure_room(0, usize::from(new_entry), 0)?;
+                    rid
+                }
+                _ => self.store(domain, services.compression, data, cipher, fp)?,
+            }
+        };
+        self.set_entry(vol, lba, Some(entry));
+        Ok(())
+    }
+
+    /// Stores `data` as a new record (refs 0) and returns its id.
+    fn store(
+        &mut self,
+        domain: u32,
+        codec: Compression,
+        data: &[u8],
+        cipher: Option<&Cipher>,
+        fp: Option<[u8; 32]>,
+    ) -> Result<u64, VolumeError> {
+        let (block, unit, units, codec, mut bytes) = match compress(codec, data) {
+            Some(packed) => {
+                let units = packed.len().div_ceil(UNIT).max(1);
+                let (block, unit) = self.alloc_slot(units)?;
+                let len = packed.len();
+                let mut bytes = packed;
+                bytes.resize(units * UNIT, 0);
+                (block, unit, units, codec, (bytes, len))
+            }
+            None => {
+                let block = self.alloc_block()?;
+                (
+                    block,
+                    0,
+                    UNITS_PER_BLOCK,
+                    Compression::None,
+                    (data.to_vec(), BLOCK_SIZE),
+                )
+            }
+        };
+        let rec = Record {
+            block,
+            unit: unit as u16,
+            units: units as u16,
+            codec,
+            len: bytes.1 as u16,
+            domain,
+            // A fingerprint already indexed (a collision, since the compare
+            // failed) stays with the record that has it; this one is stored
+            // unindexed.
+            fingerprint: fp.filter(|fp| !self.index.contains_key(&(domain, *fp))),
+            refs: 0,
+        };
+        if let Some(c) = cipher {
+            c.encrypt(&mut bytes.0, rec.location());
+        }
+        if let Err(e) = self
+            .media
+            .write_at(block * BS + (unit * UNIT) as u64, &bytes.0)
+        {
+            if codec == Compression::None {
+                // Nothing refers to the block: it can be reused at once.
+                self.space.release(block);
+            }
+            return Err(e.into());
+        }
+        let rid = self.meta.next_record;
+        self.meta.next_record += 1;
+        self.live[block as usize] += 1;
+        if let Some(fp) = rec.fingerprint {
+            self.index.insert((domain, fp), rid);
+        }
+        self.meta.records.insert(rid, rec);
+        Ok(rid)
+    }
+
+    /// Maps (or with `None` unmaps) `lba`, taking the new reference before
+    /// dropping the old one so that rewriting a block with its own content
+    /// never frees it.
+    fn set_entry(&mut self, vol: u32, lba: u64, entry: Option<u64>) {
+        if let Some(rec) = entry.and_then(|rid| self.meta.records.get_mut(&rid)) {
+            rec.refs += 1;
+        }
+        let old = self.meta.volumes.get_mut(&vol).and_then(|v| match entry {
+            Some(e) => v.map.insert(lba, e),
+            None => v.map.remove(&lba),
+        });
+        if let Some(rid) = old {
+            self.unref(rid);
+        }
+        self.dirty = true;
+    }
+
+    /// Drops one reference to `rid`, freeing the record with the last one.
+    fn unref(&mut self, rid: u64) {
+        let Some(rec) = self.meta.records.get_mut(&rid) else {
+            return;
+        };
+        rec.refs = rec.refs.saturating_sub(1);
+        if rec.refs > 0 {
+            return;
+        }
+        let Some(rec) = self.meta.records.remove(&rid) else {
+            return;
+        };
+        if let Some(fp) = rec.fingerprint {
+            if self.index.get(&(rec.domain, fp)) == Some(&rid) {
+                self.index.remove(&(rec.domain, fp));
+            }
+        }
+        let live = &mut self.live[rec.block as usize];
+        *live = live.saturating_sub(1);
+        let open_pack = self.pack.as_ref().is_some_and(|c| c.block == rec.block);
+        if *live == 0 && !open_pack {
+            self.pending_free.push(rec.block);
+        }
+    }
+
+    /// Reads one block of `vol` into `out`.
+    pub(crate) fn read_block(
+        &self,
+        vol: u32,
+        lba: u64,
+        out: &mut [u8],
+        cipher: Option<&Cipher>,
+    ) -> Result<(), VolumeError> {
+        let v = self.volume(vol)?;
+        if lba >= v.size_blocks || out.len() != BLOCK_SIZE {
+            return Err(VolumeError::Media(MediaError::OutOfRange {
+                offset: lba * BS,
+                len: out.len() as u64,
+                size: v.size_blocks * BS,
+            }));
+        }
+        let cipher = self.domain_cipher(v.domain, cipher)?;
+        match v.map.get(&lba) {
+            None | Some(&ZERO_ENTRY) => {
+                out.fill(0);
+                Ok(())
+            }
+            Some(&rid) => self.read_record(rid, out, cipher),
+        }
+    }
+
+    fn read_record(
+        &self,
+        rid: u64,
+        out: &mut [u8],
+        cipher: Option<&Cipher>,
+    ) -> Result<(), VolumeError> {
+        let rec = self
+            .meta
+            .records
+            .get(&rid)
+            .ok_or_else(|| VolumeError::Corrupt(format!("record {rid} missing")))?;
+        let offset = rec.block * BS + u64::from(rec.unit) * UNIT as u64;
+        if rec.codec == Compression::None {
+            self.media.read_at(offset, out)?;
+            if let Some(c) = cipher {
+                c.decrypt(out, rec.location());
+            }
+            return Ok(());
+        }
+        let mut bytes = vec![0u8; rec.stored_bytes() as usize];
+        self.media.read_at(offset, &mut bytes)?;
+        if let Some(c) = cipher {
+            c.decrypt(&mut bytes, rec.location());
+        }
+        decompress(rec.codec, &bytes[..usize::from(rec.len)], out)
+    }
+
+    fn record_equals(
+        &self,
+        rid: u64,
+        data: &[u8],
+        cipher: Option<&Cipher>,
+    ) -> Result<bool, VolumeError> {
+        let mut stored = vec![0u8; BLOCK_SIZE];
+        self.read_record(rid, &mut stored, cipher)?;
+        Ok(stored == data)
+    }
+
+    /// Unmaps `count` blocks of `vol` from `lba`: they read as zeros and
+    /// their space is freed with the last reference.
+    pub(crate) fn discard(&mut self, vol: u32, lba: u64, count: u64) -> Result<(), VolumeError> {
+        self.usable()?;
+        let v = self.volume(vol)?;
+        if v.kind == VolumeKind::Snapshot {
+            return Err(VolumeError::ReadOnly);
+        }
+        let end = lba
+            .checked_add(count)
+            .filter(|&e| e <= v.size_blocks)
+            .ok_or(VolumeError::Media(MediaError::OutOfRange {
+                offset: lba.saturating_mul(BS),
+                len: count.saturating_mul(BS),
+                size: v.size_blocks * BS,
+            }))?;
+        let mapped: Vec<u64> = v.map.range(lba..end).map(|(&l, _)| l).collect();
+        for l in mapped {
+            self.set_entry(vol, l, None);
+        }
+        Ok(())
+    }
+
+    fn check_new_name(&self, name: &str) -> Result<(), VolumeError> {
+        if name.is_empty() || name.len() > MAX_NAME || name.contains(['/', '\0']) {
+            return Err(VolumeError::InvalidArgument(format!(
+                "bad volume name {name:?}"
+            )));
+        }
+        if self.meta.volumes.values().any(|v| v.name == name) {
+            return Err(VolumeError::Exists(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Creates an empty thin volume and commits.
+    pub(crate) fn create_volume(
+        &mut self,
+        name: &str,
+        size_bytes: u64,
+        services: Services,
+        key: Option<&VolumeKey>,
+    ) -> Result<(), VolumeError> {
+        self.usable()?;
+        self.check_new_name(name)?;
+        if size_bytes == 0 || !size_bytes.is_multiple_of(BS) {
+            return Err(VolumeError::InvalidArgument(format!(
+                "volume size {size_bytes} is not a positive multiple of {BLOCK_SIZE}"
+            )));
+        }
+        // Volumes with the same key share a key domain, and so can share
+        // deduplicated blocks.
+        let domain = match key {
+            None => 0,
+            Some(key) => {
+                let check_value = key.check_value();
+                let existing = self
+                    .meta
+                    .domains
+                    .iter()
+                    .find(|(_, d)| d.encrypted && d.check_value == check_value)
+                    .map(|(&id, _)| id);
+                match existing {
+                    Some(id) => id,
+                    None => {
+                        let id = self
+                            .meta
+                            .domains
+                            .keys()
+                            .next_back()
+                            .map_or(1, |&last| last + 1);
+                        self.meta.domains.insert(
+                            id,
+                            Domain {
+                                encrypted: true,
+                                check_value,
+                            },
+                        );
+                        id
+                    }
+                }
+            }
+        };
+        self.ensure_room(0, 1, 1)?;
+        let id = self.meta.next_volume;
+        self.meta.next_volume += 1;
+        self.meta.volumes.insert(
+            id,
+            VolumeMeta {
+                name: name.to_string(),
+                kind: VolumeKind::Writable,
+                size_blocks: size_bytes / BS,
+                domain,
+                services,
+                parent: None,
+                map: BTreeMap::new(),
+            },
+        );
+        self.dirty = true;
+        self.commit()
+    }
+
+    /// Checks `key` against `name`'s key domain and returns what a handle
+    /// needs.
+    pub(crate) fn open_volume(
+        &self,
+        name: &str,
+        key: Option<&VolumeKey>,
+    ) -> Result<OpenedVolume, VolumeError> {
+        self.usable()?;
+        let id = self.find(name)?;
+        let v = self.volume(id)?;
+        let domain = self
+            .meta
+            .domains
+            .get(&v.domain)
+            .ok_or_else(|| VolumeError::Corrupt(format!("{name}: key domain missing")))?;
+        let cipher = match (domain.encrypted, key) {
+            (false, None) => None,
+            (false, Some(_)) => return Err(VolumeError::NotEncrypted),
+            (true, None) => return Err(VolumeError::KeyRequired),
+            (true, Some(key)) => {
+                if key.check_value() != domain.check_value {
+                    return Err(VolumeError::WrongKey);
+                }
+                Some(Arc::new(Cipher::new(key)?))
+            }
+        };
+        Ok(OpenedVolume {
+            id,
+            kind: v.kind,
+            size_blocks: v.size_blocks,
+            cipher,
+        })
+    }
+
+    /// Adds a volume sharing `source`'s blocks and commits.
+    fn add_copy(&mut self, source: &str, name: &str, kind: VolumeKind) -> Result<(), VolumeError> {
+        self.usable()?;
+        self.check_new_name(name)?;
+        let source_id = self.find(source)?;
+        let src = self.volume(source_id)?;
+        if kind == VolumeKind::Writable && src.kind != VolumeKind::Snapshot {
+            return Err(VolumeError::InvalidArgument(format!(
+                "{source} is not a snapshot"
+            )));
+        }
+        let copy = VolumeMeta {
+            name: name.to_string(),
+            kind,
+            parent: Some(source_id),
+            ..src.clone()
+        };
+        self.ensure_room(0, copy.map.len(), 0)?;
+        for &rid in copy.map.values() {
+            if let Some(rec) = self.meta.records.get_mut(&rid) {
+                rec.refs += 1;
+            }
+        }
+        let id = self.meta.next_volume;
+        self.meta.next_volume += 1;
+        self.meta.volumes.insert(id, copy);
+        self.dirty = true;
+        self.commit()
+    }
+
+    /// Takes a read-only snapshot of `origin`.
+    pub(crate) fn snapshot(&mut self, origin: &str, name: &str) -> Result<(), VolumeError> {
+        self.add_copy(origin, name, VolumeKind::Snapshot)
+    }
+
+    /// Creates a writable clone of `snapshot`.
+    pub(crate) fn clone_snapshot(&mut self, snapshot: &str, name: &str) -> Result<(), VolumeError> {
+        self.add_copy(snapshot, name, VolumeKind::Writable)
+    }
+
+    /// Makes writable `volume` an exact copy of `snapshot` again.
+    pub(crate) fn revert(&mut self, volume: &str, snapshot: &str) -> Result<(), VolumeError> {
+        self.usable()?;
+        let vol_id = self.find(volume)?;
+        let snap_id = self.find(snapshot)?;
+        let (vol, snap) = (self.volume(vol_id)?, self.volume(snap_id)?);
+        if vol.kind != VolumeKind::Writable || snap.kind != VolumeKind::Snapshot {
+            return Err(VolumeError::InvalidArgument(format!(
+                "revert needs a writable volume and a snapshot, not {volume} and {snapshot}"
+            )));
+        }
+        if vol.domain != snap.domain {
+            return Err(VolumeError::InvalidArgument(format!(
+                "{volume} and {snapshot} use different keys"
+            )));
+        }
+        let map = snap.map.clone();
+        let size_blocks = snap.size_blocks;
+        self.ensure_room(0, map.len().saturating_sub(vol.map.len()), 0)?;
+        for &rid in map.values() {
+            if let Some(rec) = self.meta.records.get_mut(&rid) {
+                rec.refs += 1;
+            }
+        }
+        let old = match self.meta.volumes.get_mut(&vol_id) {
+            Some(v) => {
+                v.size_blocks = size_blocks;
+                std::mem::replace(&mut v.map, map)
+            }
+            None => BTreeMap::new(),
+        };
+        for rid in old.into_values() {
+            self.unref(rid);
+        }
+        self.dirty = true;
+        self.commit()
+    }
+
+    /// Deletes a volume, snapshot or clone; blocks others still map stay.
+    pub(crate) fn delete(&mut self, name: &str) -> Result<(), VolumeError> {
+        self.usable()?;
+        let id = self.find(name)?;
+        let Some(vol) = self.meta.volumes.remove(&id) else {
+            return Err(VolumeError::NotFound(name.to_string()));
+        };
+        for rid in vol.map.into_values() {
+            self.unref(rid);
+        }
+        // A key domain without volumes has no records left either; its
+        // check value is forgotten with it.
+        if vol.domain != 0 && !self.meta.volumes.values().any(|v| v.domain == vol.domain) {
+            self.meta.domains.remove(&vol.domain);
+        }
+        self.dirty = true;
+        self.commit()
+    }
+
+    /// Takes in media that grew since the pool was formatted or last grown.
+    pub(crate) fn grow(&mut self) -> Result<u64, VolumeError> {
+        self.usable()?;
+        let blocks = self.media.size() / BS;
+        if blocks > self.space.blocks() {
+            self.space.grow(blocks);
+            self.live.resize(blocks as usize, 0);
+            self.dirty = true;
+            self.commit()?;
+        }
+        Ok(self.space.blocks())
+    }
+
+    pub(crate) fn volume_names(&self) -> Vec<(String, VolumeKind, u64, Option<String>)> {
+        self.meta
+            .volumes
+            .values()
+            .map(|v| {
+                let parent = v
+                    .parent
+                    .and_then(|p| self.meta.volumes.get(&p))
+                    .map(|p| p.name.clone());
+                (v.name.clone(), v.kind, v.size_blocks * BS, parent)
+            })
+            .collect()
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        let metadata_blocks = self.checkpoint.len() as u64;
+        let pending = self.pending_free.len() as u64;
+        let data_blocks =
+            self.space.blocks() - self.space.free() - SUPERBLOCKS - metadata_blocks - pending;
+        let packed: HashSet<u64> = self
+            .meta
+            .records
+            .values()
+            .filter(|r| r.codec != Compression::None)
+            .map(|r| r.block)
+            .collect();
+        let logical_bytes: u64 = self
+            .meta
+            .volumes
+            .values()
+            .map(|v| v.map.len() as u64 * BS)
+            .sum();
+        let physical_bytes = data_blocks * BS;
+        PoolStats {
+            block_size: BS,
+            total_blocks: self.space.blocks(),
+            free_blocks: self.space.free(),
+            data_blocks,
+            packed_blocks: packed.len() as u64,
+            metadata_blocks,
+            pending_free_blocks: pending,
+            logical_bytes,
+            stored_bytes: self.meta.records.values().map(Record::stored_bytes).sum(),
+            physical_bytes,
+            reduction_ratio: ratio(logical_bytes, physical_bytes),
+            generation: self.generation,
+            reclaimed_at_open: self.reclaimed_at_open,
+        }
+    }
+
+    pub(crate) fn volume_stats(&self, name: &str) -> Result<VolumeStats, VolumeError> {
+        let id = self.find(name)?;
+        // A record is shared when more than one volume maps it; dedup
+        // within one volume still makes it exclusive to that volume.
+        let mut owners: HashMap<u64, u32> = HashMap::new();
+        for v in self.meta.volumes.values() {
+            let distinct: HashSet<u64> = v
+                .map
+                .values()
+                .copied()
+                .filter(|&r| r != ZERO_ENTRY)
+                .collect();
+            for rid in distinct {
+                *owners.entry(rid).or_default() += 1;
+            }
+        }
+        let v = self.volume(id)?;
+        let distinct: HashSet<u64> = v
+            .map
+            .values()
+            .copied()
+            .filter(|&r| r != ZERO_ENTRY)
+            .collect();
+        let (mut exclusive, mut shared) = (0, 0);
+        for rid in distinct {
+            let bytes = self.meta.records.get(&rid).map_or(0, Record::stored_bytes);
+            if owners.get(&rid).copied().unwrap_or(0) > 1 {
+                shared += bytes;
+            } else {
+                exclusive += bytes;
+            }
+        }
+        let mapped = v.map.len() as u64 * BS;
+        Ok(VolumeStats {
+            size_bytes: v.size_blocks * BS,
+            mapped_bytes: mapped,
+            zero_bytes: v.map.values().filter(|&&r| r == ZERO_ENTRY).count() as u64 * BS,
+            allocated_bytes: exclusive + shared,
+            exclusive_bytes: exclusive,
+            shared_bytes: shared,
+            reduction_ratio: ratio(mapped, exclusive + shared),
+        })
+    }
+
+    /// Verifies every invariant of the in-memory state against itself; the
+    /// property tests run it after each step.
+    pub(crate) fn check(&self) -> Result<(), VolumeError> {
+        let fail = |what: String| Err(VolumeError::Corrupt(what));
+        let mut refs: HashMap<u64, u32> = HashMap::new();
+        for v in self.meta.volumes.values() {
+            for (&lba, &rid) in &v.map {
+                if lba >= v.size_blocks {
+                    return fail(format!("{}: entry {lba} past the end", v.name));
+                }
+                if rid == ZERO_ENTRY {
+                    continue;
+                }
+                match self.meta.records.get(&rid) {
+                    Some(rec) if rec.domain == v.domain => *refs.entry(rid).or_default() += 1,
+                    _ => return fail(format!("{}: entry {lba} → bad record {rid}", v.name)),
+                }
+            }
+        }
+        let mut live: HashMap<u64, u32> = HashMap::new();
+        for (&rid, rec) in &self.meta.records {
+            if refs.get(&rid).copied().unwrap_or(0) != rec.refs || rec.refs == 0 {
+                return fail(format!("record {rid}: refs {} wrong", rec.refs));
+            }
+            if !self.space.is_used(rec.block) {
+                return fail(format!("record {rid} in a free block"));
+            }
+            *live.entry(rec.block).or_default() += 1;
+        }
+        for (b, &n) in self.live.iter().enumerate() {
+            if live.get(&(b as u64)).copied().unwrap_or(0) != n {
+                return fail(format!("block {b}: live count {n} wrong"));
+            }
+        }
+        for (&(domain, fp), &rid) in &self.index {
+            if !self
+                .meta
+                .records
+                .get(&rid)
+                .is_some_and(|r| r.domain == domain && r.fingerprint == Some(fp))
+            {
+                return fail(format!("dedup index entry for record {rid} stale"));
+            }
+        }
+        // Every used block is accounted for exactly once: that is the
+        // statement that no space leaks.
+        let mut accounted: HashSet<u64> = (0..SUPERBLOCKS).collect();
+        let holders = self
+            .checkpoint
+            .iter()
+            .chain(&self.pending_free)
+            .chain(live.keys())
+            .chain(self.pack.as_ref().map(|c| &c.block));
+        for &b in holders {
+            let duplicate = !accounted.insert(b);
+            let pack_with_data =
+                self.pack.as_ref().is_some_and(|c| c.block == b) && live.contains_key(&b);
+            if duplicate && !pack_with_data {
+                return fail(format!("block {b} accounted twice"));
+            }
+        }
+        for &b in &accounted {
+            if !self.space.is_used(b) {
+                return fail(format!("block {b} in use but free"));
+            }
+        }
+        let used = self.space.blocks() - self.space.free();
+        if used != accounted.len() as u64 {
+            return fail(format!(
+                "{used} blocks used, {} accounted: leak",
+                accounted.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn ratio(logical: u64, physical: u64) -> f64 {
+    if physical == 0 {
+        if logical == 0 {
+            1.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        logical as f64 / physical as f64
+    }
+}

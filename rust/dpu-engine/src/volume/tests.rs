@@ -1,0 +1,424 @@
+//! Tests of the pool as a whole: unit tests of each service, property tests
+//! against an in-memory model, and crash simulations.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::media::MemMedia;
+
+mod crash_media;
+mod model;
+
+pub(crate) use crash_media::CrashMedia;
+
+fn pool(blocks: usize) -> (Arc<MemMedia>, Pool) {
+    let media = Arc::new(MemMedia::new(blocks * BLOCK_SIZE));
+    let pool = Pool::format(media.clone()).unwrap();
+    (media, pool)
+}
+
+fn opts(size_blocks: u64, services: Services) -> VolumeOptions<'static> {
+    VolumeOptions {
+        size_bytes: size_blocks * BS,
+        services,
+        key: None,
+    }
+}
+
+/// A block whose every byte depends on `seed`, incompressible.
+fn random_block(seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..BLOCK_SIZE)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// A block that compresses well but still depends on `seed`.
+fn text_block(seed: u64) -> Vec<u8> {
+    format!("block {seed:016x} of dpublk test text, repeated. ")
+        .into_bytes()
+        .into_iter()
+        .cycle()
+        .take(BLOCK_SIZE)
+        .collect()
+}
+
+fn key(seed: u8) -> VolumeKey {
+    let bytes: Vec<u8> = (0..KEY_LEN as u8)
+        .map(|i| i.wrapping_mul(13).wrapping_add(seed))
+        .collect();
+    VolumeKey::from_slice(&bytes).unwrap()
+}
+
+fn read(vol: &Volume, lba: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; BLOCK_SIZE];
+    vol.read_blocks(lba, &mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn thin_volume_allocates_on_write_and_frees_on_discard() {
+    let (media, pool) = pool(64);
+    pool.create_volume("v", &opts(1000, Services::default()))
+        .unwrap();
+    let v = pool.open_volume("v", None).unwrap();
+    assert_eq!(read(&v, 999), vec![0u8; BLOCK_SIZE]);
+    let before = pool.stats().unwrap();
+    v.write_blocks(500, &random_block(1)).unwrap();
+    v.write_blocks(3, &random_block(2)).unwrap();
+    assert_eq!(read(&v, 500), random_block(1));
+    assert_eq!(pool.stats().unwrap().data_blocks, before.data_blocks + 2);
+    let vs = v.stats().unwrap();
+    assert_eq!(
+        (vs.mapped_bytes, vs.exclusive_bytes, vs.shared_bytes),
+        (2 * BS, 2 * BS, 0)
+    );
+    v.discard_blocks(0, 501).unwrap();
+    assert_eq!(read(&v, 500), vec![0u8; BLOCK_SIZE]);
+    v.flush().unwrap();
+    assert_eq!(pool.stats().unwrap().data_blocks, before.data_blocks);
+    pool.check().unwrap();
+    // Reopening finds the same (empty) state.
+    let reopened = Pool::open(media).unwrap();
+    reopened.check().unwrap();
+    assert_eq!(reopened.stats().unwrap().data_blocks, 0);
+}
+
+#[test]
+fn full_pool_refuses_writes_keeps_data_and_recovers() {
+    let media = Arc::new(CrashMedia::new(24 * BLOCK_SIZE));
+    let pool = Pool::format(media.clone()).unwrap();
+    pool.create_volume("v", &opts(1 << 20, Services::default()))
+        .unwrap();
+    let v = pool.open_volume("v", None).unwrap();
+    let mut written = 0u64;
+    let err = loop {
+        match v.write_blocks(written, &random_block(written)) {
+            Ok(()) => written += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err, VolumeError::NoSpace);
+    assert!(written > 10, "only {written} blocks fit");
+    assert_eq!(MediaError::from(err), MediaError::NoSpace);
+    for lba in 0..written {
+        assert_eq!(read(&v, lba), random_block(lba));
+    }
+    v.flush().unwrap();
+    // Freeing space lets writes resume, without an explicit flush: the
+    // allocator commits to release the freed blocks.
+    v.discard_blocks(0, 2).unwrap();
+    v.write_blocks(written, &random_block(written)).unwrap();
+    v.write_blocks(written + 1, &random_block(written + 1))
+        .unwrap();
+    assert_eq!(
+        v.write_blocks(written + 2, &random_block(0)),
+        Err(VolumeError::NoSpace)
+    );
+    // Growing the media lets them resume too.
+    media.grow(40 * BLOCK_SIZE);
+    assert_eq!(pool.grow().unwrap(), 40);
+    v.write_blocks(written + 2, &random_block(written + 2))
+        .unwrap();
+    v.flush().unwrap();
+    pool.check().unwrap();
+    let reopened = Pool::open(media).unwrap();
+    let v = reopened.open_volume("v", None).unwrap();
+    for lba in 2..written + 3 {
+        assert_eq!(read(&v, lba), random_block(lba));
+    }
+}
+
+#[test]
+fn snapshots_freeze_clones_diverge_revert_restores() {
+    let (_media, pool) = pool(128);
+    pool.create_volume("origin", &opts(16, Services::default()))
+        .unwrap();
+    let origin = pool.open_volume("origin", None).unwrap();
+    origin
+        .write_blocks(0, &[random_block(1), random_block(2)].concat())
+        .unwrap();
+    pool.snapshot("origin", "snap").unwrap();
+    origin.write_blocks(0, &random_block(3)).unwrap();
+    origin.discard_blocks(1, 1).unwrap();
+    let snap = pool.open_volume("snap", None).unwrap();
+    assert_eq!(read(&snap, 0), random_block(1));
+    assert_eq!(read(&snap, 1), random_block(2));
+    assert_eq!(
+        snap.write_blocks(0, &random_block(9)),
+        Err(VolumeError::ReadOnly)
+    );
+    assert!(pool.clone_snapshot("origin", "bad").is_err());
+
+    pool.clone_snapshot("snap", "clone").unwrap();
+    let clone = pool.open_volume("clone", None).unwrap();
+    clone.write_blocks(1, &random_block(4)).unwrap();
+    assert_eq!(read(&clone, 0), random_block(1));
+    assert_eq!(read(&clone, 1), random_block(4));
+    assert_eq!(read(&snap, 1), random_block(2));
+    let cs = clone.stats().unwrap();
+    assert_eq!((cs.shared_bytes, cs.exclusive_bytes), (BS, BS));
+
+    pool.revert("origin", "snap").unwrap();
+    assert_eq!(read(&origin, 0), random_block(1));
+    assert_eq!(read(&origin, 1), random_block(2));
+
+    // Deleting in any order keeps what others still map.
+    pool.delete("snap").unwrap();
+    assert_eq!(read(&clone, 0), random_block(1));
+    pool.delete("origin").unwrap();
+    assert_eq!(read(&clone, 0), random_block(1));
+    assert_eq!(clone.stats().unwrap().shared_bytes, 0);
+    assert!(matches!(
+        origin.write_blocks(0, &random_block(1)),
+        Err(VolumeError::NotFound(_))
+    ));
+    pool.delete("clone").unwrap();
+    pool.flush().unwrap();
+    assert_eq!(pool.stats().unwrap().data_blocks, 0);
+    pool.check().unwrap();
+}
+
+#[test]
+fn zero_detect_and_dedup_save_space_and_read_back() {
+    let (_media, pool) = pool(64);
+    let services = Services {
+        zero_detect: true,
+        dedup: true,
+        compression: Compression::None,
+    };
+    pool.create_volume("a", &opts(64, services)).unwrap();
+    pool.create_volume("b", &opts(64, services)).unwrap();
+    let (a, b) = (
+        pool.open_volume("a", None).unwrap(),
+        pool.open_volume("b", None).unwrap(),
+    );
+    for lba in 0..8 {
+        a.write_blocks(lba, &random_block(lba % 2)).unwrap();
+        b.write_blocks(lba, &random_block(lba % 2)).unwrap();
+    }
+    a.write_blocks(20, &vec![0u8; BLOCK_SIZE]).unwrap();
+    let stats = pool.stats().unwrap();
+    assert_eq!(stats.data_blocks, 2);
+    assert_eq!(stats.logical_bytes, 17 * BS);
+    let sa = a.stats().unwrap();
+    assert_eq!(
+        (sa.mapped_bytes, sa.zero_bytes, sa.shared_bytes),
+        (9 * BS, BS, 2 * BS)
+    );
+    assert_eq!(read(&a, 20), vec![0u8; BLOCK_SIZE]);
+    assert_eq!(read(&b, 5), random_block(1));
+    // Overwrites drop references; the last one frees the block.
+    for lba in 0..8 {
+        a.write_blocks(lba, &random_block(7)).unwrap();
+    }
+    b.discard_blocks(0, 8).unwrap();
+    pool.flush().unwrap();
+    assert_eq!(pool.stats().unwrap().data_blocks, 1);
+    pool.check().unwrap();
+}
+
+#[test]
+fn compression_packs_small_blocks() {
+    for codec in [Compression::Lz4, Compression::Zstd] {
+        let (media, pool) = pool(64);
+        let services = Services {
+            compression: codec,
+            ..Services::default()
+        };
+        pool.create_volume("v", &opts(256, services)).unwrap();
+        let v = pool.open_volume("v", None).unwrap();
+        for lba in 0..100 {
+            v.write_blocks(lba, &text_block(lba)).unwrap();
+        }
+        v.write_blocks(100, &random_block(5)).unwrap();
+        v.flush().unwrap();
+        let stats = pool.stats().unwrap();
+        assert!(stats.data_blocks < 12, "{codec:?}: {stats:?}");
+        assert!(stats.reduction_ratio > 8.0, "{codec:?}: {stats:?}");
+        let reopened = Pool::open(media).unwrap();
+        let v = reopened.open_volume("v", None).unwrap();
+        for lba in 0..100 {
+            assert_eq!(read(&v, lba), text_block(lba));
+        }
+        assert_eq!(read(&v, 100), random_block(5));
+    }
+}
+
+#[test]
+fn encryption_hides_plaintext_and_refuses_wrong_keys() {
+    let media = Arc::new(MemMedia::new(128 * BLOCK_SIZE));
+    let pool = Pool::format(media.clone()).unwrap();
+    let k = key(1);
+    for (name, codec) in [("raw", Compression::None), ("lz4", Compression::Lz4)] {
+        let services = Services {
+            zero_detect: true,
+            dedup: true,
+            compression: codec,
+        };
+        pool.create_volume(
+            name,
+            &VolumeOptions {
+                size_bytes: 64 * BS,
+                services,
+                key: Some(&k),
+            },
+        )
+        .unwrap();
+        let v = pool.open_volume(name, Some(&k)).unwrap();
+        for lba in 0..16 {
+            v.write_blocks(lba, &text_block(lba % 4)).unwrap();
+        }
+        v.flush().unwrap();
+    }
+    // Both volumes share the key, hence a dedup domain: four distinct
+    // blocks are stored, raw in the first volume.
+    assert_eq!(pool.stats().unwrap().stored_bytes, 4 * BS);
+    let image = media.snapshot();
+    let needle = b"of dpublk test text";
+    assert!(
+        !image.windows(needle.len()).any(|w| w == needle),
+        "plaintext on media"
+    );
+
+    assert_eq!(
+        pool.open_volume("raw", None).unwrap_err(),
+        VolumeError::KeyRequired
+    );
+    assert_eq!(
+        pool.open_volume("raw", Some(&key(2))).unwrap_err(),
+        VolumeError::WrongKey
+    );
+    pool.create_volume("plain", &opts(8, Services::default()))
+        .unwrap();
+    assert_eq!(
+        pool.open_volume("plain", Some(&k)).unwrap_err(),
+        VolumeError::NotEncrypted
+    );
+
+    let reopened = Pool::open(media).unwrap();
+    assert_eq!(
+        reopened.open_volume("lz4", Some(&key(3))).unwrap_err(),
+        VolumeError::WrongKey
+    );
+    reopened.snapshot("lz4", "lz4@1").unwrap();
+    let snap = reopened.open_volume("lz4@1", Some(&k)).unwrap();
+    for lba in 0..16 {
+        assert_eq!(read(&snap, lba), text_block(lba % 4));
+    }
+}
+
+#[test]
+fn volume_is_media_with_partial_blocks() {
+    let (_media, pool) = pool(64);
+    pool.create_volume("v", &opts(8, Services::default()))
+        .unwrap();
+    let v = pool.open_volume("v", None).unwrap();
+    let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+    v.write_at(1000, &data).unwrap();
+    let mut back = vec![0u8; 10_000];
+    v.read_at(1000, &mut back).unwrap();
+    assert_eq!(back, data);
+    let mut head = vec![1u8; 1000];
+    v.read_at(0, &mut head).unwrap();
+    assert!(head.iter().all(|&b| b == 0));
+    assert!(v.write_at(8 * BS - 1, &[0, 0]).is_err());
+    Media::discard(&v, 0, 3 * BS).unwrap();
+    let mut block = vec![1u8; BLOCK_SIZE];
+    v.read_at(BS, &mut block).unwrap();
+    assert!(block.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn management_errors_are_reported() {
+    let (media, pool) = pool(64);
+    assert!(matches!(
+        pool.create_volume("", &opts(8, Services::default())),
+        Err(VolumeError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        pool.create_volume("x", &opts(0, Services::default())),
+        Err(VolumeError::InvalidArgument(_))
+    ));
+    pool.create_volume("x", &opts(8, Services::default()))
+        .unwrap();
+    assert_eq!(
+        pool.create_volume("x", &opts(8, Services::default())),
+        Err(VolumeError::Exists("x".into()))
+    );
+    assert!(matches!(
+        pool.snapshot("nope", "s"),
+        Err(VolumeError::NotFound(_))
+    ));
+    assert!(matches!(pool.delete("nope"), Err(VolumeError::NotFound(_))));
+    assert_eq!(
+        Pool::open(Arc::new(MemMedia::new(64 * BLOCK_SIZE))).err(),
+        Some(VolumeError::NotFormatted)
+    );
+    // Damage to the newest superblock falls back to the older one.
+    let reopened = Pool::open(media.clone()).unwrap();
+    let generation = reopened.stats().unwrap().generation;
+    media.write_at((generation % 2) * BS + 20, &[0xff]).unwrap();
+    let fallback = Pool::open(media).unwrap();
+    assert_eq!(fallback.stats().unwrap().generation, generation - 1);
+    assert!(fallback.volumes().unwrap().is_empty());
+}
+
+mod properties {
+    use super::crash_media::Loss;
+    use super::model::{op_strategy, services_strategy, Harness, Op};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Random operation sequences give the model's reads and space
+        /// accounting, whatever the services.
+        #[test]
+        fn operations_match_the_model(
+            services in services_strategy(),
+            encrypted in any::<bool>(),
+            ops in proptest::collection::vec(op_strategy(), 1..60),
+        ) {
+            let mut harness = Harness::new(services, encrypted);
+            for op in &ops {
+                harness.apply(op);
+                harness.verify();
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// A crash after any media event recovers a state the model allows:
+        /// nothing acknowledged is lost, nothing is half-applied, and no
+        /// space leaks.
+        #[test]
+        fn crash_at_every_step_recovers_an_allowed_state(
+            services in services_strategy(),
+            encrypted in any::<bool>(),
+            ops in proptest::collection::vec(op_strategy(), 1..60),
+            seed in any::<u64>(),
+        ) {
+            let mut harness = Harness::new(services, encrypted);
+            for op in ops.iter().chain([&Op::Flush]) {
+                harness.apply(op);
+            }
+            let events = harness.media.events();
+            for point in 0..=events {
+                let loss = match point % 3 {
+                    0 => Loss::All,
+                    1 => Loss::None,
+                    _ => Loss::Random(seed ^ point as u64),
+                };
+                harness.crash_and_check(point, loss, point % 7 == 0 || point == events);
+            }
+        }
+    }
+}
