@@ -7,7 +7,10 @@
 //! I/O, fail a range, disappear, or corrupt data silently. A [`PowerCut`]
 //! shared by several wrappers models a crash: after a given number of
 //! member writes, later writes are silently lost, exactly as if the machine
-//! had stopped between two of them.
+//! had stopped between two of them. A volatile write cache can be turned
+//! on as well: writes then only reach the media on flush, and
+//! [`FaultControl::crash`] keeps an arbitrary subset of the unflushed ones,
+//! the way a drive's cache may lose any of them on power loss.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +46,8 @@ struct FaultState {
     /// Ranges that read back with flipped bits until cleared.
     corrupt_reads: Vec<Range<u64>>,
     power_cut: Option<Arc<PowerCut>>,
+    /// Writes not flushed yet, in order, when the volatile cache is on.
+    cache: Option<Vec<(u64, Vec<u8>)>>,
     reads: u64,
     writes: u64,
     injected: u64,
@@ -104,6 +109,28 @@ impl FaultControl {
     /// budget and are dropped once the budget is spent.
     pub fn attach_power_cut(&self, cut: Arc<PowerCut>) {
         self.lock().power_cut = Some(cut);
+    }
+
+    /// Turns on a volatile write cache: writes are held (and read back)
+    /// until a flush, and a [`FaultControl::crash`] may lose them.
+    pub fn enable_write_cache(&self) {
+        let mut state = self.lock();
+        if state.cache.is_none() {
+            state.cache = Some(Vec::new());
+        }
+    }
+
+    /// Power loss for the cache: each unflushed write reaches the media only
+    /// if `keep` says so (in write order), the rest are lost; the cache is
+    /// then off again.
+    pub fn crash(&self, inner: &dyn Media, keep: &mut dyn FnMut() -> bool) -> MediaResult<()> {
+        let pending = self.lock().cache.take().unwrap_or_default();
+        for (offset, data) in pending {
+            if keep() {
+                inner.write_at(offset, &data)?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes every fault (counters are kept).
@@ -236,6 +263,14 @@ impl Media for FaultyMedia {
             state.corrupt_reads.clone()
         };
         self.inner.read_at(offset, buf)?;
+        let cached = self.control.lock().cache.clone().unwrap_or_default();
+        for (at, data) in &cached {
+            let written = *at..*at + data.len() as u64;
+            if let Some(hit) = overlap(&written, &range) {
+                buf[(hit.start - offset) as usize..(hit.end - offset) as usize]
+                    .copy_from_slice(&data[(hit.start - at) as usize..(hit.end - at) as usize]);
+            }
+        }
         if corrupt.iter().any(|r| overlap(r, &range).is_some()) {
             self.control.lock().injected += 1;
             for r in &corrupt {
@@ -264,20 +299,26 @@ impl Media for FaultyMedia {
         if cut.is_some_and(|c| !c.admit()) {
             return Ok(());
         }
-        if corrupt.is_empty() {
-            return self.inner.write_at(offset, data);
-        }
-        let mut damaged = data.to_vec();
+        let mut stored = data.to_vec();
         for r in &corrupt {
-            flip(&mut damaged, offset, r);
+            flip(&mut stored, offset, r);
         }
-        self.inner.write_at(offset, &damaged)
+        crate::media::check_range(offset, data.len() as u64, self.inner.size())?;
+        if let Some(cache) = self.control.lock().cache.as_mut() {
+            cache.push((offset, stored));
+            return Ok(());
+        }
+        self.inner.write_at(offset, &stored)
     }
 
     fn flush(&self) -> MediaResult<()> {
         let mut state = self.control.lock();
         self.check(&mut state, &(0..0), true)?;
+        let pending = state.cache.as_mut().map(std::mem::take).unwrap_or_default();
         drop(state);
+        for (offset, data) in pending {
+            self.inner.write_at(offset, &data)?;
+        }
         self.inner.flush()
     }
 
@@ -346,6 +387,26 @@ mod tests {
         media.read_at(4095, &mut buf).unwrap();
         assert_eq!(buf, [0, 0xff, 0, 0]);
         assert_eq!(mem.snapshot()[4096], 0);
+    }
+
+    #[test]
+    fn write_cache_holds_writes_until_flush_and_crash_keeps_a_subset() {
+        let (mem, media, control) = faulty();
+        control.enable_write_cache();
+        media.write_at(0, &[1, 1]).unwrap();
+        let mut buf = [0u8; 3];
+        media.read_at(0, &mut buf).unwrap();
+        assert_eq!(buf, [1, 1, 0]);
+        assert_eq!(&mem.snapshot()[..2], &[0, 0]);
+        media.flush().unwrap();
+        assert_eq!(&mem.snapshot()[..2], &[1, 1]);
+        media.write_at(10, &[2]).unwrap();
+        media.write_at(11, &[3]).unwrap();
+        let mut first = true;
+        control
+            .crash(mem.as_ref(), &mut || std::mem::replace(&mut first, false))
+            .unwrap();
+        assert_eq!(&mem.snapshot()[10..12], &[2, 0]);
     }
 
     #[test]

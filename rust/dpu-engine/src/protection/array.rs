@@ -239,10 +239,19 @@ impl ProtectedMedia {
             .flatten()
             .filter_map(|media| read_superblock(media.as_ref()).map(|sb| (media, sb)))
             .collect();
+        // Media of another array may be mixed in: the array is the one most
+        // media belong to (ties broken by generation), and its newest
+        // superblock is authoritative.
+        let votes = |uuid: &[u8; 16]| {
+            found
+                .iter()
+                .filter(|(_, sb)| sb.geometry.uuid == *uuid)
+                .count()
+        };
         let newest = found
             .iter()
             .map(|(_, sb)| sb)
-            .max_by_key(|sb| sb.generation)
+            .max_by_key(|sb| (votes(&sb.geometry.uuid), sb.generation))
             .cloned()
             .ok_or_else(|| unrecoverable("no member carries a valid superblock"))?;
         let geometry = newest.geometry;
@@ -404,6 +413,14 @@ impl ProtectedMedia {
             MemberState::Online | MemberState::Rebuilding
         ) {
             return Err(unrecoverable(format!("member {member} is in service")));
+        }
+        // Every transaction so far must be durable and checkpointed before
+        // the member joins: its blank journal would otherwise make an older
+        // transaction that involved this slot look incomplete at replay.
+        {
+            let journal = lock(&self.journal);
+            self.flush_members()?;
+            lock(&self.meta).checkpoint = journal.next_seq - 1;
         }
         // Blank the journal first: entries left on reused media must never
         // be replayed over rows this member gets from the rebuild.
@@ -877,7 +894,7 @@ impl ProtectedMedia {
         }
         let g = self.geometry;
         let checkpoint = lock(&self.meta).checkpoint;
-        let live: Vec<(usize, Arc<dyn Media>)> = self
+        let mut live: Vec<(usize, Arc<dyn Media>)> = self
             .members()
             .iter()
             .enumerate()
@@ -886,11 +903,16 @@ impl ProtectedMedia {
             .collect();
         let mut txns: BTreeMap<u64, Txn> = BTreeMap::new();
         let mut newest = checkpoint;
+        // A member whose journal cannot be read might hold the entry that
+        // makes a transaction complete or incomplete; it cannot vote, so it
+        // is failed, which makes its chunks come from the others.
+        let mut unreadable = Vec::new();
         for slot in 0..g.journal_slots {
             let at = g.journal_slot_offset(slot);
             for (index, media) in &live {
                 let mut block = vec![0u8; BLOCK as usize];
                 if media.read_at(at, &mut block).is_err() {
+                    unreadable.push(*index);
                     continue;
                 }
                 let Some(h) = JournalHeader::decode(&block) else {
@@ -905,9 +927,12 @@ impl ProtectedMedia {
                     continue;
                 }
                 let mut payload = vec![0u8; h.len as usize];
-                if media.read_at(at + BLOCK, &mut payload).is_err()
-                    || crc32c::crc32c(&payload) != h.payload_crc
-                {
+                if media.read_at(at + BLOCK, &mut payload).is_err() {
+                    unreadable.push(*index);
+                    continue;
+                }
+                // A torn entry (crash while journaling) does not count.
+                if crc32c::crc32c(&payload) != h.payload_crc {
                     continue;
                 }
                 newest = newest.max(h.seq);
@@ -922,6 +947,10 @@ impl ProtectedMedia {
                 }
             }
         }
+        for index in &unreadable {
+            self.mark_failed(*index);
+        }
+        live.retain(|(index, _)| !unreadable.contains(index));
         for txn in txns.values() {
             let complete = live.iter().all(|(index, _)| {
                 txn.involved & (1 << index) == 0 || txn.entries.iter().any(|(i, _)| i == index)
