@@ -79,4 +79,6 @@ pub struct ProtectionStatus {
     pub journal_replays: u64,
     /// Rows rebuilt since the array was opened.
     pub rebuilt_rows: u64,
+    /// The rebuild under way, if any.
+    pub rebuild: Option<RebuildProgress>,
 }

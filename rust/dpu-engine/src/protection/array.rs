@@ -374,6 +374,16 @@ impl ProtectedMedia {
             })
             .collect();
         let c = &self.counters;
+        let rebuild = self
+            .members()
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.state == MemberState::Rebuilding)
+            .map(|(i, m)| super::RebuildProgress {
+                member: Some(i),
+                rows_done: m.rebuilt_rows,
+                rows_total: self.geometry.rows,
+            });
         ProtectionStatus {
             state: self.state(),
             layout: self.geometry.layout,
@@ -386,6 +396,7 @@ impl ProtectedMedia {
             journal_commits: c.journal_commits.load(Ordering::Relaxed),
             journal_replays: c.journal_replays.load(Ordering::Relaxed),
             rebuilt_rows: c.rebuilt_rows.load(Ordering::Relaxed),
+            rebuild,
         }
     }
 
@@ -574,7 +585,12 @@ impl ProtectedMedia {
     ) -> MediaResult<()> {
         let layout = self.geometry.layout;
         let at = self.geometry.row_offset(row) + offset;
-        for slot in layout.slots_of_data(data) {
+        // Mirrors start at a different copy on each row so reads spread over
+        // every member instead of only the first copy.
+        let copies = layout.slots_of_data(data);
+        let first = (row % copies.len() as u64) as usize;
+        let rotated = copies.clone().skip(first).chain(copies.take(first));
+        for slot in rotated {
             if let Some(media) = &view.slots[slot] {
                 match media.read_at(at, out) {
                     Ok(()) => return Ok(()),

@@ -413,6 +413,43 @@ mod tests {
         assert_eq!(JournalHeader::decode(&damaged), None);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Media bytes are untrusted: parsing garbage, or a valid block with
+        /// a byte changed, must reject it (or parse) without panicking.
+        #[test]
+        fn decoders_never_panic_and_reject_damage(
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..5000),
+            at in 0usize..4092,
+            flip in 1u8..=255,
+        ) {
+            let _ = Superblock::decode(&garbage);
+            let _ = JournalHeader::decode(&garbage);
+            let mut block = sample().encode();
+            block[at] ^= flip;
+            proptest::prop_assert_eq!(Superblock::decode(&block), None);
+        }
+
+        /// Valid CRC but nonsense fields (layout, index, counts) are refused
+        /// rather than trusted.
+        #[test]
+        fn sealed_nonsense_is_refused_or_consistent(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 4092),
+        ) {
+            let mut block = body;
+            block[..8].copy_from_slice(&SUPERBLOCK_MAGIC);
+            block[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+            block.extend_from_slice(&[0; 4]);
+            seal(&mut block);
+            if let Some(sb) = Superblock::decode(&block) {
+                proptest::prop_assert!(sb.geometry.layout.validate().is_ok());
+                proptest::prop_assert!(sb.member_index < sb.geometry.layout.members());
+                proptest::prop_assert_eq!(sb.states.len(), sb.geometry.layout.members());
+            }
+        }
+    }
+
     #[test]
     fn data_offset_is_chunk_aligned_and_past_the_journal() {
         for chunk in [512u64, 4096, 65536, 3 * 512] {

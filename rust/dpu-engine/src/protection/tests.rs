@@ -409,6 +409,85 @@ fn members_are_found_by_identity_in_any_order() {
 }
 
 #[test]
+fn a_foreign_member_does_not_take_over_the_array() {
+    let ours = rig(Layout::Raid6 { members: 4 });
+    let mut model = vec![0u8; ours.array.size() as usize];
+    Write {
+        offset: 0,
+        len: 5000,
+        seed: 10,
+    }
+    .apply(&ours.array, &mut model)
+    .unwrap();
+    // Another array whose superblocks have a higher generation.
+    let theirs = rig(Layout::Raid6 { members: 4 });
+    for _ in 0..5 {
+        theirs.array.fail_member(0).unwrap();
+        theirs
+            .array
+            .replace_member(0, Arc::new(MemMedia::new(member_bytes() as usize)))
+            .unwrap();
+    }
+    drop(ours.array);
+    let mut members: Vec<Option<Arc<dyn Media>>> = ours
+        .mems
+        .iter()
+        .map(|m| Some(m.clone() as Arc<dyn Media>))
+        .collect();
+    members[1] = Some(theirs.mems[1].clone());
+    let array = ProtectedMedia::open(members).unwrap();
+    assert_eq!(array.status().members[1].state, MemberState::Missing);
+    assert_eq!(read_all(&array), model);
+}
+
+#[test]
+fn a_member_with_an_unreadable_journal_is_failed_at_mount() {
+    let layout = Layout::Erasure { data: 3, parity: 2 };
+    let rig = rig(layout);
+    let mut model = vec![0u8; rig.array.size() as usize];
+    Write {
+        offset: 3000,
+        len: 7000,
+        seed: 11,
+    }
+    .apply(&rig.array, &mut model)
+    .unwrap();
+    drop(rig.array);
+    let (members, controls) = faulty(&rig.mems);
+    let journal = super::format::JOURNAL_START;
+    controls[3].error_range(journal..journal + 4096, crate::fault::FaultOps::Read);
+    let array = ProtectedMedia::open(members.into_iter().map(Some).collect()).unwrap();
+    assert_eq!(array.status().members[3].state, MemberState::Failed);
+    assert_eq!(array.state(), ArrayState::Degraded);
+    assert_eq!(read_all(&array), model);
+}
+
+#[test]
+fn status_reports_rebuild_progress() {
+    let rig = rig(Layout::Mirror {
+        members: 6,
+        copies: 3,
+    });
+    rig.array.fail_member(4).unwrap();
+    assert_eq!(rig.array.status().rebuild, None);
+    rig.array
+        .replace_member(4, Arc::new(MemMedia::new(member_bytes() as usize)))
+        .unwrap();
+    rig.array.rebuild_step(3).unwrap();
+    let status = rig.array.status();
+    assert_eq!(status.state, ArrayState::Rebuilding);
+    assert_eq!(
+        status.rebuild,
+        Some(RebuildProgress {
+            member: Some(4),
+            rows_done: 3,
+            rows_total: ROWS
+        })
+    );
+    assert_eq!(status.rebuilt_rows, 3);
+}
+
+#[test]
 fn beyond_tolerance_io_fails_and_the_array_says_failed() {
     let rig = rig(Layout::Raid6 { members: 5 });
     let mut model = vec![0u8; rig.array.size() as usize];
