@@ -9,3 +9,4 @@
 pub mod fault;
 pub mod media;
 pub mod protection;
+pub mod volume;

@@ -17,16 +17,27 @@ pub(crate) const SUPERBLOCKS: u64 = 2;
 const SUPER_MAGIC: &[u8; 8] = b"DPUPOOL\x01";
 const META_MAGIC: &[u8; 8] = b"DPUMETA\x01";
 const CHECKPOINT_MAGIC: &[u8; 8] = b"DPUCKPT\x01";
+const JOURNAL_MAGIC: &[u8; 8] = b"DPUJRNL\x01";
 const FORMAT_VERSION: u32 = 1;
 
 /// Bytes of a superblock that its checksum covers.
-const SUPER_BODY: usize = 84;
+const SUPER_BODY: usize = 92;
 
 /// Header of each checkpoint block: magic, generation, next block, length.
 const META_HEADER: usize = 8 + 8 + 8 + 4;
 
 /// Checkpoint payload bytes per block.
 pub(crate) const META_PAYLOAD: usize = BLOCK_SIZE - META_HEADER;
+
+/// Header of each journal block: magic, generation, sequence number, next
+/// block, payload length, last-of-flush flag, hash of the flush's payload.
+const JOURNAL_HEADER: usize = 8 + 8 + 8 + 8 + 4 + 1 + 32;
+
+/// Journal payload bytes per block (the block ends with a checksum).
+pub(crate) const JOURNAL_PAYLOAD: usize = BLOCK_SIZE - JOURNAL_HEADER - 32;
+
+/// Map change of a journal delta that unmaps the block.
+const UNMAPPED: u64 = u64::MAX - 1;
 
 /// Map value of a logical block that was written with zeros and
 /// zero-detected: it reads as zeros and takes no space, but it counts as
@@ -51,6 +62,8 @@ pub(crate) struct Superblock {
     pub checkpoint_len: u64,
     pub checkpoint_blocks: u32,
     pub checkpoint_hash: [u8; 32],
+    /// First block of this generation's journal (reserved, maybe unwritten).
+    pub journal_head: u64,
 }
 
 impl Superblock {
@@ -65,6 +78,7 @@ impl Superblock {
         w.u64(self.checkpoint_len);
         w.u32(self.checkpoint_blocks);
         w.bytes(&self.checkpoint_hash);
+        w.u64(self.journal_head);
         debug_assert_eq!(w.buf.len(), SUPER_BODY);
         let sum = blake3::hash(&w.buf);
         w.bytes(sum.as_bytes());
@@ -94,6 +108,7 @@ impl Superblock {
             checkpoint_len: r.u64().ok()?,
             checkpoint_blocks: r.u32().ok()?,
             checkpoint_hash: r.array().ok()?,
+            journal_head: r.u64().ok()?,
         })
     }
 }
@@ -247,19 +262,7 @@ impl Meta {
         w.u64(self.records.len() as u64);
         for (&id, rec) in &self.records {
             w.u64(id);
-            w.u64(rec.block);
-            w.u16(rec.unit);
-            w.u16(rec.units);
-            w.u8(rec.codec.code());
-            w.u16(rec.len);
-            w.u32(rec.domain);
-            match &rec.fingerprint {
-                Some(fp) => {
-                    w.u8(1);
-                    w.bytes(fp);
-                }
-                None => w.u8(0),
-            }
+            w.record(rec);
         }
         w.u32(self.volumes.len() as u32);
         for (&id, vol) in &self.volumes {
@@ -314,26 +317,7 @@ impl Meta {
         meta.records.reserve(records);
         for _ in 0..records {
             let id = r.u64()?;
-            let rec = Record {
-                block: r.u64()?,
-                unit: r.u16()?,
-                units: r.u16()?,
-                codec: Compression::from_code(r.u8()?)?,
-                len: r.u16()?,
-                domain: r.u32()?,
-                fingerprint: if r.flag()? { Some(r.array()?) } else { None },
-                refs: 0,
-            };
-            let end = usize::from(rec.unit) + usize::from(rec.units);
-            let raw = rec.codec == Compression::None;
-            if rec.units == 0
-                || end > UNITS_PER_BLOCK
-                || usize::from(rec.len) > usize::from(rec.units) * super::reduce::UNIT
-                || (raw && (rec.unit != 0 || usize::from(rec.units) != UNITS_PER_BLOCK))
-                || id >= meta.next_record
-            {
-                return Err(VolumeError::Corrupt(format!("record {id} malformed")));
-            }
+            let rec = r.record(id, meta.next_record)?;
             if meta.records.insert(id, rec).is_some() {
                 return Err(VolumeError::Corrupt(format!("record {id} twice")));
             }
@@ -394,6 +378,167 @@ impl Meta {
     }
 }
 
+/// Where a journal block sits in the journal of one generation.
+pub(crate) struct JournalPosition {
+    pub generation: u64,
+    pub seq: u64,
+    pub next: u64,
+    /// The block ends the payload of one flush.
+    pub last: bool,
+    /// Hash of that flush's whole payload: blocks of a flush that never
+    /// completed cannot be spliced with blocks of a later one.
+    pub flush_hash: [u8; 32],
+}
+
+/// Builds a journal block.
+pub(crate) fn journal_block(pos: &JournalPosition, chunk: &[u8]) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.bytes(JOURNAL_MAGIC);
+    w.u64(pos.generation);
+    w.u64(pos.seq);
+    w.u64(pos.next);
+    w.u32(chunk.len() as u32);
+    w.u8(u8::from(pos.last));
+    w.bytes(&pos.flush_hash);
+    w.bytes(chunk);
+    w.buf.resize(BLOCK_SIZE - 32, 0);
+    let sum = blake3::hash(&w.buf);
+    w.bytes(sum.as_bytes());
+    w.buf
+}
+
+/// Parses a journal block expected at `seq` of `generation`; `None` marks
+/// the end of the journal (never written, torn, or stale).
+pub(crate) fn parse_journal_block(
+    block: &[u8],
+    generation: u64,
+    seq: u64,
+) -> Option<(JournalPosition, &[u8])> {
+    if block.len() != BLOCK_SIZE
+        || blake3::hash(&block[..BLOCK_SIZE - 32]).as_bytes() != &block[BLOCK_SIZE - 32..]
+    {
+        return None;
+    }
+    let mut r = Reader::new(&block[..BLOCK_SIZE - 32]);
+    if r.take(8).ok()? != JOURNAL_MAGIC {
+        return None;
+    }
+    let pos = JournalPosition {
+        generation: r.u64().ok()?,
+        seq: r.u64().ok()?,
+        next: r.u64().ok()?,
+        last: false,
+        flush_hash: [0; 32],
+    };
+    let len = r.u32().ok()? as usize;
+    let last = r.flag().ok()?;
+    let flush_hash = r.array().ok()?;
+    if pos.generation != generation || pos.seq != seq || len > JOURNAL_PAYLOAD {
+        return None;
+    }
+    let chunk = r.take(len).ok()?;
+    Some((
+        JournalPosition {
+            last,
+            flush_hash,
+            ..pos
+        },
+        chunk,
+    ))
+}
+
+/// What changed between two flushes, as written to the journal: records
+/// created and still live, records that died, and the final value of every
+/// map entry touched. Management operations (which change volumes, not
+/// just maps) always write a full checkpoint instead.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Delta {
+    pub next_record: u64,
+    pub created: Vec<(u64, Record)>,
+    pub removed: Vec<u64>,
+    /// (volume, logical block, record id or [`ZERO_ENTRY`]; `None` unmaps).
+    pub changes: Vec<(u32, u64, Option<u64>)>,
+}
+
+impl Delta {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u64(self.next_record);
+        w.u32(self.created.len() as u32);
+        for (id, rec) in &self.created {
+            w.u64(*id);
+            w.record(rec);
+        }
+        w.u32(self.removed.len() as u32);
+        for id in &self.removed {
+            w.u64(*id);
+        }
+        w.u32(self.changes.len() as u32);
+        for &(vol, lba, entry) in &self.changes {
+            w.u32(vol);
+            w.u64(lba);
+            w.u64(entry.unwrap_or(UNMAPPED));
+        }
+        w.buf
+    }
+
+    pub(crate) fn decode(payload: &[u8]) -> Result<Self, VolumeError> {
+        let mut r = Reader::new(payload);
+        let mut delta = Delta {
+            next_record: r.u64()?,
+            ..Delta::default()
+        };
+        let created = r.u32()?;
+        for _ in 0..r.count(u64::from(created), RECORD_BYTES - 32)? {
+            let id = r.u64()?;
+            delta.created.push((id, r.record(id, delta.next_record)?));
+        }
+        let removed = r.u32()?;
+        for _ in 0..r.count(u64::from(removed), 8)? {
+            delta.removed.push(r.u64()?);
+        }
+        let changes = r.u32()?;
+        for _ in 0..r.count(u64::from(changes), 20)? {
+            let (vol, lba, rid) = (r.u32()?, r.u64()?, r.u64()?);
+            delta
+                .changes
+                .push((vol, lba, Some(rid).filter(|&r| r != UNMAPPED)));
+        }
+        if !r.is_empty() {
+            return Err(VolumeError::Corrupt("trailing bytes in journal".into()));
+        }
+        Ok(delta)
+    }
+
+    /// Applies the delta to a checkpoint's metadata; reference counts and
+    /// block usage are derived afterwards, as for a checkpoint alone.
+    pub(crate) fn apply(self, meta: &mut Meta) -> Result<(), VolumeError> {
+        meta.next_record = meta.next_record.max(self.next_record);
+        for (id, rec) in self.created {
+            if meta.records.insert(id, rec).is_some() {
+                return Err(VolumeError::Corrupt(format!(
+                    "journal recreates record {id}"
+                )));
+            }
+        }
+        for (vol, lba, entry) in self.changes {
+            let v = meta
+                .volumes
+                .get_mut(&vol)
+                .filter(|v| lba < v.size_blocks)
+                .ok_or_else(|| VolumeError::Corrupt(format!("journal maps #{vol}:{lba}")))?;
+            match entry {
+                Some(rid) => v.map.insert(lba, rid),
+                None => v.map.remove(&lba),
+            };
+        }
+        for id in self.removed {
+            meta.records.remove(&id);
+        }
+        Ok(())
+    }
+}
+
 /// Little-endian encoder.
 #[derive(Default)]
 struct Writer {
@@ -415,6 +560,21 @@ impl Writer {
     }
     fn u64(&mut self, v: u64) {
         self.bytes(&v.to_le_bytes());
+    }
+    fn record(&mut self, rec: &Record) {
+        self.u64(rec.block);
+        self.u16(rec.unit);
+        self.u16(rec.units);
+        self.u8(rec.codec.code());
+        self.u16(rec.len);
+        self.u32(rec.domain);
+        match &rec.fingerprint {
+            Some(fp) => {
+                self.u8(1);
+                self.bytes(fp);
+            }
+            None => self.u8(0),
+        }
     }
 }
 
@@ -468,6 +628,36 @@ impl<'a> Reader<'a> {
     }
     fn u64(&mut self) -> Result<u64, VolumeError> {
         Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    /// Parses record `id`'s fields, checking that they describe a possible
+    /// location; `next_record` bounds the ids handed out so far.
+    fn record(&mut self, id: u64, next_record: u64) -> Result<Record, VolumeError> {
+        let rec = Record {
+            block: self.u64()?,
+            unit: self.u16()?,
+            units: self.u16()?,
+            codec: Compression::from_code(self.u8()?)?,
+            len: self.u16()?,
+            domain: self.u32()?,
+            fingerprint: if self.flag()? {
+                Some(self.array()?)
+            } else {
+                None
+            },
+            refs: 0,
+        };
+        let end = usize::from(rec.unit) + usize::from(rec.units);
+        let raw = rec.codec == Compression::None;
+        if rec.units == 0
+            || end > UNITS_PER_BLOCK
+            || usize::from(rec.len) > usize::from(rec.units) * super::reduce::UNIT
+            || (raw && (rec.unit != 0 || usize::from(rec.units) != UNITS_PER_BLOCK))
+            || id >= next_record
+        {
+            return Err(VolumeError::Corrupt(format!("record {id} malformed")));
+        }
+        Ok(rec)
     }
 
     /// Checks that `count` items of at least `min_size` bytes each can
@@ -568,6 +758,42 @@ mod tests {
     }
 
     #[test]
+    fn journal_delta_round_trips_and_blocks_chain() {
+        let meta = sample();
+        let delta = Delta {
+            next_record: 10,
+            created: vec![(4, meta.records[&4].clone())],
+            removed: vec![5],
+            changes: vec![(2, 1, Some(4)), (2, 3, None), (2, 5, Some(ZERO_ENTRY))],
+        };
+        let payload = delta.encode();
+        assert_eq!(Delta::decode(&payload).unwrap(), delta);
+        assert!(Delta::decode(&payload[..payload.len() - 1]).is_err());
+        let pos = JournalPosition {
+            generation: 7,
+            seq: 3,
+            next: 40,
+            last: true,
+            flush_hash: [9; 32],
+        };
+        let mut block = journal_block(&pos, &payload);
+        let (parsed, chunk) = parse_journal_block(&block, 7, 3).unwrap();
+        assert_eq!(
+            (parsed.next, parsed.last, parsed.flush_hash, chunk),
+            (40, true, [9; 32], &payload[..])
+        );
+        assert!(parse_journal_block(&block, 8, 3).is_none());
+        assert!(parse_journal_block(&block, 7, 4).is_none());
+        block[100] ^= 1;
+        assert!(parse_journal_block(&block, 7, 3).is_none());
+        let mut applied = meta.clone();
+        applied.records.remove(&4);
+        delta.apply(&mut applied).unwrap();
+        assert!(!applied.records.contains_key(&5));
+        assert_eq!(applied.volumes[&2].map.get(&1), Some(&4));
+    }
+
+    #[test]
     fn superblock_round_trips_and_rejects_damage() {
         let sb = Superblock {
             generation: 42,
@@ -576,6 +802,7 @@ mod tests {
             checkpoint_len: 5000,
             checkpoint_blocks: 2,
             checkpoint_hash: [3; 32],
+            journal_head: 99,
         };
         let mut bytes = sb.encode();
         assert_eq!(Superblock::decode(&bytes), Some(sb));

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use super::alloc::SpaceMap;
 use super::crypt::{Cipher, VolumeKey};
 use super::format::{
-    meta_block, parse_meta_block, Domain, Meta, Record, Services, Superblock, VolumeKind,
-    VolumeMeta, META_PAYLOAD, SUPERBLOCKS, ZERO_ENTRY,
+    journal_block, meta_block, parse_journal_block, parse_meta_block, Delta, Domain,
+    JournalPosition, Meta, Record, Services, Superblock, VolumeKind, VolumeMeta, JOURNAL_PAYLOAD,
+    META_PAYLOAD, SUPERBLOCKS, ZERO_ENTRY,
 };
 use super::reduce::{
     compress, decompress, fingerprint, is_zero, Compression, UNIT, UNITS_PER_BLOCK,
@@ -31,6 +32,11 @@ const MAX_NAME: usize = 255;
 
 /// Smallest pool: two superblocks, a checkpoint and a few data blocks.
 const MIN_BLOCKS: u64 = 8;
+
+/// The journal may grow to this many blocks, or to the size of the
+/// checkpoint if that is larger, before a new checkpoint replaces both: this
+/// bounds what an open has to replay.
+const JOURNAL_MIN_LIMIT: usize = 8;
 
 /// The packed block currently being filled with compressed slots.
 struct PackCursor {
@@ -60,6 +66,17 @@ pub(crate) struct PoolState {
     pending_free: Vec<u64>,
     /// Blocks of the committed checkpoint chain.
     checkpoint: Vec<u64>,
+    /// Journal blocks written since the checkpoint.
+    journal: Vec<u64>,
+    /// Block reserved for the next journal write (the superblock or the
+    /// last journal block points to it).
+    journal_next: Option<u64>,
+    /// Changes since the last durable point, for the next journal write:
+    /// map entries touched, records created (and still live), records of
+    /// the durable state that died.
+    touched: HashSet<(u32, u64)>,
+    created: HashSet<u64>,
+    died: Vec<u64>,
     /// Dedup index: (key domain, fingerprint) → record.
     index: HashMap<(u32, [u8; 32]), u64>,
     /// The state differs from the committed checkpoint.
@@ -115,6 +132,11 @@ impl PoolState {
             pack: None,
             pending_free: Vec::new(),
             checkpoint: Vec::new(),
+            journal: Vec::new(),
+            journal_next: None,
+            touched: HashSet::new(),
+            created: HashSet::new(),
+            died: Vec::new(),
             index: HashMap::new(),
             dirty: false,
             failed: false,
@@ -177,12 +199,15 @@ impl PoolState {
                 "checkpoint does not match its superblock".into(),
             ));
         }
-        let meta = Meta::decode(&payload)?;
+        let mut meta = Meta::decode(&payload)?;
+        let (journal, journal_next) = replay(media.as_ref(), sb, &chain, &mut meta)?;
         let mut state = PoolState::empty(media, sb.total_blocks, meta, sb.generation);
-        for &b in &chain {
+        for &b in chain.iter().chain(&journal).chain([&journal_next]) {
             state.space.claim(b);
         }
         state.checkpoint = chain;
+        state.journal = journal;
+        state.journal_next = Some(journal_next);
         state.rebuild()?;
         Ok(state)
     }
@@ -230,10 +255,10 @@ impl PoolState {
                 )));
             }
             let bad = || VolumeError::Corrupt(format!("record {rid} overlaps other data"));
-            if rec.block < SUPERBLOCKS
-                || rec.block >= self.space.blocks()
-                || self.checkpoint.contains(&rec.block)
-            {
+            let metadata = self.checkpoint.contains(&rec.block)
+                || self.journal.contains(&rec.block)
+                || self.journal_next == Some(rec.block);
+            if rec.block < SUPERBLOCKS || rec.block >= self.space.blocks() || metadata {
                 return Err(bad());
             }
             if rec.codec == Compression::None {
@@ -276,7 +301,8 @@ impl PoolState {
         self.usable()?;
         self.media.flush()?;
         let payload = self.meta.encode();
-        let needed = payload.len().div_ceil(META_PAYLOAD).max(1);
+        // One more block than the chain: the new generation's journal head.
+        let needed = payload.len().div_ceil(META_PAYLOAD).max(1) + 1;
         let mut chain = Vec::with_capacity(needed);
         for _ in 0..needed {
             match self.space.alloc() {
@@ -290,13 +316,16 @@ impl PoolState {
             }
         }
         let generation = self.generation + 1;
-        let written = chain.iter().enumerate().try_for_each(|(i, &b)| {
-            let next = chain.get(i + 1).copied().unwrap_or(0);
-            let start = (i * META_PAYLOAD).min(payload.len());
-            let end = ((i + 1) * META_PAYLOAD).min(payload.len());
-            self.media
-                .write_at(b * BS, &meta_block(generation, next, &payload[start..end]))
-        });
+        let written = chain[..needed - 1]
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, &b)| {
+                let next = if i + 2 < needed { chain[i + 1] } else { 0 };
+                let start = (i * META_PAYLOAD).min(payload.len());
+                let end = ((i + 1) * META_PAYLOAD).min(payload.len());
+                self.media
+                    .write_at(b * BS, &meta_block(generation, next, &payload[start..end]))
+            });
         if let Err(e) = written.and_then(|()| self.media.flush()) {
             // Nothing points to the new chain yet, so its blocks are free.
             for &b in &chain {
@@ -304,6 +333,7 @@ impl PoolState {
             }
             return Err(e.into());
         }
+        let journal_head = chain.pop().unwrap_or_default();
         let sb = Superblock {
             generation,
             total_blocks: self.space.blocks(),
@@ -311,6 +341,7 @@ impl PoolState {
             checkpoint_len: payload.len() as u64,
             checkpoint_blocks: chain.len() as u32,
             checkpoint_hash: *blake3::hash(&payload).as_bytes(),
+            journal_head,
         };
         // The slot alternates, so the other slot keeps the previous
         // generation, whose checkpoint is still intact, until this write
@@ -325,21 +356,114 @@ impl PoolState {
             return Err(e.into());
         }
         self.generation = generation;
-        for b in std::mem::replace(&mut self.checkpoint, chain) {
+        let old_journal = std::mem::take(&mut self.journal);
+        let old_next = self.journal_next.replace(journal_head);
+        let old_chain = std::mem::replace(&mut self.checkpoint, chain);
+        for b in old_chain.into_iter().chain(old_journal).chain(old_next) {
             self.space.release(b);
         }
+        self.durable();
+        Ok(())
+    }
+
+    /// Bookkeeping once the current state is durable.
+    fn durable(&mut self) {
         for b in std::mem::take(&mut self.pending_free) {
             self.space.release(b);
         }
+        self.touched.clear();
+        self.created.clear();
+        self.died.clear();
         self.dirty = false;
-        Ok(())
+    }
+
+    /// Appends the changes since the last durable point to the journal;
+    /// false if a checkpoint should be written instead (journal long
+    /// enough, or space short).
+    fn append_journal(&mut self) -> Result<bool, VolumeError> {
+        let Some(head) = self.journal_next else {
+            return Ok(false);
+        };
+        let mut created: Vec<u64> = self.created.iter().copied().collect();
+        created.sort_unstable();
+        let delta = Delta {
+            next_record: self.meta.next_record,
+            created: created
+                .into_iter()
+                .filter_map(|id| self.meta.records.get(&id).map(|r| (id, r.clone())))
+                .collect(),
+            removed: self.died.clone(),
+            changes: self
+                .touched
+                .iter()
+                .filter_map(|&(vol, lba)| {
+                    let v = self.meta.volumes.get(&vol)?;
+                    Some((vol, lba, v.map.get(&lba).copied()))
+                })
+                .collect(),
+        };
+        let payload = delta.encode();
+        let blocks = payload.len().div_ceil(JOURNAL_PAYLOAD).max(1);
+        let limit = self.checkpoint.len().max(JOURNAL_MIN_LIMIT);
+        // The checkpoint that eventually replaces the journal must still
+        // find room after this append.
+        let room = self.space.free() >= blocks as u64 + self.checkpoint_blocks_needed(0, 0);
+        if self.journal.len() + blocks > limit || !room {
+            return Ok(false);
+        }
+        self.media.flush()?;
+        let mut chain = vec![head];
+        for _ in 0..blocks {
+            match self.space.alloc() {
+                Some(b) => chain.push(b),
+                None => {
+                    for &b in &chain[1..] {
+                        self.space.release(b);
+                    }
+                    return Ok(false);
+                }
+            }
+        }
+        let flush_hash = *blake3::hash(&payload).as_bytes();
+        let seq = self.journal.len() as u64;
+        let written = (0..blocks).try_for_each(|i| {
+            let pos = JournalPosition {
+                generation: self.generation,
+                seq: seq + i as u64,
+                next: chain[i + 1],
+                last: i + 1 == blocks,
+                flush_hash,
+            };
+            let start = (i * JOURNAL_PAYLOAD).min(payload.len());
+            let end = ((i + 1) * JOURNAL_PAYLOAD).min(payload.len());
+            self.media
+                .write_at(chain[i] * BS, &journal_block(&pos, &payload[start..end]))
+        });
+        if let Err(e) = written.and_then(|()| self.media.flush()) {
+            // Whether part of the append is on media is unknown.
+            self.failed = true;
+            return Err(e.into());
+        }
+        self.journal_next = chain.pop();
+        self.journal.extend(chain);
+        self.durable();
+        Ok(true)
+    }
+
+    /// Makes the current state durable the cheap way when possible.
+    fn persist(&mut self) -> Result<(), VolumeError> {
+        if self.append_journal()? {
+            Ok(())
+        } else {
+            self.commit()
+        }
     }
 
     /// Commits if anything changed, else just flushes the media.
     pub(crate) fn flush(&mut self) -> Result<(), VolumeError> {
         self.usable()?;
         if self.dirty || !self.pending_free.is_empty() {
-            self.commit()
+            self.persist()
         } else {
             Ok(self.media.flush()?)
         }
@@ -349,7 +473,8 @@ impl PoolState {
     /// map entries and `records` records.
     fn checkpoint_blocks_needed(&self, entries: usize, records: usize) -> u64 {
         let bytes = self.meta.encoded_size_bound() + Meta::growth(entries, records);
-        bytes.div_ceil(META_PAYLOAD) as u64
+        // The chain plus the new generation's journal head.
+        bytes.div_ceil(META_PAYLOAD) as u64 + 1
     }
 
     /// Makes sure that, after taking `blocks` data blocks, the next
@@ -368,7 +493,7 @@ impl PoolState {
             return Ok(());
         }
         if !self.pending_free.is_empty() {
-            self.commit()?;
+            self.persist()?;
             if fits(self) {
                 return Ok(());
             }
@@ -535,6 +660,7 @@ impl PoolState {
         }
         let rid = self.meta.next_record;
         self.meta.next_record += 1;
+        self.created.insert(rid);
         self.live[block as usize] += 1;
         if let Some(fp) = rec.fingerprint {
             self.index.insert((domain, fp), rid);
@@ -554,6 +680,7 @@ impl PoolState {
             Some(e) => v.map.insert(lba, e),
             None => v.map.remove(&lba),
         });
+        self.touched.insert((vol, lba));
         if let Some(rid) = old {
             self.unref(rid);
         }
@@ -572,6 +699,9 @@ impl PoolState {
         let Some(rec) = self.meta.records.remove(&rid) else {
             return;
         };
+        if !self.created.remove(&rid) {
+            self.died.push(rid);
+        }
         if let Some(fp) = rec.fingerprint {
             if self.index.get(&(rec.domain, fp)) == Some(&rid) {
                 self.index.remove(&(rec.domain, fp));
@@ -910,7 +1040,8 @@ impl PoolState {
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
-        let metadata_blocks = self.checkpoint.len() as u64;
+        let metadata_blocks = (self.checkpoint.len() + self.journal.len()) as u64
+            + u64::from(self.journal_next.is_some());
         let pending = self.pending_free.len() as u64;
         let data_blocks =
             self.space.blocks() - self.space.free() - SUPERBLOCKS - metadata_blocks - pending;
@@ -1039,6 +1170,8 @@ impl PoolState {
         let holders = self
             .checkpoint
             .iter()
+            .chain(&self.journal)
+            .chain(&self.journal_next)
             .chain(&self.pending_free)
             .chain(live.keys())
             .chain(self.pack.as_ref().map(|c| &c.block));
@@ -1064,6 +1197,56 @@ impl PoolState {
         }
         Ok(())
     }
+}
+
+/// Replays the journal of `sb`'s generation into `meta`, one complete flush
+/// at a time, stopping at the first block that is missing, torn, stale or
+/// part of a flush that never completed. Returns the journal blocks applied
+/// and the block reserved for the next append.
+fn replay(
+    media: &dyn Media,
+    sb: &Superblock,
+    chain: &[u64],
+    meta: &mut Meta,
+) -> Result<(Vec<u64>, u64), VolumeError> {
+    let in_pool = |b: u64| (SUPERBLOCKS..sb.total_blocks).contains(&b);
+    let mut applied = Vec::new();
+    let mut visited: HashSet<u64> = chain.iter().copied().collect();
+    let mut flush_blocks = Vec::new();
+    let mut payload = Vec::new();
+    let mut flush_hash = None;
+    let mut next = sb.journal_head;
+    let mut after_applied = next;
+    let mut block = vec![0u8; BLOCK_SIZE];
+    while in_pool(next) && visited.insert(next) {
+        media.read_at(next * BS, &mut block)?;
+        let seq = (applied.len() + flush_blocks.len()) as u64;
+        let Some((pos, chunk)) = parse_journal_block(&block, sb.generation, seq) else {
+            break;
+        };
+        if flush_hash.is_some_and(|h| h != pos.flush_hash) {
+            break;
+        }
+        flush_hash = Some(pos.flush_hash);
+        payload.extend_from_slice(chunk);
+        flush_blocks.push(next);
+        next = pos.next;
+        if pos.last {
+            if blake3::hash(&payload).as_bytes() != &pos.flush_hash {
+                break;
+            }
+            Delta::decode(&payload)?.apply(meta)?;
+            applied.append(&mut flush_blocks);
+            payload.clear();
+            flush_hash = None;
+            after_applied = next;
+        }
+    }
+    if !in_pool(after_applied) || chain.contains(&after_applied) || applied.contains(&after_applied)
+    {
+        return Err(VolumeError::Corrupt("journal chain broken".into()));
+    }
+    Ok((applied, after_applied))
 }
 
 fn ratio(logical: u64, physical: u64) -> f64 {

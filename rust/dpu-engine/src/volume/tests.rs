@@ -90,6 +90,37 @@ fn thin_volume_allocates_on_write_and_frees_on_discard() {
 }
 
 #[test]
+fn flush_appends_to_the_journal_until_a_checkpoint_is_due() {
+    let (media, pool) = pool(256);
+    pool.create_volume("v", &opts(64, Services::default()))
+        .unwrap();
+    let v = pool.open_volume("v", None).unwrap();
+    let start = pool.stats().unwrap();
+    let mut generations = std::collections::BTreeSet::new();
+    for lba in 0..20 {
+        v.write_blocks(lba, &random_block(lba)).unwrap();
+        v.flush().unwrap();
+        let stats = pool.stats().unwrap();
+        generations.insert(stats.generation);
+        // Each flush costs one journal block, not a rewrite of all metadata.
+        if stats.generation == start.generation {
+            assert_eq!(stats.metadata_blocks, start.metadata_blocks + lba + 1);
+        }
+    }
+    // The journal is bounded: a checkpoint replaced it along the way.
+    assert!(
+        generations.len() > 1 && generations.len() < 10,
+        "{generations:?}"
+    );
+    let reopened = Pool::open(media).unwrap();
+    let v = reopened.open_volume("v", None).unwrap();
+    for lba in 0..20 {
+        assert_eq!(read(&v, lba), random_block(lba));
+    }
+    reopened.check().unwrap();
+}
+
+#[test]
 fn full_pool_refuses_writes_keeps_data_and_recovers() {
     let media = Arc::new(CrashMedia::new(24 * BLOCK_SIZE));
     let pool = Pool::format(media.clone()).unwrap();
