@@ -1,1 +1,242 @@
-fn main() {}
+//! dpuemu: the dpublk storage accelerator, emulated as vfio-user PCIe
+//! functions.
+//!
+//! One process serves the accelerator function and the local SSD
+//! functions; see `tools/dpuemu/README.md` for the threading model and
+//! `Documentation/device-interface.rst` for the device interface.
+
+mod cli;
+mod controller;
+mod guest_memory;
+mod interrupts;
+mod logger;
+mod namespace;
+mod ownership;
+mod pci_config;
+mod vfio;
+mod worker;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+
+use log::{error, info};
+use nvme_shim::pci;
+
+use cli::{Command, Options};
+use controller::{Controller, ControllerConfig, NamespaceSlot, Personality, SsdHandle, Stats};
+use guest_memory::DmaRegions;
+use interrupts::MsixEventFds;
+use namespace::{FileNamespace, Namespace};
+use ownership::SsdOwnership;
+use vfio::Function;
+
+fn main() -> ExitCode {
+    match cli::parse(std::env::args().skip(1)) {
+        Ok(Command::Help) => {
+            print!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Version) => {
+            println!("dpuemu {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Run(options)) => match run(&options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e}");
+                eprintln!("dpuemu: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("dpuemu: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in this thread (and every thread it starts
+/// afterwards), so only `wait_for_signal` receives them.
+fn block_signals() -> Result<libc::sigset_t, String> {
+    // SAFETY: `sigset_t` is plain data; it is initialized by `sigemptyset`
+    // before use, and the calls only access the set we pass.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(format!("pthread_sigmask: error {rc}"));
+        }
+        Ok(set)
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut signal = 0;
+    // SAFETY: `set` is an initialized signal set and `signal` a valid
+    // output location.
+    let rc = unsafe { libc::sigwait(set, &mut signal) };
+    if rc != 0 {
+        error!("sigwait failed: error {rc}");
+    }
+    signal
+}
+
+fn make_function(
+    options: &Options,
+    name: &str,
+    model: &str,
+    device_id: u16,
+    class_code: u32,
+    personality: Personality,
+    namespaces: Vec<NamespaceSlot>,
+) -> Function {
+    let memory = Arc::new(DmaRegions::new());
+    let vectors = options.io_queues + 1;
+    let msix = Arc::new(MsixEventFds::new(vectors));
+    let config = ControllerConfig {
+        name: name.to_string(),
+        serial: format!("DPUEMU-{}", name.to_uppercase()),
+        model: model.to_string(),
+        subnqn: format!("nqn.2026-11.org.dpublk:dpuemu:{name}"),
+        io_queues: options.io_queues,
+        vectors,
+        workers: options.workers,
+    };
+    let controller = Arc::new(Controller::new(
+        config,
+        personality,
+        namespaces,
+        memory.clone(),
+        msix.clone(),
+    ));
+    Function {
+        controller,
+        memory,
+        msix,
+        device_id,
+        class_code,
+        socket: options.socket_dir.join(format!("{name}.sock")),
+    }
+}
+
+fn run(options: &Options) -> Result<(), String> {
+    logger::init(options.log_level);
+    let signals = block_signals()?;
+    std::fs::create_dir_all(&options.socket_dir)
+        .map_err(|e| format!("{}: {e}", options.socket_dir.display()))?;
+
+    let mut media: Vec<Arc<dyn Namespace>> = Vec::new();
+    for spec in &options.ssds {
+        let ns = FileNamespace::open(&spec.path, spec.size)
+            .map_err(|e| format!("SSD image {}: {e}", spec.path.display()))?;
+        info!(
+            "SSD {}: {} ({} MiB)",
+            media.len(),
+            spec.path.display(),
+            ns.size() >> 20
+        );
+        media.push(Arc::new(ns));
+    }
+    let ownership: Vec<Arc<SsdOwnership>> = media
+        .iter()
+        .map(|_| Arc::new(SsdOwnership::new()))
+        .collect();
+
+    let mut accel_namespaces = Vec::new();
+    if let Some(n) = options.passthrough_ssd {
+        if let (Some(m), Some(o)) = (media.get(n), ownership.get(n)) {
+            o.attach_in_use();
+            accel_namespaces.push(NamespaceSlot {
+                backend: m.clone(),
+                ssd: Some(n as u16),
+                stats: Stats::default(),
+            });
+            info!("accel: namespace 1 passes through to SSD {n}, which the accelerator owns");
+        }
+    }
+    let ssd_handles = media
+        .iter()
+        .zip(&ownership)
+        .enumerate()
+        .map(|(i, (m, o))| SsdHandle {
+            index: i as u16,
+            ownership: o.clone(),
+            media: m.clone(),
+            serial: format!("DPUEMU-SSD{i}"),
+        })
+        .collect();
+
+    let mut functions = vec![make_function(
+        options,
+        "accel",
+        "dpublk storage accelerator (dpuemu)",
+        pci::ACCELERATOR_DEVICE_ID,
+        pci::ACCELERATOR_CLASS_CODE,
+        Personality::Accelerator { ssds: ssd_handles },
+        accel_namespaces,
+    )];
+    for (i, (m, o)) in media.iter().zip(&ownership).enumerate() {
+        functions.push(make_function(
+            options,
+            &format!("ssd{i}"),
+            "dpuemu local NVMe SSD",
+            pci::SSD_DEVICE_ID,
+            pci::SSD_CLASS_CODE,
+            Personality::Ssd {
+                ownership: o.clone(),
+            },
+            vec![NamespaceSlot {
+                backend: m.clone(),
+                ssd: None,
+                stats: Stats::default(),
+            }],
+        ));
+    }
+
+    let mut servers = Vec::new();
+    for function in &functions {
+        servers.push(vfio::listen(function).map_err(|e| format!("listen: {e}"))?);
+    }
+    let functions: Vec<Arc<Function>> = functions.into_iter().map(Arc::new).collect();
+    let mut workers = Vec::new();
+    for (function, server) in functions.iter().zip(servers) {
+        workers.extend(worker::spawn(&function.controller));
+        let f = Arc::clone(function);
+        thread::Builder::new()
+            .name(format!("{}-vfio", function.controller.config().name))
+            .spawn(move || vfio::serve(&f, server))
+            .map_err(|e| format!("cannot start server thread: {e}"))?;
+    }
+    let sockets: Vec<String> = functions
+        .iter()
+        .map(|f| f.socket.display().to_string())
+        .collect();
+    info!("listening: {}", sockets.join(" "));
+    eprintln!(
+        "dpuemu: ready: {} function(s) listening in {}",
+        functions.len(),
+        options.socket_dir.display()
+    );
+
+    let signal = wait_for_signal(&signals);
+    info!("signal {signal}: shutting down");
+    for function in &functions {
+        function.controller.stop_workers();
+    }
+    for worker in workers {
+        let _ = worker.join();
+    }
+    for function in &functions {
+        function.controller.flush_all();
+        if let Err(e) = std::fs::remove_file(&function.socket) {
+            error!("{}: {e}", function.socket.display());
+        }
+    }
+    info!("media flushed, sockets removed");
+    // The server threads block in accept/recv; leaving the process ends them.
+    std::process::exit(0)
+}

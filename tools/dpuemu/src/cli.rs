@@ -1,0 +1,266 @@
+//! Command line.
+
+use std::path::PathBuf;
+
+/// Usage text printed by `--help`.
+pub const USAGE: &str = "\
+dpuemu - the dpublk storage accelerator, emulated as vfio-user PCIe functions
+
+Usage: dpuemu --socket-dir DIR [options]
+
+Serves one accelerator function (DIR/accel.sock) and one local NVMe SSD
+function per --ssd (DIR/ssd0.sock, DIR/ssd1.sock, ...) to QEMU's
+vfio-user-pci devices. Prints 'dpuemu: ready' to stderr once every socket
+listens. SIGTERM or SIGINT flushes the media and removes the sockets.
+
+Options:
+  --socket-dir DIR       directory for the vfio-user sockets (created)
+  --ssd PATH[:SIZE]      an SSD image; with SIZE (bytes, or K/M/G/T suffix)
+                         the file is created or extended to SIZE; repeatable
+  --passthrough-ssd N    expose SSD N's whole image as namespace 1 of the
+                         accelerator; SSD N is owned by the accelerator from
+                         startup, so its own NVMe function refuses to enable
+  --io-queues N          I/O queue pairs per function (1-255, default 4)
+  --workers N            I/O worker threads per function (1-64, default 2)
+  --log-level LEVEL      error, warn, info, debug or trace (default info)
+  -h, --help             print this help
+  -V, --version          print the version
+";
+
+/// One `--ssd` argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SsdSpec {
+    /// Image path.
+    pub path: PathBuf,
+    /// Size to create or extend the image to.
+    pub size: Option<u64>,
+}
+
+/// Parsed options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub socket_dir: PathBuf,
+    pub ssds: Vec<SsdSpec>,
+    pub passthrough_ssd: Option<usize>,
+    pub io_queues: u16,
+    pub workers: usize,
+    pub log_level: log::LevelFilter,
+}
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Run(Options),
+    Help,
+    Version,
+}
+
+/// Parses a size with an optional binary suffix (K, M, G, T).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown size suffix in '{text}'")),
+            };
+            (&text[..i], shift)
+        }
+        _ => (text, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size '{text}'"))?;
+    n.checked_mul(1u64 << shift)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("size '{text}' out of range"))
+}
+
+fn parse_ssd(text: &str) -> Result<SsdSpec, String> {
+    // A size suffix is the part after the last ':' if it parses as a size,
+    // so paths containing ':' still work without one.
+    if let Some((path, size)) = text.rsplit_once(':') {
+        if let Ok(size) = parse_size(size) {
+            if path.is_empty() {
+                return Err(format!("--ssd '{text}': empty path"));
+            }
+            return Ok(SsdSpec {
+                path: PathBuf::from(path),
+                size: Some(size),
+            });
+        }
+    }
+    if text.is_empty() {
+        return Err("--ssd: empty path".into());
+    }
+    Ok(SsdSpec {
+        path: PathBuf::from(text),
+        size: None,
+    })
+}
+
+fn parse_number<T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display>(
+    option: &str,
+    text: &str,
+    min: T,
+    max: T,
+) -> Result<T, String> {
+    let v: T = text
+        .parse()
+        .map_err(|_| format!("{option}: '{text}' is not a number"))?;
+    if v < min || v > max {
+        return Err(format!("{option}: {v} not in {min}..={max}"));
+    }
+    Ok(v)
+}
+
+/// Parses the arguments (without the program name).
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
+    let mut socket_dir = None;
+    let mut ssds = Vec::new();
+    let mut passthrough_ssd = None;
+    let mut io_queues = 4u16;
+    let mut workers = 2usize;
+    let mut log_level = log::LevelFilter::Info;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match name.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--socket-dir" => socket_dir = Some(PathBuf::from(value("--socket-dir")?)),
+            "--ssd" => ssds.push(parse_ssd(&value("--ssd")?)?),
+            "--passthrough-ssd" => {
+                passthrough_ssd = Some(parse_number(
+                    "--passthrough-ssd",
+                    &value("--passthrough-ssd")?,
+                    0,
+                    63,
+                )?)
+            }
+            "--io-queues" => {
+                io_queues = parse_number("--io-queues", &value("--io-queues")?, 1, 255)?
+            }
+            "--workers" => workers = parse_number("--workers", &value("--workers")?, 1, 64)?,
+            "--log-level" => {
+                let v = value("--log-level")?;
+                log_level = v
+                    .parse()
+                    .map_err(|_| format!("--log-level: unknown level '{v}'"))?;
+            }
+            other => return Err(format!("unknown argument '{other}' (see --help)")),
+        }
+    }
+    let socket_dir = socket_dir.ok_or("--socket-dir is required (see --help)")?;
+    if let Some(n) = passthrough_ssd {
+        if n >= ssds.len() {
+            return Err(format!(
+                "--passthrough-ssd {n}: only {} SSD(s) given",
+                ssds.len()
+            ));
+        }
+    }
+    Ok(Command::Run(Options {
+        socket_dir,
+        ssds,
+        passthrough_ssd,
+        io_queues,
+        workers,
+        log_level,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn full_command_line() {
+        let cmd = parse(args(&[
+            "--socket-dir",
+            "/tmp/d",
+            "--ssd",
+            "/img/a:1G",
+            "--ssd=/img/b",
+            "--ssd",
+            "/x:y",
+            "--passthrough-ssd",
+            "1",
+            "--io-queues",
+            "8",
+            "--workers=3",
+            "--log-level",
+            "debug",
+        ]))
+        .unwrap();
+        let Command::Run(o) = cmd else {
+            panic!("not run")
+        };
+        assert_eq!(o.socket_dir, PathBuf::from("/tmp/d"));
+        assert_eq!(
+            o.ssds[0],
+            SsdSpec {
+                path: "/img/a".into(),
+                size: Some(1 << 30)
+            }
+        );
+        assert_eq!(
+            o.ssds[1],
+            SsdSpec {
+                path: "/img/b".into(),
+                size: None
+            }
+        );
+        assert_eq!(
+            o.ssds[2],
+            SsdSpec {
+                path: "/x:y".into(),
+                size: None
+            }
+        );
+        assert_eq!((o.passthrough_ssd, o.io_queues, o.workers), (Some(1), 8, 3));
+        assert_eq!(o.log_level, log::LevelFilter::Debug);
+    }
+
+    #[test]
+    fn errors_and_help() {
+        assert_eq!(parse(args(&["--help"])), Ok(Command::Help));
+        assert_eq!(parse(args(&["-V"])), Ok(Command::Version));
+        assert!(parse(args(&[])).is_err());
+        assert!(parse(args(&["--socket-dir"])).is_err());
+        assert!(parse(args(&["--socket-dir", "d", "--io-queues", "0"])).is_err());
+        assert!(parse(args(&["--socket-dir", "d", "--io-queues", "256"])).is_err());
+        assert!(parse(args(&["--socket-dir", "d", "--passthrough-ssd", "0"])).is_err());
+        assert!(parse(args(&["--socket-dir", "d", "--bogus"])).is_err());
+        assert!(parse(args(&["--socket-dir", "d", "--log-level", "loud"])).is_err());
+        assert!(parse(args(&["--socket-dir", "d", "--ssd", ":1G"])).is_err());
+    }
+}

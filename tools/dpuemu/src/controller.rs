@@ -1,0 +1,848 @@
+//! The NVMe-style controller core, independent of the transport.
+//!
+//! A [`Controller`] is driven by BAR0 MMIO reads and writes (from the
+//! vfio-user server, or directly from tests), reaches guest memory only
+//! through a [`GuestMemory`] and raises interrupts through an
+//! [`InterruptSink`]. The admin queue is processed synchronously inside the
+//! MMIO write of its doorbell; I/O submission queues are processed by worker
+//! threads calling [`Controller::service_queues`].
+//!
+//! Lock order (outer to inner): `registers` → `queues` → a submission queue
+//! → a completion queue; `admin`, `errors` and the worker signals are
+//! leaves. Workers never take `registers`, and never hold `queues` while
+//! processing a queue.
+
+mod admin;
+mod data;
+mod io;
+mod queues;
+#[cfg(test)]
+mod tests;
+mod vendor;
+
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+
+use log::{debug, error, info, warn};
+use nvme_shim::log_page::ErrorLogEntry;
+use nvme_shim::registers::{self as regs, Aqa, Cap, Cc, Csts, DoorbellKind};
+use nvme_shim::sqe::SubmissionEntry;
+use nvme_shim::status::Status;
+use nvme_shim::wire::{Le16, Le32, Le64};
+
+use crate::guest_memory::GuestMemory;
+use crate::interrupts::InterruptSink;
+use crate::namespace::Namespace;
+use crate::ownership::SsdOwnership;
+
+use queues::{CompletionQueue, SubmissionQueue};
+
+/// Entries per I/O queue the controller supports (CAP.MQES + 1).
+pub const MAX_QUEUE_ENTRIES: u32 = 1024;
+/// Maximum Data Transfer Size as a power of two of the page size: 1 MiB.
+pub const MDTS: u8 = 8;
+/// Largest data transfer of one command in bytes.
+pub const MAX_TRANSFER: u64 = data::PAGE_SIZE << MDTS;
+/// Outstanding Asynchronous Event Requests accepted (AERL + 1).
+pub const AER_LIMIT: usize = 4;
+/// Entries kept in the Error Information log (ELPE + 1).
+pub const ERROR_LOG_ENTRIES: usize = 64;
+/// Commands a worker takes from one submission queue before moving on.
+const BATCH: usize = 64;
+/// CAP.TO: ready timeout in 500 ms units.
+const READY_TIMEOUT: u8 = 20;
+/// CAP.DSTRD: doorbells are 4 bytes apart.
+const DSTRD: u8 = 0;
+
+/// An SSD as the accelerator sees it.
+pub struct SsdHandle {
+    /// SSD index (as vendor commands name it).
+    pub index: u16,
+    /// Shared ownership state with the SSD's own function.
+    pub ownership: Arc<SsdOwnership>,
+    /// The SSD's media.
+    pub media: Arc<dyn Namespace>,
+    /// Serial number of the SSD function.
+    pub serial: String,
+}
+
+/// What kind of function a controller is.
+pub enum Personality {
+    /// A local SSD: a plain NVMe controller whose enablement is subject to
+    /// the SSD's ownership.
+    Ssd {
+        /// Shared with the accelerator.
+        ownership: Arc<SsdOwnership>,
+    },
+    /// The accelerator: vendor command set over the SSDs.
+    Accelerator {
+        /// Every SSD function of this dpuemu process.
+        ssds: Vec<SsdHandle>,
+    },
+}
+
+/// Static configuration of a controller.
+pub struct ControllerConfig {
+    /// Short name for logs ("accel", "ssd0").
+    pub name: String,
+    /// Serial number (Identify Controller SN).
+    pub serial: String,
+    /// Model number (Identify Controller MN).
+    pub model: String,
+    /// NVM subsystem NQN.
+    pub subnqn: String,
+    /// I/O queue pairs offered to the host.
+    pub io_queues: u16,
+    /// MSI-X vectors of the function.
+    pub vectors: u16,
+    /// Worker threads servicing the I/O queues.
+    pub workers: usize,
+}
+
+/// Command and byte counters.
+#[derive(Default)]
+pub struct Stats {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    pub flushes: AtomicU64,
+    pub write_zeroes: AtomicU64,
+    pub deallocates: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub write_bytes: AtomicU64,
+    pub errors: AtomicU64,
+    pub interrupts: AtomicU64,
+    pub mmio_doorbells: AtomicU64,
+}
+
+impl Stats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn encode(&self) -> nvme_shim::vendor::Statistics {
+        use nvme_shim::wire::Wire;
+        let get = |c: &AtomicU64| Le64::new(c.load(Ordering::Relaxed));
+        let mut s = nvme_shim::vendor::Statistics::zeroed();
+        s.read_commands = get(&self.reads);
+        s.write_commands = get(&self.writes);
+        s.flush_commands = get(&self.flushes);
+        s.write_zeroes_commands = get(&self.write_zeroes);
+        s.deallocate_commands = get(&self.deallocates);
+        s.read_bytes = get(&self.read_bytes);
+        s.write_bytes = get(&self.write_bytes);
+        s.error_completions = get(&self.errors);
+        // Media bytes equal host bytes until data services exist.
+        s.media_read_bytes = get(&self.read_bytes);
+        s.media_write_bytes = get(&self.write_bytes);
+        s.interrupts = get(&self.interrupts);
+        s.mmio_doorbells = get(&self.mmio_doorbells);
+        s
+    }
+}
+
+/// A namespace of the controller.
+pub struct NamespaceSlot {
+    /// The storage.
+    pub backend: Arc<dyn Namespace>,
+    /// The SSD it stores data on, for the accelerator's passthrough
+    /// namespace.
+    pub ssd: Option<u16>,
+    /// Per-namespace counters.
+    pub stats: Stats,
+}
+
+struct Registers {
+    cc: Cc,
+    csts: u32,
+    aqa: u32,
+    asq: u64,
+    acq: u64,
+    intms: u32,
+}
+
+/// Guest addresses of the shadow doorbell and EventIdx buffers.
+#[derive(Clone, Copy, Debug)]
+struct ShadowBuffers {
+    doorbells: u64,
+    event_idx: u64,
+}
+
+impl ShadowBuffers {
+    fn doorbell(&self, qid: u16, kind: DoorbellKind) -> u64 {
+        self.doorbells + regs::doorbell_array_offset(qid, kind, DSTRD) as u64
+    }
+    fn event_idx(&self, qid: u16, kind: DoorbellKind) -> u64 {
+        self.event_idx + regs::doorbell_array_offset(qid, kind, DSTRD) as u64
+    }
+}
+
+type SqHandle = Arc<Mutex<SubmissionQueue>>;
+type CqHandle = Arc<Mutex<CompletionQueue>>;
+
+struct QueueTable {
+    /// Indexed by queue ID; entry 0 is the admin queue.
+    sqs: Vec<Option<SqHandle>>,
+    cqs: Vec<Option<CqHandle>>,
+    shadow: Option<ShadowBuffers>,
+}
+
+struct AdminState {
+    /// Current value of each feature (indexed by FID, 0..16).
+    features: [u32; 16],
+    /// Command IDs of outstanding Asynchronous Event Requests.
+    aers: Vec<u16>,
+}
+
+struct ErrorLog {
+    count: u64,
+    /// Most recent last.
+    entries: std::collections::VecDeque<ErrorLogEntry>,
+}
+
+/// Wakes one worker thread. `pending` is set under the mutex before
+/// notifying, and the worker checks it under the same mutex before
+/// sleeping, so no wakeup is lost.
+#[derive(Default)]
+pub struct WorkerSignal {
+    pending: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl WorkerSignal {
+    fn lock(&self) -> MutexGuard<'_, bool> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks work pending and wakes the worker.
+    pub fn notify(&self) {
+        *self.lock() = true;
+        self.cv.notify_one();
+    }
+
+    /// Sleeps until notified (or `stop` is set); clears the pending flag.
+    pub fn wait(&self, stop: &AtomicBool) {
+        let mut pending = self.lock();
+        while !*pending && !stop.load(Ordering::Acquire) {
+            pending = self.cv.wait(pending).unwrap_or_else(|p| p.into_inner());
+        }
+        *pending = false;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An NVMe-style controller.
+pub struct Controller {
+    config: ControllerConfig,
+    personality: Personality,
+    namespaces: RwLock<Vec<NamespaceSlot>>,
+    memory: Arc<dyn GuestMemory>,
+    interrupts: Arc<dyn InterruptSink>,
+    registers: Mutex<Registers>,
+    queues: RwLock<QueueTable>,
+    /// Last MMIO doorbell value per doorbell index (SQ tail / CQ head).
+    doorbells: Vec<AtomicU32>,
+    /// Per completion queue: a worker stopped because the queue was full.
+    cq_stalled: Vec<AtomicBool>,
+    admin: Mutex<AdminState>,
+    errors: Mutex<ErrorLog>,
+    stats: Stats,
+    signals: Vec<WorkerSignal>,
+    stop: AtomicBool,
+}
+
+impl Controller {
+    /// Creates a disabled controller.
+    pub fn new(
+        config: ControllerConfig,
+        personality: Personality,
+        namespaces: Vec<NamespaceSlot>,
+        memory: Arc<dyn GuestMemory>,
+        interrupts: Arc<dyn InterruptSink>,
+    ) -> Self {
+        let queues = usize::from(config.io_queues) + 1;
+        let workers = config.workers.max(1);
+        let mut features = [0u32; 16];
+        features[usize::from(nvme_shim::opcode::feature::VOLATILE_WRITE_CACHE)] = 1;
+        Self {
+            personality,
+            namespaces: RwLock::new(namespaces),
+            memory,
+            interrupts,
+            registers: Mutex::new(Registers {
+                cc: Cc(0),
+                csts: 0,
+                aqa: 0,
+                asq: 0,
+                acq: 0,
+                intms: 0,
+            }),
+            queues: RwLock::new(QueueTable {
+                sqs: (0..queues).map(|_| None).collect(),
+                cqs: (0..queues).map(|_| None).collect(),
+                shadow: None,
+            }),
+            doorbells: (0..2 * queues).map(|_| AtomicU32::new(0)).collect(),
+            cq_stalled: (0..queues).map(|_| AtomicBool::new(false)).collect(),
+            admin: Mutex::new(AdminState {
+                features,
+                aers: Vec::new(),
+            }),
+            errors: Mutex::new(ErrorLog {
+                count: 0,
+                entries: std::collections::VecDeque::new(),
+            }),
+            stats: Stats::default(),
+            signals: (0..workers).map(|_| WorkerSignal::default()).collect(),
+            stop: AtomicBool::new(false),
+            config,
+        }
+    }
+
+    /// The controller's configuration.
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
+    }
+
+    /// Controller-wide counters.
+    #[cfg(test)]
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The CAP register value.
+    pub fn cap(&self) -> Cap {
+        Cap::new(MAX_QUEUE_ENTRIES, READY_TIMEOUT, DSTRD)
+    }
+
+    /// Current CSTS.
+    #[cfg(test)]
+    pub fn csts(&self) -> Csts {
+        Csts(lock(&self.registers).csts)
+    }
+
+    /// Number of worker signals (worker threads the controller expects).
+    pub fn workers(&self) -> usize {
+        self.signals.len()
+    }
+
+    /// The signal worker `index` sleeps on.
+    pub fn signal(&self, index: usize) -> Option<&WorkerSignal> {
+        self.signals.get(index)
+    }
+
+    /// Asks every worker to exit.
+    pub fn stop_workers(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.signals.iter().for_each(WorkerSignal::notify);
+    }
+
+    /// Whether workers were asked to exit.
+    pub fn stopping(&self) -> &AtomicBool {
+        &self.stop
+    }
+
+    fn wake_worker_for(&self, qid: u16) {
+        if qid == 0 {
+            return;
+        }
+        let index = usize::from(qid - 1) % self.signals.len();
+        if let Some(signal) = self.signals.get(index) {
+            signal.notify();
+        }
+    }
+
+    /// Reads BAR0. Unknown offsets and doorbells read as zero.
+    pub fn mmio_read(&self, offset: u64, data: &mut [u8]) {
+        let r = lock(&self.registers);
+        let cap = self.cap().0;
+        for (i, byte) in data.iter_mut().enumerate() {
+            let Some(at) = offset.checked_add(i as u64) else {
+                *byte = 0;
+                continue;
+            };
+            let dword = match (at & !3) as usize {
+                regs::CAP => cap as u32,
+                x if x == regs::CAP + 4 => (cap >> 32) as u32,
+                regs::VS => regs::VERSION_1_4,
+                regs::INTMS | regs::INTMC => r.intms,
+                regs::CC => r.cc.0,
+                regs::CSTS => r.csts,
+                regs::AQA => r.aqa,
+                regs::ASQ => r.asq as u32,
+                x if x == regs::ASQ + 4 => (r.asq >> 32) as u32,
+                regs::ACQ => r.acq as u32,
+                x if x == regs::ACQ + 4 => (r.acq >> 32) as u32,
+                _ => 0,
+            };
+            *byte = (dword >> ((at & 3) * 8)) as u8;
+        }
+    }
+
+    /// Writes BAR0. Accesses are split into dwords; a partial dword is
+    /// merged with the register's current value.
+    pub fn mmio_write(&self, offset: u64, data: &[u8]) {
+        let mut at = offset;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let base = at & !3;
+            let skip = (at - base) as usize;
+            let n = (4 - skip).min(rest.len());
+            let mut bytes = [0u8; 4];
+            if skip != 0 || n != 4 {
+                if base >= regs::DOORBELL_BASE as u64 {
+                    // Partial doorbell writes are meaningless; drop them.
+                    at += n as u64;
+                    rest = &rest[n..];
+                    continue;
+                }
+                self.mmio_read(base, &mut bytes);
+            }
+            bytes[skip..skip + n].copy_from_slice(&rest[..n]);
+            self.write_dword(base, u32::from_le_bytes(bytes));
+            at += n as u64;
+            rest = &rest[n..];
+        }
+    }
+
+    fn write_dword(&self, offset: u64, value: u32) {
+        let Ok(offset) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(db) = regs::decode_doorbell(offset, DSTRD) {
+            self.doorbell_write(db.qid, db.kind, value);
+            return;
+        }
+        let mut r = lock(&self.registers);
+        match offset {
+            regs::INTMS => r.intms |= value,
+            regs::INTMC => r.intms &= !value,
+            regs::CC => self.write_cc(&mut r, Cc(value)),
+            regs::AQA if !r.cc.en() => r.aqa = value & 0x0fff_0fff,
+            regs::ASQ if !r.cc.en() => r.asq = r.asq & !0xffff_ffff | u64::from(value),
+            x if x == regs::ASQ + 4 && !r.cc.en() => {
+                r.asq = r.asq & 0xffff_ffff | u64::from(value) << 32
+            }
+            regs::ACQ if !r.cc.en() => r.acq = r.acq & !0xffff_ffff | u64::from(value),
+            x if x == regs::ACQ + 4 && !r.cc.en() => {
+                r.acq = r.acq & 0xffff_ffff | u64::from(value) << 32
+            }
+            _ => debug!(
+                "{}: ignored write {value:#x} at {offset:#x}",
+                self.config.name
+            ),
+        }
+    }
+
+    fn write_cc(&self, r: &mut Registers, new: Cc) {
+        let old = r.cc;
+        r.cc = new;
+        if !old.en() && new.en() {
+            self.enable(r);
+        } else if old.en() && !new.en() {
+            self.reset(r);
+            return;
+        }
+        if new.en() && new.shn() != 0 && old.shn() == 0 {
+            self.flush_all();
+            r.csts = r.csts & !Csts::SHST_MASK | Csts::SHST_COMPLETE;
+            info!("{}: shutdown complete", self.config.name);
+        } else if new.shn() == 0 && old.shn() != 0 {
+            r.csts &= !Csts::SHST_MASK;
+        }
+    }
+
+    fn enable(&self, r: &mut Registers) {
+        let cc = r.cc;
+        let aqa = Aqa(r.aqa);
+        let name = &self.config.name;
+        let fatal = |why: &str| {
+            warn!("{name}: enable refused: {why}");
+        };
+        if let Personality::Ssd { ownership } = &self.personality {
+            if !ownership.host_enable() {
+                fatal("the SSD is attached to the accelerator");
+                r.csts = Csts::CFS;
+                return;
+            }
+        }
+        let problem = if cc.css() != 0 {
+            Some("unsupported command set")
+        } else if cc.mps() != 0 {
+            Some("unsupported memory page size")
+        } else if aqa.sq_entries() < 2 || aqa.cq_entries() < 2 {
+            Some("admin queues smaller than 2 entries")
+        } else if r.asq & 0xfff != 0 || r.acq & 0xfff != 0 || r.asq == 0 || r.acq == 0 {
+            Some("admin queue addresses not page aligned")
+        } else {
+            None
+        };
+        if let Some(why) = problem {
+            fatal(why);
+            r.csts = Csts::CFS;
+            if let Personality::Ssd { ownership } = &self.personality {
+                ownership.host_disable();
+            }
+            return;
+        }
+        let mut table = self.queues.write().unwrap_or_else(|p| p.into_inner());
+        table.sqs[0] = Some(Arc::new(Mutex::new(SubmissionQueue::new(
+            0,
+            r.asq,
+            u32::from(aqa.sq_entries()),
+            0,
+        ))));
+        let mut acq = CompletionQueue::new(0, r.acq, u32::from(aqa.cq_entries()), true, 0);
+        acq.users = 1;
+        table.cqs[0] = Some(Arc::new(Mutex::new(acq)));
+        self.doorbells
+            .iter()
+            .for_each(|d| d.store(0, Ordering::Relaxed));
+        r.csts = Csts::RDY;
+        info!(
+            "{name}: enabled (admin SQ {} entries, CQ {} entries)",
+            aqa.sq_entries(),
+            aqa.cq_entries()
+        );
+    }
+
+    /// Controller reset (CC.EN 1 → 0, or a transport reset): deletes every
+    /// queue after in-flight batches finish, forgets shadow doorbells and
+    /// outstanding AERs.
+    fn reset(&self, r: &mut Registers) {
+        self.delete_all_queues();
+        lock(&self.admin).aers.clear();
+        r.csts = 0;
+        if let Personality::Ssd { ownership } = &self.personality {
+            ownership.host_disable();
+        }
+        info!("{}: reset", self.config.name);
+    }
+
+    fn delete_all_queues(&self) {
+        let (sqs, cqs) = {
+            let mut table = self.queues.write().unwrap_or_else(|p| p.into_inner());
+            table.shadow = None;
+            let sqs: Vec<SqHandle> = table.sqs.iter_mut().filter_map(Option::take).collect();
+            let cqs: Vec<CqHandle> = table.cqs.iter_mut().filter_map(Option::take).collect();
+            (sqs, cqs)
+        };
+        // Taking each queue's lock waits for a worker's batch on it.
+        for sq in sqs {
+            lock(&sq).deleted = true;
+        }
+        for cq in cqs {
+            lock(&cq).deleted = true;
+        }
+        self.cq_stalled
+            .iter()
+            .for_each(|s| s.store(false, Ordering::Relaxed));
+    }
+
+    /// Resets the controller as a transport-level reset does.
+    pub fn transport_reset(&self) {
+        let mut r = lock(&self.registers);
+        self.reset(&mut r);
+        r.cc = Cc(0);
+    }
+
+    /// Makes every namespace's completed writes stable.
+    pub fn flush_all(&self) {
+        let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+        for (i, ns) in namespaces.iter().enumerate() {
+            if let Err(e) = ns.backend.flush() {
+                error!(
+                    "{}: flush of namespace {} failed: {e}",
+                    self.config.name,
+                    i + 1
+                );
+            }
+        }
+    }
+
+    fn fatal(&self, why: &str) {
+        error!("{}: controller fatal status: {why}", self.config.name);
+        let mut r = lock(&self.registers);
+        r.csts |= Csts::CFS;
+    }
+
+    fn doorbell_write(&self, qid: u16, kind: DoorbellKind, value: u32) {
+        Stats::add(&self.stats.mmio_doorbells, 1);
+        let index = regs::doorbell_index(qid, kind);
+        let Some(slot) = self.doorbells.get(index) else {
+            warn!(
+                "{}: doorbell write for queue {qid} beyond the supported queues",
+                self.config.name
+            );
+            return;
+        };
+        slot.store(value, Ordering::SeqCst);
+        match kind {
+            DoorbellKind::SubmissionTail if qid == 0 => self.process_admin(),
+            DoorbellKind::SubmissionTail => self.wake_worker_for(qid),
+            DoorbellKind::CompletionHead => {
+                let stalled = self
+                    .cq_stalled
+                    .get(usize::from(qid))
+                    .is_some_and(|s| s.swap(false, Ordering::SeqCst));
+                if qid == 0 {
+                    if stalled {
+                        self.process_admin();
+                    }
+                } else if stalled {
+                    self.signals.iter().for_each(WorkerSignal::notify);
+                }
+            }
+        }
+    }
+
+    fn queue_pair(&self, qid: u16) -> Option<(SqHandle, CqHandle, Option<ShadowBuffers>)> {
+        let table = self.queues.read().unwrap_or_else(|p| p.into_inner());
+        let sq = table.sqs.get(usize::from(qid))?.as_ref()?.clone();
+        let cqid = lock(&sq).cqid;
+        let cq = table.cqs.get(usize::from(cqid))?.as_ref()?.clone();
+        Some((sq, cq, table.shadow))
+    }
+
+    /// Processes the admin submission queue until it is empty or the admin
+    /// completion queue is full.
+    fn process_admin(&self) {
+        if let Some((sq, cq, _)) = self.queue_pair(0) {
+            while self.process_queue(&sq, &cq, None, BATCH) {}
+        }
+    }
+
+    /// Processes the I/O submission queues of worker `worker`. Returns
+    /// whether any command was processed.
+    pub fn service_queues(&self, worker: usize) -> bool {
+        let workers = self.signals.len();
+        let pairs: Vec<_> = {
+            let table = self.queues.read().unwrap_or_else(|p| p.into_inner());
+            (1..table.sqs.len())
+                .filter(|qid| (qid - 1) % workers == worker)
+                .filter_map(|qid| {
+                    let sq = table.sqs[qid].as_ref()?.clone();
+                    let cqid = usize::from(lock(&sq).cqid);
+                    let cq = table.cqs.get(cqid)?.as_ref()?.clone();
+                    Some((sq, cq, table.shadow))
+                })
+                .collect()
+        };
+        let mut progress = false;
+        for (sq, cq, shadow) in pairs {
+            progress |= self.process_queue(&sq, &cq, shadow, BATCH);
+        }
+        progress
+    }
+
+    /// Before worker `worker` sleeps: sets every EventIdx it serves to the
+    /// current shadow value, so the host's next update rings the MMIO
+    /// doorbell, then re-reads the shadow doorbells. Returns `true` if work
+    /// arrived in between (the worker must not sleep).
+    pub fn arm_event_idx(&self, worker: usize) -> bool {
+        let workers = self.signals.len();
+        let (sqs, shadow) = {
+            let table = self.queues.read().unwrap_or_else(|p| p.into_inner());
+            let Some(shadow) = table.shadow else {
+                return false;
+            };
+            let sqs: Vec<SqHandle> = (1..table.sqs.len())
+                .filter(|qid| (qid - 1) % workers == worker)
+                .filter_map(|qid| table.sqs[qid].clone())
+                .collect();
+            (sqs, shadow)
+        };
+        let mut armed = Vec::with_capacity(sqs.len());
+        for sq in &sqs {
+            let sq = lock(sq);
+            // A queue held back by a full completion queue is woken through
+            // the completion queue's doorbell instead.
+            let stalled = self
+                .cq_stalled
+                .get(usize::from(sq.cqid))
+                .is_some_and(|s| s.load(Ordering::SeqCst));
+            if sq.deleted || stalled {
+                continue;
+            }
+            let addr = shadow.doorbell(sq.qid, DoorbellKind::SubmissionTail);
+            let ei = shadow.event_idx(sq.qid, DoorbellKind::SubmissionTail);
+            let Ok(tail) = self.memory.read_u32(addr) else {
+                continue;
+            };
+            if self.memory.write_u32(ei, tail).is_ok() {
+                armed.push((addr, sq.head));
+            }
+        }
+        fence(Ordering::SeqCst);
+        armed
+            .iter()
+            .any(|&(addr, head)| self.memory.read_u32(addr).is_ok_and(|t| t != head))
+    }
+
+    /// Takes up to `budget` commands from `sq`, executes them and posts
+    /// their completions to `cq`. Returns whether anything was processed.
+    fn process_queue(
+        &self,
+        sq: &SqHandle,
+        cq: &CqHandle,
+        shadow: Option<ShadowBuffers>,
+        budget: usize,
+    ) -> bool {
+        let mut sq = lock(sq);
+        if sq.deleted {
+            return false;
+        }
+        let qid = sq.qid;
+        let shadow = shadow.filter(|_| qid != 0);
+        let tail = match shadow {
+            Some(s) => self
+                .memory
+                .read_u32(s.doorbell(qid, DoorbellKind::SubmissionTail))
+                .ok(),
+            None => self
+                .doorbells
+                .get(regs::doorbell_index(qid, DoorbellKind::SubmissionTail))
+                .map(|d| d.load(Ordering::Acquire)),
+        };
+        if let Some(tail) = tail {
+            if tail != sq.tail && !sq.update_tail(tail) && sq.bad_tail != Some(tail) {
+                warn!(
+                    "{}: SQ {qid} tail {tail} past queue size {}, ignored",
+                    self.config.name, sq.size
+                );
+                sq.bad_tail = Some(tail);
+            }
+        }
+        let mut processed = 0;
+        let mut posted = false;
+        while !sq.is_empty() && processed < budget {
+            {
+                let mut cq = lock(cq);
+                if cq.deleted {
+                    break;
+                }
+                self.refresh_cq_head(&mut cq, shadow);
+                if cq.is_full() {
+                    // Publish the stall before looking at the head again:
+                    // either this re-read sees the host's new head, or the
+                    // host's doorbell write sees the flag and wakes us.
+                    let flag = self.cq_stalled.get(usize::from(cq.qid));
+                    if let Some(flag) = flag {
+                        flag.store(true, Ordering::SeqCst);
+                    }
+                    if let Some(s) = shadow {
+                        // Ask for an MMIO doorbell once the host consumes.
+                        let ei = s.event_idx(cq.qid, DoorbellKind::CompletionHead);
+                        let _ = self.memory.write_u32(ei, cq.head);
+                    }
+                    fence(Ordering::SeqCst);
+                    self.refresh_cq_head(&mut cq, shadow);
+                    if cq.is_full() {
+                        break;
+                    }
+                    if let Some(flag) = flag {
+                        flag.store(false, Ordering::SeqCst);
+                    }
+                }
+            }
+            let mut raw = [0u8; 64];
+            if self.memory.read(sq.head_addr(), &mut raw).is_err() {
+                self.fatal(&format!(
+                    "SQ {qid} entry at {:#x} is outside guest memory",
+                    sq.head_addr()
+                ));
+                sq.deleted = true;
+                break;
+            }
+            sq.advance();
+            processed += 1;
+            let sqe = SubmissionEntry::from_bytes(&raw);
+            let outcome = if qid == 0 {
+                self.execute_admin(&sqe)
+            } else {
+                Some(self.execute_io(&sqe))
+            };
+            let Some(completion) = outcome else {
+                continue;
+            };
+            if !completion.status.is_success() {
+                self.record_error(qid, &sqe, completion.status);
+            }
+            let mut cq = lock(cq);
+            if let Err(e) = cq.post(&*self.memory, &completion, qid, sq.head as u16) {
+                self.fatal(&format!("CQ {}: {e}", cq.qid));
+                cq.deleted = true;
+                break;
+            }
+            posted = true;
+        }
+        if posted {
+            self.raise(cq);
+        }
+        processed > 0
+    }
+
+    /// Takes the host's latest head of `cq` (shadow or MMIO doorbell).
+    fn refresh_cq_head(&self, cq: &mut CompletionQueue, shadow: Option<ShadowBuffers>) {
+        let head = match shadow {
+            Some(s) => self
+                .memory
+                .read_u32(s.doorbell(cq.qid, DoorbellKind::CompletionHead))
+                .ok(),
+            None => self
+                .doorbells
+                .get(regs::doorbell_index(cq.qid, DoorbellKind::CompletionHead))
+                .map(|d| d.load(Ordering::SeqCst)),
+        };
+        if let Some(head) = head {
+            if head != cq.head && !cq.update_head(head) {
+                warn!(
+                    "{}: CQ {} head {head} past queue size, ignored",
+                    self.config.name, cq.qid
+                );
+            }
+        }
+    }
+
+    fn raise(&self, cq: &CqHandle) {
+        let cq = lock(cq);
+        if cq.interrupts && !cq.deleted {
+            self.interrupts.raise(cq.vector);
+            Stats::add(&self.stats.interrupts, 1);
+        }
+    }
+
+    fn record_error(&self, qid: u16, sqe: &SubmissionEntry, status: Status) {
+        Stats::add(&self.stats.errors, 1);
+        debug!(
+            "{}: SQ {qid} cid {} opcode {:#x} failed: sct {} sc {:#x}",
+            self.config.name,
+            sqe.cid(),
+            sqe.opcode(),
+            status.sct(),
+            status.sc()
+        );
+        let mut log = lock(&self.errors);
+        log.count += 1;
+        let entry = ErrorLogEntry {
+            error_count: Le64::new(log.count),
+            sqid: Le16::new(qid),
+            cid: Le16::new(sqe.cid()),
+            status: Le16::new(status.0 << 1),
+            parameter_location: Le16::new(ErrorLogEntry::LOCATION_UNKNOWN),
+            lba: Le64::new(u64::from(sqe.cdw10.get()) | u64::from(sqe.cdw11.get()) << 32),
+            nsid: Le32::new(sqe.nsid.get()),
+            ..ErrorLogEntry::default()
+        };
+        if log.entries.len() == ERROR_LOG_ENTRIES {
+            log.entries.pop_front();
+        }
+        log.entries.push_back(entry);
+    }
+
+    fn namespace_count(&self) -> u32 {
+        self.namespaces.read().map(|n| n.len() as u32).unwrap_or(0)
+    }
+}

@@ -1,0 +1,186 @@
+//! NVM I/O command set: Read, Write, Flush, Write Zeroes and Dataset
+//! Management.
+//!
+//! Commands complete synchronously in the worker: a Write's completion is
+//! posted only after `pwrite` returned, and FUA or Flush reach stable
+//! storage (fdatasync) before completing.
+
+use std::sync::Arc;
+
+use nvme_shim::opcode::io;
+use nvme_shim::sqe::{BlockRange, DatasetManagement, DsmRange, SubmissionEntry};
+use nvme_shim::status::Status;
+use nvme_shim::wire::Wire;
+
+use super::data::{self, Direction};
+use super::queues::Completion;
+use super::{Controller, Stats, MAX_TRANSFER};
+use crate::namespace::Namespace;
+
+/// NSID that addresses every namespace (Flush only).
+const BROADCAST_NSID: u32 = 0xffff_ffff;
+
+impl Controller {
+    pub(super) fn execute_io(&self, sqe: &SubmissionEntry) -> Completion {
+        let cid = sqe.cid();
+        let status = match self.io_command(sqe) {
+            Ok(()) => Status::SUCCESS,
+            Err(status) => status,
+        };
+        Completion {
+            cid,
+            status,
+            result: 0,
+        }
+    }
+
+    fn io_command(&self, sqe: &SubmissionEntry) -> Result<(), Status> {
+        if sqe.fuse() != 0 {
+            return Err(Status::INVALID_FIELD);
+        }
+        let nsid = sqe.nsid.get();
+        if sqe.opcode() == io::FLUSH && nsid == BROADCAST_NSID {
+            self.flush_all();
+            Stats::add(&self.stats.flushes, 1);
+            return Ok(());
+        }
+        let (backend, index) = {
+            let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+            let index = (nsid as usize).wrapping_sub(1);
+            match namespaces.get(index) {
+                Some(slot) if nsid != 0 => (Arc::clone(&slot.backend), index),
+                _ => return Err(Status::INVALID_NAMESPACE),
+            }
+        };
+        let ns: &dyn Namespace = &*backend;
+        match sqe.opcode() {
+            io::READ => self.read(sqe, ns, index),
+            io::WRITE => self.write(sqe, ns, index),
+            io::FLUSH => {
+                ns.flush().map_err(|_| Status::WRITE_FAULT)?;
+                self.count(index, |s| &s.flushes, 1);
+                Ok(())
+            }
+            io::WRITE_ZEROES => self.write_zeroes(sqe, ns, index),
+            io::DATASET_MANAGEMENT => self.dataset_management(sqe, ns, index),
+            _ => Err(Status::INVALID_OPCODE),
+        }
+    }
+
+    /// Adds `n` to a counter of the controller and of namespace `index`.
+    fn count(
+        &self,
+        index: usize,
+        counter: impl Fn(&Stats) -> &std::sync::atomic::AtomicU64,
+        n: u64,
+    ) {
+        Stats::add(counter(&self.stats), n);
+        let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = namespaces.get(index) {
+            Stats::add(counter(&slot.stats), n);
+        }
+    }
+
+    /// Checks an LBA range against the namespace; returns (offset, length)
+    /// in bytes.
+    fn byte_range(ns: &dyn Namespace, slba: u64, blocks: u64) -> Result<(u64, u64), Status> {
+        let shift = ns.lba_shift();
+        let total = ns.size() >> shift;
+        let end = slba.checked_add(blocks).ok_or(Status::LBA_OUT_OF_RANGE)?;
+        if end > total {
+            return Err(Status::LBA_OUT_OF_RANGE);
+        }
+        Ok((slba << shift, blocks << shift))
+    }
+
+    fn read(&self, sqe: &SubmissionEntry, ns: &dyn Namespace, index: usize) -> Result<(), Status> {
+        let cmd = BlockRange::decode(sqe);
+        let (offset, len) = Self::byte_range(ns, cmd.slba, u64::from(cmd.blocks))?;
+        if len > MAX_TRANSFER {
+            return Err(Status::INVALID_FIELD);
+        }
+        let segments = data::resolve(&*self.memory, sqe, len, Direction::ToHost, true)?;
+        let mut buf = vec![0u8; len as usize];
+        ns.read_at(offset, &mut buf)
+            .map_err(|_| Status::UNRECOVERED_READ_ERROR)?;
+        data::copy_to_guest(&*self.memory, &segments, &buf)?;
+        self.count(index, |s| &s.reads, 1);
+        self.count(index, |s| &s.read_bytes, len);
+        Ok(())
+    }
+
+    fn write(&self, sqe: &SubmissionEntry, ns: &dyn Namespace, index: usize) -> Result<(), Status> {
+        let cmd = BlockRange::decode(sqe);
+        let (offset, len) = Self::byte_range(ns, cmd.slba, u64::from(cmd.blocks))?;
+        if len > MAX_TRANSFER {
+            return Err(Status::INVALID_FIELD);
+        }
+        let segments = data::resolve(&*self.memory, sqe, len, Direction::FromHost, true)?;
+        let mut buf = vec![0u8; len as usize];
+        data::copy_from_guest(&*self.memory, &segments, &mut buf)?;
+        ns.write_at(offset, &buf).map_err(|_| Status::WRITE_FAULT)?;
+        if cmd.fua {
+            ns.flush().map_err(|_| Status::WRITE_FAULT)?;
+        }
+        self.count(index, |s| &s.writes, 1);
+        self.count(index, |s| &s.write_bytes, len);
+        Ok(())
+    }
+
+    fn write_zeroes(
+        &self,
+        sqe: &SubmissionEntry,
+        ns: &dyn Namespace,
+        index: usize,
+    ) -> Result<(), Status> {
+        let cmd = BlockRange::decode(sqe);
+        let (offset, len) = Self::byte_range(ns, cmd.slba, u64::from(cmd.blocks))?;
+        // Both paths leave the range reading as zeroes.
+        if cmd.deallocate {
+            ns.deallocate(offset, len)
+        } else {
+            ns.write_zeroes(offset, len)
+        }
+        .map_err(|_| Status::WRITE_FAULT)?;
+        if cmd.fua {
+            ns.flush().map_err(|_| Status::WRITE_FAULT)?;
+        }
+        self.count(index, |s| &s.write_zeroes, 1);
+        Ok(())
+    }
+
+    fn dataset_management(
+        &self,
+        sqe: &SubmissionEntry,
+        ns: &dyn Namespace,
+        index: usize,
+    ) -> Result<(), Status> {
+        let cmd = DatasetManagement::decode(sqe);
+        let len = usize::from(cmd.ranges) * DsmRange::SIZE;
+        let segments = data::resolve(&*self.memory, sqe, len as u64, Direction::FromHost, true)?;
+        let mut raw = vec![0u8; len];
+        data::copy_from_guest(&*self.memory, &segments, &mut raw)?;
+        if !cmd.deallocate {
+            // Other attributes are hints; nothing to do.
+            return Ok(());
+        }
+        // Check every range before touching any.
+        let mut ranges = Vec::with_capacity(usize::from(cmd.ranges));
+        for bytes in raw.chunks_exact(DsmRange::SIZE) {
+            let range = DsmRange::read_from(bytes).ok_or(Status::INVALID_FIELD)?;
+            ranges.push(Self::byte_range(
+                ns,
+                range.slba.get(),
+                u64::from(range.blocks.get()),
+            )?);
+        }
+        for (offset, len) in ranges {
+            if len > 0 {
+                ns.deallocate(offset, len)
+                    .map_err(|_| Status::WRITE_FAULT)?;
+            }
+        }
+        self.count(index, |s| &s.deallocates, 1);
+        Ok(())
+    }
+}

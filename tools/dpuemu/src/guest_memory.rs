@@ -1,0 +1,432 @@
+//! Guest memory: the only way the emulator touches host (VM) memory.
+//!
+//! Every address the driver hands the device (queue bases, PRP entries, SGL
+//! descriptors, shadow doorbells) is untrusted. All accesses go through
+//! [`GuestMemory`], whose implementations range-check the whole access
+//! against the regions the client has mapped before copying a single byte.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::RwLock;
+
+/// An access touched memory outside every mapped region (or wrote to a
+/// read-only region).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryError {
+    /// First address of the failed access.
+    pub addr: u64,
+    /// Length of the failed access.
+    pub len: u64,
+}
+
+impl std::fmt::Display for MemoryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "guest memory access {:#x}+{:#x} out of range",
+            self.addr, self.len
+        )
+    }
+}
+
+/// Device-side view of guest memory (DMA addresses, i.e. IOVAs when the
+/// guest uses an IOMMU).
+pub trait GuestMemory: Send + Sync {
+    /// Copies `buf.len()` bytes from `addr`.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
+    /// Copies `data` to `addr`.
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError>;
+    /// Loads a naturally aligned little-endian `u32` with one access (used
+    /// for shadow doorbells, which the host updates concurrently).
+    fn read_u32(&self, addr: u64) -> Result<u32, MemoryError>;
+    /// Stores a naturally aligned little-endian `u32` with one access (used
+    /// for EventIdx entries and the last dword of completion entries).
+    fn write_u32(&self, addr: u64, value: u32) -> Result<(), MemoryError>;
+}
+
+/// Returns `addr..addr+len` as a checked range, or the error for it.
+fn checked_end(addr: u64, len: u64) -> Result<u64, MemoryError> {
+    addr.checked_add(len).ok_or(MemoryError { addr, len })
+}
+
+/// One DMA region mapped from a file descriptor the client passed.
+struct MappedRegion {
+    /// First DMA address of the region.
+    iova: u64,
+    /// Length of the region in bytes.
+    len: u64,
+    /// Host address of `iova` inside the mapping.
+    host: *mut u8,
+    /// Start of the whole `mmap` (page aligned) and its length, for `munmap`.
+    map_base: *mut libc::c_void,
+    map_len: usize,
+    /// Whether the device may write the region.
+    writable: bool,
+}
+
+// SAFETY: The region owns its mapping (only `Drop` unmaps it) and is only
+// reached through `DmaRegions`, whose lock orders unmapping after every
+// access that might use the pointer. The pointer is never turned into a
+// reference; accesses are raw copies, which are sound to issue from any
+// thread.
+unsafe impl Send for MappedRegion {}
+// SAFETY: See `Send`: shared access only performs raw copies within the
+// checked bounds, never creating references to the shared memory.
+unsafe impl Sync for MappedRegion {}
+
+impl Drop for MappedRegion {
+    fn drop(&mut self) {
+        // SAFETY: `map_base`/`map_len` describe a mapping this region created
+        // with `mmap` and nobody else unmaps; `DmaRegions` drops a region
+        // only while holding the write lock, so no access is in flight.
+        unsafe {
+            libc::munmap(self.map_base, self.map_len);
+        }
+    }
+}
+
+/// Guest memory built from vfio-user DMA map messages: each region is the
+/// client's memory file (guest RAM memfd) mapped `MAP_SHARED`.
+///
+/// Accesses hold the read lock for the duration of one copy; unmapping
+/// takes the write lock, so a region can never disappear under a copy.
+#[derive(Default)]
+pub struct DmaRegions {
+    regions: RwLock<Vec<MappedRegion>>,
+}
+
+impl DmaRegions {
+    /// Creates an empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Maps `len` bytes of `fd` at `offset` as DMA addresses `iova..`.
+    pub fn map(
+        &self,
+        iova: u64,
+        len: u64,
+        fd: &File,
+        offset: u64,
+        writable: bool,
+    ) -> io::Result<()> {
+        let invalid = || io::Error::from_raw_os_error(libc::EINVAL);
+        checked_end(iova, len).map_err(|_| invalid())?;
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+            p if p > 0 => p as u64,
+            _ => 4096,
+        };
+        let delta = offset % page;
+        let map_offset = offset - delta;
+        let map_len =
+            usize::try_from(len.checked_add(delta).ok_or_else(invalid)?).map_err(|_| invalid())?;
+        if len == 0 {
+            return Err(invalid());
+        }
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        let off = libc::off_t::try_from(map_offset).map_err(|_| invalid())?;
+        // SAFETY: A fresh shared mapping of a file descriptor we hold; the
+        // kernel chooses the address, so no existing memory is affected.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                prot,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                off,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `delta < page <= map_len`, so the result stays inside the
+        // mapping just created.
+        let host = unsafe { base.cast::<u8>().add(delta as usize) };
+        let region = MappedRegion {
+            iova,
+            len,
+            host,
+            map_base: base,
+            map_len,
+            writable,
+        };
+        let mut regions = self.regions.write().map_err(|_| invalid())?;
+        // A new map replaces any overlapping old one (the client remapped).
+        let end = iova + len;
+        regions.retain(|r| r.iova + r.len <= iova || r.iova >= end);
+        regions.push(region);
+        regions.sort_by_key(|r| r.iova);
+        Ok(())
+    }
+
+    /// Removes every region inside `iova..iova+len`. Returns how many.
+    pub fn unmap(&self, iova: u64, len: u64) -> usize {
+        let end = iova.saturating_add(len);
+        match self.regions.write() {
+            Ok(mut regions) => {
+                let before = regions.len();
+                regions.retain(|r| r.iova + r.len <= iova || r.iova >= end);
+                before - regions.len()
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// Removes every region (client disconnected).
+    pub fn clear(&self) {
+        if let Ok(mut regions) = self.regions.write() {
+            regions.clear();
+        }
+    }
+
+    /// The one checked accessor: runs `copy(host_ptr, buffer_offset,
+    /// chunk_len)` for each piece of `addr..addr+len`, after checking that
+    /// the whole range is mapped (and writable if `write`).
+    fn access(
+        &self,
+        addr: u64,
+        len: u64,
+        write: bool,
+        mut copy: impl FnMut(*mut u8, usize, usize),
+    ) -> Result<(), MemoryError> {
+        let err = MemoryError { addr, len };
+        let end = checked_end(addr, len)?;
+        let regions = self.regions.read().map_err(|_| err)?;
+        // First pass: check the whole range, so a failed access copies
+        // nothing.
+        let mut pieces: [(usize, u64, u64); 8] = [(0, 0, 0); 8];
+        let mut count = 0;
+        let mut cur = addr;
+        while cur < end {
+            let idx = regions
+                .iter()
+                .position(|r| r.iova <= cur && cur < r.iova + r.len)
+                .ok_or(err)?;
+            let r = &regions[idx];
+            if write && !r.writable {
+                return Err(err);
+            }
+            let chunk = (r.iova + r.len).min(end) - cur;
+            if count == pieces.len() {
+                return Err(err);
+            }
+            pieces[count] = (idx, cur - r.iova, chunk);
+            count += 1;
+            cur += chunk;
+        }
+        let mut done = 0usize;
+        for &(idx, region_off, chunk) in &pieces[..count] {
+            let r = &regions[idx];
+            // SAFETY: `region_off + chunk <= r.len` by construction above, so
+            // the pointer stays inside the live mapping (kept alive by the
+            // read lock).
+            let ptr = unsafe { r.host.add(region_off as usize) };
+            copy(ptr, done, chunk as usize);
+            done += chunk as usize;
+        }
+        Ok(())
+    }
+}
+
+impl GuestMemory for DmaRegions {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let dst = buf.as_mut_ptr();
+        self.access(addr, buf.len() as u64, false, |src, off, n| {
+            // SAFETY: `src..src+n` lies in a live mapping (checked by
+            // `access`), `dst+off..dst+off+n` lies in `buf` (the pieces add
+            // up to `buf.len()`), and the two cannot overlap because `buf`
+            // is our own memory. The guest may change the source
+            // concurrently; the bytes are validated after the copy.
+            unsafe { std::ptr::copy_nonoverlapping(src, dst.add(off), n) }
+        })
+    }
+
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError> {
+        let src = data.as_ptr();
+        self.access(addr, data.len() as u64, true, |dst, off, n| {
+            // SAFETY: As in `read`, with the roles swapped; the destination
+            // was checked to be a writable mapping.
+            unsafe { std::ptr::copy_nonoverlapping(src.add(off), dst, n) }
+        })
+    }
+
+    fn read_u32(&self, addr: u64) -> Result<u32, MemoryError> {
+        if addr & 3 != 0 {
+            return Err(MemoryError { addr, len: 4 });
+        }
+        let mut value = 0u32;
+        self.access(addr, 4, false, |src, _, n| {
+            if n == 4 {
+                let src = src.cast::<u32>();
+                value = if src.is_aligned() {
+                    // SAFETY: `src` points to 4 mapped bytes (checked by
+                    // `access`) and is aligned, so this is one load.
+                    unsafe { std::ptr::read_volatile(src) }
+                } else {
+                    // SAFETY: As above, without the alignment; only
+                    // reachable if the client mapped a misaligned region.
+                    unsafe { std::ptr::read_unaligned(src) }
+                };
+            }
+        })?;
+        Ok(u32::from_le(value))
+    }
+
+    fn write_u32(&self, addr: u64, value: u32) -> Result<(), MemoryError> {
+        if addr & 3 != 0 {
+            return Err(MemoryError { addr, len: 4 });
+        }
+        self.access(addr, 4, true, |dst, _, n| {
+            if n == 4 {
+                let dst = dst.cast::<u32>();
+                if dst.is_aligned() {
+                    // SAFETY: `dst` points to 4 mapped, writable bytes
+                    // (checked by `access`) and is aligned: one store.
+                    unsafe { std::ptr::write_volatile(dst, value.to_le()) }
+                } else {
+                    // SAFETY: As above, without the alignment.
+                    unsafe { std::ptr::write_unaligned(dst, value.to_le()) }
+                }
+            }
+        })
+    }
+}
+
+/// Guest memory in a vector at a fixed base address: the fake guest of the
+/// controller tests, and a model of the checks the real one makes.
+#[cfg(test)]
+pub struct VecMemory {
+    base: u64,
+    bytes: std::sync::Mutex<Vec<u8>>,
+}
+
+#[cfg(test)]
+impl VecMemory {
+    /// Creates `len` bytes of zeroed memory at DMA address `base`.
+    pub fn new(base: u64, len: usize) -> Self {
+        Self {
+            base,
+            bytes: std::sync::Mutex::new(vec![0; len]),
+        }
+    }
+
+    fn range(
+        &self,
+        addr: u64,
+        len: usize,
+        total: usize,
+    ) -> Result<std::ops::Range<usize>, MemoryError> {
+        let err = MemoryError {
+            addr,
+            len: len as u64,
+        };
+        let start = addr.checked_sub(self.base).ok_or(err)?;
+        let start = usize::try_from(start).map_err(|_| err)?;
+        let end = start.checked_add(len).ok_or(err)?;
+        if end > total {
+            return Err(err);
+        }
+        Ok(start..end)
+    }
+}
+
+#[cfg(test)]
+impl GuestMemory for VecMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let bytes = self
+            .bytes
+            .lock()
+            .map_err(|_| MemoryError { addr, len: 0 })?;
+        let r = self.range(addr, buf.len(), bytes.len())?;
+        buf.copy_from_slice(&bytes[r]);
+        Ok(())
+    }
+
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError> {
+        let mut bytes = self
+            .bytes
+            .lock()
+            .map_err(|_| MemoryError { addr, len: 0 })?;
+        let total = bytes.len();
+        let r = self.range(addr, data.len(), total)?;
+        bytes[r].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn read_u32(&self, addr: u64) -> Result<u32, MemoryError> {
+        let mut b = [0u8; 4];
+        self.read(addr, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn write_u32(&self, addr: u64, value: u32) -> Result<(), MemoryError> {
+        self.write(addr, &value.to_le_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn vec_memory_checks_ranges() {
+        let mem = VecMemory::new(0x1000, 0x100);
+        mem.write(0x1000, &[1, 2, 3]).unwrap();
+        let mut b = [0u8; 3];
+        mem.read(0x1000, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3]);
+        assert!(mem.read(0xfff, &mut b).is_err());
+        assert!(mem.read(0x10fe, &mut b).is_err());
+        assert!(mem.write(u64::MAX - 1, &[0; 4]).is_err());
+        mem.write_u32(0x1010, 0xdead_beef).unwrap();
+        assert_eq!(mem.read_u32(0x1010).unwrap(), 0xdead_beef);
+    }
+
+    #[test]
+    fn dma_regions_map_memfd_and_check() {
+        let mut file = tempfile();
+        file.write_all(&[0u8; 8192]).unwrap();
+        let regions = DmaRegions::new();
+        regions.map(0x10_0000, 4096, &file, 4096, true).unwrap();
+        regions.map(0x10_1000, 4096, &file, 0, false).unwrap();
+        regions.write(0x10_0ffe, &[7, 8]).unwrap();
+        let mut b = [0u8; 4];
+        // A read spanning both regions works.
+        regions.read(0x10_0ffe, &mut b).unwrap();
+        assert_eq!(&b[..2], &[7, 8]);
+        // Writes into the read-only region fail as a whole.
+        assert!(regions.write(0x10_0ffe, &[1, 1, 1, 1]).is_err());
+        regions.read(0x10_0ffe, &mut b).unwrap();
+        assert_eq!(&b[..2], &[7, 8]);
+        assert!(regions.read(0x10_2000, &mut b).is_err());
+        assert!(regions.read(u64::MAX - 1, &mut b).is_err());
+        regions.write_u32(0x10_0010, 42).unwrap();
+        assert_eq!(regions.read_u32(0x10_0010).unwrap(), 42);
+        assert!(regions.read_u32(0x10_0011).is_err());
+        assert_eq!(regions.unmap(0x10_0000, 0x1000), 1);
+        assert!(regions.read(0x10_0010, &mut b).is_err());
+        regions.clear();
+        assert!(regions.read(0x10_1000, &mut b).is_err());
+    }
+
+    fn tempfile() -> File {
+        let path = std::env::temp_dir().join(format!("dpuemu-mem-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let _ = std::fs::remove_file(&path);
+        file
+    }
+}

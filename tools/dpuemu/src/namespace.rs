@@ -1,0 +1,165 @@
+//! Namespace backends: where a controller's logical blocks live.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// Log2 of the logical block size every dpuemu namespace uses today.
+pub const DEFAULT_LBA_SHIFT: u8 = 9;
+
+/// A namespace's storage, addressed in bytes. Offsets and lengths have been
+/// range-checked by the controller before any call.
+pub trait Namespace: Send + Sync {
+    /// Size in bytes (a multiple of the logical block size).
+    fn size(&self) -> u64;
+    /// Log2 of the logical block size.
+    fn lba_shift(&self) -> u8 {
+        DEFAULT_LBA_SHIFT
+    }
+    /// Reads `buf.len()` bytes at `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes `data` at `offset`; returns once the data is in the backing
+    /// store (not necessarily stable).
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Makes every completed write stable.
+    fn flush(&self) -> io::Result<()>;
+    /// Zeroes `len` bytes at `offset`.
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Deallocates `len` bytes at `offset`; they read back as zeroes.
+    fn deallocate(&self, offset: u64, len: u64) -> io::Result<()>;
+}
+
+/// A namespace over a regular file (an SSD image).
+pub struct FileNamespace {
+    file: File,
+    size: u64,
+}
+
+impl FileNamespace {
+    /// Opens (or, when `size` is given, creates and extends) the image at
+    /// `path`. The namespace covers the file rounded down to whole blocks.
+    pub fn open(path: &Path, size: Option<u64>) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(size.is_some())
+            .truncate(false)
+            .open(path)?;
+        let mut len = file.metadata()?.len();
+        if let Some(want) = size {
+            if len < want {
+                file.set_len(want)?;
+                len = want;
+            }
+        }
+        Self::from_file(file, len)
+    }
+
+    /// Wraps an open file of `len` bytes.
+    pub fn from_file(file: File, len: u64) -> io::Result<Self> {
+        let block = 1u64 << DEFAULT_LBA_SHIFT;
+        let size = len / block * block;
+        if size == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "image is smaller than one logical block",
+            ));
+        }
+        Ok(Self { file, size })
+    }
+
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        let off = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let len = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: fallocate only reads its integer arguments; the descriptor
+        // is owned by `self.file` and open.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off, len) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn write_zero_buffers(&self, mut offset: u64, len: u64) -> io::Result<()> {
+        let zeroes = vec![0u8; 1 << 20];
+        let end = offset + len;
+        while offset < end {
+            let n = (end - offset).min(zeroes.len() as u64) as usize;
+            self.file.write_all_at(&zeroes[..n], offset)?;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+}
+
+impl Namespace for FileNamespace {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.fallocate(
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+        .or_else(|_| self.deallocate(offset, len))
+    }
+
+    fn deallocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.fallocate(
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+        .or_else(|_| self.write_zero_buffers(offset, len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_namespace_round_trip() {
+        let dir = std::env::temp_dir().join(format!("dpuemu-ns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("img");
+        let _ = std::fs::remove_file(&path);
+        assert!(FileNamespace::open(&path, None).is_err());
+        let ns = FileNamespace::open(&path, Some(1 << 20)).unwrap();
+        assert_eq!(ns.size(), 1 << 20);
+        ns.write_at(4096, &[0xab; 8192]).unwrap();
+        ns.flush().unwrap();
+        let mut buf = [0u8; 8192];
+        ns.read_at(4096, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 0xab));
+        ns.write_zeroes(4096, 4096).unwrap();
+        ns.deallocate(8192, 512).unwrap();
+        ns.read_at(4096, &mut buf).unwrap();
+        assert!(buf[..4096 + 512].iter().all(|&b| b == 0));
+        assert!(buf[4096 + 512..].iter().all(|&b| b == 0xab));
+        // Reopening keeps the size and the data.
+        drop(ns);
+        let ns = FileNamespace::open(&path, None).unwrap();
+        assert_eq!(ns.size(), 1 << 20);
+        ns.read_at(8192 + 512, &mut buf[..16]).unwrap();
+        assert_eq!(buf[0], 0xab);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,158 @@
+//! PCI configuration space of a function: a type 0 header with one 64-bit
+//! memory BAR (BAR0) and an MSI-X capability whose table and PBA live in
+//! BAR0 (QEMU emulates both; the device only sees vector eventfds).
+
+use nvme_shim::pci;
+
+/// Size of the configuration space served (conventional PCI).
+pub const CONFIG_SPACE_SIZE: usize = 256;
+
+const COMMAND: usize = 0x04;
+const STATUS: usize = 0x06;
+const BAR0: usize = 0x10;
+const BAR1: usize = 0x14;
+const CAPABILITIES_POINTER: usize = 0x34;
+const INTERRUPT_LINE: usize = 0x3c;
+const MSIX_CAP: usize = 0x40;
+const MSIX_CAP_ID: u8 = 0x11;
+const STATUS_CAP_LIST: u16 = 1 << 4;
+/// Command register bits the host may set: memory space, bus master,
+/// interrupt disable.
+const COMMAND_WRITABLE: u16 = (1 << 1) | (1 << 2) | (1 << 10);
+/// MSI-X Message Control bits the host may set: function mask, enable.
+const MSIX_CONTROL_WRITABLE: u16 = (1 << 14) | (1 << 15);
+
+/// A function's configuration space with per-byte write masks.
+pub struct PciConfig {
+    bytes: [u8; CONFIG_SPACE_SIZE],
+    writable: [u8; CONFIG_SPACE_SIZE],
+}
+
+impl PciConfig {
+    /// Builds the configuration space of a function.
+    pub fn new(device_id: u16, class_code: u32, vectors: u16) -> Self {
+        let mut c = Self {
+            bytes: [0; CONFIG_SPACE_SIZE],
+            writable: [0; CONFIG_SPACE_SIZE],
+        };
+        let (class, subclass, prog_if) = pci::class_code_bytes(class_code);
+        c.put16(0x00, pci::VENDOR_ID);
+        c.put16(0x02, device_id);
+        c.put16(STATUS, STATUS_CAP_LIST);
+        c.bytes[0x08] = 1; // Revision.
+        c.bytes[0x09] = prog_if;
+        c.bytes[0x0a] = subclass;
+        c.bytes[0x0b] = class;
+        c.put16(0x2c, pci::VENDOR_ID);
+        c.put16(0x2e, device_id);
+        c.bytes[CAPABILITIES_POINTER] = MSIX_CAP as u8;
+        // BAR0: 64-bit, non-prefetchable memory.
+        c.put32(BAR0, 0x4);
+        let size_mask = !(pci::BAR0_SIZE - 1);
+        c.mask32(BAR0, size_mask as u32 & !0xf);
+        c.mask32(BAR1, (size_mask >> 32) as u32);
+        c.mask16(COMMAND, COMMAND_WRITABLE);
+        c.writable[0x0c] = 0xff; // Cache line size.
+        c.writable[INTERRUPT_LINE] = 0xff;
+        // MSI-X capability, the last in the list.
+        let vectors = vectors.clamp(1, pci::MSIX_MAX_VECTORS);
+        c.bytes[MSIX_CAP] = MSIX_CAP_ID;
+        c.bytes[MSIX_CAP + 1] = 0;
+        c.put16(MSIX_CAP + 2, vectors - 1);
+        c.mask16(MSIX_CAP + 2, MSIX_CONTROL_WRITABLE);
+        c.put32(MSIX_CAP + 4, pci::MSIX_TABLE_OFFSET);
+        c.put32(MSIX_CAP + 8, pci::MSIX_PBA_OFFSET);
+        c
+    }
+
+    fn put16(&mut self, at: usize, v: u16) {
+        self.bytes[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn put32(&mut self, at: usize, v: u32) {
+        self.bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn mask16(&mut self, at: usize, m: u16) {
+        self.writable[at..at + 2].copy_from_slice(&m.to_le_bytes());
+    }
+
+    fn mask32(&mut self, at: usize, m: u32) {
+        self.writable[at..at + 4].copy_from_slice(&m.to_le_bytes());
+    }
+
+    /// Reads configuration space; bytes past its end read as zero.
+    pub fn read(&self, offset: u64, data: &mut [u8]) {
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| self.bytes.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    /// Writes configuration space through the write masks.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        for (i, &byte) in data.iter().enumerate() {
+            let Some(o) = usize::try_from(offset).ok().and_then(|o| o.checked_add(i)) else {
+                continue;
+            };
+            if let (Some(cur), Some(&mask)) = (self.bytes.get_mut(o), self.writable.get(o)) {
+                *cur = *cur & !mask | byte & mask;
+            }
+        }
+    }
+
+    /// Whether the host enabled MSI-X.
+    #[cfg(test)]
+    pub fn msix_enabled(&self) -> bool {
+        self.bytes[MSIX_CAP + 3] & 0x80 != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read32(c: &PciConfig, at: u64) -> u32 {
+        let mut b = [0u8; 4];
+        c.read(at, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn header_and_msix_capability() {
+        let mut c = PciConfig::new(pci::ACCELERATOR_DEVICE_ID, pci::ACCELERATOR_CLASS_CODE, 5);
+        assert_eq!(read32(&c, 0), 0x0001_1df5);
+        assert_eq!(read32(&c, 8) >> 8, pci::ACCELERATOR_CLASS_CODE);
+        assert_eq!(read32(&c, 0x34) & 0xff, 0x40);
+        assert_eq!(read32(&c, 0x40) & 0xff, 0x11);
+        assert_eq!(read32(&c, 0x40) >> 16 & 0x7ff, 4);
+        assert_eq!(read32(&c, 0x44), pci::MSIX_TABLE_OFFSET);
+        assert_eq!(read32(&c, 0x48), pci::MSIX_PBA_OFFSET);
+        // BAR sizing: all ones reads back the size mask.
+        c.write(0x10, &[0xff; 4]);
+        c.write(0x14, &[0xff; 4]);
+        let lo = read32(&c, 0x10);
+        assert_eq!(lo & 0xf, 0x4);
+        assert_eq!(!(lo & !0xf) + 1, pci::BAR0_SIZE as u32);
+        assert_eq!(read32(&c, 0x14), 0xffff_ffff);
+        c.write(0x10, &0xfebf_0000u32.to_le_bytes());
+        assert_eq!(read32(&c, 0x10), 0xfebf_0004);
+        // Read-only fields stay put; MSI-X enable is writable.
+        c.write(0, &[0; 4]);
+        assert_eq!(read32(&c, 0), 0x0001_1df5);
+        assert!(!c.msix_enabled());
+        c.write(0x42, &0x8000u16.to_le_bytes());
+        assert!(c.msix_enabled());
+        assert_eq!(read32(&c, 0x40) >> 16 & 0x7ff, 4);
+        let mut b = [0u8; 4];
+        c.read(0xfe, &mut b);
+        assert_eq!(b, [0, 0, 0, 0]);
+        c.write(u64::MAX, &[1, 2]);
+        let ssd = PciConfig::new(pci::SSD_DEVICE_ID, pci::SSD_CLASS_CODE, 3);
+        assert_eq!(read32(&ssd, 8) >> 8, 0x010802);
+    }
+}
