@@ -248,6 +248,13 @@ impl PoolState {
         // ranges of blocks that hold only packed records.
         let mut packed: HashMap<u64, [u64; UNITS_PER_BLOCK / 64]> = HashMap::new();
         let mut raw: HashSet<u64> = HashSet::new();
+        let metadata: HashSet<u64> = self
+            .checkpoint
+            .iter()
+            .chain(&self.journal)
+            .chain(&self.journal_next)
+            .copied()
+            .collect();
         for (&rid, rec) in &self.meta.records {
             if !self.meta.domains.contains_key(&rec.domain) {
                 return Err(VolumeError::Corrupt(format!(
@@ -255,10 +262,10 @@ impl PoolState {
                 )));
             }
             let bad = || VolumeError::Corrupt(format!("record {rid} overlaps other data"));
-            let metadata = self.checkpoint.contains(&rec.block)
-                || self.journal.contains(&rec.block)
-                || self.journal_next == Some(rec.block);
-            if rec.block < SUPERBLOCKS || rec.block >= self.space.blocks() || metadata {
+            if rec.block < SUPERBLOCKS
+                || rec.block >= self.space.blocks()
+                || metadata.contains(&rec.block)
+            {
                 return Err(bad());
             }
             if rec.codec == Compression::None {

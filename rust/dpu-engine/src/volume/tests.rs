@@ -344,6 +344,108 @@ fn encryption_hides_plaintext_and_refuses_wrong_keys() {
     }
 }
 
+/// True if any 16-byte aligned chunk of `blocks` appears anywhere in
+/// `image`: a literal run of 31 bytes or more of a block contains one.
+fn image_contains_plaintext(image: &[u8], blocks: &[Vec<u8>]) -> bool {
+    let chunks: std::collections::HashSet<&[u8]> =
+        blocks.iter().flat_map(|b| b.chunks_exact(16)).collect();
+    image.windows(16).any(|w| chunks.contains(w))
+}
+
+#[test]
+fn every_combination_of_services_round_trips() {
+    let codecs = [Compression::None, Compression::Lz4, Compression::Zstd];
+    for (zero_detect, dedup, compression, encrypted) in codecs.iter().flat_map(|&codec| {
+        [false, true].into_iter().flat_map(move |z| {
+            [false, true]
+                .into_iter()
+                .flat_map(move |d| [false, true].map(move |e| (z, d, codec, e)))
+        })
+    }) {
+        let what =
+            format!("zero {zero_detect} dedup {dedup} {compression:?} encrypted {encrypted}");
+        let media = Arc::new(MemMedia::new(256 * BLOCK_SIZE));
+        let pool = Pool::format(media.clone()).unwrap();
+        let k = key(7);
+        let key = encrypted.then_some(&k);
+        let services = Services {
+            zero_detect,
+            dedup,
+            compression,
+        };
+        pool.create_volume(
+            "v",
+            &VolumeOptions {
+                size_bytes: 64 * BS,
+                services,
+                key,
+            },
+        )
+        .unwrap();
+        // Random, compressible, duplicate and zero blocks, in one request.
+        let blocks: Vec<Vec<u8>> = (0..32u64)
+            .map(|lba| match lba {
+                0..8 => random_block(lba),
+                8..16 => text_block(lba),
+                16..24 => random_block(lba % 4),
+                24..28 => text_block(8 + lba % 2),
+                _ => vec![0u8; BLOCK_SIZE],
+            })
+            .collect();
+        let v = pool.open_volume("v", key).unwrap();
+        v.write_blocks(0, &blocks.concat()).unwrap();
+        let mut back = vec![0u8; 32 * BLOCK_SIZE];
+        v.read_blocks(0, &mut back).unwrap();
+        assert!(back == blocks.concat(), "{what}: read before reopen");
+        v.flush().unwrap();
+        pool.check().unwrap();
+        let stats = v.stats().unwrap();
+        assert_eq!(stats.mapped_bytes, 32 * BS, "{what}");
+        assert_eq!(
+            stats.zero_bytes,
+            if zero_detect { 4 * BS } else { 0 },
+            "{what}"
+        );
+        let stored = match (dedup, zero_detect) {
+            (true, true) => 16,
+            (true, false) => 17,
+            (false, true) => 28,
+            (false, false) => 32,
+        };
+        if compression == Compression::None {
+            assert_eq!(stats.allocated_bytes, stored * BS, "{what}");
+        } else {
+            assert!(
+                stats.allocated_bytes < stored * BS * 6 / 10,
+                "{what}: {stats:?}"
+            );
+        }
+        drop(v);
+        let image = media.snapshot();
+        let plain: Vec<Vec<u8>> = blocks[..28].to_vec();
+        assert_eq!(
+            image_contains_plaintext(&image, &plain),
+            !encrypted,
+            "{what}: plaintext scan"
+        );
+
+        let reopened = Pool::open(media).unwrap();
+        if encrypted {
+            assert_eq!(
+                reopened
+                    .open_volume("v", Some(&super::tests::key(8)))
+                    .unwrap_err(),
+                VolumeError::WrongKey
+            );
+        }
+        let v = reopened.open_volume("v", key).unwrap();
+        let mut back = vec![0u8; 32 * BLOCK_SIZE];
+        v.read_blocks(0, &mut back).unwrap();
+        assert!(back == blocks.concat(), "{what}: read after reopen");
+        reopened.check().unwrap();
+    }
+}
+
 #[test]
 fn volume_is_media_with_partial_blocks() {
     let (_media, pool) = pool(64);
