@@ -573,16 +573,16 @@ impl ProtectedMedia {
             .collect()
     }
 
-    /// Reads data chunk `data` of `row` at `offset` into `out`, from a copy
-    /// if one answers, else by reconstruction (parity layouts only).
-    fn read_data(
+    /// Reads data chunk `data` of `row` at `offset` into `out` from a copy
+    /// that answers; `false` if none does.
+    fn read_copy(
         &self,
         row: u64,
         view: &RowView,
         data: usize,
         offset: u64,
         out: &mut [u8],
-    ) -> MediaResult<()> {
+    ) -> bool {
         let layout = self.geometry.layout;
         let at = self.geometry.row_offset(row) + offset;
         // Mirrors start at a different copy on each row so reads spread over
@@ -593,22 +593,50 @@ impl ProtectedMedia {
         for slot in rotated {
             if let Some(media) = &view.slots[slot] {
                 match media.read_at(at, out) {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => return true,
                     Err(e) => self.note_read_error(layout.member_of(row, slot), &e),
                 }
             }
         }
+        false
+    }
+
+    /// Serves the pieces of one row into `buf`: directly where the data
+    /// member answers, and with one reconstruction (over the union of the
+    /// failed pieces) for the rest.
+    fn read_pieces(&self, row: u64, pieces: &[Piece], buf: &mut [u8]) -> MediaResult<()> {
+        let layout = self.geometry.layout;
+        let view = self.row_view(row);
+        let mut lost = Vec::new();
+        for p in pieces {
+            let out = &mut buf[p.at..p.at + p.len as usize];
+            if !self.read_copy(row, &view, p.data, p.offset, out) {
+                lost.push(p);
+            }
+        }
+        if lost.is_empty() {
+            return Ok(());
+        }
         if matches!(layout, Layout::Stripe { .. } | Layout::Mirror { .. }) {
             return Err(unrecoverable(format!(
-                "row {row}: no copy of chunk {data} is readable"
+                "row {row}: no copy of a chunk is readable"
             )));
         }
         self.counters.degraded_reads.fetch_add(1, Ordering::Relaxed);
-        let start = offset / SECTOR * SECTOR;
-        let end = (offset + out.len() as u64).div_ceil(SECTOR) * SECTOR;
-        let decoded = layout.decode(&self.read_row(row, view, start, end))?;
-        let from = (offset - start) as usize;
-        out.copy_from_slice(&decoded[data][from..from + out.len()]);
+        let start = lost.iter().map(|p| p.offset).min().unwrap_or(0) / SECTOR * SECTOR;
+        let end = lost
+            .iter()
+            .map(|p| p.offset + p.len)
+            .max()
+            .unwrap_or(0)
+            .div_ceil(SECTOR)
+            * SECTOR;
+        let decoded = layout.decode(&self.read_row(row, &view, start, end))?;
+        for p in lost {
+            let from = (p.offset - start) as usize;
+            buf[p.at..p.at + p.len as usize]
+                .copy_from_slice(&decoded[p.data][from..from + p.len as usize]);
+        }
         Ok(())
     }
 
@@ -1027,11 +1055,7 @@ impl Media for ProtectedMedia {
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         for (row, pieces) in self.pieces(offset, buf.len()) {
             let _row = self.row_lock(row).read().unwrap_or_else(|e| e.into_inner());
-            let view = self.row_view(row);
-            for p in pieces {
-                let out = &mut buf[p.at..p.at + p.len as usize];
-                self.read_data(row, &view, p.data, p.offset, out)?;
-            }
+            self.read_pieces(row, &pieces, buf)?;
         }
         Ok(())
     }
