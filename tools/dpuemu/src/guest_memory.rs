@@ -5,6 +5,7 @@
 //! [`GuestMemory`], whose implementations range-check the whole access
 //! against the regions the client has mapped before copying a single byte.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -91,9 +92,35 @@ impl Drop for MappedRegion {
 ///
 /// Accesses hold the read lock for the duration of one copy; unmapping
 /// takes the write lock, so a region can never disappear under a copy.
+///
+/// Regions are keyed by their first IOVA. With a vIOMMU in the guest there
+/// may be many small regions (one per mapped buffer), so lookups are
+/// logarithmic and an access may span any number of adjacent regions.
 #[derive(Default)]
 pub struct DmaRegions {
-    regions: RwLock<Vec<MappedRegion>>,
+    regions: RwLock<BTreeMap<u64, MappedRegion>>,
+}
+
+/// Finds the region containing `addr`.
+fn region_at(regions: &BTreeMap<u64, MappedRegion>, addr: u64) -> Option<&MappedRegion> {
+    regions
+        .range(..=addr)
+        .next_back()
+        .map(|(_, r)| r)
+        .filter(|r| addr - r.iova < r.len)
+}
+
+/// Removes every region overlapping `start..end`; returns how many.
+fn remove_overlapping(regions: &mut BTreeMap<u64, MappedRegion>, start: u64, end: u64) -> usize {
+    let doomed: Vec<u64> = regions
+        .range(..end)
+        .filter(|(_, r)| r.iova.saturating_add(r.len) > start)
+        .map(|(&k, _)| k)
+        .collect();
+    for key in &doomed {
+        regions.remove(key);
+    }
+    doomed.len()
 }
 
 impl DmaRegions {
@@ -159,10 +186,8 @@ impl DmaRegions {
         };
         let mut regions = self.regions.write().map_err(|_| invalid())?;
         // A new map replaces any overlapping old one (the client remapped).
-        let end = iova + len;
-        regions.retain(|r| r.iova + r.len <= iova || r.iova >= end);
-        regions.push(region);
-        regions.sort_by_key(|r| r.iova);
+        remove_overlapping(&mut regions, iova, iova + len);
+        regions.insert(iova, region);
         Ok(())
     }
 
@@ -170,11 +195,7 @@ impl DmaRegions {
     pub fn unmap(&self, iova: u64, len: u64) -> usize {
         let end = iova.saturating_add(len);
         match self.regions.write() {
-            Ok(mut regions) => {
-                let before = regions.len();
-                regions.retain(|r| r.iova + r.len <= iova || r.iova >= end);
-                before - regions.len()
-            }
+            Ok(mut regions) => remove_overlapping(&mut regions, iova, end),
             Err(_) => 0,
         }
     }
@@ -201,35 +222,27 @@ impl DmaRegions {
         let regions = self.regions.read().map_err(|_| err)?;
         // First pass: check the whole range, so a failed access copies
         // nothing.
-        let mut pieces: [(usize, u64, u64); 8] = [(0, 0, 0); 8];
-        let mut count = 0;
         let mut cur = addr;
         while cur < end {
-            let idx = regions
-                .iter()
-                .position(|r| r.iova <= cur && cur < r.iova + r.len)
-                .ok_or(err)?;
-            let r = &regions[idx];
+            let r = region_at(&regions, cur).ok_or(err)?;
             if write && !r.writable {
                 return Err(err);
             }
-            let chunk = (r.iova + r.len).min(end) - cur;
-            if count == pieces.len() {
-                return Err(err);
-            }
-            pieces[count] = (idx, cur - r.iova, chunk);
-            count += 1;
-            cur += chunk;
+            cur += (r.iova + r.len).min(end) - cur;
         }
+        // Second pass: copy, piece by piece.
+        let mut cur = addr;
         let mut done = 0usize;
-        for &(idx, region_off, chunk) in &pieces[..count] {
-            let r = &regions[idx];
-            // SAFETY: `region_off + chunk <= r.len` by construction above, so
-            // the pointer stays inside the live mapping (kept alive by the
-            // read lock).
-            let ptr = unsafe { r.host.add(region_off as usize) };
+        while cur < end {
+            let r = region_at(&regions, cur).ok_or(err)?;
+            let chunk = (r.iova + r.len).min(end) - cur;
+            // SAFETY: `cur - r.iova + chunk <= r.len` by construction, so the
+            // pointer stays inside the live mapping, which the read lock
+            // keeps from being unmapped.
+            let ptr = unsafe { r.host.add((cur - r.iova) as usize) };
             copy(ptr, done, chunk as usize);
             done += chunk as usize;
+            cur += chunk;
         }
         Ok(())
     }
@@ -415,6 +428,31 @@ mod tests {
         assert!(regions.read(0x10_0010, &mut b).is_err());
         regions.clear();
         assert!(regions.read(0x10_1000, &mut b).is_err());
+    }
+
+    #[test]
+    fn access_spans_many_small_regions() {
+        // As with a vIOMMU: one 4 KiB map per page, in reverse order.
+        let file = tempfile();
+        file.set_len(32 * 4096).unwrap();
+        let regions = DmaRegions::new();
+        for i in (0..32u64).rev() {
+            regions
+                .map(0x20_0000 + i * 4096, 4096, &file, i * 4096, true)
+                .unwrap();
+        }
+        let data: Vec<u8> = (0..32 * 4096).map(|i| (i % 251) as u8).collect();
+        regions.write(0x20_0000, &data).unwrap();
+        let mut back = vec![0u8; data.len()];
+        regions.read(0x20_0000, &mut back).unwrap();
+        assert_eq!(back, data);
+        // A hole in the middle fails the whole access.
+        assert_eq!(regions.unmap(0x20_0000 + 7 * 4096, 4096), 1);
+        assert!(regions.read(0x20_0000, &mut back).is_err());
+        // Remapping over an existing range replaces it.
+        regions.map(0x20_0000, 8 * 4096, &file, 0, true).unwrap();
+        regions.read(0x20_0000, &mut back).unwrap();
+        assert_eq!(back, data);
     }
 
     fn tempfile() -> File {
