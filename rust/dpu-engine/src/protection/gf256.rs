@@ -71,11 +71,33 @@ fn mul_table(c: u8) -> [u8; 256] {
     table
 }
 
-/// `dst ^= src`.
+/// `dst ^= src`, a machine word at a time.
 pub fn xor_into(dst: &mut [u8], src: &[u8]) {
-    for (d, s) in dst.iter_mut().zip(src) {
+    let mut d_words = dst.chunks_exact_mut(8);
+    let mut s_words = src.chunks_exact(8);
+    for (d, s) in (&mut d_words).zip(&mut s_words) {
+        let x = word(d) ^ word(s);
+        d.copy_from_slice(&x.to_ne_bytes());
+    }
+    for (d, s) in d_words.into_remainder().iter_mut().zip(s_words.remainder()) {
         *d ^= s;
     }
+}
+
+/// Eight bytes as one word; the slice is always exactly 8 bytes long.
+fn word(bytes: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(bytes);
+    u64::from_ne_bytes(w)
+}
+
+/// Multiplies each of the eight bytes packed in `w` by 2: shift every byte
+/// left and reduce the bytes whose top bit fell out by 0x1d (the low byte
+/// of the polynomial), as Linux's int64 RAID6 code does.
+fn mul2_word(w: u64) -> u64 {
+    let high = w & 0x8080_8080_8080_8080;
+    let reduce = (high >> 7).wrapping_mul(0x1d);
+    ((w << 1) & 0xfefe_fefe_fefe_fefe) ^ reduce
 }
 
 /// `dst ^= c · src`.
@@ -95,12 +117,28 @@ pub fn scale(buf: &mut [u8], c: u8) {
 }
 
 /// Computes P and Q over `data` (every slice the same length).
+///
+/// Q is evaluated by Horner's rule from the last data chunk down,
+/// `Q = (((D_{k-1})·2 ^ D_{k-2})·2 ^ ...)·2 ^ D_0`, so the only
+/// multiplication is by 2, done eight bytes at a time.
 pub fn raid6_syndromes(data: &[&[u8]], p: &mut [u8], q: &mut [u8]) {
     p.fill(0);
     q.fill(0);
+    let len = p.len();
+    let words = len / 8 * 8;
+    for at in (0..words).step_by(8) {
+        let (mut pw, mut qw) = (0u64, 0u64);
+        for d in data.iter().rev() {
+            let dw = word(&d[at..at + 8]);
+            pw ^= dw;
+            qw = mul2_word(qw) ^ dw;
+        }
+        p[at..at + 8].copy_from_slice(&pw.to_ne_bytes());
+        q[at..at + 8].copy_from_slice(&qw.to_ne_bytes());
+    }
     for (i, d) in data.iter().enumerate() {
-        xor_into(p, d);
-        mul_xor_into(q, d, pow2(i));
+        xor_into(&mut p[words..], &d[words..]);
+        mul_xor_into(&mut q[words..], &d[words..], pow2(i));
     }
 }
 
@@ -144,6 +182,34 @@ mod tests {
             for b in 0..=255u8 {
                 assert_eq!(mul(a, b), slow(a, b));
             }
+        }
+    }
+
+    #[test]
+    fn word_syndromes_match_bytewise_definition() {
+        // 3 data chunks of 21 bytes: two whole words and a ragged tail.
+        let data: Vec<Vec<u8>> = (0..3u8)
+            .map(|d| {
+                (0..21u8)
+                    .map(|i| i.wrapping_mul(37) ^ d.wrapping_mul(101))
+                    .collect()
+            })
+            .collect();
+        let slices: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+        let mut p = vec![0u8; 21];
+        let mut q = vec![0u8; 21];
+        raid6_syndromes(&slices, &mut p, &mut q);
+        for at in 0..21 {
+            let want_p = data.iter().fold(0, |acc, d| acc ^ d[at]);
+            let want_q = data
+                .iter()
+                .enumerate()
+                .fold(0, |acc, (i, d)| acc ^ mul(pow2(i), d[at]));
+            assert_eq!((p[at], q[at]), (want_p, want_q), "byte {at}");
+        }
+        for w in [0u64, u64::MAX, 0x8001_7f80_ff00_1234] {
+            let bytes = w.to_ne_bytes().map(|b| mul(2, b));
+            assert_eq!(mul2_word(w), u64::from_ne_bytes(bytes));
         }
     }
 
