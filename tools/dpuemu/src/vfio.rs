@@ -14,9 +14,9 @@ use std::sync::Arc;
 use log::{debug, info, warn};
 use vfio_bindings::bindings::vfio::{
     vfio_region_info, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
-    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_READ,
-    VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_ERR_IRQ_INDEX,
+    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_PCI_REQ_IRQ_INDEX,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion};
 
@@ -147,6 +147,11 @@ impl ServerBackend for Backend {
         count: u32,
         fds: Vec<File>,
     ) -> io::Result<()> {
+        if index == VFIO_PCI_ERR_IRQ_INDEX || index == VFIO_PCI_REQ_IRQ_INDEX {
+            // The device never reports errors or requests release; the
+            // client's notifiers are accepted and never signalled.
+            return Ok(());
+        }
         if index != VFIO_PCI_MSIX_IRQ_INDEX {
             // INTx and MSI have no vectors; disabling them is a no-op.
             return if count == 0 { Ok(()) } else { Err(einval()) };
@@ -200,18 +205,17 @@ fn regions() -> Vec<ServerRegion> {
 
 fn irqs(vectors: u16) -> Vec<IrqInfo> {
     (0..VFIO_PCI_NUM_IRQS)
-        .map(|index| IrqInfo {
-            index,
-            flags: if index == VFIO_PCI_MSIX_IRQ_INDEX {
-                VFIO_IRQ_INFO_EVENTFD
-            } else {
-                0
-            },
-            count: if index == VFIO_PCI_MSIX_IRQ_INDEX {
-                u32::from(vectors)
-            } else {
-                0
-            },
+        .map(|index| {
+            let count = match index {
+                VFIO_PCI_MSIX_IRQ_INDEX => u32::from(vectors),
+                VFIO_PCI_ERR_IRQ_INDEX | VFIO_PCI_REQ_IRQ_INDEX => 1,
+                _ => 0,
+            };
+            IrqInfo {
+                index,
+                flags: if count > 0 { VFIO_IRQ_INFO_EVENTFD } else { 0 },
+                count,
+            }
         })
         .collect()
 }
