@@ -17,7 +17,8 @@ use crate::media::{check_range, Media, MediaError, MediaResult};
 
 use super::codec::Layout;
 use super::format::{
-    blank_block, Geometry, JournalHeader, MemberState, Superblock, BLOCK, SUPERBLOCK_COPIES,
+    blank_block, Geometry, JournalHeader, MemberState, Superblock, BLOCK, MAX_CHUNK,
+    MAX_JOURNAL_SLOTS, SUPERBLOCK_COPIES,
 };
 use super::{ArrayState, MemberStatus, ProtectionStatus};
 
@@ -189,10 +190,12 @@ impl ProtectedMedia {
                 members.len()
             )));
         }
-        if chunk == 0 || !chunk.is_multiple_of(SECTOR) || config.journal_slots < 2 {
-            return Err(unrecoverable(
-                "chunk size must be a multiple of 512 and the journal needs 2 slots",
-            ));
+        let chunk_ok = chunk > 0 && chunk.is_multiple_of(SECTOR) && chunk <= MAX_CHUNK;
+        if !chunk_ok || !(2..=MAX_JOURNAL_SLOTS).contains(&config.journal_slots) {
+            return Err(unrecoverable(format!(
+                "chunk size must be a multiple of 512 up to {MAX_CHUNK}, \
+                 journal slots 2 to {MAX_JOURNAL_SLOTS}"
+            )));
         }
         let data_offset = Geometry::data_offset_for(chunk, config.journal_slots);
         let smallest = members.iter().map(|m| m.size()).min().unwrap_or(0);

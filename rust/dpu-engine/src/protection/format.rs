@@ -32,6 +32,10 @@ pub const MAX_MEMBERS: usize = 64;
 const SUPERBLOCK_MAGIC: [u8; 8] = *b"DPUPROT1";
 const JOURNAL_MAGIC: [u8; 8] = *b"DPUJRNL1";
 const FORMAT_VERSION: u32 = 1;
+/// Largest chunk and journal accepted from media: a sealed but hostile
+/// superblock must not make the engine allocate without bound.
+pub const MAX_CHUNK: u64 = 16 << 20;
+pub const MAX_JOURNAL_SLOTS: u64 = 4096;
 /// The CRC sits in the last four bytes of each block.
 const CRC_AT: usize = BLOCK as usize - 4;
 
@@ -246,7 +250,12 @@ impl Superblock {
         let generation = d.u64()?;
         let journal_checkpoint = d.u64()?;
         let count = layout.members();
-        if member_index >= count || chunk == 0 || journal_slots == 0 {
+        let shape_ok = chunk > 0
+            && chunk.is_multiple_of(512)
+            && chunk <= MAX_CHUNK
+            && (2..=MAX_JOURNAL_SLOTS).contains(&journal_slots)
+            && data_offset == Geometry::data_offset_for(chunk, journal_slots);
+        if member_index >= count || !shape_ok {
             return None;
         }
         let mut states = Vec::with_capacity(count);
