@@ -1,6 +1,7 @@
 //! PCI configuration space of a function: a type 0 header with one 64-bit
-//! memory BAR (BAR0) and an MSI-X capability whose table and PBA live in
-//! BAR0 (QEMU emulates both; the device only sees vector eventfds).
+//! memory BAR (BAR0), an MSI-X capability whose table and PBA live in BAR0
+//! (QEMU emulates both; the device only sees vector eventfds), and a PCI
+//! Express capability describing a Gen3 x4 endpoint, like a real card.
 
 use nvme_shim::pci;
 
@@ -15,6 +16,8 @@ const CAPABILITIES_POINTER: usize = 0x34;
 const INTERRUPT_LINE: usize = 0x3c;
 const MSIX_CAP: usize = 0x40;
 const MSIX_CAP_ID: u8 = 0x11;
+const PCIE_CAP: usize = 0x50;
+const PCIE_CAP_ID: u8 = 0x10;
 const STATUS_CAP_LIST: u16 = 1 << 4;
 /// Command register bits the host may set: memory space, bus master,
 /// interrupt disable.
@@ -54,14 +57,30 @@ impl PciConfig {
         c.mask16(COMMAND, COMMAND_WRITABLE);
         c.writable[0x0c] = 0xff; // Cache line size.
         c.writable[INTERRUPT_LINE] = 0xff;
-        // MSI-X capability, the last in the list.
+        // MSI-X capability.
         let vectors = vectors.clamp(1, pci::MSIX_MAX_VECTORS);
         c.bytes[MSIX_CAP] = MSIX_CAP_ID;
-        c.bytes[MSIX_CAP + 1] = 0;
+        c.bytes[MSIX_CAP + 1] = PCIE_CAP as u8;
         c.put16(MSIX_CAP + 2, vectors - 1);
         c.mask16(MSIX_CAP + 2, MSIX_CONTROL_WRITABLE);
         c.put32(MSIX_CAP + 4, pci::MSIX_TABLE_OFFSET);
         c.put32(MSIX_CAP + 8, pci::MSIX_PBA_OFFSET);
+        // PCI Express capability (version 2, endpoint), the last in the list.
+        c.bytes[PCIE_CAP] = PCIE_CAP_ID;
+        c.bytes[PCIE_CAP + 1] = 0;
+        c.put16(PCIE_CAP + 0x02, 0x0002);
+        // Device capabilities: 256-byte max payload, role-based errors.
+        c.put32(PCIE_CAP + 0x04, 0x1 | 1 << 15);
+        // Device control: relaxed ordering, no snoop, 512-byte read requests.
+        c.put16(PCIE_CAP + 0x08, 0x2810);
+        c.mask16(PCIE_CAP + 0x08, 0x7fff);
+        // Link capabilities / status: 8 GT/s, x4.
+        c.put32(PCIE_CAP + 0x0c, 0x3 | 4 << 4);
+        c.mask16(PCIE_CAP + 0x10, 0x00cb);
+        c.put16(PCIE_CAP + 0x12, 0x3 | 4 << 4);
+        // Link capabilities 2 (2.5, 5 and 8 GT/s) and control 2 (8 GT/s).
+        c.put32(PCIE_CAP + 0x2c, 0x0e);
+        c.put16(PCIE_CAP + 0x30, 0x3);
         c
     }
 
@@ -132,6 +151,9 @@ mod tests {
         assert_eq!(read32(&c, 0x40) >> 16 & 0x7ff, 4);
         assert_eq!(read32(&c, 0x44), pci::MSIX_TABLE_OFFSET);
         assert_eq!(read32(&c, 0x48), pci::MSIX_PBA_OFFSET);
+        assert_eq!(read32(&c, 0x40) >> 8 & 0xff, 0x50);
+        assert_eq!(read32(&c, 0x50) & 0xff, 0x10);
+        assert_eq!(read32(&c, 0x50) >> 16 & 0xff, 0x02);
         // BAR sizing: all ones reads back the size mask.
         c.write(0x10, &[0xff; 4]);
         c.write(0x14, &[0xff; 4]);
