@@ -8,10 +8,9 @@
 //! through many logical sectors, and a logical tweak would leave it
 //! decryptable from only one of them.
 
-use aes::cipher::KeyInit;
+use aes::cipher::{Array, BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use aes::Aes256;
 use std::fmt;
-use xts_mode::{get_tweak_default, Xts128};
 use zeroize::Zeroizing;
 
 use super::VolumeError;
@@ -72,12 +71,21 @@ impl fmt::Debug for VolumeKey {
     }
 }
 
+/// Largest data unit: one block, 256 AES blocks.
+const MAX_UNIT_BLOCKS: usize = super::BLOCK_SIZE / 16;
+
 /// The expanded key schedule of an unlocked volume.
 ///
 /// The AES round keys are wiped on drop (the `aes` crate's `zeroize`
 /// feature) and so is the fingerprint key.
+///
+/// XTS itself is the few lines below rather than the `xts-mode` crate: that
+/// crate encrypts one AES block at a time, while handing `aes` all blocks
+/// of a unit at once lets it pipeline AES-NI over eight blocks, which is
+/// several times faster. The tests check both give the same ciphertext.
 pub(crate) struct Cipher {
-    xts: Xts128<Aes256>,
+    data: Aes256,
+    tweak: Aes256,
     fingerprint_key: Zeroizing<[u8; 32]>,
 }
 
@@ -88,7 +96,8 @@ impl Cipher {
         let tweak = Aes256::new_from_slice(&key.bytes[KEY_LEN / 2..])
             .map_err(|_| VolumeError::InvalidKey("bad AES-256 tweak key"))?;
         Ok(Cipher {
-            xts: Xts128::new(data, tweak),
+            data,
+            tweak,
             fingerprint_key: Zeroizing::new(blake3::derive_key(
                 FINGERPRINT_CONTEXT,
                 &key.bytes[..],
@@ -96,19 +105,45 @@ impl Cipher {
         })
     }
 
-    /// Encrypts one data unit (at least 16 bytes) stored at `location`.
-    pub(crate) fn encrypt(&self, unit: &mut [u8], location: u64) {
-        if unit.len() >= 16 {
-            self.xts
-                .encrypt_sector(unit, get_tweak_default(u128::from(location)));
+    /// XORs every AES block of `unit` with its XTS tweak: the encrypted
+    /// location, multiplied by α once more for each block (IEEE 1619).
+    fn whiten(&self, blocks: &mut [Array<u8, aes::cipher::consts::U16>], location: u64) {
+        let mut tweak = Array(u128::from(location).to_le_bytes());
+        self.tweak.encrypt_block(&mut tweak);
+        let mut t = u128::from_le_bytes(tweak.0);
+        for block in blocks {
+            let x = u128::from_le_bytes(block.0) ^ t;
+            block.0 = x.to_le_bytes();
+            // Multiplication by α in GF(2^128) with the XTS polynomial.
+            t = (t << 1) ^ ((t >> 127) * 0x87);
         }
     }
 
-    /// Decrypts one data unit (at least 16 bytes) stored at `location`.
+    /// Splits `unit` into AES blocks; `None` unless it is a whole number
+    /// of them, from one up to a block's worth (every stored unit is).
+    fn blocks(unit: &mut [u8]) -> Option<&mut [Array<u8, aes::cipher::consts::U16>]> {
+        let (blocks, rest) = Array::slice_as_chunks_mut(unit);
+        (rest.is_empty() && !blocks.is_empty() && blocks.len() <= MAX_UNIT_BLOCKS).then_some(blocks)
+    }
+
+    /// Encrypts one data unit stored at `location`. Units are whole AES
+    /// blocks by construction (raw blocks, or packed slots of 16-byte
+    /// units); anything else is a bug and is left as it is.
+    pub(crate) fn encrypt(&self, unit: &mut [u8], location: u64) {
+        debug_assert!(unit.len().is_multiple_of(16) && !unit.is_empty());
+        if let Some(blocks) = Self::blocks(unit) {
+            self.whiten(blocks, location);
+            self.data.encrypt_blocks(blocks);
+            self.whiten(blocks, location);
+        }
+    }
+
+    /// Decrypts one data unit stored at `location`.
     pub(crate) fn decrypt(&self, unit: &mut [u8], location: u64) {
-        if unit.len() >= 16 {
-            self.xts
-                .decrypt_sector(unit, get_tweak_default(u128::from(location)));
+        if let Some(blocks) = Self::blocks(unit) {
+            self.whiten(blocks, location);
+            self.data.decrypt_blocks(blocks);
+            self.whiten(blocks, location);
         }
     }
 
@@ -151,14 +186,24 @@ mod tests {
     }
 
     #[test]
-    fn short_and_unaligned_units_round_trip() {
-        let cipher = Cipher::new(&key(3)).unwrap();
-        let plain: Vec<u8> = (0..48u8).collect();
-        let mut unit = plain.clone();
-        cipher.encrypt(&mut unit, 99);
-        assert_ne!(unit, plain);
-        cipher.decrypt(&mut unit, 99);
-        assert_eq!(unit, plain);
+    fn matches_the_xts_mode_crate() {
+        use xts_mode::{get_tweak_default, Xts128};
+        let k = key(3);
+        let cipher = Cipher::new(&k).unwrap();
+        let reference = Xts128::new(
+            Aes256::new_from_slice(&k.bytes[..32]).unwrap(),
+            Aes256::new_from_slice(&k.bytes[32..]).unwrap(),
+        );
+        for (len, location) in [(16, 0u64), (48, 99), (1024, 1 << 40), (4096, 7 << 8 | 3)] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 31 % 256) as u8).collect();
+            let mut ours = plain.clone();
+            cipher.encrypt(&mut ours, location);
+            let mut theirs = plain.clone();
+            reference.encrypt_sector(&mut theirs, get_tweak_default(u128::from(location)));
+            assert_eq!(ours, theirs, "len {len}");
+            cipher.decrypt(&mut ours, location);
+            assert_eq!(ours, plain);
+        }
     }
 
     #[test]

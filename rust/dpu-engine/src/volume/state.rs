@@ -178,7 +178,7 @@ impl PoolState {
             )));
         }
         // Read and verify the checkpoint chain.
-        let mut payload = Vec::with_capacity(sb.checkpoint_len.min(1 << 30) as usize);
+        let mut payload = Vec::new();
         let mut chain = Vec::new();
         let mut next = sb.checkpoint_head;
         let mut block = vec![0u8; BLOCK_SIZE];

@@ -555,3 +555,97 @@ mod properties {
         }
     }
 }
+
+/// Not a test but a probe of the write and read paths' speed per service
+/// (it still checks what it reads): run it with
+/// `cargo test --release -p dpu-engine throughput_probe -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput_probe() {
+    let n = 8192u64;
+    for (name, services, enc) in [
+        ("none", Services::default(), false),
+        (
+            "zero+dedup",
+            Services {
+                zero_detect: true,
+                dedup: true,
+                compression: Compression::None,
+            },
+            false,
+        ),
+        (
+            "lz4",
+            Services {
+                compression: Compression::Lz4,
+                ..Services::default()
+            },
+            false,
+        ),
+        (
+            "zstd",
+            Services {
+                compression: Compression::Zstd,
+                ..Services::default()
+            },
+            false,
+        ),
+        ("xts", Services::default(), true),
+        (
+            "all-lz4-xts",
+            Services {
+                zero_detect: true,
+                dedup: true,
+                compression: Compression::Lz4,
+            },
+            true,
+        ),
+    ] {
+        let media = Arc::new(MemMedia::new((n as usize + 4096) * BLOCK_SIZE));
+        let pool = Pool::format(media).unwrap();
+        let k = key(1);
+        let key = enc.then_some(&k);
+        pool.create_volume(
+            "v",
+            &VolumeOptions {
+                size_bytes: n * BS,
+                services,
+                key,
+            },
+        )
+        .unwrap();
+        let v = pool.open_volume("v", key).unwrap();
+        let data: Vec<Vec<u8>> = (0..n)
+            .map(|i| {
+                if i % 2 == 0 {
+                    random_block(i)
+                } else {
+                    text_block(i)
+                }
+            })
+            .collect();
+        let t = std::time::Instant::now();
+        for (i, d) in data.iter().enumerate() {
+            v.write_blocks(i as u64, d).unwrap();
+            if i % 256 == 255 {
+                v.flush().unwrap();
+            }
+        }
+        v.flush().unwrap();
+        let w = t.elapsed();
+        let t = std::time::Instant::now();
+        let mut buf = vec![0u8; BLOCK_SIZE];
+        for i in 0..n {
+            v.read_blocks(i, &mut buf).unwrap();
+            assert!(buf == data[i as usize]);
+        }
+        let r = t.elapsed();
+        let mb = (n * BS) as f64 / 1e6;
+        eprintln!(
+            "{name:12} write {:7.1} MB/s read {:7.1} MB/s ratio {:.2}",
+            mb / w.as_secs_f64(),
+            mb / r.as_secs_f64(),
+            pool.stats().unwrap().reduction_ratio
+        );
+    }
+}
