@@ -2,16 +2,19 @@
 //!
 //! Locking: every row has a reader-writer lock (hashed over a fixed table).
 //! Reads hold it shared; writes, rebuild and scrub hold it exclusive, so a
-//! reconstruction never sees a half-updated row. Journal commits are
-//! serialized by the journal lock, taken inside a row lock. Superblock
-//! updates are serialized by the metadata lock. Lock order:
-//! row → journal → metadata → member table; the member table lock is only
-//! ever held for short bookkeeping, never across I/O.
+//! reconstruction never sees a half-updated row. Writes to different rows
+//! commit concurrently: the journal lock only guards sequence numbers and
+//! the set of transactions in flight, and is held across I/O only for a
+//! checkpoint. Superblock updates are serialized by the metadata lock. Lock
+//! order: row → journal → metadata → member table; the member table lock is
+//! only ever held for short bookkeeping, never across I/O. A transaction
+//! only ever waits for transactions with smaller sequence numbers, which
+//! already hold their (single) row lock, so waits cannot form a cycle.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::media::{check_range, Media, MediaError, MediaResult};
 
@@ -91,6 +94,26 @@ struct Meta {
 
 struct Journal {
     next_seq: u64,
+    /// Transactions from sequence allocation to the end of their in-place
+    /// writes.
+    in_flight: BTreeSet<u64>,
+    /// Set while a member replacement waits for the journal to drain; new
+    /// transactions wait until it is done.
+    draining: bool,
+}
+
+/// A transaction's hold on its sequence number and journal slot; dropping
+/// it (on success or error) ends the transaction.
+struct Ticket<'a> {
+    array: &'a ProtectedMedia,
+    seq: u64,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        lock(&self.array.journal).in_flight.remove(&self.seq);
+        self.array.journal_changed.notify_all();
+    }
 }
 
 #[derive(Default)]
@@ -121,6 +144,8 @@ pub struct ProtectedMedia {
     members: RwLock<Vec<Member>>,
     row_locks: Vec<RwLock<()>>,
     journal: Mutex<Journal>,
+    /// Signalled whenever a transaction ends or draining stops.
+    journal_changed: Condvar,
     meta: Mutex<Meta>,
     pub(super) counters: Counters,
 }
@@ -320,7 +345,10 @@ impl ProtectedMedia {
             row_locks: (0..ROW_LOCKS).map(|_| RwLock::new(())).collect(),
             journal: Mutex::new(Journal {
                 next_seq: checkpoint + 1,
+                in_flight: BTreeSet::new(),
+                draining: false,
             }),
+            journal_changed: Condvar::new(),
             meta: Mutex::new(Meta {
                 generation,
                 checkpoint,
@@ -432,9 +460,18 @@ impl ProtectedMedia {
         // the member joins: its blank journal would otherwise make an older
         // transaction that involved this slot look incomplete at replay.
         {
-            let journal = lock(&self.journal);
-            self.flush_members()?;
-            lock(&self.meta).checkpoint = journal.next_seq - 1;
+            let mut journal = lock(&self.journal);
+            journal.draining = true;
+            while !journal.in_flight.is_empty() {
+                journal = self.wait_journal(journal);
+            }
+            let flushed = self.flush_members();
+            if flushed.is_ok() {
+                lock(&self.meta).checkpoint = journal.next_seq - 1;
+            }
+            journal.draining = false;
+            self.journal_changed.notify_all();
+            flushed?;
         }
         // Blank the journal first: entries left on reused media must never
         // be replayed over rows this member gets from the rebuild.
@@ -830,12 +867,10 @@ impl ProtectedMedia {
         touched: &[bool],
     ) -> MediaResult<()> {
         let g = self.geometry;
-        let mut journal = lock(&self.journal);
+        let ticket = self.begin_transaction()?;
+        let seq = ticket.seq;
+        let at = g.journal_slot_offset(seq % g.journal_slots);
         loop {
-            let seq = journal.next_seq;
-            journal.next_seq += 1;
-            self.make_slot_reusable(seq)?;
-            let at = g.journal_slot_offset(seq % g.journal_slots);
             let mask = involved.iter().fold(0u64, |m, (i, _, _)| m | 1 << i);
             let mut failed: Vec<usize> = involved
                 .iter()
@@ -865,8 +900,9 @@ impl ProtectedMedia {
             if failed.is_empty() {
                 break;
             }
-            // Start over without the failed members, under a new sequence
-            // number so the torn transaction never counts as complete.
+            // Start over without the failed members. The sequence number is
+            // kept: the survivors' entries are rewritten with the new member
+            // mask, and the failed members' entries are never read again.
             for index in &failed {
                 self.mark_failed(*index);
             }
@@ -883,6 +919,7 @@ impl ProtectedMedia {
                 self.mark_failed(*index);
             }
         }
+        drop(ticket);
         self.counters
             .journal_commits
             .fetch_add(1, Ordering::Relaxed);
@@ -894,18 +931,58 @@ impl ProtectedMedia {
         Ok(())
     }
 
+    fn wait_journal<'a>(&self, guard: MutexGuard<'a, Journal>) -> MutexGuard<'a, Journal> {
+        self.journal_changed
+            .wait(guard)
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Allocates a sequence number and makes its journal slot reusable.
+    fn begin_transaction(&self) -> MediaResult<Ticket<'_>> {
+        let seq = {
+            let mut journal = lock(&self.journal);
+            while journal.draining {
+                journal = self.wait_journal(journal);
+            }
+            let seq = journal.next_seq;
+            journal.next_seq += 1;
+            journal.in_flight.insert(seq);
+            seq
+        };
+        // From here on, an early return ends the transaction through Drop.
+        let ticket = Ticket { array: self, seq };
+        self.make_slot_reusable(seq)?;
+        Ok(ticket)
+    }
+
     /// Before sequence `seq` takes its slot, the transaction that last used
-    /// the slot must be durable in place: flush every member and record a
-    /// checkpoint. Commits are serialized, so every earlier transaction has
-    /// finished its in-place writes by now.
+    /// the slot must be durable in place: wait until every transaction up to
+    /// it has finished its in-place writes, flush every member and record a
+    /// checkpoint covering everything finished.
     fn make_slot_reusable(&self, seq: u64) -> MediaResult<()> {
         let slots = self.geometry.journal_slots;
-        let checkpoint = lock(&self.meta).checkpoint;
-        if seq <= slots || seq - slots <= checkpoint {
+        if seq <= slots {
             return Ok(());
         }
+        let occupant = seq - slots;
+        let mut journal = lock(&self.journal);
+        while journal.in_flight.range(..=occupant).next().is_some() {
+            journal = self.wait_journal(journal);
+        }
+        if occupant <= lock(&self.meta).checkpoint {
+            return Ok(());
+        }
+        // Everything below the oldest transaction still in flight has
+        // finished in place; holding the journal lock keeps that true while
+        // the flush makes it durable.
+        let finished = journal
+            .in_flight
+            .first()
+            .copied()
+            .unwrap_or(journal.next_seq)
+            - 1;
         self.flush_members()?;
-        lock(&self.meta).checkpoint = seq - 1;
+        lock(&self.meta).checkpoint = finished;
         self.persist()
     }
 
@@ -1023,6 +1100,8 @@ impl ProtectedMedia {
         self.flush_members()?;
         lock(&self.meta).checkpoint = newest;
         lock(&self.journal).next_seq = newest + 1;
+        // Replay ran before any transaction could start, so nothing is in
+        // flight and the checkpoint above covers every slot.
         self.persist()
     }
 
