@@ -12,6 +12,7 @@ mod configfs;
 mod driver;
 #[path = "../../../rust/kernel-ext/pci_id.rs"]
 mod pci_id;
+mod shim;
 
 use kernel::{driver::Registration, pci, prelude::*};
 
@@ -31,7 +32,7 @@ pub(crate) const DRIVER_VERSION: &str = "0.1.0";
 ///
 /// Fields drop in declaration order: the configfs tree goes first, so no
 /// management request can reach a device while the PCI driver unbinds it.
-#[pin_data]
+#[pin_data(PinnedDrop)]
 struct DpublkModule {
     #[pin]
     configfs: kernel::configfs::Subsystem<configfs::Root>,
@@ -49,8 +50,9 @@ impl kernel::InPlaceModule for DpublkModule {
     }
 }
 
-impl Drop for DpublkModule {
-    fn drop(&mut self) {
+#[pinned_drop]
+impl PinnedDrop for DpublkModule {
+    fn drop(self: Pin<&mut Self>) {
         pr_info!("unloaded\n");
     }
 }

@@ -3,7 +3,7 @@
 //! PCI glue: binds the accelerator function.
 
 use crate::pci_id;
-use kernel::{device::Core, pci, prelude::*};
+use kernel::{device::Core, io::Io, pci, prelude::*};
 
 /// PCI vendor ID of the emulated accelerator (see
 /// Documentation/device-interface.rst; real silicon binds through `new_id`).
