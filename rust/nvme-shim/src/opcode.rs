@@ -81,6 +81,10 @@ pub mod cns {
     pub const ACTIVE_NAMESPACES: u8 = 0x02;
     /// Namespace Identification Descriptor list.
     pub const NAMESPACE_DESCRIPTORS: u8 = 0x03;
+    /// I/O Command Set specific Identify Controller (CSI in CDW11 31:24).
+    /// For the NVM command set (CSI 0) every field of the 4096-byte
+    /// structure reported by dpublk devices is 0: no limits beyond MDTS.
+    pub const CONTROLLER_CSI: u8 = 0x06;
 }
 
 /// Data transfer direction encoded in an opcode's two low bits.

@@ -273,6 +273,11 @@ impl Identify {
     }
 }
 
+/// The Command Set Identifier of an Identify command (CDW11 bits 31:24).
+pub const fn identify_csi(sqe: &SubmissionEntry) -> u8 {
+    (sqe.cdw11.get() >> 24) as u8
+}
+
 /// Get Log Page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GetLogPage {
@@ -636,6 +641,10 @@ mod tests {
             prp2: 0,
         };
         assert_eq!(Identify::decode(&id.encode(4)), id);
+        let mut csi = id.encode(4);
+        assert_eq!(identify_csi(&csi), 0);
+        csi.cdw11.set(2 << 24);
+        assert_eq!(identify_csi(&csi), 2);
 
         let log = GetLogPage {
             lid: 1,

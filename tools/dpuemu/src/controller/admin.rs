@@ -114,6 +114,9 @@ impl Controller {
                     slot.copy_from_slice(&id.to_le_bytes());
                 }
             }
+            // Linux asks for the NVM command set's controller limits; all
+            // zero means none beyond MDTS.
+            cns::CONTROLLER_CSI if sqe::identify_csi(sqe) == 0 => {}
             cns::NAMESPACE_DESCRIPTORS => {
                 if cmd.nsid == 0 || cmd.nsid > nn {
                     return Err(Status::INVALID_NAMESPACE);

@@ -447,6 +447,20 @@ fn identify_controller_and_namespace() {
     assert_eq!(host.admin_status(id.encode(0)), Status::SUCCESS);
     assert_eq!(host.read_mem(DATA, 8), vec![1, 0, 0, 0, 0, 0, 0, 0]);
 
+    host.mem.write(DATA, &[0xaa; 64]).unwrap();
+    let id = Identify {
+        cns: cns::CONTROLLER_CSI,
+        cntid: 0,
+        nsid: 0,
+        prp1: DATA,
+        prp2: 0,
+    };
+    assert_eq!(host.admin_status(id.encode(0)), Status::SUCCESS);
+    assert_eq!(host.read_mem(DATA, 64), vec![0u8; 64]);
+    let mut other_csi = id.encode(0);
+    other_csi.cdw11.set(2 << 24);
+    assert_eq!(host.admin_status(other_csi), Status::INVALID_FIELD);
+
     let id = Identify {
         cns: cns::NAMESPACE_DESCRIPTORS,
         cntid: 0,
