@@ -8,10 +8,20 @@
 //! blk-mq disks. Management goes through configfs at
 //! `/sys/kernel/config/dpublk/`.
 
+#[path = "../../../rust/kernel-ext/blk_mq.rs"]
+mod blk_mq;
 mod configfs;
+mod controller;
+mod disk;
 mod driver;
+mod io_queue;
 #[path = "../../../rust/kernel-ext/pci_id.rs"]
 mod pci_id;
+#[path = "../../../rust/kernel-ext/pci_irq.rs"]
+mod pci_irq;
+mod prp;
+mod queue;
+mod regs;
 mod shim;
 
 use kernel::{driver::Registration, pci, prelude::*};

@@ -1,25 +1,67 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! PCI glue: binds the accelerator function.
+//! PCI glue: binds the accelerator function, brings the controller up and
+//! turns its namespaces into disks; takes it all down again on unbind.
 
-use crate::pci_id;
-use kernel::{device::Core, io::Io, pci, prelude::*};
+use crate::{
+    blk_mq::{Disk, Limits, TagSet},
+    controller::Controller,
+    disk::{BlockOps, IoQueues},
+    io_queue::{IoQueue, NamespaceFormat, QueueIrq, MAX_QUEUE_ENTRIES, MAX_SEGMENTS, MAX_TRANSFER},
+    pci_id,
+    pci_irq::QueueInterrupts,
+    regs::{Registers, BAR0_SIZE},
+    shim::{
+        identify::{self, IdentifyController, IdentifyNamespace, IDENTIFY_BYTES},
+        opcode::{cns, feature},
+        sqe::{self, CreateIoCq, CreateIoSq, Features, Identify},
+        wire::Wire,
+    },
+};
+use core::sync::atomic::{AtomicU32, Ordering};
+use kernel::{
+    device::{self, Core},
+    devres::DevresLt,
+    dma::{Coherent, Device as _, DmaMask},
+    pci,
+    prelude::*,
+    sync::Arc,
+    sync::aref::ARef,
+    types::ScopeGuard,
+};
 
 /// PCI vendor ID of the emulated accelerator (see
 /// Documentation/device-interface.rst; real silicon binds through `new_id`).
-pub(crate) const ACCEL_VENDOR_ID: u16 = 0x1df5;
+pub(crate) const ACCEL_VENDOR_ID: u16 = crate::shim::pci::VENDOR_ID;
 /// PCI device ID of the accelerator function.
-pub(crate) const ACCEL_DEVICE_ID: u16 = 0x0001;
+pub(crate) const ACCEL_DEVICE_ID: u16 = crate::shim::pci::ACCELERATOR_DEVICE_ID;
 
-/// Offset of the NVMe Version register in BAR0.
-const REG_VS: usize = 0x08;
-/// BAR0 must at least cover the controller registers and the first doorbells.
-const BAR0_MIN_SIZE: usize = 0x2000;
+/// Entries per I/O queue, if the controller allows that many.
+const IO_QUEUE_ENTRIES: u16 = 256;
+/// Most I/O queue pairs per controller.
+const MAX_IO_QUEUES: u32 = 64;
+/// Most namespaces turned into disks per controller.
+const MAX_NAMESPACES: usize = 64;
+/// Time a request may spend on the device before the controller is failed.
+const IO_TIMEOUT_MS: u32 = 30_000;
+
+/// Next disk number (`/dev/dpublkN`), unique while the module is loaded.
+static NEXT_DISK: AtomicU32 = AtomicU32::new(0);
 
 pub(crate) struct AcceleratorDriver;
 
 /// Per-device state while bound.
+///
+/// Field order is drop order, and it matters: disks first (drains their
+/// I/O), then the tag set, then the queues; the interrupt handlers go before
+/// the vectors (inside `irqs`) and the controller last. `Drop` shuts the
+/// controller down after the disks are gone and before any ring is freed.
 pub(crate) struct Accelerator<'bound> {
+    disks: KVec<Disk<BlockOps>>,
+    tagset: Option<Arc<TagSet<BlockOps>>>,
+    queues: Arc<IoQueues>,
+    _irqs: QueueInterrupts<'bound, QueueIrq>,
+    ctrl: Arc<Controller>,
     pdev: &'bound pci::Device,
 }
 
@@ -39,13 +81,77 @@ impl pci::Driver for AcceleratorDriver {
         pdev: &'bound pci::Device<Core<'_>>,
         _info: Option<&'bound Self::IdInfo>,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
+        Accelerator::probe(pdev)
+    }
+}
+
+/// What the driver keeps from Identify Controller.
+#[derive(Clone, Copy)]
+struct ControllerInfo {
+    sqes: u8,
+    cqes: u8,
+    mdts: u8,
+    vwc: u8,
+    nn: u32,
+    oncs: u16,
+}
+
+/// Reads an Identify data structure into a fresh DMA buffer and hands its
+/// bytes to `f` in place (the structures are 4 KiB: too big for the kernel
+/// stack).
+fn identify_bytes<R>(
+    ctrl: &Controller,
+    dev: &device::Device<device::Bound>,
+    cns: u8,
+    nsid: u32,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Result<R> {
+    let buf: Coherent<[u8]> = Coherent::zeroed_slice(dev, IDENTIFY_BYTES, GFP_KERNEL)?;
+    let cmd = Identify {
+        cns,
+        cntid: 0,
+        nsid,
+        prp1: buf.dma_address(),
+        prp2: 0,
+    };
+    ctrl.admin_command(cmd.encode(0))?;
+    // SAFETY: The command completed, so the device is done writing the
+    // buffer, and nothing else refers to it.
+    Ok(f(unsafe { buf.as_ref() }))
+}
+
+/// Reads an Identify data structure of type `T` and hands it to `f` in
+/// place.
+fn identify<T: Wire, R>(
+    ctrl: &Controller,
+    dev: &device::Device<device::Bound>,
+    cns: u8,
+    nsid: u32,
+    f: impl FnOnce(&T) -> R,
+) -> Result<R> {
+    identify_bytes(ctrl, dev, cns, nsid, |bytes| {
+        if bytes.len() < core::mem::size_of::<T>() {
+            return Err(EIO);
+        }
+        // SAFETY: `bytes` holds at least `size_of::<T>()` bytes, and a `Wire`
+        // type has alignment 1 and no invalid bit patterns, so they are a
+        // valid `T`, borrowed for as long as `bytes` is.
+        Ok(f(unsafe { &*bytes.as_ptr().cast::<T>() }))
+    })?
+}
+
+impl<'bound> Accelerator<'bound> {
+    fn probe(pdev: &'bound pci::Device<Core<'_>>) -> Result<Self> {
         pdev.enable_device_mem()
             .inspect_err(|e| dev_err!(pdev, "cannot enable the function: {e:?}\n"))?;
         pdev.set_master();
+        // SAFETY: No DMA allocation or mapping exists yet for this device.
+        unsafe { pdev.dma_set_mask_and_coherent(DmaMask::new::<64>()) }
+            .inspect_err(|e| dev_err!(pdev, "no 64-bit DMA: {e:?}\n"))?;
         let bar = pdev
-            .iomap_region_sized::<BAR0_MIN_SIZE>(0, c"dpublk")
+            .iomap_region_sized::<BAR0_SIZE>(0, c"dpublk")
             .inspect_err(|e| dev_err!(pdev, "cannot map BAR0: {e:?}\n"))?;
-        let version = bar.read32(REG_VS);
+        let version = Registers(&bar).version()?;
         dev_info!(
             pdev,
             "accelerator found, interface version {}.{}.{}\n",
@@ -53,12 +159,238 @@ impl pci::Driver for AcceleratorDriver {
             (version >> 8) & 0xff,
             version & 0xff
         );
-        Ok(Accelerator { pdev })
+        let bar: DevresLt<_> = bar.into_devres()?;
+        let dev: &device::Device<device::Bound> = pdev.as_ref();
+
+        let ctrl = Arc::pin_init(Controller::new(pdev, bar)?, GFP_KERNEL)?;
+        ctrl.enable(dev)?;
+
+        // Everything the device may DMA into lives in `ctrl` and
+        // `keep_alive`, declared before the guard: on failure the guard
+        // disables the controller before they are freed.
+        let mut keep_alive: KVec<Arc<IoQueue>> = KVec::new();
+        let mut irqs = QueueInterrupts::<QueueIrq>::alloc(pdev, 2, MAX_IO_QUEUES + 1)
+            .inspect_err(|e| dev_err!(pdev, "cannot allocate MSI-X vectors: {e:?}\n"))?;
+        let disable_on_error = ScopeGuard::new(|| {
+            ctrl.fail();
+        });
+
+        let id = identify(&ctrl, dev, cns::CONTROLLER, 0, |id: &IdentifyController| ControllerInfo {
+            sqes: id.sqes,
+            cqes: id.cqes,
+            mdts: id.mdts,
+            vwc: id.vwc,
+            nn: id.nn.get(),
+            oncs: id.oncs.get(),
+        })
+        .inspect_err(|e| dev_err!(pdev, "Identify Controller failed: {e:?}\n"))?;
+        // Entry sizes: the minimum (required) sizes must fit ours.
+        if id.sqes & 0xf > 6 || id.cqes & 0xf > 4 {
+            dev_err!(pdev, "unsupported queue entry sizes {:#x}/{:#x}\n", id.sqes, id.cqes);
+            return Err(ENODEV);
+        }
+
+        // One I/O queue pair per CPU, as far as the device and the
+        // interrupt vectors (one is kept for the admin queue) go.
+        let wanted = kernel::cpu::nr_cpu_ids().clamp(1, MAX_IO_QUEUES).min(irqs.count() - 1);
+        let granted = ctrl.admin_command(
+            Features {
+                fid: feature::NUMBER_OF_QUEUES,
+                save: false,
+                select: 0,
+                value: sqe::number_of_queues(wanted as u16, wanted as u16),
+            }
+            .encode(true, 0),
+        )?;
+        let (nsq, ncq) = sqe::decode_number_of_queues(granted);
+        let nr_queues = wanted.min(nsq).min(ncq);
+        if nr_queues == 0 {
+            return Err(ENODEV);
+        }
+
+        let entries = u32::from(IO_QUEUE_ENTRIES)
+            .min(ctrl.caps().max_queue_entries)
+            .min(u32::from(MAX_QUEUE_ENTRIES)) as u16;
+        let mut list = KVec::with_capacity(nr_queues as usize, GFP_KERNEL)?;
+        keep_alive.reserve(nr_queues as usize, GFP_KERNEL)?;
+        for qid in 1..=nr_queues as u16 {
+            let queue = IoQueue::new(ctrl.clone(), dev, qid, entries)?;
+            keep_alive.push(queue.clone(), GFP_KERNEL)?;
+            irqs.register(u32::from(qid), c"dpublk", QueueIrq(queue.clone()))?;
+            let (sq_addr, cq_addr) = queue.ring_addresses();
+            ctrl.admin_command(
+                CreateIoCq {
+                    qid,
+                    entries: u32::from(entries),
+                    base: cq_addr,
+                    contiguous: true,
+                    interrupts: true,
+                    vector: qid,
+                }
+                .encode(0),
+            )
+            .inspect_err(|e| dev_err!(pdev, "Create I/O CQ {qid} failed: {e:?}\n"))?;
+            ctrl.admin_command(
+                CreateIoSq {
+                    qid,
+                    entries: u32::from(entries),
+                    base: sq_addr,
+                    contiguous: true,
+                    priority: 0,
+                    cqid: qid,
+                }
+                .encode(0),
+            )
+            .inspect_err(|e| dev_err!(pdev, "Create I/O SQ {qid} failed: {e:?}\n"))?;
+            list.push(queue, GFP_KERNEL)?;
+        }
+        let queues = Arc::new(
+            IoQueues {
+                ctrl: ctrl.clone(),
+                queues: list,
+            },
+            GFP_KERNEL,
+        )?;
+        let parent: &device::Device = dev;
+        let irq_dev: ARef<device::Device> = parent.into();
+        let tagset = Arc::pin_init(
+            TagSet::new(
+                queues.clone(),
+                nr_queues,
+                u32::from(entries - 1),
+                IO_TIMEOUT_MS,
+                Some(irq_dev),
+                1,
+            ),
+            GFP_KERNEL,
+        )?;
+
+        let disks = Self::add_disks(&ctrl, dev, &id, &tagset)?;
+        dev_info!(
+            pdev,
+            "{} I/O queue pairs of {} entries, {} disks\n",
+            nr_queues,
+            entries,
+            disks.len()
+        );
+        disable_on_error.dismiss();
+        drop(keep_alive);
+        Ok(Self {
+            disks,
+            tagset: Some(tagset),
+            queues,
+            _irqs: irqs,
+            ctrl,
+            pdev,
+        })
+    }
+
+    /// Queue limits shared by all namespaces of the controller.
+    fn limits(id: &ControllerInfo) -> Limits {
+        let mut max_transfer = MAX_TRANSFER;
+        if id.mdts != 0 && id.mdts < 20 {
+            max_transfer = max_transfer.min(4096u32 << id.mdts);
+        }
+        let oncs = id.oncs;
+        Limits {
+            logical_block_size: 512,
+            physical_block_size: 512,
+            max_hw_sectors: max_transfer >> 9,
+            max_segments: MAX_SEGMENTS as u16,
+            virt_boundary_mask: crate::prp::PAGE - 1,
+            dma_alignment: 3,
+            write_cache: id.vwc & identify::VWC_PRESENT != 0,
+            fua: true,
+            max_discard_sectors: if oncs & identify::ONCS_DSM != 0 { u32::MAX } else { 0 },
+            max_write_zeroes_sectors: if oncs & identify::ONCS_WRITE_ZEROES != 0 { 1 } else { 0 },
+        }
+    }
+
+    fn add_disks(
+        ctrl: &Arc<Controller>,
+        dev: &device::Device<device::Bound>,
+        id: &ControllerInfo,
+        tagset: &Arc<TagSet<BlockOps>>,
+    ) -> Result<KVec<Disk<BlockOps>>> {
+        let pdev = ctrl.pdev();
+        let mut nsids = KVec::with_capacity(MAX_NAMESPACES, GFP_KERNEL)?;
+        identify_bytes(ctrl, dev, cns::ACTIVE_NAMESPACES, 0, |list| {
+            for chunk in list.chunks_exact(4).take(MAX_NAMESPACES) {
+                let nsid = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+                if nsid == 0 || nsids.push(nsid, GFP_KERNEL).is_err() {
+                    break;
+                }
+            }
+        })?;
+        let mut disks = KVec::new();
+        let nn = id.nn;
+        for nsid in nsids {
+            if nn != 0 && nsid > nn {
+                dev_warn!(pdev, "namespace {nsid} beyond the reported {nn}, ignored\n");
+                continue;
+            }
+            let (blocks, shift) = identify(ctrl, dev, cns::NAMESPACE, nsid, |ns: &IdentifyNamespace| {
+                (ns.nsze.get(), u32::from(ns.lba_shift()))
+            })?;
+            if !(9..=12).contains(&shift) {
+                dev_warn!(pdev, "namespace {nsid}: block size 2^{shift} unsupported, ignored\n");
+                continue;
+            }
+            let Some(sectors) = blocks.checked_shl(shift - 9).filter(|s| s >> (shift - 9) == blocks) else {
+                dev_warn!(pdev, "namespace {nsid}: size {blocks} blocks out of range, ignored\n");
+                continue;
+            };
+            let mut limits = Self::limits(id);
+            limits.logical_block_size = 1 << shift;
+            limits.physical_block_size = 1 << shift;
+            if limits.max_write_zeroes_sectors != 0 {
+                limits.max_write_zeroes_sectors = 0x1_0000 << (shift - 9);
+            }
+            if limits.max_discard_sectors != 0 {
+                limits.max_discard_sectors = u32::MAX >> 3 << 3;
+            }
+            let index = NEXT_DISK.fetch_add(1, Ordering::Relaxed);
+            let disk = Disk::new(
+                tagset.clone(),
+                dev,
+                format_args!("dpublk{index}"),
+                &limits,
+                sectors,
+                Arc::new(NamespaceFormat { nsid, lba_shift: shift }, GFP_KERNEL)?,
+            )
+            .inspect_err(|e| dev_err!(pdev, "cannot add disk for namespace {nsid}: {e:?}\n"))?;
+            dev_info!(pdev, "dpublk{index}: namespace {nsid}, {sectors} sectors of 512 bytes, block size {}\n", 1u32 << shift);
+            disks.push(disk, GFP_KERNEL)?;
+        }
+        Ok(disks)
     }
 }
 
 impl Drop for Accelerator<'_> {
     fn drop(&mut self) {
+        // Disks first: `del_gendisk` waits for their I/O to finish (or to
+        // time out, which fails the controller). A failed controller takes
+        // no I/O, so its disks fail new I/O at once.
+        if !self.ctrl.is_usable() {
+            for disk in self.disks.iter() {
+                disk.mark_dead();
+            }
+        }
+        self.disks.clear();
+        self.tagset = None;
+        if self.ctrl.is_usable() {
+            for q in self.queues.queues.iter().rev() {
+                let _ = self.ctrl.admin_command(sqe::delete_queue(q.qid(), false, 0));
+                let _ = self.ctrl.admin_command(sqe::delete_queue(q.qid(), true, 0));
+            }
+        }
+        self.ctrl.shutdown();
+        // Nothing should be left; if the device kept anything, it is
+        // disabled now and the requests can end.
+        for q in self.queues.queues.iter() {
+            q.cancel_all(EIO);
+        }
         dev_info!(self.pdev, "accelerator released\n");
     }
 }
+

@@ -1,0 +1,336 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The controller: reset and enable, the admin queue, and the state every
+//! queue checks before it trusts the device.
+
+use crate::{
+    queue::{CompletionRing, SubmissionRing},
+    regs::{Bar0, Registers, BAR0_SIZE},
+    shim::{
+        cqe::CompletionEntry,
+        registers::{Aqa, Cap, Cc, DoorbellKind},
+        sqe::SubmissionEntry,
+        status::{sct, Status},
+    },
+};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use kernel::{
+    device,
+    devres::DevresLt,
+    io::poll::read_poll_timeout,
+    new_mutex, pci,
+    prelude::*,
+    sync::Mutex,
+    time::{delay::fsleep, Delta, Instant, Monotonic},
+    sync::aref::ARef,
+    fmt,
+};
+
+/// Entries of each admin queue.
+const ADMIN_ENTRIES: u16 = 32;
+/// How long an admin command may take. Generous: the emulated device runs
+/// under TCG in tests.
+const ADMIN_TIMEOUT: Delta = Delta::from_secs(10);
+
+/// Ways a device can break the protocol. Each is logged once per
+/// controller; after any of them the controller is not trusted any more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum ProtocolError {
+    /// A completion names a command that is not outstanding.
+    UnknownCommand = 1 << 0,
+    /// A completion reports a submission queue head out of range.
+    BadSqHead = 1 << 1,
+    /// A completion names the wrong submission queue.
+    BadSqId = 1 << 2,
+    /// A completion carries a status code type the interface does not use.
+    BadStatus = 1 << 3,
+    /// The controller reported a fatal status or vanished from the bus.
+    Fatal = 1 << 4,
+}
+
+/// Maps a completion status to the error the I/O failed with, or `Ok`.
+/// Statuses the interface does not define come back as `Err(None)`.
+pub(crate) fn status_to_result(status: Status) -> Result<(), Option<Error>> {
+    if status.is_success() {
+        return Ok(());
+    }
+    let sc = status.sc();
+    let err = match status.sct() {
+        sct::GENERIC => match sc {
+            // Invalid opcode or field: the device cannot do this.
+            0x01 | 0x02 => EOPNOTSUPP,
+            // LBA out of range, invalid namespace, capacity exceeded: the
+            // target refuses the request (BLK_STS_TARGET).
+            0x80 | 0x0b | 0x81 => EREMOTEIO,
+            // Namespace not ready: transient.
+            0x82 => EAGAIN,
+            _ => EIO,
+        },
+        sct::COMMAND_SPECIFIC => EIO,
+        // Media errors: unrecovered read, write fault (BLK_STS_MEDIUM).
+        sct::MEDIA => ENODATA,
+        // Path related: the transport to the media failed.
+        sct::PATH => ENOLINK,
+        sct::VENDOR => match sc {
+            crate::shim::vendor::status::NO_SPACE => ENOSPC,
+            _ => EIO,
+        },
+        _ => return Err(None),
+    };
+    Err(Some(err))
+}
+
+/// Controller capabilities the driver works with.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Capabilities {
+    /// Largest queue the controller accepts, in entries.
+    pub(crate) max_queue_entries: u32,
+    /// Doorbell stride exponent.
+    pub(crate) dstrd: u8,
+    /// How long enabling or disabling may take.
+    pub(crate) ready_timeout: Delta,
+}
+
+/// The admin queue pair. Commands are polled: the admin queue carries only
+/// setup and management traffic, so it needs no interrupt.
+struct AdminQueue {
+    sq: SubmissionRing,
+    cq: CompletionRing,
+    next_cid: u16,
+}
+
+/// A controller.
+#[pin_data]
+pub(crate) struct Controller {
+    pdev: ARef<pci::Device>,
+    bar: DevresLt<Bar0>,
+    caps: Capabilities,
+    #[pin]
+    admin: Mutex<Option<AdminQueue>>,
+    /// Set once the device broke the protocol or failed; nothing it says is
+    /// trusted afterwards and new I/O fails.
+    broken: AtomicBool,
+    /// Set once the controller was disabled for good (teardown or failure).
+    disabled: AtomicBool,
+    /// Protocol errors already logged (`ProtocolError` bits).
+    reported: AtomicU32,
+}
+
+impl Controller {
+    /// Maps nothing new: takes the mapped BAR, reads CAP and prepares the
+    /// controller object. The controller is not touched yet.
+    pub(crate) fn new(pdev: &pci::Device<device::Core<'_>>, bar: DevresLt<Bar0>) -> Result<impl PinInit<Self, Error>> {
+        let cap = {
+            let guard = bar.try_access().ok_or(ENXIO)?;
+            Registers(&guard).cap()?
+        };
+        if cap.0 == u64::MAX {
+            dev_err!(pdev, "controller registers read all ones: device not responding\n");
+            return Err(ENODEV);
+        }
+        if cap.0 & Cap::CSS_NVM == 0 || cap.mpsmin() != 0 {
+            dev_err!(pdev, "unsupported controller capabilities {:#x}\n", cap.0);
+            return Err(ENODEV);
+        }
+        let caps = Capabilities {
+            max_queue_entries: cap.max_queue_entries(),
+            dstrd: cap.dstrd(),
+            // CAP.TO is in 500 ms units; zero would mean "no time at all",
+            // which no controller can meet.
+            ready_timeout: Delta::from_millis(500 * i64::from(cap.timeout().max(1))),
+        };
+        let pdev: ARef<pci::Device> = (&**pdev).into();
+        Ok(try_pin_init!(Self {
+            pdev,
+            bar,
+            caps,
+            admin <- new_mutex!(None),
+            broken: AtomicBool::new(false),
+            disabled: AtomicBool::new(false),
+            reported: AtomicU32::new(0),
+        }))
+    }
+
+    /// The PCI device, for logging and DMA.
+    pub(crate) fn pdev(&self) -> &pci::Device {
+        &self.pdev
+    }
+
+    /// The controller's capabilities.
+    pub(crate) fn caps(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// Runs `f` on the registers, unless the device is unbound.
+    pub(crate) fn with_regs<R>(&self, f: impl FnOnce(&Registers<'_, '_>) -> Result<R>) -> Result<R> {
+        let guard = self.bar.try_access().ok_or(ENXIO)?;
+        f(&Registers(&guard))
+    }
+
+    /// Whether I/O may be sent to the device.
+    pub(crate) fn is_usable(&self) -> bool {
+        !self.broken.load(Ordering::Acquire) && !self.disabled.load(Ordering::Acquire)
+    }
+
+    /// Records a protocol violation: logs it the first time, and stops
+    /// trusting the device.
+    pub(crate) fn protocol_error(&self, kind: ProtocolError, detail: fmt::Arguments<'_>) {
+        let bit = kind as u32;
+        if self.reported.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+            dev_err!(self.pdev, "device error ({kind:?}): {detail}; not trusting it any more\n");
+        }
+        self.broken.store(true, Ordering::Release);
+    }
+
+    /// Disables the controller (CC.EN = 0) and waits until it is not ready.
+    fn disable(&self) -> Result {
+        self.with_regs(|regs| {
+            let cc = regs.cc()?;
+            if cc.en() {
+                regs.set_cc(Cc(cc.0 & !Cc::EN))?;
+            }
+            read_poll_timeout(
+                || regs.csts(),
+                |csts| !csts.rdy() || csts.0 == u32::MAX,
+                Delta::from_millis(1),
+                self.caps.ready_timeout,
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Resets and enables the controller with a fresh admin queue pair.
+    pub(crate) fn enable(&self, dev: &device::Device<device::Bound>) -> Result {
+        self.disable()
+            .inspect_err(|e| dev_err!(self.pdev, "controller does not disable: {e:?}\n"))?;
+        let entries = ADMIN_ENTRIES.min(self.caps.max_queue_entries.min(4096) as u16);
+        let sq = SubmissionRing::new(dev, entries)?;
+        let cq = CompletionRing::new(dev, entries)?;
+        self.with_regs(|regs| {
+            regs.set_admin_queues(Aqa::new(entries, entries), sq.dma_address(), cq.dma_address())?;
+            regs.set_cc(Cc::enable_default())?;
+            let csts = read_poll_timeout(
+                || regs.csts(),
+                |csts| csts.rdy() || csts.cfs() || csts.0 == u32::MAX,
+                Delta::from_millis(1),
+                self.caps.ready_timeout,
+            )
+            .inspect_err(|e| dev_err!(self.pdev, "controller does not become ready: {e:?}\n"))?;
+            if !csts.rdy() || csts.cfs() || csts.0 == u32::MAX {
+                dev_err!(self.pdev, "controller failed while enabling (CSTS {:#x})\n", csts.0);
+                return Err(EIO);
+            }
+            Ok(())
+        })?;
+        *self.admin.lock() = Some(AdminQueue { sq, cq, next_cid: 0 });
+        self.disabled.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Sends an admin command and polls for its completion. Returns the
+    /// completion's DW0.
+    pub(crate) fn admin_command(&self, mut sqe: SubmissionEntry) -> Result<u32> {
+        if !self.is_usable() {
+            return Err(EIO);
+        }
+        let mut guard = self.admin.lock();
+        let admin: &mut AdminQueue = match &mut *guard {
+            Some(admin) => admin,
+            None => return Err(EIO),
+        };
+        let cid = admin.next_cid;
+        admin.next_cid = admin.next_cid.wrapping_add(1);
+        sqe.set_cid(cid);
+        admin.sq.push(&sqe)?;
+        if let Some(tail) = admin.sq.take_unpublished() {
+            self.with_regs(|r| r.ring(0, DoorbellKind::SubmissionTail, self.caps.dstrd, tail))?;
+        }
+        let start: Instant<Monotonic> = Instant::now();
+        let cqe = loop {
+            if let Some(cqe) = admin.cq.pop() {
+                let head = admin.cq.head();
+                self.with_regs(|r| r.ring(0, DoorbellKind::CompletionHead, self.caps.dstrd, head))?;
+                break cqe;
+            }
+            if start.elapsed() > ADMIN_TIMEOUT {
+                dev_err!(self.pdev, "admin command {:#x} timed out\n", sqe.opcode());
+                self.protocol_error(ProtocolError::Fatal, format_args!("admin command timeout"));
+                return Err(ETIMEDOUT);
+            }
+            fsleep(Delta::from_micros(200));
+        };
+        self.check_admin_completion(admin, &cqe, cid)
+    }
+
+    fn check_admin_completion(&self, admin: &mut AdminQueue, cqe: &CompletionEntry, cid: u16) -> Result<u32> {
+        if cqe.queue() != 0 {
+            self.protocol_error(ProtocolError::BadSqId, format_args!("admin completion for SQ {}", cqe.queue()));
+            return Err(EIO);
+        }
+        if admin.sq.set_head(cqe.head()).is_err() {
+            self.protocol_error(ProtocolError::BadSqHead, format_args!("admin SQ head {}", cqe.head()));
+            return Err(EIO);
+        }
+        if cqe.command_id() != cid {
+            self.protocol_error(
+                ProtocolError::UnknownCommand,
+                format_args!("admin completion for command {} while {} is outstanding", cqe.command_id(), cid),
+            );
+            return Err(EIO);
+        }
+        match status_to_result(cqe.status()) {
+            Ok(()) => Ok(cqe.result.get()),
+            Err(Some(e)) => {
+                dev_dbg!(self.pdev, "admin command failed, status {:#x}\n", cqe.status().0);
+                Err(e)
+            }
+            Err(None) => {
+                self.protocol_error(ProtocolError::BadStatus, format_args!("admin status {:#x}", cqe.status().0));
+                Err(EIO)
+            }
+        }
+    }
+
+    /// Stops the controller for good: shutdown notification when it still
+    /// works, then disable. Idempotent.
+    pub(crate) fn shutdown(&self) {
+        if self.disabled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if !self.broken.load(Ordering::Acquire) {
+            let _ = self.with_regs(|regs| {
+                let cc = regs.cc()?;
+                regs.set_cc(cc.with_shn(Cc::SHN_NORMAL))?;
+                read_poll_timeout(
+                    || regs.csts(),
+                    |csts| csts.shst() == 2 || csts.0 == u32::MAX,
+                    Delta::from_millis(1),
+                    self.caps.ready_timeout,
+                )
+                .map(|_| ())
+            })
+            .inspect_err(|e| dev_warn!(self.pdev, "shutdown did not complete: {e:?}\n"));
+        }
+        if let Err(e) = self.disable() {
+            dev_warn!(self.pdev, "controller does not disable: {e:?}\n");
+        }
+        *self.admin.lock() = None;
+    }
+
+    /// Disables a failed controller so it stops touching host memory.
+    /// Returns whether this call did it (the first one does).
+    pub(crate) fn fail(&self) -> bool {
+        self.broken.store(true, Ordering::Release);
+        if self.disabled.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        if let Err(e) = self.disable() {
+            dev_err!(self.pdev, "failed controller does not disable: {e:?}\n");
+        }
+        true
+    }
+}
+
+/// BAR0 must cover at least the registers and doorbells the driver uses.
+const _: () = assert!(BAR0_SIZE >= 0x1008);

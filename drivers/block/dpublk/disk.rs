@@ -1,0 +1,74 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Namespaces as blk-mq disks: `/dev/dpublk0`, `/dev/dpublk1`, ...
+//!
+//! All namespaces of a controller share one tag set whose hardware queues
+//! are the controller's I/O queue pairs.
+
+use crate::{
+    blk_mq::{self, OwnedRequest, Request, TimeoutAction},
+    controller::Controller,
+    io_queue::{IoQueue, NamespaceFormat},
+};
+use kernel::{prelude::*, sync::Arc};
+
+/// The I/O queue pairs of one controller: the tag set's data.
+pub(crate) struct IoQueues {
+    pub(crate) ctrl: Arc<Controller>,
+    pub(crate) queues: KVec<Arc<IoQueue>>,
+}
+
+impl IoQueues {
+    /// Disables a failed controller and fails everything it had in flight.
+    pub(crate) fn fail_all(&self) {
+        if self.ctrl.fail() {
+            dev_err!(self.ctrl.pdev(), "controller disabled after a failure; failing outstanding I/O\n");
+        }
+        let cancelled: usize = self.queues.iter().map(|q| q.cancel_all(EIO)).sum();
+        if cancelled > 0 {
+            dev_err!(self.ctrl.pdev(), "failed {cancelled} outstanding requests\n");
+        }
+    }
+}
+
+/// The blk-mq operations of dpublk disks.
+pub(crate) struct BlockOps;
+
+impl blk_mq::Operations for BlockOps {
+    type TagSetData = IoQueues;
+    type HwQueue = IoQueue;
+    type DiskData = NamespaceFormat;
+
+    fn hw_queue(set: &IoQueues, index: u32) -> Result<&IoQueue> {
+        set.queues.get(index as usize).map(|q| &**q).ok_or(EINVAL)
+    }
+
+    fn queue_rq(
+        hwq: &IoQueue,
+        ns: &NamespaceFormat,
+        rq: OwnedRequest,
+        is_last: bool,
+    ) -> Result<(), (OwnedRequest, Error)> {
+        hwq.submit(ns, rq, is_last)
+    }
+
+    fn commit_rqs(hwq: &IoQueue) {
+        hwq.commit();
+    }
+
+    fn timeout(set: &IoQueues, hwq: &IoQueue, rq: &Request) -> TimeoutAction {
+        // A lost interrupt looks like a timeout: look at the ring first.
+        hwq.process_completions();
+        if !hwq.is_outstanding(rq) {
+            return TimeoutAction::Done;
+        }
+        dev_warn!(
+            set.ctrl.pdev(),
+            "command (tag {}) on queue {} timed out\n",
+            rq.tag(),
+            hwq.qid()
+        );
+        set.fail_all();
+        TimeoutAction::Done
+    }
+}

@@ -1,0 +1,440 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! I/O queue pairs: one submission and one completion ring, the command
+//! slots of their tags, and the completion interrupt.
+//!
+//! # Command slots
+//!
+//! Tag `t` of a hardware queue owns slot `t`: its PRP list page, its
+//! scatterlist, and the request while the device works on it. Command IDs
+//! are `t` plus a per-slot generation in the upper bits, so a completion
+//! for a command that already completed (or never existed) is recognised.
+//! A request leaves its slot exactly once, through
+//! [`RequestSlot::take`](crate::blk_mq::RequestSlot::take), and only with
+//! the completion ring lock held: by the completion path, or by the
+//! failure path once the controller is disabled.
+
+use crate::{
+    blk_mq::{Op, OwnedRequest, Request, RequestSgl, RequestSlot},
+    controller::{status_to_result, Controller, ProtocolError},
+    prp,
+    queue::{CompletionRing, SubmissionRing},
+    shim::{
+        cqe::CompletionEntry,
+        opcode::io,
+        registers::DoorbellKind,
+        sqe::{self, BlockRange, DatasetManagement, SubmissionEntry},
+    },
+};
+use core::{
+    cell::UnsafeCell,
+    sync::atomic::{AtomicU16, Ordering},
+};
+use kernel::{
+    device,
+    dma::Coherent,
+    irq::{Handler, IrqReturn},
+    new_spinlock_irq,
+    prelude::*,
+    sync::{Arc, SpinLockIrq},
+};
+
+/// Most data segments of one request.
+pub(crate) const MAX_SEGMENTS: u32 = 128;
+/// Largest transfer of one request: with page-aligned inner segments it
+/// needs at most `MAX_TRANSFER / 4096 + 1` PRP entries, well within one list
+/// page.
+pub(crate) const MAX_TRANSFER: u32 = 512 * 1024;
+/// Bits of a command ID that hold the tag.
+const TAG_BITS: u32 = 10;
+const TAG_MASK: u16 = (1 << TAG_BITS) - 1;
+/// Most entries per I/O queue; queue depth is one less.
+pub(crate) const MAX_QUEUE_ENTRIES: u16 = 1 << TAG_BITS;
+
+const _: () = assert!((MAX_TRANSFER as u64 / prp::PAGE) as usize + 1 < prp::LIST_ENTRIES);
+
+/// What a namespace needs to turn requests into commands.
+pub(crate) struct NamespaceFormat {
+    /// Namespace ID.
+    pub(crate) nsid: u32,
+    /// log2 of the logical block size (9..=12).
+    pub(crate) lba_shift: u32,
+}
+
+/// The command slot of one tag.
+struct CommandSlot {
+    request: RequestSlot,
+    /// Command ID of the command in flight from this slot.
+    cid: AtomicU16,
+    generation: AtomicU16,
+    /// Owned by the request that holds this slot's tag.
+    sgl: UnsafeCell<RequestSgl>,
+}
+
+// SAFETY: `request`, `cid` and `generation` are atomics. `sgl` is only
+// accessed by the owner of the slot's tag: the request in `queue_rq`, then
+// whoever takes it out of `request` (see the module documentation).
+unsafe impl Sync for CommandSlot {}
+// SAFETY: As above; nothing in a slot is tied to a thread.
+unsafe impl Send for CommandSlot {}
+
+/// An I/O queue pair.
+#[pin_data]
+pub(crate) struct IoQueue {
+    qid: u16,
+    depth: u16,
+    ctrl: Arc<Controller>,
+    #[pin]
+    sq: SpinLockIrq<SubmissionRing>,
+    #[pin]
+    cq: SpinLockIrq<CompletionRing>,
+    slots: KVec<CommandSlot>,
+    /// One PRP list page per tag.
+    prp_lists: Coherent<[u64]>,
+}
+
+impl IoQueue {
+    /// Allocates queue pair `qid` with `entries` entries per ring (the
+    /// device does not know about it yet).
+    pub(crate) fn new(
+        ctrl: Arc<Controller>,
+        dev: &device::Device<device::Bound>,
+        qid: u16,
+        entries: u16,
+    ) -> Result<Arc<Self>> {
+        if !(2..=MAX_QUEUE_ENTRIES).contains(&entries) {
+            return Err(EINVAL);
+        }
+        let depth = entries - 1;
+        let mut slots = KVec::with_capacity(usize::from(depth), GFP_KERNEL)?;
+        for _ in 0..depth {
+            slots.push(
+                CommandSlot {
+                    request: RequestSlot::new(),
+                    cid: AtomicU16::new(0),
+                    generation: AtomicU16::new(0),
+                    sgl: UnsafeCell::new(RequestSgl::new(MAX_SEGMENTS)?),
+                },
+                GFP_KERNEL,
+            )?;
+        }
+        let prp_lists = Coherent::zeroed_slice(dev, usize::from(depth) * prp::LIST_ENTRIES, GFP_KERNEL)?;
+        let sq = SubmissionRing::new(dev, entries)?;
+        let cq = CompletionRing::new(dev, entries)?;
+        Arc::pin_init(
+            try_pin_init!(Self {
+                qid,
+                depth,
+                ctrl,
+                sq <- new_spinlock_irq!(sq),
+                cq <- new_spinlock_irq!(cq),
+                slots,
+                prp_lists,
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// Queue ID.
+    pub(crate) fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    /// Bus addresses of the submission and completion rings.
+    pub(crate) fn ring_addresses(&self) -> (u64, u64) {
+        (self.sq.lock().dma_address(), self.cq.lock().dma_address())
+    }
+
+    fn dma_dev(&self) -> &device::Device {
+        self.ctrl.pdev().as_ref()
+    }
+
+    /// The PRP list page of `tag` and its bus address.
+    ///
+    /// # Safety
+    ///
+    /// The caller must own the request holding `tag`, and the device must
+    /// not be working on a command that uses the page.
+    #[expect(clippy::mut_from_ref)]
+    unsafe fn prp_list(&self, tag: usize) -> (&mut [u64], u64) {
+        let offset = tag * prp::LIST_ENTRIES;
+        // SAFETY: `tag < depth`, so the page is inside `prp_lists`; the page
+        // belongs to the tag's owner (caller's guarantee) and the device
+        // only reads it while the command is outstanding, which is not the
+        // case while the owner builds or reads it.
+        let list = unsafe {
+            core::slice::from_raw_parts_mut(
+                self.prp_lists.as_mut_ptr().cast::<u64>().add(offset),
+                prp::LIST_ENTRIES,
+            )
+        };
+        let addr = self.prp_lists.dma_address() + (offset * 8) as u64;
+        (list, addr)
+    }
+
+    /// Turns `rq` into a command, mapping its data for the device.
+    fn build_command(&self, ns: &NamespaceFormat, rq: &Request, slot: &CommandSlot, tag: usize) -> Result<SubmissionEntry> {
+        let shift = ns.lba_shift;
+        let bytes = rq.bytes();
+        let blocks = bytes >> shift;
+        let slba = rq.sector() >> (shift - 9);
+        let op = rq.op();
+        let range = |deallocate: bool| BlockRange {
+            nsid: ns.nsid,
+            slba,
+            blocks,
+            fua: op == Op::Write && rq.is_fua(),
+            deallocate,
+        };
+        let needs_blocks = matches!(op, Op::Read | Op::Write | Op::WriteZeroes | Op::Discard);
+        if needs_blocks && (blocks == 0 || bytes & ((1 << shift) - 1) != 0) {
+            return Err(EIO);
+        }
+        match op {
+            Op::Read | Op::Write => {
+                if blocks > 0x1_0000 {
+                    return Err(EIO);
+                }
+                // SAFETY: This request owns the tag and so the slot's
+                // scatterlist; the device is bound while disks exist.
+                let sgl = unsafe { &mut *slot.sgl.get() };
+                // SAFETY: The DMA device is bound while requests can be
+                // queued (disks are removed before unbind completes), and the
+                // request is owned until it ends, after `unmap`.
+                unsafe { sgl.map(self.dma_dev(), rq)? };
+                // SAFETY: This request owns the tag; the previous command of
+                // the tag completed.
+                let (list, list_addr) = unsafe { self.prp_list(tag) };
+                let prps = prp::build(
+                    sgl.segments().map(|s| (s.addr, s.len)),
+                    u64::from(bytes),
+                    list,
+                    list_addr,
+                );
+                let prps = match prps {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // SAFETY: Mapped just above for the same device.
+                        unsafe { sgl.unmap(self.dma_dev()) };
+                        return Err(e);
+                    }
+                };
+                let opcode = if op == Op::Read { io::READ } else { io::WRITE };
+                let mut sqe = range(false).encode(opcode, 0);
+                sqe.prp1.set(prps.prp1);
+                sqe.prp2.set(prps.prp2);
+                Ok(sqe)
+            }
+            Op::Flush => Ok(sqe::flush(ns.nsid, 0)),
+            Op::WriteZeroes => {
+                if blocks > 0x1_0000 {
+                    return Err(EIO);
+                }
+                Ok(range(false).encode(io::WRITE_ZEROES, 0))
+            }
+            Op::Discard => {
+                // One range, carried in the tag's PRP list page.
+                // SAFETY: As for reads and writes.
+                let (list, list_addr) = unsafe { self.prp_list(tag) };
+                list[0] = (u64::from(blocks) << 32).to_le();
+                list[1] = slba.to_le();
+                let mut sqe = DatasetManagement {
+                    nsid: ns.nsid,
+                    ranges: 1,
+                    deallocate: true,
+                }
+                .encode(0);
+                sqe.prp1.set(list_addr);
+                Ok(sqe)
+            }
+            Op::Other(_) => Err(EOPNOTSUPP),
+        }
+    }
+
+    /// Submits `rq` for namespace `ns`.
+    pub(crate) fn submit(&self, ns: &NamespaceFormat, rq: OwnedRequest, last: bool) -> Result<(), (OwnedRequest, Error)> {
+        if !self.ctrl.is_usable() {
+            return Err((rq, EIO));
+        }
+        let tag = rq.tag() as usize;
+        let Some(slot) = self.slots.get(tag) else {
+            return Err((rq, EIO));
+        };
+        let mut sqe = match self.build_command(ns, &rq, slot, tag) {
+            Ok(sqe) => sqe,
+            Err(e) => return Err((rq, e)),
+        };
+        let generation = slot.generation.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        let cid = (tag as u16) | (generation << TAG_BITS);
+        sqe.set_cid(cid);
+        slot.cid.store(cid, Ordering::Relaxed);
+        if let Err(rq) = slot.request.put(rq) {
+            // SAFETY: The request still owns its tag and the mapping.
+            unsafe { (*slot.sgl.get()).unmap(self.dma_dev()) };
+            return Err((rq, EIO));
+        }
+        let mut sq = self.sq.lock();
+        if sq.push(&sqe).is_err() {
+            drop(sq);
+            // Cannot happen (at most `depth` commands are outstanding), but
+            // if it did, take the request back under the completion lock.
+            let _cq = self.cq.lock();
+            return match slot.request.take() {
+                Some(rq) => {
+                    // SAFETY: This path took the request back and owns it.
+                    unsafe { (*slot.sgl.get()).unmap(self.dma_dev()) };
+                    Err((rq, EBUSY))
+                }
+                None => Ok(()),
+            };
+        }
+        if last {
+            self.publish(&mut sq);
+        }
+        Ok(())
+    }
+
+    fn publish(&self, sq: &mut SubmissionRing) {
+        if let Some(tail) = sq.take_unpublished() {
+            let caps = self.ctrl.caps();
+            if let Err(e) = self.ctrl.with_regs(|r| r.ring(self.qid, DoorbellKind::SubmissionTail, caps.dstrd, tail)) {
+                // The command times out and the controller is failed then.
+                dev_warn_ratelimited(self.ctrl.pdev(), e);
+            }
+        }
+    }
+
+    /// Rings the doorbell for commands queued without it.
+    pub(crate) fn commit(&self) {
+        let mut sq = self.sq.lock();
+        self.publish(&mut sq);
+    }
+
+    /// Handles posted completions. Returns whether there were any.
+    pub(crate) fn process_completions(&self) -> bool {
+        let mut cq = self.cq.lock();
+        let mut any = false;
+        let mut sq_head = None;
+        while self.ctrl.is_usable() {
+            let Some(cqe) = cq.pop() else { break };
+            any = true;
+            match self.complete_one(&cqe) {
+                Ok(()) => sq_head = Some(cqe.head()),
+                Err(()) => break,
+            }
+        }
+        if any {
+            let head = cq.head();
+            let caps = self.ctrl.caps();
+            let _ = self
+                .ctrl
+                .with_regs(|r| r.ring(self.qid, DoorbellKind::CompletionHead, caps.dstrd, head));
+        }
+        drop(cq);
+        if let Some(head) = sq_head {
+            // Range checked in `complete_one`.
+            let _ = self.sq.lock().set_head(head);
+        }
+        any
+    }
+
+    /// Validates one completion and ends its request. `Err` means the
+    /// device broke the protocol; the entry is not trusted.
+    fn complete_one(&self, cqe: &CompletionEntry) -> Result<(), ()> {
+        if cqe.queue() != self.qid {
+            self.ctrl.protocol_error(
+                ProtocolError::BadSqId,
+                format_args!("completion on queue {} names SQ {}", self.qid, cqe.queue()),
+            );
+            return Err(());
+        }
+        if cqe.head() > self.depth {
+            self.ctrl.protocol_error(
+                ProtocolError::BadSqHead,
+                format_args!("SQ {} head {} beyond {} entries", self.qid, cqe.head(), self.depth + 1),
+            );
+            return Err(());
+        }
+        let cid = cqe.command_id();
+        let slot = self.slots.get(usize::from(cid & TAG_MASK));
+        let rq = slot.and_then(|slot| {
+            // With the completion lock held nobody else takes from the
+            // slot, so an occupied slot's `cid` belongs to its occupant.
+            if slot.request.is_occupied() && slot.cid.load(Ordering::Relaxed) == cid {
+                slot.request.take().map(|rq| (slot, rq))
+            } else {
+                None
+            }
+        });
+        let Some((slot, rq)) = rq else {
+            self.ctrl.protocol_error(
+                ProtocolError::UnknownCommand,
+                format_args!("completion for unknown command {cid:#x} on queue {}", self.qid),
+            );
+            return Err(());
+        };
+        let result = match status_to_result(cqe.status()) {
+            Ok(()) => Ok(()),
+            Err(Some(e)) => Err(e),
+            Err(None) => {
+                self.ctrl.protocol_error(
+                    ProtocolError::BadStatus,
+                    format_args!("status {:#x} for command {cid:#x}", cqe.status().0),
+                );
+                Err(EIO)
+            }
+        };
+        // SAFETY: Taking the request from the slot made this path its owner,
+        // and the device is done with its data (it completed the command).
+        unsafe { (*slot.sgl.get()).unmap(self.dma_dev()) };
+        rq.end(result);
+        if self.ctrl.is_usable() {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    /// Whether `rq` is waiting in its slot for the device.
+    pub(crate) fn is_outstanding(&self, rq: &Request) -> bool {
+        self.slots
+            .get(rq.tag() as usize)
+            .is_some_and(|slot| slot.request.holds(rq))
+    }
+
+    /// Ends every outstanding request with `err`.
+    ///
+    /// The controller must be disabled: the device must not touch the
+    /// requests' memory any more.
+    pub(crate) fn cancel_all(&self, err: Error) -> usize {
+        let _cq = self.cq.lock();
+        let mut cancelled = 0;
+        for slot in self.slots.iter() {
+            if let Some(rq) = slot.request.take() {
+                // SAFETY: Taking the request made this path its owner; the
+                // controller is disabled (caller's guarantee).
+                unsafe { (*slot.sgl.get()).unmap(self.dma_dev()) };
+                rq.end(Err(err));
+                cancelled += 1;
+            }
+        }
+        cancelled
+    }
+}
+
+fn dev_warn_ratelimited(pdev: &kernel::pci::Device, e: Error) {
+    dev_warn!(pdev, "doorbell write failed: {e:?}\n");
+}
+
+/// The completion interrupt of one queue pair.
+pub(crate) struct QueueIrq(pub(crate) Arc<IoQueue>);
+
+impl Handler for QueueIrq {
+    fn handle(&self) -> IrqReturn {
+        if self.0.process_completions() {
+            IrqReturn::Handled
+        } else {
+            IrqReturn::None
+        }
+    }
+}
