@@ -3,10 +3,12 @@
 //! Encryption is the last transform before the media: a block is
 //! deduplicated and compressed first, then the stored bytes (a whole raw
 //! block, or one compressed slot of a packed block) are encrypted as one XTS
-//! data unit. The tweak is the record's *physical* location in the pool, not
-//! the logical sector: a deduplicated or snapshot-shared record is read
-//! through many logical sectors, and a logical tweak would leave it
-//! decryptable from only one of them.
+//! data unit. The tweak is the stored record's id, not the logical sector:
+//! a deduplicated or snapshot-shared record is read through many logical
+//! sectors, and a logical tweak would leave it decryptable from only one of
+//! them. Record ids are never reused, so each stored unit has a tweak of its
+//! own, and unlike a physical address the id stays the same when the record
+//! is moved, so compaction can relocate ciphertext without the key.
 
 use aes::cipher::{Array, BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use aes::Aes256;
@@ -105,10 +107,11 @@ impl Cipher {
         })
     }
 
-    /// XORs every AES block of `unit` with its XTS tweak: the encrypted
-    /// location, multiplied by α once more for each block (IEEE 1619).
-    fn whiten(&self, blocks: &mut [Array<u8, aes::cipher::consts::U16>], location: u64) {
-        let mut tweak = Array(u128::from(location).to_le_bytes());
+    /// XORs every AES block of a unit with its XTS tweak: the encrypted
+    /// unit number (the sector number of dm-crypt), multiplied by α once
+    /// more for each block (IEEE 1619).
+    fn whiten(&self, blocks: &mut [Array<u8, aes::cipher::consts::U16>], unit_number: u64) {
+        let mut tweak = Array(u128::from(unit_number).to_le_bytes());
         self.tweak.encrypt_block(&mut tweak);
         let mut t = u128::from_le_bytes(tweak.0);
         for block in blocks {
@@ -126,24 +129,24 @@ impl Cipher {
         (rest.is_empty() && !blocks.is_empty() && blocks.len() <= MAX_UNIT_BLOCKS).then_some(blocks)
     }
 
-    /// Encrypts one data unit stored at `location`. Units are whole AES
+    /// Encrypts data unit `unit_number`. Units are whole AES
     /// blocks by construction (raw blocks, or packed slots of 16-byte
     /// units); anything else is a bug and is left as it is.
-    pub(crate) fn encrypt(&self, unit: &mut [u8], location: u64) {
+    pub(crate) fn encrypt(&self, unit: &mut [u8], unit_number: u64) {
         debug_assert!(unit.len().is_multiple_of(16) && !unit.is_empty());
         if let Some(blocks) = Self::blocks(unit) {
-            self.whiten(blocks, location);
+            self.whiten(blocks, unit_number);
             self.data.encrypt_blocks(blocks);
-            self.whiten(blocks, location);
+            self.whiten(blocks, unit_number);
         }
     }
 
-    /// Decrypts one data unit stored at `location`.
-    pub(crate) fn decrypt(&self, unit: &mut [u8], location: u64) {
+    /// Decrypts data unit `unit_number`.
+    pub(crate) fn decrypt(&self, unit: &mut [u8], unit_number: u64) {
         if let Some(blocks) = Self::blocks(unit) {
-            self.whiten(blocks, location);
+            self.whiten(blocks, unit_number);
             self.data.decrypt_blocks(blocks);
-            self.whiten(blocks, location);
+            self.whiten(blocks, unit_number);
         }
     }
 
@@ -194,14 +197,14 @@ mod tests {
             Aes256::new_from_slice(&k.bytes[..32]).unwrap(),
             Aes256::new_from_slice(&k.bytes[32..]).unwrap(),
         );
-        for (len, location) in [(16, 0u64), (48, 99), (1024, 1 << 40), (4096, 7 << 8 | 3)] {
+        for (len, unit_number) in [(16, 0u64), (48, 99), (1024, 1 << 40), (4096, 7 << 8 | 3)] {
             let plain: Vec<u8> = (0..len).map(|i| (i * 31 % 256) as u8).collect();
             let mut ours = plain.clone();
-            cipher.encrypt(&mut ours, location);
+            cipher.encrypt(&mut ours, unit_number);
             let mut theirs = plain.clone();
-            reference.encrypt_sector(&mut theirs, get_tweak_default(u128::from(location)));
+            reference.encrypt_sector(&mut theirs, get_tweak_default(u128::from(unit_number)));
             assert_eq!(ours, theirs, "len {len}");
-            cipher.decrypt(&mut ours, location);
+            cipher.decrypt(&mut ours, unit_number);
             assert_eq!(ours, plain);
         }
     }

@@ -168,11 +168,6 @@ pub(crate) struct Record {
 }
 
 impl Record {
-    /// The XTS tweak: a number unique to this stored location.
-    pub(crate) fn location(&self) -> u64 {
-        (self.block << 8) | u64::from(self.unit)
-    }
-
     pub(crate) fn stored_bytes(&self) -> u64 {
         u64::from(self.units) * super::reduce::UNIT as u64
     }

@@ -652,8 +652,13 @@ impl PoolState {
             fingerprint: fp.filter(|fp| !self.index.contains_key(&(domain, *fp))),
             refs: 0,
         };
+        // The id is taken before the write and never handed out again, even
+        // if the write fails: it is the record's XTS tweak, and a tweak must
+        // not encrypt two different plaintexts.
+        let rid = self.meta.next_record;
+        self.meta.next_record += 1;
         if let Some(c) = cipher {
-            c.encrypt(&mut bytes.0, rec.location());
+            c.encrypt(&mut bytes.0, rid);
         }
         if let Err(e) = self
             .media
@@ -665,8 +670,6 @@ impl PoolState {
             }
             return Err(e.into());
         }
-        let rid = self.meta.next_record;
-        self.meta.next_record += 1;
         self.created.insert(rid);
         self.live[block as usize] += 1;
         if let Some(fp) = rec.fingerprint {
@@ -763,14 +766,14 @@ impl PoolState {
         if rec.codec == Compression::None {
             self.media.read_at(offset, out)?;
             if let Some(c) = cipher {
-                c.decrypt(out, rec.location());
+                c.decrypt(out, rid);
             }
             return Ok(());
         }
         let mut bytes = vec![0u8; rec.stored_bytes() as usize];
         self.media.read_at(offset, &mut bytes)?;
         if let Some(c) = cipher {
-            c.decrypt(&mut bytes, rec.location());
+            c.decrypt(&mut bytes, rid);
         }
         decompress(rec.codec, &bytes[..usize::from(rec.len)], out)
     }
@@ -836,6 +839,7 @@ impl PoolState {
                 "volume size {size_bytes} is not a positive multiple of {BLOCK_SIZE}"
             )));
         }
+        self.ensure_room(0, 1, 1)?;
         // Volumes with the same key share a key domain, and so can share
         // deduplicated blocks.
         let domain = match key {
@@ -869,7 +873,6 @@ impl PoolState {
                 }
             }
         };
-        self.ensure_room(0, 1, 1)?;
         let id = self.meta.next_volume;
         self.meta.next_volume += 1;
         self.meta.volumes.insert(
