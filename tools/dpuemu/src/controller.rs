@@ -476,6 +476,15 @@ impl Controller {
             Some("admin queues smaller than 2 entries")
         } else if r.asq & 0xfff != 0 || r.acq & 0xfff != 0 || r.asq == 0 || r.acq == 0 {
             Some("admin queue addresses not page aligned")
+        } else if r
+            .asq
+            .checked_add(u64::from(aqa.sq_entries()) * 64)
+            .is_none()
+            || r.acq
+                .checked_add(u64::from(aqa.cq_entries()) * 16)
+                .is_none()
+        {
+            Some("admin queues wrap the address space")
         } else {
             None
         };

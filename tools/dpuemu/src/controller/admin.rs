@@ -22,6 +22,13 @@ use super::{lock, Controller, Personality, ShadowBuffers, AER_LIMIT, ERROR_LOG_E
 /// Result of a command handler: DW0 on success, or the failure status.
 pub(super) type CommandResult = Result<u32, Status>;
 
+/// Last byte address of a ring of `entries` entries of `size` bytes at
+/// `base`, or Invalid Field if the ring would wrap the address space.
+fn ring_end(base: u64, entries: u32, size: u64) -> Result<u64, Status> {
+    base.checked_add(u64::from(entries) * size - 1)
+        .ok_or(Status::INVALID_FIELD)
+}
+
 impl Controller {
     /// Executes one admin command. `None` means the command stays
     /// outstanding (Asynchronous Event Request).
@@ -323,7 +330,7 @@ impl Controller {
         // The whole ring must be guest memory now (it is checked on every
         // access again, as mappings can change).
         let mut probe = [0u8; 1];
-        let last = cmd.base + u64::from(cmd.entries) * 16 - 1;
+        let last = ring_end(cmd.base, cmd.entries, 16)?;
         if self.memory.read(cmd.base, &mut probe).is_err()
             || self.memory.read(last, &mut probe).is_err()
         {
@@ -359,7 +366,7 @@ impl Controller {
             return Err(Status::INVALID_FIELD);
         }
         let mut probe = [0u8; 1];
-        let last = cmd.base + u64::from(cmd.entries) * 64 - 1;
+        let last = ring_end(cmd.base, cmd.entries, 64)?;
         if self.memory.read(cmd.base, &mut probe).is_err()
             || self.memory.read(last, &mut probe).is_err()
         {

@@ -394,6 +394,14 @@ fn bad_enable_sets_fatal_status() {
     assert_eq!(host.read32(regs::CSTS), Csts::CFS);
     host.write32(regs::CC, 0);
     assert_eq!(host.read32(regs::CSTS), 0);
+    // Admin queues that would wrap the address space.
+    host.write32(regs::CC, 0);
+    host.write32(regs::AQA, Aqa::new(4096, 4).0);
+    host.ctrl
+        .mmio_write(regs::ASQ as u64, &0xffff_ffff_ffff_f000u64.to_le_bytes());
+    host.write32(regs::CC, Cc::enable_default().0);
+    assert_eq!(host.read32(regs::CSTS), Csts::CFS);
+    host.write32(regs::CC, 0);
     // 8 KiB pages are not supported.
     host.ctrl.mmio_write(regs::ASQ as u64, &ASQ.to_le_bytes());
     host.write32(regs::CC, Cc::enable_default().0 | 1 << 7);
@@ -597,6 +605,21 @@ fn features_and_queue_lifecycle() {
         ),
         Status::INVALID_FIELD
     );
+    let wrap = CreateIoCq {
+        base: 0xffff_ffff_ffff_f000,
+        entries: 1024,
+        ..cq2
+    };
+    assert_eq!(host.admin_status(wrap.encode(0)), Status::INVALID_FIELD);
+    let sq_wrap = CreateIoSq {
+        qid: 2,
+        entries: 1024,
+        base: 0xffff_ffff_ffff_f000,
+        contiguous: true,
+        priority: 0,
+        cqid: 1,
+    };
+    assert_eq!(host.admin_status(sq_wrap.encode(0)), Status::INVALID_FIELD);
     let sq2 = CreateIoSq {
         qid: 2,
         entries: 64,
