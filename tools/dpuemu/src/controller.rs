@@ -21,7 +21,7 @@ mod tests;
 mod vendor;
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 
 use log::{debug, error, info, warn};
 use nvme_shim::log_page::ErrorLogEntry;
@@ -235,6 +235,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// An NVMe-style controller.
 pub struct Controller {
+    /// The `Arc` this controller lives in, for work handed to other threads.
+    this: Weak<Controller>,
     config: ControllerConfig,
     personality: Personality,
     namespaces: RwLock<Vec<NamespaceSlot>>,
@@ -261,12 +263,13 @@ impl Controller {
         namespaces: Vec<NamespaceSlot>,
         memory: Arc<dyn GuestMemory>,
         interrupts: Arc<dyn InterruptSink>,
-    ) -> Self {
+    ) -> Arc<Self> {
         let queues = usize::from(config.io_queues) + 1;
         let workers = config.workers.max(1);
         let mut features = [0u32; 16];
         features[usize::from(nvme_shim::opcode::feature::VOLATILE_WRITE_CACHE)] = 1;
-        Self {
+        Arc::new_cyclic(|this| Self {
+            this: this.clone(),
             personality,
             namespaces: RwLock::new(namespaces),
             memory,
@@ -298,7 +301,7 @@ impl Controller {
             signals: (0..workers).map(|_| WorkerSignal::default()).collect(),
             stop: AtomicBool::new(false),
             config,
-        }
+        })
     }
 
     /// The controller's configuration.
@@ -446,11 +449,33 @@ impl Controller {
             return;
         }
         if new.en() && new.shn() != 0 && old.shn() == 0 {
-            self.flush_all();
-            r.csts = r.csts & !Csts::SHST_MASK | Csts::SHST_COMPLETE;
-            info!("{}: shutdown complete", self.config.name);
+            // Flushing can take long; the register write must not (the
+            // client waits for it), so report "occurring" and flush in the
+            // background. The host polls CSTS.SHST.
+            r.csts = r.csts & !Csts::SHST_MASK | Csts::SHST_OCCURRING;
+            let this = self.this.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("{}-shutdown", self.config.name))
+                .spawn(move || {
+                    if let Some(ctrl) = this.upgrade() {
+                        ctrl.finish_shutdown();
+                    }
+                });
+            if spawned.is_err() {
+                self.flush_all();
+                r.csts = r.csts & !Csts::SHST_MASK | Csts::SHST_COMPLETE;
+            }
         } else if new.shn() == 0 && old.shn() != 0 {
             r.csts &= !Csts::SHST_MASK;
+        }
+    }
+
+    fn finish_shutdown(&self) {
+        self.flush_all();
+        let mut r = lock(&self.registers);
+        if r.csts & Csts::SHST_MASK == Csts::SHST_OCCURRING {
+            r.csts = r.csts & !Csts::SHST_MASK | Csts::SHST_COMPLETE;
+            info!("{}: shutdown complete", self.config.name);
         }
     }
 

@@ -106,13 +106,13 @@ fn make_function(
         vectors,
         workers: options.workers,
     };
-    let controller = Arc::new(Controller::new(
+    let controller = Controller::new(
         config,
         personality,
         namespaces,
         memory.clone(),
         msix.clone(),
-    ));
+    );
     Function {
         controller,
         memory,

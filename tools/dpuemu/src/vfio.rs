@@ -425,7 +425,7 @@ mod tests {
             vectors: 3,
             workers: 1,
         };
-        let controller = Arc::new(Controller::new(
+        let controller = Controller::new(
             config,
             Personality::Ssd {
                 ownership: Arc::new(SsdOwnership::new()),
@@ -437,7 +437,7 @@ mod tests {
             }],
             memory.clone(),
             msix.clone(),
-        ));
+        );
         let function = Arc::new(Function {
             controller: controller.clone(),
             memory,

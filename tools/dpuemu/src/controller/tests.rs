@@ -100,7 +100,7 @@ struct Ring {
 
 struct Host {
     mem: Arc<VecMemory>,
-    ctrl: Controller,
+    ctrl: Arc<Controller>,
     irqs: Arc<RecordingIrqs>,
     ns: Arc<MemNamespace>,
     asq: Ring,
@@ -371,7 +371,14 @@ fn registers_and_enable() {
     assert_eq!(b[0], 1);
     // Shutdown notification flushes and reports completion.
     host.write32(regs::CC, Cc::enable_default().with_shn(Cc::SHN_NORMAL).0);
-    assert_eq!(Csts(host.read32(regs::CSTS)).shst(), 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while Csts(host.read32(regs::CSTS)).shst() != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shutdown never completed"
+        );
+        std::thread::yield_now();
+    }
     assert!(host.ns.flushes.load(Ordering::SeqCst) >= 1);
     // Reset.
     host.write32(regs::CC, 0);
@@ -1321,7 +1328,7 @@ fn shadow_doorbells_and_event_idx() {
     );
 }
 
-fn accelerator_with_ssd() -> (Host, Arc<SsdOwnership>, Controller) {
+fn accelerator_with_ssd() -> (Host, Arc<SsdOwnership>, Arc<Controller>) {
     let ownership = Arc::new(SsdOwnership::new());
     let media: Arc<dyn Namespace> = Arc::new(MemNamespace::new(1 << 20));
     let ssd = SsdHandle {
