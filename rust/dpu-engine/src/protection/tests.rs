@@ -11,7 +11,7 @@ use crate::fault::{FaultControl, FaultyMedia, PowerCut};
 use crate::media::{Media, MediaError, MemMedia};
 
 const CHUNK: u64 = 1024;
-const ROWS: u64 = 10;
+const ROWS: u64 = 8;
 const SLOTS: u64 = 4;
 
 const REDUNDANT: [Layout; 6] = [
@@ -125,9 +125,18 @@ fn read_without(mems: &[Arc<MemMedia>], absent: &[bool]) -> Result<Vec<u8>, Medi
 /// For every combination of absent members: tolerated ones read back
 /// `model` exactly; the others fail with `Unrecoverable`, never wrong data.
 fn check_every_failure_combination(layout: Layout, mems: &[Arc<MemMedia>], model: &[u8]) {
+    check_failures_beyond(layout, mems, model, &vec![false; layout.members()]);
+}
+
+/// Like [`check_every_failure_combination`] for an array whose members
+/// flagged in `lost` have already failed: they are absent from every
+/// combination. (Handing over only stale members cannot be caught: their
+/// superblocks never learnt they failed, just as with md.)
+fn check_failures_beyond(layout: Layout, mems: &[Arc<MemMedia>], model: &[u8], lost: &[bool]) {
     for absent in subsets(layout.members()) {
-        let result = read_without(mems, &absent);
-        if layout.can_decode(&absent) {
+        let gone: Vec<bool> = absent.iter().zip(lost).map(|(a, l)| *a || *l).collect();
+        let result = read_without(mems, &gone);
+        if layout.can_decode(&gone) {
             assert!(
                 result.as_deref() == Ok(model),
                 "{layout:?} without {absent:?}: data differs from the model"
@@ -239,9 +248,24 @@ proptest! {
                 rig.controls[member].fail_all(true);
             }
         }
+        // One write over everything makes every faulty member fail (a
+        // fault nothing touches is no failure), then the random ones.
+        let everything = Write { offset: 0, len: model.len(), seed: 12 };
+        everything.apply(&rig.array, &mut model).unwrap();
         run_writes(&rig.array, &mut model, &after);
         prop_assert_eq!(read_all(&rig.array), model.clone());
         prop_assert_eq!(rig.array.state(), ArrayState::Degraded);
+        // Still degraded: losing any further members the layout tolerates
+        // on top of the failed ones must not change a byte. (A faulty member
+        // that no I/O touched yet is still online, and rightly trusted.)
+        let failed: Vec<bool> = rig
+            .array
+            .status()
+            .members
+            .iter()
+            .map(|m| m.state != MemberState::Online)
+            .collect();
+        check_failures_beyond(layout, &rig.mems, &model, &failed);
         let mut mems = rig.mems.clone();
         for (member, _) in lost.iter().enumerate().filter(|(_, l)| **l) {
             prop_assert_eq!(rig.array.status().members[member].state, MemberState::Failed);
@@ -817,7 +841,13 @@ fn rebuild_progress_is_persisted_and_resumes_after_remount() {
 fn layouts_stack_on_each_other() {
     // RAID0 over two RAID6 arrays (a RAID60), each over in-memory members.
     let inner: Vec<Arc<dyn Media>> = (0..2)
-        .map(|_| Arc::new(rig(Layout::Raid6 { members: 4 }).array) as Arc<dyn Media>)
+        .map(|_| {
+            let layout = Layout::Raid6 { members: 4 };
+            let members = (0..4)
+                .map(|_| Arc::new(MemMedia::new(member_bytes() as usize * 4)) as Arc<dyn Media>)
+                .collect();
+            Arc::new(ProtectedMedia::create(config(layout), members).unwrap()) as Arc<dyn Media>
+        })
         .collect();
     let cfg = ProtectionConfig {
         journal_slots: 2,
