@@ -359,7 +359,12 @@ impl Volume {
         }
         let mut state = self.pool.lock()?;
         for (i, block) in data.chunks_exact(BLOCK_SIZE).enumerate() {
-            state.write_block(self.id, lba + i as u64, block, self.cipher.as_deref())?;
+            state.write_block(
+                self.id,
+                lba.saturating_add(i as u64),
+                block,
+                self.cipher.as_deref(),
+            )?;
         }
         Ok(())
     }
@@ -373,7 +378,12 @@ impl Volume {
         }
         let state = self.pool.lock()?;
         for (i, block) in buf.chunks_exact_mut(BLOCK_SIZE).enumerate() {
-            state.read_block(self.id, lba + i as u64, block, self.cipher.as_deref())?;
+            state.read_block(
+                self.id,
+                lba.saturating_add(i as u64),
+                block,
+                self.cipher.as_deref(),
+            )?;
         }
         Ok(())
     }

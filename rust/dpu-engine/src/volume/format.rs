@@ -450,6 +450,8 @@ pub(crate) fn parse_journal_block(
 pub(crate) struct Delta {
     pub next_record: u64,
     pub created: Vec<(u64, Record)>,
+    /// Durable records moved by compaction, with their new location.
+    pub moved: Vec<(u64, Record)>,
     pub removed: Vec<u64>,
     /// (volume, logical block, record id or [`ZERO_ENTRY`]; `None` unmaps).
     pub changes: Vec<(u32, u64, Option<u64>)>,
@@ -461,6 +463,11 @@ impl Delta {
         w.u64(self.next_record);
         w.u32(self.created.len() as u32);
         for (id, rec) in &self.created {
+            w.u64(*id);
+            w.record(rec);
+        }
+        w.u32(self.moved.len() as u32);
+        for (id, rec) in &self.moved {
             w.u64(*id);
             w.record(rec);
         }
@@ -488,6 +495,11 @@ impl Delta {
             let id = r.u64()?;
             delta.created.push((id, r.record(id, delta.next_record)?));
         }
+        let moved = r.u32()?;
+        for _ in 0..r.count(u64::from(moved), RECORD_BYTES - 32)? {
+            let id = r.u64()?;
+            delta.moved.push((id, r.record(id, delta.next_record)?));
+        }
         let removed = r.u32()?;
         for _ in 0..r.count(u64::from(removed), 8)? {
             delta.removed.push(r.u64()?);
@@ -514,6 +526,16 @@ impl Delta {
                 return Err(VolumeError::Corrupt(format!(
                     "journal recreates record {id}"
                 )));
+            }
+        }
+        for (id, rec) in self.moved {
+            match meta.records.get_mut(&id) {
+                Some(old) => *old = rec,
+                None => {
+                    return Err(VolumeError::Corrupt(format!(
+                        "journal moves missing record {id}"
+                    )))
+                }
             }
         }
         for (vol, lba, entry) in self.changes {
@@ -758,6 +780,13 @@ mod tests {
         let delta = Delta {
             next_record: 10,
             created: vec![(4, meta.records[&4].clone())],
+            moved: vec![(
+                5,
+                Record {
+                    block: 77,
+                    ..meta.records[&5].clone()
+                },
+            )],
             removed: vec![5],
             changes: vec![(2, 1, Some(4)), (2, 3, None), (2, 5, Some(ZERO_ENTRY))],
         };

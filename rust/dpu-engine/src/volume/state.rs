@@ -38,6 +38,9 @@ const MIN_BLOCKS: u64 = 8;
 /// bounds what an open has to replay.
 const JOURNAL_MIN_LIMIT: usize = 8;
 
+/// Most packed blocks one compaction pass empties.
+const COMPACT_MAX_BLOCKS: usize = 256;
+
 /// The packed block currently being filled with compressed slots.
 struct PackCursor {
     block: u64,
@@ -77,6 +80,10 @@ pub(crate) struct PoolState {
     touched: HashSet<(u32, u64)>,
     created: HashSet<u64>,
     died: Vec<u64>,
+    /// Durable records compaction moved since the last durable point.
+    moved: HashSet<u64>,
+    /// Live units of each packed block, to find sparse ones.
+    packed_units: HashMap<u64, u32>,
     /// Dedup index: (key domain, fingerprint) → record.
     index: HashMap<(u32, [u8; 32]), u64>,
     /// The state differs from the committed checkpoint.
@@ -137,6 +144,8 @@ impl PoolState {
             touched: HashSet::new(),
             created: HashSet::new(),
             died: Vec::new(),
+            moved: HashSet::new(),
+            packed_units: HashMap::new(),
             index: HashMap::new(),
             dirty: false,
             failed: false,
@@ -283,6 +292,7 @@ impl PoolState {
                     }
                     bits[unit / 64] |= 1 << (unit % 64);
                 }
+                *self.packed_units.entry(rec.block).or_default() += u32::from(rec.units);
             }
             self.live[rec.block as usize] += 1;
             self.space.claim(rec.block);
@@ -381,6 +391,7 @@ impl PoolState {
         self.touched.clear();
         self.created.clear();
         self.died.clear();
+        self.moved.clear();
         self.dirty = false;
     }
 
@@ -398,6 +409,11 @@ impl PoolState {
             created: created
                 .into_iter()
                 .filter_map(|id| self.meta.records.get(&id).map(|r| (id, r.clone())))
+                .collect(),
+            moved: self
+                .moved
+                .iter()
+                .filter_map(|&id| self.meta.records.get(&id).map(|r| (id, r.clone())))
                 .collect(),
             removed: self.died.clone(),
             changes: self
@@ -469,6 +485,9 @@ impl PoolState {
     /// Commits if anything changed, else just flushes the media.
     pub(crate) fn flush(&mut self) -> Result<(), VolumeError> {
         self.usable()?;
+        if self.dirty {
+            self.compact()?;
+        }
         if self.dirty || !self.pending_free.is_empty() {
             self.persist()
         } else {
@@ -485,9 +504,9 @@ impl PoolState {
     }
 
     /// Makes sure that, after taking `blocks` data blocks, the next
-    /// checkpoint (grown by `entries` and `records`) still fits. Commits to
-    /// release pending frees when that helps; fails with `NoSpace`
-    /// otherwise, before anything has changed.
+    /// checkpoint (grown by `entries` and `records`) still fits. Makes the
+    /// state durable to release pending frees and the journal when that
+    /// helps; fails with `NoSpace` otherwise, before anything has changed.
     fn ensure_room(
         &mut self,
         blocks: u64,
@@ -501,6 +520,13 @@ impl PoolState {
         }
         if !self.pending_free.is_empty() {
             self.persist()?;
+            if fits(self) {
+                return Ok(());
+            }
+        }
+        // A checkpoint also frees the journal's blocks.
+        if !self.journal.is_empty() {
+            self.commit()?;
             if fits(self) {
                 return Ok(());
             }
@@ -581,7 +607,7 @@ impl PoolState {
         }
         if lba >= v.size_blocks || data.len() != BLOCK_SIZE {
             return Err(VolumeError::Media(MediaError::OutOfRange {
-                offset: lba * BS,
+                offset: lba.saturating_mul(BS),
                 len: data.len() as u64,
                 size: v.size_blocks * BS,
             }));
@@ -672,6 +698,9 @@ impl PoolState {
         }
         self.created.insert(rid);
         self.live[block as usize] += 1;
+        if codec != Compression::None {
+            *self.packed_units.entry(block).or_default() += units as u32;
+        }
         if let Some(fp) = rec.fingerprint {
             self.index.insert((domain, fp), rid);
         }
@@ -712,6 +741,8 @@ impl PoolState {
         if !self.created.remove(&rid) {
             self.died.push(rid);
         }
+        self.moved.remove(&rid);
+        self.release_units(&rec);
         if let Some(fp) = rec.fingerprint {
             if self.index.get(&(rec.domain, fp)) == Some(&rid) {
                 self.index.remove(&(rec.domain, fp));
@@ -725,6 +756,84 @@ impl PoolState {
         }
     }
 
+    /// Drops `rec`'s units from its packed block's count.
+    fn release_units(&mut self, rec: &Record) {
+        if rec.codec == Compression::None {
+            return;
+        }
+        if let Some(units) = self.packed_units.get_mut(&rec.block) {
+            *units = units.saturating_sub(u32::from(rec.units));
+            if *units == 0 {
+                self.packed_units.remove(&rec.block);
+            }
+        }
+    }
+
+    /// Moves the live records out of sparse packed blocks (half empty or
+    /// worse) so that those blocks free up. It runs once sparse blocks are
+    /// an eighth of all packed blocks, on the sparsest first, a bounded
+    /// number per flush. The stored bytes are copied as they are, still
+    /// compressed and encrypted: the XTS tweak is the record id, not its
+    /// place, so no key is needed.
+    fn compact(&mut self) -> Result<(), VolumeError> {
+        let cursor = self.pack.as_ref().map(|c| c.block);
+        let mut sparse: Vec<(u32, u64)> = self
+            .packed_units
+            .iter()
+            .filter(|&(&b, &u)| Some(b) != cursor && u as usize <= UNITS_PER_BLOCK / 2)
+            .map(|(&b, &u)| (u, b))
+            .collect();
+        if sparse.is_empty() || sparse.len() * 8 < self.packed_units.len() {
+            return Ok(());
+        }
+        sparse.sort_unstable();
+        sparse.truncate(COMPACT_MAX_BLOCKS);
+        let chosen: HashSet<u64> = sparse.iter().map(|&(_, b)| b).collect();
+        let mut moves: Vec<u64> = self
+            .meta
+            .records
+            .iter()
+            .filter(|(_, r)| r.codec != Compression::None && chosen.contains(&r.block))
+            .map(|(&id, _)| id)
+            .collect();
+        moves.sort_unstable();
+        for rid in moves {
+            let Some(rec) = self.meta.records.get(&rid).cloned() else {
+                continue;
+            };
+            let mut bytes = vec![0u8; rec.stored_bytes() as usize];
+            let from = rec.block * BS + u64::from(rec.unit) * UNIT as u64;
+            self.media.read_at(from, &mut bytes)?;
+            // New slots come from the cursor or from free blocks, never
+            // from a block being emptied. Compaction is an optimisation:
+            // a full pool just stops it.
+            let (block, unit) = match self.alloc_slot(usize::from(rec.units)) {
+                Ok(slot) => slot,
+                Err(VolumeError::NoSpace) => break,
+                Err(e) => return Err(e),
+            };
+            self.media
+                .write_at(block * BS + (unit * UNIT) as u64, &bytes)?;
+            self.release_units(&rec);
+            let live = &mut self.live[rec.block as usize];
+            *live = live.saturating_sub(1);
+            if *live == 0 {
+                self.pending_free.push(rec.block);
+            }
+            self.live[block as usize] += 1;
+            *self.packed_units.entry(block).or_default() += u32::from(rec.units);
+            if let Some(r) = self.meta.records.get_mut(&rid) {
+                r.block = block;
+                r.unit = unit as u16;
+            }
+            if !self.created.contains(&rid) {
+                self.moved.insert(rid);
+            }
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
     /// Reads one block of `vol` into `out`.
     pub(crate) fn read_block(
         &self,
@@ -736,7 +845,7 @@ impl PoolState {
         let v = self.volume(vol)?;
         if lba >= v.size_blocks || out.len() != BLOCK_SIZE {
             return Err(VolumeError::Media(MediaError::OutOfRange {
-                offset: lba * BS,
+                offset: lba.saturating_mul(BS),
                 len: out.len() as u64,
                 size: v.size_blocks * BS,
             }));
@@ -1150,7 +1259,11 @@ impl PoolState {
             }
         }
         let mut live: HashMap<u64, u32> = HashMap::new();
+        let mut units: HashMap<u64, u32> = HashMap::new();
         for (&rid, rec) in &self.meta.records {
+            if rec.codec != Compression::None {
+                *units.entry(rec.block).or_default() += u32::from(rec.units);
+            }
             if refs.get(&rid).copied().unwrap_or(0) != rec.refs || rec.refs == 0 {
                 return fail(format!("record {rid}: refs {} wrong", rec.refs));
             }
@@ -1158,6 +1271,9 @@ impl PoolState {
                 return fail(format!("record {rid} in a free block"));
             }
             *live.entry(rec.block).or_default() += 1;
+        }
+        if units != self.packed_units {
+            return fail("packed unit counts wrong".into());
         }
         for (b, &n) in self.live.iter().enumerate() {
             if live.get(&(b as u64)).copied().unwrap_or(0) != n {

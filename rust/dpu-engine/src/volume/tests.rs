@@ -69,6 +69,10 @@ fn thin_volume_allocates_on_write_and_frees_on_discard() {
     let v = pool.open_volume("v", None).unwrap();
     assert_eq!(read(&v, 999), vec![0u8; BLOCK_SIZE]);
     let before = pool.stats().unwrap();
+    assert!(v.write_blocks(u64::MAX, &random_block(1)).is_err());
+    assert!(v
+        .read_blocks(u64::MAX - 1, &mut [0u8; 2 * BLOCK_SIZE])
+        .is_err());
     v.write_blocks(500, &random_block(1)).unwrap();
     v.write_blocks(3, &random_block(2)).unwrap();
     assert_eq!(read(&v, 500), random_block(1));
@@ -278,6 +282,47 @@ fn compression_packs_small_blocks() {
             assert_eq!(read(&v, lba), text_block(lba));
         }
         assert_eq!(read(&v, 100), random_block(5));
+    }
+}
+
+#[test]
+fn compaction_empties_sparse_packed_blocks_without_the_key() {
+    let media = Arc::new(MemMedia::new(256 * BLOCK_SIZE));
+    let pool = Pool::format(media.clone()).unwrap();
+    let k = key(4);
+    let services = Services {
+        compression: Compression::Lz4,
+        ..Services::default()
+    };
+    let options = VolumeOptions {
+        size_bytes: 512 * BS,
+        services,
+        key: Some(&k),
+    };
+    pool.create_volume("v", &options).unwrap();
+    let v = pool.open_volume("v", Some(&k)).unwrap();
+    for lba in 0..400 {
+        v.write_blocks(lba, &text_block(lba)).unwrap();
+    }
+    v.flush().unwrap();
+    let packed = pool.stats().unwrap().packed_blocks;
+    assert!(packed > 4, "{packed} packed blocks");
+    // Overwriting three blocks in four leaves every packed block sparse.
+    for lba in (0..400).filter(|lba| lba % 4 != 0) {
+        v.write_blocks(lba, &text_block(lba + 1000)).unwrap();
+    }
+    v.flush().unwrap();
+    pool.check().unwrap();
+    let stats = pool.stats().unwrap();
+    assert!(stats.data_blocks <= packed + 2, "{stats:?} after {packed}");
+    drop(v);
+    // Reopened (the journal replayed the moves), every block reads back.
+    let reopened = Pool::open(media).unwrap();
+    reopened.check().unwrap();
+    let v = reopened.open_volume("v", Some(&k)).unwrap();
+    for lba in 0..400 {
+        let seed = if lba % 4 == 0 { lba } else { lba + 1000 };
+        assert_eq!(read(&v, lba), text_block(seed), "block {lba}");
     }
 }
 
@@ -507,8 +552,16 @@ mod properties {
     use super::model::{op_strategy, services_strategy, Harness, Op};
     use proptest::prelude::*;
 
+    /// `cases` cases, unless `PROPTEST_CASES` asks for a longer soak.
+    fn config(cases: u32) -> ProptestConfig {
+        match std::env::var_os("PROPTEST_CASES") {
+            Some(_) => ProptestConfig::default(),
+            None => ProptestConfig::with_cases(cases),
+        }
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(config(48))]
 
         /// Random operation sequences give the model's reads and space
         /// accounting, whatever the services.
@@ -527,7 +580,7 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(config(48))]
 
         /// A crash after any media event recovers a state the model allows:
         /// nothing acknowledged is lost, nothing is half-applied, and no
