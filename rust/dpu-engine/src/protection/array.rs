@@ -54,7 +54,7 @@ impl ProtectionConfig {
         ProtectionConfig {
             layout,
             chunk_size,
-            journal_slots: 16,
+            journal_slots: 64,
             assume_zeroed: false,
         }
     }

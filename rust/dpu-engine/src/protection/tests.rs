@@ -877,7 +877,7 @@ fn raid6_over_files_rebuilds_and_scrubs() {
             .truncate(true)
             .open(dir.join(format!("ssd{i}")))
             .unwrap();
-        Arc::new(crate::media::FileMedia::new(file, 1 << 20).unwrap())
+        Arc::new(crate::media::FileMedia::new(file, 4 << 20).unwrap())
     };
     let members: Vec<Arc<dyn Media>> = (0..6).map(open).collect();
     let cfg = ProtectionConfig {
