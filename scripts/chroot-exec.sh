@@ -7,16 +7,19 @@ set -euo pipefail
 root=$1; shift
 top=$(cd "$(dirname "$0")/.." && pwd)
 cache=${DPUBLK_CACHE:-/var/cache/dpublk}
+# Inside the chroot the cache lives at a fixed top-level path: virtme-ng
+# hides /var/cache (and other /var paths) behind tmpfs mounts in the guest,
+# and the guest must see the kernel's modules and the VM run directories.
+chroot_cache=/dpublk-cache
 
 mount --rbind /dev "$root/dev"
 mount -t tmpfs -o size=50% tmpfs "$root/dev/shm"
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 mount -t tmpfs tmpfs "$root/tmp"
-for path in "$top" "$cache"; do
-	mkdir -p "$root$path"
-	mount --bind "$path" "$root$path"
-done
+mkdir -p "$root$top" "$root$chroot_cache"
+mount --bind "$top" "$root$top"
+mount --bind "$cache" "$root$chroot_cache"
 cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
 # A clean environment: only our own DPUBLK_* settings and CI cross over.
 passed=()
@@ -27,4 +30,4 @@ exec chroot "$root" /usr/bin/env -i \
 	HOME=/root TERM="${TERM:-dumb}" CI="${CI:-}" \
 	PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 	LANG=C.UTF-8 "${passed[@]}" \
-	DPUBLK_CACHE="$cache" DPUBLK_TOP="$top" DPUBLK_IN_CHROOT=1 "$@"
+	DPUBLK_CACHE="$chroot_cache" DPUBLK_TOP="$top" DPUBLK_IN_CHROOT=1 "$@"

@@ -67,7 +67,7 @@ probe_kvm() {
 	[ -e /dev/kvm ] || { echo tcg; return; }
 	if [ ! -f "$stamp" ]; then
 		log "probing KVM with a short boot (cached in $stamp)"
-		if timeout 40 vng --run "$kdir" --force-9p --disable-microvm --memory 512M \
+		if timeout 20 vng --run "$kdir" --force-9p --disable-microvm --memory 512M \
 			--exec 'echo dpublk-kvm-ok' 2>/dev/null | grep -q dpublk-kvm-ok; then
 			echo kvm >"$stamp"
 		else

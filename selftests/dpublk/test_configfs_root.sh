@@ -12,7 +12,7 @@ load_dpublk
 version=$(cat "$CONFIGFS/dpublk/version") || fail "cannot read version"
 [[ $version =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || fail "version '$version' is not x.y.z"
 grep -qx pci "$CONFIGFS/dpublk/features" || fail "features does not list pci"
-if echo 1 >"$CONFIGFS/dpublk/version" 2>/dev/null; then
+if (echo 1 >"$CONFIGFS/dpublk/version") 2>/dev/null; then
 	fail "writing the read-only version attribute succeeded"
 fi
 unload_dpublk

@@ -11,7 +11,7 @@ for round in $(seq 1 20); do
 	rmmod dpublk || fail "rmmod failed in round $round"
 	! dpublk_loaded || fail "dpublk still loaded after rmmod (round $round)"
 done
-loads=$(dmesg_since_mark | grep -c 'dpublk: loading' || true)
+loads=$(dmesg_since_mark | grep -c "dpublk: loading:" || true)
 unloads=$(dmesg_since_mark | grep -c 'dpublk: unloaded' || true)
 [ "$loads" = 20 ] && [ "$unloads" = 20 ] ||
 	fail "expected 20 load and 20 unload messages, saw $loads and $unloads"

@@ -7,7 +7,7 @@
 ensure_configfs
 modprobe null_blk nr_devices=0 || skip "null_blk module not available"
 on_exit "modprobe -r null_blk"
-dev_dir=$CONFIGFS/nullb/dpublk_selftest
+dev_dir=$CONFIGFS/nullb/nullb_selftest
 mkdir "$dev_dir" || fail "cannot create $dev_dir"
 on_exit "rmdir $dev_dir"
 echo 512 >"$dev_dir/size"          # MiB
@@ -16,9 +16,11 @@ echo 1 >"$dev_dir/memory_backed"
 echo 1 >"$dev_dir/power" || fail "cannot power on null_blk"
 on_exit "echo 0 > $dev_dir/power"
 index=$(cat "$dev_dir/index")
-dev=/dev/nullb$index
 udevadm settle 2>/dev/null || true
-[ -b "$dev" ] || fail "$dev did not appear"
+# Newer kernels name configfs-made devices after their directory.
+dev=/dev/$(basename "$dev_dir")
+[ -b "$dev" ] || dev=/dev/nullb$index
+[ -b "$dev" ] || fail "neither /dev/$(basename "$dev_dir") nor $dev appeared"
 dmesg_mark
 fio_verify "$dev" --size=256M --numjobs=1
 # And the data really is stored: a pattern written with dd reads back.

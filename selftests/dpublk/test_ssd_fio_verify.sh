@@ -9,8 +9,8 @@ devs=$(dpublk_ssd_devices)
 dmesg_mark
 for dev in $devs; do
 	# Disjoint ranges per block size, so one pass cannot hide another's bug.
-	fio_verify "$dev" --bs=4k --iodepth=32 --size=48M --offset=0
-	fio_verify "$dev" --bs=128k --iodepth=32 --size=64M --offset=64M
+	fio_verify "$dev" --bs=4k --iodepth=32 --size=16M --offset=0
+	fio_verify "$dev" --bs=128k --iodepth=32 --size=32M --offset=64M
 done
 # An independent check of the data path: a random pattern written with dd
 # reads back byte for byte after the page cache is bypassed.
