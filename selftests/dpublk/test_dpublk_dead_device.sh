@@ -1,0 +1,36 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+# dpuemu killed (kill -9) while fio runs on /dev/dpublk0: the outstanding
+# I/O fails within the I/O timeout (30 s), nothing hangs or oopses, and the
+# driver lets go of the dead device (rmmod completes, the disk is gone).
+. "$(dirname "$0")/test_common.sh"
+. "$(dirname "$0")/dpublk_disk_common.sh"
+
+[ -z "${DPUBLK_TEST_BIND:-}" ] || skip "needs dpuemu"
+unload_dpublk
+dmesg_mark
+load_dpublk_disk
+fio --name=busy --filename=/dev/dpublk0 --ioengine=io_uring --direct=1 --rw=randrw \
+	--bs=4k --iodepth=32 --size=64M --time_based --runtime=120 \
+	>"$TEST_TMP/fio.out" 2>&1 &
+fio_pid=$!
+on_exit "kill -9 $fio_pid 2>/dev/null"
+sleep 3
+kill -0 $fio_pid 2>/dev/null || { sed 's/^/#   /' "$TEST_TMP/fio.out"; fail "fio did not start"; }
+host_request dpuemu-kill >/dev/null
+killed=$(date +%s)
+for _ in $(seq 1 90); do kill -0 $fio_pid 2>/dev/null || break; sleep 1; done
+kill -0 $fio_pid 2>/dev/null && fail "fio still running $(($(date +%s) - killed)) s after dpuemu died"
+took=$(($(date +%s) - killed))
+wait $fio_pid && fail "fio reported no error although the device died"
+diag "fio failed $took s after dpuemu died"
+dmesg_since_mark | grep -q 'timed out' || fail "no timeout reported by the driver"
+# New I/O fails at once now.
+if dd if=/dev/dpublk0 of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null; then
+	fail "a read from the dead device succeeded"
+fi
+timeout 120 rmmod dpublk || fail "rmmod hung or failed with the device dead"
+[ ! -e /dev/dpublk0 ] || fail "/dev/dpublk0 still there after rmmod"
+dmesg_since_mark | grep -E 'dpublk|timed out' | sed 's/^/#   /' | tail -12
+dmesg_check_clean
+exit $KSFT_PASS
