@@ -387,6 +387,9 @@ impl Controller {
     /// Writes BAR0. Accesses are split into dwords; a partial dword is
     /// merged with the register's current value.
     pub fn mmio_write(&self, offset: u64, data: &[u8]) {
+        if offset.checked_add(data.len() as u64).is_none() {
+            return;
+        }
         let mut at = offset;
         let mut rest = data;
         while !rest.is_empty() {

@@ -28,10 +28,10 @@ const MEM: usize = 8 << 20;
 const ASQ: u64 = 0x1000;
 const ACQ: u64 = 0x2000;
 const ADMIN_ENTRIES: u16 = 16;
-const IO_SQ: u64 = 0x10000;
-const IO_CQ: u64 = 0x20000;
-const SHADOW: u64 = 0x30000;
-const EVENT_IDX: u64 = 0x31000;
+const IO_SQ: u64 = 0x40000;
+const IO_CQ: u64 = 0x60000;
+const SHADOW: u64 = 0x3000;
+const EVENT_IDX: u64 = 0x4000;
 const DATA: u64 = 0x100000;
 const LIST: u64 = 0x80000;
 const NS_BYTES: u64 = 4 << 20;
@@ -111,6 +111,10 @@ struct Host {
 }
 
 fn config(name: &str, io_queues: u16) -> ControllerConfig {
+    config_with_workers(name, io_queues, 1)
+}
+
+fn config_with_workers(name: &str, io_queues: u16, workers: usize) -> ControllerConfig {
     ControllerConfig {
         name: name.into(),
         serial: format!("DPU-{name}"),
@@ -118,12 +122,16 @@ fn config(name: &str, io_queues: u16) -> ControllerConfig {
         subnqn: format!("nqn.2026-11.org.dpublk:{name}"),
         io_queues,
         vectors: io_queues + 1,
-        workers: 1,
+        workers,
     }
 }
 
 impl Host {
     fn with_personality(personality: Personality) -> Self {
+        Self::with_workers(personality, 1)
+    }
+
+    fn with_workers(personality: Personality, workers: usize) -> Self {
         let mem = Arc::new(VecMemory::new(0, MEM));
         let irqs = Arc::new(RecordingIrqs::default());
         let ns = Arc::new(MemNamespace::new(NS_BYTES));
@@ -133,7 +141,7 @@ impl Host {
             stats: Stats::default(),
         };
         let ctrl = Controller::new(
-            config("t", 4),
+            config_with_workers("t", 4, workers),
             personality,
             vec![slot],
             mem.clone(),
@@ -242,8 +250,8 @@ impl Host {
     }
 
     fn create_pair(&mut self, qid: u16, entries: u32) {
-        let sq_base = IO_SQ + u64::from(qid) * 0x10000;
-        let cq_base = IO_CQ + u64::from(qid) * 0x10000;
+        let sq_base = IO_SQ + u64::from(qid) * 0x4000;
+        let cq_base = IO_CQ + u64::from(qid) * 0x4000;
         let cq = CreateIoCq {
             qid,
             entries,
@@ -1462,4 +1470,164 @@ fn vendor_commands_on_the_accelerator() {
         host.admin_status(SubmissionEntry::new(0xff, 0)),
         Status::INVALID_OPCODE
     );
+}
+
+/// One host CPU driving one I/O queue pair like Linux does: up to `depth`
+/// writes in flight, shadow doorbells with the EventIdx check (or MMIO
+/// doorbells), completions reaped by phase tag.
+#[allow(clippy::too_many_arguments)]
+fn drive_queue(
+    mem: &VecMemory,
+    ctrl: &Controller,
+    qid: u16,
+    entries: u32,
+    count: u32,
+    depth: u32,
+    shadow: bool,
+) {
+    let sq_base = IO_SQ + u64::from(qid) * 0x4000;
+    let cq_base = IO_CQ + u64::from(qid) * 0x4000;
+    let sq_off = regs::doorbell_array_offset(qid, DoorbellKind::SubmissionTail, 0) as u64;
+    let cq_off = regs::doorbell_array_offset(qid, DoorbellKind::CompletionHead, 0) as u64;
+    let ring = |kind: DoorbellKind, off: u64, old: u32, new: u32| {
+        if shadow {
+            mem.write_u32(SHADOW + off, new).unwrap();
+            std::sync::atomic::fence(Ordering::SeqCst);
+            let ei = mem.read_u32(EVENT_IDX + off).unwrap();
+            if !regs::shadow_doorbell_needs_mmio(ei as u16, new as u16, old as u16) {
+                return;
+            }
+        }
+        ctrl.mmio_write(
+            regs::doorbell_offset(qid, kind, 0) as u64,
+            &new.to_le_bytes(),
+        );
+    };
+    let (mut tail, mut head, mut phase) = (0u32, 0u32, true);
+    let (mut submitted, mut completed) = (0u32, 0u32);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while completed < count {
+        while submitted < count && submitted - completed < depth {
+            let slot = u64::from(submitted % depth);
+            let buf = DATA + u64::from(qid) * 0x100000 + slot * 4096;
+            mem.write(buf, &pattern(512, (submitted as u8) ^ (qid as u8)))
+                .unwrap();
+            let lba = u64::from(qid) * 2000 + u64::from(submitted);
+            let mut sqe = BlockRange {
+                nsid: 1,
+                slba: lba,
+                blocks: 1,
+                fua: false,
+                deallocate: false,
+            }
+            .encode(io::WRITE, submitted as u16);
+            sqe.prp1.set(buf);
+            mem.write(sq_base + u64::from(tail) * 64, &sqe.to_bytes())
+                .unwrap();
+            let old = tail;
+            tail = (tail + 1) % entries;
+            ring(DoorbellKind::SubmissionTail, sq_off, old, tail);
+            submitted += 1;
+        }
+        let mut b = [0u8; 16];
+        mem.read(cq_base + u64::from(head) * 16, &mut b).unwrap();
+        let cqe = CompletionEntry::from_bytes(&b);
+        if cqe.phase() != phase {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "queue {qid} stalled at {completed}/{count}"
+            );
+            std::thread::yield_now();
+            continue;
+        }
+        assert_eq!(cqe.status(), Status::SUCCESS);
+        assert_eq!(cqe.command_id(), completed as u16);
+        completed += 1;
+        let old = head;
+        head += 1;
+        if head == entries {
+            head = 0;
+            phase = !phase;
+        }
+        ring(DoorbellKind::CompletionHead, cq_off, old, head);
+    }
+}
+
+fn stress(shadow: bool) {
+    let mut host = Host::with_workers(
+        Personality::Ssd {
+            ownership: Arc::new(SsdOwnership::new()),
+        },
+        2,
+    );
+    host.enable();
+    let entries = 16;
+    for qid in 1..=3 {
+        host.create_pair(qid, entries);
+    }
+    if shadow {
+        let cfg = DoorbellBufferConfig {
+            shadow: SHADOW,
+            event_idx: EVENT_IDX,
+        };
+        assert_eq!(host.admin_status(cfg.encode(0)), Status::SUCCESS);
+    }
+    let workers = crate::worker::spawn(&host.ctrl);
+    let count = 1500;
+    std::thread::scope(|scope| {
+        for qid in 1..=3u16 {
+            let (mem, ctrl) = (&*host.mem, &*host.ctrl);
+            scope.spawn(move || drive_queue(mem, ctrl, qid, entries, count, 8, shadow));
+        }
+    });
+    host.ctrl.stop_workers();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let media = host.ns.bytes.lock().unwrap();
+    for qid in 1..=3u32 {
+        for i in 0..count {
+            let lba = (qid * 2000 + i) as usize;
+            assert_eq!(
+                &media[lba * 512..(lba + 1) * 512],
+                &pattern(512, (i as u8) ^ (qid as u8))[..],
+                "queue {qid} write {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn worker_threads_with_shadow_doorbells_lose_no_wakeup() {
+    stress(true);
+}
+
+#[test]
+fn worker_threads_with_mmio_doorbells_lose_no_wakeup() {
+    stress(false);
+}
+
+#[test]
+fn random_register_writes_never_panic() {
+    let mut host = Host::new();
+    host.create_pair(1, 8);
+    let mut x = 0x0123_4567_89ab_cdefu64;
+    for _ in 0..20_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let offset = x % 0x4000;
+        let len = 1 + (x >> 20) as usize % 8;
+        let bytes = (x >> 24).to_le_bytes();
+        if x & 1 == 0 {
+            host.ctrl.mmio_write(offset, &bytes[..len]);
+        } else {
+            let mut out = [0u8; 8];
+            host.ctrl.mmio_read(offset, &mut out[..len]);
+        }
+        let _ = host.ctrl.service_queues(0);
+    }
+    host.ctrl.mmio_write(u64::MAX - 2, &[1, 2, 3, 4]);
+    let mut out = [0u8; 8];
+    host.ctrl.mmio_read(u64::MAX - 2, &mut out);
 }
