@@ -466,6 +466,7 @@ impl Controller {
                 });
             if spawned.is_err() {
                 self.flush_all();
+                self.release_after_shutdown();
                 r.csts = r.csts & !Csts::SHST_MASK | Csts::SHST_COMPLETE;
             }
         } else if new.shn() == 0 && old.shn() != 0 {
@@ -476,9 +477,20 @@ impl Controller {
     fn finish_shutdown(&self) {
         self.flush_all();
         let mut r = lock(&self.registers);
+        self.release_after_shutdown();
         if r.csts & Csts::SHST_MASK == Csts::SHST_OCCURRING {
             r.csts = r.csts & !Csts::SHST_MASK | Csts::SHST_COMPLETE;
             info!("{}: shutdown complete", self.config.name);
+        }
+    }
+
+    /// A shut-down SSD function no longer holds its media: Linux's nvme
+    /// driver shuts the controller down on unbind and leaves CC.EN set, and
+    /// the accelerator must then be able to attach the SSD. Should the host
+    /// keep submitting I/O anyway, it fails once the SSD is attached.
+    fn release_after_shutdown(&self) {
+        if let Personality::Ssd { ownership } = &self.personality {
+            ownership.host_disable();
         }
     }
 

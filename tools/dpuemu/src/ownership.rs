@@ -101,6 +101,12 @@ impl SsdOwnership {
         })
     }
 
+    /// Whether the accelerator owns the SSD (its own function must not
+    /// touch the media).
+    pub fn is_attached(&self) -> bool {
+        self.with(|s| s.attached)
+    }
+
     /// The current state.
     pub fn view(&self) -> OwnershipView {
         self.with(|s| OwnershipView {

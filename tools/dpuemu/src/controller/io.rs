@@ -38,6 +38,12 @@ impl Controller {
         if sqe.fuse() != 0 {
             return Err(Status::INVALID_FIELD);
         }
+        if let super::Personality::Ssd { ownership } = &self.personality {
+            // Two owners never write one SSD.
+            if ownership.is_attached() {
+                return Err(Status::NAMESPACE_NOT_READY);
+            }
+        }
         let nsid = sqe.nsid.get();
         if sqe.opcode() == io::FLUSH && nsid == BROADCAST_NSID {
             self.flush_all();

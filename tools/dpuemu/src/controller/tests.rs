@@ -1631,3 +1631,46 @@ fn random_register_writes_never_panic() {
     let mut out = [0u8; 8];
     host.ctrl.mmio_read(u64::MAX - 2, &mut out);
 }
+
+#[test]
+fn shutdown_releases_the_ssd_for_the_accelerator() {
+    let ownership = Arc::new(SsdOwnership::new());
+    let mut host = Host::with_personality(Personality::Ssd {
+        ownership: ownership.clone(),
+    });
+    host.enable();
+    host.create_pair(1, 8);
+    host.mem.write(DATA, &pattern(512, 6)).unwrap();
+    assert_eq!(
+        host.io_status(1, host.rw(io::WRITE, 0, 1, DATA, 0)),
+        Status::SUCCESS
+    );
+    assert!(ownership.view().host_enabled);
+    assert_eq!(ownership.attach(), Err(vs::SSD_BUSY));
+    // Unbinding Linux's nvme driver: shutdown notification, CC.EN stays 1.
+    host.write32(regs::CC, Cc::enable_default().with_shn(Cc::SHN_NORMAL).0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while Csts(host.read32(regs::CSTS)).shst() != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shutdown never completed"
+        );
+        std::thread::yield_now();
+    }
+    assert_eq!(ownership.attach(), Ok(()));
+    // A host that keeps going gets errors, and the media is untouched.
+    host.mem.write(DATA, &pattern(512, 7)).unwrap();
+    assert_eq!(
+        host.io_status(1, host.rw(io::WRITE, 0, 1, DATA, 0)),
+        Status::NAMESPACE_NOT_READY
+    );
+    assert_eq!(&host.ns.bytes.lock().unwrap()[..512], &pattern(512, 6)[..]);
+    // Re-binding fails while attached, works after detach.
+    host.write32(regs::CC, 0);
+    host.enable();
+    assert_eq!(host.read32(regs::CSTS), Csts::CFS);
+    host.write32(regs::CC, 0);
+    assert_eq!(ownership.detach(), Ok(()));
+    host.enable();
+    assert_eq!(host.read32(regs::CSTS), Csts::RDY);
+}
