@@ -721,13 +721,19 @@ impl Controller {
                 continue;
             };
             if self.memory.write_u32(ei, tail).is_ok() {
-                armed.push((addr, sq.head));
+                armed.push((addr, sq.tail, sq.size));
             }
         }
         fence(Ordering::SeqCst);
         armed
             .iter()
-            .any(|&(addr, head)| self.memory.read_u32(addr).is_ok_and(|t| t != head))
+            // Only a new, valid tail is work: a hostile out-of-range value
+            // must not keep the worker spinning.
+            .any(|&(addr, tail, size)| {
+                self.memory
+                    .read_u32(addr)
+                    .is_ok_and(|t| t != tail && t < size)
+            })
     }
 
     /// Takes up to `budget` commands from `sq`, executes them and posts

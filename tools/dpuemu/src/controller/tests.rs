@@ -1315,6 +1315,7 @@ fn shadow_doorbells_and_event_idx() {
     // A bad shadow value is ignored like a bad MMIO value.
     host.mem.write_u32(SHADOW + sq_off, 77).unwrap();
     assert!(!host.ctrl.service_queues(0));
+    assert!(!host.ctrl.arm_event_idx(0));
     host.mem.write_u32(SHADOW + sq_off, tail).unwrap();
     // Queues created after the config start at 0 in the shadow buffer.
     host.create_pair(2, 16);
