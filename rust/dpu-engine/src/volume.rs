@@ -46,7 +46,7 @@ pub use format::{Services, VolumeKind};
 pub use reduce::Compression;
 
 use crypt::Cipher;
-use state::PoolState;
+use state::{PoolState, Prepared};
 
 /// The pool's block size: the unit of mapping, dedup and allocation.
 pub const BLOCK_SIZE: usize = 4096;
@@ -245,7 +245,7 @@ impl Pool {
             name: name.to_string(),
             id: opened.id,
             kind: opened.kind,
-            size_blocks: opened.size_blocks,
+            services: opened.services,
             cipher: opened.cipher,
         })
     }
@@ -266,6 +266,12 @@ impl Pool {
     /// this returns. Open handles of `volume` see the reverted content.
     pub fn revert(&self, volume: &str, snapshot: &str) -> VolumeResult<()> {
         self.lock()?.revert(volume, snapshot)
+    }
+
+    /// Changes writable `volume`'s size; blocks past a smaller end are
+    /// unmapped. Durable when this returns.
+    pub fn resize(&self, volume: &str, size_bytes: u64) -> VolumeResult<()> {
+        self.lock()?.resize(volume, size_bytes)
     }
 
     /// Deletes a volume, snapshot or clone, in any order: blocks that others
@@ -320,7 +326,7 @@ pub struct Volume {
     name: String,
     id: u32,
     kind: VolumeKind,
-    size_blocks: u64,
+    services: Services,
     cipher: Option<Arc<Cipher>>,
 }
 
@@ -329,7 +335,7 @@ impl fmt::Debug for Volume {
         f.debug_struct("Volume")
             .field("name", &self.name)
             .field("kind", &self.kind)
-            .field("size_blocks", &self.size_blocks)
+            .field("services", &self.services)
             .field("encrypted", &self.cipher.is_some())
             .finish()
     }
@@ -344,9 +350,12 @@ impl Volume {
         self.kind
     }
 
-    /// Size in blocks as of open (a revert may change it).
+    /// Current size in blocks (0 once the volume is deleted).
     pub fn size_blocks(&self) -> u64 {
-        self.size_blocks
+        self.pool
+            .lock()
+            .and_then(|state| state.size_blocks(self.id))
+            .unwrap_or(0)
     }
 
     /// Writes whole blocks from block `lba`. A full pool fails with
@@ -357,14 +366,16 @@ impl Volume {
                 "write is not whole blocks".into(),
             ));
         }
+        // Zero-detect, hashing and compression run before the pool lock is
+        // taken, so that writers to different volumes (or queues) overlap.
+        let cipher = self.cipher.as_deref();
+        let prepared: Vec<Prepared<'_>> = data
+            .chunks_exact(BLOCK_SIZE)
+            .map(|block| Prepared::new(block, self.services, cipher))
+            .collect();
         let mut state = self.pool.lock()?;
-        for (i, block) in data.chunks_exact(BLOCK_SIZE).enumerate() {
-            state.write_block(
-                self.id,
-                lba.saturating_add(i as u64),
-                block,
-                self.cipher.as_deref(),
-            )?;
+        for (i, block) in prepared.iter().enumerate() {
+            state.write_block(self.id, lba.saturating_add(i as u64), block, cipher)?;
         }
         Ok(())
     }
@@ -409,7 +420,7 @@ impl Volume {
 /// unmaps the whole blocks inside the range and leaves partial ends alone.
 impl Media for Volume {
     fn size(&self) -> u64 {
-        self.size_blocks * BS
+        self.size_blocks() * BS
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> MediaResult<()> {

@@ -47,11 +47,45 @@ struct PackCursor {
     next_unit: usize,
 }
 
+/// A block's content with the CPU-heavy part of the write path done:
+/// zero-detect, fingerprint and compression. Volume handles prepare blocks
+/// before taking the pool lock, so that several writers compress and hash
+/// in parallel.
+pub(crate) struct Prepared<'a> {
+    data: &'a [u8],
+    services: Services,
+    keyed: bool,
+    zero: bool,
+    fingerprint: Option<[u8; 32]>,
+    compressed: Option<Vec<u8>>,
+}
+
+impl<'a> Prepared<'a> {
+    pub(crate) fn new(data: &'a [u8], services: Services, cipher: Option<&Cipher>) -> Self {
+        let zero = services.zero_detect && is_zero(data);
+        Prepared {
+            data,
+            services,
+            keyed: cipher.is_some(),
+            zero,
+            fingerprint: (services.dedup && !zero).then(|| match cipher {
+                Some(c) => c.fingerprint(data),
+                None => fingerprint(data),
+            }),
+            compressed: if zero {
+                None
+            } else {
+                compress(services.compression, data)
+            },
+        }
+    }
+}
+
 /// What an opened volume needs to know about itself.
 pub(crate) struct OpenedVolume {
     pub id: u32,
     pub kind: VolumeKind,
-    pub size_blocks: u64,
+    pub services: Services,
     pub cipher: Option<Arc<Cipher>>,
 }
 
@@ -597,10 +631,11 @@ impl PoolState {
         &mut self,
         vol: u32,
         lba: u64,
-        data: &[u8],
+        block: &Prepared<'_>,
         cipher: Option<&Cipher>,
     ) -> Result<(), VolumeError> {
         self.usable()?;
+        let data = block.data;
         let v = self.volume(vol)?;
         if v.kind == VolumeKind::Snapshot {
             return Err(VolumeError::ReadOnly);
@@ -614,14 +649,20 @@ impl PoolState {
         }
         let (domain, services, new_entry) = (v.domain, v.services, !v.map.contains_key(&lba));
         let cipher = self.domain_cipher(domain, cipher)?;
-        let entry = if services.zero_detect && is_zero(data) {
+        // A block prepared for other services (or another key) is prepared
+        // again; handles prepare for their volume's, so this is rare.
+        let reprepared;
+        let block = if block.services == services && block.keyed == cipher.is_some() {
+            block
+        } else {
+            reprepared = Prepared::new(data, services, cipher);
+            &reprepared
+        };
+        let entry = if block.zero {
             self.ensure_room(0, usize::from(new_entry), 0)?;
             ZERO_ENTRY
         } else {
-            let fp = services.dedup.then(|| match cipher {
-                Some(c) => c.fingerprint(data),
-                None => fingerprint(data),
-            });
+            let fp = block.fingerprint;
             match fp.and_then(|fp| self.index.get(&(domain, fp)).copied()) {
                 // Equal fingerprints are not enough: the stored block is
                 // read back and compared, so a collision never shares.
@@ -629,7 +670,7 @@ impl PoolState {
                     self.ensure_room(0, usize::from(new_entry), 0)?;
                     rid
                 }
-                _ => self.store(domain, services.compression, data, cipher, fp)?,
+                _ => self.store(domain, block, cipher)?,
             }
         };
         self.set_entry(vol, lba, Some(entry));
@@ -640,19 +681,18 @@ impl PoolState {
     fn store(
         &mut self,
         domain: u32,
-        codec: Compression,
-        data: &[u8],
+        prepared: &Prepared<'_>,
         cipher: Option<&Cipher>,
-        fp: Option<[u8; 32]>,
     ) -> Result<u64, VolumeError> {
-        let (block, unit, units, codec, mut bytes) = match compress(codec, data) {
+        let (data, fp) = (prepared.data, prepared.fingerprint);
+        let (block, unit, units, codec, mut bytes) = match &prepared.compressed {
             Some(packed) => {
                 let units = packed.len().div_ceil(UNIT).max(1);
                 let (block, unit) = self.alloc_slot(units)?;
-                let len = packed.len();
-                let mut bytes = packed;
+                let mut bytes = packed.clone();
                 bytes.resize(units * UNIT, 0);
-                (block, unit, units, codec, (bytes, len))
+                let codec = prepared.services.compression;
+                (block, unit, units, codec, (bytes, packed.len()))
             }
             None => {
                 let block = self.alloc_block()?;
@@ -1029,7 +1069,7 @@ impl PoolState {
         Ok(OpenedVolume {
             id,
             kind: v.kind,
-            size_blocks: v.size_blocks,
+            services: v.services,
             cipher,
         })
     }
@@ -1110,6 +1150,37 @@ impl PoolState {
         }
         self.dirty = true;
         self.commit()
+    }
+
+    /// Changes a writable volume's logical size; blocks past a new, smaller
+    /// end are unmapped.
+    pub(crate) fn resize(&mut self, name: &str, size_bytes: u64) -> Result<(), VolumeError> {
+        self.usable()?;
+        let id = self.find(name)?;
+        let v = self.volume(id)?;
+        if v.kind == VolumeKind::Snapshot {
+            return Err(VolumeError::ReadOnly);
+        }
+        if size_bytes == 0 || !size_bytes.is_multiple_of(BS) {
+            return Err(VolumeError::InvalidArgument(format!(
+                "volume size {size_bytes} is not a positive multiple of {BLOCK_SIZE}"
+            )));
+        }
+        let size_blocks = size_bytes / BS;
+        let beyond: Vec<u64> = v.map.range(size_blocks..).map(|(&l, _)| l).collect();
+        for lba in beyond {
+            self.set_entry(id, lba, None);
+        }
+        if let Some(v) = self.meta.volumes.get_mut(&id) {
+            v.size_blocks = size_blocks;
+        }
+        self.dirty = true;
+        self.commit()
+    }
+
+    /// Size in blocks of volume `id`.
+    pub(crate) fn size_blocks(&self, id: u32) -> Result<u64, VolumeError> {
+        Ok(self.volume(id)?.size_blocks)
     }
 
     /// Deletes a volume, snapshot or clone; blocks others still map stay.

@@ -220,6 +220,87 @@ fn snapshots_freeze_clones_diverge_revert_restores() {
 }
 
 #[test]
+fn concurrent_writers_share_one_pool() {
+    let (media, pool) = pool(1024);
+    let services = Services {
+        zero_detect: true,
+        dedup: true,
+        compression: Compression::Lz4,
+    };
+    for t in 0..4 {
+        pool.create_volume(&format!("v{t}"), &opts(128, services))
+            .unwrap();
+    }
+    std::thread::scope(|scope| {
+        for t in 0..4u64 {
+            let pool = pool.clone();
+            scope.spawn(move || {
+                let v = pool.open_volume(&format!("v{t}"), None).unwrap();
+                for lba in 0..128 {
+                    // Every thread writes the same text blocks (dedup across
+                    // volumes) and its own random ones.
+                    let block = if lba % 2 == 0 {
+                        text_block(lba)
+                    } else {
+                        random_block(t * 1000 + lba)
+                    };
+                    v.write_blocks(lba, &block).unwrap();
+                    if lba % 32 == 0 {
+                        v.flush().unwrap();
+                    }
+                }
+            });
+        }
+    });
+    pool.flush().unwrap();
+    pool.check().unwrap();
+    let reopened = Pool::open(media).unwrap();
+    for t in 0..4u64 {
+        let v = reopened.open_volume(&format!("v{t}"), None).unwrap();
+        for lba in 0..128 {
+            let block = if lba % 2 == 0 {
+                text_block(lba)
+            } else {
+                random_block(t * 1000 + lba)
+            };
+            assert_eq!(read(&v, lba), block, "v{t} block {lba}");
+        }
+        assert!(v.stats().unwrap().shared_bytes > 0);
+    }
+}
+
+#[test]
+fn resize_unmaps_past_the_end_and_handles_follow() {
+    let (media, pool) = pool(64);
+    pool.create_volume("v", &opts(8, Services::default()))
+        .unwrap();
+    let v = pool.open_volume("v", None).unwrap();
+    v.write_blocks(0, &[random_block(1), random_block(2)].concat())
+        .unwrap();
+    v.write_blocks(7, &random_block(3)).unwrap();
+    pool.snapshot("v", "s").unwrap();
+    assert_eq!(pool.resize("s", 16 * BS), Err(VolumeError::ReadOnly));
+    pool.resize("v", 2 * BS).unwrap();
+    assert_eq!(v.size_blocks(), 2);
+    assert_eq!(Media::size(&v), 2 * BS);
+    assert!(v.write_blocks(2, &random_block(4)).is_err());
+    pool.resize("v", 16 * BS).unwrap();
+    assert_eq!(read(&v, 7), vec![0u8; BLOCK_SIZE]);
+    assert_eq!(read(&v, 1), random_block(2));
+    v.write_blocks(15, &random_block(5)).unwrap();
+    v.flush().unwrap();
+    // The snapshot still has the block the shrink unmapped.
+    let s = pool.open_volume("s", None).unwrap();
+    assert_eq!(read(&s, 7), random_block(3));
+    pool.delete("s").unwrap();
+    assert_eq!(pool.stats().unwrap().data_blocks, 3);
+    let reopened = Pool::open(media).unwrap();
+    let v = reopened.open_volume("v", None).unwrap();
+    assert_eq!((v.size_blocks(), read(&v, 15)), (16, random_block(5)));
+    reopened.check().unwrap();
+}
+
+#[test]
 fn zero_detect_and_dedup_save_space_and_read_back() {
     let (_media, pool) = pool(64);
     let services = Services {
