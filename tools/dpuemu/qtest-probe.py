@@ -125,6 +125,16 @@ wr(SQ1 + 64, sqe(2, 11, nsid=1, prp1=BUF + 0x20000, cdw10=8, cdw12=7))
 mw(0x1008, 2)
 check("read", wait_cqe(CQ1 + 16) == (11, 0))
 check("read data matches", rd(BUF + 0x20000, 4096) == data)
+# Idle: controller enabled, queues live, client connected; no CPU may burn.
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+hz = os.sysconf("SC_CLK_TCK")
+before = cpu_ticks(emu.pid)
+time.sleep(5)
+used = (cpu_ticks(emu.pid) - before) / hz
+check(f"idle CPU {100 * used / 5:.2f}% of a core over 5 s (< 2%)", used / 5 < 0.02)
 # Shutdown as Linux does on unbind.
 mw(0x14, 0x460001 | 1 << 14)
 for _ in range(100):
