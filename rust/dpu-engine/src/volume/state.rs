@@ -198,19 +198,22 @@ impl PoolState {
         if supers.is_empty() {
             return Err(VolumeError::NotFormatted);
         }
-        supers.sort_by_key(|sb| std::cmp::Reverse(sb.generation));
-        let mut last_error = VolumeError::NotFormatted;
-        for sb in supers {
-            // A torn superblock write fails its checksum and is skipped
-            // above; a newer superblock whose checkpoint does not load
-            // falls back to the older one, which the commit protocol kept
-            // intact.
-            match PoolState::load(media.clone(), &sb) {
-                Ok(state) => return Ok(state),
-                Err(e) => last_error = e,
+        // A torn superblock write fails its checksum and was skipped above,
+        // so the newest valid superblock is the last commit. Its checkpoint
+        // was durable before it was written; if it does not load, the media
+        // is damaged, and the pool refuses to open rather than fall back to
+        // the older superblock, which would silently drop acknowledged
+        // writes.
+        let newest = supers
+            .into_iter()
+            .max_by_key(|sb| sb.generation)
+            .ok_or(VolumeError::NotFormatted)?;
+        PoolState::load(media, &newest).map_err(|e| match e {
+            VolumeError::Corrupt(why) => {
+                VolumeError::Corrupt(format!("generation {}: {why}", newest.generation))
             }
-        }
-        Err(last_error)
+            e => e,
+        })
     }
 
     fn load(media: Arc<dyn Media>, sb: &Superblock) -> Result<Self, VolumeError> {
@@ -1176,6 +1179,12 @@ impl PoolState {
         }
         self.dirty = true;
         self.commit()
+    }
+
+    /// The metadata, for tests that commit deliberately broken states.
+    #[cfg(test)]
+    pub(crate) fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.meta
     }
 
     /// Size in blocks of volume `id`.
