@@ -6,8 +6,8 @@
 //! commit concurrently: the journal lock only guards sequence numbers and
 //! the set of transactions in flight, and is held across I/O only for a
 //! checkpoint. Superblock updates are serialized by the metadata lock. Lock
-//! order: row → journal → metadata → member table; the member table lock is
-//! only ever held for short bookkeeping, never across I/O. A transaction
+//! order: row → journal → destage → metadata → pending and member table;
+//! the last two are only ever held for short bookkeeping, never across I/O. A transaction
 //! only ever waits for transactions with smaller sequence numbers, which
 //! already hold their (single) row lock, so waits cannot form a cycle.
 
@@ -102,6 +102,16 @@ struct Journal {
     draining: bool,
 }
 
+/// Journaled bytes not yet written in place (write-back): the new content
+/// of `member`'s chunk at `start` in some row.
+#[derive(Clone)]
+struct PendingWrite {
+    seq: u64,
+    member: usize,
+    start: u64,
+    bytes: Arc<Vec<u8>>,
+}
+
 /// A transaction's hold on its sequence number and journal slot; dropping
 /// it (on success or error) ends the transaction.
 struct Ticket<'a> {
@@ -146,6 +156,11 @@ pub struct ProtectedMedia {
     journal: Mutex<Journal>,
     /// Signalled whenever a transaction ends or draining stops.
     journal_changed: Condvar,
+    /// Committed bytes waiting to be written in place, by row, in commit
+    /// order. Every read of a member's data overlays them.
+    pending: Mutex<BTreeMap<u64, Vec<PendingWrite>>>,
+    /// Serializes destaging, so pending bytes reach the media in order.
+    destage_lock: Mutex<()>,
     meta: Mutex<Meta>,
     pub(super) counters: Counters,
 }
@@ -349,6 +364,8 @@ impl ProtectedMedia {
                 draining: false,
             }),
             journal_changed: Condvar::new(),
+            pending: Mutex::new(BTreeMap::new()),
+            destage_lock: Mutex::new(()),
             meta: Mutex::new(Meta {
                 generation,
                 checkpoint,
@@ -465,7 +482,7 @@ impl ProtectedMedia {
             while !journal.in_flight.is_empty() {
                 journal = self.wait_journal(journal);
             }
-            let flushed = self.flush_members();
+            let flushed = self.destage().and_then(|()| self.flush_members());
             if flushed.is_ok() {
                 lock(&self.meta).checkpoint = journal.next_seq - 1;
             }
@@ -585,6 +602,42 @@ impl ProtectedMedia {
         }
     }
 
+    /// Reads `buf.len()` bytes of `member`'s chunk of `row` at `offset`, as
+    /// committed: the media, overlaid with pending (not yet destaged) bytes.
+    pub(super) fn read_member(
+        &self,
+        row: u64,
+        member: usize,
+        media: &dyn Media,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> MediaResult<()> {
+        // Pending bytes are looked at before the media: destaging writes the
+        // media first and forgets the bytes after, so each pending write is
+        // either in this snapshot or already on the media.
+        let overlay: Vec<(u64, Arc<Vec<u8>>)> = lock(&self.pending)
+            .get(&row)
+            .map(|writes| {
+                writes
+                    .iter()
+                    .filter(|w| w.member == member)
+                    .map(|w| (w.start, w.bytes.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        media.read_at(self.geometry.row_offset(row) + offset, buf)?;
+        let end = offset + buf.len() as u64;
+        for (start, bytes) in overlay {
+            let from = start.max(offset);
+            let to = (start + bytes.len() as u64).min(end);
+            if from < to {
+                buf[(from - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&bytes[(from - start) as usize..(to - start) as usize]);
+            }
+        }
+        Ok(())
+    }
+
     /// Reads bytes `start..end` of every serving slot of `row`; slots that
     /// fail the read come back `None` (and the error is accounted).
     pub(super) fn read_row(
@@ -595,17 +648,17 @@ impl ProtectedMedia {
         end: u64,
     ) -> Vec<Option<Vec<u8>>> {
         let layout = self.geometry.layout;
-        let at = self.geometry.row_offset(row) + start;
         view.slots
             .iter()
             .enumerate()
             .map(|(slot, media)| {
                 let media = media.as_ref()?;
+                let member = layout.member_of(row, slot);
                 let mut buf = vec![0u8; (end - start) as usize];
-                match media.read_at(at, &mut buf) {
+                match self.read_member(row, member, media.as_ref(), start, &mut buf) {
                     Ok(()) => Some(buf),
                     Err(e) => {
-                        self.note_read_error(layout.member_of(row, slot), &e);
+                        self.note_read_error(member, &e);
                         None
                     }
                 }
@@ -624,7 +677,6 @@ impl ProtectedMedia {
         out: &mut [u8],
     ) -> bool {
         let layout = self.geometry.layout;
-        let at = self.geometry.row_offset(row) + offset;
         // Mirrors start at a different copy on each row so reads spread over
         // every member instead of only the first copy.
         let copies = layout.slots_of_data(data);
@@ -632,9 +684,10 @@ impl ProtectedMedia {
         let rotated = copies.clone().skip(first).chain(copies.take(first));
         for slot in rotated {
             if let Some(media) = &view.slots[slot] {
-                match media.read_at(at, out) {
+                let member = layout.member_of(row, slot);
+                match self.read_member(row, member, media.as_ref(), offset, out) {
                     Ok(()) => return true,
-                    Err(e) => self.note_read_error(layout.member_of(row, slot), &e),
+                    Err(e) => self.note_read_error(member, &e),
                 }
             }
         }
@@ -819,10 +872,9 @@ impl ProtectedMedia {
             let layout = self.geometry.layout;
             let direct = layout.slots_of_data(d).any(|slot| {
                 view.slots[slot].as_ref().is_some_and(|media| {
-                    let at = self.geometry.row_offset(row) + start;
-                    media
-                        .read_at(at, &mut buf)
-                        .inspect_err(|e| self.note_read_error(layout.member_of(row, slot), e))
+                    let member = layout.member_of(row, slot);
+                    self.read_member(row, member, media.as_ref(), start, &mut buf)
+                        .inspect_err(|e| self.note_read_error(member, e))
                         .is_ok()
                 })
             });
@@ -851,14 +903,17 @@ impl ProtectedMedia {
             .collect())
     }
 
-    /// Commits new bytes for some members of a row: journal, then in place.
+    /// Commits new bytes for some members of a row: journal now, in place
+    /// later (write-back).
     ///
     /// Each member's entry holds only that member's new bytes; a
     /// transaction is complete when every involved member that still
-    /// serves has its entry. Entries are flushed before anything is written
-    /// in place, so at mount a complete transaction may be half applied
-    /// (replay finishes it) and an incomplete one never started (replay
-    /// drops it): each row ends up all old or all new, and consistent.
+    /// serves has its entry. The bytes go in place only when destaged,
+    /// after a flush made the journal durable, so at mount a complete
+    /// transaction may be half applied (replay finishes it) and an
+    /// incomplete one never started (replay drops it): each row ends up all
+    /// old or all new, and consistent. Until destaged, reads see the bytes
+    /// through [`ProtectedMedia::read_member`].
     fn commit(
         &self,
         row: u64,
@@ -869,10 +924,11 @@ impl ProtectedMedia {
         let g = self.geometry;
         let ticket = self.begin_transaction()?;
         let seq = ticket.seq;
+        let checkpoint = lock(&self.meta).checkpoint;
         let at = g.journal_slot_offset(seq % g.journal_slots);
         loop {
             let mask = involved.iter().fold(0u64, |m, (i, _, _)| m | 1 << i);
-            let mut failed: Vec<usize> = involved
+            let failed = involved
                 .iter()
                 .filter(|(index, media, bytes)| {
                     let entry = JournalHeader {
@@ -884,19 +940,13 @@ impl ProtectedMedia {
                         involved: mask,
                         member_index: *index,
                         payload_crc: crc32c::crc32c(bytes),
+                        checkpoint,
                     }
                     .encode_entry(bytes);
                     media.write_at(at, &entry).is_err()
                 })
                 .map(|(index, _, _)| *index)
-                .collect();
-            if failed.is_empty() {
-                failed = involved
-                    .iter()
-                    .filter(|(_, media, _)| media.flush().is_err())
-                    .map(|(index, _, _)| *index)
-                    .collect();
-            }
+                .collect::<Vec<usize>>();
             if failed.is_empty() {
                 break;
             }
@@ -913,10 +963,16 @@ impl ProtectedMedia {
                 )));
             }
         }
-        let at = g.row_offset(row) + start;
-        for (index, media, bytes) in &involved {
-            if media.write_at(at, bytes).is_err() {
-                self.mark_failed(*index);
+        {
+            let mut pending = lock(&self.pending);
+            let writes = pending.entry(row).or_default();
+            for (member, _, bytes) in involved {
+                writes.push(PendingWrite {
+                    seq,
+                    member,
+                    start,
+                    bytes: Arc::new(bytes),
+                });
             }
         }
         drop(ticket);
@@ -981,9 +1037,55 @@ impl ProtectedMedia {
             .copied()
             .unwrap_or(journal.next_seq)
             - 1;
+        self.destage()?;
         self.flush_members()?;
+        // The new checkpoint reaches the media inside the next journal
+        // entries (and the next superblock update), not through a
+        // superblock write of its own.
         lock(&self.meta).checkpoint = finished;
-        self.persist()
+        Ok(())
+    }
+
+    /// Makes the journal durable, then writes every pending write (as of
+    /// before that flush) in place. Does not flush the in-place writes: the
+    /// journal still covers them until the next checkpoint.
+    pub(super) fn destage(&self) -> MediaResult<()> {
+        let _serial = lock(&self.destage_lock);
+        let snapshot: Vec<(u64, PendingWrite)> = lock(&self.pending)
+            .iter()
+            .flat_map(|(row, writes)| writes.iter().map(|w| (*row, w.clone())))
+            .collect();
+        // Only what was pending before the flush is known to be journaled
+        // durably, so only that may go in place now.
+        self.flush_members()?;
+        for (row, write) in &snapshot {
+            let media = {
+                let members = self.members();
+                let m = &members[write.member];
+                m.media.clone().filter(|_| m.is_live())
+            };
+            if let Some(media) = media {
+                let at = self.geometry.row_offset(*row) + write.start;
+                if media.write_at(at, &write.bytes).is_err() {
+                    self.mark_failed(write.member);
+                }
+            }
+        }
+        let mut pending = lock(&self.pending);
+        for (row, write) in snapshot {
+            if let Some(writes) = pending.get_mut(&row) {
+                writes.retain(|w| (w.seq, w.member) != (write.seq, write.member));
+                if writes.is_empty() {
+                    pending.remove(&row);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `row` has committed bytes not yet written in place.
+    pub(super) fn has_pending(&self, row: u64) -> bool {
+        lock(&self.pending).contains_key(&row)
     }
 
     /// Flushes every live member; failures fail the member, and the array
@@ -996,10 +1098,20 @@ impl ProtectedMedia {
             .filter(|(_, m)| m.is_live())
             .filter_map(|(i, m)| m.media.clone().map(|media| (i, media)))
             .collect();
-        for (index, media) in live {
-            if media.flush().is_err() {
-                self.mark_failed(index);
-            }
+        // Flushes are the slow part of a commit path (an fdatasync per file
+        // for file media), so all members flush at once.
+        let failed: Vec<usize> = std::thread::scope(|scope| {
+            let flushes: Vec<_> = live
+                .iter()
+                .map(|(index, media)| (*index, scope.spawn(move || media.flush().is_ok())))
+                .collect();
+            flushes
+                .into_iter()
+                .filter_map(|(index, flush)| (!matches!(flush.join(), Ok(true))).then_some(index))
+                .collect()
+        });
+        for index in failed {
+            self.mark_failed(index);
         }
         if self.state() == ArrayState::Failed {
             return Err(unrecoverable("array failed"));
@@ -1017,7 +1129,6 @@ impl ProtectedMedia {
             entries: Vec<(usize, Vec<u8>)>,
         }
         let g = self.geometry;
-        let checkpoint = lock(&self.meta).checkpoint;
         let mut live: Vec<(usize, Arc<dyn Media>)> = self
             .members()
             .iter()
@@ -1026,11 +1137,11 @@ impl ProtectedMedia {
             .filter_map(|(i, m)| m.media.clone().map(|media| (i, media)))
             .collect();
         let mut txns: BTreeMap<u64, Txn> = BTreeMap::new();
-        let mut newest = checkpoint;
         // A member whose journal cannot be read might hold the entry that
         // makes a transaction complete or incomplete; it cannot vote, so it
         // is failed, which makes its chunks come from the others.
         let mut unreadable = Vec::new();
+        let mut headers: Vec<(usize, u64, JournalHeader)> = Vec::new();
         for slot in 0..g.journal_slots {
             let at = g.journal_slot_offset(slot);
             for (index, media) in &live {
@@ -1044,31 +1155,47 @@ impl ProtectedMedia {
                 };
                 let sane = h.uuid == g.uuid
                     && h.member_index == *index
-                    && h.seq > checkpoint
                     && h.row < g.rows
                     && h.start.checked_add(h.len).is_some_and(|e| e <= g.chunk);
-                if !sane {
-                    continue;
+                if sane {
+                    headers.push((*index, at, h));
                 }
-                let mut payload = vec![0u8; h.len as usize];
-                if media.read_at(at + BLOCK, &mut payload).is_err() {
-                    unreadable.push(*index);
-                    continue;
-                }
-                // A torn entry (crash while journaling) does not count.
-                if crc32c::crc32c(&payload) != h.payload_crc {
-                    continue;
-                }
-                newest = newest.max(h.seq);
-                let txn = txns.entry(h.seq).or_insert_with(|| Txn {
-                    row: h.row,
-                    start: h.start,
-                    involved: h.involved,
-                    entries: Vec::new(),
-                });
-                if (txn.row, txn.start, txn.involved) == (h.row, h.start, h.involved) {
-                    txn.entries.push((*index, payload));
-                }
+            }
+        }
+        // Every sealed header vouches for the checkpoint it was written
+        // under, whether or not its own payload made it.
+        let checkpoint = headers
+            .iter()
+            .map(|(_, _, h)| h.checkpoint)
+            .fold(lock(&self.meta).checkpoint, u64::max);
+        let newest = headers
+            .iter()
+            .map(|(_, _, h)| h.seq)
+            .fold(checkpoint, u64::max);
+        for (index, at, h) in headers {
+            if h.seq <= checkpoint {
+                continue;
+            }
+            let Some(media) = live.iter().find(|(i, _)| *i == index).map(|(_, m)| m) else {
+                continue;
+            };
+            let mut payload = vec![0u8; h.len as usize];
+            if media.read_at(at + BLOCK, &mut payload).is_err() {
+                unreadable.push(index);
+                continue;
+            }
+            // A torn entry (crash while journaling) does not count.
+            if crc32c::crc32c(&payload) != h.payload_crc {
+                continue;
+            }
+            let txn = txns.entry(h.seq).or_insert_with(|| Txn {
+                row: h.row,
+                start: h.start,
+                involved: h.involved,
+                entries: Vec::new(),
+            });
+            if (txn.row, txn.start, txn.involved) == (h.row, h.start, h.involved) {
+                txn.entries.push((index, payload));
             }
         }
         for index in &unreadable {
@@ -1152,6 +1279,12 @@ impl Media for ProtectedMedia {
     }
 
     fn flush(&self) -> MediaResult<()> {
-        self.flush_members()
+        // Durability comes from the journal; destaging here bounds how long
+        // bytes stay pending in memory.
+        self.destage()?;
+        if self.state() == ArrayState::Failed {
+            return Err(unrecoverable("array failed"));
+        }
+        Ok(())
     }
 }

@@ -302,6 +302,10 @@ pub struct JournalHeader {
     pub involved: u64,
     pub member_index: usize,
     pub payload_crc: u32,
+    /// The journal checkpoint in force when this entry was written: every
+    /// transaction up to it was durable in place by then. Replay takes the
+    /// highest one it finds, so checkpoints need no superblock update.
+    pub checkpoint: u64,
 }
 
 impl JournalHeader {
@@ -320,6 +324,7 @@ impl JournalHeader {
         e.u64(self.involved);
         e.u16(self.member_index as u16);
         e.u32(self.payload_crc);
+        e.u64(self.checkpoint);
         seal(block);
         rest.copy_from_slice(payload);
         entry
@@ -343,6 +348,7 @@ impl JournalHeader {
             involved: d.u64()?,
             member_index: d.u16()? as usize,
             payload_crc: d.u32()?,
+            checkpoint: d.u64()?,
         })
     }
 }
@@ -413,6 +419,7 @@ mod tests {
             involved: 0b1011,
             member_index: 1,
             payload_crc: 0xdead_beef,
+            checkpoint: 3,
         };
         let entry = header.encode_entry(&[5u8; 1024]);
         assert_eq!(entry.len(), 4096 + 1024);

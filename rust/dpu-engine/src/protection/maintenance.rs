@@ -100,8 +100,11 @@ impl ProtectedMedia {
             self.counters.rebuilt_rows.fetch_add(1, Ordering::Relaxed);
         }
         // The new position goes on media only once the rows it covers are
-        // durable on the new member.
+        // durable on the new member, and so is the journal: rebuilt rows
+        // include pending writes, whose transactions must then survive a
+        // crash too.
         media.flush().inspect_err(|_| self.mark_failed(member))?;
+        self.destage()?;
         if end == g.rows {
             self.members_mut()[member].state = MemberState::Online;
         }
@@ -185,6 +188,11 @@ impl ProtectedMedia {
             rows: 1,
             ..ScrubReport::default()
         };
+        // A repair must not put bytes in place whose journal entries are not
+        // durable yet, so pending writes of this row are destaged first.
+        if self.has_pending(row) {
+            self.destage()?;
+        }
         let view = self.row_view(row);
         let chunks = self.read_row(row, &view, 0, g.chunk);
         report.read_errors = chunks

@@ -283,7 +283,7 @@ proptest! {
     }
 
     /// Power fails after every possible number of member writes during a
-    /// write (degraded or not, with or without volatile member caches that
+    /// write and the flush that destages it (degraded or not, with or without volatile member caches that
     /// lose a random subset of unflushed writes); after remount every row
     /// holds all old or all new data, and every allowed failure combination
     /// agrees on it.
@@ -318,6 +318,7 @@ proptest! {
             c.attach_power_cut(counter.clone());
         }
         write.apply(&array, &mut new).unwrap();
+        array.flush().unwrap();
         let total = counter.attempted();
         prop_assert!(total > 0);
 
@@ -337,6 +338,7 @@ proptest! {
             }
             let mut scratch = old.clone();
             write.apply(&array, &mut scratch).unwrap();
+            array.flush().unwrap();
             drop(array);
             let mut bits = pattern(keep_seed ^ cut_after, 64).into_iter().cycle();
             let mut keep = move || bits.next().is_some_and(|b| b & 1 == 1);
@@ -454,6 +456,7 @@ proptest! {
         let rig = rig(layout);
         let mut model = vec![0u8; rig.array.size() as usize];
         run_writes(&rig.array, &mut model, &ops);
+        rig.array.flush().unwrap();
         let member = member.index(layout.members());
         let before = rig.mems[member].snapshot();
         let at = rig.array.geometry.row_offset(row) + sector * 512 + byte;
@@ -666,6 +669,8 @@ fn corruption_injected_on_write_is_repaired_by_scrub() {
     }
     .apply(&rig.array, &mut model)
     .unwrap();
+    // Written in place (where the injector waits) when destaged.
+    rig.array.flush().unwrap();
     assert_eq!(rig.controls[4].counters().injected, 1);
     let report = rig.array.scrub(true).unwrap();
     assert_eq!((report.mismatches, report.repaired), (1, 1));
