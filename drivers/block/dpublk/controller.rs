@@ -183,6 +183,24 @@ impl Controller {
         self.broken.store(true, Ordering::Release);
     }
 
+    /// Checks that the controller still answers and has not failed: a
+    /// removed device reads all ones, a failed one sets CSTS.CFS. If not,
+    /// records it as a fatal error.
+    pub(crate) fn check_alive(&self) -> bool {
+        let csts = self.with_regs(|regs| regs.csts());
+        match csts {
+            Ok(csts) if csts.0 != u32::MAX && !csts.cfs() => true,
+            Ok(csts) => {
+                self.protocol_error(ProtocolError::Fatal, format_args!("CSTS {:#x}", csts.0));
+                false
+            }
+            Err(e) => {
+                self.protocol_error(ProtocolError::Fatal, format_args!("registers unreachable: {e:?}"));
+                false
+            }
+        }
+    }
+
     /// Disables the controller (CC.EN = 0) and waits until it is not ready.
     fn disable(&self) -> Result {
         self.with_regs(|regs| {

@@ -369,9 +369,11 @@ impl<'bound> Accelerator<'bound> {
 impl Drop for Accelerator<'_> {
     fn drop(&mut self) {
         // Disks first: `del_gendisk` waits for their I/O to finish (or to
-        // time out, which fails the controller). A failed controller takes
-        // no I/O, so its disks fail new I/O at once.
-        if !self.ctrl.is_usable() {
+        // time out, which fails the controller). A controller that failed or
+        // was removed under us will not finish anything: fail its I/O now,
+        // and let its disks fail new I/O at once.
+        if !self.ctrl.check_alive() || !self.ctrl.is_usable() {
+            self.queues.fail_all();
             for disk in self.disks.iter() {
                 disk.mark_dead();
             }
