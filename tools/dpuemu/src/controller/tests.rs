@@ -1476,7 +1476,6 @@ fn vendor_commands_on_the_accelerator() {
 /// One host CPU driving one I/O queue pair like Linux does: up to `depth`
 /// writes in flight, shadow doorbells with the EventIdx check (or MMIO
 /// doorbells), completions reaped by phase tag.
-#[allow(clippy::too_many_arguments)]
 fn drive_queue(
     mem: &VecMemory,
     ctrl: &Controller,
