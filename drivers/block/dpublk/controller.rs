@@ -352,3 +352,44 @@ impl Controller {
 
 /// BAR0 must cover at least the registers and doorbells the driver uses.
 const _: () = assert!(BAR0_SIZE >= 0x1008);
+
+#[kunit_tests(dpublk_status)]
+mod tests {
+    use super::*;
+    use crate::shim::vendor;
+
+    fn errno(status: Status) -> Option<i32> {
+        match status_to_result(status) {
+            Ok(()) => Some(0),
+            Err(Some(e)) => Some(e.to_errno()),
+            Err(None) => None,
+        }
+    }
+
+    #[test]
+    fn success_ignores_flags() {
+        assert_eq!(errno(Status::SUCCESS), Some(0));
+        assert_eq!(errno(Status(Status::DNR | Status::MORE)), Some(0));
+    }
+
+    #[test]
+    fn mapped_statuses() {
+        assert_eq!(errno(Status::INVALID_OPCODE), Some(EOPNOTSUPP.to_errno()));
+        assert_eq!(errno(Status::INVALID_FIELD), Some(EOPNOTSUPP.to_errno()));
+        assert_eq!(errno(Status::LBA_OUT_OF_RANGE), Some(EREMOTEIO.to_errno()));
+        assert_eq!(errno(Status::DATA_TRANSFER_ERROR), Some(EIO.to_errno()));
+        assert_eq!(errno(Status::UNRECOVERED_READ_ERROR), Some(ENODATA.to_errno()));
+        assert_eq!(errno(Status::WRITE_FAULT), Some(ENODATA.to_errno()));
+        assert_eq!(errno(Status::INVALID_QUEUE_ID), Some(EIO.to_errno()));
+        assert_eq!(errno(Status::new(sct::PATH, 0)), Some(ENOLINK.to_errno()));
+        assert_eq!(errno(vendor::vendor_status(vendor::status::NO_SPACE)), Some(ENOSPC.to_errno()));
+        assert_eq!(errno(vendor::vendor_status(vendor::status::VOLUME_BUSY)), Some(EIO.to_errno()));
+    }
+
+    #[test]
+    fn undefined_types_are_device_errors() {
+        for sct in 4..7u8 {
+            assert_eq!(errno(Status::new(sct, 1)), None);
+        }
+    }
+}

@@ -53,6 +53,16 @@ pub(crate) const MAX_QUEUE_ENTRIES: u16 = 1 << TAG_BITS;
 
 const _: () = assert!((MAX_TRANSFER as u64 / prp::PAGE) as usize + 1 < prp::LIST_ENTRIES);
 
+/// The command ID for `tag` in its slot's `generation`.
+pub(crate) const fn command_id(tag: u16, generation: u16) -> u16 {
+    (tag & TAG_MASK) | (generation << TAG_BITS)
+}
+
+/// The tag a command ID names.
+pub(crate) const fn tag_of(cid: u16) -> u16 {
+    cid & TAG_MASK
+}
+
 /// What a namespace needs to turn requests into commands.
 pub(crate) struct NamespaceFormat {
     /// Namespace ID.
@@ -265,7 +275,7 @@ impl IoQueue {
             Err(e) => return Err((rq, e)),
         };
         let generation = slot.generation.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        let cid = (tag as u16) | (generation << TAG_BITS);
+        let cid = command_id(tag as u16, generation);
         sqe.set_cid(cid);
         slot.cid.store(cid, Ordering::Relaxed);
         if let Err(rq) = slot.request.put(rq) {
@@ -356,7 +366,7 @@ impl IoQueue {
             return Err(());
         }
         let cid = cqe.command_id();
-        let slot = self.slots.get(usize::from(cid & TAG_MASK));
+        let slot = self.slots.get(usize::from(tag_of(cid)));
         let rq = slot.and_then(|slot| {
             // With the completion lock held nobody else takes from the
             // slot, so an occupied slot's `cid` belongs to its occupant.
@@ -436,5 +446,30 @@ impl Handler for QueueIrq {
         } else {
             IrqReturn::None
         }
+    }
+}
+
+#[kunit_tests(dpublk_command_id)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_round_trip() {
+        for tag in [0u16, 1, 254, 1023] {
+            for generation in [0u16, 1, 2, 63, 64, 65535] {
+                assert_eq!(tag_of(command_id(tag, generation)), tag);
+            }
+        }
+    }
+
+    #[test]
+    fn generations_differ() {
+        // Consecutive uses of a slot get different command IDs, so a late
+        // completion for the previous use is not taken for the current one.
+        for generation in 0..64u16 {
+            assert_ne!(command_id(7, generation), command_id(7, generation + 1));
+        }
+        // The generation wraps after 64 uses of the slot.
+        assert_eq!(command_id(7, 0), command_id(7, 64));
     }
 }
