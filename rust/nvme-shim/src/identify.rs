@@ -8,6 +8,8 @@ use super::wire::{Le16, Le32, Le64, Wire};
 /// Size of every Identify data structure.
 pub const IDENTIFY_BYTES: usize = 4096;
 
+/// Controller Type: I/O controller.
+pub const CNTRLTYPE_IO: u8 = 1;
 /// Optional Admin Command Support: Doorbell Buffer Config supported.
 pub const OACS_DOORBELL_BUFFER_CONFIG: u16 = 1 << 8;
 /// Optional NVM Command Support: Dataset Management.
@@ -57,8 +59,12 @@ pub struct IdentifyController {
     pub oaes: Le32,
     /// Controller Attributes.
     pub ctratt: Le32,
-    /// Reserved (RRLS, CNTRLTYPE, FGUID, CRDT and reserved bytes).
-    pub rsvd100: [u8; 156],
+    /// Reserved (RRLS and reserved bytes).
+    pub rsvd100: [u8; 11],
+    /// Controller Type (1 = I/O controller).
+    pub cntrltype: u8,
+    /// Reserved (FGUID, CRDT and reserved bytes).
+    pub rsvd112: [u8; 144],
     /// Optional Admin Command Support.
     pub oacs: Le16,
     /// Abort Command Limit (0-based).
@@ -118,6 +124,7 @@ pub struct IdentifyController {
 const _: () = assert!(core::mem::size_of::<IdentifyController>() == IDENTIFY_BYTES);
 const _: () = assert!(core::mem::offset_of!(IdentifyController, cntlid) == 78);
 const _: () = assert!(core::mem::offset_of!(IdentifyController, ctratt) == 96);
+const _: () = assert!(core::mem::offset_of!(IdentifyController, cntrltype) == 111);
 const _: () = assert!(core::mem::offset_of!(IdentifyController, oacs) == 256);
 const _: () = assert!(core::mem::offset_of!(IdentifyController, sqes) == 512);
 const _: () = assert!(core::mem::offset_of!(IdentifyController, oncs) == 520);
@@ -231,6 +238,7 @@ mod tests {
         id.vid.set(0x1df5);
         ascii_field(&mut id.sn, b"SN1");
         id.mdts = 8;
+        id.cntrltype = CNTRLTYPE_IO;
         id.oacs.set(OACS_DOORBELL_BUFFER_CONFIG);
         id.sqes = 0x66;
         id.cqes = 0x44;
@@ -244,6 +252,7 @@ mod tests {
         assert_eq!(&b[0..2], &[0xf5, 0x1d]);
         assert_eq!(&b[4..8], b"SN1 ");
         assert_eq!(b[77], 8);
+        assert_eq!(b[111], CNTRLTYPE_IO);
         assert_eq!(&b[256..258], &[0x00, 0x01]);
         assert_eq!((b[512], b[513]), (0x66, 0x44));
         assert_eq!(b[516], 1);

@@ -161,6 +161,7 @@ impl Controller {
         id.mdts = MDTS;
         id.cntlid.set(1);
         id.ver.set(VERSION_1_4);
+        id.cntrltype = identify::CNTRLTYPE_IO;
         id.oacs.set(identify::OACS_DOORBELL_BUFFER_CONFIG);
         id.acl = 3;
         id.aerl = (AER_LIMIT - 1) as u8;
