@@ -7,9 +7,10 @@
 //! the set of transactions in flight, and is held across I/O only for a
 //! checkpoint. Superblock updates are serialized by the metadata lock. Lock
 //! order: row → journal → destage → metadata → pending and member table;
-//! the last two are only ever held for short bookkeeping, never across I/O. A transaction
-//! only ever waits for transactions with smaller sequence numbers, which
-//! already hold their (single) row lock, so waits cannot form a cycle.
+//! the last two are only ever held for short bookkeeping, never across I/O.
+//! A transaction only ever waits for transactions with smaller sequence
+//! numbers, which already hold their (single) row lock, so waits cannot
+//! form a cycle; destaging takes no row lock.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher};
@@ -94,8 +95,8 @@ struct Meta {
 
 struct Journal {
     next_seq: u64,
-    /// Transactions from sequence allocation to the end of their in-place
-    /// writes.
+    /// Transactions from sequence allocation until their bytes are pending
+    /// (journaled and visible to reads).
     in_flight: BTreeSet<u64>,
     /// Set while a member replacement waits for the journal to drain; new
     /// transactions wait until it is done.
@@ -1013,8 +1014,8 @@ impl ProtectedMedia {
 
     /// Before sequence `seq` takes its slot, the transaction that last used
     /// the slot must be durable in place: wait until every transaction up to
-    /// it has finished its in-place writes, flush every member and record a
-    /// checkpoint covering everything finished.
+    /// it has finished, destage, flush every member and raise the checkpoint
+    /// over everything finished.
     fn make_slot_reusable(&self, seq: u64) -> MediaResult<()> {
         let slots = self.geometry.journal_slots;
         if seq <= slots {
@@ -1028,9 +1029,10 @@ impl ProtectedMedia {
         if occupant <= lock(&self.meta).checkpoint {
             return Ok(());
         }
-        // Everything below the oldest transaction still in flight has
-        // finished in place; holding the journal lock keeps that true while
-        // the flush makes it durable.
+        // Everything below the oldest transaction still in flight is pending
+        // or already in place; the destage and flush below make all of it
+        // durable in place, and holding the journal lock keeps the set of
+        // finished transactions fixed meanwhile.
         let finished = journal
             .in_flight
             .first()
