@@ -116,7 +116,6 @@ pub(crate) enum TimeoutAction {
     /// The driver ended the request or will end it soon.
     Done,
     /// Give the request another full timeout.
-    #[expect(dead_code, reason = "for Abort-based recovery, which the driver does not do yet")]
     ResetTimer,
 }
 

@@ -9,6 +9,7 @@ use crate::{
     blk_mq::{self, OwnedRequest, Request, TimeoutAction},
     controller::Controller,
     io_queue::{IoQueue, NamespaceFormat},
+    shim::sqe::Abort,
 };
 use kernel::{prelude::*, sync::Arc};
 
@@ -62,9 +63,25 @@ impl blk_mq::Operations for BlockOps {
         if !hwq.is_outstanding(rq) {
             return TimeoutAction::Done;
         }
+        let pdev = set.ctrl.pdev();
+        // First try to abort just this command: the device then completes
+        // it with "abort requested", and everything else keeps running.
+        if set.ctrl.is_usable() {
+            if let Some(cid) = hwq.abort_once(rq) {
+                dev_warn!(pdev, "command {cid:#x} on queue {} timed out, aborting it\n", hwq.qid());
+                let abort = Abort {
+                    sqid: hwq.qid(),
+                    cid,
+                };
+                match set.ctrl.admin_command(abort.encode(0)) {
+                    Ok(_) => return TimeoutAction::ResetTimer,
+                    Err(e) => dev_warn!(pdev, "abort failed: {e:?}\n"),
+                }
+            }
+        }
         dev_warn!(
-            set.ctrl.pdev(),
-            "command (tag {}) on queue {} timed out\n",
+            pdev,
+            "command (tag {}) on queue {} timed out again or cannot be aborted\n",
             rq.tag(),
             hwq.qid()
         );

@@ -28,7 +28,7 @@ use crate::{
 };
 use core::{
     cell::UnsafeCell,
-    sync::atomic::{AtomicU16, Ordering},
+    sync::atomic::{AtomicBool, AtomicU16, Ordering},
 };
 use kernel::{
     device,
@@ -77,6 +77,8 @@ struct CommandSlot {
     /// Command ID of the command in flight from this slot.
     cid: AtomicU16,
     generation: AtomicU16,
+    /// An Abort was sent for the command in flight.
+    aborted: AtomicBool,
     /// Owned by the request that holds this slot's tag.
     sgl: UnsafeCell<RequestSgl>,
 }
@@ -123,6 +125,7 @@ impl IoQueue {
                     request: RequestSlot::new(),
                     cid: AtomicU16::new(0),
                     generation: AtomicU16::new(0),
+                    aborted: AtomicBool::new(false),
                     sgl: UnsafeCell::new(RequestSgl::new(MAX_SEGMENTS)?),
                 },
                 GFP_KERNEL,
@@ -278,6 +281,7 @@ impl IoQueue {
         let cid = command_id(tag as u16, generation);
         sqe.set_cid(cid);
         slot.cid.store(cid, Ordering::Relaxed);
+        slot.aborted.store(false, Ordering::Relaxed);
         if let Err(rq) = slot.request.put(rq) {
             // SAFETY: The request still owns its tag and the mapping.
             unsafe { (*slot.sgl.get()).unmap(self.dma_dev()) };
@@ -410,6 +414,15 @@ impl IoQueue {
         self.slots
             .get(rq.tag() as usize)
             .is_some_and(|slot| slot.request.holds(rq))
+    }
+
+    /// Returns the command ID to abort for `rq`, the first time only.
+    pub(crate) fn abort_once(&self, rq: &Request) -> Option<u16> {
+        let slot = self.slots.get(rq.tag() as usize)?;
+        if !slot.request.holds(rq) || slot.aborted.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        Some(slot.cid.load(Ordering::Relaxed))
     }
 
     /// Ends every outstanding request with `err`.
