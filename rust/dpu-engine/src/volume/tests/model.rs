@@ -10,11 +10,14 @@ use super::crash_media::{crash_image, CrashMedia, Loss};
 use super::{key, random_block, text_block};
 use crate::volume::*;
 
-/// Blocks per volume in the model tests.
+/// Blocks per volume in the model tests, when created (resize changes it,
+/// up to twice this).
 pub(crate) const VOLUME_BLOCKS: u64 = 8;
-/// Pool size: room for every volume's blocks plus metadata, so a full pool
-/// never interferes with the model.
-const POOL_BLOCKS: usize = 48;
+/// Pool size: small enough that long sequences fill it (writes, clones and
+/// resizes then fail with `NoSpace`, which the model checks is genuine),
+/// and that freed blocks are reused soon, which is where a commit that
+/// released space too early would show.
+const POOL_BLOCKS: usize = 22;
 /// At most this many volumes, snapshots and clones at once.
 const MAX_VOLUMES: usize = 5;
 /// Distinct contents: seed 0 is zeros, then incompressible, then
@@ -41,6 +44,7 @@ pub(crate) enum Op {
     Clone { snap: u8 },
     Revert { vol: u8, snap: u8 },
     Delete { vol: u8 },
+    Resize { vol: u8, blocks: u8 },
     Flush,
 }
 
@@ -54,6 +58,7 @@ pub(crate) fn op_strategy() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(|snap| Op::Clone { snap }),
         1 => (any::<u8>(), any::<u8>()).prop_map(|(vol, snap)| Op::Revert { vol, snap }),
         1 => any::<u8>().prop_map(|vol| Op::Delete { vol }),
+        1 => (any::<u8>(), 1..=2 * VOLUME_BLOCKS as u8).prop_map(|(vol, blocks)| Op::Resize { vol, blocks }),
         2 => Just(Op::Flush),
     ]
 }
@@ -85,6 +90,7 @@ struct Block {
 #[derive(Debug, Clone)]
 struct ModelVolume {
     snapshot: bool,
+    size: u64,
     blocks: BTreeMap<u64, Block>,
 }
 
@@ -163,6 +169,22 @@ impl Harness {
         self.history.push(state);
     }
 
+    /// True if an operation succeeded; false if it failed because the pool
+    /// is full, which leaves pool and model unchanged. Resizes and clones
+    /// can over-commit the small test pool, so this is exercised too.
+    fn accept(&self, result: VolumeResult<()>) -> bool {
+        match result {
+            Ok(()) => true,
+            Err(VolumeError::NoSpace) => {
+                let stats = self.pool.stats().unwrap();
+                assert!(stats.free_blocks <= 8, "NoSpace with room: {stats:?}");
+                assert_eq!(stats.pending_free_blocks, 0, "NoSpace with blocks pending");
+                false
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     /// Runs `op` on the pool and on the model.
     pub(crate) fn apply(&mut self, op: &Op) {
         let writable = self.names(false);
@@ -177,11 +199,14 @@ impl Harness {
                     services: self.services,
                     key: self.key.as_ref(),
                 };
-                self.pool.create_volume(&name, &options).unwrap();
+                if !self.accept(self.pool.create_volume(&name, &options)) {
+                    return;
+                }
                 self.volumes.insert(
                     name.clone(),
                     ModelVolume {
                         snapshot: false,
+                        size: VOLUME_BLOCKS,
                         blocks: BTreeMap::new(),
                     },
                 );
@@ -192,11 +217,12 @@ impl Harness {
                 let Some(name) = Self::pick(&writable, *vol) else {
                     return;
                 };
+                let size = self.volumes[&name].size;
                 for (i, &seed) in seeds.iter().enumerate() {
-                    let lba = (u64::from(*lba) + i as u64) % VOLUME_BLOCKS;
-                    self.handles[&name]
-                        .write_blocks(lba, &content(seed))
-                        .unwrap();
+                    let lba = (u64::from(*lba) + i as u64) % size;
+                    if !self.accept(self.handles[&name].write_blocks(lba, &content(seed))) {
+                        return;
+                    }
                     self.next_token += 1;
                     let block = Block {
                         seed,
@@ -214,8 +240,9 @@ impl Harness {
                 let Some(name) = Self::pick(&writable, *vol) else {
                     return;
                 };
-                let lba = u64::from(*lba) % VOLUME_BLOCKS;
-                let count = u64::from(*count).min(VOLUME_BLOCKS - lba);
+                let size = self.volumes[&name].size;
+                let lba = u64::from(*lba) % size;
+                let count = u64::from(*count).min(size - lba);
                 self.handles[&name].discard_blocks(lba, count).unwrap();
                 if let Some(v) = self.volumes.get_mut(&name) {
                     v.blocks.retain(|&l, _| l < lba || l >= lba + count);
@@ -227,7 +254,9 @@ impl Harness {
                     return;
                 };
                 let name = self.new_name("s");
-                self.pool.snapshot(&origin, &name).unwrap();
+                if !self.accept(self.pool.snapshot(&origin, &name)) {
+                    return;
+                }
                 let mut copy = self.volumes[&origin].clone();
                 copy.snapshot = true;
                 self.volumes.insert(name.clone(), copy);
@@ -239,7 +268,9 @@ impl Harness {
                     return;
                 };
                 let name = self.new_name("c");
-                self.pool.clone_snapshot(&snapshot, &name).unwrap();
+                if !self.accept(self.pool.clone_snapshot(&snapshot, &name)) {
+                    return;
+                }
                 let mut copy = self.volumes[&snapshot].clone();
                 copy.snapshot = false;
                 self.volumes.insert(name.clone(), copy);
@@ -252,10 +283,14 @@ impl Harness {
                 else {
                     return;
                 };
-                self.pool.revert(&volume, &snapshot).unwrap();
-                let blocks = self.volumes[&snapshot].blocks.clone();
+                if !self.accept(self.pool.revert(&volume, &snapshot)) {
+                    return;
+                }
+                let source = &self.volumes[&snapshot];
+                let (blocks, size) = (source.blocks.clone(), source.size);
                 if let Some(v) = self.volumes.get_mut(&volume) {
                     v.blocks = blocks;
+                    v.size = size;
                 }
                 self.record(true);
             }
@@ -266,6 +301,20 @@ impl Harness {
                 self.pool.delete(&name).unwrap();
                 self.volumes.remove(&name);
                 self.handles.remove(&name);
+                self.record(true);
+            }
+            Op::Resize { vol, blocks } => {
+                let Some(name) = Self::pick(&writable, *vol) else {
+                    return;
+                };
+                let size = u64::from(*blocks);
+                if !self.accept(self.pool.resize(&name, size * BLOCK_SIZE as u64)) {
+                    return;
+                }
+                if let Some(v) = self.volumes.get_mut(&name) {
+                    v.size = size;
+                    v.blocks.retain(|&lba, _| lba < size);
+                }
                 self.record(true);
             }
             Op::Flush => {
@@ -281,7 +330,7 @@ impl Harness {
         self.volumes
             .iter()
             .map(|(name, v)| {
-                let seeds = (0..VOLUME_BLOCKS)
+                let seeds = (0..v.size)
                     .map(|lba| v.blocks.get(&lba).map_or(0, |b| b.seed))
                     .collect();
                 (name.clone(), (v.snapshot, seeds))
@@ -295,7 +344,7 @@ impl Harness {
         for info in pool.volumes().unwrap() {
             let volume = pool.open_volume(&info.name, self.key.as_ref()).unwrap();
             let mut block = vec![0u8; BLOCK_SIZE];
-            let seeds = (0..VOLUME_BLOCKS)
+            let seeds = (0..volume.size_blocks())
                 .map(|lba| {
                     volume.read_blocks(lba, &mut block).unwrap();
                     // Content no write produced maps to a seed that no
