@@ -48,7 +48,7 @@ pub(crate) const ZERO_ENTRY: u64 = u64::MAX;
 const NO_PARENT: u32 = u32::MAX;
 
 /// Encoded sizes, used for exact space estimates before a checkpoint.
-const RECORD_BYTES: usize = 8 + 8 + 2 + 2 + 1 + 2 + 4 + 1 + 32;
+const RECORD_BYTES: usize = 8 + 8 + 2 + 2 + 1 + 2 + 4 + 4 + 1 + 32;
 const ENTRY_BYTES: usize = 16;
 const DOMAIN_BYTES: usize = 4 + 1 + CHECK_VALUE_LEN;
 const VOLUME_BYTES: usize = 4 + 2 + 1 + 8 + 4 + 1 + 1 + 1 + 4 + 8;
@@ -161,6 +161,10 @@ pub(crate) struct Record {
     /// Compressed length in bytes (the block size for raw records).
     pub len: u16,
     pub domain: u32,
+    /// CRC32C of the stored bytes (as on media: compressed, encrypted,
+    /// padded), checked on every read so that corrupted media gives an
+    /// error rather than wrong data, and checkable without the key.
+    pub crc: u32,
     /// Dedup fingerprint, when the record is in the dedup index.
     pub fingerprint: Option<[u8; 32]>,
     /// Map entries referring to this record; derived at open, not stored.
@@ -585,6 +589,7 @@ impl Writer {
         self.u8(rec.codec.code());
         self.u16(rec.len);
         self.u32(rec.domain);
+        self.u32(rec.crc);
         match &rec.fingerprint {
             Some(fp) => {
                 self.u8(1);
@@ -657,6 +662,7 @@ impl<'a> Reader<'a> {
             codec: Compression::from_code(self.u8()?)?,
             len: self.u16()?,
             domain: self.u32()?,
+            crc: self.u32()?,
             fingerprint: if self.flag()? {
                 Some(self.array()?)
             } else {
@@ -724,6 +730,7 @@ mod tests {
                 codec: Compression::Zstd,
                 len: 311,
                 domain: 1,
+                crc: 0,
                 fingerprint: Some([1; 32]),
                 refs: 0,
             },
@@ -737,6 +744,7 @@ mod tests {
                 codec: Compression::None,
                 len: BLOCK_SIZE as u16,
                 domain: 0,
+                crc: 0,
                 fingerprint: None,
                 refs: 0,
             },

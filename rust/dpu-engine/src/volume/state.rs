@@ -708,13 +708,14 @@ impl PoolState {
                 )
             }
         };
-        let rec = Record {
+        let mut rec = Record {
             block,
             unit: unit as u16,
             units: units as u16,
             codec,
             len: bytes.1 as u16,
             domain,
+            crc: 0,
             // A fingerprint already indexed (a collision, since the compare
             // failed) stays with the record that has it; this one is stored
             // unindexed.
@@ -729,6 +730,7 @@ impl PoolState {
         if let Some(c) = cipher {
             c.encrypt(&mut bytes.0, rid);
         }
+        rec.crc = crc32c::crc32c(&bytes.0);
         if let Err(e) = self
             .media
             .write_at(block * BS + (unit * UNIT) as u64, &bytes.0)
@@ -847,6 +849,11 @@ impl PoolState {
             let mut bytes = vec![0u8; rec.stored_bytes() as usize];
             let from = rec.block * BS + u64::from(rec.unit) * UNIT as u64;
             self.media.read_at(from, &mut bytes)?;
+            // A corrupted record stays where it is (and keeps failing its
+            // reads) rather than being copied as if it were good.
+            if verify(rid, &rec, &bytes).is_err() {
+                continue;
+            }
             // New slots come from the cursor or from free blocks, never
             // from a block being emptied. Compaction is an optimisation:
             // a full pool just stops it.
@@ -917,6 +924,7 @@ impl PoolState {
         let offset = rec.block * BS + u64::from(rec.unit) * UNIT as u64;
         if rec.codec == Compression::None {
             self.media.read_at(offset, out)?;
+            verify(rid, rec, out)?;
             if let Some(c) = cipher {
                 c.decrypt(out, rid);
             }
@@ -924,6 +932,7 @@ impl PoolState {
         }
         let mut bytes = vec![0u8; rec.stored_bytes() as usize];
         self.media.read_at(offset, &mut bytes)?;
+        verify(rid, rec, &bytes)?;
         if let Some(c) = cipher {
             c.decrypt(&mut bytes, rid);
         }
@@ -1402,6 +1411,18 @@ impl PoolState {
             ));
         }
         Ok(())
+    }
+}
+
+/// Checks stored bytes read from media against the record's CRC32C.
+fn verify(rid: u64, rec: &Record, stored: &[u8]) -> Result<(), VolumeError> {
+    if crc32c::crc32c(stored) == rec.crc {
+        Ok(())
+    } else {
+        Err(VolumeError::Media(MediaError::Io(format!(
+            "record {rid} in block {} fails its checksum",
+            rec.block
+        ))))
     }
 }
 

@@ -631,6 +631,35 @@ fn open_refuses_inconsistent_metadata_and_reclaims_leaks() {
 }
 
 #[test]
+fn corrupted_media_gives_errors_not_wrong_data() {
+    for codec in [Compression::None, Compression::Lz4] {
+        let media = Arc::new(MemMedia::new(64 * BLOCK_SIZE));
+        let pool = Pool::format(media.clone()).unwrap();
+        let services = Services {
+            compression: codec,
+            ..Services::default()
+        };
+        pool.create_volume("v", &opts(8, services)).unwrap();
+        let v = pool.open_volume("v", None).unwrap();
+        v.write_blocks(0, &text_block(1)).unwrap();
+        v.flush().unwrap();
+        // Flip one bit of the stored record.
+        let block = {
+            let mut state = pool.state.lock().unwrap();
+            state.meta_mut().records.values().next().unwrap().block
+        };
+        let mut byte = [0u8];
+        media.read_at(block * BS + 5, &mut byte).unwrap();
+        media.write_at(block * BS + 5, &[byte[0] ^ 0x10]).unwrap();
+        let err = v.read_blocks(0, &mut vec![0u8; BLOCK_SIZE]).unwrap_err();
+        assert!(
+            matches!(err, VolumeError::Media(MediaError::Io(_))),
+            "{codec:?}: {err:?}"
+        );
+    }
+}
+
+#[test]
 fn volume_is_media_with_partial_blocks() {
     let (_media, pool) = pool(64);
     pool.create_volume("v", &opts(8, Services::default()))
