@@ -1,13 +1,14 @@
 //! The pool's in-memory state and every operation on it.
 //!
-//! Crash consistency comes from two rules. First, nothing the committed
-//! checkpoint refers to is ever overwritten: new data always goes to free
-//! space (redirect-on-write), and space freed since the last commit is held
-//! back in `pending_free` until the next commit makes the free durable.
-//! Second, a commit is ordered by flushes: data, then the new checkpoint
-//! chain, then the superblock that points to it. A crash at any point
-//! therefore leaves either the old or the new checkpoint intact and
-//! complete, and everything either one refers to intact too.
+//! Crash consistency comes from two rules. First, nothing the durable state
+//! refers to is ever overwritten: new data always goes to free space
+//! (redirect-on-write), space freed since the last durable point is held
+//! back in `pending_free` until the next one, a checkpoint is written while
+//! the previous one is held, and journal appends go to blocks reserved in
+//! advance. Second, durable points are ordered by flushes: data, then the
+//! journal blocks (or the checkpoint chain, then the superblock that points
+//! to it). A crash at any point therefore leaves the last durable state
+//! complete, and at most one newer one that is complete too.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -519,7 +520,9 @@ impl PoolState {
         }
     }
 
-    /// Commits if anything changed, else just flushes the media.
+    /// Makes every completed write durable: compacts if due, then appends
+    /// to the journal or writes a checkpoint if anything changed, else just
+    /// flushes the media.
     pub(crate) fn flush(&mut self) -> Result<(), VolumeError> {
         self.usable()?;
         if self.dirty {
