@@ -8,7 +8,7 @@ use crate::{
     regs::{Bar0, Registers, BAR0_SIZE},
     shim::{
         cqe::CompletionEntry,
-        registers::{Aqa, Cap, Cc, DoorbellKind},
+        registers::{Aqa, Cap, Cc, Csts, DoorbellKind},
         sqe::SubmissionEntry,
         status::{sct, Status},
     },
@@ -163,6 +163,8 @@ impl Controller {
     }
 
     /// Runs `f` on the registers, unless the device is unbound.
+    ///
+    /// `f` runs in an RCU read-side critical section and must not sleep.
     pub(crate) fn with_regs<R>(&self, f: impl FnOnce(&Registers<'_, '_>) -> Result<R>) -> Result<R> {
         let guard = self.bar.try_access().ok_or(ENXIO)?;
         f(&Registers(&guard))
@@ -208,14 +210,22 @@ impl Controller {
             if cc.en() {
                 regs.set_cc(Cc(cc.0 & !Cc::EN))?;
             }
-            read_poll_timeout(
-                || regs.csts(),
-                |csts| !csts.rdy() || csts.0 == u32::MAX,
-                Delta::from_millis(1),
-                self.caps.ready_timeout,
-            )
-            .map(|_| ())
-        })
+            Ok(())
+        })?;
+        self.poll_csts(|csts| !csts.rdy() || csts.0 == u32::MAX).map(|_| ())
+    }
+
+    /// Polls CSTS until `done` holds, for at most CAP.TO.
+    ///
+    /// The BAR is accessed once per poll: access is an RCU read-side section,
+    /// which must not span the sleeps in between.
+    fn poll_csts(&self, done: impl Fn(&Csts) -> bool) -> Result<Csts> {
+        read_poll_timeout(
+            || self.with_regs(|regs| regs.csts()),
+            done,
+            Delta::from_millis(1),
+            self.caps.ready_timeout,
+        )
     }
 
     /// Resets and enables the controller with a fresh admin queue pair.
@@ -227,20 +237,15 @@ impl Controller {
         let cq = CompletionRing::new(dev, entries)?;
         self.with_regs(|regs| {
             regs.set_admin_queues(Aqa::new(entries, entries), sq.dma_address(), cq.dma_address())?;
-            regs.set_cc(Cc::enable_default())?;
-            let csts = read_poll_timeout(
-                || regs.csts(),
-                |csts| csts.rdy() || csts.cfs() || csts.0 == u32::MAX,
-                Delta::from_millis(1),
-                self.caps.ready_timeout,
-            )
-            .inspect_err(|e| dev_err!(self.pdev, "controller does not become ready: {e:?}\n"))?;
-            if !csts.rdy() || csts.cfs() || csts.0 == u32::MAX {
-                dev_err!(self.pdev, "controller failed while enabling (CSTS {:#x})\n", csts.0);
-                return Err(EIO);
-            }
-            Ok(())
+            regs.set_cc(Cc::enable_default())
         })?;
+        let csts = self
+            .poll_csts(|csts| csts.rdy() || csts.cfs() || csts.0 == u32::MAX)
+            .inspect_err(|e| dev_err!(self.pdev, "controller does not become ready: {e:?}\n"))?;
+        if !csts.rdy() || csts.cfs() || csts.0 == u32::MAX {
+            dev_err!(self.pdev, "controller failed while enabling (CSTS {:#x})\n", csts.0);
+            return Err(EIO);
+        }
         *self.admin.lock() = Some(AdminQueue { sq, cq, next_cid: 0 });
         self.disabled.store(false, Ordering::Release);
         Ok(())
@@ -317,18 +322,13 @@ impl Controller {
             return;
         }
         if !self.broken.load(Ordering::Acquire) {
-            let _ = self.with_regs(|regs| {
-                let cc = regs.cc()?;
-                regs.set_cc(cc.with_shn(Cc::SHN_NORMAL))?;
-                read_poll_timeout(
-                    || regs.csts(),
-                    |csts| csts.shst() == 2 || csts.0 == u32::MAX,
-                    Delta::from_millis(1),
-                    self.caps.ready_timeout,
-                )
-                .map(|_| ())
-            })
-            .inspect_err(|e| dev_warn!(self.pdev, "shutdown did not complete: {e:?}\n"));
+            let _ = self
+                .with_regs(|regs| {
+                    let cc = regs.cc()?;
+                    regs.set_cc(cc.with_shn(Cc::SHN_NORMAL))
+                })
+                .and_then(|()| self.poll_csts(|csts| csts.shst() == 2 || csts.0 == u32::MAX))
+                .inspect_err(|e| dev_warn!(self.pdev, "shutdown did not complete: {e:?}\n"));
         }
         if let Err(e) = self.disable() {
             dev_warn!(self.pdev, "controller does not disable: {e:?}\n");
