@@ -371,18 +371,21 @@ impl RequestSgl {
         if rq.bytes() == 0 {
             return Ok(0);
         }
-        if rq.phys_segments() > self.capacity || rq.phys_segments() == 0 {
+        let segments = rq.phys_segments();
+        if segments > self.capacity || segments == 0 {
             return Err(EINVAL);
         }
         let sgl = self.entries.as_mut_ptr();
-        // SAFETY: `sgl` points to `capacity` entries (type invariant).
-        unsafe { bindings::sg_init_table(sgl, self.capacity) };
+        // Only the entries this request uses are (re)initialized.
+        // SAFETY: `sgl` points to `capacity >= segments` entries (type
+        // invariant).
+        unsafe { bindings::sg_init_table(sgl, segments) };
         let mut last: *mut bindings::scatterlist = core::ptr::null_mut();
-        // SAFETY: The caller owns the started request; `sgl` has room for
-        // the request's `nr_phys_segments` entries, which the queue limits
-        // bound and which were checked above.
+        // SAFETY: The caller owns the started request; `sgl` has the
+        // request's `nr_phys_segments` entries initialized, and
+        // `blk_rq_map_sg` never fills more.
         let nents = unsafe { bindings::__blk_rq_map_sg(rq.raw(), sgl, &mut last) };
-        if nents <= 0 || nents as u32 > self.capacity {
+        if nents <= 0 || nents as u32 > segments {
             return Err(EIO);
         }
         // SAFETY: The first `nents` entries describe the request's pages;
@@ -649,9 +652,10 @@ impl<T: Operations> Disk<T> {
             }
         };
 
-        // SAFETY: `gendisk` is valid and not yet visible to anyone else.
+        // Until `device_add_disk` the new disk is visible to nobody else.
         let result = (|| -> Result {
-            // SAFETY: As above: exclusive access before `device_add_disk`.
+            // SAFETY: `gendisk` is valid, and access is exclusive before
+            // `device_add_disk`.
             let disk_name = unsafe { &mut (*gendisk).disk_name };
             let mut writer =
                 kernel::str::NullTerminatedFormatter::new(disk_name).ok_or(EINVAL)?;
