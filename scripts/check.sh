@@ -70,6 +70,16 @@ if [[ " $suites " == *" vm "* ]]; then
 			fi
 		}
 		run_suite basic -- test_load_unload test_configfs_root test_null_blk_fio test_rnull_fio
+		run_suite accel --accelerator --ssds 2 -- test_functions_present test_ssd_fio_verify test_dpuemu_idle
+		run_suite accel-iommu --accelerator --ssds 2 --iommu -- test_functions_present test_ssd_fio_verify
+		# Two VM runs over the same SSD images (QEMU's vfio-user client does
+		# not survive its server's death).
+		echo "=== VM suite: dpuemu-crash"
+		"$DPUBLK_TOP/scripts/crash-test.sh" 2>"$results/crash.err" | tee "$results/vm-crash.ktap"
+		p=$(grep -cE '^ok [0-9]+ ' "$results/vm-crash.ktap")
+		f=$(grep -cE '^not ok [0-9]+ ' "$results/vm-crash.ktap")
+		passed=$((passed + p)); failed=$((failed + f))
+		grep -q '^# Totals:' "$results/vm-crash.ktap" || { tail -20 "$results/crash.err"; record "dpuemu crash test completes" 1; }
 	fi
 fi
 

@@ -6,7 +6,7 @@
 #   dpuemu-start.sh RUNDIR NSSDS SSD_SIZE [extra dpuemu args...]
 #
 # SSD images live in RUNDIR/ssd<i>.img (kept across dpuemu restarts within the
-# run); the log goes to RUNDIR/dpuemu.log and the pid to RUNDIR/dpuemu.pid.
+# run), or in $DPUBLK_IMAGES_DIR when set (kept across runs); the log goes to RUNDIR/dpuemu.log and the pid to RUNDIR/dpuemu.pid.
 . "$(dirname "$0")/lib.sh"
 rundir=$1 nssds=$2 ssd_size=$3
 shift 3
@@ -14,9 +14,12 @@ dpuemu=${DPUBLK_DPUEMU:-$DPUBLK_TOP/target/release/dpuemu}
 [ -x "$dpuemu" ] || die "dpuemu is not built ($dpuemu): run make"
 args=(--socket-dir "$rundir/sockets")
 for i in $(seq 0 $((nssds - 1))); do
-	args+=(--ssd "$rundir/ssd$i.img:$ssd_size")
+	args+=(--ssd "${DPUBLK_IMAGES_DIR:-$rundir}/ssd$i.img:$ssd_size")
 done
-mkdir -p "$rundir/sockets"
+mkdir -p "$rundir/sockets" "${DPUBLK_IMAGES_DIR:-$rundir}"
+# Sockets of an emulator that was killed are stale: a listener must not be
+# mistaken for the new one.
+rm -f "$rundir"/sockets/*.sock
 setsid "$dpuemu" "${args[@]}" "$@" >>"$rundir/dpuemu.log" 2>&1 </dev/null &
 echo $! >"$rundir/dpuemu.pid"
 # Wait until every socket listens (or dpuemu dies).

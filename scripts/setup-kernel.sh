@@ -13,6 +13,9 @@
 # The version this project was developed and measured with. If the archive
 # no longer has it, the newest 7.3.x it offers is used instead.
 PINNED_DEB_VERSION=7.3.4-1~bpo13+1
+# Bump when a change to this script changes the tree it builds (commands,
+# make variables); comments and logging do not count. It is part of the key.
+KERNEL_RECIPE=1
 variant=${DPUBLK_KERNEL_VARIANT:-default}
 case $variant in
 default) fragments="$DPUBLK_TOP/scripts/kconfig/dpublk.config" ;;
@@ -36,7 +39,7 @@ pick_version() {
 		apt-cache madison linux-source-7.3 | awk '{print $3}' | sort -V | tail -1
 	fi
 }
-key_for() { hash_of "$1" "$variant" $fragments "$DPUBLK_TOP/scripts/setup-kernel.sh" "$toolchain"; }
+key_for() { hash_of "$1" "$variant" $fragments "recipe=$KERNEL_RECIPE" "$toolchain"; }
 
 # Reuse a ready tree without asking the archive when the pinned one is built.
 deb_version=${DPUBLK_KERNEL_DEB_VERSION:-$PINNED_DEB_VERSION}
@@ -63,8 +66,15 @@ if [ ! -f "$tree/Makefile" ]; then
 	log "fetching linux-source-7.3 $deb_version"
 	rm -rf "$tree" "$tree.unpack"
 	mkdir -p "$tree.unpack"
-	(cd "$tree.unpack" && apt-get download -qq "linux-source-7.3=$deb_version" &&
-		dpkg-deb -x linux-source-7.3_*.deb pkg) || die "cannot download linux-source-7.3=$deb_version"
+	debs="$DPUBLK_CACHE/debs"
+	deb="$debs/linux-source-7.3_${deb_version}_all.deb"
+	mkdir -p "$debs"
+	if [ ! -f "$deb" ]; then
+		(cd "$debs" && apt-get download -qq "linux-source-7.3=$deb_version" 2>/dev/null) ||
+			die "cannot download linux-source-7.3=$deb_version"
+		mv "$debs"/linux-source-7.3_*"${deb_version##*:}"*_all.deb "$deb" 2>/dev/null || true
+	fi
+	dpkg-deb -x "$deb" "$tree.unpack/pkg" || die "cannot unpack $deb"
 	tarball=$(ls "$tree.unpack"/pkg/usr/src/linux-source-7.3*.tar.*)
 	mkdir -p "$tree"
 	tar -xaf "$tarball" -C "$tree" --strip-components=1
@@ -76,10 +86,12 @@ cd "$tree"
 export LIBCLANG_PATH=/usr/lib/llvm-19/lib
 make_args=(LLVM=-19 -j"$(($(nproc) + 1))")
 log "configuring ($variant) in $tree"
-virtme-configkernel --arch x86_64 --defconfig >/dev/null
-# shellcheck disable=SC2086
-scripts/kconfig/merge_config.sh -m .config $fragments >/dev/null
-make "${make_args[@]}" olddefconfig >/dev/null
+{
+	virtme-configkernel --arch x86_64 --defconfig
+	# shellcheck disable=SC2086
+	scripts/kconfig/merge_config.sh -m .config $fragments
+	make "${make_args[@]}" olddefconfig
+} >"$tree/.dpublk-config.log" 2>&1 || die "configuring failed, see $tree/.dpublk-config.log"
 make "${make_args[@]}" rustavailable >/dev/null || die "Rust is not available for this tree"
 missing=0
 for frag in $fragments; do

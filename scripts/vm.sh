@@ -10,6 +10,8 @@
 #     --iommu           add a vIOMMU (intel-iommu,caching-mode=on) and boot
 #                       the guest with intel_iommu=on
 #     --memory SIZE     guest RAM (default 2G)
+#     --images DIR      keep the SSD images in DIR (they outlive the run), so a
+#                       later run can boot with the same media
 #
 # DPUBLK_DPUEMU_ARGS adds arguments to dpuemu (e.g. "--passthrough-ssd 0").
 # Environment: DPUBLK_ACCEL=tcg|kvm|auto (default auto: KVM only where a short
@@ -30,6 +32,7 @@ while [ $# -gt 0 ]; do
 	--ssd-size) ssd_size=$2; shift ;;
 	--iommu) iommu=1 ;;
 	--memory) memory=$2; shift ;;
+	--images) export DPUBLK_IMAGES_DIR=$2; shift ;;
 	--) shift; break ;;
 	*) die "vm.sh: unknown option $1" ;;
 	esac
@@ -83,7 +86,7 @@ auto) accel=$(probe_kvm) ;;
 esac
 
 qemu_opts="-object memory-backend-memfd,id=mem0,size=$memory,share=on -machine memory-backend=mem0"
-append="console=ttyS0 panic_on_warn=0"
+append="console=ttyS0 panic_on_warn=0 nvme_core.io_timeout=10 nvme_core.admin_timeout=10"
 if [ "$iommu" = 1 ]; then
 	qemu_opts+=" -device intel-iommu,caching-mode=on"
 	append+=" intel_iommu=on iommu.strict=1"
@@ -115,12 +118,14 @@ if [ "$accelerator" = 1 ]; then
 	done
 fi
 
-vng_args=(--run "$kdir" --force-9p --disable-microvm --memory "$memory" --cpus 2
+# The guest's root is read-only; the run directory is writable so tests can
+# talk to the host agent and leave results behind.
+vng_args=(--run "$kdir" --force-9p --disable-microvm --memory "$memory" --cpus 2 --rwdir "$rundir"
 	--append "$append" --qemu-opts="$qemu_opts")
 [ "$accel" = tcg ] && vng_args+=(--disable-kvm)
 
 # The guest command runs with the repository as working directory and knows
 # where it is through the environment.
-guest_cmd="cd '$DPUBLK_TOP' && export DPUBLK_TOP='$DPUBLK_TOP' DPUBLK_RUNDIR='$rundir' DPUBLK_ACCEL_MODE=$accel DPUBLK_IOMMU=$iommu DPUBLK_MODULE='$DPUBLK_TOP/build/module/drivers/block/dpublk/dpublk.ko' && $*"
+guest_cmd="cd '$DPUBLK_TOP' && export DPUBLK_TOP='$DPUBLK_TOP' DPUBLK_RUNDIR='$rundir' DPUBLK_ACCEL_MODE=$accel DPUBLK_IOMMU=$iommu DPUBLK_IMAGES_DIR='${DPUBLK_IMAGES_DIR:-}' DPUBLK_MODULE='$DPUBLK_TOP/build/module/drivers/block/dpublk/dpublk.ko' && $*"
 log "booting VM ($accel, ${memory} RAM, iommu=$iommu, accelerator=$accelerator)"
 vng "${vng_args[@]}" --exec "$guest_cmd"

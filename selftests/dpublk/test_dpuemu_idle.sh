@@ -13,7 +13,7 @@ for dev in $devs; do
 done
 sleep 2
 seconds=10
-cpu=$(host_request dpuemu-cpu $seconds)
+cpu=$(host_request dpuemu-cpu $seconds) || { echo "$cpu"; exit $KSFT_FAIL; }
 diag "dpuemu used $cpu CPU seconds in $seconds idle seconds ($(awk -v c="$cpu" -v s=$seconds 'BEGIN { printf "%.2f", 100 * c / s }')% of a core)"
 awk -v c="$cpu" -v s=$seconds 'BEGIN { exit !(c / s < 0.25) }' || fail "dpuemu is busy while idle: $cpu s in $seconds s"
 exit $KSFT_PASS
