@@ -195,6 +195,9 @@ pub struct VolumeInfo {
     pub size_bytes: u64,
     /// The volume it was snapshotted or cloned from, if that still exists.
     pub parent: Option<String>,
+    pub services: Services,
+    /// Opening it needs its key.
+    pub encrypted: bool,
 }
 
 /// A thin pool over one media. Cloning the handle shares the pool.
@@ -292,17 +295,7 @@ impl Pool {
     }
 
     pub fn volumes(&self) -> VolumeResult<Vec<VolumeInfo>> {
-        Ok(self
-            .lock()?
-            .volume_names()
-            .into_iter()
-            .map(|(name, kind, size_bytes, parent)| VolumeInfo {
-                name,
-                kind,
-                size_bytes,
-                parent,
-            })
-            .collect())
+        Ok(self.lock()?.volume_infos())
     }
 
     pub fn stats(&self) -> VolumeResult<PoolStats> {

@@ -23,7 +23,7 @@ use super::format::{
 use super::reduce::{
     compress, decompress, fingerprint, is_zero, Compression, UNIT, UNITS_PER_BLOCK,
 };
-use super::{PoolStats, VolumeError, VolumeStats, BLOCK_SIZE};
+use super::{PoolStats, VolumeError, VolumeInfo, VolumeStats, BLOCK_SIZE};
 use crate::media::{Media, MediaError};
 
 const BS: u64 = BLOCK_SIZE as u64;
@@ -1236,16 +1236,24 @@ impl PoolState {
         Ok(self.space.blocks())
     }
 
-    pub(crate) fn volume_names(&self) -> Vec<(String, VolumeKind, u64, Option<String>)> {
+    pub(crate) fn volume_infos(&self) -> Vec<VolumeInfo> {
         self.meta
             .volumes
             .values()
-            .map(|v| {
-                let parent = v
+            .map(|v| VolumeInfo {
+                name: v.name.clone(),
+                kind: v.kind,
+                size_bytes: v.size_blocks * BS,
+                parent: v
                     .parent
                     .and_then(|p| self.meta.volumes.get(&p))
-                    .map(|p| p.name.clone());
-                (v.name.clone(), v.kind, v.size_blocks * BS, parent)
+                    .map(|p| p.name.clone()),
+                services: v.services,
+                encrypted: self
+                    .meta
+                    .domains
+                    .get(&v.domain)
+                    .is_some_and(|d| d.encrypted),
             })
             .collect()
     }

@@ -660,6 +660,49 @@ fn corrupted_media_gives_errors_not_wrong_data() {
 }
 
 #[test]
+fn key_domains_keep_data_apart() {
+    let (_media, pool) = pool(64);
+    let (k1, k2) = (key(1), key(2));
+    let services = Services {
+        dedup: true,
+        ..Services::default()
+    };
+    for (name, k) in [("one", &k1), ("two", &k2)] {
+        let options = VolumeOptions {
+            size_bytes: 8 * BS,
+            services,
+            key: Some(k),
+        };
+        pool.create_volume(name, &options).unwrap();
+        let v = pool.open_volume(name, Some(k)).unwrap();
+        v.write_blocks(0, &text_block(1)).unwrap();
+    }
+    // Same content under two keys is stored twice: dedup never crosses a
+    // key domain.
+    assert_eq!(pool.stats().unwrap().data_blocks, 2);
+    assert_eq!(
+        pool.open_volume("two", Some(&k1)).unwrap_err(),
+        VolumeError::WrongKey
+    );
+    pool.snapshot("one", "one@1").unwrap();
+    assert!(matches!(
+        pool.revert("two", "one@1"),
+        Err(VolumeError::InvalidArgument(_))
+    ));
+    let infos = pool.volumes().unwrap();
+    assert!(infos.iter().all(|i| i.encrypted && i.services == services));
+    assert_eq!(
+        infos
+            .iter()
+            .find(|i| i.name == "one@1")
+            .map(|i| (i.kind, i.parent.clone())),
+        Some((VolumeKind::Snapshot, Some("one".to_string())))
+    );
+    let two = pool.open_volume("two", Some(&k2)).unwrap();
+    assert_eq!(read(&two, 0), text_block(1));
+}
+
+#[test]
 fn volume_is_media_with_partial_blocks() {
     let (_media, pool) = pool(64);
     pool.create_volume("v", &opts(8, Services::default()))
