@@ -7,10 +7,10 @@ step() { printf '\n== %s\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 . "$DPUBLK_TOP/selftests/dpublk/test_common.sh" >/dev/null 2>&1 || true
 
-step "kernel, and dpuemu's PCI functions (vendor 1df5: 0001 accelerator, 0002 local SSD)"
+step "kernel, and dpuemu's PCI functions (1af4:10f0 accelerator, 1af4:10f1 local SSD)"
 uname -r
-run lspci -nn -d 1df5:
-[ -n "$(lspci -n -d 1df5:)" ] || echo "(no dpuemu functions attached)"
+run lspci -nn -d 1af4:10f0; lspci -nn -d 1af4:10f1
+[ -n "$(lspci -n -d 1af4:10f0; lspci -n -d 1af4:10f1)" ] || echo "(no dpuemu functions attached)"
 
 step "local SSDs, bound by the stock nvme driver like real drives"
 for dev in $(dpublk_ssd_devices); do

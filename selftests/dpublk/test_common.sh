@@ -109,12 +109,12 @@ host_request() {
 }
 
 # dpublk_ssd_devices: block devices of the local SSD functions (PCI vendor
-# 0x1df5, device 0x0002) bound to the stock nvme driver.
+# 0x1af4, device 0x10f1) bound to the stock nvme driver.
 dpublk_ssd_devices() {
 	local ctrl pci
 	for ctrl in /sys/class/nvme/nvme*; do
 		[ -e "$ctrl/device/vendor" ] || continue
-		[ "$(cat "$ctrl/device/vendor")" = 0x1df5 ] && [ "$(cat "$ctrl/device/device")" = 0x0002 ] || continue
+		[ "$(cat "$ctrl/device/vendor")" = 0x1af4 ] && [ "$(cat "$ctrl/device/device")" = 0x10f1 ] || continue
 		for ns in "$ctrl"/nvme*n*; do
 			[ -e "$ns" ] && echo "/dev/$(basename "$ns")"
 		done

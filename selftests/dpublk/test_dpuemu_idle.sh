@@ -5,7 +5,7 @@
 # core); the exact figure is printed for the record.
 . "$(dirname "$0")/test_common.sh"
 
-[ -n "$(lspci -n -d 1df5:)" ] || skip "no dpuemu functions"
+[ -n "$(lspci -n -d 1af4:10f0; lspci -n -d 1af4:10f1)" ] || skip "no dpuemu functions"
 devs=$(dpublk_ssd_devices)
 # Some I/O first, so the workers have been busy and must fall asleep again.
 for dev in $devs; do

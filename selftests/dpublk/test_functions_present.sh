@@ -5,14 +5,14 @@
 # that the stock nvme driver binds at boot.
 . "$(dirname "$0")/test_common.sh"
 
-accel=$(lspci -Dn -d 1df5:0001 | awk '{print $1}')
+accel=$(lspci -Dn -d 1af4:10f0 | awk '{print $1}')
 [ -n "$accel" ] || skip "no accelerator function (VM started without --accelerator)"
 class=$(cat "/sys/bus/pci/devices/$accel/class")
 [ "$class" = 0x018000 ] || fail "accelerator $accel has class $class, expected 0x018000"
 driver=$(basename "$(readlink "/sys/bus/pci/devices/$accel/driver" 2>/dev/null)" 2>/dev/null)
 [ "$driver" != nvme ] || fail "the stock nvme driver bound the accelerator $accel"
 
-ssds=$(lspci -Dn -d 1df5:0002 | awk '{print $1}')
+ssds=$(lspci -Dn -d 1af4:10f1 | awk '{print $1}')
 [ -n "$ssds" ] || fail "no local SSD functions found"
 count=0
 for fn in $ssds; do

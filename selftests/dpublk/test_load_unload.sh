@@ -17,6 +17,6 @@ unloads=$(dmesg_since_mark | grep -c 'dpublk: unloaded' || true)
 	fail "expected 20 load and 20 unload messages, saw $loads and $unloads"
 dmesg_check_clean
 modinfo "$DPUBLK_MODULE" | grep -q '^license: *GPL' || fail "modinfo shows no GPL license"
-modinfo "$DPUBLK_MODULE" | grep -q '^alias: *pci:v00001DF5d00000001' || fail "modinfo shows no PCI alias for the accelerator"
+modinfo "$DPUBLK_MODULE" | grep -q '^alias: *pci:v00001AF4d000010F0' || fail "modinfo shows no PCI alias for the accelerator"
 diag "20 load/unload rounds, kernel log clean"
 exit $KSFT_PASS

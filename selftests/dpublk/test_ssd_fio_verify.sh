@@ -9,7 +9,7 @@ devs=$(dpublk_ssd_devices)
 if [ "${DPUBLK_IOMMU:-0}" = 1 ]; then
 	# Every SSD function must sit in an IOMMU group that translates DMA
 	# (not an identity/passthrough domain), or this run proves nothing.
-	for fn in $(lspci -Dn -d 1df5:0002 | awk '{print $1}'); do
+	for fn in $(lspci -Dn -d 1af4:10f1 | awk '{print $1}'); do
 		group=$(readlink -f "/sys/bus/pci/devices/$fn/iommu_group") || fail "$fn has no IOMMU group"
 		type=$(cat "$group/type")
 		case $type in DMA | DMA-FQ) ;; *) fail "$fn's IOMMU domain type is '$type', DMA is not translated" ;; esac

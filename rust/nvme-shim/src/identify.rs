@@ -235,7 +235,7 @@ mod tests {
     #[test]
     fn controller_bytes() {
         let mut id = IdentifyController::zeroed();
-        id.vid.set(0x1df5);
+        id.vid.set(0x1af4);
         ascii_field(&mut id.sn, b"SN1");
         id.mdts = 8;
         id.cntrltype = CNTRLTYPE_IO;
@@ -249,7 +249,7 @@ mod tests {
         id.subnqn[0] = b'n';
         let b = id.as_bytes();
         assert_eq!(b.len(), 4096);
-        assert_eq!(&b[0..2], &[0xf5, 0x1d]);
+        assert_eq!(&b[0..2], &[0xf4, 0x1a]);
         assert_eq!(&b[4..8], b"SN1 ");
         assert_eq!(b[77], 8);
         assert_eq!(b[111], CNTRLTYPE_IO);

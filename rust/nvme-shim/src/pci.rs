@@ -1,14 +1,16 @@
 //! PCI identity of the accelerator and local SSD functions, and the BAR0
 //! layout both share.
 
-/// PCI vendor ID of every dpublk function.
-pub const VENDOR_ID: u16 = 0x1df5;
+/// PCI vendor ID of every dpublk function. With the device IDs below it lies
+/// in the range QEMU sets aside for experimental devices (1af4:10f0-10ff);
+/// see Documentation/device-interface.rst.
+pub const VENDOR_ID: u16 = 0x1af4;
 
 /// PCI device ID of the storage accelerator function.
-pub const ACCELERATOR_DEVICE_ID: u16 = 0x0001;
+pub const ACCELERATOR_DEVICE_ID: u16 = 0x10f0;
 
 /// PCI device ID of a local SSD function.
-pub const SSD_DEVICE_ID: u16 = 0x0002;
+pub const SSD_DEVICE_ID: u16 = 0x10f1;
 
 /// Class code (base class, subclass, programming interface) of the
 /// accelerator: mass storage, "other". Deliberately not the NVMe class, so

@@ -457,7 +457,7 @@ mod tests {
         client
             .region_read(VFIO_PCI_CONFIG_REGION_INDEX, 0, &mut id)
             .unwrap();
-        assert_eq!(u32::from_le_bytes(id), 0x0002_1df5);
+        assert_eq!(u32::from_le_bytes(id), 0x10f1_1af4);
         let mut class = [0u8; 4];
         client
             .region_read(VFIO_PCI_CONFIG_REGION_INDEX, 8, &mut class)
@@ -498,7 +498,7 @@ mod tests {
             prp2: 0,
         };
         assert_eq!(guest.admin(ident.encode(0)).status(), Status::SUCCESS);
-        assert_eq!(&guest.get(BUF, 2), &[0xf5, 0x1d]);
+        assert_eq!(&guest.get(BUF, 2), &[0xf4, 0x1a]);
         assert!(events(&irqs[0]) >= 1);
 
         let cq = CreateIoCq {
