@@ -254,9 +254,7 @@ impl Meta {
         w.u64(self.next_record);
         w.u32(self.domains.len() as u32);
         for (&id, domain) in &self.domains {
-            w.u32(id);
-            w.u8(u8::from(domain.encrypted));
-            w.bytes(&domain.check_value);
+            w.domain(id, domain);
         }
         w.u64(self.records.len() as u64);
         for (&id, rec) in &self.records {
@@ -266,18 +264,7 @@ impl Meta {
         w.u32(self.volumes.len() as u32);
         for (&id, vol) in &self.volumes {
             w.u32(id);
-            w.u16(vol.name.len() as u16);
-            w.bytes(vol.name.as_bytes());
-            w.u8(match vol.kind {
-                VolumeKind::Writable => 0,
-                VolumeKind::Snapshot => 1,
-            });
-            w.u64(vol.size_blocks);
-            w.u32(vol.domain);
-            w.u8(u8::from(vol.services.zero_detect));
-            w.u8(u8::from(vol.services.dedup));
-            w.u8(vol.services.compression.code());
-            w.u32(vol.parent.unwrap_or(NO_PARENT));
+            w.volume_header(vol);
             w.u64(vol.map.len() as u64);
             for (&lba, &rid) in &vol.map {
                 w.u64(lba);
@@ -302,11 +289,7 @@ impl Meta {
         let domains = r.u32()?;
         let domains = r.count(u64::from(domains), DOMAIN_BYTES)?;
         for _ in 0..domains {
-            let id = r.u32()?;
-            let domain = Domain {
-                encrypted: r.flag()?,
-                check_value: r.array()?,
-            };
+            let (id, domain) = r.domain()?;
             if meta.domains.insert(id, domain).is_some() {
                 return Err(VolumeError::Corrupt(format!("domain {id} twice")));
             }
@@ -325,47 +308,25 @@ impl Meta {
         let volumes = r.count(u64::from(volumes), VOLUME_BYTES)?;
         for _ in 0..volumes {
             let id = r.u32()?;
-            let name_len = usize::from(r.u16()?);
-            let name = std::str::from_utf8(r.take(name_len)?)
-                .map_err(|_| VolumeError::Corrupt("volume name not UTF-8".into()))?
-                .to_string();
-            let kind = match r.u8()? {
-                0 => VolumeKind::Writable,
-                1 => VolumeKind::Snapshot,
-                k => return Err(VolumeError::Corrupt(format!("volume kind {k}"))),
-            };
-            let size_blocks = r.u64()?;
-            let domain = r.u32()?;
-            let services = Services {
-                zero_detect: r.flag()?,
-                dedup: r.flag()?,
-                compression: Compression::from_code(r.u8()?)?,
-            };
-            let parent = Some(r.u32()?).filter(|&p| p != NO_PARENT);
+            let mut vol = r.volume_header()?;
             let entries = r.u64()?;
             let entries = r.count(entries, ENTRY_BYTES)?;
-            let mut map = BTreeMap::new();
             for _ in 0..entries {
                 let lba = r.u64()?;
                 let rid = r.u64()?;
-                if lba >= size_blocks || map.insert(lba, rid).is_some() {
+                if lba >= vol.size_blocks || vol.map.insert(lba, rid).is_some() {
                     return Err(VolumeError::Corrupt(format!(
-                        "volume {name}: bad entry {lba}"
+                        "volume {}: bad entry {lba}",
+                        vol.name
                     )));
                 }
             }
-            if id >= meta.next_volume || !meta.domains.contains_key(&domain) {
-                return Err(VolumeError::Corrupt(format!("volume {name} malformed")));
+            if id >= meta.next_volume || !meta.domains.contains_key(&vol.domain) {
+                return Err(VolumeError::Corrupt(format!(
+                    "volume {} malformed",
+                    vol.name
+                )));
             }
-            let vol = VolumeMeta {
-                name,
-                kind,
-                size_blocks,
-                domain,
-                services,
-                parent,
-                map,
-            };
             if meta.volumes.insert(id, vol).is_some() {
                 return Err(VolumeError::Corrupt(format!("volume {id} twice")));
             }
@@ -446,10 +407,184 @@ pub(crate) fn parse_journal_block(
     ))
 }
 
-/// What changed between two flushes, as written to the journal: records
-/// created and still live, records that died, and the final value of every
-/// map entry touched. Management operations (which change volumes, not
-/// just maps) always write a full checkpoint instead.
+/// A management operation, journaled as what it did rather than as the
+/// metadata it produced, so that a snapshot of a large volume costs a few
+/// bytes of journal instead of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum VolumeOp {
+    /// A new, empty volume; `domain` is its key domain if that is new too.
+    Create {
+        id: u32,
+        volume: VolumeMeta,
+        domain: Option<(u32, Domain)>,
+    },
+    /// Snapshot or clone `source` as volume `id`.
+    Copy {
+        id: u32,
+        source: u32,
+        name: String,
+        kind: VolumeKind,
+    },
+    Revert {
+        volume: u32,
+        snapshot: u32,
+    },
+    Delete {
+        id: u32,
+    },
+    Resize {
+        id: u32,
+        size_blocks: u64,
+    },
+}
+
+impl VolumeOp {
+    /// Applies the operation to metadata the way the pool did in memory.
+    /// Reference counts are derived afterwards, and records that died are
+    /// in the delta's `removed` list.
+    pub(crate) fn apply(self, meta: &mut Meta) -> Result<(), VolumeError> {
+        let bad = |what: &str| VolumeError::Corrupt(format!("journal: {what}"));
+        match self {
+            VolumeOp::Create { id, volume, domain } => {
+                if let Some((did, d)) = domain {
+                    meta.domains.insert(did, d);
+                }
+                if meta.volumes.contains_key(&id) || !meta.domains.contains_key(&volume.domain) {
+                    return Err(bad("volume created twice or without its domain"));
+                }
+                meta.volumes.insert(id, volume);
+                meta.next_volume = meta.next_volume.max(id + 1);
+            }
+            VolumeOp::Copy {
+                id,
+                source,
+                name,
+                kind,
+            } => {
+                let src = meta
+                    .volumes
+                    .get(&source)
+                    .ok_or_else(|| bad("copy of a missing volume"))?;
+                let copy = VolumeMeta {
+                    name,
+                    kind,
+                    parent: Some(source),
+                    ..src.clone()
+                };
+                if meta.volumes.insert(id, copy).is_some() {
+                    return Err(bad("copy over an existing volume"));
+                }
+                meta.next_volume = meta.next_volume.max(id + 1);
+            }
+            VolumeOp::Revert { volume, snapshot } => {
+                let snap = meta
+                    .volumes
+                    .get(&snapshot)
+                    .ok_or_else(|| bad("revert to a missing snapshot"))?;
+                let (map, size_blocks) = (snap.map.clone(), snap.size_blocks);
+                let vol = meta
+                    .volumes
+                    .get_mut(&volume)
+                    .ok_or_else(|| bad("revert of a missing volume"))?;
+                vol.map = map;
+                vol.size_blocks = size_blocks;
+            }
+            VolumeOp::Delete { id } => {
+                let vol = meta
+                    .volumes
+                    .remove(&id)
+                    .ok_or_else(|| bad("delete of a missing volume"))?;
+                if vol.domain != 0 && !meta.volumes.values().any(|v| v.domain == vol.domain) {
+                    meta.domains.remove(&vol.domain);
+                }
+            }
+            VolumeOp::Resize { id, size_blocks } => {
+                let vol = meta
+                    .volumes
+                    .get_mut(&id)
+                    .ok_or_else(|| bad("resize of a missing volume"))?;
+                vol.map.retain(|&lba, _| lba < size_blocks);
+                vol.size_blocks = size_blocks;
+            }
+        }
+        Ok(())
+    }
+
+    fn encode(&self, w: &mut Writer) {
+        match self {
+            VolumeOp::Create { id, volume, domain } => {
+                w.u8(0);
+                w.u32(*id);
+                w.volume_header(volume);
+                match domain {
+                    Some((did, d)) => {
+                        w.u8(1);
+                        w.domain(*did, d);
+                    }
+                    None => w.u8(0),
+                }
+            }
+            VolumeOp::Copy {
+                id,
+                source,
+                name,
+                kind,
+            } => {
+                w.u8(1);
+                w.u32(*id);
+                w.u32(*source);
+                w.name(name);
+                w.kind(*kind);
+            }
+            VolumeOp::Revert { volume, snapshot } => {
+                w.u8(2);
+                w.u32(*volume);
+                w.u32(*snapshot);
+            }
+            VolumeOp::Delete { id } => {
+                w.u8(3);
+                w.u32(*id);
+            }
+            VolumeOp::Resize { id, size_blocks } => {
+                w.u8(4);
+                w.u32(*id);
+                w.u64(*size_blocks);
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, VolumeError> {
+        Ok(match r.u8()? {
+            0 => VolumeOp::Create {
+                id: r.u32()?,
+                volume: r.volume_header()?,
+                domain: if r.flag()? { Some(r.domain()?) } else { None },
+            },
+            1 => VolumeOp::Copy {
+                id: r.u32()?,
+                source: r.u32()?,
+                name: r.name()?,
+                kind: r.kind()?,
+            },
+            2 => VolumeOp::Revert {
+                volume: r.u32()?,
+                snapshot: r.u32()?,
+            },
+            3 => VolumeOp::Delete { id: r.u32()? },
+            4 => VolumeOp::Resize {
+                id: r.u32()?,
+                size_blocks: r.u64()?,
+            },
+            tag => return Err(VolumeError::Corrupt(format!("journal op {tag}"))),
+        })
+    }
+}
+
+/// What changed between two durable points, as written to the journal:
+/// records created and still live, records moved, records that died, the
+/// final value of every map entry touched, and the management operations
+/// done. Replay applies them in that order (removals last), which matches
+/// the pool because an operation is journaled as soon as it is done.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Delta {
     pub next_record: u64,
@@ -459,6 +594,7 @@ pub(crate) struct Delta {
     pub removed: Vec<u64>,
     /// (volume, logical block, record id or [`ZERO_ENTRY`]; `None` unmaps).
     pub changes: Vec<(u32, u64, Option<u64>)>,
+    pub ops: Vec<VolumeOp>,
 }
 
 impl Delta {
@@ -484,6 +620,10 @@ impl Delta {
             w.u32(vol);
             w.u64(lba);
             w.u64(entry.unwrap_or(UNMAPPED));
+        }
+        w.u32(self.ops.len() as u32);
+        for op in &self.ops {
+            op.encode(&mut w);
         }
         w.buf
     }
@@ -514,6 +654,10 @@ impl Delta {
             delta
                 .changes
                 .push((vol, lba, Some(rid).filter(|&r| r != UNMAPPED)));
+        }
+        let ops = r.u32()?;
+        for _ in 0..r.count(u64::from(ops), 5)? {
+            delta.ops.push(VolumeOp::decode(&mut r)?);
         }
         if !r.is_empty() {
             return Err(VolumeError::Corrupt("trailing bytes in journal".into()));
@@ -553,6 +697,9 @@ impl Delta {
                 None => v.map.remove(&lba),
             };
         }
+        for op in self.ops {
+            op.apply(meta)?;
+        }
         for id in self.removed {
             meta.records.remove(&id);
         }
@@ -581,6 +728,32 @@ impl Writer {
     }
     fn u64(&mut self, v: u64) {
         self.bytes(&v.to_le_bytes());
+    }
+    fn name(&mut self, name: &str) {
+        self.u16(name.len() as u16);
+        self.bytes(name.as_bytes());
+    }
+    fn kind(&mut self, kind: VolumeKind) {
+        self.u8(match kind {
+            VolumeKind::Writable => 0,
+            VolumeKind::Snapshot => 1,
+        });
+    }
+    /// A volume's fields but its map.
+    fn volume_header(&mut self, vol: &VolumeMeta) {
+        self.name(&vol.name);
+        self.kind(vol.kind);
+        self.u64(vol.size_blocks);
+        self.u32(vol.domain);
+        self.u8(u8::from(vol.services.zero_detect));
+        self.u8(u8::from(vol.services.dedup));
+        self.u8(vol.services.compression.code());
+        self.u32(vol.parent.unwrap_or(NO_PARENT));
+    }
+    fn domain(&mut self, id: u32, domain: &Domain) {
+        self.u32(id);
+        self.u8(u8::from(domain.encrypted));
+        self.bytes(&domain.check_value);
     }
     fn record(&mut self, rec: &Record) {
         self.u64(rec.block);
@@ -650,6 +823,45 @@ impl<'a> Reader<'a> {
     }
     fn u64(&mut self) -> Result<u64, VolumeError> {
         Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn name(&mut self) -> Result<String, VolumeError> {
+        let len = usize::from(self.u16()?);
+        std::str::from_utf8(self.take(len)?)
+            .map(str::to_string)
+            .map_err(|_| VolumeError::Corrupt("volume name not UTF-8".into()))
+    }
+    fn kind(&mut self) -> Result<VolumeKind, VolumeError> {
+        match self.u8()? {
+            0 => Ok(VolumeKind::Writable),
+            1 => Ok(VolumeKind::Snapshot),
+            k => Err(VolumeError::Corrupt(format!("volume kind {k}"))),
+        }
+    }
+    /// A volume's fields but its map (which is left empty).
+    fn volume_header(&mut self) -> Result<VolumeMeta, VolumeError> {
+        Ok(VolumeMeta {
+            name: self.name()?,
+            kind: self.kind()?,
+            size_blocks: self.u64()?,
+            domain: self.u32()?,
+            services: Services {
+                zero_detect: self.flag()?,
+                dedup: self.flag()?,
+                compression: Compression::from_code(self.u8()?)?,
+            },
+            parent: Some(self.u32()?).filter(|&p| p != NO_PARENT),
+            map: BTreeMap::new(),
+        })
+    }
+    fn domain(&mut self) -> Result<(u32, Domain), VolumeError> {
+        Ok((
+            self.u32()?,
+            Domain {
+                encrypted: self.flag()?,
+                check_value: self.array()?,
+            },
+        ))
     }
 
     /// Parses record `id`'s fields, checking that they describe a possible
@@ -797,6 +1009,19 @@ mod tests {
             )],
             removed: vec![5],
             changes: vec![(2, 1, Some(4)), (2, 3, None), (2, 5, Some(ZERO_ENTRY))],
+            ops: vec![
+                VolumeOp::Copy {
+                    id: 3,
+                    source: 2,
+                    name: "copy".into(),
+                    kind: VolumeKind::Writable,
+                },
+                VolumeOp::Resize {
+                    id: 3,
+                    size_blocks: 4,
+                },
+                VolumeOp::Delete { id: 2 },
+            ],
         };
         let payload = delta.encode();
         assert_eq!(Delta::decode(&payload).unwrap(), delta);
@@ -822,7 +1047,15 @@ mod tests {
         applied.records.remove(&4);
         delta.apply(&mut applied).unwrap();
         assert!(!applied.records.contains_key(&5));
-        assert_eq!(applied.volumes[&2].map.get(&1), Some(&4));
+        assert!(!applied.volumes.contains_key(&2));
+        // The copy saw the map changes (replayed before operations) and
+        // lost what the resize cut off.
+        let copy = &applied.volumes[&3];
+        assert_eq!(
+            (copy.size_blocks, copy.map.get(&1), copy.map.get(&5)),
+            (4, Some(&4), None)
+        );
+        assert_eq!(applied.next_volume, 4);
     }
 
     #[test]

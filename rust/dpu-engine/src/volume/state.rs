@@ -17,8 +17,8 @@ use super::alloc::SpaceMap;
 use super::crypt::{Cipher, VolumeKey};
 use super::format::{
     journal_block, meta_block, parse_journal_block, parse_meta_block, Delta, Domain,
-    JournalPosition, Meta, Record, Services, Superblock, VolumeKind, VolumeMeta, JOURNAL_PAYLOAD,
-    META_PAYLOAD, SUPERBLOCKS, ZERO_ENTRY,
+    JournalPosition, Meta, Record, Services, Superblock, VolumeKind, VolumeMeta, VolumeOp,
+    JOURNAL_PAYLOAD, META_PAYLOAD, SUPERBLOCKS, ZERO_ENTRY,
 };
 use super::reduce::{
     compress, decompress, fingerprint, is_zero, Compression, UNIT, UNITS_PER_BLOCK,
@@ -117,6 +117,11 @@ pub(crate) struct PoolState {
     died: Vec<u64>,
     /// Durable records compaction moved since the last durable point.
     moved: HashSet<u64>,
+    /// Management operations done since the last durable point.
+    ops: Vec<VolumeOp>,
+    /// Map entries changed after an operation in `ops`: the journal replays
+    /// map changes before operations, so such a state is checkpointed.
+    changed_after_op: bool,
     /// Live units of each packed block, to find sparse ones.
     packed_units: HashMap<u64, u32>,
     /// Dedup index: (key domain, fingerprint) → record.
@@ -180,6 +185,8 @@ impl PoolState {
             created: HashSet::new(),
             died: Vec::new(),
             moved: HashSet::new(),
+            ops: Vec::new(),
+            changed_after_op: false,
             packed_units: HashMap::new(),
             index: HashMap::new(),
             dirty: false,
@@ -430,6 +437,8 @@ impl PoolState {
         self.created.clear();
         self.died.clear();
         self.moved.clear();
+        self.ops.clear();
+        self.changed_after_op = false;
         self.dirty = false;
     }
 
@@ -440,6 +449,9 @@ impl PoolState {
         let Some(head) = self.journal_next else {
             return Ok(false);
         };
+        if self.changed_after_op || self.ops.len() > 1 {
+            return Ok(false);
+        }
         let mut created: Vec<u64> = self.created.iter().copied().collect();
         created.sort_unstable();
         let delta = Delta {
@@ -454,6 +466,7 @@ impl PoolState {
                 .filter_map(|&id| self.meta.records.get(&id).map(|r| (id, r.clone())))
                 .collect(),
             removed: self.died.clone(),
+            ops: self.ops.clone(),
             changes: self
                 .touched
                 .iter()
@@ -768,6 +781,7 @@ impl PoolState {
             None => v.map.remove(&lba),
         });
         self.touched.insert((vol, lba));
+        self.changed_after_op |= !self.ops.is_empty();
         if let Some(rid) = old {
             self.unref(rid);
         }
@@ -1006,6 +1020,7 @@ impl PoolState {
         self.ensure_room(0, 1, 1)?;
         // Volumes with the same key share a key domain, and so can share
         // deduplicated blocks.
+        let mut new_domain = None;
         let domain = match key {
             None => 0,
             Some(key) => {
@@ -1025,13 +1040,12 @@ impl PoolState {
                             .keys()
                             .next_back()
                             .map_or(1, |&last| last + 1);
-                        self.meta.domains.insert(
-                            id,
-                            Domain {
-                                encrypted: true,
-                                check_value,
-                            },
-                        );
+                        let domain = Domain {
+                            encrypted: true,
+                            check_value,
+                        };
+                        self.meta.domains.insert(id, domain.clone());
+                        new_domain = Some((id, domain));
                         id
                     }
                 }
@@ -1039,20 +1053,29 @@ impl PoolState {
         };
         let id = self.meta.next_volume;
         self.meta.next_volume += 1;
-        self.meta.volumes.insert(
+        let volume = VolumeMeta {
+            name: name.to_string(),
+            kind: VolumeKind::Writable,
+            size_blocks: size_bytes / BS,
+            domain,
+            services,
+            parent: None,
+            map: BTreeMap::new(),
+        };
+        self.meta.volumes.insert(id, volume.clone());
+        self.done(VolumeOp::Create {
             id,
-            VolumeMeta {
-                name: name.to_string(),
-                kind: VolumeKind::Writable,
-                size_blocks: size_bytes / BS,
-                domain,
-                services,
-                parent: None,
-                map: BTreeMap::new(),
-            },
-        );
+            volume,
+            domain: new_domain,
+        })
+    }
+
+    /// Records a management operation and makes it durable (a journal
+    /// entry of a few bytes, or a checkpoint when the journal is due).
+    fn done(&mut self, op: VolumeOp) -> Result<(), VolumeError> {
+        self.ops.push(op);
         self.dirty = true;
-        self.commit()
+        self.persist()
     }
 
     /// Checks `key` against `name`'s key domain and returns what a handle
@@ -1114,9 +1137,14 @@ impl PoolState {
         }
         let id = self.meta.next_volume;
         self.meta.next_volume += 1;
+        let name = copy.name.clone();
         self.meta.volumes.insert(id, copy);
-        self.dirty = true;
-        self.commit()
+        self.done(VolumeOp::Copy {
+            id,
+            source: source_id,
+            name,
+            kind,
+        })
     }
 
     /// Takes a read-only snapshot of `origin`.
@@ -1163,8 +1191,10 @@ impl PoolState {
         for rid in old.into_values() {
             self.unref(rid);
         }
-        self.dirty = true;
-        self.commit()
+        self.done(VolumeOp::Revert {
+            volume: vol_id,
+            snapshot: snap_id,
+        })
     }
 
     /// Changes a writable volume's logical size; blocks past a new, smaller
@@ -1189,8 +1219,7 @@ impl PoolState {
         if let Some(v) = self.meta.volumes.get_mut(&id) {
             v.size_blocks = size_blocks;
         }
-        self.dirty = true;
-        self.commit()
+        self.done(VolumeOp::Resize { id, size_blocks })
     }
 
     /// The metadata, for tests that commit deliberately broken states.
@@ -1219,8 +1248,7 @@ impl PoolState {
         if vol.domain != 0 && !self.meta.volumes.values().any(|v| v.domain == vol.domain) {
             self.meta.domains.remove(&vol.domain);
         }
-        self.dirty = true;
-        self.commit()
+        self.done(VolumeOp::Delete { id })
     }
 
     /// Takes in media that grew since the pool was formatted or last grown.
