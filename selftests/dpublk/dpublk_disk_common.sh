@@ -1,14 +1,14 @@
 # SPDX-License-Identifier: GPL-2.0
 # Helpers for tests that drive dpublk disks. Source after test_common.sh.
 #
-# The tests run on the accelerator function (1df5:0001). For driver
+# The tests run on the accelerator function (1af4:10f0). For driver
 # development without dpuemu they can also run on any NVMe-style function
 # bound through driver_override: DPUBLK_TEST_BIND=<vendor>:<device>, e.g.
 # 1b36:0010 for QEMU's `-device nvme`.
 
 # accelerator_pci: PCI address of the function the tests drive, if any.
 accelerator_pci() {
-	local d want_v=0x1df5 want_d=0x0001
+	local d want_v=0x1af4 want_d=0x10f0
 	if [ -n "${DPUBLK_TEST_BIND:-}" ]; then
 		want_v=0x${DPUBLK_TEST_BIND%%:*}
 		want_d=0x${DPUBLK_TEST_BIND##*:}
