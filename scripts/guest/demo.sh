@@ -31,7 +31,9 @@ fi
 step "load dpublk"
 mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
 run insmod "$DPUBLK_MODULE"
-dmesg | grep -E 'dpublk' | tail -8
+# The driver's own lines (its KUnit self-tests also report here, as KTAP).
+dmesg | grep -E 'dpublk' | grep -vE 'Subtest|# |^\[[ 0-9.]+\] *(not )?ok [0-9]' | tail -12
+dmesg | grep -E 'KTAP|# dpublk_.*pass:' | sed 's/^/kunit: /' | tail -6
 
 step "configfs root"
 run ls -l /sys/kernel/config/dpublk/
