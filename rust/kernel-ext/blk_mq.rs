@@ -34,8 +34,8 @@ use kernel::{
     bindings, device,
     dma::DataDirection,
     error::{to_result, Error},
-    prelude::*,
     fmt,
+    prelude::*,
     sync::{aref::ARef, Arc},
     types::Opaque,
 };
@@ -267,10 +267,12 @@ impl RequestSlot {
     /// Parks `rq` in the slot; gives it back if the slot is occupied.
     pub(crate) fn put(&self, rq: OwnedRequest) -> Result<(), OwnedRequest> {
         let ptr = rq.0.as_ptr();
-        match self
-            .0
-            .compare_exchange(core::ptr::null_mut(), ptr, Ordering::Release, Ordering::Relaxed)
-        {
+        match self.0.compare_exchange(
+            core::ptr::null_mut(),
+            ptr,
+            Ordering::Release,
+            Ordering::Relaxed,
+        ) {
             Ok(_) => {
                 // The slot owns the request now.
                 core::mem::forget(rq);
@@ -342,7 +344,11 @@ unsafe impl Send for RequestSgl {}
 impl RequestSgl {
     /// Storage for requests of up to `capacity` physical segments.
     pub(crate) fn new(capacity: u32) -> Result<Self> {
-        let entries = KVec::from_elem(bindings::scatterlist::default(), capacity as usize, GFP_KERNEL)?;
+        let entries = KVec::from_elem(
+            bindings::scatterlist::default(),
+            capacity as usize,
+            GFP_KERNEL,
+        )?;
         Ok(Self {
             entries,
             capacity,
@@ -390,9 +396,8 @@ impl RequestSgl {
         }
         // SAFETY: The first `nents` entries describe the request's pages;
         // `dev` is bound (caller's guarantee).
-        let mapped = unsafe {
-            bindings::dma_map_sg_attrs(raw_device(dev), sgl, nents, dir.into(), 0)
-        };
+        let mapped =
+            unsafe { bindings::dma_map_sg_attrs(raw_device(dev), sgl, nents, dir.into(), 0) };
         if mapped == 0 {
             return Err(ENOMEM);
         }
@@ -657,8 +662,7 @@ impl<T: Operations> Disk<T> {
             // SAFETY: `gendisk` is valid, and access is exclusive before
             // `device_add_disk`.
             let disk_name = unsafe { &mut (*gendisk).disk_name };
-            let mut writer =
-                kernel::str::NullTerminatedFormatter::new(disk_name).ok_or(EINVAL)?;
+            let mut writer = kernel::str::NullTerminatedFormatter::new(disk_name).ok_or(EINVAL)?;
             fmt::Write::write_fmt(&mut writer, name)?;
             // SAFETY: `gendisk` is valid; `fops` must point to a static table.
             unsafe { (*gendisk).fops = &DISK_OPS.0 };

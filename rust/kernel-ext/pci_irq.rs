@@ -52,7 +52,10 @@ impl<T: Handler> PinnedDrop for IrqHandler<T> {
     }
 }
 
-unsafe extern "C" fn handle_irq<T: Handler>(_irq: i32, cookie: *mut c_void) -> bindings::irqreturn_t {
+unsafe extern "C" fn handle_irq<T: Handler>(
+    _irq: i32,
+    cookie: *mut c_void,
+) -> bindings::irqreturn_t {
     // SAFETY: `cookie` is the pinned `IrqHandler<T>` registered in
     // `QueueInterrupts::register`, alive until `free_irq`.
     let this = unsafe { &*cookie.cast::<IrqHandler<T>>() };
@@ -87,7 +90,12 @@ impl<'a, T: Handler + 'static> QueueInterrupts<'a, T> {
             pre_vectors: 1,
             ..Default::default()
         };
-        let flags = bindings::PCI_IRQ_MSIX | if max > 1 { bindings::PCI_IRQ_AFFINITY } else { 0 };
+        let flags = bindings::PCI_IRQ_MSIX
+            | if max > 1 {
+                bindings::PCI_IRQ_AFFINITY
+            } else {
+                0
+            };
         // SAFETY: `pdev` is bound; `affinity` is valid for the call (the
         // PCI core copies what it needs).
         let ret = unsafe {

@@ -17,13 +17,13 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use kernel::{
     device,
     devres::DevresLt,
+    fmt,
     io::poll::read_poll_timeout,
     new_mutex, pci,
     prelude::*,
+    sync::aref::ARef,
     sync::Mutex,
     time::{delay::fsleep, Delta, Instant, Monotonic},
-    sync::aref::ARef,
-    fmt,
 };
 
 /// Entries of each admin queue.
@@ -120,13 +120,19 @@ pub(crate) struct Controller {
 impl Controller {
     /// Maps nothing new: takes the mapped BAR, reads CAP and prepares the
     /// controller object. The controller is not touched yet.
-    pub(crate) fn new(pdev: &pci::Device<device::Core<'_>>, bar: DevresLt<Bar0>) -> Result<impl PinInit<Self, Error>> {
+    pub(crate) fn new(
+        pdev: &pci::Device<device::Core<'_>>,
+        bar: DevresLt<Bar0>,
+    ) -> Result<impl PinInit<Self, Error>> {
         let cap = {
             let guard = bar.try_access().ok_or(ENXIO)?;
             Registers(&guard).cap()?
         };
         if cap.0 == u64::MAX {
-            dev_err!(pdev, "controller registers read all ones: device not responding\n");
+            dev_err!(
+                pdev,
+                "controller registers read all ones: device not responding\n"
+            );
             return Err(ENODEV);
         }
         if cap.0 & Cap::CSS_NVM == 0 || cap.mpsmin() != 0 {
@@ -165,7 +171,10 @@ impl Controller {
     /// Runs `f` on the registers, unless the device is unbound.
     ///
     /// `f` runs in an RCU read-side critical section and must not sleep.
-    pub(crate) fn with_regs<R>(&self, f: impl FnOnce(&Registers<'_, '_>) -> Result<R>) -> Result<R> {
+    pub(crate) fn with_regs<R>(
+        &self,
+        f: impl FnOnce(&Registers<'_, '_>) -> Result<R>,
+    ) -> Result<R> {
         let guard = self.bar.try_access().ok_or(ENXIO)?;
         f(&Registers(&guard))
     }
@@ -180,7 +189,10 @@ impl Controller {
     pub(crate) fn protocol_error(&self, kind: ProtocolError, detail: fmt::Arguments<'_>) {
         let bit = kind as u32;
         if self.reported.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
-            dev_err!(self.pdev, "device error ({kind:?}): {detail}; not trusting it any more\n");
+            dev_err!(
+                self.pdev,
+                "device error ({kind:?}): {detail}; not trusting it any more\n"
+            );
         }
         self.broken.store(true, Ordering::Release);
     }
@@ -197,7 +209,10 @@ impl Controller {
                 false
             }
             Err(e) => {
-                self.protocol_error(ProtocolError::Fatal, format_args!("registers unreachable: {e:?}"));
+                self.protocol_error(
+                    ProtocolError::Fatal,
+                    format_args!("registers unreachable: {e:?}"),
+                );
                 false
             }
         }
@@ -212,7 +227,8 @@ impl Controller {
             }
             Ok(())
         })?;
-        self.poll_csts(|csts| !csts.rdy() || csts.0 == u32::MAX).map(|_| ())
+        self.poll_csts(|csts| !csts.rdy() || csts.0 == u32::MAX)
+            .map(|_| ())
     }
 
     /// Polls CSTS until `done` holds, for at most CAP.TO.
@@ -236,17 +252,29 @@ impl Controller {
         let sq = SubmissionRing::new(dev, entries)?;
         let cq = CompletionRing::new(dev, entries)?;
         self.with_regs(|regs| {
-            regs.set_admin_queues(Aqa::new(entries, entries), sq.dma_address(), cq.dma_address())?;
+            regs.set_admin_queues(
+                Aqa::new(entries, entries),
+                sq.dma_address(),
+                cq.dma_address(),
+            )?;
             regs.set_cc(Cc::enable_default())
         })?;
         let csts = self
             .poll_csts(|csts| csts.rdy() || csts.cfs() || csts.0 == u32::MAX)
             .inspect_err(|e| dev_err!(self.pdev, "controller does not become ready: {e:?}\n"))?;
         if !csts.rdy() || csts.cfs() || csts.0 == u32::MAX {
-            dev_err!(self.pdev, "controller failed while enabling (CSTS {:#x})\n", csts.0);
+            dev_err!(
+                self.pdev,
+                "controller failed while enabling (CSTS {:#x})\n",
+                csts.0
+            );
             return Err(EIO);
         }
-        *self.admin.lock() = Some(AdminQueue { sq, cq, next_cid: 0 });
+        *self.admin.lock() = Some(AdminQueue {
+            sq,
+            cq,
+            next_cid: 0,
+        });
         self.disabled.store(false, Ordering::Release);
         Ok(())
     }
@@ -286,30 +314,52 @@ impl Controller {
         self.check_admin_completion(admin, &cqe, cid)
     }
 
-    fn check_admin_completion(&self, admin: &mut AdminQueue, cqe: &CompletionEntry, cid: u16) -> Result<u32> {
+    fn check_admin_completion(
+        &self,
+        admin: &mut AdminQueue,
+        cqe: &CompletionEntry,
+        cid: u16,
+    ) -> Result<u32> {
         if cqe.queue() != 0 {
-            self.protocol_error(ProtocolError::BadSqId, format_args!("admin completion for SQ {}", cqe.queue()));
+            self.protocol_error(
+                ProtocolError::BadSqId,
+                format_args!("admin completion for SQ {}", cqe.queue()),
+            );
             return Err(EIO);
         }
         if admin.sq.set_head(cqe.head()).is_err() {
-            self.protocol_error(ProtocolError::BadSqHead, format_args!("admin SQ head {}", cqe.head()));
+            self.protocol_error(
+                ProtocolError::BadSqHead,
+                format_args!("admin SQ head {}", cqe.head()),
+            );
             return Err(EIO);
         }
         if cqe.command_id() != cid {
             self.protocol_error(
                 ProtocolError::UnknownCommand,
-                format_args!("admin completion for command {} while {} is outstanding", cqe.command_id(), cid),
+                format_args!(
+                    "admin completion for command {} while {} is outstanding",
+                    cqe.command_id(),
+                    cid
+                ),
             );
             return Err(EIO);
         }
         match status_to_result(cqe.status()) {
             Ok(()) => Ok(cqe.result.get()),
             Err(Some(e)) => {
-                dev_dbg!(self.pdev, "admin command failed, status {:#x}\n", cqe.status().0);
+                dev_dbg!(
+                    self.pdev,
+                    "admin command failed, status {:#x}\n",
+                    cqe.status().0
+                );
                 Err(e)
             }
             Err(None) => {
-                self.protocol_error(ProtocolError::BadStatus, format_args!("admin status {:#x}", cqe.status().0));
+                self.protocol_error(
+                    ProtocolError::BadStatus,
+                    format_args!("admin status {:#x}", cqe.status().0),
+                );
                 Err(EIO)
             }
         }
@@ -378,12 +428,21 @@ mod tests {
         assert_eq!(errno(Status::INVALID_FIELD), Some(EOPNOTSUPP.to_errno()));
         assert_eq!(errno(Status::LBA_OUT_OF_RANGE), Some(EREMOTEIO.to_errno()));
         assert_eq!(errno(Status::DATA_TRANSFER_ERROR), Some(EIO.to_errno()));
-        assert_eq!(errno(Status::UNRECOVERED_READ_ERROR), Some(ENODATA.to_errno()));
+        assert_eq!(
+            errno(Status::UNRECOVERED_READ_ERROR),
+            Some(ENODATA.to_errno())
+        );
         assert_eq!(errno(Status::WRITE_FAULT), Some(ENODATA.to_errno()));
         assert_eq!(errno(Status::INVALID_QUEUE_ID), Some(EIO.to_errno()));
         assert_eq!(errno(Status::new(sct::PATH, 0)), Some(ENOLINK.to_errno()));
-        assert_eq!(errno(vendor::vendor_status(vendor::status::NO_SPACE)), Some(ENOSPC.to_errno()));
-        assert_eq!(errno(vendor::vendor_status(vendor::status::VOLUME_BUSY)), Some(EIO.to_errno()));
+        assert_eq!(
+            errno(vendor::vendor_status(vendor::status::NO_SPACE)),
+            Some(ENOSPC.to_errno())
+        );
+        assert_eq!(
+            errno(vendor::vendor_status(vendor::status::VOLUME_BUSY)),
+            Some(EIO.to_errno())
+        );
     }
 
     #[test]

@@ -23,11 +23,17 @@ impl IoQueues {
     /// Disables a failed controller and fails everything it had in flight.
     pub(crate) fn fail_all(&self) {
         if self.ctrl.fail() {
-            dev_err!(self.ctrl.pdev(), "controller disabled after a failure; failing outstanding I/O\n");
+            dev_err!(
+                self.ctrl.pdev(),
+                "controller disabled after a failure; failing outstanding I/O\n"
+            );
         }
         let cancelled: usize = self.queues.iter().map(|q| q.cancel_all(EIO)).sum();
         if cancelled > 0 {
-            dev_err!(self.ctrl.pdev(), "failed {cancelled} outstanding requests\n");
+            dev_err!(
+                self.ctrl.pdev(),
+                "failed {cancelled} outstanding requests\n"
+            );
         }
     }
 }
@@ -68,7 +74,11 @@ impl blk_mq::Operations for BlockOps {
         // it with "abort requested", and everything else keeps running.
         if set.ctrl.is_usable() {
             if let Some(cid) = hwq.abort_once(rq) {
-                dev_warn!(pdev, "command {cid:#x} on queue {} timed out, aborting it\n", hwq.qid());
+                dev_warn!(
+                    pdev,
+                    "command {cid:#x} on queue {} timed out, aborting it\n",
+                    hwq.qid()
+                );
                 let abort = Abort {
                     sqid: hwq.qid(),
                     cid,

@@ -25,13 +25,19 @@ use kernel::{
     dma::{Coherent, Device as _, DmaMask},
     pci,
     prelude::*,
-    sync::Arc,
     sync::aref::ARef,
+    sync::Arc,
     types::ScopeGuard,
 };
 
 /// PCI vendor ID of the emulated accelerator (see
-/// Documentation/device-interface.rst; real silicon binds through `new_id`).
+/// Documentation/device-interface.rst).
+///
+/// Other functions speaking the interface (real silicon, or QEMU's
+/// `-device nvme` during driver development) bind through
+/// `driver_override`: a Rust PCI driver's ID table keeps a pointer in
+/// `driver_data`, so `new_id` (which wants an existing `driver_data`) is
+/// refused with EINVAL.
 pub(crate) const ACCEL_VENDOR_ID: u16 = crate::shim::pci::VENDOR_ID;
 /// PCI device ID of the accelerator function.
 pub(crate) const ACCEL_DEVICE_ID: u16 = crate::shim::pci::ACCELERATOR_DEVICE_ID;
@@ -175,24 +181,33 @@ impl<'bound> Accelerator<'bound> {
             ctrl.fail();
         });
 
-        let id = identify(&ctrl, dev, cns::CONTROLLER, 0, |id: &IdentifyController| ControllerInfo {
-            sqes: id.sqes,
-            cqes: id.cqes,
-            mdts: id.mdts,
-            vwc: id.vwc,
-            nn: id.nn.get(),
-            oncs: id.oncs.get(),
+        let id = identify(&ctrl, dev, cns::CONTROLLER, 0, |id: &IdentifyController| {
+            ControllerInfo {
+                sqes: id.sqes,
+                cqes: id.cqes,
+                mdts: id.mdts,
+                vwc: id.vwc,
+                nn: id.nn.get(),
+                oncs: id.oncs.get(),
+            }
         })
         .inspect_err(|e| dev_err!(pdev, "Identify Controller failed: {e:?}\n"))?;
         // Entry sizes: the minimum (required) sizes must fit ours.
         if id.sqes & 0xf > 6 || id.cqes & 0xf > 4 {
-            dev_err!(pdev, "unsupported queue entry sizes {:#x}/{:#x}\n", id.sqes, id.cqes);
+            dev_err!(
+                pdev,
+                "unsupported queue entry sizes {:#x}/{:#x}\n",
+                id.sqes,
+                id.cqes
+            );
             return Err(ENODEV);
         }
 
         // One I/O queue pair per CPU, as far as the device and the
         // interrupt vectors (one is kept for the admin queue) go.
-        let wanted = kernel::cpu::nr_cpu_ids().clamp(1, MAX_IO_QUEUES).min(irqs.count() - 1);
+        let wanted = kernel::cpu::nr_cpu_ids()
+            .clamp(1, MAX_IO_QUEUES)
+            .min(irqs.count() - 1);
         let granted = ctrl.admin_command(
             Features {
                 fid: feature::NUMBER_OF_QUEUES,
@@ -301,8 +316,16 @@ impl<'bound> Accelerator<'bound> {
             dma_alignment: 3,
             write_cache: id.vwc & identify::VWC_PRESENT != 0,
             fua: true,
-            max_discard_sectors: if oncs & identify::ONCS_DSM != 0 { u32::MAX } else { 0 },
-            max_write_zeroes_sectors: if oncs & identify::ONCS_WRITE_ZEROES != 0 { 1 } else { 0 },
+            max_discard_sectors: if oncs & identify::ONCS_DSM != 0 {
+                u32::MAX
+            } else {
+                0
+            },
+            max_write_zeroes_sectors: if oncs & identify::ONCS_WRITE_ZEROES != 0 {
+                1
+            } else {
+                0
+            },
         }
     }
 
@@ -329,15 +352,25 @@ impl<'bound> Accelerator<'bound> {
                 dev_warn!(pdev, "namespace {nsid} beyond the reported {nn}, ignored\n");
                 continue;
             }
-            let (blocks, shift) = identify(ctrl, dev, cns::NAMESPACE, nsid, |ns: &IdentifyNamespace| {
-                (ns.nsze.get(), u32::from(ns.lba_shift()))
-            })?;
+            let (blocks, shift) =
+                identify(ctrl, dev, cns::NAMESPACE, nsid, |ns: &IdentifyNamespace| {
+                    (ns.nsze.get(), u32::from(ns.lba_shift()))
+                })?;
             if !(9..=12).contains(&shift) {
-                dev_warn!(pdev, "namespace {nsid}: block size 2^{shift} unsupported, ignored\n");
+                dev_warn!(
+                    pdev,
+                    "namespace {nsid}: block size 2^{shift} unsupported, ignored\n"
+                );
                 continue;
             }
-            let Some(sectors) = blocks.checked_shl(shift - 9).filter(|s| s >> (shift - 9) == blocks) else {
-                dev_warn!(pdev, "namespace {nsid}: size {blocks} blocks out of range, ignored\n");
+            let Some(sectors) = blocks
+                .checked_shl(shift - 9)
+                .filter(|s| s >> (shift - 9) == blocks)
+            else {
+                dev_warn!(
+                    pdev,
+                    "namespace {nsid}: size {blocks} blocks out of range, ignored\n"
+                );
                 continue;
             };
             let mut limits = Self::limits(id);
@@ -356,10 +389,20 @@ impl<'bound> Accelerator<'bound> {
                 format_args!("dpublk{index}"),
                 &limits,
                 sectors,
-                Arc::new(NamespaceFormat { nsid, lba_shift: shift }, GFP_KERNEL)?,
+                Arc::new(
+                    NamespaceFormat {
+                        nsid,
+                        lba_shift: shift,
+                    },
+                    GFP_KERNEL,
+                )?,
             )
             .inspect_err(|e| dev_err!(pdev, "cannot add disk for namespace {nsid}: {e:?}\n"))?;
-            dev_info!(pdev, "dpublk{index}: namespace {nsid}, {sectors} sectors of 512 bytes, block size {}\n", 1u32 << shift);
+            dev_info!(
+                pdev,
+                "dpublk{index}: namespace {nsid}, {sectors} sectors of 512 bytes, block size {}\n",
+                1u32 << shift
+            );
             disks.push(disk, GFP_KERNEL)?;
         }
         Ok(disks)
@@ -382,7 +425,9 @@ impl Drop for Accelerator<'_> {
         self.tagset = None;
         if self.ctrl.is_usable() {
             for q in self.queues.queues.iter().rev() {
-                let _ = self.ctrl.admin_command(sqe::delete_queue(q.qid(), false, 0));
+                let _ = self
+                    .ctrl
+                    .admin_command(sqe::delete_queue(q.qid(), false, 0));
                 let _ = self.ctrl.admin_command(sqe::delete_queue(q.qid(), true, 0));
             }
         }
@@ -395,4 +440,3 @@ impl Drop for Accelerator<'_> {
         dev_info!(self.pdev, "accelerator released\n");
     }
 }
-

@@ -131,7 +131,8 @@ impl IoQueue {
                 GFP_KERNEL,
             )?;
         }
-        let prp_lists = Coherent::zeroed_slice(dev, usize::from(depth) * prp::LIST_ENTRIES, GFP_KERNEL)?;
+        let prp_lists =
+            Coherent::zeroed_slice(dev, usize::from(depth) * prp::LIST_ENTRIES, GFP_KERNEL)?;
         let sq = SubmissionRing::new(dev, entries)?;
         let cq = CompletionRing::new(dev, entries)?;
         Arc::pin_init(
@@ -186,7 +187,13 @@ impl IoQueue {
     }
 
     /// Turns `rq` into a command, mapping its data for the device.
-    fn build_command(&self, ns: &NamespaceFormat, rq: &Request, slot: &CommandSlot, tag: usize) -> Result<SubmissionEntry> {
+    fn build_command(
+        &self,
+        ns: &NamespaceFormat,
+        rq: &Request,
+        slot: &CommandSlot,
+        tag: usize,
+    ) -> Result<SubmissionEntry> {
         let shift = ns.lba_shift;
         let bytes = rq.bytes();
         let blocks = bytes >> shift;
@@ -265,7 +272,12 @@ impl IoQueue {
     }
 
     /// Submits `rq` for namespace `ns`.
-    pub(crate) fn submit(&self, ns: &NamespaceFormat, rq: OwnedRequest, last: bool) -> Result<(), (OwnedRequest, Error)> {
+    pub(crate) fn submit(
+        &self,
+        ns: &NamespaceFormat,
+        rq: OwnedRequest,
+        last: bool,
+    ) -> Result<(), (OwnedRequest, Error)> {
         if !self.ctrl.is_usable() {
             return Err((rq, EIO));
         }
@@ -277,7 +289,10 @@ impl IoQueue {
             Ok(sqe) => sqe,
             Err(e) => return Err((rq, e)),
         };
-        let generation = slot.generation.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        let generation = slot
+            .generation
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
         let cid = command_id(tag as u16, generation);
         sqe.set_cid(cid);
         slot.cid.store(cid, Ordering::Relaxed);
@@ -311,7 +326,10 @@ impl IoQueue {
     fn publish(&self, sq: &mut SubmissionRing) {
         if let Some(tail) = sq.take_unpublished() {
             let caps = self.ctrl.caps();
-            if let Err(e) = self.ctrl.with_regs(|r| r.ring(self.qid, DoorbellKind::SubmissionTail, caps.dstrd, tail)) {
+            if let Err(e) = self
+                .ctrl
+                .with_regs(|r| r.ring(self.qid, DoorbellKind::SubmissionTail, caps.dstrd, tail))
+            {
                 // The command times out and the controller is failed then.
                 dev_warn_ratelimited(self.ctrl.pdev(), e);
             }
@@ -365,7 +383,12 @@ impl IoQueue {
         if cqe.head() > self.depth {
             self.ctrl.protocol_error(
                 ProtocolError::BadSqHead,
-                format_args!("SQ {} head {} beyond {} entries", self.qid, cqe.head(), self.depth + 1),
+                format_args!(
+                    "SQ {} head {} beyond {} entries",
+                    self.qid,
+                    cqe.head(),
+                    self.depth + 1
+                ),
             );
             return Err(());
         }
@@ -383,7 +406,10 @@ impl IoQueue {
         let Some((slot, rq)) = rq else {
             self.ctrl.protocol_error(
                 ProtocolError::UnknownCommand,
-                format_args!("completion for unknown command {cid:#x} on queue {}", self.qid),
+                format_args!(
+                    "completion for unknown command {cid:#x} on queue {}",
+                    self.qid
+                ),
             );
             return Err(());
         };

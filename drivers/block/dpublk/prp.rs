@@ -124,29 +124,87 @@ mod tests {
     #[test]
     fn one_page() {
         let mut list = [0u64; 8];
-        let p = run(&[(0x1000, 4096)], 4096, &mut list).unwrap_or(Prps { prp1: 1, prp2: 1, list_len: 9 });
-        assert_eq!(p, Prps { prp1: 0x1000, prp2: 0, list_len: 0 });
-        let p = run(&[(0x1200, 512)], 512, &mut list).unwrap_or(Prps { prp1: 1, prp2: 1, list_len: 9 });
-        assert_eq!(p, Prps { prp1: 0x1200, prp2: 0, list_len: 0 });
+        let p = run(&[(0x1000, 4096)], 4096, &mut list).unwrap_or(Prps {
+            prp1: 1,
+            prp2: 1,
+            list_len: 9,
+        });
+        assert_eq!(
+            p,
+            Prps {
+                prp1: 0x1000,
+                prp2: 0,
+                list_len: 0
+            }
+        );
+        let p = run(&[(0x1200, 512)], 512, &mut list).unwrap_or(Prps {
+            prp1: 1,
+            prp2: 1,
+            list_len: 9,
+        });
+        assert_eq!(
+            p,
+            Prps {
+                prp1: 0x1200,
+                prp2: 0,
+                list_len: 0
+            }
+        );
     }
 
     #[test]
     fn two_pages() {
         let mut list = [0u64; 8];
         // An unaligned 4 KiB buffer straddles two pages.
-        let p = run(&[(0x1e00, 4096)], 4096, &mut list).unwrap_or(Prps { prp1: 1, prp2: 1, list_len: 9 });
-        assert_eq!(p, Prps { prp1: 0x1e00, prp2: 0x2000, list_len: 0 });
-        let p = run(&[(0x1000, 4096), (0x9000, 4096)], 8192, &mut list)
-            .unwrap_or(Prps { prp1: 1, prp2: 1, list_len: 9 });
-        assert_eq!(p, Prps { prp1: 0x1000, prp2: 0x9000, list_len: 0 });
+        let p = run(&[(0x1e00, 4096)], 4096, &mut list).unwrap_or(Prps {
+            prp1: 1,
+            prp2: 1,
+            list_len: 9,
+        });
+        assert_eq!(
+            p,
+            Prps {
+                prp1: 0x1e00,
+                prp2: 0x2000,
+                list_len: 0
+            }
+        );
+        let p = run(&[(0x1000, 4096), (0x9000, 4096)], 8192, &mut list).unwrap_or(Prps {
+            prp1: 1,
+            prp2: 1,
+            list_len: 9,
+        });
+        assert_eq!(
+            p,
+            Prps {
+                prp1: 0x1000,
+                prp2: 0x9000,
+                list_len: 0
+            }
+        );
     }
 
     #[test]
     fn list() {
         let mut list = [0u64; 8];
-        let p = run(&[(0x1800, 2048), (0x4000, 8192), (0x8000, 100)], 2048 + 8192 + 100, &mut list)
-            .unwrap_or(Prps { prp1: 1, prp2: 1, list_len: 9 });
-        assert_eq!(p, Prps { prp1: 0x1800, prp2: LIST_ADDR, list_len: 3 });
+        let p = run(
+            &[(0x1800, 2048), (0x4000, 8192), (0x8000, 100)],
+            2048 + 8192 + 100,
+            &mut list,
+        )
+        .unwrap_or(Prps {
+            prp1: 1,
+            prp2: 1,
+            list_len: 9,
+        });
+        assert_eq!(
+            p,
+            Prps {
+                prp1: 0x1800,
+                prp2: LIST_ADDR,
+                list_len: 3
+            }
+        );
         assert_eq!(u64::from_le(list[0]), 0x4000);
         assert_eq!(u64::from_le(list[1]), 0x5000);
         assert_eq!(u64::from_le(list[2]), 0x8000);

@@ -103,7 +103,11 @@ impl SubmissionRing {
         if entries < 2 {
             return Err(EINVAL);
         }
-        let mem = Coherent::zeroed_slice(dev, usize::from(entries) * SubmissionEntry::BYTES, GFP_KERNEL)?;
+        let mem = Coherent::zeroed_slice(
+            dev,
+            usize::from(entries) * SubmissionEntry::BYTES,
+            GFP_KERNEL,
+        )?;
         Ok(Self {
             mem,
             entries,
@@ -175,7 +179,11 @@ impl CompletionRing {
         if entries < 2 {
             return Err(EINVAL);
         }
-        let mem = Coherent::zeroed_slice(dev, usize::from(entries) * CompletionEntry::BYTES, GFP_KERNEL)?;
+        let mem = Coherent::zeroed_slice(
+            dev,
+            usize::from(entries) * CompletionEntry::BYTES,
+            GFP_KERNEL,
+        )?;
         Ok(Self {
             mem,
             entries,
@@ -203,7 +211,10 @@ impl CompletionRing {
         // never referenced; `CompletionEntry` has alignment 1.
         let status = unsafe {
             let src = self.mem.as_ptr().cast::<u8>().add(offset + 14);
-            u16::from_le_bytes([core::ptr::read_volatile(src), core::ptr::read_volatile(src.add(1))])
+            u16::from_le_bytes([
+                core::ptr::read_volatile(src),
+                core::ptr::read_volatile(src.add(1)),
+            ])
         };
         if (status & 1 != 0) != self.pos.phase {
             return None;
@@ -267,10 +278,22 @@ mod tests {
             assert!(pos.phase);
         }
         pos = pos.advance(4);
-        assert_eq!(pos, CqPosition { head: 0, phase: false });
+        assert_eq!(
+            pos,
+            CqPosition {
+                head: 0,
+                phase: false
+            }
+        );
         for _ in 0..4 {
             pos = pos.advance(4);
         }
-        assert_eq!(pos, CqPosition { head: 0, phase: true });
+        assert_eq!(
+            pos,
+            CqPosition {
+                head: 0,
+                phase: true
+            }
+        );
     }
 }
