@@ -67,3 +67,18 @@ dpublk_fio_verify() {
 	[ "$written" -gt 0 ] || fail "fio wrote nothing to $dev ($*)"
 	diag "fio verify on $dev ($*): $written bytes written and verified"
 }
+
+# wait_disk_busy PID: waits until fio (PID) has I/O going on /dev/dpublk0
+# (the disk's completed I/O count grows); under TCG fio can take seconds to
+# start. Fails if fio dies or nothing happens within 60 s.
+wait_disk_busy() {
+	local pid=$1 i before now
+	before=$(awk '{ print $1 + $5 }' /sys/block/dpublk0/stat)
+	for i in $(seq 1 600); do
+		kill -0 "$pid" 2>/dev/null || fail "fio exited before doing I/O"
+		now=$(awk '{ print $1 + $5 }' /sys/block/dpublk0/stat)
+		[ "$now" -gt "$((before + 100))" ] && return 0
+		sleep 0.1
+	done
+	fail "no I/O on dpublk0 60 s after starting fio"
+}

@@ -13,13 +13,12 @@
 unload_dpublk
 dmesg_mark
 load_dpublk_disk
-fio --name=busy --filename=/dev/dpublk0 --ioengine=io_uring --direct=1 --rw=randrw \
+fio --name=busy --filename=/dev/dpublk0 --ioengine=io_uring --direct=1 --allow_file_create=0 --rw=randrw \
 	--bs=4k --iodepth=32 --size=64M --time_based --runtime=120 \
 	>"$TEST_TMP/fio.out" 2>&1 &
 fio_pid=$!
 on_exit "kill -9 $fio_pid 2>/dev/null"
-sleep 3
-kill -0 $fio_pid 2>/dev/null || { sed 's/^/#   /' "$TEST_TMP/fio.out"; fail "fio did not start"; }
+wait_disk_busy $fio_pid
 host_request dpuemu-freeze >/dev/null
 on_exit "host_request dpuemu-thaw >/dev/null"
 killed=$(date +%s)

@@ -12,12 +12,11 @@ dmesg_mark
 load_dpublk_disk
 pci=$(accelerator_pci)
 start_fio() {
-	fio --name=busy --filename=/dev/dpublk0 --ioengine=io_uring --direct=1 --rw=randrw \
+	fio --name=busy --filename=/dev/dpublk0 --ioengine=io_uring --direct=1 --allow_file_create=0 --rw=randrw \
 		--bs=4k --iodepth=32 --numjobs=2 --size=64M --time_based --runtime=60 \
 		>"$TEST_TMP/fio.out" 2>&1 &
 	fio_pid=$!
-	sleep 3
-	kill -0 $fio_pid 2>/dev/null || { sed 's/^/#   /' "$TEST_TMP/fio.out"; fail "fio did not start"; }
+	wait_disk_busy $fio_pid
 }
 wait_fio_gone() {
 	local i
