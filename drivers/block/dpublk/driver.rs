@@ -18,7 +18,7 @@ use crate::{
         wire::Wire,
     },
 };
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{
     device::{self, Core},
     devres::DevresLt,
@@ -51,8 +51,49 @@ const MAX_NAMESPACES: usize = 64;
 /// Time a request may spend on the device before the controller is failed.
 const IO_TIMEOUT_MS: u32 = 30_000;
 
-/// Next disk number (`/dev/dpublkN`), unique while the module is loaded.
-static NEXT_DISK: AtomicU32 = AtomicU32::new(0);
+/// Disk numbers (`/dev/dpublkN`) in use, one bit each.
+static DISK_NUMBERS: AtomicU64 = AtomicU64::new(0);
+
+/// A disk number, taken from [`DISK_NUMBERS`] and given back on drop, so a
+/// function that is unbound and bound again gets its old names back.
+struct DiskNumber(u32);
+
+impl DiskNumber {
+    /// Takes the lowest free number, if any of the 64 is free.
+    fn take() -> Option<Self> {
+        let mut used = DISK_NUMBERS.load(Ordering::Relaxed);
+        loop {
+            let free = (!used).trailing_zeros();
+            if free >= 64 {
+                return None;
+            }
+            match DISK_NUMBERS.compare_exchange_weak(
+                used,
+                used | 1 << free,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(Self(free)),
+                Err(now) => used = now,
+            }
+        }
+    }
+}
+
+impl Drop for DiskNumber {
+    fn drop(&mut self) {
+        DISK_NUMBERS.fetch_and(!(1 << self.0), Ordering::AcqRel);
+    }
+}
+
+/// A namespace's disk and the number in its name.
+///
+/// Field order is drop order: the disk is deleted before its number is
+/// given back.
+struct NamespaceDisk {
+    disk: Disk<BlockOps>,
+    _number: DiskNumber,
+}
 
 pub(crate) struct AcceleratorDriver;
 
@@ -63,7 +104,7 @@ pub(crate) struct AcceleratorDriver;
 /// the vectors (inside `irqs`) and the controller last. `Drop` shuts the
 /// controller down after the disks are gone and before any ring is freed.
 pub(crate) struct Accelerator<'bound> {
-    disks: KVec<Disk<BlockOps>>,
+    disks: KVec<NamespaceDisk>,
     tagset: Option<Arc<TagSet<BlockOps>>>,
     queues: Arc<IoQueues>,
     _irqs: QueueInterrupts<'bound, QueueIrq>,
@@ -334,7 +375,7 @@ impl<'bound> Accelerator<'bound> {
         dev: &device::Device<device::Bound>,
         id: &ControllerInfo,
         tagset: &Arc<TagSet<BlockOps>>,
-    ) -> Result<KVec<Disk<BlockOps>>> {
+    ) -> Result<KVec<NamespaceDisk>> {
         let pdev = ctrl.pdev();
         let mut nsids = KVec::with_capacity(MAX_NAMESPACES, GFP_KERNEL)?;
         identify_bytes(ctrl, dev, cns::ACTIVE_NAMESPACES, 0, |list| {
@@ -382,7 +423,11 @@ impl<'bound> Accelerator<'bound> {
             if limits.max_discard_sectors != 0 {
                 limits.max_discard_sectors = u32::MAX >> 3 << 3;
             }
-            let index = NEXT_DISK.fetch_add(1, Ordering::Relaxed);
+            let Some(number) = DiskNumber::take() else {
+                dev_warn!(pdev, "namespace {nsid}: no free disk number, ignored\n");
+                continue;
+            };
+            let index = number.0;
             let disk = Disk::new(
                 tagset.clone(),
                 dev,
@@ -403,7 +448,13 @@ impl<'bound> Accelerator<'bound> {
                 "dpublk{index}: namespace {nsid}, {sectors} sectors of 512 bytes, block size {}\n",
                 1u32 << shift
             );
-            disks.push(disk, GFP_KERNEL)?;
+            disks.push(
+                NamespaceDisk {
+                    disk,
+                    _number: number,
+                },
+                GFP_KERNEL,
+            )?;
         }
         Ok(disks)
     }
@@ -417,8 +468,8 @@ impl Drop for Accelerator<'_> {
         // and let its disks fail new I/O at once.
         if !self.ctrl.check_alive() || !self.ctrl.is_usable() {
             self.queues.fail_all();
-            for disk in self.disks.iter() {
-                disk.mark_dead();
+            for ns in self.disks.iter() {
+                ns.disk.mark_dead();
             }
         }
         self.disks.clear();
