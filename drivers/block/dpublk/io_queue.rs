@@ -330,8 +330,12 @@ impl IoQueue {
                 .ctrl
                 .with_regs(|r| r.ring(self.qid, DoorbellKind::SubmissionTail, caps.dstrd, tail))
             {
-                // The command times out and the controller is failed then.
-                dev_warn_ratelimited(self.ctrl.pdev(), e);
+                // The registers are gone (unbind) or unreachable: stop
+                // sending I/O; what is queued times out and is failed then.
+                self.ctrl.protocol_error(
+                    ProtocolError::Fatal,
+                    format_args!("doorbell write failed: {e:?}"),
+                );
             }
         }
     }
@@ -469,10 +473,6 @@ impl IoQueue {
         }
         cancelled
     }
-}
-
-fn dev_warn_ratelimited(pdev: &kernel::pci::Device, e: Error) {
-    dev_warn!(pdev, "doorbell write failed: {e:?}\n");
 }
 
 /// The completion interrupt of one queue pair.
