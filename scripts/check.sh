@@ -69,9 +69,19 @@ if [[ " $suites " == *" vm "* ]]; then
 				record "VM suite $name completes" 1
 			fi
 		}
-		run_suite basic -- test_load_unload test_configfs_root test_null_blk_fio test_rnull_fio
+		run_suite basic -- test_load_unload test_configfs_root test_null_blk_fio test_rnull_fio \
+			test_dpublk_kunit
+		# dpuemu's functions under the stock nvme driver (issue 3).
 		run_suite accel --accelerator --ssds 2 -- test_functions_present test_ssd_fio_verify test_dpuemu_idle
 		run_suite accel-iommu --accelerator --ssds 2 --iommu -- test_functions_present test_ssd_fio_verify
+		# dpublk driving the accelerator, namespace 1 passed through to SSD 0.
+		DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" run_suite dpublk --accelerator --ssds 2 -- \
+			test_dpublk_probe test_dpublk_fio_verify test_dpublk_fs test_dpublk_sched_switch \
+			test_dpublk_cpu_hotplug test_dpublk_pci_remove test_dpublk_rmmod_during_io \
+			test_dpublk_dead_device
+		DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" run_suite dpublk-iommu --accelerator --ssds 2 --iommu -- \
+			test_dpublk_probe test_dpublk_fio_verify test_dpublk_fs test_dpublk_pci_remove \
+			test_dpublk_rmmod_during_io
 		# Two VM runs over the same SSD images (QEMU's vfio-user client does
 		# not survive its server's death).
 		echo "=== VM suite: dpuemu-crash"

@@ -8,6 +8,8 @@
 #
 # Commands:
 #   dpuemu-kill              kill -9 the emulator (a crash, not a shutdown)
+#   dpuemu-freeze            SIGSTOP the emulator (a hung device)
+#   dpuemu-thaw              SIGCONT it
 #   dpuemu-start             start it again with the same arguments and images
 #   device-del ID            hot-unplug a vfio-user function (QMP device_del)
 #   device-add ID            hot-plug it again (QMP device_add, same socket)
@@ -37,6 +39,8 @@ serve() { # serve COMMAND [ARGS]
 		pid=$(cat "$rundir/dpuemu.pid")
 		kill -9 "$pid" && while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
 		echo "killed $pid" ;;
+	dpuemu-freeze) kill -STOP "$(cat "$rundir/dpuemu.pid")" && echo frozen ;;
+	dpuemu-thaw) kill -CONT "$(cat "$rundir/dpuemu.pid")" && echo thawed ;;
 	dpuemu-start)
 		# shellcheck disable=SC2046 # the saved arguments are a word list
 		"$DPUBLK_TOP/scripts/dpuemu-start.sh" $(cat "$rundir/dpuemu.args") >/dev/null ;;
