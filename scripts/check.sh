@@ -80,8 +80,7 @@ if [[ " $suites " == *" vm "* ]]; then
 			test_dpublk_cpu_hotplug test_dpublk_pci_remove test_dpublk_rmmod_during_io \
 			test_dpublk_dead_device
 		DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" run_suite dpublk-iommu --accelerator --ssds 2 --iommu -- \
-			test_dpublk_probe test_dpublk_fio_verify test_dpublk_fs test_dpublk_pci_remove \
-			test_dpublk_rmmod_during_io
+			test_dpublk_probe test_dpublk_fio_verify test_dpublk_pci_remove
 		# Two VM runs over the same SSD images (QEMU's vfio-user client does
 		# not survive its server's death).
 		echo "=== VM suite: dpuemu-crash"

@@ -12,7 +12,7 @@ uname -r
 run lspci -nn -d 1af4:10f0; lspci -nn -d 1af4:10f1
 [ -n "$(lspci -n -d 1af4:10f0; lspci -n -d 1af4:10f1)" ] || echo "(no dpuemu functions attached)"
 
-step "local SSDs, bound by the stock nvme driver like real drives"
+step "local SSDs, bound by the stock nvme driver like real drives (except the one the accelerator owns)"
 for dev in $(dpublk_ssd_devices); do
 	printf '%s: %s bytes, model %s\n' "$dev" "$(blockdev --getsize64 "$dev")" \
 		"$(cat "/sys/block/$(basename "$dev")/device/model" 2>/dev/null | xargs)"
@@ -35,6 +35,22 @@ run insmod "$DPUBLK_MODULE"
 dmesg | grep -E 'dpublk' | grep -vE 'Subtest|# |^\[[ 0-9.]+\] *(not )?ok [0-9]' | tail -12
 dmesg | grep -E 'KTAP|# dpublk_.*pass:' | sed 's/^/kunit: /' | tail -6
 
+udevadm settle 2>/dev/null || true
+for _ in $(seq 1 20); do [ -b /dev/dpublk0 ] && break; sleep 0.5; done
+if [ -b /dev/dpublk0 ]; then
+	step "/dev/dpublk0: the accelerator's namespace through dpublk's own queues"
+	printf '/dev/dpublk0: %s bytes, %s hardware queues, max I/O %s KiB\n' "$(blockdev --getsize64 /dev/dpublk0)" \
+		"$(ls /sys/block/dpublk0/mq | wc -l)" "$(cat /sys/block/dpublk0/queue/max_sectors_kb)"
+	fio --name=dpublk --filename=/dev/dpublk0 --ioengine=io_uring --direct=1 --rw=randwrite \
+		--bs=4k --iodepth=32 --numjobs=2 --size=32M --offset_increment=64M --group_reporting \
+		--verify=crc32c --verify_fatal=1 --output-format=json >/tmp/demo-dpublk.json 2>/tmp/demo-dpublk.err &&
+		jq -r '.jobs[0] | "wrote \(.write.io_bytes / 1048576) MiB at \(.write.iops | floor) IOPS, verified \(.read.io_bytes / 1048576) MiB, errors: \(.error)"' /tmp/demo-dpublk.json ||
+		{ echo "fio failed:"; cat /tmp/demo-dpublk.err; }
+	grep -E '^ *[0-9]+:' /proc/interrupts | grep -i dpublk | awk '{ n = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i; print "interrupts on", $NF ": " n }'
+else
+	echo "(no /dev/dpublk0: start dpuemu with --passthrough-ssd N to get a namespace)"
+fi
+
 step "configfs root"
 run ls -l /sys/kernel/config/dpublk/
 printf 'version:  %s\n' "$(cat /sys/kernel/config/dpublk/version)"
@@ -42,5 +58,6 @@ printf 'features: %s\n' "$(tr '\n' ' ' </sys/kernel/config/dpublk/features)"
 ls /dev/dpublk* 2>/dev/null && echo "(dpublk block devices above)"
 
 step "unload"
+udevadm settle 2>/dev/null || true
 run rmmod dpublk
 if [ -e /sys/kernel/config/dpublk ]; then echo "configfs root still present (unexpected)"; else echo "configfs root gone"; fi
