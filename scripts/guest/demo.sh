@@ -6,6 +6,7 @@ set -u
 step() { printf '\n== %s\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 . "$DPUBLK_TOP/selftests/dpublk/test_common.sh" >/dev/null 2>&1 || true
+cd /tmp || exit 1 # the repository is read-only in the guest; fio keeps state files
 
 step "kernel, and dpuemu's PCI functions (1af4:10f0 accelerator, 1af4:10f1 local SSD)"
 uname -r
@@ -22,8 +23,8 @@ ssd=$(dpublk_ssd_devices | head -1)
 if [ -n "$ssd" ]; then
 	step "real I/O on $ssd through dpuemu: fio randwrite + crc32c verify"
 	fio --name=demo --filename="$ssd" --ioengine=io_uring --direct=1 --rw=randwrite \
-		--bs=4k --iodepth=32 --size=32M --verify=crc32c --verify_fatal=1 \
-		--output-format=json >/tmp/demo-fio.json 2>/tmp/demo-fio.err &&
+		--bs=4k --iodepth=32 --size=32M --verify=crc32c --verify_fatal=1 --verify_state_save=0 \
+		--output-format=json --output=/tmp/demo-fio.json 2>/tmp/demo-fio.err &&
 		jq -r '.jobs[0] | "wrote \(.write.io_bytes / 1048576) MiB at \(.write.iops | floor) IOPS, verified \(.read.io_bytes / 1048576) MiB, errors: \(.error)"' /tmp/demo-fio.json ||
 		{ echo "fio failed:"; cat /tmp/demo-fio.err; }
 fi
@@ -32,7 +33,7 @@ step "load dpublk"
 mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
 run insmod "$DPUBLK_MODULE"
 # The driver's own lines (its KUnit self-tests also report here, as KTAP).
-dmesg | grep -E 'dpublk' | grep -vE 'Subtest|# |^\[[ 0-9.]+\] *(not )?ok [0-9]' | tail -12
+dmesg | grep -E '\] dpublk( |:)' | tail -8
 dmesg | grep -E 'KTAP|# dpublk_.*pass:' | sed 's/^/kunit: /' | tail -6
 
 udevadm settle 2>/dev/null || true
@@ -42,11 +43,11 @@ if [ -b /dev/dpublk0 ]; then
 	printf '/dev/dpublk0: %s bytes, %s hardware queues, max I/O %s KiB\n' "$(blockdev --getsize64 /dev/dpublk0)" \
 		"$(ls /sys/block/dpublk0/mq | wc -l)" "$(cat /sys/block/dpublk0/queue/max_sectors_kb)"
 	fio --name=dpublk --filename=/dev/dpublk0 --ioengine=io_uring --direct=1 --rw=randwrite \
-		--bs=4k --iodepth=32 --numjobs=2 --size=32M --offset_increment=64M --group_reporting \
-		--verify=crc32c --verify_fatal=1 --output-format=json >/tmp/demo-dpublk.json 2>/tmp/demo-dpublk.err &&
+		--bs=4k --iodepth=32 --size=64M \
+		--verify=crc32c --verify_fatal=1 --verify_state_save=0 --output-format=json --output=/tmp/demo-dpublk.json 2>/tmp/demo-dpublk.err &&
 		jq -r '.jobs[0] | "wrote \(.write.io_bytes / 1048576) MiB at \(.write.iops | floor) IOPS, verified \(.read.io_bytes / 1048576) MiB, errors: \(.error)"' /tmp/demo-dpublk.json ||
 		{ echo "fio failed:"; cat /tmp/demo-dpublk.err; }
-	grep -E '^ *[0-9]+:' /proc/interrupts | grep -i dpublk | awk '{ n = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i; print "interrupts on", $NF ": " n }'
+	grep -E '^ *[0-9]+:' /proc/interrupts | grep -i dpublk | awk '{ n = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i; print "MSI-X vector", $(NF-1) ": " n " interrupts" }'
 else
 	echo "(no /dev/dpublk0: start dpuemu with --passthrough-ssd N to get a namespace)"
 fi

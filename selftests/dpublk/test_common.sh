@@ -76,7 +76,7 @@ fio_verify() {
 	local out="$TEST_TMP/fio-verify.json"
 	fio --name=verify --filename="$dev" --ioengine=io_uring --direct=1 \
 		--rw=randwrite --bs=4k --iodepth=16 --size=64M --verify=crc32c \
-		--verify_fatal=1 --do_verify=1 --output-format=json "$@" >"$out" 2>"$TEST_TMP/fio.err" ||
+		--verify_fatal=1 --do_verify=1 --verify_state_save=0 --output-format=json "$@" >"$out" 2>"$TEST_TMP/fio.err" ||
 		{ cat "$TEST_TMP/fio.err" | sed 's/^/#   /'; fail "fio verify on $dev failed"; }
 	local errors
 	errors=$(jq '[.jobs[].error] | add' "$out")
