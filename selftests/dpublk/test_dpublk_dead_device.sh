@@ -32,7 +32,14 @@ dmesg_since_mark | grep -q 'timed out' || fail "no timeout reported by the drive
 if dd if=/dev/dpublk0 of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null; then
 	fail "a read from the dead device succeeded"
 fi
-timeout 120 rmmod dpublk || fail "rmmod hung or failed with the device dead"
+# Teardown of the failed controller. dpuemu is thawed first: while a
+# vfio-user server is stopped, QEMU blocks the vCPU on every config-space
+# access for its 10 s message timeout, so the PCI core's MSI-X shutdown
+# stalls the guest (RCU stall reports). A dead PCIe link answers all-ones at
+# once instead; the driver has already failed the controller and sends it no
+# further commands either way.
+host_request dpuemu-thaw >/dev/null
+timeout 120 rmmod dpublk || fail "rmmod hung or failed with the controller failed"
 [ ! -e /dev/dpublk0 ] || fail "/dev/dpublk0 still there after rmmod"
 dmesg_since_mark | grep -E 'dpublk|timed out' | sed 's/^/#   /' | tail -12
 dmesg_check_clean
