@@ -25,6 +25,11 @@ record() { # record NAME RC
 
 if [[ " $suites " == *" host "* ]]; then
 	"$DPUBLK_TOP/scripts/setup-host.sh" || die "host setup failed"
+	# Lint and test builds are cached outside the repository, so a fresh
+	# clone does not compile every dependency again; cargo's own fingerprints
+	# decide what is still valid. (The release build that `make` and the VM
+	# runner use stays in target/.)
+	export CARGO_TARGET_DIR=${DPUBLK_CHECK_TARGET_DIR:-$DPUBLK_CACHE/cargo-check-target}
 	cargo fmt --all -- --check >"$results/fmt.log" 2>&1
 	rc=$?; [ $rc = 0 ] || tail -20 "$results/fmt.log"
 	record "cargo fmt --check" $rc
@@ -42,6 +47,7 @@ if [[ " $suites " == *" host "* ]]; then
 	if [ $rc != 0 ] && [ "$cargo_fail" = 0 ]; then
 		record "cargo test (build or harness error)" $rc
 	fi
+	unset CARGO_TARGET_DIR
 fi
 
 if [[ " $suites " == *" vm "* ]]; then
