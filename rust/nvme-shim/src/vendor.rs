@@ -40,6 +40,9 @@ pub mod opcode {
     /// Clone a snapshot into a new volume. CDW10: snapshot ID.
     /// Data in: `ObjectName`. DW0: new NSID.
     pub const SNAPSHOT_CLONE: u8 = 0xe9;
+    /// List the snapshots of a volume. NSID: the volume.
+    /// Data out: `SnapshotList`.
+    pub const SNAPSHOT_LIST: u8 = 0xe6;
     /// Revert a volume to a snapshot. NSID: the volume; CDW10: snapshot ID.
     pub const SNAPSHOT_REVERT: u8 = 0xec;
     /// Read statistics. NSID: 0 for the controller or a volume.
@@ -82,6 +85,10 @@ pub mod status {
     pub const NOT_IMPLEMENTED: u8 = 0x30;
     /// A payload field is out of range or inconsistent.
     pub const INVALID_PAYLOAD: u8 = 0x31;
+    /// The encryption key does not match the volume's key check value.
+    pub const KEY_MISMATCH: u8 = 0x32;
+    /// The volume is encrypted and no key was given (it stays locked).
+    pub const KEY_REQUIRED: u8 = 0x33;
 }
 
 /// Builds a vendor status (SCT 7) with Do Not Retry.
@@ -116,6 +123,8 @@ pub enum VendorCommand {
     SnapshotDelete,
     /// See [`opcode::SNAPSHOT_CLONE`].
     SnapshotClone,
+    /// See [`opcode::SNAPSHOT_LIST`].
+    SnapshotList,
     /// See [`opcode::SNAPSHOT_REVERT`].
     SnapshotRevert,
     /// See [`opcode::STATISTICS`].
@@ -126,7 +135,7 @@ pub enum VendorCommand {
 
 impl VendorCommand {
     /// Every vendor command, for tables and tests.
-    pub const ALL: [VendorCommand; 15] = [
+    pub const ALL: [VendorCommand; 16] = [
         VendorCommand::SsdAttach,
         VendorCommand::SsdDetach,
         VendorCommand::SsdList,
@@ -139,6 +148,7 @@ impl VendorCommand {
         VendorCommand::SnapshotCreate,
         VendorCommand::SnapshotDelete,
         VendorCommand::SnapshotClone,
+        VendorCommand::SnapshotList,
         VendorCommand::SnapshotRevert,
         VendorCommand::Statistics,
         VendorCommand::FaultInject,
@@ -159,6 +169,7 @@ impl VendorCommand {
             opcode::SNAPSHOT_CREATE => VendorCommand::SnapshotCreate,
             opcode::SNAPSHOT_DELETE => VendorCommand::SnapshotDelete,
             opcode::SNAPSHOT_CLONE => VendorCommand::SnapshotClone,
+            opcode::SNAPSHOT_LIST => VendorCommand::SnapshotList,
             opcode::SNAPSHOT_REVERT => VendorCommand::SnapshotRevert,
             opcode::STATISTICS => VendorCommand::Statistics,
             opcode::FAULT_INJECT => VendorCommand::FaultInject,
@@ -181,6 +192,7 @@ impl VendorCommand {
             VendorCommand::SnapshotCreate => opcode::SNAPSHOT_CREATE,
             VendorCommand::SnapshotDelete => opcode::SNAPSHOT_DELETE,
             VendorCommand::SnapshotClone => opcode::SNAPSHOT_CLONE,
+            VendorCommand::SnapshotList => opcode::SNAPSHOT_LIST,
             VendorCommand::SnapshotRevert => opcode::SNAPSHOT_REVERT,
             VendorCommand::Statistics => opcode::STATISTICS,
             VendorCommand::FaultInject => opcode::FAULT_INJECT,
@@ -199,6 +211,7 @@ impl VendorCommand {
             VendorCommand::SnapshotCreate | VendorCommand::SnapshotClone => {
                 core::mem::size_of::<ObjectName>()
             }
+            VendorCommand::SnapshotList => core::mem::size_of::<SnapshotList>(),
             VendorCommand::Statistics => core::mem::size_of::<Statistics>(),
             VendorCommand::FaultInject => core::mem::size_of::<FaultInjection>(),
             VendorCommand::SsdAttach
@@ -363,9 +376,23 @@ pub mod service {
     pub const ALL: u32 = 0x3f;
 }
 
+/// `VolumeCreate::flags`: open (or unlock) the existing volume called
+/// `name` instead of creating one. Only `key` (for an encrypted volume) is
+/// used; the geometry fields are ignored. DW0 returns its NSID.
+pub const VOLUME_CREATE_OPEN_EXISTING: u8 = 1 << 0;
+
+/// Bytes of an AES-XTS-256 key (two 256-bit keys).
+pub const VOLUME_KEY_BYTES: usize = 64;
+
 /// Payload of Volume Create.
+///
+/// For `layout::RAID10`, `data_shards` is the number of copies (2 or 3);
+/// for `layout::ERASURE`, `data_shards` and `parity_shards` are k and m;
+/// RAID6 implies two parity shards. The key travels only in this payload:
+/// the host wipes its buffer after the command completes, the device never
+/// returns it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct VolumeCreate {
     /// Size in bytes (a multiple of the logical block size).
     pub size_bytes: Le64,
@@ -387,8 +414,29 @@ pub struct VolumeCreate {
     pub key_id: Le32,
     /// Volume name (NUL padded, NUL terminated).
     pub name: [u8; 32],
+    /// `compression::*` (meaningful with `service::COMPRESSION`).
+    pub compression: u8,
+    /// `VOLUME_CREATE_*` flags.
+    pub flags: u8,
     /// Reserved.
-    pub rsvd64: [u8; 192],
+    pub rsvd66: [u8; 30],
+    /// AES-XTS-256 key (meaningful with `service::ENCRYPTION`).
+    pub key: [u8; VOLUME_KEY_BYTES],
+    /// Reserved.
+    pub rsvd160: [u8; 96],
+}
+
+// Never print key material.
+impl core::fmt::Debug for VolumeCreate {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VolumeCreate")
+            .field("size_bytes", &self.size_bytes.get())
+            .field("layout", &self.layout)
+            .field("services", &self.services.get())
+            .field("ssd_mask", &self.ssd_mask.get())
+            .field("flags", &self.flags)
+            .finish_non_exhaustive()
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<VolumeCreate>() == 256);
@@ -402,6 +450,12 @@ pub const VOLUME_FLAG_CLONE: u32 = 1 << 0;
 pub const VOLUME_FLAG_DEGRADED: u32 = 1 << 1;
 /// Volume flag: a rebuild is in progress.
 pub const VOLUME_FLAG_REBUILDING: u32 = 1 << 2;
+/// Volume flag: encrypted and no key loaded yet; it has no active
+/// namespace (`nsid` is 0) until Volume Create with
+/// `VOLUME_CREATE_OPEN_EXISTING` and the right key.
+pub const VOLUME_FLAG_LOCKED: u32 = 1 << 3;
+/// Volume flag: more members failed than the layout tolerates; I/O fails.
+pub const VOLUME_FLAG_FAILED: u32 = 1 << 4;
 
 /// One volume in a [`VolumeList`].
 #[repr(C)]
@@ -493,6 +547,46 @@ const _: () = assert!(core::mem::size_of::<ServiceSettings>() == 64);
 // SAFETY: repr(C) of Le types and u8 arrays: no padding, any bit pattern valid.
 unsafe impl Wire for ServiceSettings {}
 
+/// One snapshot in a [`SnapshotList`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotListEntry {
+    /// Snapshot ID (for delete, clone and revert); stable while the device
+    /// runs, not across restarts: look snapshots up by name.
+    pub id: Le32,
+    /// Reserved.
+    pub rsvd4: [u8; 4],
+    /// Bytes only this snapshot holds (freed when it is deleted).
+    pub exclusive_bytes: Le64,
+    /// Reserved.
+    pub rsvd16: [u8; 16],
+    /// Snapshot name.
+    pub name: [u8; 32],
+}
+
+const _: () = assert!(core::mem::size_of::<SnapshotListEntry>() == 64);
+
+// SAFETY: repr(C) of Le types and u8 arrays: no padding, any bit pattern valid.
+unsafe impl Wire for SnapshotListEntry {}
+
+/// Payload of Snapshot List.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SnapshotList {
+    /// Number of valid entries.
+    pub count: Le32,
+    /// Reserved.
+    pub rsvd4: [u8; 60],
+    /// Entries; only the first `count` are valid.
+    pub entries: [SnapshotListEntry; 63],
+}
+
+const _: () = assert!(core::mem::size_of::<SnapshotList>() == 4096);
+
+// SAFETY: repr(C) of Le32, u8 arrays and Wire entries: no padding (size
+// asserted), any bit pattern valid.
+unsafe impl Wire for SnapshotList {}
+
 /// Payload of Snapshot Create and Snapshot Clone: the new object's name.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -546,9 +640,43 @@ pub struct Statistics {
     /// Doorbell writes received through MMIO (as opposed to shadow
     /// doorbells).
     pub mmio_doorbells: Le64,
+    /// Volume only: logical bytes mapped (written and not discarded).
+    pub logical_bytes: Le64,
+    /// Volume only: bytes its pool stores on media for this volume family
+    /// after reduction (data and metadata).
+    pub physical_bytes: Le64,
+    /// Volume only: mapped bytes shared with snapshots or clones.
+    pub shared_bytes: Le64,
+    /// Volume only: mapped bytes only this volume holds.
+    pub exclusive_bytes: Le64,
+    /// Volume only: capacity of the pool the volume lives in.
+    pub pool_capacity_bytes: Le64,
+    /// Volume only: free bytes left in that pool.
+    pub pool_free_bytes: Le64,
+    /// Volume only: `ARRAY_STATE_*`.
+    pub array_state: u8,
+    /// Volume only: rebuild progress in percent (valid while rebuilding).
+    pub rebuild_percent: u8,
     /// Reserved.
-    pub rsvd128: [u8; 384],
+    pub rsvd178: [u8; 6],
+    /// Volume only: reads served by reconstruction from survivors.
+    pub degraded_reads: Le64,
+    /// Volume only: mismatches the last scrub found.
+    pub scrub_mismatches: Le64,
+    /// Volume only: mismatches the last scrub repaired.
+    pub scrub_repaired: Le64,
+    /// Reserved.
+    pub rsvd208: [u8; 304],
 }
+
+/// `Statistics::array_state`: every member online.
+pub const ARRAY_STATE_OPTIMAL: u8 = 0;
+/// Some members failed, still within the layout's tolerance.
+pub const ARRAY_STATE_DEGRADED: u8 = 1;
+/// A replacement member is being rebuilt.
+pub const ARRAY_STATE_REBUILDING: u8 = 2;
+/// Beyond tolerance: I/O fails.
+pub const ARRAY_STATE_FAILED: u8 = 3;
 
 const _: () = assert!(core::mem::size_of::<Statistics>() == 512);
 
@@ -567,6 +695,12 @@ pub mod fault {
     pub const FAIL_ALL: u8 = 3;
     /// Delay every I/O by `delay_us`.
     pub const DELAY: u8 = 4;
+    /// The SSD disappears: all I/O fails and the accelerator reports it
+    /// missing until the fault is cleared.
+    pub const DISAPPEAR: u8 = 5;
+    /// Silently corrupt the data of the LBA range: the next write to it
+    /// stores flipped bits (the SSD does not notice).
+    pub const CORRUPT: u8 = 6;
 }
 
 /// Payload of Fault Injection.
