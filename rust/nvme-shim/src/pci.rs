@@ -12,6 +12,11 @@ pub const ACCELERATOR_DEVICE_ID: u16 = 0x10f0;
 /// PCI device ID of a local SSD function.
 pub const SSD_DEVICE_ID: u16 = 0x10f1;
 
+/// PCI subsystem device ID of local SSD function N is this plus N, so the
+/// host driver can tell which of the accelerator's SSDs a PCI function is
+/// (the accelerator function's subsystem device ID repeats its device ID).
+pub const SSD_SUBSYSTEM_ID_BASE: u16 = 0x0100;
+
 /// Class code (base class, subclass, programming interface) of the
 /// accelerator: mass storage, "other". Deliberately not the NVMe class, so
 /// the stock nvme driver never binds the accelerator.

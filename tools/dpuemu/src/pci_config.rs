@@ -33,7 +33,7 @@ pub struct PciConfig {
 
 impl PciConfig {
     /// Builds the configuration space of a function.
-    pub fn new(device_id: u16, class_code: u32, vectors: u16) -> Self {
+    pub fn new(device_id: u16, subsystem_id: u16, class_code: u32, vectors: u16) -> Self {
         let mut c = Self {
             bytes: [0; CONFIG_SPACE_SIZE],
             writable: [0; CONFIG_SPACE_SIZE],
@@ -47,7 +47,7 @@ impl PciConfig {
         c.bytes[0x0a] = subclass;
         c.bytes[0x0b] = class;
         c.put16(0x2c, pci::VENDOR_ID);
-        c.put16(0x2e, device_id);
+        c.put16(0x2e, subsystem_id);
         c.bytes[CAPABILITIES_POINTER] = MSIX_CAP as u8;
         // BAR0: 64-bit, non-prefetchable memory.
         c.put32(BAR0, 0x4);
@@ -143,7 +143,13 @@ mod tests {
 
     #[test]
     fn header_and_msix_capability() {
-        let mut c = PciConfig::new(pci::ACCELERATOR_DEVICE_ID, pci::ACCELERATOR_CLASS_CODE, 5);
+        let mut c = PciConfig::new(
+            pci::ACCELERATOR_DEVICE_ID,
+            pci::ACCELERATOR_DEVICE_ID,
+            pci::ACCELERATOR_CLASS_CODE,
+            5,
+        );
+        assert_eq!(read32(&c, 0x2c), 0x10f0_1af4);
         assert_eq!(read32(&c, 0), 0x10f0_1af4);
         assert_eq!(read32(&c, 8) >> 8, pci::ACCELERATOR_CLASS_CODE);
         assert_eq!(read32(&c, 0x34) & 0xff, 0x40);
@@ -174,7 +180,13 @@ mod tests {
         c.read(0xfe, &mut b);
         assert_eq!(b, [0, 0, 0, 0]);
         c.write(u64::MAX, &[1, 2]);
-        let ssd = PciConfig::new(pci::SSD_DEVICE_ID, pci::SSD_CLASS_CODE, 3);
+        let ssd = PciConfig::new(
+            pci::SSD_DEVICE_ID,
+            pci::SSD_SUBSYSTEM_ID_BASE + 2,
+            pci::SSD_CLASS_CODE,
+            3,
+        );
+        assert_eq!(read32(&ssd, 0x2c), 0x0102_1af4);
         assert_eq!(read32(&ssd, 8) >> 8, 0x010802);
     }
 }

@@ -33,8 +33,10 @@ pub struct Function {
     pub memory: Arc<DmaRegions>,
     /// MSI-X vector routes.
     pub msix: Arc<MsixEventFds>,
-    /// PCI device ID and class code.
+    /// PCI device ID.
     pub device_id: u16,
+    /// PCI subsystem device ID (identifies an SSD function's index).
+    pub subsystem_id: u16,
     /// PCI class code.
     pub class_code: u32,
     /// Socket path.
@@ -254,6 +256,7 @@ pub fn serve(function: &Function, server: Server) {
         msix: Arc::clone(&function.msix),
         config: PciConfig::new(
             function.device_id,
+            function.subsystem_id,
             function.class_code,
             controller.config().vectors,
         ),
@@ -272,6 +275,7 @@ pub fn serve(function: &Function, server: Server) {
         function.msix.clear();
         backend.config = PciConfig::new(
             function.device_id,
+            function.subsystem_id,
             function.class_code,
             controller.config().vectors,
         );
@@ -443,6 +447,7 @@ mod tests {
             memory,
             msix,
             device_id: nvme_shim::pci::SSD_DEVICE_ID,
+            subsystem_id: nvme_shim::pci::SSD_SUBSYSTEM_ID_BASE,
             class_code: nvme_shim::pci::SSD_CLASS_CODE,
             socket: dir.join("ssd0.sock"),
         });
