@@ -90,6 +90,7 @@ fn make_function(
     name: &str,
     model: &str,
     device_id: u16,
+    subsystem_id: u16,
     class_code: u32,
     personality: Personality,
     namespaces: Vec<NamespaceSlot>,
@@ -118,6 +119,7 @@ fn make_function(
         memory,
         msix,
         device_id,
+        subsystem_id,
         class_code,
         socket: options.socket_dir.join(format!("{name}.sock")),
     }
@@ -175,6 +177,7 @@ fn run(options: &Options) -> Result<(), String> {
         "accel",
         "dpublk storage accelerator (dpuemu)",
         pci::ACCELERATOR_DEVICE_ID,
+        pci::ACCELERATOR_DEVICE_ID,
         pci::ACCELERATOR_CLASS_CODE,
         Personality::Accelerator { ssds: ssd_handles },
         accel_namespaces,
@@ -185,6 +188,7 @@ fn run(options: &Options) -> Result<(), String> {
             &format!("ssd{i}"),
             "dpuemu local NVMe SSD",
             pci::SSD_DEVICE_ID,
+            pci::SSD_SUBSYSTEM_ID_BASE + i as u16,
             pci::SSD_CLASS_CODE,
             Personality::Ssd {
                 ownership: o.clone(),
