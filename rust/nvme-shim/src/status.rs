@@ -106,6 +106,9 @@ impl Status {
     pub const PRP_OFFSET_INVALID: Status = Status::dnr(sct::GENERIC, 0x13);
     /// LBA Out of Range.
     pub const LBA_OUT_OF_RANGE: Status = Status::dnr(sct::GENERIC, 0x80);
+    /// Capacity Exceeded: the namespace has no space left for the write
+    /// (a thin pool is full); Linux maps it to `-ENOSPC`.
+    pub const CAPACITY_EXCEEDED: Status = Status::dnr(sct::GENERIC, 0x81);
     /// Namespace Not Ready.
     pub const NAMESPACE_NOT_READY: Status = Status::new(sct::GENERIC, 0x82);
 
