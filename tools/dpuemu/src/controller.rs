@@ -20,6 +20,7 @@ mod queues;
 mod tests;
 mod vendor;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 
@@ -34,6 +35,7 @@ use crate::guest_memory::GuestMemory;
 use crate::interrupts::InterruptSink;
 use crate::namespace::Namespace;
 use crate::ownership::SsdOwnership;
+use crate::volumes::{NamespaceTable, VolumeManager, MAX_NSID};
 
 use queues::{CompletionQueue, SubmissionQueue};
 
@@ -78,6 +80,8 @@ pub enum Personality {
     Accelerator {
         /// Every SSD function of this dpuemu process.
         ssds: Vec<SsdHandle>,
+        /// The volume families on those SSDs.
+        volumes: Arc<VolumeManager>,
     },
 }
 
@@ -239,7 +243,9 @@ pub struct Controller {
     this: Weak<Controller>,
     config: ControllerConfig,
     personality: Personality,
-    namespaces: RwLock<Vec<NamespaceSlot>>,
+    /// Active namespaces by NSID. The accelerator's change as volumes come
+    /// and go.
+    namespaces: RwLock<BTreeMap<u32, NamespaceSlot>>,
     memory: Arc<dyn GuestMemory>,
     interrupts: Arc<dyn InterruptSink>,
     registers: Mutex<Registers>,
@@ -256,7 +262,8 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Creates a disabled controller.
+    /// Creates a disabled controller. `namespaces` become NSIDs 1, 2, ...;
+    /// an accelerator adds the volumes its manager opened.
     pub fn new(
         config: ControllerConfig,
         personality: Personality,
@@ -264,6 +271,24 @@ impl Controller {
         memory: Arc<dyn GuestMemory>,
         interrupts: Arc<dyn InterruptSink>,
     ) -> Arc<Self> {
+        let mut table: BTreeMap<u32, NamespaceSlot> = namespaces
+            .into_iter()
+            .enumerate()
+            .map(|(i, slot)| (i as u32 + 1, slot))
+            .collect();
+        if let Personality::Accelerator { volumes, .. } = &personality {
+            let reserved: BTreeSet<u32> = table.keys().copied().collect();
+            for (nsid, backend) in volumes.start(&reserved) {
+                table.insert(
+                    nsid,
+                    NamespaceSlot {
+                        backend,
+                        ssd: None,
+                        stats: Stats::default(),
+                    },
+                );
+            }
+        }
         let queues = usize::from(config.io_queues) + 1;
         let workers = config.workers.max(1);
         let mut features = [0u32; 16];
@@ -271,7 +296,7 @@ impl Controller {
         Arc::new_cyclic(|this| Self {
             this: this.clone(),
             personality,
-            namespaces: RwLock::new(namespaces),
+            namespaces: RwLock::new(table),
             memory,
             interrupts,
             registers: Mutex::new(Registers {
@@ -600,12 +625,11 @@ impl Controller {
     /// Makes every namespace's completed writes stable.
     pub fn flush_all(&self) {
         let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
-        for (i, ns) in namespaces.iter().enumerate() {
+        for (nsid, ns) in namespaces.iter() {
             if let Err(e) = ns.backend.flush() {
                 error!(
-                    "{}: flush of namespace {} failed: {e}",
-                    self.config.name,
-                    i + 1
+                    "{}: flush of namespace {nsid} failed: {e}",
+                    self.config.name
                 );
             }
         }
@@ -897,7 +921,40 @@ impl Controller {
         log.entries.push_back(entry);
     }
 
+    /// Identify Controller NN: the highest NSID there can be. The
+    /// accelerator's namespaces come and go, so it reports its limit.
     fn namespace_count(&self) -> u32 {
-        self.namespaces.read().map(|n| n.len() as u32).unwrap_or(0)
+        match self.personality {
+            Personality::Accelerator { .. } => MAX_NSID,
+            Personality::Ssd { .. } => self
+                .namespaces
+                .read()
+                .map_or(0, |n| n.keys().next_back().copied().unwrap_or(0)),
+        }
+    }
+
+    /// The backend of active namespace `nsid`.
+    fn namespace(&self, nsid: u32) -> Option<Arc<dyn Namespace>> {
+        let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+        namespaces.get(&nsid).map(|slot| Arc::clone(&slot.backend))
+    }
+}
+
+impl NamespaceTable for Controller {
+    fn activate(&self, nsid: u32, backend: Arc<dyn Namespace>) {
+        let mut namespaces = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
+        namespaces.insert(
+            nsid,
+            NamespaceSlot {
+                backend,
+                ssd: None,
+                stats: Stats::default(),
+            },
+        );
+    }
+
+    fn deactivate(&self, nsid: u32) {
+        let mut namespaces = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
+        namespaces.remove(&nsid);
     }
 }

@@ -14,6 +14,7 @@ mod namespace;
 mod ownership;
 mod pci_config;
 mod vfio;
+mod volumes;
 mod worker;
 
 use std::process::ExitCode;
@@ -30,6 +31,7 @@ use interrupts::MsixEventFds;
 use namespace::{FileNamespace, Namespace};
 use ownership::SsdOwnership;
 use vfio::Function;
+use volumes::VolumeManager;
 
 fn main() -> ExitCode {
     match cli::parse(std::env::args().skip(1)) {
@@ -85,6 +87,7 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     signal
 }
 
+#[expect(clippy::too_many_arguments)]
 fn make_function(
     options: &Options,
     name: &str,
@@ -170,7 +173,9 @@ fn run(options: &Options) -> Result<(), String> {
             media: m.clone(),
             serial: format!("DPUEMU-SSD{i}"),
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // Families found on the SSDs' labels are attached and opened here.
+    let volumes = Arc::new(VolumeManager::open(&ssd_handles));
 
     let mut functions = vec![make_function(
         options,
@@ -179,7 +184,10 @@ fn run(options: &Options) -> Result<(), String> {
         pci::ACCELERATOR_DEVICE_ID,
         pci::ACCELERATOR_DEVICE_ID,
         pci::ACCELERATOR_CLASS_CODE,
-        Personality::Accelerator { ssds: ssd_handles },
+        Personality::Accelerator {
+            ssds: ssd_handles,
+            volumes,
+        },
         accel_namespaces,
     )];
     for (i, (m, o)) in media.iter().zip(&ownership).enumerate() {

@@ -14,6 +14,16 @@ pub const DEFAULT_LBA_SHIFT: u8 = 9;
 pub trait Namespace: Send + Sync {
     /// Size in bytes (a multiple of the logical block size).
     fn size(&self) -> u64;
+    /// Bytes that hold data (Identify Namespace NUSE); thin namespaces
+    /// report less than their size.
+    fn used(&self) -> u64 {
+        self.size()
+    }
+    /// Whether this is a volume of the accelerator (listed by the volume
+    /// manager, not as a plain namespace).
+    fn is_volume(&self) -> bool {
+        false
+    }
     /// Log2 of the logical block size.
     fn lba_shift(&self) -> u8 {
         DEFAULT_LBA_SHIFT

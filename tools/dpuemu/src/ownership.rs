@@ -101,6 +101,27 @@ impl SsdOwnership {
         })
     }
 
+    /// Marks an attached SSD as storing data of a volume family, or returns
+    /// the vendor status (not attached, or already used by another family).
+    pub fn claim(&self) -> Result<(), u8> {
+        self.with(|s| {
+            if !s.attached {
+                Err(vendor_status::SSD_NOT_ATTACHED)
+            } else if s.in_use {
+                Err(vendor_status::SSD_IN_USE)
+            } else {
+                s.in_use = true;
+                Ok(())
+            }
+        })
+    }
+
+    /// The volume family on the SSD is gone: it stays attached, and SSD
+    /// Detach works again.
+    pub fn release(&self) {
+        self.with(|s| s.in_use = false)
+    }
+
     /// Whether the accelerator owns the SSD (its own function must not
     /// touch the media).
     pub fn is_attached(&self) -> bool {
@@ -138,5 +159,11 @@ mod tests {
         o.attach_in_use();
         assert_eq!(o.detach(), Err(vendor_status::SSD_IN_USE));
         assert!(!o.host_enable());
+        o.release();
+        assert_eq!(o.claim(), Ok(()));
+        assert_eq!(o.claim(), Err(vendor_status::SSD_IN_USE));
+        o.release();
+        assert_eq!(o.detach(), Ok(()));
+        assert_eq!(o.claim(), Err(vendor_status::SSD_NOT_ATTACHED));
     }
 }

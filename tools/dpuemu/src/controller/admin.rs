@@ -64,7 +64,9 @@ impl Controller {
                     }
                 }
                 op if op >= admin::VENDOR_FIRST => match &self.personality {
-                    Personality::Accelerator { ssds } => self.execute_vendor(sqe, ssds),
+                    Personality::Accelerator { ssds, volumes } => {
+                        self.execute_vendor(sqe, ssds, Some(volumes))
+                    }
                     Personality::Ssd { .. } => Err(Status::INVALID_OPCODE),
                 },
                 _ => Err(Status::INVALID_OPCODE),
@@ -98,25 +100,32 @@ impl Controller {
 
     fn identify(&self, sqe: &SubmissionEntry) -> CommandResult {
         let cmd = Identify::decode(sqe);
-        let nn = self.namespace_count();
         let mut page = [0u8; identify::IDENTIFY_BYTES];
         match cmd.cns {
             cns::CONTROLLER => {
                 self.identify_controller().write_to(&mut page);
             }
             cns::NAMESPACE => {
-                if cmd.nsid == 0 || cmd.nsid > nn {
-                    // Broadcast (0xffffffff) would describe common
-                    // capabilities; dpuemu has no namespace management.
-                    return Err(Status::INVALID_NAMESPACE);
-                }
-                self.identify_namespace(cmd.nsid).write_to(&mut page);
+                // Broadcast (0xffffffff) would describe common capabilities;
+                // dpuemu has no namespace management. An inactive NSID of
+                // the accelerator (a deleted or locked volume) is invalid.
+                let id = self
+                    .identify_namespace(cmd.nsid)
+                    .ok_or(Status::INVALID_NAMESPACE)?;
+                id.write_to(&mut page);
             }
             cns::ACTIVE_NAMESPACES => {
                 if cmd.nsid >= 0xffff_fffe {
                     return Err(Status::INVALID_NAMESPACE);
                 }
-                let ids = (cmd.nsid + 1..=nn).take(1024);
+                let ids: Vec<u32> = {
+                    let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+                    namespaces
+                        .range(cmd.nsid + 1..)
+                        .map(|(nsid, _)| *nsid)
+                        .take(1024)
+                        .collect()
+                };
                 for (slot, id) in page.chunks_exact_mut(4).zip(ids) {
                     slot.copy_from_slice(&id.to_le_bytes());
                 }
@@ -125,7 +134,7 @@ impl Controller {
             // zero means none beyond MDTS.
             cns::CONTROLLER_CSI if sqe::identify_csi(sqe) == 0 => {}
             cns::NAMESPACE_DESCRIPTORS => {
-                if cmd.nsid == 0 || cmd.nsid > nn {
+                if self.namespace(cmd.nsid).is_none() {
                     return Err(Status::INVALID_NAMESPACE);
                 }
                 // One NGUID descriptor, unique per function and namespace.
@@ -181,22 +190,22 @@ impl Controller {
         id
     }
 
-    fn identify_namespace(&self, nsid: u32) -> IdentifyNamespace {
+    /// Identify Namespace of an active namespace; sizes in its blocks
+    /// (NUSE: the blocks a thin volume has mapped).
+    fn identify_namespace(&self, nsid: u32) -> Option<IdentifyNamespace> {
+        let backend = self.namespace(nsid)?;
         let mut id = IdentifyNamespace::zeroed();
-        let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = namespaces.get(nsid as usize - 1) {
-            let shift = slot.backend.lba_shift();
-            let blocks = slot.backend.size() >> shift;
-            id.nsze.set(blocks);
-            id.ncap.set(blocks);
-            id.nuse.set(blocks);
-            id.nlbaf = 0;
-            id.flbas = 0;
-            id.lbaf[0].lbads = shift;
-            id.dlfeat = identify::DLFEAT_READ_ZEROES;
-            id.nguid = self.nguid(nsid);
-        }
-        id
+        let shift = backend.lba_shift();
+        let blocks = backend.size() >> shift;
+        id.nsze.set(blocks);
+        id.ncap.set(blocks);
+        id.nuse.set((backend.used() >> shift).min(blocks));
+        id.nlbaf = 0;
+        id.flbas = 0;
+        id.lbaf[0].lbads = shift;
+        id.dlfeat = identify::DLFEAT_READ_ZEROES;
+        id.nguid = self.nguid(nsid);
+        Some(id)
     }
 
     fn get_log_page(&self, sqe: &SubmissionEntry) -> CommandResult {

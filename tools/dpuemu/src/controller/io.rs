@@ -5,8 +5,6 @@
 //! posted only after `pwrite` returned, and FUA or Flush reach stable
 //! storage (fdatasync) before completing.
 
-use std::sync::Arc;
-
 use nvme_shim::opcode::io;
 use nvme_shim::sqe::{BlockRange, DatasetManagement, DsmRange, SubmissionEntry};
 use nvme_shim::status::Status;
@@ -16,6 +14,16 @@ use super::data::{self, Direction};
 use super::queues::Completion;
 use super::{Controller, Stats, MAX_TRANSFER};
 use crate::namespace::Namespace;
+
+/// A failed write, flush or deallocate: a full thin pool is Capacity
+/// Exceeded (the host sees ENOSPC), anything else a Write Fault.
+fn write_status(e: std::io::Error) -> Status {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        Status::CAPACITY_EXCEEDED
+    } else {
+        Status::WRITE_FAULT
+    }
+}
 
 /// NSID that addresses every namespace (Flush only).
 const BROADCAST_NSID: u32 = 0xffff_ffff;
@@ -50,20 +58,14 @@ impl Controller {
             Stats::add(&self.stats.flushes, 1);
             return Ok(());
         }
-        let (backend, index) = {
-            let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
-            let index = (nsid as usize).wrapping_sub(1);
-            match namespaces.get(index) {
-                Some(slot) if nsid != 0 => (Arc::clone(&slot.backend), index),
-                _ => return Err(Status::INVALID_NAMESPACE),
-            }
-        };
+        let backend = self.namespace(nsid).ok_or(Status::INVALID_NAMESPACE)?;
+        let index = nsid;
         let ns: &dyn Namespace = &*backend;
         match sqe.opcode() {
             io::READ => self.read(sqe, ns, index),
             io::WRITE => self.write(sqe, ns, index),
             io::FLUSH => {
-                ns.flush().map_err(|_| Status::WRITE_FAULT)?;
+                ns.flush().map_err(write_status)?;
                 self.count(index, |s| &s.flushes, 1);
                 Ok(())
             }
@@ -73,16 +75,11 @@ impl Controller {
         }
     }
 
-    /// Adds `n` to a counter of the controller and of namespace `index`.
-    fn count(
-        &self,
-        index: usize,
-        counter: impl Fn(&Stats) -> &std::sync::atomic::AtomicU64,
-        n: u64,
-    ) {
+    /// Adds `n` to a counter of the controller and of namespace `nsid`.
+    fn count(&self, nsid: u32, counter: impl Fn(&Stats) -> &std::sync::atomic::AtomicU64, n: u64) {
         Stats::add(counter(&self.stats), n);
         let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = namespaces.get(index) {
+        if let Some(slot) = namespaces.get(&nsid) {
             Stats::add(counter(&slot.stats), n);
         }
     }
@@ -99,7 +96,7 @@ impl Controller {
         Ok((slba << shift, blocks << shift))
     }
 
-    fn read(&self, sqe: &SubmissionEntry, ns: &dyn Namespace, index: usize) -> Result<(), Status> {
+    fn read(&self, sqe: &SubmissionEntry, ns: &dyn Namespace, index: u32) -> Result<(), Status> {
         let cmd = BlockRange::decode(sqe);
         let (offset, len) = Self::byte_range(ns, cmd.slba, u64::from(cmd.blocks))?;
         if len > MAX_TRANSFER {
@@ -115,7 +112,7 @@ impl Controller {
         Ok(())
     }
 
-    fn write(&self, sqe: &SubmissionEntry, ns: &dyn Namespace, index: usize) -> Result<(), Status> {
+    fn write(&self, sqe: &SubmissionEntry, ns: &dyn Namespace, index: u32) -> Result<(), Status> {
         let cmd = BlockRange::decode(sqe);
         let (offset, len) = Self::byte_range(ns, cmd.slba, u64::from(cmd.blocks))?;
         if len > MAX_TRANSFER {
@@ -124,9 +121,9 @@ impl Controller {
         let segments = data::resolve(&*self.memory, sqe, len, Direction::FromHost, true)?;
         let mut buf = vec![0u8; len as usize];
         data::copy_from_guest(&*self.memory, &segments, &mut buf)?;
-        ns.write_at(offset, &buf).map_err(|_| Status::WRITE_FAULT)?;
+        ns.write_at(offset, &buf).map_err(write_status)?;
         if cmd.fua {
-            ns.flush().map_err(|_| Status::WRITE_FAULT)?;
+            ns.flush().map_err(write_status)?;
         }
         self.count(index, |s| &s.writes, 1);
         self.count(index, |s| &s.write_bytes, len);
@@ -137,7 +134,7 @@ impl Controller {
         &self,
         sqe: &SubmissionEntry,
         ns: &dyn Namespace,
-        index: usize,
+        index: u32,
     ) -> Result<(), Status> {
         let cmd = BlockRange::decode(sqe);
         let (offset, len) = Self::byte_range(ns, cmd.slba, u64::from(cmd.blocks))?;
@@ -147,9 +144,9 @@ impl Controller {
         } else {
             ns.write_zeroes(offset, len)
         }
-        .map_err(|_| Status::WRITE_FAULT)?;
+        .map_err(write_status)?;
         if cmd.fua {
-            ns.flush().map_err(|_| Status::WRITE_FAULT)?;
+            ns.flush().map_err(write_status)?;
         }
         self.count(index, |s| &s.write_zeroes, 1);
         Ok(())
@@ -159,7 +156,7 @@ impl Controller {
         &self,
         sqe: &SubmissionEntry,
         ns: &dyn Namespace,
-        index: usize,
+        index: u32,
     ) -> Result<(), Status> {
         let cmd = DatasetManagement::decode(sqe);
         let len = usize::from(cmd.ranges) * DsmRange::SIZE;
@@ -182,8 +179,7 @@ impl Controller {
         }
         for (offset, len) in ranges {
             if len > 0 {
-                ns.deallocate(offset, len)
-                    .map_err(|_| Status::WRITE_FAULT)?;
+                ns.deallocate(offset, len).map_err(write_status)?;
             }
         }
         self.count(index, |s| &s.deallocates, 1);

@@ -1,9 +1,9 @@
 //! The dpublk vendor command set on the accelerator function.
 //!
-//! Implemented: SSD Attach, SSD Detach, SSD List, Volume List and
-//! Statistics. The other commands are defined by `nvme_shim::vendor` and
-//! answered with the vendor status Not Implemented until the data services
-//! engine provides volumes and snapshots.
+//! SSD Attach, Detach and List work on the SSD ownership; the volume,
+//! snapshot, statistics and fault commands go to the [`VolumeManager`]
+//! (`crate::volumes`), which runs the data services engine. Payloads from
+//! the host are copied in whole and validated there.
 
 use log::info;
 use nvme_shim::sqe::SubmissionEntry;
@@ -11,14 +11,19 @@ use nvme_shim::status::Status;
 use nvme_shim::vendor::{self, status as vs, vendor_status, VendorCommand};
 use nvme_shim::wire::{ascii_field, c_string_field, Wire};
 
+use zeroize::{Zeroize, Zeroizing};
+
 use super::admin::CommandResult;
+use super::data::{self, Direction};
 use super::{Controller, SsdHandle};
+use crate::volumes::VolumeManager;
 
 impl Controller {
     pub(super) fn execute_vendor(
         &self,
         sqe: &SubmissionEntry,
         ssds: &[SsdHandle],
+        volumes: Option<&VolumeManager>,
     ) -> CommandResult {
         let Some(cmd) = VendorCommand::from_opcode(sqe.opcode()) else {
             return Err(Status::INVALID_OPCODE);
@@ -78,26 +83,30 @@ impl Controller {
             }
             VendorCommand::VolumeList => {
                 let mut list = vendor::VolumeList::zeroed();
-                let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
-                let mut count = 0u32;
-                for (i, (entry, slot)) in list.entries.iter_mut().zip(namespaces.iter()).enumerate()
+                let mut count = 0usize;
                 {
-                    let nsid = i as u32 + 1;
-                    entry.nsid.set(nsid);
-                    entry.size_bytes.set(slot.backend.size());
-                    entry.used_bytes.set(slot.backend.size());
-                    entry.layout = vendor::layout::SINGLE;
-                    entry.lba_shift = slot.backend.lba_shift();
-                    entry.data_shards = 1;
-                    let name = match slot.ssd {
-                        Some(ssd) => format!("passthrough-ssd{ssd}"),
-                        None => format!("ns{nsid}"),
-                    };
-                    c_string_field(&mut entry.name, name.as_bytes());
-                    count += 1;
+                    // Namespaces that are not volumes: the passthrough SSD.
+                    let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+                    let plain = namespaces.iter().filter(|(_, s)| !s.backend.is_volume());
+                    for (entry, (nsid, slot)) in list.entries.iter_mut().zip(plain) {
+                        entry.nsid.set(*nsid);
+                        entry.size_bytes.set(slot.backend.size());
+                        entry.used_bytes.set(slot.backend.size());
+                        entry.layout = vendor::layout::SINGLE;
+                        entry.lba_shift = slot.backend.lba_shift();
+                        entry.data_shards = 1;
+                        let name = match slot.ssd {
+                            Some(ssd) => format!("passthrough-ssd{ssd}"),
+                            None => format!("ns{nsid}"),
+                        };
+                        c_string_field(&mut entry.name, name.as_bytes());
+                        count += 1;
+                    }
                 }
-                drop(namespaces);
-                list.count.set(count);
+                if let Some(volumes) = volumes {
+                    count += volumes.list(&mut list.entries[count..]);
+                }
+                list.count.set(count as u32);
                 self.send_to_host(sqe, list.as_bytes())?;
                 Ok(0)
             }
@@ -106,25 +115,94 @@ impl Controller {
                 let stats = if nsid == 0 || nsid == 0xffff_ffff {
                     self.stats.encode()
                 } else {
-                    let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
-                    namespaces
-                        .get(nsid as usize - 1)
-                        .map(|slot| slot.stats.encode())
-                        .ok_or(vendor_status(vs::VOLUME_NOT_FOUND))?
+                    let mut stats = {
+                        let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+                        namespaces
+                            .get(&nsid)
+                            .map(|slot| slot.stats.encode())
+                            .ok_or(vendor_status(vs::VOLUME_NOT_FOUND))?
+                    };
+                    if let Some(volumes) = volumes {
+                        volumes.statistics(nsid, &mut stats);
+                    }
+                    stats
                 };
                 self.send_to_host(sqe, stats.as_bytes())?;
                 Ok(0)
             }
-            VendorCommand::VolumeCreate
-            | VendorCommand::VolumeDelete
-            | VendorCommand::VolumeResize
-            | VendorCommand::ServiceSet
-            | VendorCommand::ServiceGet
-            | VendorCommand::SnapshotCreate
-            | VendorCommand::SnapshotDelete
-            | VendorCommand::SnapshotClone
-            | VendorCommand::SnapshotRevert
-            | VendorCommand::FaultInject => Err(vendor_status(vs::NOT_IMPLEMENTED)),
+            VendorCommand::VolumeCreate => {
+                let volumes = volumes.ok_or(vendor_status(vs::NOT_IMPLEMENTED))?;
+                let mut raw = Zeroizing::new(vec![0u8; cmd.payload_bytes()]);
+                self.receive_from_host(sqe, &mut raw)?;
+                let mut req = vendor::VolumeCreate::read_from(&raw)
+                    .ok_or(vendor_status(vs::INVALID_PAYLOAD))?;
+                let result = volumes.create(&req, self);
+                req.key.zeroize();
+                result
+            }
+            VendorCommand::VolumeDelete => self.volumes(volumes)?.delete(sqe.nsid.get(), self),
+            VendorCommand::VolumeResize => self
+                .volumes(volumes)?
+                .resize(sqe.nsid.get(), vendor::resize_bytes(sqe)),
+            VendorCommand::ServiceGet => {
+                let settings = self.volumes(volumes)?.service_get(sqe.nsid.get())?;
+                self.send_to_host(sqe, settings.as_bytes())?;
+                Ok(0)
+            }
+            VendorCommand::ServiceSet => {
+                let volumes = self.volumes(volumes)?;
+                let settings: vendor::ServiceSettings = self.payload(sqe, cmd)?;
+                volumes.service_set(sqe.nsid.get(), &settings)
+            }
+            VendorCommand::SnapshotCreate => {
+                let volumes = self.volumes(volumes)?;
+                let name: vendor::ObjectName = self.payload(sqe, cmd)?;
+                volumes.snapshot_create(sqe.nsid.get(), &name)
+            }
+            VendorCommand::SnapshotList => {
+                let list = self.volumes(volumes)?.snapshot_list(sqe.nsid.get())?;
+                self.send_to_host(sqe, list.as_bytes())?;
+                Ok(0)
+            }
+            VendorCommand::SnapshotDelete => self
+                .volumes(volumes)?
+                .snapshot_delete(vendor::snapshot_id(sqe)),
+            VendorCommand::SnapshotClone => {
+                let volumes = self.volumes(volumes)?;
+                let name: vendor::ObjectName = self.payload(sqe, cmd)?;
+                volumes.snapshot_clone(vendor::snapshot_id(sqe), &name, self)
+            }
+            VendorCommand::SnapshotRevert => self
+                .volumes(volumes)?
+                .snapshot_revert(sqe.nsid.get(), vendor::snapshot_id(sqe)),
+            VendorCommand::FaultInject => {
+                let volumes = self.volumes(volumes)?;
+                let fault: vendor::FaultInjection = self.payload(sqe, cmd)?;
+                volumes.fault(&fault)
+            }
         }
+    }
+
+    fn volumes<'a>(&self, volumes: Option<&'a VolumeManager>) -> Result<&'a VolumeManager, Status> {
+        volumes.ok_or(vendor_status(vs::NOT_IMPLEMENTED))
+    }
+
+    /// Copies the command's payload from the host (admin data in).
+    fn receive_from_host(&self, sqe: &SubmissionEntry, buf: &mut [u8]) -> Result<(), Status> {
+        let segments = data::resolve(
+            &*self.memory,
+            sqe,
+            buf.len() as u64,
+            Direction::FromHost,
+            false,
+        )?;
+        data::copy_from_guest(&*self.memory, &segments, buf)
+    }
+
+    /// Reads the fixed-size payload of `cmd`.
+    fn payload<T: Wire>(&self, sqe: &SubmissionEntry, cmd: VendorCommand) -> Result<T, Status> {
+        let mut raw = vec![0u8; cmd.payload_bytes()];
+        self.receive_from_host(sqe, &mut raw)?;
+        T::read_from(&raw).ok_or(vendor_status(vs::INVALID_PAYLOAD))
     }
 }
