@@ -689,6 +689,18 @@ impl<T: Operations> Disk<T> {
         })
     }
 
+    /// Whether the disk (or a partition of it) is open: mounted, held or
+    /// opened by a program. Racy by nature; callers use it to refuse a
+    /// removal with `EBUSY`, not to exclude openers.
+    pub(crate) fn is_open(&self) -> bool {
+        // SAFETY: The disk is added (type invariant), so `part0` is its
+        // whole-disk block device; the counter is read atomically.
+        unsafe {
+            let part0 = (*self.gendisk.as_ptr()).part0;
+            !part0.is_null() && core::ptr::read_volatile(&raw const (*part0).bd_openers.counter) > 0
+        }
+    }
+
     /// Fails all further I/O to the disk at once: the device is gone.
     pub(crate) fn mark_dead(&self) {
         // SAFETY: The disk is added (type invariant).

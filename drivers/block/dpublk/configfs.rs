@@ -2,19 +2,38 @@
 
 //! The management tree at `/sys/kernel/config/dpublk/`.
 //!
-//! See Documentation/configfs.rst for the ABI. The root carries read-only
-//! facts about the driver; SSDs, volumes and fabric ports grow below it.
+//! See Documentation/configfs.rst for the ABI:
+//!
+//! ```text
+//! dpublk/
+//!     features, version
+//!     ssds/<name>/                  a local SSD and its hand-over
+//!     volumes/<name>/               a volume on the accelerator
+//!     volumes/<name>/snapshots/<s>/ its snapshots
+//! ```
+//!
+//! Every attribute write is parsed strictly ([`parse`]); a refusal returns
+//! the documented errno and logs one line naming the object, the attribute
+//! and the reason. The accelerator validates every command again.
 
+mod parse;
+mod snapshot;
+mod ssd;
+mod volume;
+
+use crate::configfs_ext::ChildGroup;
 use kernel::{
-    configfs::{self, AttributeOperations},
+    configfs::{self, AttributeOperations, HasGroup},
     configfs_attrs,
     fmt::Write as _,
     page::PAGE_SIZE,
     prelude::*,
+    sync::Arc,
 };
+use ssd::SsdState;
 
 /// Features this build of the driver implements, one word each.
-const FEATURES: &str = "pci\n";
+const FEATURES: &str = "pci\nssds\nvolumes\nsnapshots\n";
 
 pub(crate) fn subsystem() -> impl PinInit<configfs::Subsystem<Root>, Error> {
     let item_type = configfs_attrs! {
@@ -52,4 +71,114 @@ impl AttributeOperations<1> for Root {
         writer.write_fmt(format_args!("{}\n", crate::DRIVER_VERSION))?;
         Ok(writer.bytes_written())
     }
+}
+
+/// The fixed directories below the root (`ssds/`, `volumes/`), registered
+/// once the subsystem is.
+///
+/// Field order is drop order: volumes go before SSDs. Both are empty by
+/// then: every directory a user made holds a module reference, so the
+/// module cannot unload while one exists.
+pub(crate) struct Tree {
+    volumes: Option<ChildGroup>,
+    ssds: Option<ChildGroup>,
+}
+
+impl Tree {
+    pub(crate) const fn new() -> Self {
+        Self {
+            volumes: None,
+            ssds: None,
+        }
+    }
+
+    /// Registers the fixed directories below `root`.
+    pub(crate) fn populate(&mut self, root: &configfs::Subsystem<Root>) -> Result {
+        // SAFETY: `root` is a registered subsystem.
+        let root_group = unsafe { <configfs::Subsystem<Root> as HasGroup<Root>>::group(root) };
+        let root_group = root_group.cast_mut();
+        // SAFETY: The subsystem stays registered until after `Tree` is
+        // dropped (field order of the module).
+        self.ssds = Some(unsafe { ChildGroup::register(root_group, ssd::SsdsDir::new()?)? });
+        // SAFETY: As above.
+        self.volumes = Some(unsafe { ChildGroup::register(root_group, volume::VolumesDir::new()?)? });
+        Ok(())
+    }
+}
+
+/// Objects that refer to each other by name.
+pub(crate) struct Registry {
+    ssds: KVec<Arc<SsdState>>,
+}
+
+kernel::sync::global_lock! {
+    // SAFETY: Initialized in the module initializer before configfs is
+    // registered.
+    unsafe(uninit) static REGISTRY: Mutex<Registry> = Registry { ssds: KVec::new() };
+}
+
+/// Prepares the registry; called once from the module initializer.
+pub(crate) fn init_registry() {
+    // SAFETY: Called exactly once, before configfs exists.
+    unsafe { REGISTRY.init() };
+}
+
+impl Registry {
+    fn forget_ssd(state: &Arc<SsdState>) {
+        let mut registry = REGISTRY.lock();
+        registry.ssds.retain(|s| !Arc::ptr_eq(s, state));
+    }
+
+    /// The name of another SSD handle that already stands for SSD `index`.
+    fn ssd_with_index(index: u16, not: &SsdState) -> Option<KVec<u8>> {
+        let registry = REGISTRY.lock();
+        for s in registry.ssds.iter() {
+            if core::ptr::eq(&**s, not) {
+                continue;
+            }
+            if s.inner.lock().index == Some(index) {
+                let mut name = KVec::new();
+                name.extend_from_slice(&s.name, GFP_KERNEL).ok()?;
+                return Some(name);
+            }
+        }
+        None
+    }
+
+    /// The SSD handle called `name`: its index and whether it is attached.
+    fn ssd_by_name(name: &[u8]) -> Option<(Option<u16>, bool)> {
+        let registry = REGISTRY.lock();
+        registry.ssds.iter().find(|s| s.name[..] == *name).map(|s| {
+            let inner = s.inner.lock();
+            (inner.index, inner.attached)
+        })
+    }
+
+    /// The handle name of SSD `index`, if one exists.
+    fn ssd_name(index: u16) -> Option<KVec<u8>> {
+        let registry = REGISTRY.lock();
+        let s = registry
+            .ssds
+            .iter()
+            .find(|s| s.inner.lock().index == Some(index))?;
+        let mut name = KVec::new();
+        name.extend_from_slice(&s.name, GFP_KERNEL).ok()?;
+        Some(name)
+    }
+}
+
+/// A name's bytes as text (names are ASCII; anything else shows as `?`).
+pub(crate) fn bstr(bytes: &[u8]) -> &str {
+    core::str::from_utf8(bytes).unwrap_or("?")
+}
+
+/// Logs why a write to `dir/name/attr` is refused and returns `err`.
+pub(crate) fn refuse(dir: &str, name: &[u8], attr: &str, why: &str, err: Error) -> Error {
+    pr_err!("{dir}/{}: {attr}: {why} ({err:?})\n", bstr(name));
+    err
+}
+
+/// [`refuse`] as a result.
+pub(crate) fn report<T>(dir: &str, name: &[u8], attr: &str, why: &str, err: Error) -> Result<T> {
+    Err(refuse(dir, name, attr, why, err))
 }

@@ -60,9 +60,11 @@ pub(crate) fn status_to_result(status: Status) -> Result<(), Option<Error>> {
         sct::GENERIC => match sc {
             // Invalid opcode or field: the device cannot do this.
             0x01 | 0x02 => EOPNOTSUPP,
-            // LBA out of range, invalid namespace, capacity exceeded: the
-            // target refuses the request (BLK_STS_TARGET).
-            0x80 | 0x0b | 0x81 => EREMOTEIO,
+            // LBA out of range, invalid namespace: the target refuses the
+            // request (BLK_STS_TARGET).
+            0x80 | 0x0b => EREMOTEIO,
+            // Capacity exceeded: a thin pool is full (BLK_STS_NOSPC).
+            0x81 => ENOSPC,
             // Namespace not ready: transient.
             0x82 => EAGAIN,
             _ => EIO,
@@ -72,13 +74,28 @@ pub(crate) fn status_to_result(status: Status) -> Result<(), Option<Error>> {
         sct::MEDIA => ENODATA,
         // Path related: the transport to the media failed.
         sct::PATH => ENOLINK,
-        sct::VENDOR => match sc {
-            crate::shim::vendor::status::NO_SPACE => ENOSPC,
-            _ => EIO,
-        },
+        sct::VENDOR => vendor_errno(sc),
         _ => return Err(None),
     };
     Err(Some(err))
+}
+
+/// The error a vendor status stands for (Documentation/device-interface.rst,
+/// "Vendor statuses").
+fn vendor_errno(sc: u8) -> Error {
+    use crate::shim::vendor::status as vs;
+    match sc {
+        vs::SSD_NOT_FOUND => ENODEV,
+        vs::SSD_BUSY | vs::SSD_IN_USE | vs::VOLUME_BUSY => EBUSY,
+        vs::SSD_ALREADY_ATTACHED | vs::VOLUME_EXISTS => EEXIST,
+        vs::SSD_NOT_ATTACHED | vs::VOLUME_NOT_FOUND | vs::SNAPSHOT_NOT_FOUND => ENOENT,
+        vs::NO_SPACE | vs::SNAPSHOT_LIMIT => ENOSPC,
+        vs::INVALID_LAYOUT | vs::INVALID_PAYLOAD => EINVAL,
+        vs::NOT_IMPLEMENTED => EOPNOTSUPP,
+        vs::KEY_MISMATCH => EKEYREJECTED,
+        vs::KEY_REQUIRED => ENOKEY,
+        _ => EIO,
+    }
 }
 
 /// Controller capabilities the driver works with.
@@ -441,8 +458,18 @@ mod tests {
         );
         assert_eq!(
             errno(vendor::vendor_status(vendor::status::VOLUME_BUSY)),
-            Some(EIO.to_errno())
+            Some(EBUSY.to_errno())
         );
+        assert_eq!(errno(Status::new(sct::GENERIC, 0x81)), Some(ENOSPC.to_errno()));
+        assert_eq!(
+            errno(vendor::vendor_status(vendor::status::NOT_IMPLEMENTED)),
+            Some(EOPNOTSUPP.to_errno())
+        );
+        assert_eq!(
+            errno(vendor::vendor_status(vendor::status::KEY_MISMATCH)),
+            Some(EKEYREJECTED.to_errno())
+        );
+        assert_eq!(errno(vendor::vendor_status(0x7f)), Some(EIO.to_errno()));
     }
 
     #[test]

@@ -11,10 +11,15 @@
 #[path = "../../../rust/kernel-ext/blk_mq.rs"]
 mod blk_mq;
 mod configfs;
+#[path = "../../../rust/kernel-ext/configfs_ext.rs"]
+mod configfs_ext;
 mod controller;
 mod disk;
 mod driver;
 mod io_queue;
+mod management;
+#[path = "../../../rust/kernel-ext/pci_function.rs"]
+mod pci_function;
 #[path = "../../../rust/kernel-ext/pci_id.rs"]
 mod pci_id;
 #[path = "../../../rust/kernel-ext/pci_irq.rs"]
@@ -41,9 +46,11 @@ pub(crate) const DRIVER_VERSION: &str = "0.1.0";
 /// The loaded module.
 ///
 /// Fields drop in declaration order: the configfs tree goes first, so no
-/// management request can reach a device while the PCI driver unbinds it.
+/// management request can reach a device while the PCI driver unbinds it;
+/// its fixed directories go before the subsystem they are registered in.
 #[pin_data(PinnedDrop)]
 struct DpublkModule {
+    tree: configfs::Tree,
     #[pin]
     configfs: kernel::configfs::Subsystem<configfs::Root>,
     #[pin]
@@ -53,9 +60,16 @@ struct DpublkModule {
 impl kernel::InPlaceModule for DpublkModule {
     fn init(module: &'static ThisModule) -> impl PinInit<Self, Error> {
         pr_info!("loading: configfs root and PCI driver for the accelerator\n");
+        management::init_registry();
+        configfs::init_registry();
         try_pin_init!(Self {
             configfs <- configfs::subsystem(),
+            tree: configfs::Tree::new(),
             pci_driver <- Registration::new(c"dpublk", module),
+        })
+        .pin_chain(|module| {
+            let this = module.project();
+            this.tree.populate(&this.configfs)
         })
     }
 }

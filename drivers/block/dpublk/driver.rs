@@ -4,21 +4,21 @@
 //! turns its namespaces into disks; takes it all down again on unbind.
 
 use crate::{
-    blk_mq::{Disk, Limits, TagSet},
+    blk_mq::{Limits, TagSet},
+    management::Management,
     controller::Controller,
     disk::{BlockOps, IoQueues},
-    io_queue::{IoQueue, NamespaceFormat, QueueIrq, MAX_QUEUE_ENTRIES, MAX_SEGMENTS, MAX_TRANSFER},
+    io_queue::{IoQueue, QueueIrq, MAX_QUEUE_ENTRIES, MAX_SEGMENTS, MAX_TRANSFER},
     pci_id,
     pci_irq::QueueInterrupts,
     regs::{Registers, BAR0_SIZE},
     shim::{
-        identify::{self, IdentifyController, IdentifyNamespace, IDENTIFY_BYTES},
+        identify::{self, IdentifyController, IDENTIFY_BYTES},
         opcode::{cns, feature},
         sqe::{self, CreateIoCq, CreateIoSq, Features, Identify},
         wire::Wire,
     },
 };
-use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{
     device::{self, Core},
     devres::DevresLt,
@@ -46,65 +46,20 @@ pub(crate) const ACCEL_DEVICE_ID: u16 = crate::shim::pci::ACCELERATOR_DEVICE_ID;
 const IO_QUEUE_ENTRIES: u16 = 256;
 /// Most I/O queue pairs per controller.
 const MAX_IO_QUEUES: u32 = 64;
-/// Most namespaces turned into disks per controller.
-const MAX_NAMESPACES: usize = 64;
 /// Time a request may spend on the device before the controller is failed.
 const IO_TIMEOUT_MS: u32 = 30_000;
-
-/// Disk numbers (`/dev/dpublkN`) in use, one bit each.
-static DISK_NUMBERS: AtomicU64 = AtomicU64::new(0);
-
-/// A disk number, taken from [`DISK_NUMBERS`] and given back on drop, so a
-/// function that is unbound and bound again gets its old names back.
-struct DiskNumber(u32);
-
-impl DiskNumber {
-    /// Takes the lowest free number, if any of the 64 is free.
-    fn take() -> Option<Self> {
-        let mut used = DISK_NUMBERS.load(Ordering::Relaxed);
-        loop {
-            let free = (!used).trailing_zeros();
-            if free >= 64 {
-                return None;
-            }
-            match DISK_NUMBERS.compare_exchange_weak(
-                used,
-                used | 1 << free,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Some(Self(free)),
-                Err(now) => used = now,
-            }
-        }
-    }
-}
-
-impl Drop for DiskNumber {
-    fn drop(&mut self) {
-        DISK_NUMBERS.fetch_and(!(1 << self.0), Ordering::AcqRel);
-    }
-}
-
-/// A namespace's disk and the number in its name.
-///
-/// Field order is drop order: the disk is deleted before its number is
-/// given back.
-struct NamespaceDisk {
-    disk: Disk<BlockOps>,
-    _number: DiskNumber,
-}
 
 pub(crate) struct AcceleratorDriver;
 
 /// Per-device state while bound.
 ///
-/// Field order is drop order, and it matters: disks first (drains their
-/// I/O), then the tag set, then the queues; the interrupt handlers go before
-/// the vectors (inside `irqs`) and the controller last. `Drop` shuts the
-/// controller down after the disks are gone and before any ring is freed.
+/// Field order is drop order, and it matters: the management side (with
+/// the disks, whose removal drains their I/O) first, then the tag set, then
+/// the queues; the interrupt handlers go before the vectors (inside `irqs`)
+/// and the controller last. `Drop` retires the management side and shuts
+/// the controller down before any ring is freed.
 pub(crate) struct Accelerator<'bound> {
-    disks: KVec<NamespaceDisk>,
+    management: Arc<Management>,
     tagset: Option<Arc<TagSet<BlockOps>>>,
     queues: Arc<IoQueues>,
     _irqs: QueueInterrupts<'bound, QueueIrq>,
@@ -321,18 +276,22 @@ impl<'bound> Accelerator<'bound> {
             GFP_KERNEL,
         )?;
 
-        let disks = Self::add_disks(&ctrl, dev, &id, &tagset)?;
+        let management = Management::new(ctrl.clone(), dev, tagset.clone(), Self::limits(&id), id.nn)?;
+        let disks = management
+            .add_active_namespaces()
+            .inspect_err(|e| dev_err!(pdev, "cannot list namespaces: {e:?}\n"))?;
         dev_info!(
             pdev,
             "{} I/O queue pairs of {} entries, {} disks\n",
             nr_queues,
             entries,
-            disks.len()
+            disks
         );
         disable_on_error.dismiss();
         drop(keep_alive);
+        management.publish();
         Ok(Self {
-            disks,
+            management,
             tagset: Some(tagset),
             queues,
             _irqs: irqs,
@@ -370,109 +329,16 @@ impl<'bound> Accelerator<'bound> {
         }
     }
 
-    fn add_disks(
-        ctrl: &Arc<Controller>,
-        dev: &device::Device<device::Bound>,
-        id: &ControllerInfo,
-        tagset: &Arc<TagSet<BlockOps>>,
-    ) -> Result<KVec<NamespaceDisk>> {
-        let pdev = ctrl.pdev();
-        let mut nsids = KVec::with_capacity(MAX_NAMESPACES, GFP_KERNEL)?;
-        identify_bytes(ctrl, dev, cns::ACTIVE_NAMESPACES, 0, |list| {
-            for chunk in list.chunks_exact(4).take(MAX_NAMESPACES) {
-                let nsid = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-                if nsid == 0 || nsids.push(nsid, GFP_KERNEL).is_err() {
-                    break;
-                }
-            }
-        })?;
-        let mut disks = KVec::new();
-        let nn = id.nn;
-        for nsid in nsids {
-            if nn != 0 && nsid > nn {
-                dev_warn!(pdev, "namespace {nsid} beyond the reported {nn}, ignored\n");
-                continue;
-            }
-            let (blocks, shift) =
-                identify(ctrl, dev, cns::NAMESPACE, nsid, |ns: &IdentifyNamespace| {
-                    (ns.nsze.get(), u32::from(ns.lba_shift()))
-                })?;
-            if !(9..=12).contains(&shift) {
-                dev_warn!(
-                    pdev,
-                    "namespace {nsid}: block size 2^{shift} unsupported, ignored\n"
-                );
-                continue;
-            }
-            let Some(sectors) = blocks
-                .checked_shl(shift - 9)
-                .filter(|s| s >> (shift - 9) == blocks)
-            else {
-                dev_warn!(
-                    pdev,
-                    "namespace {nsid}: size {blocks} blocks out of range, ignored\n"
-                );
-                continue;
-            };
-            let mut limits = Self::limits(id);
-            limits.logical_block_size = 1 << shift;
-            limits.physical_block_size = 1 << shift;
-            if limits.max_write_zeroes_sectors != 0 {
-                limits.max_write_zeroes_sectors = 0x1_0000 << (shift - 9);
-            }
-            if limits.max_discard_sectors != 0 {
-                limits.max_discard_sectors = u32::MAX >> 3 << 3;
-            }
-            let Some(number) = DiskNumber::take() else {
-                dev_warn!(pdev, "namespace {nsid}: no free disk number, ignored\n");
-                continue;
-            };
-            let index = number.0;
-            let disk = Disk::new(
-                tagset.clone(),
-                dev,
-                format_args!("dpublk{index}"),
-                &limits,
-                sectors,
-                Arc::new(
-                    NamespaceFormat {
-                        nsid,
-                        lba_shift: shift,
-                    },
-                    GFP_KERNEL,
-                )?,
-            )
-            .inspect_err(|e| dev_err!(pdev, "cannot add disk for namespace {nsid}: {e:?}\n"))?;
-            dev_info!(
-                pdev,
-                "dpublk{index}: namespace {nsid}, {sectors} sectors of 512 bytes, block size {}\n",
-                1u32 << shift
-            );
-            disks.push(
-                NamespaceDisk {
-                    disk,
-                    _number: number,
-                },
-                GFP_KERNEL,
-            )?;
-        }
-        Ok(disks)
-    }
 }
 
 impl Drop for Accelerator<'_> {
     fn drop(&mut self) {
         // Disks first: `del_gendisk` waits for their I/O to finish (or to
         // time out, which fails the controller). A controller that failed or
-        // was removed under us will not finish anything: fail its I/O now,
-        // and let its disks fail new I/O at once.
-        if !self.ctrl.check_alive() || !self.ctrl.is_usable() {
-            self.queues.fail_all();
-            for ns in self.disks.iter() {
-                ns.disk.mark_dead();
-            }
-        }
-        self.disks.clear();
+        // was removed under us will not finish anything: `retire` fails its
+        // I/O first and lets its disks fail new I/O at once.
+        let queues = self.queues.clone();
+        self.management.retire(move || queues.fail_all());
         self.tagset = None;
         if self.ctrl.is_usable() {
             for q in self.queues.queues.iter().rev() {

@@ -1,0 +1,230 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Strict parsers for configfs attribute values.
+//!
+//! A value is the bytes written to the attribute, with at most one trailing
+//! newline (what `echo` adds). Anything else — empty values, spaces,
+//! signs, leading zeros in the middle of nowhere, trailing garbage, numbers
+//! that overflow — is refused, so a typo never becomes a setting. Each
+//! parser says why it refused, for the dmesg line.
+
+use kernel::prelude::*;
+
+/// Why a value was refused (shown in the kernel log).
+pub(crate) type Refusal = &'static str;
+
+/// The value without its one optional trailing newline.
+pub(crate) fn value(page: &[u8]) -> Result<&[u8], Refusal> {
+    let text = page.strip_suffix(b"\n").unwrap_or(page);
+    if text.is_empty() {
+        return Err("empty value");
+    }
+    if text.len() > 256 {
+        return Err("value too long");
+    }
+    if text.iter().any(|&b| !b.is_ascii_graphic() && b != b' ' && b != b',') {
+        return Err("value contains control or non-ASCII bytes");
+    }
+    Ok(text)
+}
+
+/// `0` or `1`.
+pub(crate) fn boolean(page: &[u8]) -> Result<bool, Refusal> {
+    match value(page)? {
+        b"0" => Ok(false),
+        b"1" => Ok(true),
+        _ => Err("expected 0 or 1"),
+    }
+}
+
+/// A decimal number without sign, at most `u64::MAX`.
+pub(crate) fn number(page: &[u8]) -> Result<u64, Refusal> {
+    digits(value(page)?)
+}
+
+fn digits(text: &[u8]) -> Result<u64, Refusal> {
+    if text.is_empty() {
+        return Err("expected a number");
+    }
+    let mut n: u64 = 0;
+    for &b in text {
+        if !b.is_ascii_digit() {
+            return Err("expected a decimal number");
+        }
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            .ok_or("number too large")?;
+    }
+    Ok(n)
+}
+
+/// A size in bytes: a decimal number with an optional binary suffix `K`,
+/// `M`, `G` or `T`.
+pub(crate) fn size(page: &[u8]) -> Result<u64, Refusal> {
+    let text = value(page)?;
+    let (number, shift) = match text.last() {
+        Some(b'K' | b'k') => (&text[..text.len() - 1], 10),
+        Some(b'M' | b'm') => (&text[..text.len() - 1], 20),
+        Some(b'G' | b'g') => (&text[..text.len() - 1], 30),
+        Some(b'T' | b't') => (&text[..text.len() - 1], 40),
+        _ => (text, 0),
+    };
+    let n = digits(number)?;
+    n.checked_mul(1u64 << shift).ok_or("size too large")
+}
+
+/// One of `choices`, returned as its index.
+pub(crate) fn choice(page: &[u8], choices: &[&str]) -> Result<usize, Refusal> {
+    let text = value(page)?;
+    choices
+        .iter()
+        .position(|c| c.as_bytes() == text)
+        .ok_or("unknown value")
+}
+
+/// Longest object name (volumes, snapshots, SSD handles): the device's name
+/// fields hold 31 bytes and a NUL.
+pub(crate) const MAX_NAME: usize = 31;
+
+/// An object name: 1 to 31 bytes of letters, digits, `.`, `_` and `-`.
+pub(crate) fn name(text: &[u8]) -> Result<&[u8], Refusal> {
+    if text.is_empty() {
+        return Err("empty name");
+    }
+    if text.len() > MAX_NAME {
+        return Err("name longer than 31 bytes");
+    }
+    if !text
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Err("name may hold only letters, digits, '.', '_' and '-'");
+    }
+    if text == b"." || text == b".." {
+        return Err("reserved name");
+    }
+    Ok(text)
+}
+
+/// A PCI address `dddd:bb:ss.f` (or `bb:ss.f` in domain 0), hexadecimal.
+pub(crate) fn pci_address(text: &[u8]) -> Option<(u32, u8, u8, u8)> {
+    fn hex(field: &[u8], max_width: usize) -> Option<u32> {
+        if field.is_empty() || field.len() > max_width {
+            return None;
+        }
+        field
+            .iter()
+            .try_fold(0u32, |n, &b| Some(n * 16 + (b as char).to_digit(16)?))
+    }
+    let mut halves = text.splitn(2, |&b| b == b'.');
+    let head = halves.next()?;
+    let function = hex(halves.next()?, 1)?;
+    let mut fields = [&b""[..]; 3];
+    let mut count = 0;
+    for field in head.split(|&b| b == b':') {
+        *fields.get_mut(count)? = field;
+        count += 1;
+    }
+    let (domain, bus, slot) = match count {
+        2 => (0, hex(fields[0], 2)?, hex(fields[1], 2)?),
+        3 => (hex(fields[0], 4)?, hex(fields[1], 2)?, hex(fields[2], 2)?),
+        _ => return None,
+    };
+    if slot > 31 || function > 7 {
+        return None;
+    }
+    Some((domain, bus as u8, slot as u8, function as u8))
+}
+
+/// An AES-XTS-256 key: 128 hexadecimal digits (64 bytes). The two 256-bit
+/// halves must differ (XTS with equal halves is weak) and the key must not
+/// be all zeroes.
+pub(crate) fn xts_key(page: &[u8], key: &mut [u8; 64]) -> Result<(), Refusal> {
+    let text = page.strip_suffix(b"\n").unwrap_or(page);
+    if text.len() != 128 {
+        return Err("key must be 128 hexadecimal digits (64 bytes)");
+    }
+    for (i, pair) in text.chunks_exact(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16).ok_or("key must be hexadecimal")?;
+        let lo = (pair[1] as char).to_digit(16).ok_or("key must be hexadecimal")?;
+        key[i] = (hi << 4 | lo) as u8;
+    }
+    if key.iter().all(|&b| b == 0) {
+        return Err("key is all zeroes");
+    }
+    if key[..32] == key[32..] {
+        return Err("the two halves of an XTS key must differ");
+    }
+    Ok(())
+}
+
+#[kunit_tests(dpublk_configfs_parse)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booleans() {
+        assert_eq!(boolean(b"1\n"), Ok(true));
+        assert_eq!(boolean(b"0"), Ok(false));
+        for bad in [&b""[..], b"\n", b"2", b"yes", b"1\n\n", b" 1", b"01", b"-1"] {
+            assert!(boolean(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn numbers_and_sizes() {
+        assert_eq!(number(b"0\n"), Ok(0));
+        assert_eq!(number(b"18446744073709551615"), Ok(u64::MAX));
+        assert!(number(b"18446744073709551616").is_err());
+        assert!(number(b"-5").is_err());
+        assert!(number(b"+5").is_err());
+        assert!(number(b"5x").is_err());
+        assert!(number(b"0x10").is_err());
+        assert_eq!(size(b"64M\n"), Ok(64 << 20));
+        assert_eq!(size(b"4096"), Ok(4096));
+        assert_eq!(size(b"1t"), Ok(1 << 40));
+        assert!(size(b"M").is_err());
+        assert!(size(b"16777216T").is_err());
+        assert!(size(b"1.5G").is_err());
+        assert!(size(b"1P").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(name(b"vol-0.a_b").is_ok());
+        assert!(name(b"").is_err());
+        assert!(name(b"a/b").is_err());
+        assert!(name(b"a b").is_err());
+        assert!(name(b"..").is_err());
+        assert!(name(&[b'a'; 32]).is_err());
+        assert!(name(&[b'a'; 31]).is_ok());
+    }
+
+    #[test]
+    fn pci_addresses() {
+        assert_eq!(pci_address(b"0000:01:00.0"), Some((0, 1, 0, 0)));
+        assert_eq!(pci_address(b"00:1f.7"), Some((0, 0, 31, 7)));
+        assert_eq!(pci_address(b"0001:ff:1f.7"), Some((1, 0xff, 31, 7)));
+        for bad in [&b"01:00"[..], b"0000:01:00.8", b"0000:01:20.0", b"x:01:00.0", b"0000:001:00.0", b"01:00.0.1", b""] {
+            assert_eq!(pci_address(bad), None);
+        }
+    }
+
+    #[test]
+    fn keys() {
+        let mut key = [0u8; 64];
+        let mut text = [b'0'; 128];
+        assert!(xts_key(&text, &mut key).is_err());
+        text[0] = b'1';
+        assert!(xts_key(&text, &mut key).is_ok());
+        assert_eq!(key[0], 0x10);
+        text[64] = b'1';
+        assert!(xts_key(&text, &mut key).is_err());
+        text[64] = b'2';
+        assert!(xts_key(&text, &mut key).is_ok());
+        assert!(xts_key(&text[..127], &mut key).is_err());
+        text[5] = b'g';
+        assert!(xts_key(&text, &mut key).is_err());
+    }
+}

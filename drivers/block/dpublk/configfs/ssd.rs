@@ -1,0 +1,371 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `ssds/<name>/`: a local NVMe SSD and its hand-over to the accelerator.
+//!
+//! Attaching unbinds the SSD's PCI function from the stock nvme driver
+//! (refused with `EBUSY` while one of its block devices is open), keeps
+//! every driver off it with `driver_override`, and tells the accelerator to
+//! take the media (SSD Attach). Detaching reverses the three steps.
+
+use super::{parse, refuse, report, bstr, Registry, REGISTRY};
+use crate::{
+    management::{self, Payload, LIST_ENTRY_BYTES},
+    pci_function::{PciFunction, NO_DRIVER},
+    shim::{
+        pci,
+        sqe::SubmissionEntry,
+        vendor::{self, SsdListEntry},
+        wire::{c_string_bytes, Wire},
+    },
+};
+use kernel::{
+    configfs::{self, AttributeOperations},
+    configfs_attrs,
+    fmt::Write as _,
+    new_mutex,
+    page::PAGE_SIZE,
+    prelude::*,
+    str::{CStr, Formatter},
+    sync::{Arc, Mutex},
+};
+
+/// The `ssds/` directory.
+#[pin_data]
+pub(crate) struct SsdsDir {}
+
+impl SsdsDir {
+    pub(crate) fn new() -> Result<impl PinInit<configfs::Group<SsdsDir>, Error>> {
+        let item_type = configfs_attrs! {
+            container: configfs::Group<SsdsDir>,
+            data: SsdsDir,
+            child: Ssd,
+            attributes: [],
+        };
+        Ok(configfs::Group::new(
+            c"ssds".try_into()?,
+            item_type,
+            try_pin_init!(SsdsDir {}),
+        ))
+    }
+}
+
+/// What an SSD handle knows.
+pub(crate) struct SsdInner {
+    /// The SSD's PCI function, once `device` was written.
+    function: Option<PciFunction>,
+    /// The accelerator's index of the SSD.
+    pub(crate) index: Option<u16>,
+    /// Attached to the accelerator (through this handle or before it).
+    pub(crate) attached: bool,
+}
+
+/// One SSD handle, shared with the registry (volumes name SSDs by handle).
+#[pin_data]
+pub(crate) struct SsdState {
+    pub(crate) name: KVec<u8>,
+    #[pin]
+    pub(crate) inner: Mutex<SsdInner>,
+}
+
+/// The data of `ssds/<name>/`.
+#[pin_data(PinnedDrop)]
+pub(crate) struct Ssd {
+    state: Arc<SsdState>,
+}
+
+#[vtable]
+impl configfs::GroupOperations for SsdsDir {
+    type Child = Ssd;
+
+    fn make_group(&self, name: &CStr) -> Result<impl PinInit<configfs::Group<Ssd>, Error>> {
+        let bytes = parse::name(name.to_bytes()).map_err(|why| {
+            pr_err!("ssds: cannot create '{name}': {why}\n");
+            EINVAL
+        })?;
+        let mut owned = KVec::new();
+        owned.extend_from_slice(bytes, GFP_KERNEL)?;
+        let state = Arc::pin_init(
+            try_pin_init!(SsdState {
+                name: owned,
+                inner <- new_mutex!(SsdInner {
+                    function: None,
+                    index: None,
+                    attached: false,
+                }),
+            }),
+            GFP_KERNEL,
+        )?;
+        REGISTRY.lock().ssds.push(state.clone(), GFP_KERNEL)?;
+        let item_type = configfs_attrs! {
+            container: configfs::Group<Ssd>,
+            data: Ssd,
+            attributes: [
+                device: 0,
+                attach: 1,
+                state: 2,
+                capacity: 3,
+                serial: 4,
+                index: 5,
+            ],
+        };
+        Ok(configfs::Group::new(
+            name.try_into()?,
+            item_type,
+            try_pin_init!(Ssd { state }),
+        ))
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for Ssd {
+    fn drop(self: Pin<&mut Self>) {
+        Registry::forget_ssd(&self.state);
+        let mut inner = self.state.inner.lock();
+        if inner.attached {
+            // Give the SSD back if the accelerator lets go of it; an SSD
+            // that holds a volume stays with the accelerator (its media is
+            // the volume's), and `driver_override` keeps nvme off it.
+            if detach(&self.state.name, &mut inner).is_err() {
+                pr_info!(
+                    "ssds/{}: handle removed; the SSD stays attached to the accelerator\n",
+                    bstr(&self.state.name)
+                );
+            }
+        }
+    }
+}
+
+/// The accelerator's list entry for SSD `index`.
+fn list_entry(index: u16) -> Result<Option<SsdListEntry>> {
+    let mgmt = management::current()?;
+    let entries = mgmt.read_list(SubmissionEntry::new(vendor::opcode::SSD_LIST, 0))?;
+    Ok(entries
+        .chunks_exact(LIST_ENTRY_BYTES)
+        .filter_map(SsdListEntry::read_from)
+        .find(|e| e.index.get() == index))
+}
+
+/// Resolves what was written to `device`: a PCI address or a serial number.
+fn resolve(text: &[u8]) -> Result<(PciFunction, u16), &'static str> {
+    let function = if let Some((domain, bus, slot, func)) = parse::pci_address(text) {
+        PciFunction::find(domain, bus, slot, func).ok_or("no PCI function at that address")?
+    } else {
+        // A serial number as the accelerator lists it.
+        let mgmt = management::current().map_err(|_| "no accelerator bound")?;
+        let entries = mgmt
+            .read_list(SubmissionEntry::new(vendor::opcode::SSD_LIST, 0))
+            .map_err(|_| "cannot read the accelerator's SSD list")?;
+        let entry = entries
+            .chunks_exact(LIST_ENTRY_BYTES)
+            .filter_map(SsdListEntry::read_from)
+            .find(|e| trim_serial(&e.serial) == text)
+            .ok_or("no SSD of the accelerator has that serial number or PCI address")?;
+        PciFunction::find_by_ids(
+            pci::VENDOR_ID,
+            pci::SSD_DEVICE_ID,
+            pci::SSD_SUBSYSTEM_ID_BASE + entry.index.get(),
+        )
+        .ok_or("the SSD's PCI function is not present")?
+    };
+    let (vendor_id, device_id, subsystem) = function.ids();
+    if vendor_id != pci::VENDOR_ID
+        || device_id != pci::SSD_DEVICE_ID
+        || subsystem < pci::SSD_SUBSYSTEM_ID_BASE
+    {
+        return Err("not a local SSD function of the accelerator");
+    }
+    Ok((function, subsystem - pci::SSD_SUBSYSTEM_ID_BASE))
+}
+
+/// A serial number without its space padding.
+fn trim_serial(serial: &[u8]) -> &[u8] {
+    let end = serial
+        .iter()
+        .rposition(|&b| b != b' ' && b != 0)
+        .map_or(0, |p| p + 1);
+    &serial[..end]
+}
+
+fn attach(name: &[u8], inner: &mut SsdInner) -> Result {
+    let (Some(function), Some(index)) = (&inner.function, inner.index) else {
+        return report("ssds", name, "attach", "write the SSD to 'device' first", EINVAL);
+    };
+    if inner.attached {
+        return report("ssds", name, "attach", "already attached", EBUSY);
+    }
+    if function.has_open_block_devices() {
+        return report(
+            "ssds",
+            name,
+            "attach",
+            "the SSD is in use on the host (mounted, held or open)",
+            EBUSY,
+        );
+    }
+    let mgmt = management::current()?;
+    function.set_driver_override(Some(NO_DRIVER))?;
+    function.release_driver();
+    let result = mgmt.vendor_command(vendor::ssd_command(index, true, 0), Payload::None);
+    if let Err(e) = result {
+        // Hand it back to the host as it was.
+        let _ = function.set_driver_override(None);
+        let _ = function.attach_driver();
+        return report("ssds", name, "attach", "the accelerator refused the SSD", e);
+    }
+    inner.attached = true;
+    pr_info!(
+        "ssds/{}: {} (SSD {index}) attached to the accelerator\n",
+        bstr(name),
+        function.name()
+    );
+    Ok(())
+}
+
+fn detach(name: &[u8], inner: &mut SsdInner) -> Result {
+    let Some(index) = inner.index else {
+        return Ok(());
+    };
+    if !inner.attached {
+        return report("ssds", name, "attach", "not attached", EINVAL);
+    }
+    let mgmt = management::current()?;
+    if let Err(e) = mgmt.vendor_command(vendor::ssd_command(index, false, 0), Payload::None) {
+        let why = if e == EBUSY {
+            "a volume stores data on the SSD"
+        } else {
+            "the accelerator refused to detach the SSD"
+        };
+        return report("ssds", name, "attach", why, e);
+    }
+    inner.attached = false;
+    if let Some(function) = &inner.function {
+        function.set_driver_override(None)?;
+        if let Err(e) = function.attach_driver() {
+            pr_warn!("ssds/{}: nvme did not bind again: {e:?}\n", bstr(name));
+        }
+        pr_info!(
+            "ssds/{}: {} (SSD {index}) given back to the host\n",
+            bstr(name),
+            function.name()
+        );
+    }
+    Ok(())
+}
+
+macro_rules! ssd_attribute {
+    ($id:literal, show: $show:expr $(, store: $store:expr)?) => {
+        #[vtable]
+        impl AttributeOperations<$id> for Ssd {
+            type Data = Ssd;
+
+            fn show(ssd: &Ssd, page: &mut [u8; PAGE_SIZE]) -> Result<usize> {
+                let mut w = Formatter::new(page);
+                let f: fn(&SsdState, &mut Formatter<'_>) -> Result = $show;
+                f(&ssd.state, &mut w)?;
+                Ok(w.bytes_written())
+            }
+
+            $(
+            fn store(ssd: &Ssd, page: &[u8]) -> Result {
+                let f: fn(&SsdState, &[u8]) -> Result = $store;
+                f(&ssd.state, page)
+            }
+            )?
+        }
+    };
+}
+
+ssd_attribute!(0,
+    show: |s, w| {
+        match &s.inner.lock().function {
+            Some(f) => writeln!(w, "{}", f.name().to_str().unwrap_or("?"))?,
+            None => writeln!(w)?,
+        }
+        Ok(())
+    },
+    store: |s, page| {
+        let text = parse::value(page)
+            .map_err(|why| refuse("ssds", &s.name, "device", why, EINVAL))?;
+        let mut inner = s.inner.lock();
+        if inner.attached {
+            return report("ssds", &s.name, "device", "detach the SSD first", EBUSY);
+        }
+        let (function, index) = match resolve(text) {
+            Ok(found) => found,
+            Err(why) => return report("ssds", &s.name, "device", why, ENODEV),
+        };
+        if let Some(other) = Registry::ssd_with_index(index, s) {
+            pr_err!("ssds/{}: device: SSD {index} is already ssds/{}\n", bstr(&s.name), bstr(&other));
+            return Err(EEXIST);
+        }
+        // An SSD the accelerator already owns (attached before, or found
+        // holding volumes when the accelerator started) is adopted as
+        // attached; make sure no driver takes it.
+        let attached = list_entry(index)?.is_some_and(|e| e.state == vendor::SSD_STATE_ATTACHED);
+        if attached {
+            function.set_driver_override(Some(NO_DRIVER))?;
+        }
+        inner.function = Some(function);
+        inner.index = Some(index);
+        inner.attached = attached;
+        Ok(())
+    }
+);
+
+ssd_attribute!(1,
+    show: |s, w| {
+        writeln!(w, "{}", u8::from(s.inner.lock().attached))?;
+        Ok(())
+    },
+    store: |s, page| {
+        let want = parse::boolean(page)
+            .map_err(|why| refuse("ssds", &s.name, "attach", why, EINVAL))?;
+        let mut inner = s.inner.lock();
+        if want {
+            attach(&s.name, &mut inner)
+        } else {
+            detach(&s.name, &mut inner)
+        }
+    }
+);
+
+ssd_attribute!(2, show: |s, w| {
+    let inner = s.inner.lock();
+    let text = match (&inner.function, inner.attached) {
+        (None, _) => "unconfigured",
+        (Some(_), true) => "attached",
+        (Some(f), false) => match f.bound_driver() {
+            Some(_) => "host",
+            None => "unbound",
+        },
+    };
+    writeln!(w, "{text}")?;
+    Ok(())
+});
+
+ssd_attribute!(3, show: |s, w| {
+    let index = s.inner.lock().index;
+    match index {
+        Some(i) => writeln!(w, "{}", list_entry(i)?.map_or(0, |e| e.capacity_bytes.get()))?,
+        None => writeln!(w, "0")?,
+    }
+    Ok(())
+});
+
+ssd_attribute!(4, show: |s, w| {
+    let index = s.inner.lock().index;
+    if let Some(entry) = index.map(list_entry).transpose()?.flatten() {
+        writeln!(w, "{}", bstr(trim_serial(c_string_bytes(&entry.serial))))?;
+    } else {
+        writeln!(w)?;
+    }
+    Ok(())
+});
+
+ssd_attribute!(5, show: |s, w| {
+    match s.inner.lock().index {
+        Some(i) => writeln!(w, "{i}")?,
+        None => writeln!(w, "-1")?,
+    }
+    Ok(())
+});
