@@ -1290,6 +1290,14 @@ impl VolumeManager {
         true
     }
 
+    /// SSD Detach succeeded: faults injected for the accelerator's use of
+    /// the SSD end with it.
+    pub fn ssd_detached(&self, index: u16) {
+        if let Some(ssd) = self.ssd_position(index).map(|i| &self.ssds[i]) {
+            ssd.faults.clear();
+        }
+    }
+
     /// Fault Injection on an attached SSD's media under the engine.
     pub fn fault(&self, f: &FaultInjection) -> Result<u32, Status> {
         let invalid = status(vs::INVALID_PAYLOAD);

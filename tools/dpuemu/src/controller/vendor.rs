@@ -41,6 +41,11 @@ impl Controller {
                     ssd.ownership.detach()
                 };
                 result.map_err(vendor_status)?;
+                if cmd == VendorCommand::SsdDetach {
+                    if let Some(volumes) = volumes {
+                        volumes.ssd_detached(index);
+                    }
+                }
                 info!(
                     "{}: SSD {index} {}",
                     self.config.name,
