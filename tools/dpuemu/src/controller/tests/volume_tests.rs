@@ -905,3 +905,161 @@ fn faults_under_a_raid6_volume() {
     assert_eq!(a.write(single, 1, &blocks_pattern(1, 6)), Status::SUCCESS);
     assert_eq!(a.read(single, 1, 1).unwrap(), blocks_pattern(1, 6));
 }
+
+#[test]
+fn a_family_with_lost_members_opens_degraded_or_failed() {
+    let images = Images::new("degraded", 5, SSD_BYTES);
+    let data = blocks_pattern(16, 31);
+    let nsid = {
+        let mut a = Accel::start(&images);
+        a.attach(&[0, 1, 2, 3, 4]);
+        let mut req = request("r6", layout::RAID6, 0b11110, 4 << 20);
+        req.stripe_bytes.set(8 << 10);
+        let nsid = a.create(&req).unwrap();
+        assert_eq!(a.write(nsid, 40, &data), Status::SUCCESS);
+        assert_eq!(a.flush(nsid), Status::SUCCESS);
+        nsid
+    };
+    let blank = |i: usize| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&images.paths[i])
+            .unwrap();
+        f.set_len(0).unwrap();
+        f.set_len(SSD_BYTES).unwrap();
+    };
+    // SSD 2 was replaced by a blank one: the family opens degraded, the
+    // blank SSD stays with the host.
+    blank(2);
+    {
+        let mut a = Accel::start(&images);
+        assert!(!a.ownership[2].view().attached);
+        assert!([1, 3, 4].iter().all(|&s| a.ssd_in_use(s)));
+        let entry = a.volume("r6");
+        assert_eq!(entry.nsid.get(), nsid);
+        assert_eq!(entry.flags.get(), VOLUME_FLAG_DEGRADED);
+        assert_eq!(a.read(nsid, 40, 16).unwrap(), data);
+        assert_eq!(a.statistics(nsid).array_state, vendor::ARRAY_STATE_DEGRADED);
+    }
+    // Two more gone: beyond RAID6's tolerance. The volume is listed as
+    // failed from the catalog and has no namespace; nothing is lost that
+    // could come back with the SSDs.
+    blank(3);
+    blank(4);
+    let mut a = Accel::start(&images);
+    let entry = a.volume("r6");
+    assert_eq!(entry.nsid.get(), 0);
+    assert_eq!(entry.flags.get(), vendor::VOLUME_FLAG_FAILED);
+    assert_eq!(a.active_nsids(), vec![1]);
+    assert!(a.ssd_in_use(1));
+    let mut open = request("r6", 0, 0, 0);
+    open.flags = VOLUME_CREATE_OPEN_EXISTING;
+    assert_eq!(a.create(&open), Err(Status::WRITE_FAULT));
+}
+
+/// One host CPU writing and reading back blocks of volume `nsid` on queue
+/// `qid`, one command at a time, while worker threads serve the queue.
+fn verify_loop(mem: &VecMemory, ctrl: &Controller, qid: u16, nsid: u32, rounds: u32) {
+    let entries = 16u32;
+    let sq_base = IO_SQ + u64::from(qid) * 0x4000;
+    let cq_base = IO_CQ + u64::from(qid) * 0x4000;
+    let buf = DATA + u64::from(qid) * 0x40000;
+    let (mut tail, mut head, mut phase) = (0u32, 0u32, true);
+    let mut submit = |opcode: u8, lba: u64, cid: u16| -> Status {
+        let mut sqe = BlockRange {
+            nsid,
+            slba: lba,
+            blocks: 1,
+            fua: false,
+            deallocate: false,
+        }
+        .encode(opcode, cid);
+        sqe.prp1.set(buf);
+        mem.write(sq_base + u64::from(tail) * 64, &sqe.to_bytes())
+            .unwrap();
+        tail = (tail + 1) % entries;
+        ctrl.mmio_write(
+            regs::doorbell_offset(qid, DoorbellKind::SubmissionTail, 0) as u64,
+            &tail.to_le_bytes(),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let mut b = [0u8; 16];
+            mem.read(cq_base + u64::from(head) * 16, &mut b).unwrap();
+            let cqe = CompletionEntry::from_bytes(&b);
+            if cqe.phase() == phase {
+                assert_eq!(cqe.command_id(), cid);
+                head += 1;
+                if head == entries {
+                    head = 0;
+                    phase = !phase;
+                }
+                ctrl.mmio_write(
+                    regs::doorbell_offset(qid, DoorbellKind::CompletionHead, 0) as u64,
+                    &head.to_le_bytes(),
+                );
+                return cqe.status();
+            }
+            assert!(std::time::Instant::now() < deadline, "queue {qid} stalled");
+            std::thread::yield_now();
+        }
+    };
+    for i in 0..rounds {
+        let data = pattern(BLOCK, i as u8 ^ qid as u8);
+        let lba = u64::from(i % 64);
+        mem.write(buf, &data).unwrap();
+        assert_eq!(submit(io::WRITE, lba, (2 * i) as u16), Status::SUCCESS);
+        mem.write(buf, &[0u8; BLOCK]).unwrap();
+        assert_eq!(submit(io::READ, lba, (2 * i + 1) as u16), Status::SUCCESS);
+        let mut back = vec![0u8; BLOCK];
+        mem.read(buf, &mut back).unwrap();
+        assert_eq!(back, data, "queue {qid} round {i}");
+    }
+}
+
+#[test]
+fn io_on_worker_threads_runs_beside_management_commands() {
+    let images = Images::new("concurrent", 3, SSD_BYTES);
+    let mut a = Accel::start(&images);
+    a.attach(&[0, 1, 2]);
+    let mut req = request("busy", layout::SINGLE, 0b1, 8 << 20);
+    req.services.set(service::THIN | service::DEDUP);
+    let busy = a.create(&req).unwrap();
+    let mut req = request("mirror", layout::RAID10, 0b110, 2 << 20);
+    req.data_shards = 2;
+    let mirror = a.create(&req).unwrap();
+    a.host.create_pair(2, 16);
+    a.host.create_pair(3, 16);
+    let (mem, ctrl) = (a.host.mem.clone(), a.host.ctrl.clone());
+    let workers = crate::worker::spawn(&ctrl);
+    std::thread::scope(|scope| {
+        let (m, c) = (&*mem, &*ctrl);
+        scope.spawn(move || verify_loop(m, c, 2, busy, 300));
+        scope.spawn(move || verify_loop(m, c, 3, mirror, 300));
+        // Meanwhile the admin queue snapshots, clones, lists and deletes.
+        for round in 0..15 {
+            let name = format!("busy.{round}");
+            let snap = a
+                .named(vendor::opcode::SNAPSHOT_CREATE, busy, 0, &name)
+                .unwrap();
+            let clone = a
+                .named(
+                    vendor::opcode::SNAPSHOT_CLONE,
+                    0,
+                    snap,
+                    &format!("c{round}"),
+                )
+                .unwrap();
+            assert_eq!(a.volumes().len(), 3);
+            let _ = a.statistics(busy);
+            let _ = a.statistics(mirror);
+            assert_eq!(a.delete(clone), Ok(0));
+            assert_eq!(a.simple(vendor::opcode::SNAPSHOT_DELETE, 0, snap), Ok(0));
+        }
+    });
+    ctrl.stop_workers();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(a.volumes().len(), 2);
+}
