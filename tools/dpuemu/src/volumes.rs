@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use dpu_engine::fault::{FaultControl, FaultOps, FaultyMedia};
 use dpu_engine::media::{Media, MediaError};
-use dpu_engine::protection::{ArrayState, Layout, ProtectedMedia, ProtectionConfig};
+use dpu_engine::protection::{ArrayState, Layout, MemberState, ProtectedMedia, ProtectionConfig};
 use dpu_engine::volume::{
     Compression, Pool, Services, VolumeError, VolumeKey, VolumeKind, VolumeOptions, BLOCK_SIZE,
 };
@@ -186,6 +186,10 @@ struct Family {
     array: Option<Arc<ProtectedMedia>>,
     volumes: Vec<VolumeRecord>,
     snapshots: Vec<SnapshotRecord>,
+    /// `true` while the family exists. A background rebuild holds the lock
+    /// for each step and stops once it is `false`, so it never writes to
+    /// SSDs a deleted family gave back.
+    alive: Arc<Mutex<bool>>,
 }
 
 impl Family {
@@ -364,6 +368,40 @@ fn compression_code(c: Compression) -> u8 {
     }
 }
 
+/// Rows rebuilt per step: one step holds each row's lock briefly, so I/O
+/// goes on between steps.
+const REBUILD_ROWS: u64 = 16;
+
+/// Rebuilds `array`'s rebuilding members in a background thread until done,
+/// the array fails, or the family is deleted (`alive` turns false).
+fn spawn_rebuild(array: Arc<ProtectedMedia>, alive: Arc<Mutex<bool>>) {
+    let run = move || loop {
+        let guard = alive.lock().unwrap_or_else(|p| p.into_inner());
+        if !*guard {
+            return;
+        }
+        match array.rebuild_step(REBUILD_ROWS) {
+            Ok(progress) if progress.is_complete() => {
+                info!("accel: rebuild complete");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                error!("accel: rebuild stopped: {e}");
+                return;
+            }
+        }
+        drop(guard);
+        std::thread::yield_now();
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("accel-rebuild".into())
+        .spawn(run)
+    {
+        error!("accel: cannot start a rebuild: {e}");
+    }
+}
+
 /// The volume families of the accelerator.
 pub struct VolumeManager {
     ssds: Vec<Ssd>,
@@ -450,6 +488,7 @@ impl VolumeManager {
                 array: None,
                 volumes: Vec::new(),
                 snapshots: Vec::new(),
+                alive: Arc::new(Mutex::new(true)),
             };
             self.open_family(&mut state, &mut family, &newest.entries);
             let empty = family.pool.is_some() && family.volumes.is_empty();
@@ -532,6 +571,11 @@ impl VolumeManager {
                                 open,
                             });
                         }
+                    }
+                }
+                if let Some(array) = &family.array {
+                    if array.state() == ArrayState::Rebuilding {
+                        spawn_rebuild(array.clone(), family.alive.clone());
                     }
                 }
                 info!(
@@ -618,6 +662,7 @@ impl VolumeManager {
 
     /// Wipes the family's SSDs and gives them back (attached, not in use).
     fn destroy(&self, family: &Family) {
+        *family.alive.lock().unwrap_or_else(|p| p.into_inner()) = false;
         for ssd in family.members.iter().flatten().map(|m| &self.ssds[*m]) {
             if let Err(e) = ssd.wipe() {
                 error!("accel: wiping SSD {}: {e}", ssd.index);
@@ -807,6 +852,7 @@ impl VolumeManager {
             array: None,
             volumes: Vec::new(),
             snapshots: Vec::new(),
+            alive: Arc::new(Mutex::new(true)),
         };
         let options = VolumeOptions {
             size_bytes: size,
@@ -1298,6 +1344,39 @@ impl VolumeManager {
         }
     }
 
+    /// After a CLEAR: an SSD that its array failed (an injected fault made
+    /// it fail writes or vanish) comes back as a replacement of itself and
+    /// is rebuilt in the background, as md re-adds a member.
+    fn readd(&self, index: u16) {
+        let Some(pos) = self.ssd_position(index) else {
+            return;
+        };
+        let state = self.lock();
+        for family in &state.families {
+            let Some(array) = &family.array else {
+                continue;
+            };
+            let Some(member) = family.members.iter().position(|m| *m == Some(pos)) else {
+                continue;
+            };
+            let failed = array
+                .status()
+                .members
+                .get(member)
+                .is_some_and(|m| m.state == MemberState::Failed);
+            let slice = SliceMedia::tail(self.ssds[pos].media.clone(), LABEL_AREA);
+            if let (true, Some(slice)) = (failed, slice) {
+                match array.replace_member(member, Arc::new(slice)) {
+                    Ok(()) => {
+                        info!("accel: SSD {index} re-added to its array, rebuilding");
+                        spawn_rebuild(array.clone(), family.alive.clone());
+                    }
+                    Err(e) => warn!("accel: SSD {index} cannot be re-added: {e}"),
+                }
+            }
+        }
+    }
+
     /// Fault Injection on an attached SSD's media under the engine.
     pub fn fault(&self, f: &FaultInjection) -> Result<u32, Status> {
         let invalid = status(vs::INVALID_PAYLOAD);
@@ -1328,7 +1407,10 @@ impl VolumeManager {
         }
         let c = &ssd.faults;
         match f.kind {
-            fault::CLEAR => c.clear(),
+            fault::CLEAR => {
+                c.clear();
+                self.readd(f.ssd_index.get());
+            }
             fault::FAIL_READS => c.error_range(range()?, FaultOps::Read),
             fault::FAIL_WRITES => c.error_range(range()?, FaultOps::Write),
             fault::FAIL_ALL if f.blocks.get() == 0 && f.slba.get() == 0 => c.fail_all(true),

@@ -1063,3 +1063,37 @@ fn io_on_worker_threads_runs_beside_management_commands() {
     }
     assert_eq!(a.volumes().len(), 2);
 }
+
+#[test]
+fn a_cleared_ssd_is_rebuilt_into_its_array() {
+    let images = Images::new("rebuild", 4, SSD_BYTES);
+    let mut a = Accel::start(&images);
+    a.attach(&[0, 1, 2, 3]);
+    let mut req = request("r6", layout::RAID6, 0b1111, 4 << 20);
+    req.stripe_bytes.set(8 << 10);
+    let nsid = a.create(&req).unwrap();
+    let data = blocks_pattern(32, 41);
+    assert_eq!(a.write(nsid, 0, &data), Status::SUCCESS);
+    assert_eq!(a.fault(fault::DISAPPEAR, 2, 0, 0), Ok(0));
+    // Written while SSD 2 is gone: only a rebuild puts these on it.
+    let more = blocks_pattern(32, 42);
+    assert_eq!(a.write(nsid, 100, &more), Status::SUCCESS);
+    assert_eq!(a.flush(nsid), Status::SUCCESS);
+    assert_eq!(a.volume("r6").flags.get(), VOLUME_FLAG_DEGRADED);
+    assert_eq!(a.fault(fault::CLEAR, 2, 0, 0), Ok(0));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while a.volume("r6").flags.get() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rebuild did not finish"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(a.statistics(nsid).array_state, vendor::ARRAY_STATE_OPTIMAL);
+    // The rebuilt SSD carries its share: with two others failed the data
+    // still reads back.
+    assert_eq!(a.fault(fault::FAIL_ALL, 0, 0, 0), Ok(0));
+    assert_eq!(a.fault(fault::FAIL_ALL, 3, 0, 0), Ok(0));
+    assert_eq!(a.read(nsid, 0, 32).unwrap(), data);
+    assert_eq!(a.read(nsid, 100, 32).unwrap(), more);
+}
