@@ -87,6 +87,9 @@ if [[ " $suites " == *" vm "* ]]; then
 			test_dpublk_dead_device
 		DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" run_suite dpublk-iommu --accelerator --ssds 2 --iommu -- \
 			test_dpublk_probe test_dpublk_fio_verify test_dpublk_pci_remove
+		# configfs management over four SSD functions (issue 5).
+		run_suite management --accelerator --ssds 4 --ssd-size 512M -- \
+			test_configfs_lifecycle test_configfs_bad_input test_configfs_samples
 		# Two VM runs over the same SSD images (QEMU's vfio-user client does
 		# not survive its server's death).
 		echo "=== VM suite: dpuemu-crash"

@@ -122,11 +122,10 @@ impl PciFunction {
 
     /// Sets (`Some`) or clears the function's `driver_override`.
     pub(crate) fn set_driver_override(&self, name: Option<&CStr>) -> Result {
-        let (text, len) = match name {
-            Some(n) => (n.as_char_ptr(), n.to_bytes().len()),
-            None => (ptr::null(), 0),
-        };
-        // SAFETY: `dev` is valid and `text` is null or `len` bytes long.
+        // An empty string clears the override (a null pointer is refused).
+        let text = name.unwrap_or(c"");
+        let (text, len) = (text.as_char_ptr(), text.to_bytes().len());
+        // SAFETY: `dev` is valid and `text` is a NUL-terminated string of `len` bytes.
         let rc = unsafe { bindings::__device_set_driver_override(self.device(), text, len) };
         if rc == 0 {
             Ok(())

@@ -15,7 +15,11 @@ TEST_TMP=$(mktemp -d "/tmp/$TEST_NAME.XXXXXX")
 
 # Diagnostics go to stdout prefixed with '# ' so the KTAP stream stays valid.
 diag() { printf '# %s: %s\n' "$TEST_NAME" "$*"; }
-fail() { diag "FAIL: $*"; exit $KSFT_FAIL; }
+fail() {
+	diag "FAIL: $*"
+	dmesg | grep -iE 'dpublk|nvme' | tail -15 | sed 's/^/#   dmesg: /'
+	exit $KSFT_FAIL
+}
 skip() { diag "SKIP: $*"; exit $KSFT_SKIP; }
 
 _cleanup_hooks=()
