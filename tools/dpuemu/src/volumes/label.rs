@@ -242,4 +242,40 @@ mod tests {
         full.entries.pop();
         assert_eq!(FamilyLabel::decode(&full.encode().unwrap()), Some(full));
     }
+
+    #[test]
+    fn hostile_label_blocks_never_panic() {
+        // A valid checksum over garbage must not panic the decoder either:
+        // images are untrusted input.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid = label().encode().unwrap();
+        for round in 0..3000 {
+            let mut b = if round % 2 == 0 {
+                valid.clone()
+            } else {
+                (0..LABEL_BYTES).map(|_| next() as u8).collect()
+            };
+            for _ in 0..1 + next() % 8 {
+                let at = (next() % LABEL_BYTES as u64) as usize;
+                b[at] = next() as u8;
+            }
+            b[..8].copy_from_slice(MAGIC);
+            b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+            if round % 3 == 0 {
+                b[52..56].copy_from_slice(&((next() % 100) as u32).to_le_bytes());
+            }
+            let crc = crc32c::crc32c(&b[..CRC_AT]);
+            b[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+            if let Some(l) = FamilyLabel::decode(&b) {
+                assert!(l.member_index < l.member_count);
+                assert!(l.entries.len() <= MAX_ENTRIES);
+            }
+        }
+    }
 }

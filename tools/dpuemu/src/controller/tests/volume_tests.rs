@@ -1097,3 +1097,95 @@ fn a_cleared_ssd_is_rebuilt_into_its_array() {
     assert_eq!(a.read(nsid, 0, 32).unwrap(), data);
     assert_eq!(a.read(nsid, 100, 32).unwrap(), more);
 }
+
+#[test]
+fn random_vendor_payloads_never_panic_or_leak_ssds() {
+    let images = Images::new("random", 4, 2 << 20);
+    let mut a = Accel::start(&images);
+    a.attach(&[0, 1, 2]);
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let ops = [
+        vendor::opcode::VOLUME_CREATE,
+        vendor::opcode::VOLUME_DELETE,
+        vendor::opcode::VOLUME_RESIZE,
+        vendor::opcode::SERVICE_SET,
+        vendor::opcode::SNAPSHOT_CREATE,
+        vendor::opcode::SNAPSHOT_DELETE,
+        vendor::opcode::SNAPSHOT_CLONE,
+        vendor::opcode::SNAPSHOT_REVERT,
+        vendor::opcode::FAULT_INJECT,
+    ];
+    let mut created = 0;
+    for round in 0..600 {
+        let op = if round % 3 == 0 {
+            vendor::opcode::VOLUME_CREATE
+        } else {
+            ops[(next() % ops.len() as u64) as usize]
+        };
+        let mut payload: Vec<u8> = (0..256).map(|_| next() as u8).collect();
+        if op == vendor::opcode::VOLUME_CREATE && round % 2 == 0 {
+            // Mostly plausible requests, so the deeper checks run too.
+            let (lay, k, m, mask) = [
+                (layout::SINGLE, 0, 0, 0b1),
+                (layout::SINGLE, 0, 0, 0b110),
+                (layout::RAID0, 0, 0, 0b11),
+                (layout::RAID10, 2, 0, 0b11),
+                (layout::ERASURE, 2, 1, 0b111),
+                (layout::RAID6, 0, 0, 0b1111),
+            ][(next() % 6) as usize];
+            let mut req = request(&format!("r{round}"), lay, mask, 0);
+            req.size_bytes.set((next() % 8 + 1) << 20);
+            req.data_shards = k;
+            req.parity_shards = m;
+            let services = (next() % 64) as u32 & !service::LOG_STRUCTURED;
+            req.services.set(services | service::THIN);
+            req.stripe_bytes
+                .set([0, 4096, 65536, 12345][(next() % 4) as usize]);
+            req.compression = (next() % 3) as u8;
+            req.key = key(next() as u8);
+            payload = req.as_bytes().to_vec();
+        }
+        let mut sqe = SubmissionEntry::new(op, 0);
+        sqe.nsid.set((next() % 5) as u32);
+        sqe.cdw10.set((next() % 4) as u32);
+        sqe.cdw11
+            .set(if next() % 2 == 0 { 0 } else { next() as u32 });
+        let cqe = a.send(sqe, &payload);
+        if op == vendor::opcode::VOLUME_CREATE && cqe.status().is_success() {
+            created += 1;
+        }
+        if op == vendor::opcode::FAULT_INJECT && cqe.status().is_success() {
+            assert_eq!(a.fault(fault::CLEAR, payload[2].into(), 0, 0), Ok(0));
+        }
+    }
+    assert!(created > 5, "only {created} volumes created");
+    // Whatever was created is consistent: every listed volume reads, and
+    // deleting everything releases every SSD.
+    let mut snaps = Vec::new();
+    for v in a.volumes() {
+        let nsid = v.nsid.get();
+        assert_ne!(nsid, 0);
+        assert!(a.read(nsid, 0, 1).is_ok());
+        let mut list = SubmissionEntry::new(vendor::opcode::SNAPSHOT_LIST, 0);
+        list.nsid.set(nsid);
+        let l = SnapshotList::read_from(&a.fetch(list, 4096).unwrap()).unwrap();
+        snaps.extend(
+            l.entries[..l.count.get() as usize]
+                .iter()
+                .map(|e| e.id.get()),
+        );
+    }
+    for id in snaps {
+        assert_eq!(a.simple(vendor::opcode::SNAPSHOT_DELETE, 0, id), Ok(0));
+    }
+    for v in a.volumes() {
+        assert_eq!(a.delete(v.nsid.get()), Ok(0));
+    }
+    assert!((0..4).all(|s| !a.ssd_in_use(s)));
+}
