@@ -135,7 +135,8 @@ impl Stats {
         s.read_bytes = get(&self.read_bytes);
         s.write_bytes = get(&self.write_bytes);
         s.error_completions = get(&self.errors);
-        // Media bytes equal host bytes until data services exist.
+        // Media bytes are reported as the host bytes: the engine does not
+        // count its own media traffic yet.
         s.media_read_bytes = get(&self.read_bytes);
         s.media_write_bytes = get(&self.write_bytes);
         s.interrupts = get(&self.interrupts);

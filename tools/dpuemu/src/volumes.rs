@@ -710,6 +710,8 @@ impl VolumeManager {
         table: &dyn NamespaceTable,
     ) -> Result<u32, Status> {
         let name = parse_name(&req.name)?;
+        // A volume whose catalog NSID was taken at startup gets a new one.
+        let spare = state.free_nsid();
         let (fi, vi) = state
             .families
             .iter()
@@ -736,7 +738,7 @@ impl VolumeManager {
             .map_err(|e| log_engine(&format!("opening {name}"), &e))?;
         let record = &mut family.volumes[vi];
         if record.nsid == 0 {
-            return Err(status(vs::NO_SPACE));
+            record.nsid = spare?;
         }
         let namespace = Arc::new(VolumeNamespace::new(volume));
         record.open = Some(OpenVolume {
