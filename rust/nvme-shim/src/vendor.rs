@@ -50,6 +50,9 @@ pub mod opcode {
     pub const STATISTICS: u8 = 0xf2;
     /// Inject or clear a fault. Data in: `FaultInjection`.
     pub const FAULT_INJECT: u8 = 0xf5;
+    /// Volume maintenance. NSID: the volume; CDW10: `maintenance::*`
+    /// action; CDW11: action argument. DW0: action result.
+    pub const MAINTENANCE: u8 = 0xf8;
     /// Read a volume's service settings. NSID: the volume.
     /// Data out: `ServiceSettings`.
     pub const SERVICE_GET: u8 = 0xfa;
@@ -131,11 +134,13 @@ pub enum VendorCommand {
     Statistics,
     /// See [`opcode::FAULT_INJECT`].
     FaultInject,
+    /// See [`opcode::MAINTENANCE`].
+    Maintenance,
 }
 
 impl VendorCommand {
     /// Every vendor command, for tables and tests.
-    pub const ALL: [VendorCommand; 16] = [
+    pub const ALL: [VendorCommand; 17] = [
         VendorCommand::SsdAttach,
         VendorCommand::SsdDetach,
         VendorCommand::SsdList,
@@ -152,6 +157,7 @@ impl VendorCommand {
         VendorCommand::SnapshotRevert,
         VendorCommand::Statistics,
         VendorCommand::FaultInject,
+        VendorCommand::Maintenance,
     ];
 
     /// Decodes an opcode, or `None` if it is not a dpublk vendor command.
@@ -173,6 +179,7 @@ impl VendorCommand {
             opcode::SNAPSHOT_REVERT => VendorCommand::SnapshotRevert,
             opcode::STATISTICS => VendorCommand::Statistics,
             opcode::FAULT_INJECT => VendorCommand::FaultInject,
+            opcode::MAINTENANCE => VendorCommand::Maintenance,
             _ => return None,
         })
     }
@@ -196,6 +203,7 @@ impl VendorCommand {
             VendorCommand::SnapshotRevert => opcode::SNAPSHOT_REVERT,
             VendorCommand::Statistics => opcode::STATISTICS,
             VendorCommand::FaultInject => opcode::FAULT_INJECT,
+            VendorCommand::Maintenance => opcode::MAINTENANCE,
         }
     }
 
@@ -219,7 +227,8 @@ impl VendorCommand {
             | VendorCommand::VolumeDelete
             | VendorCommand::VolumeResize
             | VendorCommand::SnapshotDelete
-            | VendorCommand::SnapshotRevert => 0,
+            | VendorCommand::SnapshotRevert
+            | VendorCommand::Maintenance => 0,
         }
     }
 
@@ -682,6 +691,32 @@ const _: () = assert!(core::mem::size_of::<Statistics>() == 512);
 
 // SAFETY: repr(C) of Le64 and u8 arrays: no padding, any bit pattern valid.
 unsafe impl Wire for Statistics {}
+
+/// Maintenance actions (CDW10 of [`opcode::MAINTENANCE`]).
+pub mod maintenance {
+    /// Scrub: re-read every stripe and check parity or copies; report only.
+    /// Completes when the scrub is done; DW0 = mismatches found (saturated).
+    /// The volume's Statistics keep the counts (`scrub_mismatches`).
+    pub const SCRUB_CHECK: u32 = 1;
+    /// Scrub and repair every mismatch from the redundancy; DW0 =
+    /// mismatches found; `scrub_repaired` counts the repaired ones.
+    pub const SCRUB_REPAIR: u32 = 2;
+    /// Replace a member SSD: CDW11 bits 15:0 the SSD index to replace
+    /// (failed, missing or healthy), bits 31:16 the replacement (attached,
+    /// not in use). The rebuild runs in the background while I/O goes on;
+    /// Statistics show `ARRAY_STATE_REBUILDING` and `rebuild_percent`. The
+    /// replaced SSD is no longer in use afterwards.
+    pub const REPLACE_MEMBER: u32 = 3;
+}
+
+/// Builds a Maintenance command for volume `nsid`.
+pub fn maintenance_command(nsid: u32, action: u32, argument: u32, cid: u16) -> SubmissionEntry {
+    let mut sqe = SubmissionEntry::new(opcode::MAINTENANCE, cid);
+    sqe.nsid.set(nsid);
+    sqe.cdw10.set(action);
+    sqe.cdw11.set(argument);
+    sqe
+}
 
 /// Fault kinds for [`FaultInjection`].
 pub mod fault {

@@ -185,6 +185,8 @@ impl Controller {
                 let fault: vendor::FaultInjection = self.payload(sqe, cmd)?;
                 volumes.fault(&fault)
             }
+            // Defined; scrub and member replacement are not offered yet.
+            VendorCommand::Maintenance => Err(vendor_status(vs::NOT_IMPLEMENTED)),
         }
     }
 
