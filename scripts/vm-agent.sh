@@ -15,6 +15,10 @@
 #   device-add ID            hot-plug it again (QMP device_add, same socket)
 #   dpuemu-cpu SECONDS       CPU seconds dpuemu used during the next SECONDS
 #   qemu-cpu SECONDS         the same for QEMU
+#   cpu-sample               one line 'hz=H qemu=T dpuemu=T': the clock tick
+#                            rate and the user+system ticks QEMU and dpuemu
+#                            have used so far (0 for one not running); a
+#                            benchmark takes one before and one after a job
 . "$(dirname "$0")/lib.sh"
 rundir=$1
 ctl=$rundir/ctl
@@ -31,6 +35,11 @@ measure_cpu() { # measure_cpu PID SECONDS: CPU seconds used in that window
 	after=$(cpu_ticks "$pid")
 	awk -v a="$after" -v b="$before" -v hz="$hz" 'BEGIN { printf "%.3f\n", (a - b) / hz }'
 }
+
+own_ticks() { # own_ticks PID: user+system clock ticks of the process itself
+	awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+qemu_pid() { pgrep -f -n "qemu-system-x86_64.*$rundir"; }
 
 serve() { # serve COMMAND [ARGS]
 	case $1 in
@@ -49,7 +58,16 @@ serve() { # serve COMMAND [ARGS]
 	device-add)
 		"$DPUBLK_TOP/scripts/qmp.py" "$rundir/qmp.sock" device_add "$(cat "$rundir/devices/$2.json")" ;;
 	dpuemu-cpu) measure_cpu "$(cat "$rundir/dpuemu.pid")" "$2" ;;
-	qemu-cpu) measure_cpu "$(pgrep -f -n "qemu-system-x86_64.*$rundir")" "$2" ;;
+	qemu-cpu) measure_cpu "$(qemu_pid)" "$2" ;;
+	cpu-sample)
+		local qemu dpuemu
+		# A stale pid file of a killed dpuemu must not count a stranger.
+		dpuemu=$(cat "$rundir/dpuemu.pid" 2>/dev/null || true)
+		[ -n "$dpuemu" ] && grep -q dpuemu "/proc/$dpuemu/comm" 2>/dev/null || dpuemu=
+		qemu=$(qemu_pid || true)
+		printf 'hz=%s qemu=%s dpuemu=%s\n' "$(getconf CLK_TCK)" \
+			"$([ -n "$qemu" ] && own_ticks "$qemu" || echo 0)" \
+			"$([ -n "$dpuemu" ] && own_ticks "$dpuemu" || echo 0)" ;;
 	*) echo "unknown command: $1"; return 1 ;;
 	esac
 }

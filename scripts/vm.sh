@@ -12,6 +12,11 @@
 #     --memory SIZE     guest RAM (default 2G)
 #     --images DIR      keep the SSD images in DIR (they outlive the run), so a
 #                       later run can boot with the same media
+#     --qemu-nvme SIZE  also attach QEMU's own NVMe controller (-device nvme,
+#                       serial qemu-nvme) backed by a raw image of SIZE in the
+#                       run directory, for comparisons with dpuemu's functions
+#     --output DIR      a directory the guest may write to (it outlives the
+#                       run); the guest finds it in DPUBLK_OUTPUT_DIR
 #
 # DPUBLK_DPUEMU_ARGS adds arguments to dpuemu (e.g. "--passthrough-ssd 0").
 # Environment: DPUBLK_ACCEL=tcg|kvm|auto (default auto: KVM only where a short
@@ -24,7 +29,7 @@ if [ -z "${DPUBLK_IN_CHROOT:-}" ]; then
 	exit
 fi
 
-accelerator=0 ssds=4 ssd_size=1G iommu=0 memory=2G
+accelerator=0 ssds=4 ssd_size=1G iommu=0 memory=2G qemu_nvme= output=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--accelerator) accelerator=1 ;;
@@ -33,6 +38,8 @@ while [ $# -gt 0 ]; do
 	--iommu) iommu=1 ;;
 	--memory) memory=$2; shift ;;
 	--images) export DPUBLK_IMAGES_DIR=$2; shift ;;
+	--qemu-nvme) qemu_nvme=$2; shift ;;
+	--output) output=$2; shift ;;
 	--) shift; break ;;
 	*) die "vm.sh: unknown option $1" ;;
 	esac
@@ -118,14 +125,29 @@ if [ "$accelerator" = 1 ]; then
 	done
 fi
 
+if [ -n "$qemu_nvme" ]; then
+	# The image sits on the same file system as dpuemu's SSD images, and the
+	# cache mode matches what dpuemu does with them: cache=writeback is
+	# buffered pread/pwrite through the host page cache (cache.direct=off)
+	# with guest flushes passed on as fdatasync (cache.no-flush=off), like
+	# dpuemu's pread/pwrite plus fdatasync on Flush.
+	truncate -s "$qemu_nvme" "$rundir/qemu-nvme.img"
+	qemu_opts+=" -drive file=$rundir/qemu-nvme.img,if=none,id=qemu-nvme,format=raw,cache=writeback"
+	qemu_opts+=" -device nvme,serial=qemu-nvme,drive=qemu-nvme"
+fi
+
 # The guest's root is read-only; the run directory is writable so tests can
 # talk to the host agent and leave results behind.
 vng_args=(--run "$kdir" --force-9p --disable-microvm --memory "$memory" --cpus 2 --rwdir "$rundir"
 	--append "$append" --qemu-opts="$qemu_opts")
+if [ -n "$output" ]; then
+	mkdir -p "$output"
+	vng_args+=(--rwdir "$output")
+fi
 [ "$accel" = tcg ] && vng_args+=(--disable-kvm)
 
 # The guest command runs with the repository as working directory and knows
 # where it is through the environment.
-guest_cmd="cd '$DPUBLK_TOP' && export DPUBLK_TOP='$DPUBLK_TOP' DPUBLK_RUNDIR='$rundir' DPUBLK_ACCEL_MODE=$accel DPUBLK_IOMMU=$iommu DPUBLK_IMAGES_DIR='${DPUBLK_IMAGES_DIR:-}' DPUBLK_MODULE='$DPUBLK_TOP/build/module/drivers/block/dpublk/dpublk.ko' && $*"
-log "booting VM ($accel, ${memory} RAM, iommu=$iommu, accelerator=$accelerator)"
+guest_cmd="cd '$DPUBLK_TOP' && export DPUBLK_TOP='$DPUBLK_TOP' DPUBLK_RUNDIR='$rundir' DPUBLK_ACCEL_MODE=$accel DPUBLK_IOMMU=$iommu DPUBLK_IMAGES_DIR='${DPUBLK_IMAGES_DIR:-}' DPUBLK_OUTPUT_DIR='$output' DPUBLK_MODULE='$DPUBLK_TOP/build/module/drivers/block/dpublk/dpublk.ko' && $*"
+log "booting VM ($accel, ${memory} RAM, iommu=$iommu, accelerator=$accelerator${qemu_nvme:+, qemu-nvme=$qemu_nvme})"
 vng "${vng_args[@]}" --exec "$guest_cmd"
