@@ -106,6 +106,7 @@ impl configfs::GroupOperations for SsdsDir {
                 capacity: 3,
                 serial: 4,
                 index: 5,
+                fault: 6,
             ],
         };
         Ok(configfs::Group::new(
@@ -369,3 +370,59 @@ ssd_attribute!(5, show: |s, w| {
     }
     Ok(())
 });
+
+/// Fault kinds of `fault`, and whether they take a block range.
+const FAULTS: [(&str, u8, bool); 6] = [
+    ("clear", vendor::fault::CLEAR, false),
+    ("fail_all", vendor::fault::FAIL_ALL, false),
+    ("fail_reads", vendor::fault::FAIL_READS, true),
+    ("fail_writes", vendor::fault::FAIL_WRITES, true),
+    ("disappear", vendor::fault::DISAPPEAR, false),
+    ("corrupt", vendor::fault::CORRUPT, true),
+];
+
+/// Parses `KIND [START BLOCKS]`.
+fn parse_fault(text: &[u8]) -> Result<vendor::FaultInjection, parse::Refusal> {
+    let mut words = text.split(|&b| b == b' ');
+    let kind = words.next().ok_or("empty value")?;
+    let &(_, code, ranged) = FAULTS
+        .iter()
+        .find(|(name, _, _)| name.as_bytes() == kind)
+        .ok_or("unknown fault: clear, fail_all, fail_reads, fail_writes, disappear or corrupt")?;
+    let mut fault = vendor::FaultInjection::zeroed();
+    fault.kind = code;
+    if ranged {
+        let start = words.next().ok_or("expected START BLOCKS after the fault kind")?;
+        let blocks = words.next().ok_or("expected START BLOCKS after the fault kind")?;
+        fault.slba.set(parse::number(start)?);
+        fault.blocks.set(parse::number(blocks)?);
+    }
+    if words.next().is_some() {
+        return Err("trailing words after the fault");
+    }
+    Ok(fault)
+}
+
+ssd_attribute!(6,
+    show: |_s, w| {
+        writeln!(w, "clear fail_all fail_reads fail_writes disappear corrupt")?;
+        Ok(())
+    },
+    store: |s, page| {
+        let text = parse::value(page).map_err(|why| refuse("ssds", &s.name, "fault", why, EINVAL))?;
+        let mut fault = parse_fault(text).map_err(|why| refuse("ssds", &s.name, "fault", why, EINVAL))?;
+        let inner = s.inner.lock();
+        let (Some(index), true) = (inner.index, inner.attached) else {
+            return report("ssds", &s.name, "fault", "faults apply to attached SSDs", EINVAL);
+        };
+        fault.ssd_index.set(index);
+        let mgmt = management::current()?;
+        mgmt.vendor_command(
+            SubmissionEntry::new(vendor::opcode::FAULT_INJECT, 0),
+            Payload::ToDevice(fault.as_bytes()),
+        )
+        .map_err(|e| refuse("ssds", &s.name, "fault", "the accelerator refused the fault", e))?;
+        pr_info!("ssds/{}: fault '{}' injected\n", bstr(&s.name), bstr(text));
+        Ok(())
+    }
+);

@@ -249,6 +249,8 @@ impl configfs::GroupOperations for VolumesDir {
                 state: 16,
                 stats: 17,
                 nsid: 18,
+                scrub: 19,
+                replace: 20,
             ],
         };
         let recorder = state.clone();
@@ -940,3 +942,88 @@ volume_attribute!(18, show: |v, w| {
     writeln!(w, "{}", v.config.lock().nsid)?;
     Ok(())
 });
+
+volume_attribute!(19,
+    show: |v, w| {
+        let nsid = v.config.lock().nsid;
+        if nsid == 0 {
+            return Ok(());
+        }
+        let mgmt = management::current()?;
+        let mut stats = KBox::new(vendor::Statistics::zeroed(), GFP_KERNEL)?;
+        let mut sqe = SubmissionEntry::new(vendor::opcode::STATISTICS, 0);
+        sqe.nsid.set(nsid);
+        mgmt.vendor_command(sqe, Payload::FromDevice(stats.as_bytes_mut()))?;
+        writeln!(
+            w,
+            "mismatches {} repaired {}",
+            stats.scrub_mismatches.get(),
+            stats.scrub_repaired.get()
+        )?;
+        Ok(())
+    },
+    store: |v, page| {
+        let action = match v.parse("scrub", parse::choice(page, &["check", "repair"]))? {
+            0 => vendor::maintenance::SCRUB_CHECK,
+            _ => vendor::maintenance::SCRUB_REPAIR,
+        };
+        let nsid = v.config.lock().nsid;
+        if nsid == 0 {
+            return report(DIR, &v.name, "scrub", "the volume is not open on the accelerator", ENOENT);
+        }
+        let mgmt = management::current()?;
+        let found = mgmt
+            .vendor_command(vendor::maintenance_command(nsid, action, 0, 0), Payload::None)
+            .map_err(|e| v.refuse("scrub", "the accelerator refused the scrub", e))?;
+        pr_info!("volumes/{}: scrub found {found} mismatches\n", bstr(&v.name));
+        Ok(())
+    }
+);
+
+volume_attribute!(20,
+    show: |_v, w| {
+        writeln!(w)?;
+        Ok(())
+    },
+    store: |v, page| {
+        let text = v.parse("replace", parse::value(page))?;
+        let mut names = text.split(|&b| b == b' ');
+        let (Some(old), Some(new), None) = (names.next(), names.next(), names.next()) else {
+            return report(DIR, &v.name, "replace", "expected OLD NEW (two SSD handle names)", EINVAL);
+        };
+        let index_of = |name: &[u8]| -> Result<u16> {
+            let name = v.parse("replace", parse::name(name))?;
+            match Registry::ssd_by_name(name) {
+                Some((Some(index), _)) => Ok(index),
+                Some((None, _)) => report(DIR, &v.name, "replace", "an SSD handle has no device yet", EINVAL),
+                None => report(DIR, &v.name, "replace", "no such SSD handle in ssds/", ENOENT),
+            }
+        };
+        let (old, new) = (index_of(old)?, index_of(new)?);
+        if old == new {
+            return report(DIR, &v.name, "replace", "an SSD cannot replace itself", EINVAL);
+        }
+        let mut c = v.config.lock();
+        if c.nsid == 0 {
+            return report(DIR, &v.name, "replace", "the volume is not open on the accelerator", ENOENT);
+        }
+        // An adopted volume's members are known to the accelerator only; it
+        // checks them itself.
+        let pos = c.ssds.iter().position(|&i| i == old);
+        if pos.is_none() && !c.ssds.is_empty() {
+            return report(DIR, &v.name, "replace", "the old SSD is not a member of the volume", EINVAL);
+        }
+        let mgmt = management::current()?;
+        let argument = u32::from(old) | u32::from(new) << 16;
+        mgmt.vendor_command(
+            vendor::maintenance_command(c.nsid, vendor::maintenance::REPLACE_MEMBER, argument, 0),
+            Payload::None,
+        )
+        .map_err(|e| v.refuse("replace", "the accelerator refused the replacement", e))?;
+        if let Some(pos) = pos {
+            c.ssds[pos] = new;
+        }
+        pr_info!("volumes/{}: replacing SSD {old} with SSD {new}; rebuild started\n", bstr(&v.name));
+        Ok(())
+    }
+);
