@@ -103,9 +103,14 @@ remove_volume() {
 cleanup_tree() {
 	local d s
 	[ -d "$DPUBLK_CFS" ] || return 0
+	# Snapshots first: a volume with snapshots cannot be destroyed.
+	for s in "$DPUBLK_CFS"/volumes/*/snapshots/*/; do
+		[ -d "$s" ] || continue
+		echo 1 >"$s/destroy" 2>/dev/null
+		rmdir "$s" 2>/dev/null
+	done
 	for d in "$DPUBLK_CFS"/volumes/*/; do
 		[ -d "$d" ] || continue
-		for s in "$d"snapshots/*/; do [ -d "$s" ] && rmdir "$s"; done
 		echo 0 >"$d/enable" 2>/dev/null
 		echo 1 >"$d/destroy" 2>/dev/null
 		rmdir "$d" 2>/dev/null
@@ -131,4 +136,47 @@ load_dpublk_management() {
 	done
 	[ -d "$DPUBLK_CFS/volumes" ] && [ -d "$DPUBLK_CFS/ssds" ] || fail "no ssds/ and volumes/ in configfs"
 	on_exit cleanup_tree
+}
+
+# vol_stat NAME COUNTER: one counter of volumes/NAME/stats. Call it as
+# x=$(vol_stat ...) || fail "..."; it complains on stderr.
+vol_stat() {
+	local value
+	value=$(awk -v c="$2" '$1 == c { print $2 }' "$DPUBLK_CFS/volumes/$1/stats")
+	[ -n "$value" ] || { echo "volumes/$1/stats has no $2" >&2; return 1; }
+	echo "$value"
+}
+
+# expect_stat NAME COUNTER OP VALUE: fails the test unless the counter
+# compares to VALUE with the test(1) operator OP (-eq, -ge, ...).
+expect_stat() {
+	local value
+	value=$(vol_stat "$1" "$2") || fail "no $2 in volumes/$1/stats"
+	[ "$value" "$3" "$4" ] || fail "volumes/$1: $2 is $value, expected $3 $4"
+}
+
+# disk_sum DEV [MIB]: MD5 of the first MIB MiB of a disk (all of it by
+# default), read with O_DIRECT so the page cache cannot answer.
+disk_sum() {
+	local count=()
+	[ -n "${2:-}" ] && count=(count="$2")
+	dd if="$1" bs=1M "${count[@]}" iflag=direct status=none | md5sum | cut -d' ' -f1
+}
+
+# clone_snapshot VOLUME SNAP CLONE: clones volumes/VOLUME/snapshots/SNAP
+# into a new volume CLONE, adopts it (mkdir volumes/CLONE) and prints its
+# disk, which must be the one the driver logged for the clone. Call it as
+# dev=$(clone_snapshot ...) || fail "$dev".
+clone_snapshot() {
+	local vol=$1 snap=$2 clone=$3 logged dev i
+	echo "$clone" >"$DPUBLK_CFS/volumes/$vol/snapshots/$snap/clone" 2>"$TEST_TMP/cfs.err" ||
+		{ echo "clone of $vol/$snap into $clone refused: $(cat "$TEST_TMP/cfs.err")"; return 1; }
+	logged=$(dmesg | sed -n "s|.*volumes/$vol/snapshots/$snap: cloned into volume $clone (\(dpublk[0-9]*\))\$|\1|p" | tail -1)
+	[ -n "$logged" ] || { echo "no 'cloned into volume $clone' in the kernel log"; return 1; }
+	mkdir "$DPUBLK_CFS/volumes/$clone" || { echo "mkdir volumes/$clone (adopting the clone) failed"; return 1; }
+	dev=$(cat "$DPUBLK_CFS/volumes/$clone/device")
+	[ "$dev" = "$logged" ] || { echo "volumes/$clone/device is '$dev', the driver logged $logged"; return 1; }
+	for i in $(seq 1 50); do [ -b "/dev/$dev" ] && break; sleep 0.1; done
+	[ -b "/dev/$dev" ] || { echo "/dev/$dev missing"; return 1; }
+	echo "/dev/$dev"
 }

@@ -23,6 +23,7 @@
 //! manager's lock.
 
 mod label;
+mod maintenance;
 mod media;
 mod namespace;
 
@@ -190,6 +191,15 @@ struct Family {
     /// for each step and stops once it is `false`, so it never writes to
     /// SSDs a deleted family gave back.
     alive: Arc<Mutex<bool>>,
+    /// What the last scrub of the family's array found.
+    last_scrub: ScrubCounts,
+}
+
+/// Mismatches of a scrub, in 512-byte sectors (the volume Statistics).
+#[derive(Clone, Copy, Debug, Default)]
+struct ScrubCounts {
+    mismatches: u64,
+    repaired: u64,
 }
 
 impl Family {
@@ -489,6 +499,7 @@ impl VolumeManager {
                 volumes: Vec::new(),
                 snapshots: Vec::new(),
                 alive: Arc::new(Mutex::new(true)),
+                last_scrub: ScrubCounts::default(),
             };
             self.open_family(&mut state, &mut family, &newest.entries);
             let empty = family.pool.is_some() && family.volumes.is_empty();
@@ -855,6 +866,7 @@ impl VolumeManager {
             volumes: Vec::new(),
             snapshots: Vec::new(),
             alive: Arc::new(Mutex::new(true)),
+            last_scrub: ScrubCounts::default(),
         };
         let options = VolumeOptions {
             size_bytes: size,
@@ -1328,6 +1340,8 @@ impl VolumeManager {
             ArrayState::Rebuilding => vendor::ARRAY_STATE_REBUILDING,
             ArrayState::Failed => vendor::ARRAY_STATE_FAILED,
         };
+        s.scrub_mismatches.set(family.last_scrub.mismatches);
+        s.scrub_repaired.set(family.last_scrub.repaired);
         if let Some(array) = &family.array {
             let status = array.status();
             s.degraded_reads = Le64::new(status.degraded_reads);

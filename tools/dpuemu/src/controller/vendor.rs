@@ -185,8 +185,10 @@ impl Controller {
                 let fault: vendor::FaultInjection = self.payload(sqe, cmd)?;
                 volumes.fault(&fault)
             }
-            // Defined; scrub and member replacement are not offered yet.
-            VendorCommand::Maintenance => Err(vendor_status(vs::NOT_IMPLEMENTED)),
+            VendorCommand::Maintenance => {
+                self.volumes(volumes)?
+                    .maintenance(sqe.nsid.get(), sqe.cdw10.get(), sqe.cdw11.get())
+            }
         }
     }
 

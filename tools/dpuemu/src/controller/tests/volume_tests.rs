@@ -14,6 +14,8 @@ use nvme_shim::wire::c_string_field;
 use super::*;
 use crate::namespace::FileNamespace;
 
+mod maintenance_tests;
+
 const SSD_BYTES: u64 = 4 << 20;
 const PAYLOAD: u64 = 0x300000;
 const OUT: u64 = 0x310000;
@@ -1120,6 +1122,7 @@ fn random_vendor_payloads_never_panic_or_leak_ssds() {
         vendor::opcode::SNAPSHOT_CLONE,
         vendor::opcode::SNAPSHOT_REVERT,
         vendor::opcode::FAULT_INJECT,
+        vendor::opcode::MAINTENANCE,
     ];
     let mut created = 0;
     for round in 0..600 {

@@ -1,0 +1,419 @@
+//! The Maintenance command end to end: scrub (check and repair) of
+//! injected silent corruption and member replacement with a background
+//! rebuild, with data read back through I/O commands.
+
+use std::time::{Duration, Instant};
+
+use nvme_shim::vendor::maintenance;
+
+use super::*;
+
+const MAINT_SSD_BYTES: u64 = 8 << 20;
+/// Blocks per write command (the PRP list of `block_io` holds 512).
+const CHUNK_BLOCKS: usize = 128;
+
+impl Accel {
+    fn maintenance(&mut self, nsid: u32, action: u32, argument: u32) -> Result<u32, Status> {
+        Self::result(
+            self.host
+                .admin(vendor::maintenance_command(nsid, action, argument, 0)),
+        )
+    }
+
+    fn replace(&mut self, nsid: u32, old: u16, new: u16) -> Result<u32, Status> {
+        let argument = u32::from(old) | u32::from(new) << 16;
+        self.maintenance(nsid, maintenance::REPLACE_MEMBER, argument)
+    }
+
+    fn manager(&self) -> Arc<VolumeManager> {
+        match &self.host.ctrl.personality {
+            Personality::Accelerator { volumes, .. } => volumes.clone(),
+            Personality::Ssd { .. } => unreachable!("the test host is an accelerator"),
+        }
+    }
+
+    /// Writes `blocks` blocks of pattern `seed` from `lba`, in commands of
+    /// [`CHUNK_BLOCKS`]; returns what was written.
+    fn fill(&mut self, nsid: u32, lba: u64, blocks: usize, seed: u8) -> Vec<u8> {
+        let data = blocks_pattern(blocks, seed);
+        for (i, chunk) in data.chunks(CHUNK_BLOCKS * BLOCK).enumerate() {
+            let at = lba + (i * CHUNK_BLOCKS) as u64;
+            assert_eq!(
+                self.write(nsid, at, chunk),
+                Status::SUCCESS,
+                "write at {at}"
+            );
+        }
+        data
+    }
+
+    /// Reads `blocks` blocks from `lba` in commands of [`CHUNK_BLOCKS`].
+    fn read_all(&mut self, nsid: u32, lba: u64, blocks: usize) -> Result<Vec<u8>, Status> {
+        let mut out = Vec::with_capacity(blocks * BLOCK);
+        let mut done = 0;
+        while done < blocks {
+            let n = CHUNK_BLOCKS.min(blocks - done);
+            out.extend(self.read(nsid, lba + done as u64, n)?);
+            done += n;
+        }
+        Ok(out)
+    }
+
+    fn wait_optimal(&mut self, nsid: u32) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.statistics(nsid).array_state != vendor::ARRAY_STATE_OPTIMAL {
+            assert!(Instant::now() < deadline, "rebuild did not finish");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// A protected volume of 4 MiB over `mask` with a 16 KiB chunk.
+fn protected(name: &str, lay: u8, k: u8, m: u8, mask: u64) -> VolumeCreate {
+    let mut req = request(name, lay, mask, 4 << 20);
+    req.data_shards = k;
+    req.parity_shards = m;
+    req.stripe_bytes.set(16 << 10);
+    req
+}
+
+#[test]
+fn maintenance_validation() {
+    let images = Images::new("maint-validate", 7, MAINT_SSD_BYTES);
+    let mut a = Accel::start(&images);
+    a.attach(&[0, 1, 2, 3, 4, 5]);
+    // SSD 6 stays with the host.
+    let r6 = a
+        .create(&protected("r6", layout::RAID6, 0, 0, 0b1111))
+        .unwrap();
+    let stripe = a
+        .create(&protected("stripe", layout::RAID0, 0, 0, 0b10000))
+        .unwrap_err();
+    assert_eq!(
+        stripe,
+        vendor_status(vs::INVALID_LAYOUT),
+        "RAID0 on one SSD"
+    );
+    let stripe = a
+        .create(&protected("stripe", layout::RAID0, 0, 0, 0b110000))
+        .unwrap();
+    let invalid_field = Status::INVALID_FIELD;
+    let not_found = vendor_status(vs::VOLUME_NOT_FOUND);
+    let check = maintenance::SCRUB_CHECK;
+    let repair = maintenance::SCRUB_REPAIR;
+    let cases: [(&str, u32, u32, u32, Status); 9] = [
+        ("action 0", r6, 0, 0, invalid_field),
+        ("action 4", r6, 4, 0, invalid_field),
+        ("action ~0", r6, u32::MAX, 0, invalid_field),
+        ("scrub with an argument", r6, check, 1, invalid_field),
+        (
+            "repair with an argument",
+            r6,
+            repair,
+            1 << 16,
+            invalid_field,
+        ),
+        ("no volume", 77, check, 0, not_found),
+        ("NSID 0", 0, repair, 0, not_found),
+        ("the plain namespace", 1, check, 0, not_found),
+        (
+            "a stripe has no redundancy",
+            stripe,
+            check,
+            0,
+            vendor_status(vs::INVALID_LAYOUT),
+        ),
+    ];
+    for (what, nsid, action, argument, want) in cases {
+        assert_eq!(a.maintenance(nsid, action, argument), Err(want), "{what}");
+    }
+    let replace: [(&str, u32, u16, u16, Status); 8] = [
+        ("no volume", 77, 0, 4, not_found),
+        (
+            "on a stripe",
+            stripe,
+            4,
+            0,
+            vendor_status(vs::INVALID_LAYOUT),
+        ),
+        (
+            "no such old SSD",
+            r6,
+            40,
+            4,
+            vendor_status(vs::SSD_NOT_FOUND),
+        ),
+        (
+            "no such new SSD",
+            r6,
+            0,
+            40,
+            vendor_status(vs::SSD_NOT_FOUND),
+        ),
+        ("old is not a member", r6, 4, 5, invalid_field),
+        ("itself", r6, 2, 2, invalid_field),
+        (
+            "new is not attached",
+            r6,
+            0,
+            6,
+            vendor_status(vs::SSD_NOT_ATTACHED),
+        ),
+        (
+            "new holds the stripe",
+            r6,
+            0,
+            5,
+            vendor_status(vs::SSD_IN_USE),
+        ),
+    ];
+    for (what, nsid, old, new, want) in replace {
+        assert_eq!(a.replace(nsid, old, new), Err(want), "{what}");
+    }
+    assert_eq!(
+        a.replace(r6, 1, 3),
+        Err(vendor_status(vs::SSD_IN_USE)),
+        "new is a member"
+    );
+    // Two members lost: replacing a healthy third would leave nothing to
+    // rebuild from.
+    let data = a.fill(r6, 0, 64, 3);
+    assert_eq!(a.fault(fault::FAIL_ALL, 0, 0, 0), Ok(0));
+    assert_eq!(a.fault(fault::FAIL_ALL, 1, 0, 0), Ok(0));
+    a.fill(r6, 64, 8, 4);
+    assert_eq!(a.statistics(r6).array_state, vendor::ARRAY_STATE_DEGRADED);
+    assert_eq!(a.delete(stripe), Ok(0));
+    assert_eq!(a.replace(r6, 2, 4), Err(vendor_status(vs::VOLUME_BUSY)));
+    // A refused command changed nothing.
+    assert!(!a.ssd_in_use(4));
+    assert!((0..4).all(|s| a.ssd_in_use(s)));
+    assert_eq!(a.read_all(r6, 0, 64).unwrap(), data);
+    // A scrub of a degraded array checks what redundancy is left.
+    assert_eq!(a.maintenance(r6, check, 0), Ok(0));
+    assert_eq!(a.read_all(r6, 0, 64).unwrap(), data);
+}
+
+#[test]
+fn a_smaller_ssd_cannot_replace_a_member() {
+    let images = Images::new("maint-small", 5, MAINT_SSD_BYTES);
+    // SSD 4 is half the size of the members.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&images.paths[4])
+        .unwrap()
+        .set_len(MAINT_SSD_BYTES / 2)
+        .unwrap();
+    let mut a = Accel::start(&images);
+    a.attach(&[0, 1, 2, 3, 4]);
+    let nsid = a
+        .create(&protected("r6", layout::RAID6, 0, 0, 0b1111))
+        .unwrap();
+    assert_eq!(a.replace(nsid, 1, 4), Err(vendor_status(vs::NO_SPACE)));
+    assert!(!a.ssd_in_use(4));
+    assert_eq!(a.statistics(nsid).array_state, vendor::ARRAY_STATE_OPTIMAL);
+}
+
+/// Replaces member SSD `old` of a volume over `mask` with `spare` while
+/// the rebuild is held back, writes and reads during the rebuild, lets it
+/// finish, and checks every byte with `lose` other SSDs failed.
+fn replace_and_rebuild(
+    tag: &str,
+    name: &str,
+    req: &VolumeCreate,
+    old: u16,
+    spare: u16,
+    lose: &[u16],
+) {
+    let images = Images::new(tag, 7, MAINT_SSD_BYTES);
+    let nsid;
+    let mut want;
+    {
+        let mut a = Accel::start(&images);
+        a.attach(&[0, 1, 2, 3, 4, 5, 6]);
+        nsid = a.create(req).unwrap();
+        want = a.fill(nsid, 0, 512, 51);
+        assert_eq!(a.flush(nsid), Status::SUCCESS);
+        let gates = a.manager().rebuild_gates();
+        assert_eq!(gates.len(), 1);
+        let held = gates[0].lock().unwrap();
+        assert_eq!(a.replace(nsid, old, spare), Ok(0));
+        // The rebuild waits for the gate: the array is rebuilding, I/O
+        // goes on, reads of rows the new member does not hold yet are
+        // served from the others.
+        let stats = a.statistics(nsid);
+        assert_eq!(stats.array_state, vendor::ARRAY_STATE_REBUILDING);
+        assert_eq!(stats.rebuild_percent, 0);
+        assert_eq!(a.volume(name).flags.get(), vendor::VOLUME_FLAG_REBUILDING);
+        assert!(a.ssd_in_use(spare.into()));
+        assert!(!a.ssd_in_use(old.into()), "the replaced SSD is released");
+        let more = a.fill(nsid, 100, 200, 52);
+        want[100 * BLOCK..300 * BLOCK].copy_from_slice(&more);
+        assert_eq!(a.read_all(nsid, 0, 512).unwrap(), want);
+        drop(held);
+        // More writes while the rebuild runs.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seed = 53u8;
+        let mut saw_progress = false;
+        loop {
+            let stats = a.statistics(nsid);
+            if stats.array_state == vendor::ARRAY_STATE_OPTIMAL {
+                break;
+            }
+            assert_eq!(stats.array_state, vendor::ARRAY_STATE_REBUILDING);
+            saw_progress |= stats.rebuild_percent > 0;
+            let lba = u64::from(seed % 32) * 16;
+            let block = a.fill(nsid, lba, 16, seed);
+            let at = lba as usize * BLOCK;
+            want[at..at + 16 * BLOCK].copy_from_slice(&block);
+            seed = seed.wrapping_add(1);
+            assert!(Instant::now() < deadline, "rebuild did not finish");
+        }
+        assert!(saw_progress || a.statistics(nsid).rebuild_percent == 0);
+        assert_eq!(a.flush(nsid), Status::SUCCESS);
+        assert_eq!(a.read_all(nsid, 0, 512).unwrap(), want);
+        // The old SSD is free: it detaches, and its label is gone.
+        assert_eq!(
+            a.host.admin_status(vendor::ssd_command(old, false, 0)),
+            Status::SUCCESS
+        );
+    }
+    let image = std::fs::read(&images.paths[usize::from(old)]).unwrap();
+    assert!(
+        image[..64 << 10].iter().all(|&b| b == 0),
+        "old label erased"
+    );
+    // After a restart the array has the new member: with `lose` SSDs
+    // failed on top, every byte still reads back, so the rebuilt SSD
+    // carries its share.
+    let mut a = Accel::start(&images);
+    assert!(!a.ownership[usize::from(old)].view().attached);
+    assert!(a.ssd_in_use(spare.into()));
+    assert_eq!(a.statistics(nsid).array_state, vendor::ARRAY_STATE_OPTIMAL);
+    assert_eq!(a.read_all(nsid, 0, 512).unwrap(), want);
+    for &s in lose {
+        assert_eq!(a.fault(fault::FAIL_ALL, s, 0, 0), Ok(0));
+    }
+    assert_eq!(a.read_all(nsid, 0, 512).unwrap(), want);
+}
+
+#[test]
+fn raid6_member_replaced_and_rebuilt_with_io_in_between() {
+    // A healthy member replaced; then two others fail.
+    let req = protected("r6", layout::RAID6, 0, 0, 0b1_1111);
+    replace_and_rebuild("maint-r6", "r6", &req, 2, 6, &[0, 4]);
+}
+
+#[test]
+fn erasure_failed_member_replaced_and_rebuilt() {
+    // EC 4+2; the member is failed (it vanished) before it is replaced.
+    let req = protected("ec", layout::ERASURE, 4, 2, 0b11_1111);
+    let images = Images::new("maint-ec", 7, MAINT_SSD_BYTES);
+    let mut a = Accel::start(&images);
+    a.attach(&[0, 1, 2, 3, 4, 5, 6]);
+    let nsid = a.create(&req).unwrap();
+    let mut want = a.fill(nsid, 0, 256, 61);
+    assert_eq!(a.fault(fault::DISAPPEAR, 3, 0, 0), Ok(0));
+    let more = a.fill(nsid, 32, 64, 62);
+    want[32 * BLOCK..96 * BLOCK].copy_from_slice(&more);
+    assert_eq!(a.statistics(nsid).array_state, vendor::ARRAY_STATE_DEGRADED);
+    assert_eq!(a.replace(nsid, 3, 6), Ok(0));
+    let more = a.fill(nsid, 200, 56, 63);
+    want[200 * BLOCK..256 * BLOCK].copy_from_slice(&more);
+    a.wait_optimal(nsid);
+    assert!(!a.ssd_in_use(3));
+    // The vanished SSD coming back changes nothing: it is not a member.
+    assert_eq!(a.fault(fault::CLEAR, 3, 0, 0), Ok(0));
+    assert_eq!(a.statistics(nsid).array_state, vendor::ARRAY_STATE_OPTIMAL);
+    assert!(!a.ssd_in_use(3));
+    for s in [0, 5] {
+        assert_eq!(a.fault(fault::FAIL_ALL, s, 0, 0), Ok(0));
+    }
+    assert_eq!(a.read_all(nsid, 0, 256).unwrap(), want);
+}
+
+#[test]
+fn raid10_member_replaced_and_rebuilt() {
+    // Two mirror pairs (0,1) and (2,3); SSD 1 replaced by 6, then its
+    // partner 0 fails: only the rebuilt copy is left for that pair.
+    let req = protected("r10", layout::RAID10, 2, 0, 0b1111);
+    replace_and_rebuild("maint-r10", "r10", &req, 1, 6, &[0, 3]);
+}
+
+/// Silent corruption on one member, found and repaired by a scrub.
+fn scrub_finds_and_repairs(tag: &str, req: &VolumeCreate, victim: u16, tolerance: usize) {
+    let images = Images::new(tag, 6, MAINT_SSD_BYTES);
+    let mut a = Accel::start(&images);
+    a.attach(&[0, 1, 2, 3, 4, 5]);
+    let mut req = *req;
+    req.size_bytes.set(8 << 20);
+    req.services.set(service::THIN);
+    let nsid = a.create(&req).unwrap();
+    assert_eq!(a.maintenance(nsid, maintenance::SCRUB_CHECK, 0), Ok(0));
+    // The next write to the victim past its first 1.5 MiB (label and
+    // array journal are below) lands with flipped bits.
+    let start = (3u64 << 19) / 512;
+    let blocks = (MAINT_SSD_BYTES - (3 << 19)) / 512;
+    assert_eq!(a.fault(fault::CORRUPT, victim, start, blocks), Ok(0));
+    let want = a.fill(nsid, 0, 1536, 71);
+    assert_eq!(a.flush(nsid), Status::SUCCESS);
+    // Check only: it counts, changes no byte of any SSD, and counts the
+    // same again.
+    let before: Vec<Vec<u8>> = images
+        .paths
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let found = a.maintenance(nsid, maintenance::SCRUB_CHECK, 0).unwrap();
+    assert!(found > 0, "{tag}: the scrub found nothing");
+    let stats = a.statistics(nsid);
+    assert_eq!(stats.scrub_mismatches.get(), u64::from(found));
+    assert_eq!(stats.scrub_repaired.get(), 0);
+    let after: Vec<Vec<u8>> = images
+        .paths
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert!(before == after, "{tag}: a check changed the media");
+    assert_eq!(a.maintenance(nsid, maintenance::SCRUB_CHECK, 0), Ok(found));
+    // Repair: every mismatch is traced to the corrupted member and
+    // rewritten; the data reads back and a new check is clean.
+    assert_eq!(a.maintenance(nsid, maintenance::SCRUB_REPAIR, 0), Ok(found));
+    let stats = a.statistics(nsid);
+    assert_eq!(stats.scrub_mismatches.get(), u64::from(found));
+    assert_eq!(stats.scrub_repaired.get(), u64::from(found));
+    assert_eq!(a.read_all(nsid, 0, 1536).unwrap(), want, "{tag}");
+    assert_eq!(a.maintenance(nsid, maintenance::SCRUB_CHECK, 0), Ok(0));
+    let stats = a.statistics(nsid);
+    assert_eq!(
+        (stats.scrub_mismatches.get(), stats.scrub_repaired.get()),
+        (0, 0)
+    );
+    // The repaired member holds correct data: with it as one of the
+    // survivors of a degraded read, the data still reads back.
+    let others: Vec<u16> = (0..6u16)
+        .filter(|&s| s != victim && req.ssd_mask.get() & (1 << s) != 0)
+        .take(tolerance)
+        .collect();
+    for &s in &others {
+        assert_eq!(a.fault(fault::FAIL_ALL, s, 0, 0), Ok(0));
+    }
+    assert_eq!(a.read_all(nsid, 0, 1536).unwrap(), want, "{tag} degraded");
+}
+
+#[test]
+fn scrub_repairs_silent_corruption_on_raid6() {
+    let req = protected("r6", layout::RAID6, 0, 0, 0b11_1111);
+    scrub_finds_and_repairs("maint-scrub-r6", &req, 2, 2);
+}
+
+#[test]
+fn scrub_repairs_silent_corruption_on_erasure() {
+    let req = protected("ec", layout::ERASURE, 4, 2, 0b11_1111);
+    scrub_finds_and_repairs("maint-scrub-ec", &req, 5, 2);
+}
+
+#[test]
+fn scrub_repairs_silent_corruption_on_a_three_way_mirror() {
+    let req = protected("m3", layout::RAID10, 3, 0, 0b111);
+    scrub_finds_and_repairs("maint-scrub-m3", &req, 1, 2);
+}
