@@ -176,6 +176,11 @@ pub struct VolumeStats {
     pub mapped_bytes: u64,
     /// Logical bytes that were zero-detected and take no space.
     pub zero_bytes: u64,
+    /// One block per distinct record this volume maps: what it would
+    /// store without compression. `mapped_bytes - zero_bytes -
+    /// unique_bytes` is what dedup saves it, `unique_bytes -
+    /// allocated_bytes` what compression saves it.
+    pub unique_bytes: u64,
     /// Stored bytes of the records this volume maps (each counted once).
     pub allocated_bytes: u64,
     /// Part of `allocated_bytes` no other volume maps.

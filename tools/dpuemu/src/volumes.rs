@@ -1309,24 +1309,16 @@ impl VolumeManager {
             s.shared_bytes.set(v.shared_bytes);
             s.exclusive_bytes.set(v.exclusive_bytes);
             s.zero_detect_saved_bytes.set(v.zero_bytes);
-            // Dedup and compression savings are not told apart by the
-            // engine: what is neither zero nor stored goes to the service
-            // the volume runs (compression when both).
-            let saved = v
+            // Dedup saves the blocks that map a record another block of
+            // the volume already maps; compression saves what the distinct
+            // records take less than a block each.
+            let deduplicated = v
                 .mapped_bytes
                 .saturating_sub(v.zero_bytes)
-                .saturating_sub(v.allocated_bytes);
-            let services = pool
-                .volumes()
-                .ok()
-                .and_then(|i| i.into_iter().find(|i| &i.name == name))
-                .map(|i| i.services)
-                .unwrap_or_default();
-            if services.compression != Compression::None {
-                s.compression_saved_bytes.set(saved);
-            } else if services.dedup {
-                s.dedup_saved_bytes.set(saved);
-            }
+                .saturating_sub(v.unique_bytes);
+            s.dedup_saved_bytes.set(deduplicated);
+            s.compression_saved_bytes
+                .set(v.unique_bytes.saturating_sub(v.allocated_bytes));
         }
         if let Ok(p) = pool.stats() {
             s.physical_bytes

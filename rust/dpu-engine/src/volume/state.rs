@@ -1346,6 +1346,7 @@ impl PoolState {
             .copied()
             .filter(|&r| r != ZERO_ENTRY)
             .collect();
+        let unique = distinct.len() as u64 * BS;
         let (mut exclusive, mut shared) = (0, 0);
         for rid in distinct {
             let bytes = self.meta.records.get(&rid).map_or(0, Record::stored_bytes);
@@ -1360,6 +1361,7 @@ impl PoolState {
             size_bytes: v.size_blocks * BS,
             mapped_bytes: mapped,
             zero_bytes: v.map.values().filter(|&&r| r == ZERO_ENTRY).count() as u64 * BS,
+            unique_bytes: unique,
             allocated_bytes: exclusive + shared,
             exclusive_bytes: exclusive,
             shared_bytes: shared,

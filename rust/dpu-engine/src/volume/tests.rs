@@ -571,6 +571,7 @@ fn every_combination_of_services_round_trips() {
             (false, true) => 28,
             (false, false) => 32,
         };
+        assert_eq!(stats.unique_bytes, stored * BS, "{what}");
         if compression == Compression::None {
             assert_eq!(stats.allocated_bytes, stored * BS, "{what}");
         } else {

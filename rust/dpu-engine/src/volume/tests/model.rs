@@ -401,6 +401,7 @@ impl Harness {
             assert_eq!(vs.zero_bytes, zeros * bs, "{name}");
             let ids: HashSet<u64> = v.blocks.values().filter_map(identity).collect();
             let shared = ids.iter().filter(|id| owners[id] > 1).count() as u64;
+            assert_eq!(vs.unique_bytes, ids.len() as u64 * bs, "{name}");
             if raw {
                 assert_eq!(vs.shared_bytes, shared * bs, "{name}");
                 assert_eq!(

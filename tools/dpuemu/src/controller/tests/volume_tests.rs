@@ -1192,3 +1192,76 @@ fn random_vendor_payloads_never_panic_or_leak_ssds() {
     }
     assert!((0..4).all(|s| !a.ssd_in_use(s)));
 }
+
+/// A block of `random` pseudo-random bytes (incompressible) followed by
+/// zeroes, as fio's `buffer_compress_percentage` writes them.
+fn half_random_block(seed: u64, random: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut block = vec![0u8; BLOCK];
+    for b in &mut block[..random] {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    block
+}
+
+#[test]
+fn statistics_tell_zero_detect_dedup_and_compression_apart() {
+    let images = Images::new("reduce", 1, SSD_BYTES);
+    let mut a = Accel::start(&images);
+    a.attach(&[0]);
+    let mut req = request("r", layout::SINGLE, 0b1, 8 << 20);
+    let bits = service::THIN | service::ZERO_DETECT | service::DEDUP | service::COMPRESSION;
+    req.services.set(bits);
+    req.compression = compression::LZ4;
+    let r = a.create(&req).unwrap();
+    // 4 half-random blocks, each written twice, 2 zero blocks and 2
+    // random blocks that do not compress.
+    let unique: Vec<Vec<u8>> = (0..4).map(|i| half_random_block(i, BLOCK / 2)).collect();
+    let data = [
+        unique.concat(),
+        unique.concat(),
+        vec![0u8; 2 * BLOCK],
+        half_random_block(9, BLOCK),
+        half_random_block(10, BLOCK),
+    ]
+    .concat();
+    assert_eq!(a.write(r, 0, &data), Status::SUCCESS);
+    assert_eq!(a.read(r, 0, 12).unwrap(), data);
+    let s = a.statistics(r);
+    let bs = BLOCK as u64;
+    assert_eq!(s.logical_bytes.get(), 12 * bs);
+    assert_eq!(s.zero_detect_saved_bytes.get(), 2 * bs);
+    assert_eq!(s.dedup_saved_bytes.get(), 4 * bs, "the repeated blocks");
+    // Only the half-random blocks compress, each to a little more than
+    // its random half; the random blocks are stored raw.
+    let compressed = s.compression_saved_bytes.get();
+    assert!(
+        (4 * (bs / 2 - 64)..=4 * bs / 2).contains(&compressed),
+        "compression saved {compressed}"
+    );
+    assert_eq!(s.exclusive_bytes.get(), 6 * bs - compressed);
+    assert_eq!(s.shared_bytes.get(), 0);
+    // Physical space is whole blocks: packed records do not span blocks,
+    // so each compressed record (over half a block) takes one.
+    assert!(s.physical_bytes.get() >= 6 * bs);
+
+    // A volume without data services saves nothing.
+    assert_eq!(a.delete(r), Ok(0));
+    let mut req = request("p", layout::SINGLE, 0b1, 8 << 20);
+    req.services.set(service::THIN);
+    let plain = a.create(&req).unwrap();
+    assert_eq!(a.write(plain, 0, &data), Status::SUCCESS);
+    let s = a.statistics(plain);
+    assert_eq!(s.logical_bytes.get(), 12 * bs);
+    assert_eq!(s.exclusive_bytes.get(), 12 * bs);
+    let saved = [
+        s.zero_detect_saved_bytes.get(),
+        s.dedup_saved_bytes.get(),
+        s.compression_saved_bytes.get(),
+    ];
+    assert_eq!(saved, [0, 0, 0]);
+    assert_eq!(a.delete(plain), Ok(0));
+}
