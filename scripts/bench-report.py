@@ -75,6 +75,13 @@ def parse_cpu(path):
     return result, running
 
 
+def parse_size(text):
+    """fio's sizes: a number with an optional k/m/g suffix, base 1024."""
+    text = text.strip().lower().rstrip("b")
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(text[-1:], 1)
+    return int(text.rstrip("kmg")) * scale
+
+
 def derive(fio, cpu, guest_hz, cpus):
     job = fio["jobs"][0]
     opts = job["job options"]
@@ -83,12 +90,11 @@ def derive(fio, cpu, guest_hz, cpus):
     pct = job[main]["clat_ns"].get("percentile", {})
     (g0, h0), (g1, h1) = cpu[0]
     # I/Os of the workload's size: the block layer may split a large I/O
-    # (null_blk takes at most 127 KiB at once), so the device's request
-    # count would overstate it; its byte count does not.
+    # (at a device's max_sectors_kb) or merge small ones, so the device's
+    # request count could be off; its byte count is not.
     requests = (g1["reads"] - g0["reads"]) + (g1["writes"] - g0["writes"])
     moved = 512 * ((g1["read_sectors"] - g0["read_sectors"]) + (g1["write_sectors"] - g0["write_sectors"]))
-    fio_ios = sum(job[d]["total_ios"] for d in ("read", "write"))
-    io_size = sum(job[d]["io_bytes"] for d in ("read", "write")) / fio_ios if fio_ios else 0
+    io_size = parse_size(opts.get("bs", "0"))
     ios = moved / io_size if io_size else 0
     busy = sum(g1[k] - g0[k] for k in BUSY)
     total = sum(g1[k] - g0[k] for k in GUEST_FIELDS[:7])
@@ -167,6 +173,10 @@ def main():
         row = {"device": device, "workload": workload, **row, "fio": fio}
         rows.append(row)
 
+    # The guest interleaves devices within each workload; the table groups
+    # by device (stable sort: workloads keep their order).
+    devices = list(dict.fromkeys(r["device"] for r in rows))
+    rows.sort(key=lambda r: devices.index(r["device"]))
     by_key = {(r["device"], r["workload"]): r for r in rows}
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
     ratios = []
@@ -197,7 +207,9 @@ def main():
     md.append(f"fio, io_uring, direct=1, 1 job; {guest.get('runtime', '?')} s measured after "
               f"{guest.get('ramp', '?')} s ramp; guest {guest.get('cpus', '?')} vCPUs "
               f"({guest.get('accel', '?')}), kernel {guest.get('kernel', '?')}; devices "
-              f"{host.get('size', '?')}; host {host.get('host_cpu', '?')}")
+              f"{host.get('size', '?')}; host {host.get('host_cpu', '?')}, "
+              f"{host.get('host_cpus', '?')} CPUs, load average {host.get('loadavg_start', '?')} "
+              f"at the start, {host.get('loadavg_end', '?')} at the end; {host.get('git', '?')}")
     md.append("")
     md.append("| device | workload | IOPS | MB/s | p50 clat µs | p99 clat µs | guest CPU µs/IO "
               "| host QEMU µs/IO | host dpuemu µs/IO | host total µs/IO |")

@@ -20,6 +20,9 @@ if [ -z "${DPUBLK_IN_CHROOT:-}" ]; then
 	need_root
 	"$DPUBLK_TOP/scripts/setup.sh"
 	stamp=$(date -u +%Y%m%dT%H%M%SZ)
+	# The chroot has no git; the commit is recorded from here.
+	DPUBLK_BENCH_GIT=$(git -C "$DPUBLK_TOP" describe --always --dirty 2>/dev/null || echo unknown)
+	export DPUBLK_BENCH_GIT
 	kdir=$("$DPUBLK_TOP/scripts/setup-kernel.sh")
 	# The VM writes into the cache (the chroot and the guest see it); results
 	# wanted elsewhere move there afterwards.
@@ -54,7 +57,9 @@ vm_opts=(--accelerator --ssds 1 --ssd-size "$size" --qemu-nvme "$size" --output 
 	echo "host_cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
 	echo "host_cpus=$(nproc)"
 	echo "qemu=$(qemu-system-x86_64 --version | head -1)"
-	echo "git=$(git -C "$DPUBLK_TOP" describe --always --dirty 2>/dev/null || echo unknown)"
+	echo "git=${DPUBLK_BENCH_GIT:-unknown}"
+	# Other work on the host shares its cores with the VM.
+	echo "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$out/host.env"
 
 start=$(date +%s)
@@ -74,7 +79,7 @@ set +e
 	tee "$out/vm.log" | grep --line-buffered -E '^\[(bench|dpublk) ' >&2
 rc=${PIPESTATUS[0]}
 set -e
-echo "wall_seconds=$(($(date +%s) - start))" >>"$out/host.env"
+printf 'wall_seconds=%s\nloadavg_end=%s\n' "$(($(date +%s) - start))" "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$out/host.env"
 log "VM run took $(($(date +%s) - start)) s"
 [ "$rc" = 0 ] || { tail -30 "$out/vm.log" >&2; log "the guest side failed (exit $rc); reporting what was measured"; }
 python3 "$DPUBLK_TOP/scripts/bench-report.py" "$out" || exit 1

@@ -55,13 +55,13 @@ setup_qemu_nvme() {
 # null_blk without memory backing: no data is stored or copied, so this is
 # the ceiling of the guest's block layer, fio and io_uring themselves.
 # Completions go through a softirq (irqmode=1) as a device interrupt's would;
-# one submission queue per vCPU like the NVMe drivers. Its size (whole GiB)
-# only bounds the random offsets.
+# one submission queue per vCPU and 512 KiB commands like the NVMe devices.
+# Its size (whole GiB) only bounds the random offsets.
 setup_null_blk() {
 	local dev=/dev/nullb0 i
 	modprobe null_blk queue_mode=2 irqmode=1 submit_queues="$(nproc)" hw_queue_depth=64 \
-		bs=4096 gb=$(((${DPUBLK_BENCH_SIZE_MB:-1024} + 1023) / 1024)) nr_devices=1 \
-		memory_backed=0 >&2 || return 1
+		bs=4096 max_sectors=1024 gb=$(((${DPUBLK_BENCH_SIZE_MB:-1024} + 1023) / 1024)) \
+		nr_devices=1 memory_backed=0 >&2 || return 1
 	for i in $(seq 1 50); do [ -b $dev ] && break; sleep 0.1; done
 	[ -b $dev ] || { msg "no $dev after modprobe null_blk"; return 1; }
 	echo $dev
@@ -118,14 +118,18 @@ sample() {
 	printf 'guest_before=%s\nhost=%s\nguest_after=%s\n' "$before" "$host" "$after"
 }
 
-# run_job LABEL DEV WORKLOAD...: one fio job; the CPU window opens after the
-# ramp and closes while fio is still running, so it covers only steady I/O.
+# run_job LABEL DEV WORKLOAD...: one fio job. The CPU window opens after the
+# ramp and closes while fio is still running, so it covers only steady I/O;
+# then fio is stopped (SIGINT: it still writes its report), so fio's numbers
+# cover about the same time as the window, however long the host agent took
+# to answer.
 run_job() {
-	local label=$1 dev=$2 name=$3 rw=$4 bs=$5 qd=$6 dir="$out/$1" pid i before now
+	local label=$1 dev=$2 name=$3 rw=$4 bs=$5 qd=$6 dir="$out/$1" pid i before now running
 	mkdir -p "$dir"
 	before=$(counters "$dev" | awk '{ print $8 + $9 }')
+	# The runtime is only a safety stop; SIGINT ends the job.
 	fio --name="$name" --filename="$dev" --ioengine=io_uring --direct=1 --rw="$rw" --bs="$bs" \
-		--iodepth="$qd" --numjobs=1 --time_based=1 --ramp_time="$ramp" --runtime=$((runtime + 3)) \
+		--iodepth="$qd" --numjobs=1 --time_based=1 --ramp_time="$ramp" --runtime=$((runtime + 120)) \
 		--size=100% --norandommap=1 --randrepeat=0 --output-format=json --output="$dir/$name.json" \
 		>"$dir/$name.log" 2>&1 &
 	pid=$!
@@ -148,14 +152,18 @@ run_job() {
 		kill -0 $pid 2>/dev/null && echo "fio_running_at_end=1" || echo "fio_running_at_end=0"
 	} >"$dir/$name.cpu.tmp" || { kill $pid 2>/dev/null; wait $pid; msg "$label $name: sampling failed"; return 1; }
 	mv "$dir/$name.cpu.tmp" "$dir/$name.cpu"
-	grep -q fio_running_at_end=1 "$dir/$name.cpu" || msg "$label $name: fio ended inside the CPU window"
-	if ! wait $pid; then
+	running=0
+	kill -INT $pid 2>/dev/null && running=1
+	wait $pid
+	[ $running = 1 ] || msg "$label $name: fio ended inside the CPU window"
+	# After SIGINT fio exits non-zero; its report tells whether I/O failed.
+	if [ "$(sed -n '/^{/,$p' "$dir/$name.json" | jq '.jobs[0].error' 2>/dev/null)" != 0 ]; then
 		msg "$label $name: fio failed"
 		tail -5 "$dir/$name.log" >&2
 		return 1
 	fi
 	echo "$label $name" >>"$out/index"
-	msg "$label $name: $(jq -r '.jobs[0] | "\((.read.iops + .write.iops) | floor) IOPS"' "$dir/$name.json" 2>/dev/null)"
+	msg "$label $name: $(sed -n '/^{/,$p' "$dir/$name.json" | jq -r '.jobs[0] | "\((.read.iops + .write.iops) | floor) IOPS"')"
 }
 
 wanted() { # wanted LABEL LIST: LIST empty or containing LABEL
@@ -172,7 +180,12 @@ wanted() { # wanted LABEL LIST: LIST empty or containing LABEL
 	echo "guest_hz=$(getconf CLK_TCK)"
 } >"$out/guest.env"
 
+# Every device is set up first; then each workload runs on one device after
+# the other, so the rows compared with each other are measured close together
+# in time (other work on the host drifts). Rows must therefore coexist, each
+# on its own backing.
 status=0
+ready=()
 for row in "${DEVICES[@]}"; do
 	read -r label setup workloads <<<"$row"
 	wanted "$label" "${DPUBLK_BENCH_DEVICES:-}" || continue
@@ -193,10 +206,14 @@ for row in "${DEVICES[@]}"; do
 		echo "max_sectors_kb=$(cat "/sys/block/$dev_name/queue/max_sectors_kb")"
 		echo "logical_block_size=$(cat "/sys/block/$dev_name/queue/logical_block_size")"
 	} >"$out/$label.env"
-	for w in "${WORKLOADS[@]}"; do
-		read -r name rw bs qd <<<"$w"
+	ready+=("$label $dev $workloads")
+done
+for w in "${WORKLOADS[@]}"; do
+	read -r name rw bs qd <<<"$w"
+	wanted "$name" "${DPUBLK_BENCH_WORKLOADS:-}" || continue
+	for row in "${ready[@]}"; do
+		read -r label dev workloads <<<"$row"
 		[ "$workloads" = all ] || [[ " ${workloads//,/ } " == *" $name "* ]] || continue
-		wanted "$name" "${DPUBLK_BENCH_WORKLOADS:-}" || continue
 		run_job "$label" "$dev" "$name" "$rw" "$bs" "$qd" || status=1
 	done
 done
