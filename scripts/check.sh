@@ -84,12 +84,17 @@ if [[ " $suites " == *" vm "* ]]; then
 		DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" run_suite dpublk --accelerator --ssds 2 -- \
 			test_dpublk_probe test_dpublk_fio_verify test_dpublk_fs test_dpublk_sched_switch \
 			test_dpublk_cpu_hotplug test_dpublk_pci_remove test_dpublk_rmmod_during_io \
-			test_dpublk_dead_device
+			test_dpublk_reset test_dpublk_dead_device
 		DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" run_suite dpublk-iommu --accelerator --ssds 2 --iommu -- \
 			test_dpublk_probe test_dpublk_fio_verify test_dpublk_pci_remove
 		# configfs management over four SSD functions (issue 5).
 		run_suite management --accelerator --ssds 4 --ssd-size 512M -- \
 			test_configfs_lifecycle test_configfs_bad_input test_configfs_samples
+		# Thin volumes, snapshots and clones, data reduction and encryption
+		# (issues 7 and 8).
+		run_suite services --accelerator --ssds 4 --ssd-size 512M -- \
+			test_thin_snapshot_clone test_thin_pool_full test_reduction_dedup_compress \
+			test_reduction_encryption
 		# Two VM runs over the same SSD images (QEMU's vfio-user client does
 		# not survive its server's death).
 		echo "=== VM suite: dpuemu-crash"
@@ -98,6 +103,13 @@ if [[ " $suites " == *" vm "* ]]; then
 		f=$(grep -cE '^not ok [0-9]+ ' "$results/vm-crash.ktap")
 		passed=$((passed + p)); failed=$((failed + f))
 		grep -q '^# Totals:' "$results/vm-crash.ktap" || { tail -20 "$results/crash.err"; record "dpuemu crash test completes" 1; }
+		# Volumes across a module reload and a kill -9 of dpuemu (issue 5).
+		echo "=== VM suite: volume-persistence"
+		"$DPUBLK_TOP/scripts/persistence-test.sh" 2>"$results/persist.err" | tee "$results/vm-persist.ktap"
+		p=$(grep -cE '^ok [0-9]+ ' "$results/vm-persist.ktap")
+		f=$(grep -cE '^not ok [0-9]+ ' "$results/vm-persist.ktap")
+		passed=$((passed + p)); failed=$((failed + f))
+		grep -q '^# Totals:' "$results/vm-persist.ktap" || { tail -20 "$results/persist.err"; record "volume persistence test completes" 1; }
 	fi
 fi
 

@@ -144,6 +144,8 @@ if [ -n "$output" ]; then
 	mkdir -p "$output"
 	vng_args+=(--rwdir "$output")
 fi
+# Tests that span VM runs keep their notes beside the images.
+[ -n "${DPUBLK_IMAGES_DIR:-}" ] && vng_args+=(--rwdir "$DPUBLK_IMAGES_DIR")
 [ "$accel" = tcg ] && vng_args+=(--disable-kvm)
 
 # The guest command runs with the repository as working directory and knows
