@@ -19,6 +19,9 @@
 #                            rate and the user+system ticks QEMU and dpuemu
 #                            have used so far (0 for one not running); a
 #                            benchmark takes one before and one after a job
+#   image-count HEX SSD...   how often the bytes HEX occur in each SSD image
+#                            of the run (SSD = ssd0, ssd1, ...), one line
+#                            'SSD COUNT' each: tests scan the raw media
 . "$(dirname "$0")/lib.sh"
 rundir=$1
 ctl=$rundir/ctl
@@ -40,6 +43,21 @@ own_ticks() { # own_ticks PID: user+system clock ticks of the process itself
 	awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 qemu_pid() { pgrep -f -n "qemu-system-x86_64.*$rundir"; }
+
+count_bytes() { # count_bytes HEX FILE: occurrences of the bytes in FILE
+	python3 - "$1" "$2" <<'PY'
+import sys
+pattern, count, tail = bytes.fromhex(sys.argv[1]), 0, b""
+with open(sys.argv[2], "rb") as f:
+    while chunk := f.read(16 << 20):
+        data = tail + chunk
+        count += data.count(pattern)
+        # Keep less than one pattern, so a match across two chunks is
+        # counted once and none twice.
+        tail = data[max(0, len(data) - len(pattern) + 1):]
+print(count)
+PY
+}
 
 serve() { # serve COMMAND [ARGS]
 	case $1 in
@@ -68,6 +86,14 @@ serve() { # serve COMMAND [ARGS]
 		printf 'hz=%s qemu=%s dpuemu=%s\n' "$(getconf CLK_TCK)" \
 			"$([ -n "$qemu" ] && own_ticks "$qemu" || echo 0)" \
 			"$([ -n "$dpuemu" ] && own_ticks "$dpuemu" || echo 0)" ;;
+	image-count)
+		local hex=$2 ssd
+		shift 2
+		[[ $hex =~ ^([0-9a-f]{2})+$ ]] || { echo "not a hex byte string: $hex"; return 1; }
+		for ssd in "$@"; do
+			[[ $ssd =~ ^ssd[0-9]+$ ]] || { echo "not an SSD name: $ssd"; return 1; }
+			printf '%s %s\n' "$ssd" "$(count_bytes "$hex" "${DPUBLK_IMAGES_DIR:-$rundir}/$ssd.img")"
+		done ;;
 	*) echo "unknown command: $1"; return 1 ;;
 	esac
 }
