@@ -97,15 +97,21 @@ preload() {
 	msg "preloaded $dev ($(($(blockdev --getsize64 "$dev") / 1048576)) MiB) in $((SECONDS - start)) s"
 }
 
-# counters DEV: guest CPU jiffies (user nice system idle iowait irq softirq)
-# and the device's completed reads and writes and sectors read and written,
-# read with builtins only so the sampling itself costs the guest next to
-# nothing.
+# counters DEV: guest CPU jiffies (user nice system idle iowait irq softirq),
+# the device's completed reads and writes and sectors read and written, the
+# scheduler's run time of all tasks on all CPUs (/proc/schedstat, ns) and the
+# wall clock (s); read with builtins only so the sampling itself costs the
+# guest next to nothing.
 counters() {
-	local dev=$1 cpu user nice system idle iowait irq softirq rest stat
+	local dev=$1 cpu user nice system idle iowait irq softirq rest stat sched=0 f
 	read -r cpu user nice system idle iowait irq softirq rest </proc/stat
 	read -r -a stat <"/sys/block/$(basename "$(readlink -f "$dev")")/stat"
-	echo "$user $nice $system $idle $iowait $irq $softirq ${stat[0]} ${stat[4]} ${stat[2]} ${stat[6]}"
+	# cpuN lines: name, yld_count, 0, sched_count, sched_goidle, ttwu_count,
+	# ttwu_local, rq_cpu_time (ns the CPU ran tasks other than idle), ...
+	while read -r -a f; do
+		[[ ${f[0]} == cpu[0-9]* ]] && sched=$((sched + f[7]))
+	done </proc/schedstat
+	echo "$user $nice $system $idle $iowait $irq $softirq ${stat[0]} ${stat[4]} ${stat[2]} ${stat[6]} $sched $EPOCHREALTIME"
 }
 
 # sample DEV: guest counters just before and just after the host's sample, so
