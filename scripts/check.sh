@@ -95,6 +95,9 @@ if [[ " $suites " == *" vm "* ]]; then
 		run_suite services --accelerator --ssds 4 --ssd-size 512M -- \
 			test_thin_snapshot_clone test_thin_pool_full test_reduction_dedup_compress \
 			test_reduction_encryption
+		# Protection: degraded mode, rebuild onto a spare, scrub (issue 6).
+		run_suite protection --accelerator --ssds 7 --ssd-size 128M -- \
+			test_protection_scrub test_protection_degraded test_protection_rebuild
 		# Two VM runs over the same SSD images (QEMU's vfio-user client does
 		# not survive its server's death).
 		echo "=== VM suite: dpuemu-crash"
