@@ -196,6 +196,7 @@ def main():
             "workload": w,
             "iops": ratio(s["iops"], b["iops"]),
             "guest_cpu_per_io": ratio(s["guest_cpu_us_per_io"], b["guest_cpu_us_per_io"]),
+            "guest_sched_per_io": ratio(s["guest_sched_us_per_io"], b["guest_sched_us_per_io"]),
             "host_cpu_per_io": ratio(s["host_cpu_us_per_io"], b["host_cpu_us_per_io"]),
         })
 
@@ -232,11 +233,12 @@ def main():
         md.append("")
         # Guest and host CPU are not added up: under TCG the host's QEMU time
         # contains the guest's.
-        md.append(f"| {SUBJECT} / {BASELINE} | IOPS | guest CPU per I/O | host CPU per I/O |")
-        md.append("| --- | ---: | ---: | ---: |")
+        md.append(f"| {SUBJECT} / {BASELINE} | IOPS | guest CPU per I/O | guest sched per I/O "
+                  "| host CPU per I/O |")
+        md.append("| --- | ---: | ---: | ---: | ---: |")
         for q in ratios:
             md.append(f"| {q['workload']} | {fmt(q['iops'], 2)} | {fmt(q['guest_cpu_per_io'], 2)} "
-                      f"| {fmt(q['host_cpu_per_io'], 2)} |")
+                      f"| {fmt(q['guest_sched_per_io'], 2)} | {fmt(q['host_cpu_per_io'], 2)} |")
     for r in rows:
         if r["window"]["fio_running_at_end"] is False:
             md.append("")
