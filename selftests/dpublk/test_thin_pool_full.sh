@@ -68,7 +68,9 @@ cmp -s "$TEST_TMP/again" "$TEST_TMP/again.back" || fail "data written after the 
 dd if="$vol" bs=1M skip=48 count=32 iflag=direct status=none | cmp -s - <(head -c 32M /dev/zero) ||
 	fail "the discarded range past the new data does not read as zeroes"
 free2=$(vol_stat full pool_free_bytes) || fail "no pool_free_bytes"
-[ "$free2" -ge $((free + 24 * MiB)) ] || fail "pool_free_bytes $free2 after freeing 64 MiB and using 32 (was $free)"
+# 64 MiB freed, 32 used again; the metadata may have grown meanwhile (a
+# new checkpoint is written before the old one is released).
+[ "$free2" -ge $((free + 16 * MiB)) ] || fail "pool_free_bytes $free2 after freeing 64 MiB and using 32 (was $free)"
 cmp -s "$TEST_TMP/first" <(dd if="$vol" bs=1M count=16 iflag=direct status=none) || fail "the first 16 MiB changed"
 diag "discard gave back $(((free2 - free) / MiB)) MiB net; writes resumed"
 
