@@ -89,7 +89,7 @@ if [[ " $suites " == *" vm "* ]]; then
 			test_dpublk_probe test_dpublk_fio_verify test_dpublk_pci_remove
 		# configfs management over four SSD functions (issue 5).
 		run_suite management --accelerator --ssds 4 --ssd-size 512M -- \
-			test_configfs_lifecycle test_configfs_bad_input test_configfs_samples
+			test_configfs_lifecycle test_configfs_bad_input test_configfs_samples test_dpublk_flush_discard
 		# Thin volumes, snapshots and clones, data reduction and encryption
 		# (issues 7 and 8).
 		run_suite services --accelerator --ssds 4 --ssd-size 512M -- \

@@ -921,6 +921,8 @@ volume_attribute!(17, show: |v, w| {
         ("read_commands", &s.read_commands),
         ("write_commands", &s.write_commands),
         ("flush_commands", &s.flush_commands),
+        ("write_zeroes_commands", &s.write_zeroes_commands),
+        ("deallocate_commands", &s.deallocate_commands),
         ("read_bytes", &s.read_bytes),
         ("write_bytes", &s.write_bytes),
         ("error_completions", &s.error_completions),
