@@ -167,7 +167,10 @@ impl DefaultGroup {
     /// (this runs while the parent is being created in `make_group`),
     /// `group` is not linked anywhere, and the `DefaultGroup` that owns
     /// `group` is dropped no earlier than the parent's data.
-    pub(crate) unsafe fn link(parent: *mut bindings::config_group, group: *mut bindings::config_group) {
+    pub(crate) unsafe fn link(
+        parent: *mut bindings::config_group,
+        group: *mut bindings::config_group,
+    ) {
         // SAFETY: Nothing else can see `parent` or `group` yet (function
         // requirement), so this is `configfs_add_default_group()`, a plain
         // `list_add_tail(&group->group_entry, &parent->default_groups)`

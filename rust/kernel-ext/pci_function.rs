@@ -42,7 +42,8 @@ impl PciFunction {
         }
         let devfn = u32::from(device) << 3 | u32::from(function);
         // SAFETY: Plain lookup; it returns a referenced device or null.
-        let raw = unsafe { bindings::pci_get_domain_bus_and_slot(domain as c_int, bus.into(), devfn) };
+        let raw =
+            unsafe { bindings::pci_get_domain_bus_and_slot(domain as c_int, bus.into(), devfn) };
         // INVARIANT: The lookup took a reference for us.
         NonNull::new(raw).map(|pdev| Self { pdev })
     }

@@ -101,7 +101,8 @@ impl Tree {
         // dropped (field order of the module).
         self.ssds = Some(unsafe { ChildGroup::register(root_group, ssd::SsdsDir::new()?)? });
         // SAFETY: As above.
-        self.volumes = Some(unsafe { ChildGroup::register(root_group, volume::VolumesDir::new()?)? });
+        self.volumes =
+            Some(unsafe { ChildGroup::register(root_group, volume::VolumesDir::new()?)? });
         Ok(())
     }
 }

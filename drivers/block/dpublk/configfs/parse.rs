@@ -22,7 +22,10 @@ pub(crate) fn value(page: &[u8]) -> Result<&[u8], Refusal> {
     if text.len() > 256 {
         return Err("value too long");
     }
-    if text.iter().any(|&b| !b.is_ascii_graphic() && b != b' ' && b != b',') {
+    if text
+        .iter()
+        .any(|&b| !b.is_ascii_graphic() && b != b' ' && b != b',')
+    {
         return Err("value contains control or non-ASCII bytes");
     }
     Ok(text)
@@ -146,8 +149,12 @@ pub(crate) fn xts_key(page: &[u8], key: &mut [u8; 64]) -> Result<(), Refusal> {
         return Err("key must be 128 hexadecimal digits (64 bytes)");
     }
     for (i, pair) in text.chunks_exact(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16).ok_or("key must be hexadecimal")?;
-        let lo = (pair[1] as char).to_digit(16).ok_or("key must be hexadecimal")?;
+        let hi = (pair[0] as char)
+            .to_digit(16)
+            .ok_or("key must be hexadecimal")?;
+        let lo = (pair[1] as char)
+            .to_digit(16)
+            .ok_or("key must be hexadecimal")?;
         key[i] = (hi << 4 | lo) as u8;
     }
     if key.iter().all(|&b| b == 0) {
@@ -206,7 +213,15 @@ mod tests {
         assert_eq!(pci_address(b"0000:01:00.0"), Some((0, 1, 0, 0)));
         assert_eq!(pci_address(b"00:1f.7"), Some((0, 0, 31, 7)));
         assert_eq!(pci_address(b"0001:ff:1f.7"), Some((1, 0xff, 31, 7)));
-        for bad in [&b"01:00"[..], b"0000:01:00.8", b"0000:01:20.0", b"x:01:00.0", b"0000:001:00.0", b"01:00.0.1", b""] {
+        for bad in [
+            &b"01:00"[..],
+            b"0000:01:00.8",
+            b"0000:01:20.0",
+            b"x:01:00.0",
+            b"0000:001:00.0",
+            b"01:00.0.1",
+            b"",
+        ] {
             assert_eq!(pci_address(bad), None);
         }
     }

@@ -7,7 +7,7 @@
 //! the volume back to it, `destroy` deletes it. `rmdir` forgets the handle
 //! only, like volume directories.
 
-use super::{parse, refuse, report, volume::VolumeState, bstr};
+use super::{bstr, parse, refuse, report, volume::VolumeState};
 use crate::{
     management::{self, Payload, LIST_ENTRY_BYTES},
     shim::{
@@ -84,7 +84,13 @@ impl configfs::GroupOperations for SnapshotsDir {
         let nsid = {
             let c = volume.config.lock();
             if !c.exists {
-                return report(DIR, &volume.name, "mkdir", "the volume does not exist on the accelerator yet", ENOENT);
+                return report(
+                    DIR,
+                    &volume.name,
+                    "mkdir",
+                    "the volume does not exist on the accelerator yet",
+                    ENOENT,
+                );
             }
             if c.nsid == 0 {
                 return report(DIR, &volume.name, "mkdir", "the volume is locked", ENOKEY);

@@ -7,7 +7,7 @@
 //! every driver off it with `driver_override`, and tells the accelerator to
 //! take the media (SSD Attach). Detaching reverses the three steps.
 
-use super::{parse, refuse, report, bstr, Registry, REGISTRY};
+use super::{bstr, parse, refuse, report, Registry, REGISTRY};
 use crate::{
     management::{self, Payload, LIST_ENTRY_BYTES},
     pci_function::{PciFunction, NO_DRIVER},
@@ -189,7 +189,13 @@ fn trim_serial(serial: &[u8]) -> &[u8] {
 
 fn attach(name: &[u8], inner: &mut SsdInner) -> Result {
     let (Some(function), Some(index)) = (&inner.function, inner.index) else {
-        return report("ssds", name, "attach", "write the SSD to 'device' first", EINVAL);
+        return report(
+            "ssds",
+            name,
+            "attach",
+            "write the SSD to 'device' first",
+            EINVAL,
+        );
     };
     if inner.attached {
         return report("ssds", name, "attach", "already attached", EBUSY);
@@ -392,8 +398,12 @@ fn parse_fault(text: &[u8]) -> Result<vendor::FaultInjection, parse::Refusal> {
     let mut fault = vendor::FaultInjection::zeroed();
     fault.kind = code;
     if ranged {
-        let start = words.next().ok_or("expected START BLOCKS after the fault kind")?;
-        let blocks = words.next().ok_or("expected START BLOCKS after the fault kind")?;
+        let start = words
+            .next()
+            .ok_or("expected START BLOCKS after the fault kind")?;
+        let blocks = words
+            .next()
+            .ok_or("expected START BLOCKS after the fault kind")?;
         fault.slba.set(parse::number(start)?);
         fault.blocks.set(parse::number(blocks)?);
     }

@@ -10,7 +10,7 @@
 //! reloads and accelerator restarts; `mkdir` of an existing volume's name
 //! adopts it.
 
-use super::{parse, refuse, report, snapshot::SnapshotsDir, bstr, Registry};
+use super::{bstr, parse, refuse, report, snapshot::SnapshotsDir, Registry};
 use crate::{
     configfs_ext::{self, DefaultGroup, GroupAddress},
     management::{self, Payload, LIST_ENTRY_BYTES},
@@ -366,7 +366,11 @@ impl VolumeState {
             _ => {}
         }
         if c.encrypted && c.key.is_none() {
-            return Err(self.refuse("enable", "encryption needs a key: write it to 'key'", ENOKEY));
+            return Err(self.refuse(
+                "enable",
+                "encryption needs a key: write it to 'key'",
+                ENOKEY,
+            ));
         }
         for &index in c.ssds.iter() {
             let attached = Registry::ssd_name(index)
@@ -395,7 +399,9 @@ impl VolumeState {
         payload.data_shards = data;
         payload.parity_shards = parity;
         payload.services.set(c.services());
-        payload.ssd_mask.set(c.ssds.iter().fold(0u64, |m, &i| m | 1u64 << i));
+        payload
+            .ssd_mask
+            .set(c.ssds.iter().fold(0u64, |m, &i| m | 1u64 << i));
         payload.stripe_bytes.set(c.chunk);
         payload.compression = if c.compression == 2 {
             vendor::compression::ZSTD
@@ -424,13 +430,20 @@ impl VolumeState {
         c.exists = true;
         c.nsid = nsid;
         c.wipe_key();
-        pr_info!("volumes/{}: created on the accelerator as namespace {nsid}\n", bstr(&self.name));
+        pr_info!(
+            "volumes/{}: created on the accelerator as namespace {nsid}\n",
+            bstr(&self.name)
+        );
         Ok(())
     }
 
     fn unlock(&self, c: &mut VolumeConfig) -> Result {
         let Some(key) = &c.key else {
-            return Err(self.refuse("enable", "the volume is locked: write its key to 'key'", ENOKEY));
+            return Err(self.refuse(
+                "enable",
+                "the volume is locked: write its key to 'key'",
+                ENOKEY,
+            ));
         };
         let mgmt = management::current()?;
         let mut payload = KBox::new(VolumeCreate::zeroed(), GFP_KERNEL)?;
@@ -505,10 +518,18 @@ impl VolumeState {
             return Err(self.refuse("destroy", "disable the volume first", EBUSY));
         }
         if !c.exists {
-            return Err(self.refuse("destroy", "the volume does not exist on the accelerator", ENOENT));
+            return Err(self.refuse(
+                "destroy",
+                "the volume does not exist on the accelerator",
+                ENOENT,
+            ));
         }
         if c.nsid == 0 {
-            return Err(self.refuse("destroy", "the volume is locked: unlock it with its key first", ENOKEY));
+            return Err(self.refuse(
+                "destroy",
+                "the volume is locked: unlock it with its key first",
+                ENOKEY,
+            ));
         }
         let mgmt = management::current()?;
         let mut sqe = SubmissionEntry::new(vendor::opcode::VOLUME_DELETE, 0);
@@ -523,13 +544,58 @@ impl VolumeState {
         })?;
         c.exists = false;
         c.nsid = 0;
-        pr_info!("volumes/{}: destroyed on the accelerator\n", bstr(&self.name));
+        pr_info!(
+            "volumes/{}: destroyed on the accelerator\n",
+            bstr(&self.name)
+        );
         Ok(())
     }
 
     /// The device's list entry, for state and statistics.
     fn entry(&self) -> Option<VolumeListEntry> {
         find_on_device(&self.name).ok().flatten()
+    }
+}
+
+impl VolumeState {
+    /// Stores a small number setting that is fixed once the volume exists.
+    fn store_number(
+        &self,
+        page: &[u8],
+        attr: &str,
+        allowed: core::ops::RangeInclusive<u64>,
+        why: &str,
+        field: fn(&mut VolumeConfig) -> &mut u8,
+    ) -> Result {
+        let n = self.parse(attr, parse::number(page))?;
+        if !allowed.contains(&n) {
+            return report(DIR, &self.name, attr, why, EINVAL);
+        }
+        let mut c = self.config.lock();
+        self.may_change(&c, attr, false)?;
+        *field(&mut c) = n as u8;
+        Ok(())
+    }
+
+    /// Stores an on/off data service that Service Set can change once the
+    /// volume exists (the old value stays if the accelerator refuses).
+    fn store_service_flag(
+        &self,
+        page: &[u8],
+        attr: &str,
+        field: fn(&mut VolumeConfig) -> &mut bool,
+    ) -> Result {
+        let on = self.parse(attr, parse::boolean(page))?;
+        let mut c = self.config.lock();
+        let exists = self.may_change(&c, attr, true)?;
+        let old = core::mem::replace(field(&mut c), on);
+        if exists {
+            if let Err(e) = self.set_services(&c, attr) {
+                *field(&mut c) = old;
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -649,16 +715,7 @@ volume_attribute!(3,
         writeln!(w, "{}", v.config.lock().copies)?;
         Ok(())
     },
-    store: |v, page| {
-        let n = v.parse("copies", parse::number(page))?;
-        if !(2..=3).contains(&n) {
-            return report(DIR, &v.name, "copies", "raid10 keeps 2 or 3 copies", EINVAL);
-        }
-        let mut c = v.config.lock();
-        v.may_change(&c, "copies", false)?;
-        c.copies = n as u8;
-        Ok(())
-    }
+    store: |v, page| v.store_number(page, "copies", 2..=3, "raid10 keeps 2 or 3 copies", |c| &mut c.copies)
 );
 
 volume_attribute!(4,
@@ -666,16 +723,7 @@ volume_attribute!(4,
         writeln!(w, "{}", v.config.lock().ec_k)?;
         Ok(())
     },
-    store: |v, page| {
-        let n = v.parse("ec_k", parse::number(page))?;
-        if !(1..=16).contains(&n) {
-            return report(DIR, &v.name, "ec_k", "ec_k must be 1 to 16", EINVAL);
-        }
-        let mut c = v.config.lock();
-        v.may_change(&c, "ec_k", false)?;
-        c.ec_k = n as u8;
-        Ok(())
-    }
+    store: |v, page| v.store_number(page, "ec_k", 1..=16, "ec_k must be 1 to 16", |c| &mut c.ec_k)
 );
 
 volume_attribute!(5,
@@ -683,16 +731,7 @@ volume_attribute!(5,
         writeln!(w, "{}", v.config.lock().ec_m)?;
         Ok(())
     },
-    store: |v, page| {
-        let n = v.parse("ec_m", parse::number(page))?;
-        if !(1..=4).contains(&n) {
-            return report(DIR, &v.name, "ec_m", "ec_m must be 1 to 4", EINVAL);
-        }
-        let mut c = v.config.lock();
-        v.may_change(&c, "ec_m", false)?;
-        c.ec_m = n as u8;
-        Ok(())
-    }
+    store: |v, page| v.store_number(page, "ec_m", 1..=4, "ec_m must be 1 to 4", |c| &mut c.ec_m)
 );
 
 volume_attribute!(6,
@@ -753,20 +792,7 @@ volume_attribute!(9,
         writeln!(w, "{}", u8::from(v.config.lock().dedup))?;
         Ok(())
     },
-    store: |v, page| {
-        let on = v.parse("dedup", parse::boolean(page))?;
-        let mut c = v.config.lock();
-        let exists = v.may_change(&c, "dedup", true)?;
-        let old = c.dedup;
-        c.dedup = on;
-        if exists {
-            if let Err(e) = v.set_services(&c, "dedup") {
-                c.dedup = old;
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
+    store: |v, page| v.store_service_flag(page, "dedup", |c| &mut c.dedup)
 );
 
 volume_attribute!(10,
@@ -774,20 +800,7 @@ volume_attribute!(10,
         writeln!(w, "{}", u8::from(v.config.lock().zero_detect))?;
         Ok(())
     },
-    store: |v, page| {
-        let on = v.parse("zero_detect", parse::boolean(page))?;
-        let mut c = v.config.lock();
-        let exists = v.may_change(&c, "zero_detect", true)?;
-        let old = c.zero_detect;
-        c.zero_detect = on;
-        if exists {
-            if let Err(e) = v.set_services(&c, "zero_detect") {
-                c.zero_detect = old;
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
+    store: |v, page| v.store_service_flag(page, "zero_detect", |c| &mut c.zero_detect)
 );
 
 volume_attribute!(11,
