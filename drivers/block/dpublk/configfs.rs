@@ -131,9 +131,12 @@ impl Registry {
     }
 
     /// The name of another SSD handle that already stands for SSD `index`.
-    fn ssd_with_index(index: u16, not: &SsdState) -> Option<KVec<u8>> {
-        let registry = REGISTRY.lock();
-        for s in registry.ssds.iter() {
+    ///
+    /// Lock order: the registry before SSD handle locks. The caller holds
+    /// the registry (so two handles cannot claim one SSD at once) and may
+    /// hold `not`'s lock, which is skipped.
+    fn ssd_with_index(&self, index: u16, not: &SsdState) -> Option<KVec<u8>> {
+        for s in self.ssds.iter() {
             if core::ptr::eq(&**s, not) {
                 continue;
             }

@@ -293,6 +293,9 @@ ssd_attribute!(0,
     store: |s, page| {
         let text = parse::value(page)
             .map_err(|why| refuse("ssds", &s.name, "device", why, EINVAL))?;
+        // The registry stays locked until the handle has its index, so two
+        // handles never claim the same SSD.
+        let registry = REGISTRY.lock();
         let mut inner = s.inner.lock();
         if inner.attached {
             return report("ssds", &s.name, "device", "detach the SSD first", EBUSY);
@@ -301,7 +304,7 @@ ssd_attribute!(0,
             Ok(found) => found,
             Err(why) => return report("ssds", &s.name, "device", why, ENODEV),
         };
-        if let Some(other) = Registry::ssd_with_index(index, s) {
+        if let Some(other) = registry.ssd_with_index(index, s) {
             pr_err!("ssds/{}: device: SSD {index} is already ssds/{}\n", bstr(&s.name), bstr(&other));
             return Err(EEXIST);
         }
