@@ -31,7 +31,8 @@ fn ring_end(base: u64, entries: u32, size: u64) -> Result<u64, Status> {
 
 impl Controller {
     /// Executes one admin command. `None` means the command stays
-    /// outstanding (Asynchronous Event Request).
+    /// outstanding (Asynchronous Event Request) or completes later from
+    /// another thread (a Maintenance scrub).
     pub(super) fn execute_admin(&self, sqe: &SubmissionEntry) -> Option<Completion> {
         let cid = sqe.cid();
         let result = if sqe.fuse() != 0 || sqe.psdt() != nvme_shim::dptr::Psdt::Prp {
@@ -65,6 +66,9 @@ impl Controller {
                 }
                 op if op >= admin::VENDOR_FIRST => match &self.personality {
                     Personality::Accelerator { ssds, volumes } => {
+                        if self.defer_scrub(sqe, volumes) {
+                            return None;
+                        }
                         self.execute_vendor(sqe, ssds, Some(volumes))
                     }
                     Personality::Ssd { .. } => Err(Status::INVALID_OPCODE),

@@ -236,7 +236,16 @@ impl Host {
             regs::doorbell_offset(0, DoorbellKind::SubmissionTail, 0),
             self.asq.index,
         );
-        let cqe = Self::pop(&self.mem, &mut self.acq).expect("admin completion");
+        // Most commands complete before the doorbell write returns; a
+        // scrub completes from its own thread.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let cqe = loop {
+            if let Some(cqe) = Self::pop(&self.mem, &mut self.acq) {
+                break cqe;
+            }
+            assert!(std::time::Instant::now() < deadline, "admin completion");
+            std::thread::yield_now();
+        };
         assert_eq!(cqe.command_id(), cid);
         assert_eq!(cqe.queue(), 0);
         self.write32(

@@ -61,7 +61,10 @@ impl VolumeManager {
         let mut state = self.lock();
         let (fi, array) = Self::redundant_array(&state, nsid)?;
         // The manager's lock stays held: the family cannot be deleted (and
-        // its SSDs given back) under the scrub. I/O does not take it.
+        // its SSDs given back) under the scrub. I/O does not take it. The
+        // family's rebuild waits meanwhile: both read every row.
+        let alive = state.families[fi].alive.clone();
+        let _rebuild = alive.lock().unwrap_or_else(|p| p.into_inner());
         let report = array.scrub(repair).map_err(|e| {
             warn!("accel: scrub of namespace {nsid}: {e}");
             Status::WRITE_FAULT
@@ -171,8 +174,9 @@ impl VolumeManager {
 
 #[cfg(test)]
 impl VolumeManager {
-    /// The gates of the families' background rebuilds, for tests: while
-    /// a test holds one, that family's rebuild makes no progress.
+    /// The gates of the families' background rebuilds and scrubs, for
+    /// tests: while a test holds one, that family's rebuild makes no
+    /// progress and a scrub of it does not start.
     pub(crate) fn rebuild_gates(&self) -> Vec<Arc<std::sync::Mutex<bool>>> {
         self.lock()
             .families

@@ -417,3 +417,52 @@ fn scrub_repairs_silent_corruption_on_a_three_way_mirror() {
     let req = protected("m3", layout::RAID10, 3, 0, 0b111);
     scrub_finds_and_repairs("maint-scrub-m3", &req, 1, 2);
 }
+
+#[test]
+fn a_scrub_completes_later_while_io_goes_on() {
+    let images = Images::new("maint-async", 6, MAINT_SSD_BYTES);
+    let mut a = Accel::start(&images);
+    a.attach(&[0, 1, 2, 3, 4, 5]);
+    let nsid = a
+        .create(&protected("r6", layout::RAID6, 0, 0, 0b11_1111))
+        .unwrap();
+    let mut want = a.fill(nsid, 0, 256, 81);
+    let gates = a.manager().rebuild_gates();
+    let held = gates[0].lock().unwrap();
+    // The doorbell write returns with the scrub still waiting for the gate.
+    let cid = a.host.next_cid();
+    let mut sqe = vendor::maintenance_command(nsid, maintenance::SCRUB_CHECK, 0, 0);
+    sqe.set_cid(cid);
+    Host::push(&a.host.mem, &mut a.host.asq, &sqe);
+    a.host.write32(
+        regs::doorbell_offset(0, DoorbellKind::SubmissionTail, 0),
+        a.host.asq.index,
+    );
+    assert!(Host::pop(&a.host.mem, &mut a.host.acq).is_none());
+    // Meanwhile the volume reads and writes.
+    assert_eq!(a.read_all(nsid, 0, 256).unwrap(), want);
+    let more = a.fill(nsid, 64, 64, 82);
+    want[64 * BLOCK..128 * BLOCK].copy_from_slice(&more);
+    assert!(Host::pop(&a.host.mem, &mut a.host.acq).is_none());
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cqe = loop {
+        if let Some(cqe) = Host::pop(&a.host.mem, &mut a.host.acq) {
+            break cqe;
+        }
+        assert!(Instant::now() < deadline, "the scrub never completed");
+        std::thread::yield_now();
+    };
+    a.host.write32(
+        regs::doorbell_offset(0, DoorbellKind::CompletionHead, 0),
+        a.host.acq.index,
+    );
+    assert_eq!((cqe.command_id(), cqe.queue()), (cid, 0));
+    assert_eq!((cqe.status(), cqe.result.get()), (Status::SUCCESS, 0));
+    assert_eq!(a.read_all(nsid, 0, 256).unwrap(), want);
+    // Failures of a deferred scrub complete with their status, too.
+    assert_eq!(
+        a.maintenance(77, maintenance::SCRUB_REPAIR, 0),
+        Err(vendor_status(vs::VOLUME_NOT_FOUND))
+    );
+}
