@@ -10,6 +10,8 @@
 #   dpuemu-kill              kill -9 the emulator (a crash, not a shutdown)
 #   dpuemu-freeze            SIGSTOP the emulator (a hung device)
 #   dpuemu-thaw              SIGCONT it
+#   dpuemu-lose-io           SIGUSR1 it: the accelerator loses (never
+#                            completes) its next I/O command
 #   dpuemu-start             start it again with the same arguments and images
 #   device-del ID            hot-unplug a vfio-user function (QMP device_del)
 #   device-add ID            hot-plug it again (QMP device_add, same socket)
@@ -68,6 +70,7 @@ serve() { # serve COMMAND [ARGS]
 		echo "killed $pid" ;;
 	dpuemu-freeze) kill -STOP "$(cat "$rundir/dpuemu.pid")" && echo frozen ;;
 	dpuemu-thaw) kill -CONT "$(cat "$rundir/dpuemu.pid")" && echo thawed ;;
+	dpuemu-lose-io) kill -USR1 "$(cat "$rundir/dpuemu.pid")" && echo armed ;;
 	dpuemu-start)
 		# shellcheck disable=SC2046 # the saved arguments are a word list
 		"$DPUBLK_TOP/scripts/dpuemu-start.sh" $(cat "$rundir/dpuemu.args") >/dev/null ;;

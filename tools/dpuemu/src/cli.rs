@@ -12,6 +12,7 @@ Serves one accelerator function (DIR/accel.sock) and one local NVMe SSD
 function per --ssd (DIR/ssd0.sock, DIR/ssd1.sock, ...) to QEMU's
 vfio-user-pci devices. Prints 'dpuemu: ready' to stderr once every socket
 listens. SIGTERM or SIGINT flushes the media and removes the sockets.
+SIGUSR1 (a test hook) makes the accelerator lose its next I/O command.
 
 Options:
   --socket-dir DIR       directory for the vfio-user sockets (created)

@@ -841,6 +841,13 @@ impl Controller {
             let sqe = SubmissionEntry::from_bytes(&raw);
             let outcome = if qid == 0 {
                 self.execute_admin(&sqe)
+            } else if self.loses_command() {
+                warn!(
+                    "{}: SQ {qid} cid {} lost (test hook)",
+                    self.config.name,
+                    sqe.cid()
+                );
+                None
             } else {
                 Some(self.execute_io(&sqe))
             };
@@ -862,6 +869,13 @@ impl Controller {
             self.raise(cq);
         }
         processed > 0
+    }
+
+    /// Whether the accelerator drops the I/O command it is taking
+    /// (`lost_command` test hook; SSD functions never do).
+    fn loses_command(&self) -> bool {
+        matches!(self.personality, Personality::Accelerator { .. })
+            && crate::lost_command::LOST_COMMANDS.take()
     }
 
     /// Takes the host's latest head of `cq` (shadow or MMIO doorbell).

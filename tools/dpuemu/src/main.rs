@@ -10,6 +10,7 @@ mod controller;
 mod guest_memory;
 mod interrupts;
 mod logger;
+mod lost_command;
 mod namespace;
 mod ownership;
 mod pci_config;
@@ -58,8 +59,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Blocks SIGTERM and SIGINT in this thread (and every thread it starts
-/// afterwards), so only `wait_for_signal` receives them.
+/// Blocks SIGTERM, SIGINT and SIGUSR1 in this thread (and every thread it
+/// starts afterwards), so only `wait_for_signal` receives them.
 fn block_signals() -> Result<libc::sigset_t, String> {
     // SAFETY: `sigset_t` is plain data; it is initialized by `sigemptyset`
     // before use, and the calls only access the set we pass.
@@ -68,6 +69,7 @@ fn block_signals() -> Result<libc::sigset_t, String> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
             return Err(format!("pthread_sigmask: error {rc}"));
@@ -234,7 +236,15 @@ fn run(options: &Options) -> Result<(), String> {
         options.socket_dir.display()
     );
 
-    let signal = wait_for_signal(&signals);
+    let signal = loop {
+        match wait_for_signal(&signals) {
+            libc::SIGUSR1 => {
+                lost_command::LOST_COMMANDS.arm();
+                info!("SIGUSR1: the accelerator loses its next I/O command");
+            }
+            signal => break signal,
+        }
+    };
     info!("signal {signal}: shutting down");
     for function in &functions {
         function.controller.stop_workers();
