@@ -12,10 +12,12 @@
 //! - [`Operations`]: the driver's callbacks (`queue_rq`, `commit_rqs`,
 //!   `timeout`), each handed the hardware queue the request runs on;
 //! - [`TagSet`]: a `struct blk_mq_tag_set` whose hardware queues map to the
-//!   device's interrupt vectors (`blk_mq_map_hw_queues`);
+//!   device's interrupt vectors (`blk_mq_map_hw_queues`), quiesced and
+//!   unquiesced as a whole around a controller reset;
 //! - [`Disk`]: a `struct gendisk` with queue [`Limits`], removed on drop;
 //! - [`OwnedRequest`]: the driver's ownership of one started request, read
-//!   accessors (sector, bytes, op, FUA, tag) and the only way to end it;
+//!   accessors (sector, bytes, op, FUA, tag) and the only ways to end it or
+//!   hand it back for requeueing;
 //! - [`RequestSlot`]: an atomic cell where an in-flight request waits for its
 //!   completion, so completion, timeout and teardown race safely for it;
 //! - [`RequestSgl`]: the request's pages mapped for the device with the DMA
@@ -36,7 +38,8 @@ use kernel::{
     error::{to_result, Error},
     fmt,
     prelude::*,
-    sync::{aref::ARef, Arc},
+    new_mutex,
+    sync::{aref::ARef, Arc, Mutex},
     types::Opaque,
 };
 
@@ -236,6 +239,25 @@ impl OwnedRequest {
         // SAFETY: The driver owned the started request (type invariant) and
         // gives it back exactly once: `self` is consumed and forgotten.
         unsafe { bindings::blk_mq_end_request(ptr, status) };
+    }
+}
+
+impl OwnedRequest {
+    /// Gives the request back to blk-mq to be issued again later, through
+    /// the queue's requeue list (`blk_mq_requeue_request(rq, true)`): a
+    /// controller reset hands back what the device lost. The driver must be
+    /// done with the request's memory (data unmapped, the device stopped).
+    ///
+    /// While the queue is quiesced the request waits in blk-mq; it is
+    /// dispatched again once the queue runs.
+    pub(crate) fn requeue(self) {
+        let ptr = self.0.as_ptr();
+        core::mem::forget(self);
+        // SAFETY: The driver owned the started request (type invariant) and
+        // gives it back exactly once: `self` is consumed and forgotten.
+        // Requeueing and kicking the list only take spinlocks, so any
+        // context may do it.
+        unsafe { bindings::blk_mq_requeue_request(ptr, true) };
     }
 }
 
@@ -502,10 +524,17 @@ struct SetShared<T: Operations> {
 /// - `inner` was set up by `blk_mq_alloc_tag_set` and is freed in `drop`.
 /// - `inner.driver_data` is a `KBox<SetShared<T>>` leaked by `new` and
 ///   reclaimed in `drop`.
+/// - While `quiesced` holds `true`, every request queue of the set is
+///   quiesced once on behalf of [`TagSet::quiesce`]: the queues there were
+///   at the time, and every queue allocated since ([`Disk::new`] quiesces a
+///   new queue under the same lock). So [`TagSet::unquiesce`] undoes
+///   exactly one quiesce per queue.
 #[pin_data(PinnedDrop)]
 pub(crate) struct TagSet<T: Operations> {
     #[pin]
     inner: Opaque<bindings::blk_mq_tag_set>,
+    #[pin]
+    quiesced: Mutex<bool>,
     _p: PhantomData<T>,
 }
 
@@ -537,12 +566,9 @@ impl<T: Operations> TagSet<T> {
         );
         // SAFETY: Pure conversion.
         let timeout = unsafe { bindings::__msecs_to_jiffies(timeout_ms) } as u32;
-        let init = move |slot: *mut Self| {
+        let init = move |raw: *mut bindings::blk_mq_tag_set| {
             let shared = KBox::into_raw(shared?);
-            // SAFETY: `slot` is valid for writes (pin-init contract);
-            // projecting to the field keeps it in place.
-            let raw = unsafe { Opaque::cast_into(&raw const (*slot).inner) };
-            // SAFETY: `raw` is valid for writes; all-zero is a valid
+            // SAFETY: `raw` is valid for writes (pin-init contract); all-zero is a valid
             // `blk_mq_tag_set` to start from.
             unsafe {
                 raw.write(bindings::blk_mq_tag_set {
@@ -569,13 +595,52 @@ impl<T: Operations> TagSet<T> {
             }
             Ok(())
         };
-        // SAFETY: On success `init` initialized `inner`; `_p` is a ZST. On
-        // failure nothing needs dropping.
-        unsafe { pin_init::pin_init_from_closure(init) }
+        // `quiesced` cannot fail to initialize, so a set allocated by `init`
+        // is always dropped through `PinnedDrop`.
+        try_pin_init!(Self {
+            inner <- Opaque::try_ffi_init(init),
+            quiesced <- new_mutex!(false),
+            _p: PhantomData,
+        })
     }
 
     fn raw(&self) -> *mut bindings::blk_mq_tag_set {
         self.inner.get()
+    }
+
+    /// Stops dispatch on every request queue of the set and waits until no
+    /// `queue_rq` runs any more (`blk_mq_quiesce_tagset`). Requests keep
+    /// arriving and wait in blk-mq until [`Self::unquiesce`].
+    ///
+    /// Disks added meanwhile start quiesced. Does nothing if the set is
+    /// quiesced already. Sleeps; must not be called from a blk-mq callback.
+    pub(crate) fn quiesce(&self) {
+        let mut quiesced = self.quiesced.lock();
+        if *quiesced {
+            return;
+        }
+        // SAFETY: The set was allocated (type invariant); the call walks its
+        // queue list under RCU and waits for dispatch to stop.
+        unsafe { bindings::blk_mq_quiesce_tagset(self.raw()) };
+        // INVARIANT: Every queue of the set is quiesced once; new ones are
+        // quiesced by `Disk::new`, which takes this lock.
+        *quiesced = true;
+    }
+
+    /// Lets dispatch run again on every request queue of the set, and runs
+    /// the hardware queues (`blk_mq_unquiesce_tagset`). Does nothing if the
+    /// set is not quiesced.
+    pub(crate) fn unquiesce(&self) {
+        let mut quiesced = self.quiesced.lock();
+        if !*quiesced {
+            return;
+        }
+        // SAFETY: The set was allocated; every queue on its list was
+        // quiesced once by `quiesce` or `Disk::new` (type invariant), so
+        // this undoes exactly that.
+        unsafe { bindings::blk_mq_unquiesce_tagset(self.raw()) };
+        // INVARIANT: No queue is quiesced on the set's behalf any more.
+        *quiesced = false;
     }
 }
 
@@ -637,6 +702,9 @@ impl<T: Operations> Disk<T> {
         }
 
         let queuedata = Arc::into_raw(data).cast_mut().cast::<c_void>();
+        // Joining the set and catching up with its quiesce state happen
+        // under the set's quiesce lock (type invariant of `TagSet`).
+        let quiesced = set.quiesced.lock();
         // SAFETY: The tag set is allocated; `lim` is a valid description;
         // the lock class key is static.
         let gendisk = kernel::error::from_err_ptr(unsafe {
@@ -647,6 +715,12 @@ impl<T: Operations> Disk<T> {
                 kernel::static_lock_class!().as_ptr(),
             )
         });
+        if let (Ok(g), true) = (&gendisk, *quiesced) {
+            // SAFETY: `g` is a new disk with its queue; nothing dispatches
+            // on it yet, so the quiesce needs no waiting.
+            unsafe { bindings::blk_mq_quiesce_queue_nowait((**g).queue) };
+        }
+        drop(quiesced);
         let gendisk = match gendisk {
             Ok(g) => g,
             Err(e) => {

@@ -1,14 +1,15 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
 # The driver's KUnit suites (ring index and phase arithmetic, PRP
-# construction, command IDs, status mapping) run when the module loads.
+# construction, command IDs, status mapping, reset budget) run when the
+# module loads.
 . "$(dirname "$0")/test_common.sh"
 
 [ -d /sys/kernel/debug/kunit ] || mount -t debugfs none /sys/kernel/debug 2>/dev/null
 unload_dpublk
 dmesg_mark
 load_dpublk
-for suite in dpublk_queue dpublk_prp dpublk_command_id dpublk_status; do
+for suite in dpublk_queue dpublk_prp dpublk_command_id dpublk_status dpublk_reset; do
 	results=/sys/kernel/debug/kunit/$suite/results
 	if [ -r "$results" ]; then
 		out=$(cat "$results")

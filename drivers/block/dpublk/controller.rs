@@ -2,14 +2,26 @@
 
 //! The controller: reset and enable, the admin queue, and the state every
 //! queue checks before it trusts the device.
+//!
+//! # States
+//!
+//! - live: I/O and admin commands flow ([`Controller::is_usable`]);
+//! - broken: the device broke the protocol or an admin command timed out;
+//!   nothing it says is trusted until a reset succeeds;
+//! - resetting: a reset is scheduled or running (see `reset.rs`); new I/O
+//!   waits (blk-mq retries it) and completions are left alone, since the
+//!   reset requeues whatever is outstanding;
+//! - dead: failed for good or shut down; new I/O fails at once and no
+//!   reset is tried any more.
 
 use crate::{
     queue::{CompletionRing, SubmissionRing},
     regs::{Bar0, Registers, BAR0_SIZE},
     shim::{
         cqe::CompletionEntry,
+        opcode::feature,
         registers::{Aqa, Cap, Cc, Csts, DoorbellKind},
-        sqe::SubmissionEntry,
+        sqe::{self, Features, SubmissionEntry},
         status::{sct, Status},
     },
 };
@@ -126,10 +138,15 @@ pub(crate) struct Controller {
     #[pin]
     admin: Mutex<Option<AdminQueue>>,
     /// Set once the device broke the protocol or failed; nothing it says is
-    /// trusted afterwards and new I/O fails.
+    /// trusted until a reset succeeds.
     broken: AtomicBool,
-    /// Set once the controller was disabled for good (teardown or failure).
+    /// Set while CC.EN is (being) cleared: teardown, failure, or the first
+    /// half of a reset. The admin queue is unusable.
     disabled: AtomicBool,
+    /// Set while a reset is scheduled or running: I/O waits for it.
+    resetting: AtomicBool,
+    /// Set once the controller failed for good or was shut down.
+    dead: AtomicBool,
     /// Protocol errors already logged (`ProtocolError` bits).
     reported: AtomicU32,
 }
@@ -171,6 +188,8 @@ impl Controller {
             admin <- new_mutex!(None),
             broken: AtomicBool::new(false),
             disabled: AtomicBool::new(false),
+            resetting: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
             reported: AtomicU32::new(0),
         }))
     }
@@ -196,9 +215,24 @@ impl Controller {
         f(&Registers(&guard))
     }
 
-    /// Whether I/O may be sent to the device.
+    /// Whether I/O may be sent to the device and its completions trusted.
     pub(crate) fn is_usable(&self) -> bool {
+        self.admin_usable() && !self.resetting.load(Ordering::Acquire)
+    }
+
+    /// Whether admin commands may be sent.
+    fn admin_usable(&self) -> bool {
         !self.broken.load(Ordering::Acquire) && !self.disabled.load(Ordering::Acquire)
+    }
+
+    /// Whether the controller failed for good or was shut down.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// Whether a reset is scheduled or running.
+    pub(crate) fn is_resetting(&self) -> bool {
+        self.resetting.load(Ordering::Acquire)
     }
 
     /// Records a protocol violation: logs it the first time, and stops
@@ -235,8 +269,9 @@ impl Controller {
         }
     }
 
-    /// Disables the controller (CC.EN = 0) and waits until it is not ready.
-    fn disable(&self) -> Result {
+    /// Disables the controller (CC.EN = 0) and waits until it is not ready
+    /// (or reads all ones: gone).
+    fn disable(&self) -> Result<Csts> {
         self.with_regs(|regs| {
             let cc = regs.cc()?;
             if cc.en() {
@@ -245,7 +280,6 @@ impl Controller {
             Ok(())
         })?;
         self.poll_csts(|csts| !csts.rdy() || csts.0 == u32::MAX)
-            .map(|_| ())
     }
 
     /// Polls CSTS until `done` holds, for at most CAP.TO.
@@ -276,6 +310,19 @@ impl Controller {
             )?;
             regs.set_cc(Cc::enable_default())
         })?;
+        self.wait_ready()?;
+        *self.admin.lock() = Some(AdminQueue {
+            sq,
+            cq,
+            next_cid: 0,
+        });
+        self.disabled.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Waits for CSTS.RDY after CC.EN was set; fails if the controller
+    /// reports a fatal status or reads all ones instead.
+    fn wait_ready(&self) -> Result {
         let csts = self
             .poll_csts(|csts| csts.rdy() || csts.cfs() || csts.0 == u32::MAX)
             .inspect_err(|e| dev_err!(self.pdev, "controller does not become ready: {e:?}\n"))?;
@@ -287,19 +334,103 @@ impl Controller {
             );
             return Err(EIO);
         }
-        *self.admin.lock() = Some(AdminQueue {
-            sq,
-            cq,
-            next_cid: 0,
-        });
+        Ok(())
+    }
+
+    /// Marks a reset as scheduled: from now on new I/O waits and
+    /// completions are left for the reset. Fails if the controller is dead.
+    pub(crate) fn begin_reset(&self) -> Result {
+        if self.is_dead() {
+            return Err(ENODEV);
+        }
+        self.resetting.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// First half of a reset: disables the controller (CC.EN = 0) and waits
+    /// for CSTS.RDY = 0. Once this succeeded, the device has deleted every
+    /// queue, finishing whatever command it was processing first
+    /// (Documentation/device-interface.rst, "Enable, reset and shutdown"),
+    /// so it no longer touches any request's memory. Fails if the device
+    /// does not stop within CAP.TO or reads all ones (gone from the bus).
+    pub(crate) fn disable_for_reset(&self) -> Result {
+        if self.is_dead() {
+            return Err(ENODEV);
+        }
+        self.disabled.store(true, Ordering::Release);
+        let csts = self
+            .disable()
+            .inspect_err(|e| dev_err!(self.pdev, "controller does not disable: {e:?}\n"))?;
+        if csts.0 == u32::MAX {
+            dev_err!(self.pdev, "controller registers read all ones: device gone\n");
+            return Err(ENODEV);
+        }
+        Ok(())
+    }
+
+    /// Second half of a reset: enables the controller again with the admin
+    /// queue pair it had, emptied. The I/O queues are for the caller to
+    /// create again. On success admin commands work again and the device is
+    /// trusted afresh.
+    pub(crate) fn restart(&self) -> Result {
+        if self.is_dead() {
+            return Err(ENODEV);
+        }
+        {
+            let mut guard = self.admin.lock();
+            let admin: &mut AdminQueue = match &mut *guard {
+                Some(admin) => admin,
+                None => return Err(ENODEV),
+            };
+            // The controller is disabled (`disable_for_reset`): the device
+            // owns no entry of either ring.
+            admin.sq.reset();
+            admin.cq.reset();
+            let (sq_addr, cq_addr) = (admin.sq.dma_address(), admin.cq.dma_address());
+            let entries = admin.sq.entries();
+            self.with_regs(|regs| {
+                regs.set_admin_queues(Aqa::new(entries, entries), sq_addr, cq_addr)?;
+                regs.set_cc(Cc::enable_default())
+            })?;
+        }
+        if let Err(e) = self.wait_ready() {
+            // Leave it disabled, as `disabled` says.
+            let _ = self.disable();
+            return Err(e);
+        }
+        // A new start: errors are logged again, once each.
+        self.reported.store(0, Ordering::Relaxed);
+        self.broken.store(false, Ordering::Release);
         self.disabled.store(false, Ordering::Release);
         Ok(())
+    }
+
+    /// Asks for `wanted` I/O queue pairs (Set Features, Number of Queues)
+    /// and returns how many the controller grants, at most `wanted`.
+    pub(crate) fn request_io_queues(&self, wanted: u32) -> Result<u32> {
+        let wanted = wanted.min(u32::from(u16::MAX));
+        let granted = self.admin_command(
+            Features {
+                fid: feature::NUMBER_OF_QUEUES,
+                save: false,
+                select: 0,
+                value: sqe::number_of_queues(wanted as u16, wanted as u16),
+            }
+            .encode(true, 0),
+        )?;
+        let (nsq, ncq) = sqe::decode_number_of_queues(granted);
+        Ok(wanted.min(nsq).min(ncq))
+    }
+
+    /// Ends a successful reset: I/O may flow again.
+    pub(crate) fn finish_reset(&self) {
+        self.resetting.store(false, Ordering::Release);
     }
 
     /// Sends an admin command and polls for its completion. Returns the
     /// completion's DW0.
     pub(crate) fn admin_command(&self, mut sqe: SubmissionEntry) -> Result<u32> {
-        if !self.is_usable() {
+        if !self.admin_usable() {
             return Err(EIO);
         }
         let mut guard = self.admin.lock();
@@ -385,6 +516,7 @@ impl Controller {
     /// Stops the controller for good: shutdown notification when it still
     /// works, then disable. Idempotent.
     pub(crate) fn shutdown(&self) {
+        self.dead.store(true, Ordering::Release);
         if self.disabled.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -403,17 +535,18 @@ impl Controller {
         *self.admin.lock() = None;
     }
 
-    /// Disables a failed controller so it stops touching host memory.
-    /// Returns whether this call did it (the first one does).
+    /// Fails the controller for good and disables it (unless it already
+    /// is), so it stops touching host memory. Returns whether this call
+    /// failed it (the first one does).
     pub(crate) fn fail(&self) -> bool {
         self.broken.store(true, Ordering::Release);
-        if self.disabled.swap(true, Ordering::AcqRel) {
-            return false;
+        let first = !self.dead.swap(true, Ordering::AcqRel);
+        if !self.disabled.swap(true, Ordering::AcqRel) {
+            if let Err(e) = self.disable() {
+                dev_err!(self.pdev, "failed controller does not disable: {e:?}\n");
+            }
         }
-        if let Err(e) = self.disable() {
-            dev_err!(self.pdev, "failed controller does not disable: {e:?}\n");
-        }
-        true
+        first
     }
 }
 

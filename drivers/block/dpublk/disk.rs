@@ -9,6 +9,7 @@ use crate::{
     blk_mq::{self, OwnedRequest, Request, TimeoutAction},
     controller::Controller,
     io_queue::{IoQueue, NamespaceFormat},
+    reset::{ControllerReset, Scheduled},
     shim::sqe::Abort,
 };
 use kernel::{prelude::*, sync::Arc};
@@ -17,24 +18,29 @@ use kernel::{prelude::*, sync::Arc};
 pub(crate) struct IoQueues {
     pub(crate) ctrl: Arc<Controller>,
     pub(crate) queues: KVec<Arc<IoQueue>>,
+    /// Resets the controller when a command is lost.
+    pub(crate) reset: Arc<ControllerReset>,
+}
+
+/// Fails the controller for good (disabling it) and fails everything it
+/// had in flight.
+pub(crate) fn fail_controller(ctrl: &Controller, queues: &[Arc<IoQueue>]) {
+    if ctrl.fail() {
+        dev_err!(
+            ctrl.pdev(),
+            "controller disabled after a failure; failing outstanding I/O\n"
+        );
+    }
+    let cancelled: usize = queues.iter().map(|q| q.cancel_all(EIO)).sum();
+    if cancelled > 0 {
+        dev_err!(ctrl.pdev(), "failed {cancelled} outstanding requests\n");
+    }
 }
 
 impl IoQueues {
     /// Disables a failed controller and fails everything it had in flight.
     pub(crate) fn fail_all(&self) {
-        if self.ctrl.fail() {
-            dev_err!(
-                self.ctrl.pdev(),
-                "controller disabled after a failure; failing outstanding I/O\n"
-            );
-        }
-        let cancelled: usize = self.queues.iter().map(|q| q.cancel_all(EIO)).sum();
-        if cancelled > 0 {
-            dev_err!(
-                self.ctrl.pdev(),
-                "failed {cancelled} outstanding requests\n"
-            );
-        }
+        fail_controller(&self.ctrl, &self.queues);
     }
 }
 
@@ -70,6 +76,10 @@ impl blk_mq::Operations for BlockOps {
             return TimeoutAction::Done;
         }
         let pdev = set.ctrl.pdev();
+        // A reset is coming: it requeues this request with the others.
+        if set.reset.is_busy() {
+            return TimeoutAction::ResetTimer;
+        }
         // First try to abort just this command: the device then completes
         // it with "abort requested", and everything else keeps running.
         if set.ctrl.is_usable() {
@@ -95,7 +105,14 @@ impl blk_mq::Operations for BlockOps {
             rq.tag(),
             hwq.qid()
         );
-        set.fail_all();
-        TimeoutAction::Done
+        // Reset the controller: the request goes out again afterwards. Only
+        // if that is not possible any more, fail the controller for good.
+        match set.reset.schedule() {
+            Scheduled::Queued | Scheduled::Pending => TimeoutAction::ResetTimer,
+            Scheduled::Refused => {
+                set.fail_all();
+                TimeoutAction::Done
+            }
+        }
     }
 }

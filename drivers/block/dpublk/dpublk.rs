@@ -27,7 +27,10 @@ mod pci_irq;
 mod prp;
 mod queue;
 mod regs;
+mod reset;
 mod shim;
+#[path = "../../../rust/kernel-ext/workqueue_ext.rs"]
+mod workqueue_ext;
 
 use kernel::{driver::Registration, pci, prelude::*};
 

@@ -12,10 +12,11 @@ use crate::{
     pci_id,
     pci_irq::QueueInterrupts,
     regs::{Registers, BAR0_SIZE},
+    reset::ControllerReset,
     shim::{
         identify::{self, IdentifyController, IDENTIFY_BYTES},
-        opcode::{cns, feature},
-        sqe::{self, CreateIoCq, CreateIoSq, Features, Identify},
+        opcode::cns,
+        sqe::{self, Identify},
         wire::Wire,
     },
 };
@@ -46,19 +47,23 @@ pub(crate) const ACCEL_DEVICE_ID: u16 = crate::shim::pci::ACCELERATOR_DEVICE_ID;
 const IO_QUEUE_ENTRIES: u16 = 256;
 /// Most I/O queue pairs per controller.
 const MAX_IO_QUEUES: u32 = 64;
-/// Time a request may spend on the device before the controller is failed.
+/// Time a request may spend on the device before it is aborted; after a
+/// second such period the controller is reset.
 const IO_TIMEOUT_MS: u32 = 30_000;
 
 pub(crate) struct AcceleratorDriver;
 
 /// Per-device state while bound.
 ///
-/// Field order is drop order, and it matters: the management side (with
-/// the disks, whose removal drains their I/O) first, then the tag set, then
+/// Field order is drop order, and it matters: the reset machinery (idle by
+/// then: `Drop` disarmed it) and the management side (with the disks,
+/// whose removal drains their I/O) first, then the tag set, then
 /// the queues; the interrupt handlers go before the vectors (inside `irqs`)
-/// and the controller last. `Drop` retires the management side and shuts
-/// the controller down before any ring is freed.
+/// and the controller last. `Drop` first stops controller resets (waiting
+/// for one in progress), then retires the management side and shuts the
+/// controller down before any ring is freed.
 pub(crate) struct Accelerator<'bound> {
+    reset: Arc<ControllerReset>,
     management: Arc<Management>,
     tagset: Option<Arc<TagSet<BlockOps>>>,
     queues: Arc<IoQueues>,
@@ -204,17 +209,7 @@ impl<'bound> Accelerator<'bound> {
         let wanted = kernel::cpu::nr_cpu_ids()
             .clamp(1, MAX_IO_QUEUES)
             .min(irqs.count() - 1);
-        let granted = ctrl.admin_command(
-            Features {
-                fid: feature::NUMBER_OF_QUEUES,
-                save: false,
-                select: 0,
-                value: sqe::number_of_queues(wanted as u16, wanted as u16),
-            }
-            .encode(true, 0),
-        )?;
-        let (nsq, ncq) = sqe::decode_number_of_queues(granted);
-        let nr_queues = wanted.min(nsq).min(ncq);
+        let nr_queues = ctrl.request_io_queues(wanted)?;
         if nr_queues == 0 {
             return Err(ENODEV);
         }
@@ -228,37 +223,15 @@ impl<'bound> Accelerator<'bound> {
             let queue = IoQueue::new(ctrl.clone(), dev, qid, entries)?;
             keep_alive.push(queue.clone(), GFP_KERNEL)?;
             irqs.register(u32::from(qid), c"dpublk", QueueIrq(queue.clone()))?;
-            let (sq_addr, cq_addr) = queue.ring_addresses();
-            ctrl.admin_command(
-                CreateIoCq {
-                    qid,
-                    entries: u32::from(entries),
-                    base: cq_addr,
-                    contiguous: true,
-                    interrupts: true,
-                    vector: qid,
-                }
-                .encode(0),
-            )
-            .inspect_err(|e| dev_err!(pdev, "Create I/O CQ {qid} failed: {e:?}\n"))?;
-            ctrl.admin_command(
-                CreateIoSq {
-                    qid,
-                    entries: u32::from(entries),
-                    base: sq_addr,
-                    contiguous: true,
-                    priority: 0,
-                    cqid: qid,
-                }
-                .encode(0),
-            )
-            .inspect_err(|e| dev_err!(pdev, "Create I/O SQ {qid} failed: {e:?}\n"))?;
+            queue.create_on_device()?;
             list.push(queue, GFP_KERNEL)?;
         }
+        let reset = ControllerReset::new(ctrl.clone(), &list)?;
         let queues = Arc::new(
             IoQueues {
                 ctrl: ctrl.clone(),
                 queues: list,
+                reset: reset.clone(),
             },
             GFP_KERNEL,
         )?;
@@ -277,6 +250,10 @@ impl<'bound> Accelerator<'bound> {
         )?;
 
         let management = Management::new(ctrl.clone(), dev, tagset.clone(), Self::limits(&id), id.nn)?;
+        // From the first disk on, a lost command resets the controller. On
+        // failure, resets stop before the disks go (dropped before them).
+        reset.arm(tagset.clone(), management.clone());
+        let disarm_on_error = ScopeGuard::new(|| reset.disarm());
         let disks = management
             .add_active_namespaces()
             .inspect_err(|e| dev_err!(pdev, "cannot list namespaces: {e:?}\n"))?;
@@ -287,10 +264,12 @@ impl<'bound> Accelerator<'bound> {
             entries,
             disks
         );
+        disarm_on_error.dismiss();
         disable_on_error.dismiss();
         drop(keep_alive);
         management.publish();
         Ok(Self {
+            reset,
             management,
             tagset: Some(tagset),
             queues,
@@ -333,6 +312,10 @@ impl<'bound> Accelerator<'bound> {
 
 impl Drop for Accelerator<'_> {
     fn drop(&mut self) {
+        // No reset may run while the device goes: wait for one in progress
+        // (it ends with the controller reset or failed) and refuse new ones,
+        // so a timeout from here on fails the controller as before.
+        self.reset.disarm();
         // Disks first: `del_gendisk` waits for their I/O to finish (or to
         // time out, which fails the controller). A controller that failed or
         // was removed under us will not finish anything: `retire` fails its

@@ -11,8 +11,9 @@
 //! for a command that already completed (or never existed) is recognised.
 //! A request leaves its slot exactly once, through
 //! [`RequestSlot::take`](crate::blk_mq::RequestSlot::take), and only with
-//! the completion ring lock held: by the completion path, or by the
-//! failure path once the controller is disabled.
+//! the completion ring lock held: by the completion path, by a controller
+//! reset (which hands it back to blk-mq for reissue) or by the failure path,
+//! the last two once the controller is disabled.
 
 use crate::{
     blk_mq::{Op, OwnedRequest, Request, RequestSgl, RequestSlot},
@@ -23,7 +24,7 @@ use crate::{
         cqe::CompletionEntry,
         opcode::io,
         registers::DoorbellKind,
-        sqe::{self, BlockRange, DatasetManagement, SubmissionEntry},
+        sqe::{self, BlockRange, CreateIoCq, CreateIoSq, DatasetManagement, SubmissionEntry},
     },
 };
 use core::{
@@ -159,6 +160,43 @@ impl IoQueue {
         (self.sq.lock().dma_address(), self.cq.lock().dma_address())
     }
 
+    /// Creates the queue pair on the device (Create I/O CQ with interrupt
+    /// vector `qid`, then Create I/O SQ), at probe and again after a
+    /// controller reset; the rings must be empty.
+    pub(crate) fn create_on_device(&self) -> Result {
+        let (sq_addr, cq_addr) = self.ring_addresses();
+        let entries = u32::from(self.depth) + 1;
+        let qid = self.qid;
+        let pdev = self.ctrl.pdev();
+        self.ctrl
+            .admin_command(
+                CreateIoCq {
+                    qid,
+                    entries,
+                    base: cq_addr,
+                    contiguous: true,
+                    interrupts: true,
+                    vector: qid,
+                }
+                .encode(0),
+            )
+            .inspect_err(|e| dev_err!(pdev, "Create I/O CQ {qid} failed: {e:?}\n"))?;
+        self.ctrl
+            .admin_command(
+                CreateIoSq {
+                    qid,
+                    entries,
+                    base: sq_addr,
+                    contiguous: true,
+                    priority: 0,
+                    cqid: qid,
+                }
+                .encode(0),
+            )
+            .inspect_err(|e| dev_err!(pdev, "Create I/O SQ {qid} failed: {e:?}\n"))?;
+        Ok(())
+    }
+
     fn dma_dev(&self) -> &device::Device {
         self.ctrl.pdev().as_ref()
     }
@@ -279,7 +317,15 @@ impl IoQueue {
         last: bool,
     ) -> Result<(), (OwnedRequest, Error)> {
         if !self.ctrl.is_usable() {
-            return Err((rq, EIO));
+            // During a reset blk-mq keeps the request and tries again later
+            // (the reset quiesces the queues soon); a dead controller fails
+            // it.
+            let err = if self.ctrl.is_resetting() && !self.ctrl.is_dead() {
+                EBUSY
+            } else {
+                EIO
+            };
+            return Err((rq, err));
         }
         let tag = rq.tag() as usize;
         let Some(slot) = self.slots.get(tag) else {
@@ -368,8 +414,13 @@ impl IoQueue {
         }
         drop(cq);
         if let Some(head) = sq_head {
-            // Range checked in `complete_one`.
-            let _ = self.sq.lock().set_head(head);
+            let mut sq = self.sq.lock();
+            // A reset that began meanwhile empties the ring; a head from
+            // before it must not land on the emptied ring.
+            if self.ctrl.is_usable() {
+                // Range checked in `complete_one`.
+                let _ = sq.set_head(head);
+            }
         }
         any
     }
@@ -453,6 +504,38 @@ impl IoQueue {
             return None;
         }
         Some(slot.cid.load(Ordering::Relaxed))
+    }
+
+    /// Hands every outstanding request back to blk-mq to be issued again,
+    /// and empties both rings, as the device's own queues are after a
+    /// controller reset. Returns how many requests went back.
+    ///
+    /// The controller must be disabled (CSTS.RDY = 0), which stopped the
+    /// device: it no longer reads or writes the requests' memory, so their
+    /// data can be unmapped and sent again later. The tag set must be
+    /// quiesced, so nothing is being submitted.
+    pub(crate) fn requeue_all(&self) -> usize {
+        let mut cq = self.cq.lock();
+        let mut requeued = 0;
+        for slot in self.slots.iter() {
+            if let Some(rq) = slot.request.take() {
+                // SAFETY: Taking the request made this path its owner; the
+                // controller is disabled (caller's guarantee), so the device
+                // is done with the mapping.
+                unsafe { (*slot.sgl.get()).unmap(self.dma_dev()) };
+                rq.requeue();
+                requeued += 1;
+            }
+        }
+        // The device dropped the queue (controller disabled): it owns no
+        // entry of either ring. A completion pass moves the SQ head only
+        // if the controller is usable, checked under the SQ lock, and the
+        // reset marked it unusable before disabling it; so no head from
+        // before lands on the emptied ring.
+        cq.reset();
+        drop(cq);
+        self.sq.lock().reset();
+        requeued
     }
 
     /// Ends every outstanding request with `err`.

@@ -190,6 +190,15 @@ impl Management {
         state.payload = None;
     }
 
+    /// The controller failed for good: makes every disk fail new I/O at
+    /// once. The disks stay until unbind removes them.
+    pub(crate) fn mark_disks_dead(&self) {
+        let state = self.state.lock();
+        for ns in state.disks.iter() {
+            ns.disk.mark_dead();
+        }
+    }
+
     /// Sends vendor command `sqe` with `payload`. The payload buffer is
     /// wiped afterwards (it may have carried a key).
     pub(crate) fn vendor_command(
@@ -303,10 +312,7 @@ impl Management {
             }
             match self.add_disk_locked(&mut state, nsid) {
                 Ok(_) => added += 1,
-                Err(e) => dev_warn!(
-                    self.ctrl.pdev(),
-                    "namespace {nsid}: no disk: {e:?}\n"
-                ),
+                Err(e) => dev_warn!(self.ctrl.pdev(), "namespace {nsid}: no disk: {e:?}\n"),
             }
         }
         Ok(added)
@@ -327,7 +333,11 @@ impl Management {
     /// The disk number of namespace `nsid`, if it has a disk.
     pub(crate) fn disk_of(&self, nsid: u32) -> Option<u32> {
         let state = self.state.lock();
-        state.disks.iter().find(|d| d.nsid == nsid).map(|d| d.number.0)
+        state
+            .disks
+            .iter()
+            .find(|d| d.nsid == nsid)
+            .map(|d| d.number.0)
     }
 
     /// Removes the disk of namespace `nsid` (waits for its I/O). Fails with
@@ -351,7 +361,11 @@ impl Management {
             return Err(ENOSPC);
         }
         if nsid == 0 || (self.max_nsid != 0 && nsid > self.max_nsid) {
-            dev_warn!(pdev, "namespace {nsid} beyond the reported {}\n", self.max_nsid);
+            dev_warn!(
+                pdev,
+                "namespace {nsid} beyond the reported {}\n",
+                self.max_nsid
+            );
             return Err(EINVAL);
         }
         let buffer = state.payload.as_ref().ok_or(ENODEV)?;
@@ -364,7 +378,10 @@ impl Management {
             .checked_shl(shift - 9)
             .filter(|s| s >> (shift - 9) == blocks)
         else {
-            dev_warn!(pdev, "namespace {nsid}: size {blocks} blocks out of range\n");
+            dev_warn!(
+                pdev,
+                "namespace {nsid}: size {blocks} blocks out of range\n"
+            );
             return Err(EINVAL);
         };
         let mut limits = self.limits;
@@ -399,7 +416,9 @@ impl Management {
             "dpublk{index}: namespace {nsid}, {sectors} sectors of 512 bytes, block size {}\n",
             1u32 << shift
         );
-        state.disks.push(NamespaceDisk { disk, number, nsid }, GFP_KERNEL)?;
+        state
+            .disks
+            .push(NamespaceDisk { disk, number, nsid }, GFP_KERNEL)?;
         Ok(index)
     }
 

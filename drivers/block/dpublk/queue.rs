@@ -17,7 +17,9 @@
 //! writes an entry with the current phase tag, then the host, having seen
 //! the phase tag flip, reads the rest of the entry (after a DMA read
 //! barrier) and returns the entry by writing the new `head` to the doorbell.
-//! The host never writes completion ring memory after allocation.
+//! The host writes completion ring memory only in [`CompletionRing::reset`],
+//! while the controller is disabled and the device owns no entry of any
+//! ring.
 //!
 //! Nothing the device writes is trusted: completion entries are copied out
 //! and validated by their consumer.
@@ -122,6 +124,11 @@ impl SubmissionRing {
         self.mem.dma_address()
     }
 
+    /// Number of entries.
+    pub(crate) fn entries(&self) -> u16 {
+        self.entries
+    }
+
     /// Writes `sqe` at the tail and advances it (not yet published).
     pub(crate) fn push(&mut self, sqe: &SubmissionEntry) -> Result {
         if ring_full(self.head, self.tail, self.entries) {
@@ -148,6 +155,19 @@ impl SubmissionRing {
         }
         self.published = self.tail;
         Some(self.tail)
+    }
+
+    /// Forgets every entry: the ring starts empty at entry 0 again, as the
+    /// device expects after a controller reset.
+    ///
+    /// Only while the controller is disabled (CSTS.RDY = 0): the device has
+    /// dropped the queue and owns no entry.
+    pub(crate) fn reset(&mut self) {
+        // INVARIANT: 0 is below `entries`; with `head == tail` every entry
+        // is the host's.
+        self.head = 0;
+        self.tail = 0;
+        self.published = 0;
     }
 
     /// Records the head the device reported; fails if it is out of range.
@@ -199,6 +219,25 @@ impl CompletionRing {
     /// Current head (the value for the head doorbell).
     pub(crate) fn head(&self) -> u16 {
         self.pos.head
+    }
+
+    /// Zeroes the ring and starts again at entry 0 with phase 1, as the
+    /// device does after a controller reset. Without the zeroing, entries of
+    /// the previous pass that carry phase 1 would look new.
+    ///
+    /// Only while the controller is disabled (CSTS.RDY = 0): the device has
+    /// dropped the queue and writes no entry any more.
+    pub(crate) fn reset(&mut self) {
+        let bytes = usize::from(self.entries) * CompletionEntry::BYTES;
+        let base = self.mem.as_mut_ptr().cast::<u8>();
+        for offset in 0..bytes {
+            // SAFETY: `offset < entries * 16`, the size of `mem`; the device
+            // does not write the ring while the controller is disabled
+            // (caller's guarantee), so the host may.
+            unsafe { core::ptr::write_volatile(base.add(offset), 0) };
+        }
+        // INVARIANT: The start position is inside the ring.
+        self.pos = CqPosition::start();
     }
 
     /// Copies out the entry at the head if the device has posted it, and

@@ -1,0 +1,333 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Controller reset: what follows a lost command, modelled on the NVMe PCI
+//! driver's `nvme_dev_disable` and `nvme_reset_work`.
+//!
+//! A request that times out is aborted first (see `disk.rs`). If it times
+//! out again, or the abort fails, the timeout handler schedules a reset on
+//! a workqueue; the reset
+//!
+//! 1. quiesces the tag set, so nothing is submitted any more;
+//! 2. disables the controller (CC.EN = 0) and waits for CSTS.RDY = 0: the
+//!    device then has dropped every queue and finished the command it was
+//!    processing, so it no longer touches any request's memory;
+//! 3. hands every outstanding request back to blk-mq for reissue and
+//!    empties the rings;
+//! 4. enables the controller again with the same admin queue, asks for the
+//!    same number of I/O queues and creates the same queue pairs on the same
+//!    interrupt vectors;
+//! 5. unquiesces the tag set: the requeued requests go out again.
+//!
+//! A request is issued again only after step 2, so a command the device
+//! might still be working on never runs twice at the same time, and data
+//! the device might still write into a read buffer is never overtaken.
+//!
+//! Resets are bounded ([`ResetBudget`]). If the budget is spent, or the
+//! controller does not disable or enable again (gone from the bus, CSTS
+//! all ones, or CFS), the controller is failed for good: outstanding I/O
+//! ends with EIO, the disks are marked dead, and new I/O fails at once.
+
+use crate::{
+    blk_mq::TagSet,
+    controller::Controller,
+    disk::{fail_controller, BlockOps},
+    io_queue::IoQueue,
+    management::Management,
+    workqueue_ext,
+};
+use kernel::{
+    new_mutex,
+    prelude::*,
+    sync::{Arc, Mutex},
+    time::{Instant, Monotonic},
+    workqueue::{self, impl_has_work, new_work, Work, WorkItem},
+};
+
+/// Most resets within [`RESET_WINDOW_MS`].
+pub(crate) const MAX_RESETS: usize = 3;
+/// The window the reset budget looks back on, in milliseconds. A reset
+/// follows two timeouts of one request (one before the abort, one after),
+/// a minute apart with the default timeout, so a window of a single minute
+/// would never fill up; ten minutes catch a device that keeps losing
+/// commands.
+pub(crate) const RESET_WINDOW_MS: u64 = 10 * 60 * 1000;
+
+/// The resets the recent past allows: at most [`MAX_RESETS`] within any
+/// [`RESET_WINDOW_MS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ResetBudget {
+    /// When the last resets were taken (milliseconds on a monotonic clock).
+    taken: [Option<u64>; MAX_RESETS],
+}
+
+impl ResetBudget {
+    /// A budget with nothing taken.
+    pub(crate) const fn new() -> Self {
+        Self {
+            taken: [None; MAX_RESETS],
+        }
+    }
+
+    /// Takes a reset at `now_ms` if fewer than [`MAX_RESETS`] were taken in
+    /// the window before it; returns whether it did.
+    pub(crate) fn try_take(&mut self, now_ms: u64) -> bool {
+        let free = self.taken.iter().position(|t| match t {
+            Some(t) => now_ms.saturating_sub(*t) >= RESET_WINDOW_MS,
+            None => true,
+        });
+        match free {
+            Some(i) => {
+                self.taken[i] = Some(now_ms);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// What [`ControllerReset::schedule`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scheduled {
+    /// A reset is queued now.
+    Queued,
+    /// A reset is queued or running already; it takes care of every
+    /// outstanding request.
+    Pending,
+    /// No reset: the budget is spent, the controller is dead or the device
+    /// is being torn down. The caller fails the controller.
+    Refused,
+}
+
+/// What changes under the reset lock.
+struct ResetState {
+    /// A reset is queued or running.
+    busy: bool,
+    /// Set between probe and teardown: resets may be scheduled.
+    armed: bool,
+    budget: ResetBudget,
+    /// The tag set to quiesce, and the disks to mark dead if the controller
+    /// fails. Held only while armed: they refer back to the queues that
+    /// refer to this object, and teardown breaks the cycle in `disarm`.
+    tagset: Option<Arc<TagSet<BlockOps>>>,
+    management: Option<Arc<Management>>,
+}
+
+/// The reset machinery of one controller.
+#[pin_data]
+pub(crate) struct ControllerReset {
+    ctrl: Arc<Controller>,
+    /// The I/O queue pairs, in queue ID order.
+    queues: KVec<Arc<IoQueue>>,
+    /// Start of the budget's clock.
+    epoch: Instant<Monotonic>,
+    #[pin]
+    state: Mutex<ResetState>,
+    #[pin]
+    work: Work<ControllerReset>,
+}
+
+impl_has_work! {
+    impl HasWork<Self> for ControllerReset { self.work }
+}
+
+impl WorkItem for ControllerReset {
+    type Pointer = Arc<Self>;
+
+    fn run(this: Arc<Self>) {
+        this.run_reset();
+    }
+}
+
+impl ControllerReset {
+    /// The reset machinery for `ctrl` and its I/O queue pairs; it can do
+    /// nothing until [`Self::arm`]ed.
+    pub(crate) fn new(ctrl: Arc<Controller>, queues: &[Arc<IoQueue>]) -> Result<Arc<Self>> {
+        let mut list = KVec::with_capacity(queues.len(), GFP_KERNEL)?;
+        for q in queues {
+            list.push(q.clone(), GFP_KERNEL)?;
+        }
+        Arc::pin_init(
+            try_pin_init!(Self {
+                ctrl,
+                queues: list,
+                epoch: Instant::now(),
+                state <- new_mutex!(ResetState {
+                    busy: false,
+                    armed: false,
+                    budget: ResetBudget::new(),
+                    tagset: None,
+                    management: None,
+                }),
+                work <- new_work!("dpublk::ControllerReset::work"),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// Allows resets from now on, of `tagset` and with `management`'s disks.
+    pub(crate) fn arm(&self, tagset: Arc<TagSet<BlockOps>>, management: Arc<Management>) {
+        let mut state = self.state.lock();
+        state.tagset = Some(tagset);
+        state.management = Some(management);
+        state.armed = true;
+    }
+
+    /// Teardown: stops new resets and waits for one that is queued or
+    /// running. A timeout after this fails the controller instead.
+    pub(crate) fn disarm(&self) {
+        let (tagset, management) = {
+            let mut state = self.state.lock();
+            state.armed = false;
+            (state.tagset.take(), state.management.take())
+        };
+        // Nothing queues the work any more (`schedule` refuses while not
+        // armed), so after the flush it is neither queued nor running.
+        workqueue_ext::flush(&self.work);
+        drop(tagset);
+        drop(management);
+    }
+
+    /// Whether a reset is queued or running.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.state.lock().busy
+    }
+
+    /// Schedules a reset, if none is pending and the budget allows one.
+    pub(crate) fn schedule(self: &Arc<Self>) -> Scheduled {
+        let pdev = self.ctrl.pdev();
+        {
+            let mut state = self.state.lock();
+            // A running reset is let finish even during teardown: failing
+            // the controller under it would race with its re-enable.
+            if state.busy {
+                return Scheduled::Pending;
+            }
+            if !state.armed || self.ctrl.is_dead() {
+                return Scheduled::Refused;
+            }
+            let now = self.epoch.elapsed().as_millis().max(0) as u64;
+            if !state.budget.try_take(now) {
+                dev_err!(
+                    pdev,
+                    "{MAX_RESETS} controller resets within {} minutes: giving up\n",
+                    RESET_WINDOW_MS / 60_000
+                );
+                return Scheduled::Refused;
+            }
+            if self.ctrl.begin_reset().is_err() {
+                return Scheduled::Refused;
+            }
+            state.busy = true;
+        }
+        dev_warn!(pdev, "scheduling a controller reset\n");
+        // Cannot be queued already: `busy` was clear.
+        let _ = workqueue::system_unbound().enqueue(self.clone());
+        Scheduled::Queued
+    }
+
+    /// The work item: resets the controller, or fails it if that does not
+    /// work.
+    fn run_reset(&self) {
+        let (tagset, management) = {
+            let state = self.state.lock();
+            (state.armed.then(|| state.tagset.clone()).flatten(), state.management.clone())
+        };
+        let Some(tagset) = tagset else {
+            // Disarmed before it ran: teardown fails what is outstanding.
+            self.state.lock().busy = false;
+            return;
+        };
+        let pdev = self.ctrl.pdev();
+        dev_warn!(pdev, "resetting the controller\n");
+        tagset.quiesce();
+        match self.reset_controller() {
+            Ok(requeued) => {
+                self.ctrl.finish_reset();
+                tagset.unquiesce();
+                dev_info!(
+                    pdev,
+                    "controller reset done: {requeued} requests requeued\n"
+                );
+            }
+            Err(e) => {
+                dev_err!(pdev, "controller reset failed: {e:?}\n");
+                // Outstanding requests end with EIO; requeued ones fail as
+                // they are dispatched again after the unquiesce.
+                fail_controller(&self.ctrl, &self.queues);
+                tagset.unquiesce();
+                if let Some(management) = management {
+                    management.mark_disks_dead();
+                }
+            }
+        }
+        self.state.lock().busy = false;
+    }
+
+    /// Steps 2 to 4 of the reset (module documentation). Returns how many
+    /// requests went back to blk-mq.
+    fn reset_controller(&self) -> Result<usize> {
+        self.ctrl.disable_for_reset()?;
+        // CSTS.RDY = 0: the device stopped, so the requests' memory is the
+        // host's again and they can be issued anew.
+        let requeued = self.queues.iter().map(|q| q.requeue_all()).sum();
+        self.ctrl.restart()?;
+        let wanted = self.queues.len() as u32;
+        let granted = self.ctrl.request_io_queues(wanted)?;
+        if granted < wanted {
+            dev_err!(
+                self.ctrl.pdev(),
+                "{granted} I/O queue pairs after the reset, {wanted} before\n"
+            );
+            return Err(ENODEV);
+        }
+        for q in self.queues.iter() {
+            q.create_on_device()?;
+        }
+        Ok(requeued)
+    }
+}
+
+#[kunit_tests(dpublk_reset)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_allows_max_resets_in_window() {
+        let mut budget = ResetBudget::new();
+        for i in 0..MAX_RESETS as u64 {
+            assert!(budget.try_take(1000 + i));
+        }
+        assert!(!budget.try_take(2000));
+        assert!(!budget.try_take(1000 + RESET_WINDOW_MS - 1));
+    }
+
+    #[test]
+    fn budget_refills_as_resets_age() {
+        let mut budget = ResetBudget::new();
+        assert!(budget.try_take(0));
+        assert!(budget.try_take(100));
+        assert!(budget.try_take(200));
+        assert!(!budget.try_take(300));
+        // The first reset leaves the window: one more is allowed, not two.
+        assert!(budget.try_take(RESET_WINDOW_MS));
+        assert!(!budget.try_take(RESET_WINDOW_MS + 50));
+        assert!(budget.try_take(RESET_WINDOW_MS + 100));
+        // Long after all of them, the whole budget is back.
+        let later = 10 * RESET_WINDOW_MS;
+        for i in 0..MAX_RESETS as u64 {
+            assert!(budget.try_take(later + i));
+        }
+        assert!(!budget.try_take(later + 10));
+    }
+
+    #[test]
+    fn budget_refusal_does_not_spend() {
+        let mut budget = ResetBudget::new();
+        for _ in 0..MAX_RESETS {
+            assert!(budget.try_take(5));
+        }
+        let before = budget;
+        assert!(!budget.try_take(6));
+        assert_eq!(budget, before);
+    }
+}
