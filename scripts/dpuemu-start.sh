@@ -5,6 +5,10 @@
 #
 #   dpuemu-start.sh RUNDIR NSSDS SSD_SIZE [extra dpuemu args...]
 #
+# SSD_SIZE is one size for every SSD, or a comma-separated list: SSD i gets
+# the i-th size, and the last size repeats for the SSDs after it
+# (1G,4G = SSD 0 of 1 GiB, all others of 4 GiB).
+#
 # SSD images live in RUNDIR/ssd<i>.img (kept across dpuemu restarts within the
 # run), or in $DPUBLK_IMAGES_DIR when set (kept across runs); the log goes to RUNDIR/dpuemu.log and the pid to RUNDIR/dpuemu.pid.
 . "$(dirname "$0")/lib.sh"
@@ -13,8 +17,10 @@ shift 3
 dpuemu=${DPUBLK_DPUEMU:-$DPUBLK_TOP/target/release/dpuemu}
 [ -x "$dpuemu" ] || die "dpuemu is not built ($dpuemu): run make"
 args=(--socket-dir "$rundir/sockets")
+IFS=, read -r -a sizes <<<"$ssd_size"
 for i in $(seq 0 $((nssds - 1))); do
-	args+=(--ssd "${DPUBLK_IMAGES_DIR:-$rundir}/ssd$i.img:$ssd_size")
+	s=${sizes[$((i < ${#sizes[@]} ? i : ${#sizes[@]} - 1))]}
+	args+=(--ssd "${DPUBLK_IMAGES_DIR:-$rundir}/ssd$i.img:$s")
 done
 mkdir -p "$rundir/sockets" "${DPUBLK_IMAGES_DIR:-$rundir}"
 # Sockets of an emulator that was killed are stale: a listener must not be

@@ -6,7 +6,8 @@
 #   scripts/vm.sh [options] -- <guest command...>
 #     --accelerator     start dpuemu and attach its functions (vfio-user)
 #     --ssds N          number of emulated local SSDs (default 4)
-#     --ssd-size SIZE   size of each SSD image (default 1G)
+#     --ssd-size SIZE   size of each SSD image (default 1G), or a comma list:
+#                       SSD i gets the i-th size, the last one repeats
 #     --iommu           add a vIOMMU (intel-iommu,caching-mode=on) and boot
 #                       the guest with intel_iommu=on
 #     --memory SIZE     guest RAM (default 2G)
@@ -113,11 +114,18 @@ if [ "$accelerator" = 1 ]; then
 	# hot-unplugged and plugged again (the accelerator is "accel", the SSDs
 	# "ssd0", "ssd1", ...).
 	mkdir -p "$rundir/devices"
-	port=0
+	# The root bus has about 20 free slots; more functions than 16 put
+	# their root ports 8 to a slot (multifunction, from slot 0x10 on).
+	port=0 nsockets=$(wc -w <<<"$sockets")
 	for sock in $sockets; do
 		id=$(basename "$sock" .sock)
 		port=$((port + 1))
-		qemu_opts+=" -device pcie-root-port,id=rp$port,chassis=$port,slot=$port"
+		addr=
+		if [ "$nsockets" -gt 16 ]; then
+			addr=$(printf ',addr=0x%x.%x' $((0x10 + (port - 1) / 8)) $(((port - 1) % 8)))
+			[ $(((port - 1) % 8)) = 0 ] && addr+=,multifunction=on
+		fi
+		qemu_opts+=" -device pcie-root-port,id=rp$port,chassis=$port,slot=$port$addr"
 		spec="{\"driver\":\"vfio-user-pci\",\"id\":\"$id\",\"bus\":\"rp$port\",\"socket\":{\"type\":\"unix\",\"path\":\"$sock\"}}"
 		echo "$spec" >"$rundir/devices/$id.json"
 		# Single quotes keep the JSON intact through vng's shell-style split.

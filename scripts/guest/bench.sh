@@ -8,16 +8,22 @@
 # host turns them into tables (scripts/bench-report.py).
 #
 # Settings (from $DPUBLK_OUTPUT_DIR/settings.env): DPUBLK_BENCH_RUNTIME (measured seconds per job,
-# default 10), DPUBLK_BENCH_RAMP (seconds before measuring, default 2),
-# DPUBLK_BENCH_DEVICES and DPUBLK_BENCH_WORKLOADS (subsets by label).
+# default 10), DPUBLK_BENCH_SERVICE_RUNTIME (the same for the data-service
+# rows, default 8), DPUBLK_BENCH_RAMP (seconds before measuring, default 2),
+# DPUBLK_BENCH_SERVICE_SIZE_MB (size of the data-service rows' volumes),
+# BENCH_SSDS_<group> (the SSD indices scripts/bench.sh gave each group of
+# rows), DPUBLK_BENCH_DEVICES and DPUBLK_BENCH_WORKLOADS (subsets by label).
 set -u
 . "$DPUBLK_TOP/selftests/dpublk/test_common.sh"
 . "$DPUBLK_TOP/selftests/dpublk/dpublk_disk_common.sh"
+. "$DPUBLK_TOP/selftests/dpublk/configfs_common.sh"
 out=${DPUBLK_OUTPUT_DIR:?no output directory (run by scripts/bench.sh)}
 # shellcheck source=/dev/null # written by scripts/bench.sh
 [ -f "$out/settings.env" ] && . "$out/settings.env"
 runtime=${DPUBLK_BENCH_RUNTIME:-10}
+svc_runtime=${DPUBLK_BENCH_SERVICE_RUNTIME:-8}
 ramp=${DPUBLK_BENCH_RAMP:-2}
+svc_mb=${DPUBLK_BENCH_SERVICE_SIZE_MB:-512}
 cd /tmp || exit 1
 
 msg() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -67,23 +73,237 @@ setup_null_blk() {
 	echo $dev
 }
 
-# The device table: label, setup function, workloads ("all" or a list of
-# workload labels). More rows (RAID6, erasure coding, dm-thin, dm-vdo,
-# dm-crypt) go here; vm.sh options they need go into scripts/bench.sh.
-DEVICES=(
-	"dpublk    setup_dpublk    all"
-	"qemu-nvme setup_qemu_nvme all"
-	"null_blk  setup_null_blk  all"
-)
+# The data-service rows (issues 6, 7 and 8): dpublk volumes made through
+# configfs, each on its own local SSD functions, against the Linux stacks
+# that do the same work in the guest (md, dm-thin, dm-vdo, dm-crypt) on
+# other SSD functions of the same kind under the stock nvme driver. Every
+# volume and stack is $svc_mb MiB.
 
-# The workload table: label, fio rw, block size, iodepth.
+# ssds GROUP: the SSD indices scripts/bench.sh set aside for GROUP.
+ssds() { local v=BENCH_SSDS_$1; echo "${!v:-}"; }
+
+# nvme_disk N: the nvme block device of SSD N.
+nvme_disk() {
+	local bdf dev
+	bdf=$(ssd_pci "$1")
+	[ -n "$bdf" ] && dev=$(wait_ssd_blockdev "$bdf") || { msg "SSD $1 has no nvme disk"; return 1; }
+	echo "$dev"
+}
+
+# dm_disk NAME: /dev/dm-N of a device-mapper device (devtmpfs makes it with
+# or without udev).
+dm_disk() { echo "/dev/$(dmsetup info -c --noheadings -o blkdevname "$1" | xargs)"; }
+dms() { dmsetup --noudevsync "$@" >&2; }
+
+# dpublk_ready: the module loaded (with the passthrough namespace, as for the
+# dpublk row) and its configfs tree there.
+dpublk_ready() {
+	local i
+	ensure_configfs
+	load_dpublk >&2
+	for i in $(seq 1 100); do
+		[ -d "$DPUBLK_CFS/volumes" ] && return 0
+		sleep 0.1
+	done
+	msg "no $DPUBLK_CFS/volumes after loading dpublk"
+	return 1
+}
+
+# dpublk_volume NAME GROUP LAYOUT [attr=value...]: attaches the group's SSDs
+# (handles NAME-0, NAME-1, ...) and makes an enabled volume of $svc_mb MiB on
+# them; prints its disk.
+dpublk_volume() {
+	local name=$1 group=$2 layout=$3 i=0 n handles=
+	shift 3
+	dpublk_ready || return 1
+	for n in $(ssds "$group"); do
+		attach_ssd "$name-$i" "$n" >&2
+		handles+=${handles:+,}$name-$i
+		i=$((i + 1))
+	done
+	[ -n "$handles" ] || { msg "no SSDs for $group (scripts/bench.sh SSD_PLAN)"; return 1; }
+	make_volume "$name" "$handles" "$layout" "${svc_mb}M" "$@"
+}
+
+# dpublk_stats_space DEV VOLUME: the volume's mapped and stored bytes.
+dpublk_space() {
+	local v=$DPUBLK_CFS/volumes/$2/stats
+	echo "logical_bytes=$(awk '$1 == "logical_bytes" { print $2 }' "$v")"
+	echo "physical_bytes=$(awk '$1 == "physical_bytes" { print $2 }' "$v")"
+	sed 's/^/volume_stats./; s/ /=/' "$v"
+}
+
+# Issue 6: RAID6 over 4 SSDs and 4+2 erasure coding over 6, chunk 64 KiB.
+setup_dpublk_raid6() {
+	local dev
+	dev=$(dpublk_volume r6 raid6 raid6 chunk_size=64K) || { echo "$dev"; return 1; }
+	preload "$dev" && echo "$dev"
+}
+setup_dpublk_ec() {
+	local dev
+	dev=$(dpublk_volume ec42 ec ec ec_k=4 ec_m=2 chunk_size=64K) || { echo "$dev"; return 1; }
+	preload "$dev" && echo "$dev"
+}
+# md RAID6 over 4 other SSDs under nvme: 64 KiB chunks, no initial resync
+# (--assume-clean), each member used for half the volume size so the array
+# has the volume's size.
+setup_md_raid6() {
+	local n devs=() i
+	modprobe raid456 >&2 || return 1
+	for n in $(ssds md); do devs+=("$(nvme_disk "$n")") || return 1; done
+	[ ${#devs[@]} = 4 ] || { msg "md-raid6 needs 4 SSDs, has ${#devs[@]}"; return 1; }
+	mdadm --create /dev/md0 --run --quiet --level=6 --raid-devices=4 --chunk=64 --assume-clean \
+		--metadata=1.2 --size=$((svc_mb * 1024 / 2)) "${devs[@]}" >&2 || return 1
+	for i in $(seq 1 50); do [ -b /dev/md0 ] && break; sleep 0.1; done
+	preload /dev/md0 && echo /dev/md0
+}
+
+# Issue 7: thin volumes, preloaded, with no snapshot and with 10.
+setup_dpublk_thin() {
+	local dev
+	dev=$(dpublk_volume thin0 thin0 linear thin=1) || { echo "$dev"; return 1; }
+	preload "$dev" && echo "$dev"
+}
+setup_dpublk_thin_snap10() {
+	local dev i
+	dev=$(dpublk_volume thin10 thin10 linear thin=1) || { echo "$dev"; return 1; }
+	preload "$dev" || return 1
+	sync
+	for i in $(seq 1 10); do mkdir "$DPUBLK_CFS/volumes/thin10/snapshots/s$i" || return 1; done
+	msg "10 snapshots of thin10 taken"
+	echo "$dev"
+}
+# dm-thin: one pool on one SSD (64 MiB metadata, the rest data, 64 KiB
+# blocks, the smallest dm-thin allows; no zeroing of new blocks) holding both
+# thin volumes.
+dm_thin_pool() {
+	local dev sectors meta=131072
+	dmsetup info bench-pool >/dev/null 2>&1 && return 0
+	modprobe dm-thin-pool >&2 || return 1
+	dev=$(nvme_disk "$(ssds dmthin)") || return 1
+	sectors=$(blockdev --getsz "$dev")
+	dms create bench-tmeta --table "0 $meta linear $dev 0" || return 1
+	dms create bench-tdata --table "0 $((sectors - meta)) linear $dev $meta" || return 1
+	dd if=/dev/zero of="$(dm_disk bench-tmeta)" bs=4k count=1 oflag=direct status=none || return 1
+	dms create bench-pool --table "0 $((sectors - meta)) thin-pool $(dm_disk bench-tmeta) $(dm_disk bench-tdata) 128 1024 1 skip_block_zeroing"
+}
+# dm_thin_volume NAME ID: a thin volume of $svc_mb MiB in the pool.
+dm_thin_volume() {
+	dm_thin_pool || return 1
+	dms message bench-pool 0 "create_thin $2" || return 1
+	dms create "$1" --table "0 $((svc_mb * 2048)) thin $(dm_disk bench-pool) $2" || return 1
+	dm_disk "$1"
+}
+setup_dm_thin() {
+	local dev
+	dev=$(dm_thin_volume bench-thin0 0) || return 1
+	preload "$dev" && echo "$dev"
+}
+setup_dm_thin_snap10() {
+	local dev i
+	dev=$(dm_thin_volume bench-thin10 1) || return 1
+	preload "$dev" || return 1
+	for i in $(seq 1 10); do
+		dms suspend bench-thin10 && dms message bench-pool 0 "create_snap $((100 + i)) 1" &&
+			dms resume bench-thin10 || return 1
+	done
+	msg "10 snapshots of bench-thin10 taken"
+	echo "$dev"
+}
+
+# Issue 8: dedup + compression, and encryption. dpublk: a thin linear volume
+# with zero_detect, dedup and lz4. dm-vdo: formatted by the kernel on its
+# first start (the SSD is all zeroes), deduplication and compression on,
+# lvm2's default thread counts, 128 MiB slabs, a dense 256 MiB index.
+setup_dpublk_reduce() {
+	dpublk_volume reduce reduce linear thin=1 zero_detect=1 dedup=1 compression=lz4
+}
+setup_dm_vdo() {
+	local dev blocks i state
+	modprobe dm-vdo >&2 || return 1
+	dev=$(nvme_disk "$(ssds vdo)") || return 1
+	blocks=$(($(blockdev --getsize64 "$dev") / 4096))
+	dms create bench-vdo --table "0 $((svc_mb * 2048)) vdo V4 $dev $blocks 4096 32768 16380 ack 1 bio 4 cpu 2 hash 1 logical 1 physical 1 slabSize 32768 deduplication on compression on" ||
+		{ dmesg | grep -i vdo | tail -5 >&2; return 1; }
+	# The deduplication index comes online in the background.
+	for i in $(seq 1 600); do
+		state=$(dmsetup status bench-vdo | awk '{ print $7 }')
+		[ "$state" = online ] && break
+		sleep 0.1
+	done
+	msg "dm-vdo on $dev: index $state, $(dmsetup status bench-vdo | cut -d' ' -f4-)"
+	dm_disk bench-vdo
+}
+# VDO's own counters: logicalBlocksUsed (mapped) and dataBlocksUsed (stored
+# data; vdostats's "space saving" is computed from these two). The packer
+# writes out what it holds on a flush.
+vdo_space() {
+	local stats
+	stats=$(dmsetup message bench-vdo 0 stats)
+	vdo_stat() { tr ',' '\n' <<<"$stats" | awk -F' : ' -v k="$1" '{ gsub(/^[ {]+/, "", $1) } $1 == k { print $2; exit }'; }
+	echo "logical_bytes=$(($(vdo_stat logicalBlocksUsed) * 4096))"
+	echo "physical_bytes=$(($(vdo_stat dataBlocksUsed) * 4096))"
+	echo "vdo.overhead_bytes=$(($(vdo_stat overheadBlocksUsed) * 4096))"
+	echo "vdo.status=$(dmsetup status bench-vdo)"
+}
+space_dpublk_reduce() { dpublk_space "$1" reduce; }
+space_dm_vdo() { vdo_space; }
+
+# dpublk AES-XTS-256 against dm-crypt with the table cryptsetup loads for
+# `open --type plain --cipher aes-xts-plain64 --key-size 512 --sector-size
+# 4096` (4 KiB crypto sectors like dpublk's blocks), both with a random key.
+bench_key() { od -An -v -tx1 -N64 /dev/urandom | tr -d ' \n'; }
+setup_dpublk_crypt() {
+	local dev
+	dev=$(dpublk_volume crypt crypt linear thin=1 encryption=aes-xts-256 key="$(bench_key)") ||
+		{ echo "$dev"; return 1; }
+	preload "$dev" && echo "$dev"
+}
+setup_dm_crypt() {
+	local dev
+	modprobe dm-crypt >&2 || return 1
+	dev=$(nvme_disk "$(ssds dmcrypt)") || return 1
+	dms create bench-crypt --table "0 $((svc_mb * 2048)) crypt aes-xts-plain64 $(bench_key) 0 $dev 0 1 sector_size:4096" ||
+		return 1
+	dev=$(dm_disk bench-crypt)
+	preload "$dev" && echo "$dev"
+}
+
+# The device table: label, setup function, workloads ("all" or a list of
+# workload labels), and a function printing the device's space accounting
+# after each job ("-" for none). The first three rows run
+# DPUBLK_BENCH_RUNTIME seconds per job, the data-service rows
+# DPUBLK_BENCH_SERVICE_RUNTIME.
+DEVICES=(
+	"dpublk             setup_dpublk             all -"
+	"qemu-nvme          setup_qemu_nvme          all -"
+	"null_blk           setup_null_blk           all -"
+	"dpublk-raid6       setup_dpublk_raid6       randwrite-4k-qd32,read-128k-qd8,write-128k-qd8 -"
+	"dpublk-ec          setup_dpublk_ec          randwrite-4k-qd32,read-128k-qd8,write-128k-qd8 -"
+	"md-raid6           setup_md_raid6           randwrite-4k-qd32,read-128k-qd8,write-128k-qd8 -"
+	"dpublk-thin        setup_dpublk_thin        randwrite-4k-qd32 -"
+	"dpublk-thin-snap10 setup_dpublk_thin_snap10 randwrite-4k-qd32 -"
+	"dm-thin            setup_dm_thin            randwrite-4k-qd32 -"
+	"dm-thin-snap10     setup_dm_thin_snap10     randwrite-4k-qd32 -"
+	"dpublk-reduce      setup_dpublk_reduce      write-128k-qd8-dedup space_dpublk_reduce"
+	"dm-vdo             setup_dm_vdo             write-128k-qd8-dedup space_dm_vdo"
+	"dpublk-crypt       setup_dpublk_crypt       read-128k-qd8,write-128k-qd8-dedup -"
+	"dm-crypt           setup_dm_crypt           read-128k-qd8,write-128k-qd8-dedup -"
+)
+BASE_ROWS=" dpublk qemu-nvme null_blk "
+
+# The workload table: label, fio rw, block size, iodepth, and extra fio
+# options (comma-separated, "-" for none). The -dedup write is fio's data for
+# data reduction: half of the 128 KiB buffers repeat an earlier one, each
+# compresses to about half, every buffer refilled.
 WORKLOADS=(
-	"randread-4k-qd1   randread  4k   1"
-	"randread-4k-qd32  randread  4k   32"
-	"randwrite-4k-qd1  randwrite 4k   1"
-	"randwrite-4k-qd32 randwrite 4k   32"
-	"read-128k-qd8     read      128k 8"
-	"write-128k-qd8    write     128k 8"
+	"randread-4k-qd1      randread  4k   1  -"
+	"randread-4k-qd32     randread  4k   32 -"
+	"randwrite-4k-qd1     randwrite 4k   1  -"
+	"randwrite-4k-qd32    randwrite 4k   32 -"
+	"read-128k-qd8        read      128k 8  -"
+	"write-128k-qd8       write     128k 8  -"
+	"write-128k-qd8-dedup write     128k 8  --dedupe_percentage=50,--buffer_compress_percentage=50,--refill_buffers=1"
 )
 
 # preload DEV: writes the whole device once (1 MiB sequential writes of
@@ -130,14 +350,17 @@ sample() {
 # cover about the same time as the window, however long the host agent took
 # to answer.
 run_job() {
-	local label=$1 dev=$2 name=$3 rw=$4 bs=$5 qd=$6 dir="$out/$1" pid i before now running
+	local label=$1 dev=$2 name=$3 rw=$4 bs=$5 qd=$6 extra=$7 space=$8 dir="$out/$1" pid i before now running
+	local runtime=$runtime opts=()
+	[[ $BASE_ROWS == *" $label "* ]] || runtime=$svc_runtime
+	[ "$extra" = - ] || IFS=, read -r -a opts <<<"$extra"
 	mkdir -p "$dir"
 	before=$(counters "$dev" | awk '{ print $8 + $9 }')
 	# The runtime is only a safety stop; SIGINT ends the job.
 	fio --name="$name" --filename="$dev" --ioengine=io_uring --direct=1 --rw="$rw" --bs="$bs" \
 		--iodepth="$qd" --numjobs=1 --time_based=1 --ramp_time="$ramp" --runtime=$((runtime + 120)) \
-		--size=100% --norandommap=1 --randrepeat=0 --output-format=json --output="$dir/$name.json" \
-		>"$dir/$name.log" 2>&1 &
+		--size=100% --norandommap=1 --randrepeat=0 "${opts[@]}" --output-format=json \
+		--output="$dir/$name.json" >"$dir/$name.log" 2>&1 &
 	pid=$!
 	# Under TCG fio takes a while to start: wait for its first I/O.
 	for i in $(seq 1 300); do
@@ -148,6 +371,7 @@ run_job() {
 	done
 	sleep "$ramp"
 	{
+		echo "runtime=$runtime"
 		echo "window_start:"
 		sample "$dev"
 		sleep "$runtime"
@@ -168,6 +392,12 @@ run_job() {
 		tail -5 "$dir/$name.log" >&2
 		return 1
 	fi
+	if [ "$space" != - ]; then
+		# What the job left stored: flushed first, so nothing waits in a
+		# cache or a packer.
+		python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY); os.fsync(fd)' "$dev"
+		$space "$dev" >"$dir/$name.space" || msg "$label $name: no space figures"
+	fi
 	echo "$label $name" >>"$out/index"
 	msg "$label $name: $(sed -n '/^{/,$p' "$dir/$name.json" | jq -r '.jobs[0] | "\((.read.iops + .write.iops) | floor) IOPS"')"
 }
@@ -182,6 +412,8 @@ wanted() { # wanted LABEL LIST: LIST empty or containing LABEL
 	echo "cpus=$(nproc)"
 	echo "fio=$(fio --version)"
 	echo "runtime=$runtime"
+	echo "service_runtime=$svc_runtime"
+	echo "service_size_mb=$svc_mb"
 	echo "ramp=$ramp"
 	echo "guest_hz=$(getconf CLK_TCK)"
 } >"$out/guest.env"
@@ -193,7 +425,7 @@ wanted() { # wanted LABEL LIST: LIST empty or containing LABEL
 status=0
 ready=()
 for row in "${DEVICES[@]}"; do
-	read -r label setup workloads <<<"$row"
+	read -r label setup workloads space <<<"$row"
 	wanted "$label" "${DPUBLK_BENCH_DEVICES:-}" || continue
 	msg "setting up $label"
 	if ! dev=$($setup); then
@@ -212,15 +444,30 @@ for row in "${DEVICES[@]}"; do
 		echo "max_sectors_kb=$(cat "/sys/block/$dev_name/queue/max_sectors_kb")"
 		echo "logical_block_size=$(cat "/sys/block/$dev_name/queue/logical_block_size")"
 	} >"$out/$label.env"
-	ready+=("$label $dev $workloads")
+	ready+=("$label $dev $workloads $space")
 done
+# The guest's CPU with every device set up and no fio running, over one
+# service window: what every window holds besides its job (kernel threads of
+# the stacks, the sampling itself). The report shows it beside the table.
+if [ ${#ready[@]} -gt 0 ]; then
+	read -r _ idle_dev _ <<<"${ready[0]}"
+	{
+		echo "window_start:"
+		sample "$idle_dev"
+		sleep "$svc_runtime"
+		echo "window_end:"
+		sample "$idle_dev"
+	} >"$out/idle.cpu" || rm -f "$out/idle.cpu"
+fi
 for w in "${WORKLOADS[@]}"; do
-	read -r name rw bs qd <<<"$w"
+	read -r name rw bs qd extra <<<"$w"
 	wanted "$name" "${DPUBLK_BENCH_WORKLOADS:-}" || continue
 	for row in "${ready[@]}"; do
-		read -r label dev workloads <<<"$row"
-		[ "$workloads" = all ] || [[ " ${workloads//,/ } " == *" $name "* ]] || continue
-		run_job "$label" "$dev" "$name" "$rw" "$bs" "$qd" || status=1
+		read -r label dev workloads space <<<"$row"
+		# "all" means the six plain workloads; the -dedup one only where named.
+		if [ "$workloads" = all ]; then [ "$extra" = - ] || continue
+		else [[ " ${workloads//,/ } " == *" $name "* ]] || continue; fi
+		run_job "$label" "$dev" "$name" "$rw" "$bs" "$qd" "$extra" "$space" || status=1
 	done
 done
 exit $status
