@@ -1,6 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# Flush, discard and write zeroes reach the accelerator, within the limits
+# Flush, FUA, discard and write zeroes reach the accelerator, within the limits
 # the disk advertises: the volume's own command counters (configfs stats)
 # move when they should and only then, ranges read back as zeroes, and a
 # large write-zeroes is split at the advertised limit.
@@ -37,6 +37,15 @@ done
 synced=$(($(stat_of flush_commands) - before))
 [ "$synced" -ge 3 ] || fail "3 fsyncs sent $synced flushes"
 diag "flushes: $plain for 256 plain writes, $synced for 3 fsyncs"
+# FUA: O_DSYNC direct writes go out as FUA writes (the disk advertises
+# FUA), not as write + flush; plain writes carry no FUA.
+fua=$(stat_of fua_writes)
+head -c 1M /dev/urandom | dd of="$dev" bs=4k oflag=direct status=none
+[ "$(stat_of fua_writes)" = "$fua" ] || fail "plain writes carried FUA"
+head -c 64k /dev/urandom | dd of="$dev" bs=4k seek=512 oflag=direct,dsync status=none
+fua_sent=$(($(stat_of fua_writes) - fua))
+[ "$fua_sent" -ge 16 ] || fail "16 O_DSYNC writes reached the device as $fua_sent FUA writes"
+diag "FUA: $fua_sent FUA writes for 16 O_DSYNC writes"
 
 # Write zeroes over more than one limit's worth is split at the limit.
 head -c 384M /dev/urandom | dd of="$dev" bs=4M oflag=direct status=none

@@ -674,8 +674,10 @@ pub struct Statistics {
     pub scrub_mismatches: Le64,
     /// Volume only: mismatches the last scrub repaired.
     pub scrub_repaired: Le64,
+    /// Write commands with Force Unit Access.
+    pub fua_writes: Le64,
     /// Reserved.
-    pub rsvd208: [u8; 304],
+    pub rsvd216: [u8; 296],
 }
 
 /// `Statistics::array_state`: every member online.

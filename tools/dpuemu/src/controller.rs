@@ -109,6 +109,7 @@ pub struct Stats {
     pub reads: AtomicU64,
     pub writes: AtomicU64,
     pub flushes: AtomicU64,
+    pub fua_writes: AtomicU64,
     pub write_zeroes: AtomicU64,
     pub deallocates: AtomicU64,
     pub read_bytes: AtomicU64,
@@ -130,6 +131,7 @@ impl Stats {
         s.read_commands = get(&self.reads);
         s.write_commands = get(&self.writes);
         s.flush_commands = get(&self.flushes);
+        s.fua_writes = get(&self.fua_writes);
         s.write_zeroes_commands = get(&self.write_zeroes);
         s.deallocate_commands = get(&self.deallocates);
         s.read_bytes = get(&self.read_bytes);

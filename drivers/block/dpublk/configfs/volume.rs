@@ -934,6 +934,7 @@ volume_attribute!(17, show: |v, w| {
         ("read_commands", &s.read_commands),
         ("write_commands", &s.write_commands),
         ("flush_commands", &s.flush_commands),
+        ("fua_writes", &s.fua_writes),
         ("write_zeroes_commands", &s.write_zeroes_commands),
         ("deallocate_commands", &s.deallocate_commands),
         ("read_bytes", &s.read_bytes),

@@ -124,6 +124,7 @@ impl Controller {
         ns.write_at(offset, &buf).map_err(write_status)?;
         if cmd.fua {
             ns.flush().map_err(write_status)?;
+            self.count(index, |s| &s.fua_writes, 1);
         }
         self.count(index, |s| &s.writes, 1);
         self.count(index, |s| &s.write_bytes, len);
