@@ -429,7 +429,18 @@ impl Controller {
 
     /// Sends an admin command and polls for its completion. Returns the
     /// completion's DW0.
-    pub(crate) fn admin_command(&self, mut sqe: SubmissionEntry) -> Result<u32> {
+    pub(crate) fn admin_command(&self, sqe: SubmissionEntry) -> Result<u32> {
+        self.admin_command_within(sqe, ADMIN_TIMEOUT)
+    }
+
+    /// [`Controller::admin_command`] for a command that may take up to
+    /// `timeout` (a scrub reads whole SSDs). Polling slows down to once a
+    /// millisecond after the first 10 ms.
+    pub(crate) fn admin_command_within(
+        &self,
+        mut sqe: SubmissionEntry,
+        timeout: Delta,
+    ) -> Result<u32> {
         if !self.admin_usable() {
             return Err(EIO);
         }
@@ -452,12 +463,17 @@ impl Controller {
                 self.with_regs(|r| r.ring(0, DoorbellKind::CompletionHead, self.caps.dstrd, head))?;
                 break cqe;
             }
-            if start.elapsed() > ADMIN_TIMEOUT {
+            let waited = start.elapsed();
+            if waited > timeout {
                 dev_err!(self.pdev, "admin command {:#x} timed out\n", sqe.opcode());
                 self.protocol_error(ProtocolError::Fatal, format_args!("admin command timeout"));
                 return Err(ETIMEDOUT);
             }
-            fsleep(Delta::from_micros(200));
+            fsleep(if waited > Delta::from_millis(10) {
+                Delta::from_millis(1)
+            } else {
+                Delta::from_micros(200)
+            });
         };
         self.check_admin_completion(admin, &cqe, cid)
     }

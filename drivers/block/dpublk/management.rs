@@ -27,6 +27,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{
     device,
     dma::Coherent,
+    time::Delta,
     new_mutex,
     prelude::*,
     sync::{Arc, Mutex},
@@ -34,6 +35,9 @@ use kernel::{
 
 /// Size of the management payload buffer: the largest vendor payload.
 const PAYLOAD_BYTES: usize = 4096;
+/// How long a Maintenance command (scrub) may take. The admin queue is
+/// busy meanwhile: other management requests wait (I/O does not).
+const MAINTENANCE_TIMEOUT: Delta = Delta::from_secs(600);
 /// Most namespaces turned into disks per controller.
 pub(crate) const MAX_NAMESPACES: usize = 64;
 
@@ -232,7 +236,12 @@ impl Management {
             sqe.prp1.set(buffer.dma_address());
             sqe.prp2.set(0);
         }
-        let result = self.ctrl.admin_command(sqe);
+        // A scrub reads every stripe of the volume before it completes.
+        let result = if sqe.opcode() == vendor::opcode::MAINTENANCE {
+            self.ctrl.admin_command_within(sqe, MAINTENANCE_TIMEOUT)
+        } else {
+            self.ctrl.admin_command(sqe)
+        };
         if let (Ok(_), Payload::FromDevice(room)) = (&result, payload) {
             let n = room.len();
             // SAFETY: The command completed, so the device is done with the
