@@ -6,7 +6,8 @@
 # reset that follows finds the registers unreachable, the controller is
 # failed, the outstanding I/O fails within about a minute, nothing hangs
 # or oopses, and the driver lets go of the dead device (rmmod completes,
-# the disk is gone). Needs the host agent's dpuemu-freeze/dpuemu-thaw.
+# the disk is gone), and the module loads and unloads again afterwards.
+# Needs the host agent's dpuemu-freeze/dpuemu-thaw.
 . "$(dirname "$0")/test_common.sh"
 . "$(dirname "$0")/dpublk_disk_common.sh"
 
@@ -45,5 +46,12 @@ host_request dpuemu-thaw >/dev/null
 timeout 120 rmmod dpublk || fail "rmmod hung or failed with the controller failed"
 [ ! -e /dev/dpublk0 ] || fail "/dev/dpublk0 still there after rmmod"
 dmesg_since_mark | grep -E 'dpublk|timed out' | sed 's/^/#   /' | tail -12
+# The module loads and unloads again afterwards: the dead function is
+# refused at probe (QEMU's vfio-user connection does not come back after
+# the freeze, so its registers read all ones), the rest of the driver works.
+timeout 60 insmod "$DPUBLK_MODULE" || fail "insmod after the dead device failed"
+[ -d "$CONFIGFS/dpublk/volumes" ] || fail "no configfs tree after the reload"
+[ ! -e /dev/dpublk0 ] || fail "a disk appeared for the dead device"
+timeout 60 rmmod dpublk || fail "rmmod after the reload failed"
 dmesg_check_clean
 exit $KSFT_PASS
