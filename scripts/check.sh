@@ -93,8 +93,8 @@ if [[ " $suites " == *" vm "* ]]; then
 		# Thin volumes, snapshots and clones, data reduction and encryption
 		# (issues 7 and 8).
 		run_suite services --accelerator --ssds 4 --ssd-size 512M -- \
-			test_thin_snapshot_clone test_thin_pool_full test_reduction_dedup_compress \
-			test_reduction_encryption
+			test_thin_snapshot_clone test_thin_snapshot_disk test_thin_pool_full \
+			test_reduction_dedup_compress test_reduction_encryption
 		# Protection: degraded mode, rebuild onto a spare, scrub (issue 6).
 		run_suite protection --accelerator --ssds 7 --ssd-size 128M -- \
 			test_protection_scrub test_protection_degraded test_protection_rebuild

@@ -775,6 +775,13 @@ impl<T: Operations> Disk<T> {
         }
     }
 
+    /// Makes the disk read-only (a snapshot): writes fail in the block
+    /// layer before they reach the driver.
+    pub(crate) fn set_read_only(&self) {
+        // SAFETY: The disk is added (type invariant).
+        unsafe { bindings::set_disk_ro(self.gendisk.as_ptr(), true) };
+    }
+
     /// Fails all further I/O to the disk at once: the device is gone.
     pub(crate) fn mark_dead(&self) {
         // SAFETY: The disk is added (type invariant).

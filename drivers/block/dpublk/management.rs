@@ -319,7 +319,7 @@ impl Management {
             if state.disks.iter().any(|d| d.nsid == nsid) {
                 continue;
             }
-            match self.add_disk_locked(&mut state, nsid) {
+            match self.add_disk_locked(&mut state, nsid, false) {
                 Ok(_) => added += 1,
                 Err(e) => dev_warn!(self.ctrl.pdev(), "namespace {nsid}: no disk: {e:?}\n"),
             }
@@ -329,6 +329,11 @@ impl Management {
 
     /// The disk number of namespace `nsid`, adding its disk if it has none.
     pub(crate) fn expose(&self, nsid: u32) -> Result<u32> {
+        self.expose_as(nsid, false)
+    }
+
+    /// [`Management::expose`], read-only when `read_only` (snapshots).
+    pub(crate) fn expose_as(&self, nsid: u32, read_only: bool) -> Result<u32> {
         let mut state = self.state.lock();
         if state.gone {
             return Err(ENODEV);
@@ -336,7 +341,7 @@ impl Management {
         if let Some(d) = state.disks.iter().find(|d| d.nsid == nsid) {
             return Ok(d.number.0);
         }
-        self.add_disk_locked(&mut state, nsid)
+        self.add_disk_locked(&mut state, nsid, read_only)
     }
 
     /// The disk number of namespace `nsid`, if it has a disk.
@@ -364,7 +369,12 @@ impl Management {
         Ok(())
     }
 
-    fn add_disk_locked(&self, state: &mut ManagementState, nsid: u32) -> Result<u32> {
+    fn add_disk_locked(
+        &self,
+        state: &mut ManagementState,
+        nsid: u32,
+        read_only: bool,
+    ) -> Result<u32> {
         let pdev = self.ctrl.pdev();
         if state.disks.len() >= MAX_NAMESPACES {
             return Err(ENOSPC);
@@ -420,6 +430,9 @@ impl Management {
             )?,
         )
         .inspect_err(|e| dev_err!(pdev, "cannot add disk for namespace {nsid}: {e:?}\n"))?;
+        if read_only {
+            disk.set_read_only();
+        }
         dev_info!(
             pdev,
             "dpublk{index}: namespace {nsid}, {sectors} sectors of 512 bytes, block size {}\n",

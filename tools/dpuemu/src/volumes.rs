@@ -170,6 +170,9 @@ struct VolumeRecord {
 struct SnapshotRecord {
     id: u32,
     name: String,
+    /// The read-only namespace the snapshot is exposed as (0: none). Not
+    /// persistent: a restart closes it.
+    nsid: u32,
 }
 
 struct Family {
@@ -256,10 +259,23 @@ impl State {
 
     fn nsid_taken(&self, nsid: u32) -> bool {
         self.reserved.contains(&nsid)
-            || self
-                .families
+            || self.families.iter().any(|f| {
+                f.volumes.iter().any(|v| v.nsid == nsid)
+                    || f.snapshots.iter().any(|s| s.nsid == nsid)
+            })
+    }
+
+    /// The family and index of the snapshot exposed as namespace `nsid`.
+    fn exposed_snapshot(&self, nsid: u32) -> Option<(usize, usize)> {
+        if nsid == 0 {
+            return None;
+        }
+        self.families.iter().enumerate().find_map(|(fi, f)| {
+            f.snapshots
                 .iter()
-                .any(|f| f.volumes.iter().any(|v| v.nsid == nsid))
+                .position(|s| s.nsid == nsid)
+                .map(|si| (fi, si))
+        })
     }
 
     fn free_nsid(&self) -> Result<u32, Status> {
@@ -556,6 +572,7 @@ impl VolumeManager {
                             family.snapshots.push(SnapshotRecord {
                                 id,
                                 name: info.name,
+                                nsid: 0,
                             });
                         }
                         VolumeKind::Writable => {
@@ -721,6 +738,9 @@ impl VolumeManager {
         table: &dyn NamespaceTable,
     ) -> Result<u32, Status> {
         let name = parse_name(&req.name)?;
+        if let Some(nsid) = self.expose_snapshot(state, &name, req, table)? {
+            return Ok(nsid);
+        }
         // A volume whose catalog NSID was taken at startup gets a new one.
         let spare = state.free_nsid();
         let (fi, vi) = state
@@ -759,6 +779,53 @@ impl VolumeManager {
         table.activate(record.nsid, namespace);
         info!("accel: volume {name} unlocked as namespace {}", record.nsid);
         Ok(record.nsid)
+    }
+
+    /// Volume Create with `VOLUME_CREATE_OPEN_EXISTING` naming a snapshot:
+    /// exposes it as a read-only namespace (writes fail). `None` if no
+    /// snapshot has that name.
+    fn expose_snapshot(
+        &self,
+        state: &mut State,
+        name: &str,
+        req: &VolumeCreate,
+        table: &dyn NamespaceTable,
+    ) -> Result<Option<u32>, Status> {
+        let Some((fi, si)) = state.families.iter().enumerate().find_map(|(fi, f)| {
+            f.snapshots
+                .iter()
+                .position(|s| s.name == name)
+                .map(|si| (fi, si))
+        }) else {
+            return Ok(None);
+        };
+        if state.families[fi].snapshots[si].nsid != 0 {
+            return Ok(Some(state.families[fi].snapshots[si].nsid));
+        }
+        let nsid = state.free_nsid()?;
+        let family = &state.families[fi];
+        let pool = family.pool()?.clone();
+        // An encrypted snapshot opens with the key given, or with the key
+        // of an open volume of its family (snapshots share their origin's).
+        let given = if req.key.iter().all(|&b| b == 0) {
+            None
+        } else {
+            Some(Arc::new(
+                VolumeKey::from_slice(&req.key).map_err(|_| status(vs::INVALID_PAYLOAD))?,
+            ))
+        };
+        let family_key = family
+            .volumes
+            .iter()
+            .find_map(|v| v.open.as_ref().and_then(|o| o.key.clone()));
+        let key = given.or(family_key);
+        let volume = pool
+            .open_volume(name, key.as_deref())
+            .map_err(|e| log_engine(&format!("opening snapshot {name}"), &e))?;
+        state.families[fi].snapshots[si].nsid = nsid;
+        table.activate(nsid, Arc::new(VolumeNamespace::new(volume)));
+        info!("accel: snapshot {name} exposed read-only as namespace {nsid}");
+        Ok(Some(nsid))
     }
 
     fn create_new(
@@ -971,6 +1038,18 @@ impl VolumeManager {
     /// Volume Delete.
     pub fn delete(&self, nsid: u32, table: &dyn NamespaceTable) -> Result<u32, Status> {
         let mut state = self.lock();
+        // On a snapshot's namespace, Volume Delete closes the namespace; the
+        // snapshot stays.
+        if let Some((fi, si)) = state.exposed_snapshot(nsid) {
+            table.deactivate(nsid);
+            let snapshot = &mut state.families[fi].snapshots[si];
+            snapshot.nsid = 0;
+            info!(
+                "accel: snapshot {} no longer exposed (namespace {nsid})",
+                snapshot.name
+            );
+            return Ok(0);
+        }
         let (fi, vi) = state.open_volume(nsid)?;
         let family = &mut state.families[fi];
         let pool = family.pool()?.clone();
@@ -1093,6 +1172,7 @@ impl VolumeManager {
         state.families[fi].snapshots.push(SnapshotRecord {
             id,
             name: snap.clone(),
+            nsid: 0,
         });
         info!("accel: snapshot {snap} (ID {id}) of {origin}");
         Ok(id)
@@ -1132,6 +1212,9 @@ impl VolumeManager {
         let mut state = self.lock();
         let (fi, si) = state.snapshot(id)?;
         let family = &mut state.families[fi];
+        if family.snapshots[si].nsid != 0 {
+            return Err(status(vs::VOLUME_BUSY));
+        }
         let name = family.snapshots[si].name.clone();
         family
             .pool()?

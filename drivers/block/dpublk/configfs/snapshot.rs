@@ -57,6 +57,9 @@ pub(crate) struct Snapshot {
     /// The snapshot's ID on the accelerator; `None` once destroyed.
     #[pin]
     id: Mutex<Option<u32>>,
+    /// The namespace it is exposed as through this handle (0: none).
+    #[pin]
+    exposed: Mutex<u32>,
 }
 
 const DIR: &str = "snapshots";
@@ -133,6 +136,7 @@ impl configfs::GroupOperations for SnapshotsDir {
                 clone: 1,
                 revert: 2,
                 destroy: 3,
+                expose: 4,
             ],
         };
         Ok(configfs::Group::new(
@@ -142,6 +146,7 @@ impl configfs::GroupOperations for SnapshotsDir {
                 volume: volume.clone(),
                 name: owned,
                 id <- new_mutex!(Some(id)),
+                exposed <- new_mutex!(0),
             }),
         ))
     }
@@ -269,6 +274,9 @@ impl AttributeOperations<3> for Snapshot {
         let Some(current) = *id else {
             return Err(snap.refuse("destroy", "the snapshot was destroyed", ENOENT));
         };
+        if *snap.exposed.lock() != 0 {
+            return Err(snap.refuse("destroy", "write 0 to 'expose' first", EBUSY));
+        }
         let mgmt = management::current()?;
         let nsid = snap.volume.config.lock().nsid;
         mgmt.vendor_command(
@@ -284,6 +292,64 @@ impl AttributeOperations<3> for Snapshot {
             snap.refuse("destroy", why, e)
         })?;
         *id = None;
+        Ok(())
+    }
+}
+
+#[vtable]
+impl AttributeOperations<4> for Snapshot {
+    type Data = Snapshot;
+
+    fn show(snap: &Snapshot, page: &mut [u8; PAGE_SIZE]) -> Result<usize> {
+        let mut w = Formatter::new(page);
+        let nsid = *snap.exposed.lock();
+        let disk = management::current()
+            .ok()
+            .and_then(|m| (nsid != 0).then(|| m.disk_of(nsid)).flatten());
+        match disk {
+            Some(index) => kernel::fmt::Write::write_fmt(&mut w, format_args!("1 dpublk{index}\n"))?,
+            None => kernel::fmt::Write::write_str(&mut w, "0\n")?,
+        }
+        Ok(w.bytes_written())
+    }
+
+    /// `1` exposes the snapshot as a read-only disk; `0` takes it away.
+    fn store(snap: &Snapshot, page: &[u8]) -> Result {
+        let on = parse::boolean(page).map_err(|why| snap.refuse("expose", why, EINVAL))?;
+        snap.id("expose")?;
+        let mgmt = management::current()?;
+        let mut exposed = snap.exposed.lock();
+        if on {
+            if *exposed != 0 {
+                return Ok(());
+            }
+            let mut payload = KBox::new(vendor::VolumeCreate::zeroed(), GFP_KERNEL)?;
+            payload.flags = vendor::VOLUME_CREATE_OPEN_EXISTING;
+            c_string_field(&mut payload.name, &snap.name);
+            let nsid = mgmt
+                .vendor_command(
+                    SubmissionEntry::new(vendor::opcode::VOLUME_CREATE, 0),
+                    Payload::ToDevice(payload.as_bytes()),
+                )
+                .map_err(|e| snap.refuse("expose", "the accelerator refused to open the snapshot", e))?;
+            let index = mgmt
+                .expose_as(nsid, true)
+                .map_err(|e| snap.refuse("expose", "cannot add the disk", e))?;
+            *exposed = nsid;
+            pr_info!(
+                "volumes/{}/snapshots/{}: exposed read-only as dpublk{index}\n",
+                bstr(&snap.volume.name),
+                bstr(&snap.name)
+            );
+        } else if *exposed != 0 {
+            mgmt.hide(*exposed)
+                .map_err(|e| snap.refuse("expose", "the disk is open (mounted or in use)", e))?;
+            let mut sqe = SubmissionEntry::new(vendor::opcode::VOLUME_DELETE, 0);
+            sqe.nsid.set(*exposed);
+            mgmt.vendor_command(sqe, Payload::None)
+                .map_err(|e| snap.refuse("expose", "the accelerator did not close the namespace", e))?;
+            *exposed = 0;
+        }
         Ok(())
     }
 }

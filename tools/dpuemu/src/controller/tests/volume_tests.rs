@@ -1265,3 +1265,51 @@ fn statistics_tell_zero_detect_dedup_and_compression_apart() {
     assert_eq!(saved, [0, 0, 0]);
     assert_eq!(a.delete(plain), Ok(0));
 }
+
+#[test]
+fn snapshot_exposed_read_only_until_closed() {
+    let images = Images::new("snapexpose", 1, SSD_BYTES);
+    let mut a = Accel::start(&images);
+    a.attach(&[0]);
+    let mut req = request("base", layout::SINGLE, 0b1, 16 << 20);
+    req.services.set(service::THIN);
+    let base = a.create(&req).unwrap();
+    let old = blocks_pattern(4, 9);
+    assert_eq!(a.write(base, 0, &old), Status::SUCCESS);
+    let snap = a
+        .named(vendor::opcode::SNAPSHOT_CREATE, base, 0, "base.1")
+        .unwrap();
+    // Open-existing with the snapshot's name exposes it as a namespace.
+    let mut open = VolumeCreate::zeroed();
+    open.flags = vendor::VOLUME_CREATE_OPEN_EXISTING;
+    c_string_field(&mut open.name, b"base.1");
+    let exposed = a.create(&open).unwrap();
+    assert_ne!(exposed, base);
+    assert!(a.active_nsids().contains(&exposed));
+    assert_eq!(
+        a.create(&open).unwrap(),
+        exposed,
+        "opening twice is idempotent"
+    );
+    assert_eq!(a.write(base, 0, &blocks_pattern(4, 10)), Status::SUCCESS);
+    assert_eq!(
+        a.read(exposed, 0, 4).unwrap(),
+        old,
+        "the snapshot keeps its data"
+    );
+    assert_ne!(a.write(exposed, 0, &blocks_pattern(1, 11)), Status::SUCCESS);
+    assert_eq!(
+        a.read(exposed, 0, 4).unwrap(),
+        old,
+        "a refused write changed nothing"
+    );
+    // Exposed snapshots cannot be deleted; Volume Delete closes the namespace.
+    assert_eq!(
+        a.simple(vendor::opcode::SNAPSHOT_DELETE, 0, snap),
+        Err(vendor_status(vs::VOLUME_BUSY))
+    );
+    assert_eq!(a.delete(exposed), Ok(0));
+    assert!(!a.active_nsids().contains(&exposed));
+    assert_eq!(a.simple(vendor::opcode::SNAPSHOT_DELETE, 0, snap), Ok(0));
+    assert_eq!(a.read(base, 0, 4).unwrap(), blocks_pattern(4, 10));
+}
