@@ -34,6 +34,19 @@ attach() {
 	say "SSD $2 attached to the accelerator as ssds/$1 ($(cat "$dir/capacity") bytes)"
 }
 
+# new_volume NAME SSD...: attaches each SSD as ssds/NAME-ssdN and makes
+# volumes/NAME on them (settings follow; then enable_volume).
+new_volume() {
+	local name=$1 ssd handles=()
+	shift
+	for ssd in "$@"; do
+		attach "$name-ssd${#handles[@]}" "$ssd"
+		handles+=("$name-ssd${#handles[@]}")
+	done
+	mkdir "$CFS/volumes/$name"
+	put "$CFS/volumes/$name/ssds" "$(IFS=,; echo "${handles[*]}")"
+}
+
 # enable_volume NAME: enables a configured volume and prints its disk.
 enable_volume() {
 	put "$CFS/volumes/$1/enable" 1

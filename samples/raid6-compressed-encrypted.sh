@@ -17,19 +17,12 @@ if [ ! -f "$keyfile" ]; then
 	say "new key written to $keyfile"
 fi
 [ "$(stat -c %s "$keyfile")" = 64 ] || die "$keyfile must hold exactly 64 bytes"
-handles=()
-for ssd in "$@"; do
-	handle=${name}-ssd${#handles[@]}
-	attach "$handle" "$ssd"
-	handles+=("$handle")
-done
+new_volume "$name" "$@"
 vol=$CFS/volumes/$name
-mkdir "$vol"
-put "$vol/ssds" "$(IFS=,; echo "${handles[*]}")"
 put "$vol/layout" raid6
 put "$vol/size" "$size"
 put "$vol/compression" lz4
 put "$vol/encryption" aes-xts-256
 put "$vol/key" "$(od -An -v -tx1 "$keyfile" | tr -d ' \n')"
 enable_volume "$name"
-say "volume $name: raid6 over ${#handles[@]} SSDs, lz4, aes-xts-256"
+say "volume $name: raid6 over $# SSDs, lz4, aes-xts-256"

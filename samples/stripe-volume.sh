@@ -10,15 +10,8 @@
 name=$1 size=$2
 shift 2
 need_dpublk
-handles=()
-for ssd in "$@"; do
-	handle=${name}-ssd${#handles[@]}
-	attach "$handle" "$ssd"
-	handles+=("$handle")
-done
+new_volume "$name" "$@"
 vol=$CFS/volumes/$name
-mkdir "$vol"
-put "$vol/ssds" "$(IFS=,; echo "${handles[*]}")"
 put "$vol/layout" stripe
 put "$vol/chunk_size" 64K
 put "$vol/size" "$size"
