@@ -15,7 +15,12 @@
 unload_dpublk
 dmesg_mark
 load_dpublk_disk
-fio --name=busy --filename=/dev/dpublk0 --ioengine=io_uring --direct=1 --allow_file_create=0 --rw=randrw \
+# Writes only: when dpuemu is thawed for the teardown, it finishes the
+# commands it had taken. A finished write only reads guest memory; a
+# finished read would write into pages the guest already reused for
+# something else once the driver failed the request (no IOMMU here to stop
+# a device the driver could not disable), and crash guest programs.
+fio --name=busy --filename=/dev/dpublk0 --ioengine=io_uring --direct=1 --allow_file_create=0 --rw=randwrite \
 	--bs=4k --iodepth=32 --size=64M --time_based --runtime=120 \
 	>"$TEST_TMP/fio.out" 2>&1 &
 fio_pid=$!
