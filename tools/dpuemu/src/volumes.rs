@@ -265,17 +265,20 @@ impl State {
             })
     }
 
+    /// The family and index of the first snapshot that `matches`.
+    fn find_snapshot(&self, matches: impl Fn(&SnapshotRecord) -> bool) -> Option<(usize, usize)> {
+        self.families
+            .iter()
+            .enumerate()
+            .find_map(|(fi, f)| f.snapshots.iter().position(&matches).map(|si| (fi, si)))
+    }
+
     /// The family and index of the snapshot exposed as namespace `nsid`.
     fn exposed_snapshot(&self, nsid: u32) -> Option<(usize, usize)> {
         if nsid == 0 {
             return None;
         }
-        self.families.iter().enumerate().find_map(|(fi, f)| {
-            f.snapshots
-                .iter()
-                .position(|s| s.nsid == nsid)
-                .map(|si| (fi, si))
-        })
+        self.find_snapshot(|s| s.nsid == nsid)
     }
 
     fn free_nsid(&self) -> Result<u32, Status> {
@@ -305,15 +308,7 @@ impl State {
     }
 
     fn snapshot(&self, id: u32) -> Result<(usize, usize), Status> {
-        self.families
-            .iter()
-            .enumerate()
-            .find_map(|(fi, f)| {
-                f.snapshots
-                    .iter()
-                    .position(|s| s.id == id)
-                    .map(|si| (fi, si))
-            })
+        self.find_snapshot(|s| s.id == id)
             .ok_or(status(vs::SNAPSHOT_NOT_FOUND))
     }
 }
@@ -791,12 +786,7 @@ impl VolumeManager {
         req: &VolumeCreate,
         table: &dyn NamespaceTable,
     ) -> Result<Option<u32>, Status> {
-        let Some((fi, si)) = state.families.iter().enumerate().find_map(|(fi, f)| {
-            f.snapshots
-                .iter()
-                .position(|s| s.name == name)
-                .map(|si| (fi, si))
-        }) else {
+        let Some((fi, si)) = state.find_snapshot(|s| s.name == name) else {
             return Ok(None);
         };
         if state.families[fi].snapshots[si].nsid != 0 {
