@@ -8,6 +8,10 @@
 #
 # Commands:
 #   dpuemu-kill              kill -9 the emulator (a crash, not a shutdown)
+#   dpuemu-crash             SIGUSR2 it: with --power-loss-sim a power cut
+#                            (unflushed writes torn or lost, then exit); its
+#                            tear report is appended to
+#                            $DPUBLK_IMAGES_DIR/powercut.log when set
 #   dpuemu-freeze            SIGSTOP the emulator (a hung device)
 #   dpuemu-thaw              SIGCONT it
 #   dpuemu-lose-io           SIGUSR1 it: the accelerator loses (never
@@ -68,6 +72,18 @@ serve() { # serve COMMAND [ARGS]
 		pid=$(cat "$rundir/dpuemu.pid")
 		kill -9 "$pid" && while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
 		echo "killed $pid" ;;
+	dpuemu-crash)
+		local pid
+		pid=$(cat "$rundir/dpuemu.pid")
+		kill -USR2 "$pid" || return 1
+		# Without --power-loss-sim dpuemu ignores SIGUSR2 and stays up.
+		for _ in $(seq 1 1000); do kill -0 "$pid" 2>/dev/null || break; sleep 0.01; done
+		kill -0 "$pid" 2>/dev/null && { echo "dpuemu $pid still running 10 s after SIGUSR2"; return 1; }
+		# The run directory goes with the VM; the report stays beside the images.
+		if [ -n "${DPUBLK_IMAGES_DIR:-}" ]; then
+			grep -E 'power[- ]' "$rundir/dpuemu.log" >>"$DPUBLK_IMAGES_DIR/powercut.log" || true
+		fi
+		echo "power cut $pid" ;;
 	dpuemu-freeze) kill -STOP "$(cat "$rundir/dpuemu.pid")" && echo frozen ;;
 	dpuemu-thaw) kill -CONT "$(cat "$rundir/dpuemu.pid")" && echo thawed ;;
 	dpuemu-lose-io) kill -USR1 "$(cat "$rundir/dpuemu.pid")" && echo armed ;;

@@ -13,6 +13,7 @@ function per --ssd (DIR/ssd0.sock, DIR/ssd1.sock, ...) to QEMU's
 vfio-user-pci devices. Prints 'dpuemu: ready' to stderr once every socket
 listens. SIGTERM or SIGINT flushes the media and removes the sockets.
 SIGUSR1 (a test hook) makes the accelerator lose its next I/O command.
+SIGUSR2 is a power cut when --power-loss-sim is given (ignored otherwise).
 
 Options:
   --socket-dir DIR       directory for the vfio-user sockets (created)
@@ -24,6 +25,15 @@ Options:
   --io-queues N          I/O queue pairs per function (1-255, default 4)
   --workers N            I/O worker threads per function (1-64, default 2)
   --log-level LEVEL      error, warn, info, debug or trace (default info)
+  --power-loss-sim SEED  power-loss testing: every SSD image gets a volatile
+                         write cache (drive cache and host page cache) that
+                         reads see and only a flush (NVMe Flush, FUA write,
+                         the engine's commits) writes to the image and
+                         fdatasyncs; SIGUSR2 then cuts the power: a random
+                         subset of each cache's 512-byte sectors (seeded by
+                         SEED, logged) reaches the image, the rest is lost,
+                         and dpuemu exits (status 3) at once without
+                         flushing
   -h, --help             print this help
   -V, --version          print the version
 ";
@@ -46,6 +56,8 @@ pub struct Options {
     pub io_queues: u16,
     pub workers: usize,
     pub log_level: log::LevelFilter,
+    /// Seed of the power-loss simulation (`--power-loss-sim`), if on.
+    pub power_loss_seed: Option<u64>,
 }
 
 /// What the command line asks for.
@@ -126,6 +138,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     let mut io_queues = 4u16;
     let mut workers = 2usize;
     let mut log_level = log::LevelFilter::Info;
+    let mut power_loss_seed = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -161,6 +174,14 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                     .parse()
                     .map_err(|_| format!("--log-level: unknown level '{v}'"))?;
             }
+            "--power-loss-sim" => {
+                power_loss_seed = Some(parse_number(
+                    "--power-loss-sim",
+                    &value("--power-loss-sim")?,
+                    0,
+                    u64::MAX,
+                )?)
+            }
             other => return Err(format!("unknown argument '{other}' (see --help)")),
         }
     }
@@ -180,6 +201,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         io_queues,
         workers,
         log_level,
+        power_loss_seed,
     }))
 }
 
@@ -220,6 +242,7 @@ mod tests {
             "--workers=3",
             "--log-level",
             "debug",
+            "--power-loss-sim=18446744073709551615",
         ]))
         .unwrap();
         let Command::Run(o) = cmd else {
@@ -249,6 +272,11 @@ mod tests {
         );
         assert_eq!((o.passthrough_ssd, o.io_queues, o.workers), (Some(1), 8, 3));
         assert_eq!(o.log_level, log::LevelFilter::Debug);
+        assert_eq!(o.power_loss_seed, Some(u64::MAX));
+        let Ok(Command::Run(o)) = parse(args(&["--socket-dir", "d"])) else {
+            panic!("not run")
+        };
+        assert_eq!(o.power_loss_seed, None, "off unless asked for");
     }
 
     #[test]
@@ -263,5 +291,15 @@ mod tests {
         assert!(parse(args(&["--socket-dir", "d", "--bogus"])).is_err());
         assert!(parse(args(&["--socket-dir", "d", "--log-level", "loud"])).is_err());
         assert!(parse(args(&["--socket-dir", "d", "--ssd", ":1G"])).is_err());
+        assert!(parse(args(&["--socket-dir", "d", "--power-loss-sim"])).is_err());
+        assert!(parse(args(&["--socket-dir", "d", "--power-loss-sim", "-1"])).is_err());
+        assert!(parse(args(&["--socket-dir", "d", "--power-loss-sim", "0x10"])).is_err());
+        assert!(parse(args(&[
+            "--socket-dir",
+            "d",
+            "--power-loss-sim",
+            "18446744073709551616"
+        ]))
+        .is_err());
     }
 }

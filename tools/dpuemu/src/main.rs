@@ -14,6 +14,7 @@ mod lost_command;
 mod namespace;
 mod ownership;
 mod pci_config;
+mod power_loss;
 mod vfio;
 mod volumes;
 mod worker;
@@ -31,6 +32,7 @@ use guest_memory::DmaRegions;
 use interrupts::MsixEventFds;
 use namespace::{FileNamespace, Namespace};
 use ownership::SsdOwnership;
+use power_loss::VolatileNamespace;
 use vfio::Function;
 use volumes::VolumeManager;
 
@@ -59,8 +61,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Blocks SIGTERM, SIGINT and SIGUSR1 in this thread (and every thread it
-/// starts afterwards), so only `wait_for_signal` receives them.
+/// Blocks SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 in this thread (and every
+/// thread it starts afterwards), so only `wait_for_signal` receives them:
+/// the main thread takes signals synchronously with sigwait, so no code
+/// runs in signal-handler context.
 fn block_signals() -> Result<libc::sigset_t, String> {
     // SAFETY: `sigset_t` is plain data; it is initialized by `sigemptyset`
     // before use, and the calls only access the set we pass.
@@ -70,6 +74,7 @@ fn block_signals() -> Result<libc::sigset_t, String> {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
             return Err(format!("pthread_sigmask: error {rc}"));
@@ -130,6 +135,19 @@ fn make_function(
     }
 }
 
+/// Simulated power loss: tears every SSD's volatile write cache and leaves
+/// at once, with no flush, no worker shutdown and no socket cleanup.
+fn power_cut(volatile: &[Arc<VolatileNamespace>], seed: u64) -> ! {
+    info!("SIGUSR2: power cut (seed {seed})");
+    let (written, dropped) = power_loss::crash(volatile, seed);
+    info!("power cut: {written} unflushed sectors reached the images, {dropped} lost; exiting");
+    // SAFETY: _exit ends the process without running atexit handlers or
+    // destructors, which is the point: nothing may be flushed after the
+    // cut. It takes only an integer. Status 3 tells a power cut from a
+    // shutdown.
+    unsafe { libc::_exit(3) }
+}
+
 fn run(options: &Options) -> Result<(), String> {
     logger::init(options.log_level);
     let signals = block_signals()?;
@@ -137,6 +155,8 @@ fn run(options: &Options) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", options.socket_dir.display()))?;
 
     let mut media: Vec<Arc<dyn Namespace>> = Vec::new();
+    // The SSDs' volatile write caches when power loss is simulated.
+    let mut volatile: Vec<Arc<VolatileNamespace>> = Vec::new();
     for spec in &options.ssds {
         let ns = FileNamespace::open(&spec.path, spec.size)
             .map_err(|e| format!("SSD image {}: {e}", spec.path.display()))?;
@@ -146,7 +166,20 @@ fn run(options: &Options) -> Result<(), String> {
             spec.path.display(),
             ns.size() >> 20
         );
-        media.push(Arc::new(ns));
+        if options.power_loss_seed.is_some() {
+            let layer = Arc::new(VolatileNamespace::new(
+                &format!("ssd{}", media.len()),
+                Box::new(ns),
+                power_loss::DEFAULT_LIMIT_SECTORS,
+            ));
+            volatile.push(layer.clone());
+            media.push(layer);
+        } else {
+            media.push(Arc::new(ns));
+        }
+    }
+    if let Some(seed) = options.power_loss_seed {
+        info!("power-loss simulation on (seed {seed}): SIGUSR2 cuts the power");
     }
     let ownership: Vec<Arc<SsdOwnership>> = media
         .iter()
@@ -242,6 +275,10 @@ fn run(options: &Options) -> Result<(), String> {
                 lost_command::LOST_COMMANDS.arm();
                 info!("SIGUSR1: the accelerator loses its next I/O command");
             }
+            libc::SIGUSR2 => match options.power_loss_seed {
+                Some(seed) => power_cut(&volatile, seed),
+                None => info!("SIGUSR2 ignored: no --power-loss-sim"),
+            },
             signal => break signal,
         }
     };
