@@ -10,7 +10,8 @@
 //! had stopped between two of them. A volatile write cache can be turned
 //! on as well: writes then only reach the media on flush, and
 //! [`FaultControl::crash`] keeps an arbitrary subset of the unflushed ones,
-//! the way a drive's cache may lose any of them on power loss.
+//! each whole or torn into any subset of its 512-byte sectors, the way a
+//! drive's cache may lose any of them on power loss.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,14 +121,24 @@ impl FaultControl {
         }
     }
 
-    /// Power loss for the cache: each unflushed write reaches the media only
-    /// if `keep` says so (in write order), the rest are lost; the cache is
-    /// then off again.
-    pub fn crash(&self, inner: &dyn Media, keep: &mut dyn FnMut() -> bool) -> MediaResult<()> {
+    /// Power loss for the cache: for each unflushed write (in write order)
+    /// `keep` gets the media ranges of the 512-byte sectors the write
+    /// touches and answers, sector by sector, which of them reach the media; the rest
+    /// are lost. A write can so survive whole, vanish, or be torn into any
+    /// subset of its sectors, the way a drive's volatile cache may lose any
+    /// of its contents on power loss. The cache is then off again.
+    pub fn crash(
+        &self,
+        inner: &dyn Media,
+        keep: &mut dyn FnMut(&[Range<u64>]) -> Vec<bool>,
+    ) -> MediaResult<()> {
         let pending = self.lock().cache.take().unwrap_or_default();
         for (offset, data) in pending {
-            if keep() {
-                inner.write_at(offset, &data)?;
+            let pieces = sector_pieces(offset, data.len());
+            let kept = keep(&pieces);
+            for (range, _) in pieces.iter().zip(&kept).filter(|(_, k)| **k) {
+                let at = (range.start - offset) as usize..(range.end - offset) as usize;
+                inner.write_at(range.start, &data[at])?;
             }
         }
         Ok(())
@@ -187,6 +198,41 @@ impl PowerCut {
         self.remaining
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| r.checked_sub(1))
             .is_ok()
+    }
+}
+
+/// Sector size of the crash model: the unit a power loss may keep or lose.
+pub const CRASH_SECTOR: u64 = 512;
+
+/// The pieces of `offset..offset + len` that fall into distinct
+/// [`CRASH_SECTOR`]-aligned sectors of the media.
+pub fn sector_pieces(offset: u64, len: usize) -> Vec<Range<u64>> {
+    let end = offset + len as u64;
+    let mut pieces = Vec::new();
+    let mut at = offset;
+    while at < end {
+        let next = ((at / CRASH_SECTOR) + 1) * CRASH_SECTOR;
+        pieces.push(at..next.min(end));
+        at = next.min(end);
+    }
+    pieces
+}
+
+/// A seeded chooser for [`FaultControl::crash`]: write by write, a third
+/// survive whole, a third are lost and a third are torn into a random
+/// subset of their sectors.
+pub fn torn_sectors(seed: u64) -> impl FnMut(&[Range<u64>]) -> Vec<bool> {
+    let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    move |sectors| match next() % 3 {
+        0 => vec![true; sectors.len()],
+        1 => vec![false; sectors.len()],
+        _ => sectors.iter().map(|_| next() & 1 == 1).collect(),
     }
 }
 
@@ -404,9 +450,55 @@ mod tests {
         media.write_at(11, &[3]).unwrap();
         let mut first = true;
         control
-            .crash(mem.as_ref(), &mut || std::mem::replace(&mut first, false))
+            .crash(mem.as_ref(), &mut |s| {
+                vec![std::mem::replace(&mut first, false); s.len()]
+            })
             .unwrap();
         assert_eq!(&mem.snapshot()[10..12], &[2, 0]);
+    }
+
+    #[test]
+    fn crash_tears_a_write_into_any_subset_of_its_sectors() {
+        let (mem, media, control) = faulty();
+        control.enable_write_cache();
+        // 100..1636 touches sectors 0, 1, 2 and 3 (partly the first and last).
+        media.write_at(100, &[9u8; 1536]).unwrap();
+        let mut seen = Vec::new();
+        control
+            .crash(mem.as_ref(), &mut |s| {
+                seen.push(s.to_vec());
+                vec![true, false, false, true]
+            })
+            .unwrap();
+        assert_eq!(seen, [vec![100..512, 512..1024, 1024..1536, 1536..1636]]);
+        let image = mem.snapshot();
+        assert!(image[..100].iter().all(|&b| b == 0));
+        assert!(image[100..512].iter().all(|&b| b == 9));
+        assert!(image[512..1536].iter().all(|&b| b == 0));
+        assert!(image[1536..1636].iter().all(|&b| b == 9));
+        assert!(image[1636..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn sector_pieces_split_at_absolute_sector_boundaries() {
+        assert_eq!(sector_pieces(0, 1024), vec![0..512, 512..1024]);
+        assert_eq!(sector_pieces(510, 4), vec![510..512, 512..514]);
+        assert_eq!(sector_pieces(7, 3), vec![7..10]);
+        assert!(sector_pieces(7, 0).is_empty());
+        // Whole, lost and torn writes all show up, and masks have the
+        // asked length.
+        let mut modes = std::collections::BTreeSet::new();
+        let mut keep = torn_sectors(5);
+        for _ in 0..64 {
+            let mask = keep(&sector_pieces(0, 4096));
+            assert_eq!(mask.len(), 8);
+            modes.insert(match mask.iter().filter(|k| **k).count() {
+                0 => 0,
+                8 => 2,
+                _ => 1,
+            });
+        }
+        assert_eq!(modes.len(), 3, "{modes:?}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use super::format::Geometry;
 use super::*;
-use crate::fault::{FaultControl, FaultyMedia, PowerCut};
+use crate::fault::{torn_sectors, FaultControl, FaultyMedia, PowerCut};
 use crate::media::{Media, MediaError, MemMedia};
 
 const CHUNK: u64 = 1024;
@@ -283,10 +283,11 @@ proptest! {
     }
 
     /// Power fails after every possible number of member writes during a
-    /// write and the flush that destages it (degraded or not, with or without volatile member caches that
-    /// lose a random subset of unflushed writes); after remount every row
-    /// holds all old or all new data, and every allowed failure combination
-    /// agrees on it.
+    /// write and the flush that destages it (degraded or not), and the
+    /// members' volatile caches lose any set of the writes no completed
+    /// flush covers, each whole or torn into any subset of its 512-byte
+    /// sectors; after remount every row holds all old or all new data, and
+    /// every allowed failure combination agrees on it.
     #[test]
     fn crash_at_every_member_write_never_reconstructs_wrong_data(
         layout in prop::sample::select(REDUNDANT.to_vec()),
@@ -295,7 +296,6 @@ proptest! {
         len in 1usize..2 * CHUNK as usize,
         degraded in any::<prop::sample::Index>(),
         seed in any::<u64>(),
-        cache in any::<bool>(),
         keep_seed in any::<u64>(),
     ) {
         let rig = rig(layout);
@@ -332,16 +332,13 @@ proptest! {
             let cut = PowerCut::after_writes(cut_after);
             for c in &controls {
                 c.attach_power_cut(cut.clone());
-                if cache {
-                    c.enable_write_cache();
-                }
+                c.enable_write_cache();
             }
             let mut scratch = old.clone();
             write.apply(&array, &mut scratch).unwrap();
             array.flush().unwrap();
             drop(array);
-            let mut bits = pattern(keep_seed ^ cut_after, 64).into_iter().cycle();
-            let mut keep = move || bits.next().is_some_and(|b| b & 1 == 1);
+            let mut keep = torn_sectors(keep_seed ^ cut_after);
             for (c, m) in controls.iter().zip(&mems) {
                 c.crash(m.as_ref(), &mut keep).unwrap();
             }
@@ -373,15 +370,15 @@ proptest! {
         }
     }
 
-    /// Power fails at every member write of a rebuild (with or without
-    /// volatile caches); after remount the data is intact, the rebuild
+    /// Power fails at every member write of a rebuild, and the members'
+    /// caches lose or tear any unflushed writes; after remount the data is
+    /// intact, the rebuild
     /// resumes from its recorded position and ends with a verifying array.
     #[test]
     fn crash_during_rebuild_resumes_and_ends_consistent(
         layout in prop::sample::select(REDUNDANT.to_vec()),
         prefill in writes(5),
         victim in any::<prop::sample::Index>(),
-        cache in any::<bool>(),
         keep_seed in any::<u64>(),
     ) {
         let rig = rig(layout);
@@ -409,14 +406,11 @@ proptest! {
             let cut = PowerCut::after_writes(cut_after);
             for c in &controls {
                 c.attach_power_cut(cut.clone());
-                if cache {
-                    c.enable_write_cache();
-                }
+                c.enable_write_cache();
             }
             array.rebuild_all(4).unwrap();
             drop(array);
-            let mut bits = pattern(keep_seed ^ cut_after, 64).into_iter().cycle();
-            let mut keep = move || bits.next().is_some_and(|b| b & 1 == 1);
+            let mut keep = torn_sectors(keep_seed ^ cut_after);
             for (c, m) in controls.iter().zip(&mems) {
                 c.crash(m.as_ref(), &mut keep).unwrap();
             }

@@ -3,6 +3,7 @@
 
 use std::sync::Mutex;
 
+use crate::fault::{sector_pieces, torn_sectors};
 use crate::media::{check_range, Media, MediaError, MediaResult};
 
 /// One recorded media operation.
@@ -19,8 +20,8 @@ pub(crate) enum Loss {
     All,
     /// None of them is lost (the crash came right after them).
     None,
-    /// An arbitrary subset survives, in any order, and one survivor may be
-    /// torn at a 512-byte boundary.
+    /// Any set of them survives, each whole or torn into any subset of its
+    /// 512-byte sectors (the sectors that survive land in write order).
     Random(u64),
 }
 
@@ -107,24 +108,13 @@ pub(crate) fn crash_image(base: &[u8], log: &[Event], events: usize, loss: Loss)
             }
         }
         Loss::Random(seed) => {
-            let mut rng = seed | 1;
-            let mut next = move || {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng
-            };
-            let torn = next() as usize % (pending.len() + 1);
-            for (i, (offset, data)) in pending.into_iter().enumerate() {
-                if next() % 2 == 0 {
-                    continue;
-                }
-                if i == torn && data.len() > 512 {
-                    let sectors = data.len() / 512;
-                    let keep = (next() as usize % sectors) * 512;
-                    apply(&mut image, offset, &data[..keep]);
-                } else {
-                    apply(&mut image, offset, data);
+            let mut keep = torn_sectors(seed);
+            for (offset, data) in pending {
+                let pieces = sector_pieces(offset, data.len());
+                let kept = keep(&pieces);
+                for (range, _) in pieces.iter().zip(&kept).filter(|(_, k)| **k) {
+                    let at = (range.start - offset) as usize..(range.end - offset) as usize;
+                    apply(&mut image, range.start, &data[at]);
                 }
             }
         }
