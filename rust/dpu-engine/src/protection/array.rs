@@ -1015,7 +1015,7 @@ impl ProtectedMedia {
     /// Before sequence `seq` takes its slot, the transaction that last used
     /// the slot must be durable in place: wait until every transaction up to
     /// it has finished, destage, flush every member and raise the checkpoint
-    /// over everything finished.
+    /// over everything finished, durably (a superblock update).
     fn make_slot_reusable(&self, seq: u64) -> MediaResult<()> {
         let slots = self.geometry.journal_slots;
         if seq <= slots {
@@ -1041,11 +1041,13 @@ impl ProtectedMedia {
             - 1;
         self.destage()?;
         self.flush_members()?;
-        // The new checkpoint reaches the media inside the next journal
-        // entries (and the next superblock update), not through a
-        // superblock write of its own.
+        // The new checkpoint must be durable before the slot is reused: if
+        // it only travelled in the next journal entries, a crash that loses
+        // their headers would leave older transactions whole in their slots
+        // with nothing durable saying they are done, and replay would write
+        // them over the newer data just flushed in place.
         lock(&self.meta).checkpoint = finished;
-        Ok(())
+        self.persist()
     }
 
     /// Makes the journal durable, then writes every pending write (as of
