@@ -8,7 +8,7 @@
 use std::fmt;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 /// Why a media operation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,9 +116,15 @@ impl Media for MemMedia {
 }
 
 /// Media backed by a regular file (an emulated SSD's image).
+///
+/// A failed `fdatasync` fails the media for good: Linux reports a
+/// writeback error to one `fdatasync` only and may have dropped the dirty
+/// pages, so a later flush that succeeds would claim durability for writes
+/// that are gone. Every later write and flush fails with the first error.
 pub struct FileMedia {
     file: File,
     size: u64,
+    flush_error: Mutex<Option<String>>,
 }
 
 impl FileMedia {
@@ -127,7 +133,34 @@ impl FileMedia {
         if file.metadata()?.len() < size {
             file.set_len(size)?;
         }
-        Ok(FileMedia { file, size })
+        Ok(FileMedia {
+            file,
+            size,
+            flush_error: Mutex::new(None),
+        })
+    }
+
+    /// The error a failed flush left, if any.
+    fn failed(&self) -> MediaResult<()> {
+        let error = self.flush_error.lock().map_err(|_| MediaError::Gone)?;
+        match error.as_deref() {
+            Some(why) => Err(MediaError::Io(format!(
+                "an earlier flush failed ({why}): writes since the last good flush may be lost"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the outcome of a flush; the first failure sticks.
+    fn record_flush(&self, result: std::io::Result<()>) -> MediaResult<()> {
+        self.failed()?;
+        result.map_err(|e| {
+            let why = e.to_string();
+            if let Ok(mut error) = self.flush_error.lock() {
+                *error = Some(why.clone());
+            }
+            MediaError::Io(why)
+        })
     }
 }
 
@@ -147,11 +180,13 @@ impl Media for FileMedia {
 
     fn write_at(&self, offset: u64, data: &[u8]) -> MediaResult<()> {
         check_range(offset, data.len() as u64, self.size)?;
+        self.failed()?;
         self.file.write_all_at(data, offset).map_err(io_error)
     }
 
     fn flush(&self) -> MediaResult<()> {
-        self.file.sync_data().map_err(io_error)
+        self.failed()?;
+        self.record_flush(self.file.sync_data())
     }
 }
 
@@ -193,6 +228,31 @@ mod tests {
         media.read_at(4096, &mut buf).unwrap();
         assert!(buf.iter().all(|&b| b == 7));
         assert!(media.write_at(8000, &[0u8; 200]).is_err());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn file_media_fails_for_good_after_a_failed_flush() {
+        let path = std::env::temp_dir().join(format!("dpu-engine-flush-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let media = FileMedia::new(file, 8192).unwrap();
+        media.write_at(0, &[1u8; 512]).unwrap();
+        // What fdatasync returns when writeback failed (a real EIO cannot
+        // be provoked on a regular file here).
+        let eio = std::io::Error::from_raw_os_error(5); // EIO
+        assert!(media.record_flush(Err(eio)).is_err());
+        // The file system would now report success; the media does not.
+        assert!(matches!(media.flush(), Err(MediaError::Io(_))));
+        assert!(media.write_at(0, &[2u8; 512]).is_err());
+        let mut buf = [0u8; 512];
+        media.read_at(0, &mut buf).unwrap();
+        assert_eq!(buf, [1u8; 512]);
         std::fs::remove_file(&path).unwrap();
     }
 }

@@ -357,11 +357,23 @@ impl PoolState {
         Ok(())
     }
 
+    /// Flushes the media. A failed flush fails the pool for good: the
+    /// media may have dropped any write since the last durable point (Linux
+    /// reports a writeback error to one fdatasync only, so a retry would
+    /// succeed over lost data), and only reopening the pool, which goes
+    /// back to the last durable state, tells what the media holds.
+    fn flush_media(&mut self) -> Result<(), VolumeError> {
+        self.media.flush().map_err(|e| {
+            self.failed = true;
+            VolumeError::from(e)
+        })
+    }
+
     /// Makes the current state durable: flush data, write a new checkpoint
     /// into free blocks, flush, write the other superblock, flush.
     pub(crate) fn commit(&mut self) -> Result<(), VolumeError> {
         self.usable()?;
-        self.media.flush()?;
+        self.flush_media()?;
         let payload = self.meta.encode();
         // One more block than the chain: the new generation's journal head.
         let needed = payload.len().div_ceil(META_PAYLOAD).max(1) + 1;
@@ -388,12 +400,18 @@ impl PoolState {
                 self.media
                     .write_at(b * BS, &meta_block(generation, next, &payload[start..end]))
             });
-        if let Err(e) = written.and_then(|()| self.media.flush()) {
+        if let Err(e) = written {
             // Nothing points to the new chain yet, so its blocks are free.
             for &b in &chain {
                 self.space.release(b);
             }
             return Err(e.into());
+        }
+        if let Err(e) = self.flush_media() {
+            for &b in &chain {
+                self.space.release(b);
+            }
+            return Err(e);
         }
         let journal_head = chain.pop().unwrap_or_default();
         let sb = Superblock {
@@ -485,7 +503,7 @@ impl PoolState {
         if self.journal.len() + blocks > limit || !room {
             return Ok(false);
         }
-        self.media.flush()?;
+        self.flush_media()?;
         let mut chain = vec![head];
         for _ in 0..blocks {
             match self.space.alloc() {
@@ -544,7 +562,7 @@ impl PoolState {
         if self.dirty || !self.pending_free.is_empty() {
             self.persist()
         } else {
-            Ok(self.media.flush()?)
+            self.flush_media()
         }
     }
 

@@ -1035,3 +1035,38 @@ fn throughput_probe() {
         );
     }
 }
+
+/// A failed media flush fails the pool: Linux reports a writeback error
+/// to one fdatasync only, so a retry that succeeds says nothing about the
+/// writes before it. Only a reopen (back to the last durable state) makes
+/// the pool usable again.
+#[test]
+fn failed_media_flush_fails_the_pool_until_reopened() {
+    let mem = Arc::new(MemMedia::new(64 * BLOCK_SIZE));
+    let (faulty, control) = crate::fault::FaultyMedia::new(mem.clone());
+    let pool = Pool::format(Arc::new(faulty)).unwrap();
+    pool.create_volume("v", &opts(16, Services::default()))
+        .unwrap();
+    let v = pool.open_volume("v", None).unwrap();
+    v.write_blocks(0, &random_block(1)).unwrap();
+    v.flush().unwrap();
+    v.write_blocks(1, &random_block(2)).unwrap();
+    control.fail_all(true);
+    assert!(v.flush().is_err());
+    // The device "recovers": its next flush would succeed.
+    control.fail_all(false);
+    assert!(
+        v.flush().is_err(),
+        "a flush after a failed one reported success"
+    );
+    assert!(v.write_blocks(2, &random_block(3)).is_err());
+    assert!(pool.flush().is_err());
+    // Reopening goes back to the last durable state.
+    let reopened = Pool::open(mem).unwrap();
+    reopened.check().unwrap();
+    let v = reopened.open_volume("v", None).unwrap();
+    assert_eq!(read(&v, 0), random_block(1));
+    v.write_blocks(1, &random_block(4)).unwrap();
+    v.flush().unwrap();
+    assert_eq!(read(&v, 1), random_block(4));
+}
