@@ -27,6 +27,10 @@ use super::{PoolStats, VolumeError, VolumeInfo, VolumeStats, BLOCK_SIZE};
 use crate::media::{Media, MediaError};
 
 const BS: u64 = BLOCK_SIZE as u64;
+/// Record ids leased per metadata commit (see `PoolState::next_rid`): one
+/// extra commit per this many stored records, and at most this many ids
+/// skipped per crash or reopen, out of 2^64.
+const RECORD_LEASE: u64 = 1 << 16;
 
 /// Longest volume name (bytes); configfs names are shorter still.
 const MAX_NAME: usize = 255;
@@ -133,6 +137,12 @@ pub(crate) struct PoolState {
     failed: bool,
     /// Records found unreferenced (leaked) and dropped at open.
     reclaimed_at_open: u64,
+    /// The next record id to hand out. Ids are the records' XTS tweaks,
+    /// so none may be handed out twice, even across a crash: ids are
+    /// leased, `meta.next_record` (what the metadata on media stores) is
+    /// the end of the lease, made durable before any id under it is used,
+    /// and an opened pool starts handing out ids at the durable lease end.
+    next_rid: u64,
 }
 
 impl PoolState {
@@ -160,12 +170,14 @@ impl PoolState {
             },
         );
         let mut state = PoolState::empty(media, blocks, meta, 0);
+        state.meta.next_record = RECORD_LEASE;
         state.dirty = true;
         state.commit()?;
         Ok(state)
     }
 
     fn empty(media: Arc<dyn Media>, blocks: u64, meta: Meta, generation: u64) -> Self {
+        let meta_next_record = meta.next_record;
         let mut space = SpaceMap::new(blocks);
         for slot in 0..SUPERBLOCKS {
             space.claim(slot);
@@ -192,6 +204,7 @@ impl PoolState {
             dirty: false,
             failed: false,
             reclaimed_at_open: 0,
+            next_rid: meta_next_record,
         }
     }
 
@@ -721,6 +734,7 @@ impl PoolState {
         prepared: &Prepared<'_>,
         cipher: Option<&Cipher>,
     ) -> Result<u64, VolumeError> {
+        self.lease_record_id()?;
         let (data, fp) = (prepared.data, prepared.fingerprint);
         let (block, unit, units, codec, mut bytes) = match &prepared.compressed {
             Some(packed) => {
@@ -759,8 +773,8 @@ impl PoolState {
         // The id is taken before the write and never handed out again, even
         // if the write fails: it is the record's XTS tweak, and a tweak must
         // not encrypt two different plaintexts.
-        let rid = self.meta.next_record;
-        self.meta.next_record += 1;
+        let rid = self.next_rid;
+        self.next_rid += 1;
         if let Some(c) = cipher {
             c.encrypt(&mut bytes.0, rid);
         }
@@ -785,6 +799,26 @@ impl PoolState {
         }
         self.meta.records.insert(rid, rec);
         Ok(rid)
+    }
+
+    /// Makes sure the next record id lies inside a durable lease: when the
+    /// lease is used up, a longer one is committed first. A crash can then
+    /// lose ids (the rest of the lease) but never hand one out again.
+    fn lease_record_id(&mut self) -> Result<(), VolumeError> {
+        if self.next_rid < self.meta.next_record {
+            return Ok(());
+        }
+        let granted = self.meta.next_record;
+        self.meta.next_record = self
+            .next_rid
+            .checked_add(RECORD_LEASE)
+            .ok_or_else(|| VolumeError::Corrupt("record ids exhausted".into()))?;
+        self.dirty = true;
+        self.persist().inspect_err(|_| {
+            // Not durable (or unknown, and then the pool is failed): ids
+            // past the old lease must not be used.
+            self.meta.next_record = granted;
+        })
     }
 
     /// Maps (or with `None` unmaps) `lba`, taking the new reference before
