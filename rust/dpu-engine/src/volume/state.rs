@@ -304,7 +304,12 @@ impl PoolState {
                         vol.name
                     )));
                 }
-                rec.refs = rec.refs.saturating_add(1);
+                rec.refs = rec.refs.checked_add(1).ok_or_else(|| {
+                    VolumeError::Corrupt(format!(
+                        "record {rid} is mapped more than {} times",
+                        u32::MAX
+                    ))
+                })?;
             }
         }
         let before = self.meta.records.len();
@@ -715,16 +720,20 @@ impl PoolState {
             let fp = block.fingerprint;
             match fp.and_then(|fp| self.index.get(&(domain, fp)).copied()) {
                 // Equal fingerprints are not enough: the stored block is
-                // read back and compared, so a collision never shares.
-                Some(rid) if self.record_equals(rid, data, cipher)? => {
+                // read back and compared, so a collision never shares. A
+                // record with all the references it can count is not
+                // shared either: dedup then stores a copy, it never fails
+                // the write.
+                Some(rid)
+                    if self.can_reference(rid, 1) && self.record_equals(rid, data, cipher)? =>
+                {
                     self.ensure_room(0, usize::from(new_entry), 0)?;
                     rid
                 }
                 _ => self.store(domain, block, cipher)?,
             }
         };
-        self.set_entry(vol, lba, Some(entry));
-        Ok(())
+        self.set_entry(vol, lba, Some(entry))
     }
 
     /// Stores `data` as a new record (refs 0) and returns its id.
@@ -824,9 +833,14 @@ impl PoolState {
     /// Maps (or with `None` unmaps) `lba`, taking the new reference before
     /// dropping the old one so that rewriting a block with its own content
     /// never frees it.
-    fn set_entry(&mut self, vol: u32, lba: u64, entry: Option<u64>) {
-        if let Some(rec) = entry.and_then(|rid| self.meta.records.get_mut(&rid)) {
-            rec.refs += 1;
+    fn set_entry(&mut self, vol: u32, lba: u64, entry: Option<u64>) -> Result<(), VolumeError> {
+        if let Some((rid, rec)) =
+            entry.and_then(|rid| Some((rid, self.meta.records.get_mut(&rid)?)))
+        {
+            rec.refs = rec
+                .refs
+                .checked_add(1)
+                .ok_or_else(|| too_many_references(rid))?;
         }
         let old = self.meta.volumes.get_mut(&vol).and_then(|v| match entry {
             Some(e) => v.map.insert(lba, e),
@@ -838,6 +852,35 @@ impl PoolState {
             self.unref(rid);
         }
         self.dirty = true;
+        Ok(())
+    }
+
+    /// Whether `rid` can take `more` references (true for ids that are
+    /// not records, such as [`ZERO_ENTRY`], which are not counted).
+    fn can_reference(&self, rid: u64, more: u64) -> bool {
+        self.meta
+            .records
+            .get(&rid)
+            .is_none_or(|rec| u64::from(rec.refs) + more <= u64::from(u32::MAX))
+    }
+
+    /// Takes one more reference on every record `map` maps, or, when one of
+    /// them cannot count that many, none and an error.
+    fn reference_all(&mut self, map: &BTreeMap<u64, u64>) -> Result<(), VolumeError> {
+        let mut wanted: HashMap<u64, u64> = HashMap::new();
+        for &rid in map.values() {
+            *wanted.entry(rid).or_default() += 1;
+        }
+        if let Some((&rid, _)) = wanted.iter().find(|(&rid, &n)| !self.can_reference(rid, n)) {
+            return Err(too_many_references(rid));
+        }
+        for (rid, n) in wanted {
+            if let Some(rec) = self.meta.records.get_mut(&rid) {
+                // In range: checked just above.
+                rec.refs += n as u32;
+            }
+        }
+        Ok(())
     }
 
     /// Drops one reference to `rid`, freeing the record with the last one.
@@ -1037,7 +1080,7 @@ impl PoolState {
             }))?;
         let mapped: Vec<u64> = v.map.range(lba..end).map(|(&l, _)| l).collect();
         for l in mapped {
-            self.set_entry(vol, l, None);
+            self.set_entry(vol, l, None)?;
         }
         Ok(())
     }
@@ -1182,11 +1225,7 @@ impl PoolState {
             ..src.clone()
         };
         self.ensure_room(0, copy.map.len(), 0)?;
-        for &rid in copy.map.values() {
-            if let Some(rec) = self.meta.records.get_mut(&rid) {
-                rec.refs += 1;
-            }
-        }
+        self.reference_all(&copy.map)?;
         let id = self.meta.next_volume;
         self.meta.next_volume += 1;
         let name = copy.name.clone();
@@ -1228,11 +1267,7 @@ impl PoolState {
         let map = snap.map.clone();
         let size_blocks = snap.size_blocks;
         self.ensure_room(0, map.len().saturating_sub(vol.map.len()), 0)?;
-        for &rid in map.values() {
-            if let Some(rec) = self.meta.records.get_mut(&rid) {
-                rec.refs += 1;
-            }
-        }
+        self.reference_all(&map)?;
         let old = match self.meta.volumes.get_mut(&vol_id) {
             Some(v) => {
                 v.size_blocks = size_blocks;
@@ -1266,7 +1301,7 @@ impl PoolState {
         let size_blocks = size_bytes / BS;
         let beyond: Vec<u64> = v.map.range(size_blocks..).map(|(&l, _)| l).collect();
         for lba in beyond {
-            self.set_entry(id, lba, None);
+            self.set_entry(id, lba, None)?;
         }
         if let Some(v) = self.meta.volumes.get_mut(&id) {
             v.size_blocks = size_blocks;
@@ -1567,6 +1602,15 @@ fn replay(
         return Err(VolumeError::Corrupt("journal chain broken".into()));
     }
     Ok((applied, after_applied))
+}
+
+/// The error for a record that cannot take one more reference.
+fn too_many_references(rid: u64) -> VolumeError {
+    VolumeError::InvalidArgument(format!(
+        "record {rid} already has {} references, the most one block can have; \
+         delete snapshots or clones that share it",
+        u32::MAX
+    ))
 }
 
 fn ratio(logical: u64, physical: u64) -> f64 {

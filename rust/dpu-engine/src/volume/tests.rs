@@ -1131,3 +1131,62 @@ fn record_ids_are_not_reissued_after_a_crash() {
         }
     }
 }
+
+/// Reference counts are `u32`: a snapshot, clone or revert that would take
+/// a record past that fails with a clear error and changes nothing, and
+/// dedup stops sharing a record that is full (it stores a copy instead,
+/// never failing the write).
+#[test]
+fn reference_counts_never_overflow() {
+    let (_, pool) = pool(64);
+    let services = Services {
+        dedup: true,
+        ..Services::default()
+    };
+    pool.create_volume("v", &opts(8, services)).unwrap();
+    let v = pool.open_volume("v", None).unwrap();
+    v.write_blocks(0, &random_block(1)).unwrap();
+    pool.snapshot("v", "v@0").unwrap();
+    let set_refs = |refs: u32| {
+        let mut state = pool.lock().unwrap();
+        for rec in state.meta_mut().records.values_mut() {
+            rec.refs = refs;
+        }
+    };
+    // As if 2^32 - 1 maps shared the record already.
+    set_refs(u32::MAX);
+    for attempt in [
+        pool.snapshot("v", "v@1"),
+        pool.clone_snapshot("v@0", "c"),
+        pool.revert("v", "v@0"),
+    ] {
+        match attempt {
+            Err(VolumeError::InvalidArgument(why)) => {
+                assert!(why.contains("references"), "{why}")
+            }
+            other => panic!("expected a reference-count error, got {other:?}"),
+        }
+    }
+    assert_eq!(pool.volumes().unwrap().len(), 2);
+    // Dedup would share the full record; it stores the block again.
+    let before = pool.stats().unwrap().data_blocks;
+    v.write_blocks(1, &random_block(1)).unwrap();
+    assert_eq!(pool.stats().unwrap().data_blocks, before + 1);
+    assert_eq!(read(&v, 1), random_block(1));
+    {
+        let mut state = pool.lock().unwrap();
+        let mut refs: Vec<u32> = state.meta_mut().records.values().map(|r| r.refs).collect();
+        refs.sort_unstable();
+        assert_eq!(refs, [1, u32::MAX], "nothing wrapped around");
+    }
+    // With the true counts back, everything checks and works.
+    {
+        let mut state = pool.lock().unwrap();
+        for rec in state.meta_mut().records.values_mut() {
+            rec.refs = if rec.refs == u32::MAX { 2 } else { 1 };
+        }
+    }
+    pool.check().unwrap();
+    pool.snapshot("v", "v@1").unwrap();
+    pool.check().unwrap();
+}
