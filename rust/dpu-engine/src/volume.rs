@@ -299,6 +299,24 @@ impl Pool {
         self.lock()?.flush()
     }
 
+    /// Turns the pool's volatile write cache on (the default: writes are
+    /// durable after the next flush) or off (every write and discard is
+    /// durable before it returns, at the price of a metadata commit
+    /// each). Turning it off first makes everything written so far durable.
+    pub fn set_write_cache(&self, enabled: bool) -> VolumeResult<()> {
+        let mut state = self.lock()?;
+        if !enabled {
+            state.flush()?;
+        }
+        state.set_write_cache(enabled);
+        Ok(())
+    }
+
+    /// Whether the volatile write cache is on.
+    pub fn write_cache(&self) -> VolumeResult<bool> {
+        Ok(self.lock()?.write_cache())
+    }
+
     pub fn volumes(&self) -> VolumeResult<Vec<VolumeInfo>> {
         Ok(self.lock()?.volume_infos())
     }
@@ -375,7 +393,7 @@ impl Volume {
         for (i, block) in prepared.iter().enumerate() {
             state.write_block(self.id, lba.saturating_add(i as u64), block, cipher)?;
         }
-        Ok(())
+        state.complete_write()
     }
 
     /// Reads whole blocks from block `lba`; unwritten blocks read as zeros.
@@ -400,7 +418,9 @@ impl Volume {
     /// Unmaps `count` blocks from `lba`: they read as zeros and their space
     /// returns to the pool with the next flush.
     pub fn discard_blocks(&self, lba: u64, count: u64) -> VolumeResult<()> {
-        self.pool.lock()?.discard(self.id, lba, count)
+        let mut state = self.pool.lock()?;
+        state.discard(self.id, lba, count)?;
+        state.complete_write()
     }
 
     /// Makes completed writes durable (commits the pool).

@@ -245,6 +245,9 @@ impl Family {
 #[derive(Default)]
 struct State {
     families: Vec<Family>,
+    /// Set Features Volatile Write Cache = 0: every pool, including those
+    /// formatted later, makes each write durable before it completes.
+    write_cache_off: bool,
     next_snapshot_id: u32,
     /// NSIDs of namespaces that are not volumes (`--passthrough-ssd`).
     reserved: BTreeSet<u32>,
@@ -527,6 +530,22 @@ impl VolumeManager {
         }
     }
 
+    /// Applies Set Features Volatile Write Cache: with the cache off, every
+    /// pool makes each write durable before it completes (turning it off
+    /// first makes everything written so far durable). Pools formatted or
+    /// opened later inherit the setting.
+    pub fn set_write_cache(&self, enabled: bool) -> Result<(), Status> {
+        let mut state = self.lock();
+        state.write_cache_off = !enabled;
+        let mut result = Ok(());
+        for pool in state.families.iter().filter_map(|f| f.pool.as_ref()) {
+            if let Err(e) = pool.set_write_cache(enabled) {
+                result = Err(log_engine("applying the volatile write cache setting", &e));
+            }
+        }
+        result
+    }
+
     /// Opens a found family's stack and pool and its volumes (locked ones
     /// stay closed). A family that cannot be opened keeps its catalog, so
     /// its volumes are listed as failed.
@@ -555,7 +574,10 @@ impl VolumeManager {
         };
         let pool = stack.and_then(|(media, array)| {
             family.array = array;
-            Pool::open(media).map_err(|e| e.to_string())
+            let pool = Pool::open(media).map_err(|e| e.to_string())?;
+            pool.set_write_cache(!state.write_cache_off)
+                .map_err(|e| e.to_string())?;
+            Ok(pool)
         });
         let infos = pool.as_ref().ok().and_then(|p| p.volumes().ok());
         match (pool, infos) {
@@ -930,7 +952,14 @@ impl VolumeManager {
             services,
             key: key.as_ref(),
         };
-        let built = self.build_family(&mut family, &plan, stripe, &name, nsid, thin, &options);
+        let built = self
+            .build_family(&mut family, &plan, stripe, &name, nsid, thin, &options)
+            .and_then(|volume| {
+                let pool = family.pool()?;
+                pool.set_write_cache(!state.write_cache_off)
+                    .map_err(|e| log_engine("setting the write cache", &e))?;
+                Ok(volume)
+            });
         match built {
             Ok(volume) => {
                 let namespace = Arc::new(VolumeNamespace::new(volume));

@@ -143,6 +143,9 @@ pub(crate) struct PoolState {
     /// the end of the lease, made durable before any id under it is used,
     /// and an opened pool starts handing out ids at the durable lease end.
     next_rid: u64,
+    /// Writes may stay volatile until the next flush (see
+    /// [`super::Pool::set_write_cache`]); not persistent.
+    write_cache: bool,
 }
 
 impl PoolState {
@@ -205,6 +208,7 @@ impl PoolState {
             failed: false,
             reclaimed_at_open: 0,
             next_rid: meta_next_record,
+            write_cache: true,
         }
     }
 
@@ -581,6 +585,24 @@ impl PoolState {
             self.persist()
         } else {
             self.flush_media()
+        }
+    }
+
+    pub(crate) fn set_write_cache(&mut self, enabled: bool) {
+        self.write_cache = enabled;
+    }
+
+    pub(crate) fn write_cache(&self) -> bool {
+        self.write_cache
+    }
+
+    /// Ends a write or discard: with the write cache off, it is made
+    /// durable before it completes.
+    pub(crate) fn complete_write(&mut self) -> Result<(), VolumeError> {
+        if self.write_cache {
+            Ok(())
+        } else {
+            self.flush()
         }
     }
 

@@ -261,6 +261,14 @@ impl Controller {
             return Err(Status::FEATURE_NOT_SAVEABLE);
         }
         let allocated = self.allocated_queues();
+        if cmd.fid == feature::VOLATILE_WRITE_CACHE {
+            // Applied, not only stored: with the cache off (WCE = 0) the
+            // accelerator's pools make every write durable before it
+            // completes.
+            if let Personality::Accelerator { volumes, .. } = &self.personality {
+                volumes.set_write_cache(cmd.value & 1 != 0)?;
+            }
+        }
         let mut state = lock(&self.admin);
         match cmd.fid {
             feature::NUMBER_OF_QUEUES => {

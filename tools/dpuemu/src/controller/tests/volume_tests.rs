@@ -1313,3 +1313,39 @@ fn snapshot_exposed_read_only_until_closed() {
     assert_eq!(a.simple(vendor::opcode::SNAPSHOT_DELETE, 0, snap), Ok(0));
     assert_eq!(a.read(base, 0, 4).unwrap(), blocks_pattern(4, 10));
 }
+
+/// Set Features Volatile Write Cache = 0 is applied, not only stored: a
+/// write that completed is on the SSDs even if dpuemu dies before any flush.
+#[test]
+fn write_cache_off_makes_completed_writes_durable() {
+    let images = Images::new("vwc", 1, SSD_BYTES);
+    let cached = blocks_pattern(2, 21);
+    let written = blocks_pattern(2, 22);
+    let nsid;
+    {
+        let mut a = Accel::start(&images);
+        a.attach(&[0]);
+        nsid = a
+            .create(&request("vwc", layout::SINGLE, 0b1, 2 << 20))
+            .unwrap();
+        // With the cache on, a write without a flush is lost at the crash.
+        assert_eq!(a.write(nsid, 0, &cached), Status::SUCCESS);
+        let vwc = sqe::Features {
+            fid: nvme_shim::opcode::feature::VOLATILE_WRITE_CACHE,
+            save: false,
+            select: 0,
+            value: 0,
+        };
+        assert_eq!(a.host.admin_status(vwc.encode(true, 0)), Status::SUCCESS);
+        assert_eq!(a.host.admin(vwc.encode(false, 0)).result.get(), 0);
+        assert_eq!(a.write(nsid, 2, &written), Status::SUCCESS);
+        // dpuemu dies here, without a flush.
+    }
+    let mut a = Accel::start(&images);
+    assert!(
+        a.read(nsid, 2, 2).unwrap() == written,
+        "a completed write was lost with the cache off"
+    );
+    // Turning the cache off made the earlier write durable as well.
+    assert!(a.read(nsid, 0, 2).unwrap() == cached);
+}
