@@ -6,8 +6,8 @@
 //! in a [`FaultyMedia`] and keep its handle: the member can then fail every
 //! I/O, fail a range, disappear, or corrupt data silently. A [`PowerCut`]
 //! shared by several wrappers models a crash: after a given number of
-//! member writes, later writes are silently lost, exactly as if the machine
-//! had stopped between two of them. A volatile write cache can be turned
+//! member writes, later writes and flushes are silently lost, exactly as if
+//! the machine had stopped between two of them. A volatile write cache can be turned
 //! on as well: writes then only reach the media on flush, and
 //! [`FaultControl::crash`] keeps an arbitrary subset of the unflushed ones,
 //! each whole or torn into any subset of its 512-byte sectors, the way a
@@ -192,6 +192,12 @@ impl PowerCut {
         self.attempted.load(Ordering::SeqCst)
     }
 
+    /// Whether the power is off: the budget is spent, so no later write or
+    /// flush reaches the media.
+    pub fn spent(&self) -> bool {
+        self.remaining.load(Ordering::SeqCst) == 0
+    }
+
     /// Whether the next write still reaches the media.
     fn admit(&self) -> bool {
         self.attempted.fetch_add(1, Ordering::SeqCst);
@@ -360,6 +366,11 @@ impl Media for FaultyMedia {
     fn flush(&self) -> MediaResult<()> {
         let mut state = self.control.lock();
         self.check(&mut state, &(0..0), true)?;
+        // Once the power is cut, a flush moves nothing: what the volatile
+        // cache holds at the cut is what a crash may lose or tear.
+        if state.power_cut.as_ref().is_some_and(|c| c.spent()) {
+            return Ok(());
+        }
         let pending = state.cache.as_mut().map(std::mem::take).unwrap_or_default();
         drop(state);
         for (offset, data) in pending {
@@ -517,5 +528,25 @@ mod tests {
         assert_eq!(&a.snapshot()[..2], &[1, 0]);
         assert_eq!(&b.snapshot()[..2], &[2, 0]);
         assert_eq!(cut.attempted(), 4);
+    }
+
+    #[test]
+    fn flushes_after_the_cut_leave_the_cache_to_the_crash() {
+        let mem = Arc::new(MemMedia::new(64));
+        let (media, control) = FaultyMedia::new(mem.clone());
+        control.enable_write_cache();
+        control.attach_power_cut(PowerCut::after_writes(2));
+        media.write_at(0, &[1]).unwrap();
+        media.flush().unwrap();
+        media.write_at(1, &[2]).unwrap();
+        // The power is off from here: neither this write nor the flush
+        // reaches the media, and the write before them is still volatile.
+        media.write_at(2, &[3]).unwrap();
+        media.flush().unwrap();
+        assert_eq!(&mem.snapshot()[..3], &[1, 0, 0]);
+        control
+            .crash(mem.as_ref(), &mut |s| vec![false; s.len()])
+            .unwrap();
+        assert_eq!(&mem.snapshot()[..3], &[1, 0, 0]);
     }
 }
