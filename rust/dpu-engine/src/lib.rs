@@ -8,5 +8,6 @@
 
 pub mod fault;
 pub mod media;
+pub mod metadata;
 pub mod protection;
 pub mod volume;

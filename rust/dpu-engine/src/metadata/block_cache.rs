@@ -1,0 +1,331 @@
+//! A bounded cache of checksummed metadata blocks.
+//!
+//! Every metadata block is [`META_BLOCK`] bytes: a 4-byte type magic (the
+//! owner's), a CRC32C, the block's own number, then the owner's bytes. The
+//! checksum covers everything but itself, so a torn, misdirected or stale
+//! block fails [`verify`] instead of being parsed.
+//!
+//! The cache holds at most its capacity in blocks. Reads fill it, the
+//! least recently used block leaves it first, and a dirty block is written
+//! back when it leaves (or at [`BlockCache::write_back`], which a commit
+//! calls). Writing a dirty block early is safe because the transaction
+//! manager only ever dirties blocks allocated in the running transaction,
+//! which nothing durable refers to.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::{MetaError, MetaResult, META_BLOCK};
+use crate::media::Media;
+
+/// The owner's bytes start here; bytes 0..4 are the owner's type magic.
+pub const BLOCK_HEADER: usize = 16;
+const CRC: std::ops::Range<usize> = 4..8;
+const LOCATION: std::ops::Range<usize> = 8..16;
+/// The smallest useful cache: a B-tree path, a space map path and their
+/// shadows must fit at once.
+pub const MIN_CAPACITY: usize = 16;
+
+/// A block's bytes, shared between the cache and its readers.
+pub type Block = Arc<Vec<u8>>;
+
+fn checksum(data: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&data[..CRC.start]), &data[CRC.end..])
+}
+
+/// Stamps `data` as block `number`: its location and checksum.
+pub fn seal(number: u64, data: &mut [u8]) {
+    data[LOCATION].copy_from_slice(&number.to_le_bytes());
+    let crc = checksum(data);
+    data[CRC].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Checks that `data` is an intact block `number` of type `magic`.
+pub fn verify(number: u64, data: &[u8], magic: u32) -> MetaResult<()> {
+    let field = |r: std::ops::Range<usize>| data.get(r).unwrap_or(&[]).to_vec();
+    if data.len() != META_BLOCK {
+        return Err(MetaError::Corrupt(format!("block {number}: wrong size")));
+    }
+    let crc = u32::from_le_bytes(field(CRC).try_into().unwrap_or_default());
+    if crc != checksum(data) {
+        return Err(MetaError::Corrupt(format!("block {number}: bad checksum")));
+    }
+    let location = u64::from_le_bytes(field(LOCATION).try_into().unwrap_or_default());
+    if location != number {
+        return Err(MetaError::Corrupt(format!(
+            "block {number}: holds block {location}"
+        )));
+    }
+    let found = u32::from_le_bytes(field(0..4).try_into().unwrap_or_default());
+    if found != magic {
+        return Err(MetaError::Corrupt(format!(
+            "block {number}: type {found:#x}, expected {magic:#x}"
+        )));
+    }
+    Ok(())
+}
+
+/// What went through the cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    /// Blocks read from the media.
+    pub reads: u64,
+    /// Blocks written to the media (evictions and commits).
+    pub writes: u64,
+    pub evictions: u64,
+    /// The most blocks ever resident at once.
+    pub peak_resident: usize,
+}
+
+struct Entry {
+    data: Block,
+    dirty: bool,
+    tick: u64,
+}
+
+/// The cache over one media's metadata blocks.
+pub struct BlockCache {
+    media: Arc<dyn Media>,
+    capacity: usize,
+    entries: HashMap<u64, Entry>,
+    /// Last use → block, oldest first.
+    lru: BTreeMap<u64, u64>,
+    tick: u64,
+    stats: CacheStats,
+}
+
+impl BlockCache {
+    /// A cache of at most `capacity` blocks over `media`.
+    pub fn new(media: Arc<dyn Media>, capacity: usize) -> MetaResult<Self> {
+        if capacity < MIN_CAPACITY {
+            return Err(MetaError::InvalidArgument(format!(
+                "a metadata cache needs at least {MIN_CAPACITY} blocks"
+            )));
+        }
+        Ok(BlockCache {
+            media,
+            capacity,
+            entries: HashMap::new(),
+            lru: BTreeMap::new(),
+            tick: 0,
+            stats: CacheStats::default(),
+        })
+    }
+
+    /// Metadata blocks the media holds.
+    pub fn blocks(&self) -> u64 {
+        self.media.size() / META_BLOCK as u64
+    }
+
+    pub fn media(&self) -> &Arc<dyn Media> {
+        &self.media
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn resident(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        self.stats
+    }
+
+    fn touch(&mut self, number: u64) {
+        self.tick += 1;
+        if let Some(entry) = self.entries.get_mut(&number) {
+            self.lru.remove(&entry.tick);
+            entry.tick = self.tick;
+            self.lru.insert(self.tick, number);
+        }
+    }
+
+    fn check_range(&self, number: u64) -> MetaResult<()> {
+        if number >= self.blocks() {
+            return Err(MetaError::Corrupt(format!(
+                "block {number} is outside the metadata area of {} blocks",
+                self.blocks()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Block `number`, which must be of type `magic`.
+    pub fn read(&mut self, number: u64, magic: u32) -> MetaResult<Block> {
+        if let Some(entry) = self.entries.get(&number) {
+            let data = entry.data.clone();
+            self.stats.hits += 1;
+            self.touch(number);
+            verify_type(number, &data, magic)?;
+            return Ok(data);
+        }
+        self.check_range(number)?;
+        let mut data = vec![0u8; META_BLOCK];
+        self.media.read_at(number * META_BLOCK as u64, &mut data)?;
+        self.stats.reads += 1;
+        verify(number, &data, magic)?;
+        let data = Arc::new(data);
+        self.insert(number, data.clone(), false)?;
+        Ok(data)
+    }
+
+    /// Replaces block `number` with `data` (sealed on its way to the media).
+    /// The caller guarantees nothing durable refers to the block.
+    pub fn write(&mut self, number: u64, data: Vec<u8>) -> MetaResult<()> {
+        self.check_range(number)?;
+        if data.len() != META_BLOCK {
+            return Err(MetaError::InvalidArgument(
+                "metadata block of wrong size".into(),
+            ));
+        }
+        self.insert(number, Arc::new(data), true)
+    }
+
+    fn insert(&mut self, number: u64, data: Block, dirty: bool) -> MetaResult<()> {
+        self.tick += 1;
+        let entry = Entry {
+            data,
+            dirty,
+            tick: self.tick,
+        };
+        if let Some(old) = self.entries.insert(number, entry) {
+            self.lru.remove(&old.tick);
+        }
+        self.lru.insert(self.tick, number);
+        let evicted = self.evict();
+        self.stats.peak_resident = self.stats.peak_resident.max(self.entries.len());
+        evicted
+    }
+
+    fn evict(&mut self) -> MetaResult<()> {
+        while self.entries.len() > self.capacity {
+            let Some((_, number)) = self.lru.pop_first() else {
+                break;
+            };
+            let Some(entry) = self.entries.remove(&number) else {
+                continue;
+            };
+            self.stats.evictions += 1;
+            if entry.dirty {
+                self.store(number, &entry.data)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn store(&mut self, number: u64, data: &[u8]) -> MetaResult<()> {
+        let mut sealed = data.to_vec();
+        seal(number, &mut sealed);
+        self.media.write_at(number * META_BLOCK as u64, &sealed)?;
+        self.stats.writes += 1;
+        Ok(())
+    }
+
+    /// Writes every dirty block (in block order); does not flush.
+    pub fn write_back(&mut self) -> MetaResult<()> {
+        let mut dirty: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.dirty)
+            .map(|(n, _)| *n)
+            .collect();
+        dirty.sort_unstable();
+        for number in dirty {
+            let Some(data) = self.entries.get(&number).map(|e| e.data.clone()) else {
+                continue;
+            };
+            self.store(number, &data)?;
+            if let Some(entry) = self.entries.get_mut(&number) {
+                entry.dirty = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets every cached block (dirty ones unwritten).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.lru.clear();
+    }
+}
+
+/// The type check of a cached block (its checksum was checked on the way
+/// in, or it was written in this run).
+fn verify_type(number: u64, data: &[u8], magic: u32) -> MetaResult<()> {
+    let found = data
+        .get(0..4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes);
+    if found != Some(magic) {
+        return Err(MetaError::Corrupt(format!(
+            "block {number}: type {found:#x?}, expected {magic:#x}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::MemMedia;
+
+    const MAGIC: u32 = 0x7465_7374;
+
+    fn block(fill: u8) -> Vec<u8> {
+        let mut data = vec![fill; META_BLOCK];
+        data[..4].copy_from_slice(&MAGIC.to_le_bytes());
+        data
+    }
+
+    #[test]
+    fn blocks_round_trip_through_eviction_and_write_back() {
+        let mem = Arc::new(MemMedia::new(64 * META_BLOCK));
+        let mut cache = BlockCache::new(mem.clone(), MIN_CAPACITY).unwrap();
+        for n in 0..40u64 {
+            cache.write(n, block(n as u8)).unwrap();
+            assert!(cache.resident() <= MIN_CAPACITY);
+        }
+        // The evicted ones went to the media already, the rest at write back.
+        assert_eq!(cache.stats().writes, 40 - MIN_CAPACITY as u64);
+        cache.write_back().unwrap();
+        assert_eq!(cache.stats().writes, 40);
+        let mut fresh = BlockCache::new(mem, MIN_CAPACITY).unwrap();
+        for n in 0..40u64 {
+            let data = fresh.read(n, MAGIC).unwrap();
+            assert!(data[BLOCK_HEADER..].iter().all(|&b| b == n as u8));
+            assert!(fresh.resident() <= MIN_CAPACITY);
+        }
+    }
+
+    #[test]
+    fn damaged_misplaced_and_mistyped_blocks_are_refused() {
+        let mem = Arc::new(MemMedia::new(8 * META_BLOCK));
+        let mut cache = BlockCache::new(mem.clone(), MIN_CAPACITY).unwrap();
+        cache.write(1, block(9)).unwrap();
+        cache.write_back().unwrap();
+        let fresh = || BlockCache::new(mem.clone(), MIN_CAPACITY).unwrap();
+        assert!(fresh().read(1, MAGIC).is_ok());
+        assert!(matches!(
+            fresh().read(1, MAGIC + 1),
+            Err(MetaError::Corrupt(_))
+        ));
+        // Never written: zeros fail the checksum.
+        assert!(matches!(fresh().read(2, MAGIC), Err(MetaError::Corrupt(_))));
+        assert!(matches!(
+            fresh().read(99, MAGIC),
+            Err(MetaError::Corrupt(_))
+        ));
+        // Block 1's bytes at block 3's place: the location check catches it.
+        let mut copy = vec![0u8; META_BLOCK];
+        mem.read_at(META_BLOCK as u64, &mut copy).unwrap();
+        mem.write_at(3 * META_BLOCK as u64, &copy).unwrap();
+        assert!(matches!(fresh().read(3, MAGIC), Err(MetaError::Corrupt(_))));
+        // A flipped bit.
+        mem.write_at(META_BLOCK as u64 + 100, &[0x55]).unwrap();
+        assert!(matches!(fresh().read(1, MAGIC), Err(MetaError::Corrupt(_))));
+        assert!(BlockCache::new(mem, MIN_CAPACITY - 1).is_err());
+    }
+}

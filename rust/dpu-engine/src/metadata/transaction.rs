@@ -1,0 +1,462 @@
+//! The transaction manager: allocation, shadowing and reference counts of
+//! metadata blocks, the data blocks' space map, and atomic commits.
+//!
+//! Between two commits everything happens in the running transaction:
+//!
+//! * A block allocated in it is writable in place; any other block is
+//!   read-only and changes only through [`TransactionManager::shadow`],
+//!   which copies it to a newly allocated block and drops a reference to
+//!   the original.
+//! * A block is allocatable when its reference count is zero and it was not
+//!   freed in this transaction (the committed state may still use a block
+//!   the transaction freed).
+//! * Reference count changes of metadata blocks are buffered (they change
+//!   the metadata space map, which allocates metadata blocks itself) and
+//!   applied at commit until no change is left; data block counts go
+//!   straight to the data space map.
+//!
+//! A commit writes the dirty blocks, flushes, writes the superblock slot
+//! the last commit did not use and flushes again. The superblock holds the
+//! generation, both space maps' roots and sizes, and the caller's roots.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::block_cache::{seal, verify, BlockCache, CacheStats};
+use super::space_map;
+use super::{blank_block, le_u64, put_u64, MetaError, MetaResult, META_BLOCK};
+use crate::media::Media;
+
+pub const SUPERBLOCK_MAGIC: u32 = u32::from_le_bytes(*b"DPMs");
+/// Superblock slots: metadata blocks 0 and 1.
+pub const SUPERBLOCKS: u64 = 2;
+/// Roots a caller can keep in the superblock.
+pub const ROOTS: usize = 8;
+/// The smallest metadata area.
+pub const MIN_META_BLOCKS: u64 = 16;
+const VERSION: u64 = 1;
+
+// Superblock fields (after the 16-byte block header).
+const SB_VERSION: usize = 16;
+const SB_GENERATION: usize = 24;
+const SB_META_BLOCKS: usize = 32;
+const SB_DATA_BLOCKS: usize = 40;
+const SB_META_SM: usize = 48;
+const SB_DATA_SM: usize = 56;
+const SB_ROOTS: usize = 64;
+
+/// What the running transaction has changed, for memory accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TransactionStats {
+    pub allocated: usize,
+    pub freed: usize,
+    pub pending_counts: usize,
+    pub data_freed: usize,
+}
+
+pub struct TransactionManager {
+    cache: BlockCache,
+    generation: u64,
+    meta_blocks: u64,
+    data_blocks: u64,
+    meta_sm: u64,
+    data_sm: u64,
+    roots: [u64; ROOTS],
+    /// Metadata blocks allocated in this transaction: writable in place.
+    allocated: HashSet<u64>,
+    /// Metadata blocks whose count fell to zero in this transaction.
+    freed: HashSet<u64>,
+    /// Buffered count changes of metadata blocks.
+    deltas: HashMap<u64, i64>,
+    /// Data blocks whose count fell to zero in this transaction.
+    data_freed: HashSet<u64>,
+    meta_cursor: u64,
+    data_cursor: u64,
+    /// A flush or superblock write failed: the media's state is unknown.
+    failed: bool,
+}
+
+impl TransactionManager {
+    fn new(cache: BlockCache, meta_blocks: u64, data_blocks: u64) -> Self {
+        TransactionManager {
+            cache,
+            generation: 0,
+            meta_blocks,
+            data_blocks,
+            meta_sm: 0,
+            data_sm: 0,
+            roots: [0; ROOTS],
+            allocated: HashSet::new(),
+            freed: HashSet::new(),
+            deltas: HashMap::new(),
+            data_freed: HashSet::new(),
+            meta_cursor: SUPERBLOCKS,
+            data_cursor: 0,
+            failed: false,
+        }
+    }
+
+    /// Formats `media` as empty metadata for `data_blocks` data blocks,
+    /// with a cache of `cache_blocks`; committed when this returns.
+    pub fn format(
+        media: Arc<dyn Media>,
+        cache_blocks: usize,
+        data_blocks: u64,
+    ) -> MetaResult<Self> {
+        let cache = BlockCache::new(media.clone(), cache_blocks)?;
+        let meta_blocks = cache.blocks();
+        if meta_blocks < MIN_META_BLOCKS {
+            return Err(MetaError::InvalidArgument(format!(
+                "a metadata area needs at least {MIN_META_BLOCKS} blocks"
+            )));
+        }
+        // Stale superblocks of an earlier format must not outrank ours.
+        let zeros = vec![0u8; META_BLOCK];
+        for slot in 0..SUPERBLOCKS {
+            media.write_at(slot * META_BLOCK as u64, &zeros)?;
+        }
+        let mut tm = TransactionManager::new(cache, meta_blocks, data_blocks);
+        for slot in 0..SUPERBLOCKS {
+            tm.inc(slot)?;
+        }
+        tm.commit()?;
+        Ok(tm)
+    }
+
+    /// Opens the metadata on `media` in its last committed state.
+    pub fn open(media: Arc<dyn Media>, cache_blocks: usize) -> MetaResult<Self> {
+        let mut newest: Option<Vec<u8>> = None;
+        for slot in 0..SUPERBLOCKS {
+            let mut data = vec![0u8; META_BLOCK];
+            media.read_at(slot * META_BLOCK as u64, &mut data)?;
+            if verify(slot, &data, SUPERBLOCK_MAGIC).is_err()
+                || le_u64(&data, SB_VERSION) != VERSION
+            {
+                continue;
+            }
+            if newest
+                .as_ref()
+                .is_none_or(|n| le_u64(n, SB_GENERATION) < le_u64(&data, SB_GENERATION))
+            {
+                newest = Some(data);
+            }
+        }
+        let sb = newest.ok_or_else(|| MetaError::Corrupt("no valid superblock".into()))?;
+        let cache = BlockCache::new(media, cache_blocks)?;
+        let meta_blocks = le_u64(&sb, SB_META_BLOCKS);
+        if meta_blocks < MIN_META_BLOCKS || meta_blocks > cache.blocks() {
+            return Err(MetaError::Corrupt(format!(
+                "superblock says {meta_blocks} metadata blocks, the media holds {}",
+                cache.blocks()
+            )));
+        }
+        let mut tm = TransactionManager::new(cache, meta_blocks, le_u64(&sb, SB_DATA_BLOCKS));
+        tm.generation = le_u64(&sb, SB_GENERATION);
+        tm.meta_sm = le_u64(&sb, SB_META_SM);
+        tm.data_sm = le_u64(&sb, SB_DATA_SM);
+        for (i, root) in tm.roots.iter_mut().enumerate() {
+            *root = le_u64(&sb, SB_ROOTS + 8 * i);
+        }
+        Ok(tm)
+    }
+
+    fn usable(&self) -> MetaResult<()> {
+        if self.failed {
+            return Err(MetaError::Failed);
+        }
+        Ok(())
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn meta_blocks(&self) -> u64 {
+        self.meta_blocks
+    }
+
+    pub fn data_blocks(&self) -> u64 {
+        self.data_blocks
+    }
+
+    /// Root slot `slot` (0 when never set).
+    pub fn root(&self, slot: usize) -> u64 {
+        self.roots.get(slot).copied().unwrap_or(0)
+    }
+
+    /// Sets root slot `slot`; committed with the next commit. The slot
+    /// holds a reference: the caller moves one in (a tree operation's
+    /// result does this).
+    pub fn set_root(&mut self, slot: usize, root: u64) -> MetaResult<()> {
+        let r = self
+            .roots
+            .get_mut(slot)
+            .ok_or_else(|| MetaError::InvalidArgument(format!("no root slot {slot}")))?;
+        *r = root;
+        Ok(())
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    pub fn cache_resident(&self) -> usize {
+        self.cache.resident()
+    }
+
+    pub fn cache_capacity(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    pub fn transaction_stats(&self) -> TransactionStats {
+        TransactionStats {
+            allocated: self.allocated.len(),
+            freed: self.freed.len(),
+            pending_counts: self.deltas.len(),
+            data_freed: self.data_freed.len(),
+        }
+    }
+
+    /// The metadata space map's root and the data space map's (checks).
+    pub fn space_map_roots(&self) -> (u64, u64) {
+        (self.meta_sm, self.data_sm)
+    }
+
+    /// Metadata block `block` of type `magic`.
+    pub fn read(&mut self, block: u64, magic: u32) -> MetaResult<super::block_cache::Block> {
+        if block >= self.meta_blocks {
+            return Err(MetaError::Corrupt(format!(
+                "block {block} outside the metadata area"
+            )));
+        }
+        self.cache.read(block, magic)
+    }
+
+    /// Writes a block allocated in this transaction.
+    pub fn write(&mut self, block: u64, data: Vec<u8>) -> MetaResult<()> {
+        self.usable()?;
+        if !self.allocated.contains(&block) {
+            return Err(MetaError::InvalidArgument(format!(
+                "block {block} is not writable in this transaction"
+            )));
+        }
+        self.cache.write(block, data)
+    }
+
+    /// Current reference count of metadata block `block`.
+    pub fn count(&mut self, block: u64) -> MetaResult<u32> {
+        let stored = space_map::get(self, self.meta_sm, self.meta_blocks, block)?;
+        let delta = self.deltas.get(&block).copied().unwrap_or(0);
+        u32::try_from(i64::from(stored) + delta)
+            .map_err(|_| MetaError::Corrupt(format!("block {block}: reference count out of range")))
+    }
+
+    fn add_delta(&mut self, block: u64, by: i64) -> MetaResult<u32> {
+        let now = i64::from(self.count(block)?) + by;
+        if now < 0 {
+            return Err(MetaError::Corrupt(format!(
+                "block {block}: reference count below zero"
+            )));
+        }
+        if now > i64::from(u32::MAX) {
+            return Err(MetaError::TooManyReferences(block));
+        }
+        let delta = self.deltas.entry(block).or_default();
+        *delta += by;
+        if *delta == 0 {
+            self.deltas.remove(&block);
+        }
+        Ok(now as u32)
+    }
+
+    /// Takes a reference on metadata block `block`.
+    pub fn inc(&mut self, block: u64) -> MetaResult<()> {
+        self.usable()?;
+        self.add_delta(block, 1).map(|_| ())
+    }
+
+    /// Drops a reference on `block`; true if that was the last one (the
+    /// block is then free from the next transaction on).
+    pub fn dec(&mut self, block: u64) -> MetaResult<bool> {
+        self.usable()?;
+        let now = self.add_delta(block, -1)?;
+        if now == 0 {
+            self.freed.insert(block);
+        }
+        Ok(now == 0)
+    }
+
+    /// Allocates a metadata block (count 1), writable in this transaction.
+    pub fn new_block(&mut self) -> MetaResult<u64> {
+        self.usable()?;
+        let mut from = self.meta_cursor;
+        let mut wrapped = false;
+        loop {
+            let found = space_map::next_zero(self, self.meta_sm, self.meta_blocks, from)?;
+            let Some(block) = found else {
+                if wrapped {
+                    return Err(MetaError::NoSpace);
+                }
+                wrapped = true;
+                from = SUPERBLOCKS;
+                continue;
+            };
+            if wrapped && block >= self.meta_cursor {
+                return Err(MetaError::NoSpace);
+            }
+            from = block + 1;
+            if self.deltas.contains_key(&block) || self.freed.contains(&block) {
+                continue;
+            }
+            self.add_delta(block, 1)?;
+            self.allocated.insert(block);
+            self.meta_cursor = block + 1;
+            return Ok(block);
+        }
+    }
+
+    /// Makes `block` writable: itself if allocated in this transaction and
+    /// not shared, else a copy in a new block, dropping a reference on the
+    /// original.
+    /// Returns the writable block and whether the original was shared (its
+    /// count was above one), in which case the copy's children need a
+    /// reference of their own, which the caller takes.
+    pub fn shadow(&mut self, block: u64, magic: u32) -> MetaResult<(u64, bool)> {
+        self.usable()?;
+        let shared = self.count(block)? > 1;
+        // A block allocated in this transaction is written in place unless
+        // it was shared since (a snapshot taken in the same transaction).
+        if self.allocated.contains(&block) && !shared {
+            return Ok((block, false));
+        }
+        let data = self.read(block, magic)?;
+        let copy = self.new_block()?;
+        self.cache.write(copy, data.to_vec())?;
+        self.dec(block)?;
+        Ok((copy, shared))
+    }
+
+    /// A new, empty block of type `magic`, allocated and written.
+    pub fn new_blank(&mut self, magic: u32) -> MetaResult<u64> {
+        let block = self.new_block()?;
+        self.write(block, blank_block(magic))?;
+        Ok(block)
+    }
+
+    /// Current reference count of data block `block`.
+    pub fn data_count(&mut self, block: u64) -> MetaResult<u32> {
+        space_map::get(self, self.data_sm, self.data_blocks, block)
+    }
+
+    fn set_data_count(&mut self, block: u64, count: u32) -> MetaResult<()> {
+        self.data_sm = space_map::set(self, self.data_sm, self.data_blocks, block, count)?;
+        Ok(())
+    }
+
+    /// Allocates a data block (count 1).
+    pub fn alloc_data(&mut self) -> MetaResult<u64> {
+        self.usable()?;
+        let mut from = self.data_cursor;
+        let mut wrapped = false;
+        loop {
+            let found = space_map::next_zero(self, self.data_sm, self.data_blocks, from)?;
+            let Some(block) = found else {
+                if wrapped || self.data_cursor == 0 {
+                    return Err(MetaError::NoSpace);
+                }
+                wrapped = true;
+                from = 0;
+                continue;
+            };
+            if wrapped && block >= self.data_cursor {
+                return Err(MetaError::NoSpace);
+            }
+            from = block + 1;
+            if self.data_freed.contains(&block) {
+                continue;
+            }
+            self.set_data_count(block, 1)?;
+            self.data_cursor = block + 1;
+            return Ok(block);
+        }
+    }
+
+    /// Takes a reference on data block `block`.
+    pub fn inc_data(&mut self, block: u64) -> MetaResult<()> {
+        self.usable()?;
+        let count = self.data_count(block)?;
+        let count = count
+            .checked_add(1)
+            .ok_or(MetaError::TooManyReferences(block))?;
+        self.set_data_count(block, count)
+    }
+
+    /// Drops a reference on data block `block`; true if it was the last.
+    pub fn dec_data(&mut self, block: u64) -> MetaResult<bool> {
+        self.usable()?;
+        let count = self.data_count(block)?;
+        let count = count.checked_sub(1).ok_or_else(|| {
+            MetaError::Corrupt(format!("data block {block}: reference count below zero"))
+        })?;
+        self.set_data_count(block, count)?;
+        if count == 0 {
+            self.data_freed.insert(block);
+        }
+        Ok(count == 0)
+    }
+
+    /// Makes the transaction durable and starts the next one. Any media
+    /// failure fails the manager: the media's state is known again only
+    /// after [`TransactionManager::open`].
+    pub fn commit(&mut self) -> MetaResult<()> {
+        self.usable()?;
+        let result = self.try_commit();
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    fn try_commit(&mut self) -> MetaResult<()> {
+        // Apply the buffered metadata counts. Applying one shadows space
+        // map nodes, which changes other counts; each node is shadowed at
+        // most once per transaction, so this ends. A change stays buffered
+        // until its leaf holds it, so counts read meanwhile stay right.
+        while let Some((&block, &delta)) = self.deltas.iter().min_by_key(|(b, _)| **b) {
+            let stored = space_map::get(self, self.meta_sm, self.meta_blocks, block)?;
+            let value = u32::try_from(i64::from(stored) + delta)
+                .map_err(|_| MetaError::Corrupt(format!("block {block}: count out of range")))?;
+            self.meta_sm = space_map::set(self, self.meta_sm, self.meta_blocks, block, value)?;
+            let left = self.deltas.entry(block).or_default();
+            *left -= delta;
+            if *left == 0 {
+                self.deltas.remove(&block);
+            }
+        }
+        self.cache.write_back()?;
+        let media = self.cache.media().clone();
+        media.flush()?;
+        let generation = self.generation + 1;
+        let mut sb = blank_block(SUPERBLOCK_MAGIC);
+        put_u64(&mut sb, SB_VERSION, VERSION);
+        put_u64(&mut sb, SB_GENERATION, generation);
+        put_u64(&mut sb, SB_META_BLOCKS, self.meta_blocks);
+        put_u64(&mut sb, SB_DATA_BLOCKS, self.data_blocks);
+        put_u64(&mut sb, SB_META_SM, self.meta_sm);
+        put_u64(&mut sb, SB_DATA_SM, self.data_sm);
+        for (i, root) in self.roots.iter().enumerate() {
+            put_u64(&mut sb, SB_ROOTS + 8 * i, *root);
+        }
+        // The slot alternates: the other one keeps the previous commit
+        // until this one is durable.
+        let slot = generation % SUPERBLOCKS;
+        seal(slot, &mut sb);
+        media.write_at(slot * META_BLOCK as u64, &sb)?;
+        media.flush()?;
+        self.generation = generation;
+        self.allocated.clear();
+        self.freed.clear();
+        self.data_freed.clear();
+        Ok(())
+    }
+}
