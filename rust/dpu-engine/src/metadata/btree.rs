@@ -25,6 +25,13 @@ use super::{blank_block, le_u32, le_u64, put_u32, put_u64, MetaError, MetaResult
 pub const BTREE_MAGIC: u32 = u32::from_le_bytes(*b"BTnd");
 const BODY: usize = 32;
 const LEAF: u32 = 1;
+/// No tree is deeper (a 4-entry fan-out over 2^64 keys is 32 levels): a
+/// longer path means damaged metadata with a cycle.
+const MAX_DEPTH: usize = 40;
+
+fn too_deep() -> MetaError {
+    MetaError::Corrupt("B-tree deeper than any valid one (a cycle?)".into())
+}
 
 /// What a tree's values refer to, for the references it holds on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,7 +263,7 @@ pub fn lookup(
     key: u64,
 ) -> MetaResult<Option<Vec<u8>>> {
     let mut node = read_node(tm, info, root)?;
-    loop {
+    for _ in 0..MAX_DEPTH {
         if node.leaf {
             return Ok(node
                 .keys
@@ -270,6 +277,7 @@ pub fn lookup(
         let child = node.child(node.child_index(key));
         node = read_node(tm, info, child)?;
     }
+    Err(too_deep())
 }
 
 /// Sets `key` to `value`; returns the new root. For
@@ -297,7 +305,7 @@ pub fn insert(
         node = top;
     }
     let mut block = root;
-    loop {
+    for _ in 0..MAX_DEPTH {
         if node.leaf {
             match node.keys.binary_search(&key) {
                 Ok(i) => {
@@ -337,6 +345,7 @@ pub fn insert(
         block = next_block;
         node = child;
     }
+    Err(too_deep())
 }
 
 /// Removes `key`; returns the new root and the removed value. For
@@ -355,6 +364,9 @@ pub fn remove(
     let mut path: Vec<(u64, Node, usize)> = Vec::new();
     let (mut block, mut node) = shadow_node(tm, info, root)?;
     while !node.leaf {
+        if path.len() >= MAX_DEPTH {
+            return Err(too_deep());
+        }
         let i = node.child_index(key);
         let (child_block, child) = shadow_node(tm, info, node.child(i))?;
         node.set_value(i, &child_block.to_le_bytes());
@@ -388,7 +400,7 @@ pub fn remove(
         write_node(tm, root, &Node::empty(true, info))?;
     }
     // A root with one child hands its place to it.
-    loop {
+    for _ in 0..MAX_DEPTH {
         let top = read_node(tm, info, root)?;
         if top.leaf || top.len() != 1 {
             return Ok((root, Some(removed)));
@@ -397,6 +409,7 @@ pub fn remove(
         tm.dec(root)?;
         root = only;
     }
+    Err(too_deep())
 }
 
 /// Calls `visit` with the entries of keys in `start..end`, in order, until
@@ -409,17 +422,21 @@ pub fn range(
     end: u64,
     visit: &mut dyn FnMut(u64, &[u8]) -> bool,
 ) -> MetaResult<()> {
-    walk_range(tm, info, root, start, end, visit).map(|_| ())
+    walk_range(tm, info, root, start..end, 0, visit).map(|_| ())
 }
 
 fn walk_range(
     tm: &mut TransactionManager,
     info: &TreeInfo,
     block: u64,
-    start: u64,
-    end: u64,
+    keys: std::ops::Range<u64>,
+    depth: usize,
     visit: &mut dyn FnMut(u64, &[u8]) -> bool,
 ) -> MetaResult<bool> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
+    let (start, end) = (keys.start, keys.end);
     let node = read_node(tm, info, block)?;
     for i in 0..node.len() {
         if node.leaf {
@@ -439,7 +456,7 @@ fn walk_range(
         if node.keys[i] >= end && i > 0 {
             return Ok(false);
         }
-        if !walk_range(tm, info, node.child(i), start, end, visit)? {
+        if !walk_range(tm, info, node.child(i), start..end, depth + 1, visit)? {
             return Ok(false);
         }
     }

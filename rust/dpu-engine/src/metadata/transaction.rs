@@ -19,7 +19,7 @@
 //! the last commit did not use and flushes again. The superblock holds the
 //! generation, both space maps' roots and sizes, and the caller's roots.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use super::block_cache::{seal, verify, BlockCache, CacheStats};
@@ -67,7 +67,7 @@ pub struct TransactionManager {
     /// Metadata blocks whose count fell to zero in this transaction.
     freed: HashSet<u64>,
     /// Buffered count changes of metadata blocks.
-    deltas: HashMap<u64, i64>,
+    deltas: BTreeMap<u64, i64>,
     /// Data blocks whose count fell to zero in this transaction.
     data_freed: HashSet<u64>,
     meta_cursor: u64,
@@ -88,7 +88,7 @@ impl TransactionManager {
             roots: [0; ROOTS],
             allocated: HashSet::new(),
             freed: HashSet::new(),
-            deltas: HashMap::new(),
+            deltas: BTreeMap::new(),
             data_freed: HashSet::new(),
             meta_cursor: SUPERBLOCKS,
             data_cursor: 0,
@@ -422,7 +422,7 @@ impl TransactionManager {
         // map nodes, which changes other counts; each node is shadowed at
         // most once per transaction, so this ends. A change stays buffered
         // until its leaf holds it, so counts read meanwhile stay right.
-        while let Some((&block, &delta)) = self.deltas.iter().min_by_key(|(b, _)| **b) {
+        while let Some((&block, &delta)) = self.deltas.first_key_value() {
             let stored = space_map::get(self, self.meta_sm, self.meta_blocks, block)?;
             let value = u32::try_from(i64::from(stored) + delta)
                 .map_err(|_| MetaError::Corrupt(format!("block {block}: count out of range")))?;
