@@ -48,7 +48,7 @@ check:
 	scripts/check.sh
 
 bench: all
-	scripts/bench.sh
+	scripts/bench.sh $(if $(QUICK),--quick) $(if $(ROWS),--rows "$(ROWS)") $(if $(WORKLOADS),--workloads "$(WORKLOADS)") $(if $(REPS),--reps $(REPS)) $(if $(RUNTIME),--runtime $(RUNTIME))
 
 clean:
 	rm -rf build

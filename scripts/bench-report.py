@@ -4,26 +4,30 @@
 
     bench-report.py DIR
 
-DIR holds what scripts/guest/bench.sh wrote: an index of the jobs that ran,
-<device>/<workload>.json (fio's JSON report) and <workload>.cpu (guest and
-host CPU counters at both ends of the measured window). Prints the markdown
-table and the target line; see Documentation/benchmarks.rst for the method.
+DIR holds what scripts/guest/bench.sh wrote: an index of the repetitions in
+the order they ran, and per repetition <device>/<workload>.r<N>.json (fio's
+JSON report), .cpu (guest and host CPU counters at both ends of the measured
+window), .state (guest memory, load and kernel log around it) and, for the
+data-reduction rows, .space; and what scripts/bench.sh wrote on the host
+(host.env, host-samples). Prints the markdown; see
+Documentation/benchmarks.rst for the method.
 """
 import json
 import os
+import statistics
 import sys
 
-# The comparison the table leads to: rows whose ratio is shown, and the
-# target the project set itself (issue 4).
-SUBJECT, BASELINE = "dpublk", "qemu-nvme"
-TARGET_WORKLOAD, TARGET_RATIO = "randread-4k-qd32", 1.5
+# A repetition whose IOPS are below this share of its row's median is
+# flagged as a stall.
+STALL_SHARE = 0.5
 
 # Every pair of rows whose ratios are shown: (subject, baseline), on the
 # workloads both ran. The data-service rows against the Linux stack doing
 # the same work in the guest, and each thin stack with 10 snapshots against
 # itself with none (the snapshot cost).
 COMPARISONS = [
-    (SUBJECT, BASELINE),
+    ("dpublk", "qemu-nvme"),
+    ("dpublk", "null_blk"),
     ("dpublk-raid6", "md-raid6"),
     ("dpublk-ec", "md-raid6"),
     ("dpublk-thin", "dm-thin"),
@@ -34,15 +38,64 @@ COMPARISONS = [
     ("dpublk-crypt", "dm-crypt"),
 ]
 
-# Issue 6: guest CPU per I/O (the scheduler's column) of dpublk's RAID6 and
-# EC at most 0.2 times md RAID6's, with at least md's throughput.
-PROTECTION_SUBJECTS, PROTECTION_BASELINE = ("dpublk-raid6", "dpublk-ec"), "md-raid6"
-PROTECTION_WORKLOADS = ("write-128k-qd8", "read-128k-qd8", "randwrite-4k-qd32")
-PROTECTION_CPU_RATIO, PROTECTION_IOPS_RATIO = 0.2, 1.0
-# Issue 8: dpublk's dedup + compression saves at least the space dm-vdo
-# saves, at no less than twice its write throughput.
-REDUCE_SUBJECT, REDUCE_BASELINE, REDUCE_WORKLOAD = "dpublk-reduce", "dm-vdo", "write-128k-qd8-dedup"
-REDUCE_THROUGHPUT_RATIO = 2.0
+# The comparisons of dpublk's data services (run by dpuemu on the host) with
+# a Linux stack doing the same work in the guest's kernel. Under TCG the
+# guest's code is emulated and dpuemu's native, so these rows also get a
+# table of CPU per byte on both sides.
+CROSS_STACK = [
+    ("dpublk-raid6", "md-raid6"),
+    ("dpublk-ec", "md-raid6"),
+    ("dpublk-thin", "dm-thin"),
+    ("dpublk-thin-snap10", "dm-thin-snap10"),
+    ("dpublk-reduce", "dm-vdo"),
+    ("dpublk-crypt", "dm-crypt"),
+]
+
+
+def goal(issues, text, subject, baseline, workload, metric, op, want):
+    """One target of the project: the ratio of the medians of METRIC,
+    SUBJECT over BASELINE on WORKLOAD, compared with WANT by OP (">=" or
+    "<=")."""
+    return {"issues": issues, "goal": text, "subject": subject, "baseline": baseline,
+            "workload": workload, "metric": metric, "op": op, "want": want}
+
+
+# The targets the issues set, each evaluated on the medians of one run and
+# written to results.json's `targets` with its verdict. A new goal is one
+# more entry.
+TARGETS = [
+    goal([4, 15], "IOPS", "dpublk", "qemu-nvme", "randread-4k-qd32",
+         "iops", ">=", 1.5),
+    goal([15], "IOPS", "dpublk", "qemu-nvme", "randwrite-4k-qd32",
+         "iops", ">=", 1.3),
+    goal([15], "MB/s", "dpublk", "qemu-nvme", "read-128k-qd8",
+         "mb_per_s", ">=", 1.2),
+    goal([15], "mean latency", "dpublk", "qemu-nvme", "randread-4k-qd1",
+         "lat_mean_us", "<=", 1.0),
+] + [
+    goal([15], what, "dpublk", "qemu-nvme", w, metric, "<=", 1.0)
+    for w in ("randread-4k-qd32", "randwrite-4k-qd32", "read-128k-qd8", "randread-4k-qd1")
+    for what, metric in (("guest CPU per I/O (sched)", "guest_sched_us_per_io"),
+                         ("total host CPU per I/O", "host_cpu_us_per_io"))
+] + [
+    goal([15], "IOPS against the guest block layer's ceiling", "dpublk",
+         "null_blk", "randread-4k-qd32", "iops", ">=", 0.6),
+] + [
+    # Issue 6: guest CPU per I/O of dpublk's RAID6 and EC at most 0.2 times
+    # md RAID6's, with at least md's throughput.
+    goal([6], what, subject, "md-raid6", w, metric, op, want)
+    for subject in ("dpublk-raid6", "dpublk-ec")
+    for w in ("write-128k-qd8", "read-128k-qd8", "randwrite-4k-qd32")
+    for what, metric, op, want in (("guest CPU per I/O (sched)", "guest_sched_us_per_io", "<=", 0.2),
+                                   ("IOPS", "iops", ">=", 1.0))
+] + [
+    # Issue 8: dedup + compression saves at least the space dm-vdo saves,
+    # at no less than twice its write throughput.
+    goal([8], "space saved", "dpublk-reduce", "dm-vdo", "write-128k-qd8-dedup",
+         "space_saved", ">=", 1.0),
+    goal([8], "write MB/s", "dpublk-reduce", "dm-vdo", "write-128k-qd8-dedup",
+         "mb_per_s", ">=", 2.0),
+]
 
 # Guest /proc/stat fields as scripts/guest/bench.sh records them, followed by
 # the device's completed reads and writes and its sectors read and written,
@@ -50,6 +103,13 @@ REDUCE_THROUGHPUT_RATIO = 2.0
 GUEST_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "reads", "writes",
                 "read_sectors", "write_sectors", "sched_ns", "wall")
 BUSY = ("user", "nice", "system", "irq", "softirq")
+
+# The per-repetition figures summarised as min / median / max per row.
+METRICS = ("iops", "mb_per_s", "lat_mean_us", "clat_p50_us", "clat_p99_us", "clat_p999_us",
+           "guest_cpu_us_per_io", "guest_sched_us_per_io", "host_qemu_us_per_io",
+           "host_dpuemu_us_per_io", "host_cpu_us_per_io", "guest_cpu_us_per_mb",
+           "guest_sched_us_per_mb", "host_qemu_us_per_mb", "host_dpuemu_us_per_mb",
+           "host_cpu_us_per_mb", "space_saved", "host_other_cpus")
 
 
 def read_env(path):
@@ -67,7 +127,10 @@ def load_fio(path):
     # fio may print notices before its JSON.
     with open(path) as f:
         text = f.read()
-    return json.loads(text[text.index("{"):])
+    start = text.find("{")
+    if start < 0:
+        raise ValueError(f"{path}: no JSON report")
+    return json.loads(text[start:])
 
 
 def parse_cpu(path):
@@ -89,17 +152,56 @@ def parse_cpu(path):
             key, _, value = line.partition("=")
             if key == "fio_running_at_end":
                 running = value == "1"
-            elif key in ("guest_before", "guest_after"):
-                current[key] = dict(zip(GUEST_FIELDS, map(float, value.split())))
-            elif key == "host":
+            elif current is not None and key in ("guest_before", "guest_after"):
+                fields = value.split()
+                if len(fields) != len(GUEST_FIELDS):
+                    raise ValueError(f"{path}: {key} has {len(fields)} fields, not {len(GUEST_FIELDS)}")
+                current[key] = dict(zip(GUEST_FIELDS, map(float, fields)))
+            elif current is not None and key == "host":
                 current["host"] = {k: int(v) for k, v in (w.split("=") for w in value.split())}
-    if len(ends) != 2:
-        raise ValueError(f"{path}: expected two samples, found {len(ends)}")
+    if len(ends) != 2 or any(set(e) != {"guest_before", "guest_after", "host"} for e in ends):
+        raise ValueError(f"{path}: expected two complete samples, found {len(ends)}")
     result = []
     for end in ends:
         guest = {k: (end["guest_before"][k] + end["guest_after"][k]) / 2 for k in GUEST_FIELDS}
         result.append((guest, end["host"]))
     return result, running
+
+
+def parse_state(path):
+    """The guest state before and after a repetition: key=value lines, the
+    kernel log lines that appeared during it under `dmesg`."""
+    state = {"dmesg": []}
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        for line in f:
+            key, sep, value = line.rstrip("\n").partition("=")
+            if not sep:
+                continue
+            if key == "dmesg":
+                state["dmesg"].append(value)
+            else:
+                state[key] = value
+    return state
+
+
+def parse_host_samples(path):
+    """scripts/bench.sh's once-a-second host samples: (time, busy ticks,
+    steal ticks, idle ticks, load average, QEMU's ticks)."""
+    samples = []
+    if not os.path.exists(path):
+        return samples
+    with open(path) as f:
+        for line in f:
+            w = line.split()
+            if len(w) != 6:
+                continue
+            try:
+                samples.append((float(w[0]), int(w[1]), int(w[2]), int(w[3]), float(w[4]), int(w[5])))
+            except ValueError:
+                continue
+    return samples
 
 
 def parse_size(text):
@@ -109,7 +211,52 @@ def parse_size(text):
     return int(text.rstrip("kmg")) * scale
 
 
+def interpolate(xs, ys, x):
+    """y at x on the polyline through (xs, ys); xs ascending."""
+    for i in range(len(xs) - 1):
+        if xs[i] <= x <= xs[i + 1]:
+            if xs[i + 1] == xs[i]:
+                return ys[i]
+            return ys[i] + (ys[i + 1] - ys[i]) * (x - xs[i]) / (xs[i + 1] - xs[i])
+    return None
+
+
+def host_time_of(samples, qemu_ticks):
+    """The host time at which QEMU had used QEMU_TICKS, from the host
+    samples (its ticks only grow), or None outside the series."""
+    for a, b in zip(samples, samples[1:]):
+        if a[5] <= qemu_ticks <= b[5] and b[5] > a[5]:
+            return a[0] + (b[0] - a[0]) * (qemu_ticks - a[5]) / (b[5] - a[5])
+    return None
+
+
+def host_window(samples, h0, h1, hz):
+    """What the rest of the host did during a window whose ends the agent
+    sampled as H0 and H1: CPUs busy with processes other than QEMU and
+    dpuemu, CPUs stolen by the hypervisor, the highest load average."""
+    t0, t1 = host_time_of(samples, h0["qemu"]), host_time_of(samples, h1["qemu"])
+    if t0 is None or t1 is None or t1 <= t0:
+        return None
+    times = [s[0] for s in samples]
+    busy = [interpolate(times, [s[1] for s in samples], t) for t in (t0, t1)]
+    steal = [interpolate(times, [s[2] for s in samples], t) for t in (t0, t1)]
+    if None in busy or None in steal:
+        return None
+    ours = (h1["qemu"] - h0["qemu"]) + (h1["dpuemu"] - h0["dpuemu"])
+    seconds = t1 - t0
+    loads = [s[4] for s in samples if t0 - 1 <= s[0] <= t1 + 1]
+    return {
+        "start": t0,
+        "seconds": seconds,
+        "other_cpus": max(0.0, (busy[1] - busy[0] - ours) / hz / seconds),
+        "steal_cpus": (steal[1] - steal[0]) / hz / seconds,
+        "loadavg_max": max(loads) if loads else None,
+    }
+
+
 def derive(fio, cpu, guest_hz, cpus):
+    """The figures of one repetition from fio's report and the window's
+    counters."""
     job = fio["jobs"][0]
     opts = job["job options"]
     dirs = [d for d in ("read", "write") if job[d]["io_bytes"] > 0]
@@ -134,14 +281,20 @@ def derive(fio, cpu, guest_hz, cpus):
     def per_io(seconds):
         return seconds * 1e6 / ios if ios > 0 else None
 
+    def per_mb(seconds):
+        # µs of CPU per MB (10^6 bytes) moved.
+        return seconds * 1e12 / moved if moved > 0 else None
+
     return {
         "rw": opts.get("rw"),
         "bs": opts.get("bs"),
         "iodepth": int(opts.get("iodepth", 1)),
         "iops": sum(job[d]["iops"] for d in ("read", "write")),
         "mb_per_s": sum(job[d]["bw_bytes"] for d in ("read", "write")) / 1e6,
+        "lat_mean_us": job[main]["lat_ns"]["mean"] / 1e3,
         "clat_p50_us": pct.get("50.000000", 0) / 1e3,
         "clat_p99_us": pct.get("99.000000", 0) / 1e3,
+        "clat_p999_us": pct.get("99.900000", 0) / 1e3,
         "fio_error": job["error"],
         "window": {
             "seconds": window,
@@ -166,161 +319,189 @@ def derive(fio, cpu, guest_hz, cpus):
         "host_qemu_us_per_io": per_io(qemu),
         "host_dpuemu_us_per_io": per_io(dpuemu),
         "host_cpu_us_per_io": per_io(qemu + dpuemu),
+        "guest_cpu_us_per_mb": per_mb(busy / guest_hz),
+        "guest_sched_us_per_mb": per_mb(sched),
+        "host_qemu_us_per_mb": per_mb(qemu),
+        "host_dpuemu_us_per_mb": per_mb(dpuemu),
+        "host_cpu_us_per_mb": per_mb(qemu + dpuemu),
     }
 
 
-def fmt(value, digits=0):
-    if value is None:
-        return "-"
-    if digits == 0:
-        return f"{value:,.0f}"
-    return f"{value:,.{digits}f}"
+def summary(values):
+    """min / median / max of the values that exist, with their count."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"min": min(values), "median": statistics.median(values), "max": max(values),
+            "n": len(values)}
+
+
+def median(row, metric):
+    s = row["stats"].get(metric) if row else None
+    return s["median"] if s else None
 
 
 def ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def service_targets(by_key):
-    """The data-service targets (issues 6 and 8), one verdict each."""
+def read_index(top):
+    """The repetitions in run order: (device, workload, rep, started)."""
+    path = os.path.join(top, "index")
+    jobs = []
+    if not os.path.exists(path):
+        return jobs
+    with open(path) as f:
+        for line in f:
+            w = line.split()
+            if len(w) >= 3:
+                jobs.append((w[0], w[1], int(w[2]), float(w[3]) if len(w) > 3 else None))
+            elif len(w) == 2:
+                # A run from before repetitions: one per job, no suffix.
+                jobs.append((w[0], w[1], 0, None))
+    return jobs
+
+
+def load_reps(top, guest_hz, cpus, host_samples):
+    reps = []
+    for seq, (device, workload, rep, started) in enumerate(read_index(top), 1):
+        base = os.path.join(top, device, workload + (f".r{rep}" if rep else ""))
+        try:
+            fio = load_fio(base + ".json")
+            cpu = parse_cpu(base + ".cpu")
+            r = derive(fio, cpu, guest_hz, cpus)
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            print(f"bench-report: {device} {workload} #{rep}: {e}", file=sys.stderr)
+            continue
+        (_, h0), (_, h1) = cpu[0]
+        r = {"device": device, "workload": workload, "rep": max(rep, 1), "seq": seq,
+             "started": started, **r}
+        r["host_window"] = host_window(host_samples, h0, h1, h0["hz"])
+        r["host_other_cpus"] = r["host_window"]["other_cpus"] if r["host_window"] else None
+        r["guest_state"] = parse_state(base + ".state")
+        space = read_env(base + ".space")
+        r["space_saved"] = None
+        if space.get("logical_bytes") and space.get("physical_bytes"):
+            logical, physical = int(space["logical_bytes"]), int(space["physical_bytes"])
+            r["space"] = {"logical_bytes": logical, "physical_bytes": physical,
+                          "saved": 1 - physical / logical if logical else None, "raw": space}
+            r["space_saved"] = r["space"]["saved"]
+        r["fio"] = fio
+        reps.append(r)
+    return reps
+
+
+def build_rows(reps):
+    """Groups the repetitions into rows (device, workload), in the order the
+    devices were set up and the workloads ran; marks stalls and what ran
+    before each repetition."""
+    devices = list(dict.fromkeys(r["device"] for r in reps))
+    workloads = list(dict.fromkeys(r["workload"] for r in reps))
+    rows = {}
+    for r in reps:
+        rows.setdefault((r["device"], r["workload"]), []).append(r)
     out = []
-    for subject in PROTECTION_SUBJECTS:
-        for w in PROTECTION_WORKLOADS:
-            s, b = by_key.get((subject, w)), by_key.get((PROTECTION_BASELINE, w))
-            t = {"issue": 6, "subject": subject, "baseline": PROTECTION_BASELINE, "workload": w}
-            if not s or not b:
-                t["verdict"] = "not evaluated"
-                t["line"] = f"target not evaluated: {w} missing for {subject} or {PROTECTION_BASELINE}"
-                out.append(t)
-                continue
-            cpu = ratio(s["guest_sched_us_per_io"], b["guest_sched_us_per_io"])
-            iops = ratio(s["iops"], b["iops"])
-            met = cpu is not None and iops is not None and cpu <= PROTECTION_CPU_RATIO \
-                and iops >= PROTECTION_IOPS_RATIO
-            t.update({"guest_sched_ratio": cpu, "iops_ratio": iops, "want_cpu": PROTECTION_CPU_RATIO,
-                      "want_iops": PROTECTION_IOPS_RATIO,
-                      "verdict": "target met" if met else "target missed"})
-            t["line"] = (f"{t['verdict']}: {w} {subject} vs {PROTECTION_BASELINE}: guest CPU "
-                         f"{fmt(s['guest_sched_us_per_io'], 1)} vs {fmt(b['guest_sched_us_per_io'], 1)} "
-                         f"µs/IO (sched) = {fmt(cpu, 2)}x (target <= {PROTECTION_CPU_RATIO}x), "
-                         f"{s['iops']:,.0f} vs {b['iops']:,.0f} IOPS = {fmt(iops, 2)}x "
-                         f"(target >= {PROTECTION_IOPS_RATIO:g}x)")
-            out.append(t)
-    s, b = by_key.get((REDUCE_SUBJECT, REDUCE_WORKLOAD)), by_key.get((REDUCE_BASELINE, REDUCE_WORKLOAD))
-    t = {"issue": 8, "subject": REDUCE_SUBJECT, "baseline": REDUCE_BASELINE, "workload": REDUCE_WORKLOAD}
-    if s and b and "space" in s and "space" in b:
-        saved_s, saved_b = s["space"]["saved"], b["space"]["saved"]
-        thr = ratio(s["mb_per_s"], b["mb_per_s"])
-        met = saved_s is not None and saved_b is not None and saved_s >= saved_b \
-            and thr is not None and thr >= REDUCE_THROUGHPUT_RATIO
-        t.update({"saved": saved_s, "baseline_saved": saved_b, "throughput_ratio": thr,
-                  "want_throughput": REDUCE_THROUGHPUT_RATIO,
-                  "verdict": "target met" if met else "target missed"})
-        t["line"] = (f"{t['verdict']}: {REDUCE_WORKLOAD} {REDUCE_SUBJECT} vs {REDUCE_BASELINE}: "
-                     f"space saved {saved_s * 100:.1f} % vs {saved_b * 100:.1f} % (target >=), "
-                     f"write {s['mb_per_s']:,.1f} vs {b['mb_per_s']:,.1f} MB/s = {fmt(thr, 2)}x "
-                     f"(target >= {REDUCE_THROUGHPUT_RATIO:g}x)")
-    else:
-        t["verdict"] = "not evaluated"
-        t["line"] = (f"target not evaluated: {REDUCE_WORKLOAD} or its space figures missing for "
-                     f"{REDUCE_SUBJECT} or {REDUCE_BASELINE}")
-    out.append(t)
+    for key in sorted(rows, key=lambda k: (devices.index(k[0]), workloads.index(k[1]))):
+        rs = rows[key]
+        stats = {m: s for m in METRICS if (s := summary(r.get(m) for r in rs))}
+        med = stats["iops"]["median"] if "iops" in stats else None
+        for r in rs:
+            r["iops_share_of_median"] = ratio(r["iops"], med)
+            r["stall"] = bool(med and r["iops"] < STALL_SHARE * med)
+        out.append({"device": key[0], "workload": key[1], "stats": stats,
+                    "stalls": [r["rep"] for r in rs if r["stall"]], "reps": rs})
+    # Run order: every repetition knows the jobs that ran before it in this VM.
+    done = []
+    for r in sorted(reps, key=lambda r: r["seq"]):
+        r["ran_before"] = list(done)
+        done.append(f"{r['device']} {r['workload']} #{r['rep']}")
     return out
 
 
-def main():
-    if len(sys.argv) != 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    top = sys.argv[1]
-    host = read_env(os.path.join(top, "host.env"))
-    guest = read_env(os.path.join(top, "guest.env"))
-    guest_hz = int(guest.get("guest_hz", 100))
-    cpus = int(guest.get("cpus", 1))
-    rows = []
-    index = os.path.join(top, "index")
-    jobs = []
-    if os.path.exists(index):
-        with open(index) as f:
-            jobs = [line.split() for line in f if line.strip()]
-    for device, workload in jobs:
-        base = os.path.join(top, device, workload)
-        try:
-            fio = load_fio(base + ".json")
-            row = derive(fio, parse_cpu(base + ".cpu"), guest_hz, cpus)
-        except (OSError, ValueError, KeyError) as e:
-            print(f"bench-report: {device} {workload}: {e}", file=sys.stderr)
-            continue
-        row = {"device": device, "workload": workload, **row}
-        space = read_env(base + ".space")
-        if space.get("logical_bytes") and space.get("physical_bytes"):
-            logical, physical = int(space["logical_bytes"]), int(space["physical_bytes"])
-            row["space"] = {
-                "logical_bytes": logical,
-                "physical_bytes": physical,
-                "saved": 1 - physical / logical if logical else None,
-                "raw": space,
-            }
-        row["fio"] = fio
-        rows.append(row)
+def compare(by_key, subject, baseline, workload):
+    s, b = by_key.get((subject, workload)), by_key.get((baseline, workload))
+    if not s or not b:
+        return None
+    out = {"subject": subject, "baseline": baseline, "workload": workload}
+    for m in ("iops", "mb_per_s", "lat_mean_us", "guest_cpu_us_per_io", "guest_sched_us_per_io",
+              "host_cpu_us_per_io", "guest_sched_us_per_mb", "host_cpu_us_per_mb"):
+        out[m] = ratio(median(s, m), median(b, m))
+    return out
 
-    # The guest interleaves devices within each workload; the table groups
-    # by device (stable sort: workloads keep their order).
-    devices = list(dict.fromkeys(r["device"] for r in rows))
-    rows.sort(key=lambda r: devices.index(r["device"]))
-    by_key = {(r["device"], r["workload"]): r for r in rows}
-    workloads = list(dict.fromkeys(r["workload"] for r in rows))
-    comparisons = []
-    for subject, baseline in COMPARISONS:
-        for w in workloads:
-            s, b = by_key.get((subject, w)), by_key.get((baseline, w))
-            if not s or not b:
-                continue
-            comparisons.append({
-                "subject": subject,
-                "baseline": baseline,
-                "workload": w,
-                "iops": ratio(s["iops"], b["iops"]),
-                "guest_cpu_per_io": ratio(s["guest_cpu_us_per_io"], b["guest_cpu_us_per_io"]),
-                "guest_sched_per_io": ratio(s["guest_sched_us_per_io"], b["guest_sched_us_per_io"]),
-                "host_cpu_per_io": ratio(s["host_cpu_us_per_io"], b["host_cpu_us_per_io"]),
-            })
-    ratios = [{k: v for k, v in c.items() if k not in ("subject", "baseline")}
-              for c in comparisons if (c["subject"], c["baseline"]) == (SUBJECT, BASELINE)]
 
-    s, b = by_key.get((SUBJECT, TARGET_WORKLOAD)), by_key.get((BASELINE, TARGET_WORKLOAD))
-    if s and b:
-        r = s["iops"] / b["iops"] if b["iops"] else 0
-        verdict = "target met" if r >= TARGET_RATIO else "target missed"
-        target = {"workload": TARGET_WORKLOAD, "want": TARGET_RATIO, "ratio": r,
-                  "subject_iops": s["iops"], "baseline_iops": b["iops"], "verdict": verdict}
-        target_line = (f"{verdict}: {TARGET_WORKLOAD} {SUBJECT} {s['iops']:,.0f} IOPS vs "
-                       f"{BASELINE} {b['iops']:,.0f} IOPS = {r:.2f}x (target >= {TARGET_RATIO}x)")
-    else:
-        target = {"workload": TARGET_WORKLOAD, "verdict": "not evaluated"}
-        target_line = f"target not evaluated: {TARGET_WORKLOAD} missing for {SUBJECT} or {BASELINE}"
+def evaluate(target, by_key):
+    """A target's verdict from the medians of its two rows."""
+    t = dict(target)
+    s, b = by_key.get((t["subject"], t["workload"])), by_key.get((t["baseline"], t["workload"]))
+    sv, bv = median(s, t["metric"]), median(b, t["metric"])
+    measured = ratio(sv, bv)
+    want = f"{t['op']} {t['want']:g}x"
+    if measured is None:
+        t.update({"measured": None, "verdict": "not evaluated"})
+        t["line"] = (f"{t['workload']} {t['subject']} vs {t['baseline']} {t['metric']} "
+                     f"(issue {'/'.join(map(str, t['issues']))})")
+        return t
+    met = measured >= t["want"] if t["op"] == ">=" else measured <= t["want"]
+    digits = {"iops": 0, "space_saved": 3}.get(t["metric"], 1)
+    ss, bs = s["stats"][t["metric"]], b["stats"][t["metric"]]
+    # The ratio's spread over the repetitions: worst and best pairing.
+    spread = sorted(x for x in (ratio(ss["min"], bs["max"]), ratio(ss["max"], bs["min"]))
+                    if x is not None)
+    t.update({"measured": measured, "subject_value": sv, "baseline_value": bv,
+              "ratio_range": spread, "verdict": "met" if met else "missed"})
+    t["line"] = (f"target {t['verdict']}: {t['workload']} {t['subject']} vs {t['baseline']}, "
+                 f"{t['goal']}: {fmt(sv, digits)} vs {fmt(bv, digits)} {t['metric']} (medians) = "
+                 f"{measured:.2f}x (target {want}"
+                 + (f"; {spread[0]:.2f}-{spread[-1]:.2f}x over the repetitions" if spread else "")
+                 + f"; issue {'/'.join(map(str, t['issues']))})")
+    return t
 
-    # The guest's CPU with no job running (all devices set up).
-    idle = None
-    if os.path.exists(os.path.join(top, "idle.cpu")):
-        try:
-            ((g0, _), (g1, _)), _ = parse_cpu(os.path.join(top, "idle.cpu"))
-            window = g1["wall"] - g0["wall"]
-            idle = {"seconds": window,
-                    "guest_busy_cpus": sum(g1[k] - g0[k] for k in BUSY) / guest_hz / window,
-                    "guest_sched_cpus": (g1["sched_ns"] - g0["sched_ns"]) / 1e9 / window}
-        except (OSError, ValueError, KeyError, ZeroDivisionError) as e:
-            print(f"bench-report: idle.cpu: {e}", file=sys.stderr)
-    targets = [target] + service_targets(by_key)
+
+def fmt(value, digits=0):
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def cell(stats, metric, digits=0, scale=1.0):
+    """'median (min-max)' of a row's metric, or the median alone with one
+    repetition."""
+    s = stats.get(metric)
+    if not s:
+        return "-"
+    if s["n"] == 1 or s["min"] == s["max"]:
+        return fmt(s["median"] * scale, digits)
+    return (f"{fmt(s['median'] * scale, digits)} ({fmt(s['min'] * scale, digits)}–"
+            f"{fmt(s['max'] * scale, digits)})")
+
+
+def tcg_note(accel):
+    if accel == "kvm":
+        return ("The guest ran under KVM: its code ran natively, like dpuemu's; host QEMU CPU is "
+                "device emulation and vCPU time.")
+    return ("Under TCG the guest's code (fio, io_uring, the block layer, the drivers, and md, "
+            "dm-thin, dm-vdo and dm-crypt in the Linux rows) is emulated by QEMU's vCPU threads, "
+            "while dpuemu runs natively on the host; host QEMU CPU contains the guest's. Ratios "
+            "of a dpublk row to a Linux stack compare emulated code with native code.")
+
+
+def render(meta, rows, comparisons, cross, targets, idle, reps):
+    host, guest = meta["host"], meta["guest"]
     md = []
-    md.append(f"fio, io_uring, direct=1, 1 job; {guest.get('runtime', '?')} s measured after "
-              f"{guest.get('ramp', '?')} s ramp (data-service rows: "
-              f"{guest.get('service_runtime', '?')} s); guest {guest.get('cpus', '?')} vCPUs "
-              f"({guest.get('accel', '?')}), kernel {guest.get('kernel', '?')}; devices "
-              f"{host.get('size', '?')} (data-service rows: {host.get('service_size', '?')}); "
-              f"{host.get('ssds', '?')} SSD functions; host {host.get('host_cpu', '?')}, "
-              f"{host.get('host_cpus', '?')} CPUs, load average {host.get('loadavg_start', '?')} "
-              f"at the start, {host.get('loadavg_end', '?')} at the end; {host.get('git', '?')}")
+    md.append(f"fio, io_uring, direct=1, 1 job; {guest.get('reps', '1')} repetitions of "
+              f"{guest.get('runtime', '?')} s measured after {guest.get('ramp', '?')} s ramp "
+              f"(data-service rows: {guest.get('service_runtime', '?')} s); guest "
+              f"{guest.get('cpus', '?')} vCPUs ({guest.get('accel', '?')}), kernel "
+              f"{guest.get('kernel', '?')}; devices {host.get('size', '?')} (data-service rows: "
+              f"{host.get('service_size', '?')}); {host.get('ssds', '?')} SSD functions; host "
+              f"{host.get('host_cpu', '?')}, {host.get('host_cpus', '?')} CPUs, load average "
+              f"{host.get('loadavg_start', '?')} at the start, {host.get('loadavg_end', '?')} at "
+              f"the end; started {host.get('started', '?')}, VM run {host.get('wall_seconds', '?')} "
+              f"s; {host.get('git', '?')}")
+    md.append("")
+    md.append(tcg_note(guest.get("accel")))
+    md.append("")
+    md.append("Cells: median (min–max) over the repetitions; ratios are of medians.")
     if idle:
         md.append("")
         md.append(f"Guest CPU with no job running (every device set up, {idle['seconds']:.0f} s): "
@@ -328,55 +509,165 @@ def main():
                   f"{idle['guest_sched_cpus'] * 1000:,.0f} ms/s (sched); every window holds it, "
                   "so it weighs most on the rows with the fewest I/Os per second.")
     md.append("")
-    md.append("| device | workload | IOPS | MB/s | p50 clat µs | p99 clat µs | guest CPU µs/IO "
-              "| guest sched µs/IO | host QEMU µs/IO | host dpuemu µs/IO | host total µs/IO |")
-    md.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    md.append("| device | workload | n | IOPS | MB/s | mean lat µs | p99 clat µs | p99.9 clat µs "
+              "| guest sched µs/IO | guest CPU µs/IO | host QEMU µs/IO | host dpuemu µs/IO "
+              "| host total µs/IO | stalls |")
+    md.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+              "| ---: | --- |")
     for r in rows:
-        md.append(f"| {r['device']} | {r['workload']} | {fmt(r['iops'])} | {fmt(r['mb_per_s'], 1)} "
-                  f"| {fmt(r['clat_p50_us'], 1)} | {fmt(r['clat_p99_us'], 1)} "
-                  f"| {fmt(r['guest_cpu_us_per_io'], 1)} | {fmt(r['guest_sched_us_per_io'], 1)} "
-                  f"| {fmt(r['host_qemu_us_per_io'], 1)} "
-                  f"| {fmt(r['host_dpuemu_us_per_io'], 1)} | {fmt(r['host_cpu_us_per_io'], 1)} |")
+        st = r["stats"]
+        md.append(f"| {r['device']} | {r['workload']} | {len(r['reps'])} | {cell(st, 'iops')} "
+                  f"| {cell(st, 'mb_per_s', 1)} | {cell(st, 'lat_mean_us', 1)} "
+                  f"| {cell(st, 'clat_p99_us', 1)} | {cell(st, 'clat_p999_us', 1)} "
+                  f"| {cell(st, 'guest_sched_us_per_io', 1)} | {cell(st, 'guest_cpu_us_per_io', 1)} "
+                  f"| {cell(st, 'host_qemu_us_per_io', 1)} | {cell(st, 'host_dpuemu_us_per_io', 1)} "
+                  f"| {cell(st, 'host_cpu_us_per_io', 1)} "
+                  f"| {', '.join('#' + str(n) for n in r['stalls']) or '-'} |")
     if comparisons:
         md.append("")
-        # Guest and host CPU are not added up: under TCG the host's QEMU time
-        # contains the guest's.
-        md.append("| ratio | workload | IOPS | guest CPU per I/O | guest sched per I/O "
-                  "| host CPU per I/O |")
+        md.append("| ratio of medians | workload | IOPS | guest sched per I/O | guest CPU per I/O "
+                  "| host total CPU per I/O |")
         md.append("| --- | --- | ---: | ---: | ---: | ---: |")
         for q in comparisons:
             md.append(f"| {q['subject']} / {q['baseline']} | {q['workload']} | {fmt(q['iops'], 2)} "
-                      f"| {fmt(q['guest_cpu_per_io'], 2)} | {fmt(q['guest_sched_per_io'], 2)} "
-                      f"| {fmt(q['host_cpu_per_io'], 2)} |")
-    spaced = [r for r in rows if "space" in r]
+                      f"| {fmt(q['guest_sched_us_per_io'], 2)} | {fmt(q['guest_cpu_us_per_io'], 2)} "
+                      f"| {fmt(q['host_cpu_us_per_io'], 2)} |")
+    if cross:
+        md.append("")
+        md.append("CPU per byte of the cross-stack rows (µs per MB moved, medians): the guest's "
+                  "own CPU beside the host's total (QEMU, which under TCG includes the emulated "
+                  "guest, plus dpuemu, which runs the dpublk rows' data services natively).")
+        md.append("")
+        md.append("| device | workload | MB/s | guest sched µs/MB | host QEMU µs/MB "
+                  "| host dpuemu µs/MB | host total µs/MB |")
+        md.append("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        for c in cross:
+            for r in (c["subject_row"], c["baseline_row"]):
+                st = r["stats"]
+                md.append(f"| {r['device']} | {c['workload']} | {cell(st, 'mb_per_s', 1)} "
+                          f"| {cell(st, 'guest_sched_us_per_mb')} | {cell(st, 'host_qemu_us_per_mb')} "
+                          f"| {cell(st, 'host_dpuemu_us_per_mb')} | {cell(st, 'host_cpu_us_per_mb')} |")
+            md.append(f"| {c['subject']} / {c['baseline']} | {c['workload']} "
+                      f"| {fmt(c['mb_per_s'], 2)}x | {fmt(c['guest_sched_us_per_mb'], 2)}x | | "
+                      f"| {fmt(c['host_cpu_us_per_mb'], 2)}x |")
+    spaced = [r for r in rows if "space_saved" in r["stats"]]
     if spaced:
         md.append("")
-        md.append("| device | workload | logical MiB | physical MiB | space saved |")
-        md.append("| --- | --- | ---: | ---: | ---: |")
+        md.append("| device | workload | space saved % |")
+        md.append("| --- | --- | ---: |")
         for r in spaced:
-            sp = r["space"]
-            md.append(f"| {r['device']} | {r['workload']} | {fmt(sp['logical_bytes'] / 2**20, 1)} "
-                      f"| {fmt(sp['physical_bytes'] / 2**20, 1)} "
-                      f"| {fmt(sp['saved'] * 100 if sp['saved'] is not None else None, 1)} % |")
-    for r in rows:
+            md.append(f"| {r['device']} | {r['workload']} | {cell(r['stats'], 'space_saved', 1, 100)} |")
+    md.append("")
+    md.append(f"Repetitions in the order they ran in the VM (a stall is below "
+              f"{STALL_SHARE:g} of its row's median IOPS; host other = CPUs busy on the host "
+              "with processes other than QEMU and dpuemu during the window):")
+    md.append("")
+    md.append("| # | device | workload | rep | IOPS | of median | p99 µs | p99.9 µs | host other CPUs "
+              "| host steal CPUs | new guest log lines | |")
+    md.append("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for r in sorted(reps, key=lambda r: r["seq"]):
+        hw = r["host_window"] or {}
+        gs = r["guest_state"] or {"dmesg": []}
+        md.append(f"| {r['seq']} | {r['device']} | {r['workload']} | {r['rep']} | {fmt(r['iops'])} "
+                  f"| {fmt(r['iops_share_of_median'], 2)} | {fmt(r['clat_p99_us'], 1)} "
+                  f"| {fmt(r['clat_p999_us'], 1)} | {fmt(hw.get('other_cpus'), 2)} "
+                  f"| {fmt(hw.get('steal_cpus'), 2)} | {len(gs['dmesg'])} "
+                  f"| {'STALL' if r['stall'] else ''} |")
+    for r in sorted(reps, key=lambda r: r["seq"]):
         if r["window"]["fio_running_at_end"] is False:
             md.append("")
-            md.append(f"note: {r['device']} {r['workload']}: fio ended inside the CPU window, "
-                      "so its CPU figures include fio's exit")
+            md.append(f"note: {r['device']} {r['workload']} #{r['rep']}: fio ended inside the CPU "
+                      "window, so its CPU figures include fio's exit")
+    stalls = [r for r in sorted(reps, key=lambda r: r["seq"]) if r["stall"]]
     md.append("")
-    md.append(target_line)
-    for t in targets[1:]:
-        md.append(t["line"])
-    text = "\n".join(md) + "\n"
+    if not stalls:
+        md.append("stalls: none")
+    for r in stalls:
+        hw = r["host_window"]
+        gs = r["guest_state"] or {"dmesg": []}
+        host_part = (f"other host processes used {hw['other_cpus']:.2f} CPUs and the hypervisor "
+                     f"stole {hw['steal_cpus']:.2f} during it (load average up to "
+                     f"{fmt(hw['loadavg_max'], 2)})" if hw else "no host samples for its window")
+        log_part = (f"{len(gs['dmesg'])} new guest kernel log lines (first: {gs['dmesg'][0]})"
+                    if gs["dmesg"] else "no new guest kernel log lines")
+        before = r["ran_before"]
+        md.append(f"STALL: {r['device']} {r['workload']} #{r['rep']} (job {r['seq']} of the run): "
+                  f"{fmt(r['iops'])} IOPS, {fmt(r['iops_share_of_median'], 2)} of the row's median; "
+                  f"p99 {fmt(r['clat_p99_us'])} µs, p99.9 {fmt(r['clat_p999_us'])} µs; {host_part}; "
+                  f"{log_part}; {len(before)} jobs ran before it in this VM"
+                  + (f", the last: {'; '.join(before[-3:])}" if before else "")
+                  + " (all in results.json)")
+    md.append("")
+    for t in targets:
+        if t["verdict"] != "not evaluated":
+            md.append(t["line"])
+    missing = [t["line"] for t in targets if t["verdict"] == "not evaluated"]
+    if missing:
+        md.append(f"targets not evaluated (a row missing from this run): {'; '.join(missing)}")
+    return "\n".join(md) + "\n"
 
+
+def idle_cpu(top, guest_hz):
+    """The guest's CPU with no job running (all devices set up)."""
+    path = os.path.join(top, "idle.cpu")
+    if not os.path.exists(path):
+        return None
+    try:
+        ((g0, _), (g1, _)), _ = parse_cpu(path)
+        window = g1["wall"] - g0["wall"]
+        return {"seconds": window,
+                "guest_busy_cpus": sum(g1[k] - g0[k] for k in BUSY) / guest_hz / window,
+                "guest_sched_cpus": (g1["sched_ns"] - g0["sched_ns"]) / 1e9 / window}
+    except (OSError, ValueError, KeyError, ZeroDivisionError) as e:
+        print(f"bench-report: idle.cpu: {e}", file=sys.stderr)
+        return None
+
+
+def report(top):
+    """Writes results.json and results.md into TOP; returns the markdown and
+    the results."""
+    host = read_env(os.path.join(top, "host.env"))
+    guest = read_env(os.path.join(top, "guest.env"))
+    guest_hz = int(guest.get("guest_hz", 100))
+    cpus = int(guest.get("cpus", 1))
+    samples = parse_host_samples(os.path.join(top, "host-samples"))
+    reps = load_reps(top, guest_hz, cpus, samples)
+    rows = build_rows(reps)
+    by_key = {(r["device"], r["workload"]): r for r in rows}
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    comparisons = [c for s, b in COMPARISONS for w in workloads if (c := compare(by_key, s, b, w))]
+    cross = []
+    for s, b in CROSS_STACK:
+        for w in workloads:
+            c = compare(by_key, s, b, w)
+            if c:
+                cross.append({**c, "subject_row": by_key[(s, w)], "baseline_row": by_key[(b, w)]})
+    targets = [evaluate(t, by_key) for t in TARGETS]
+    idle = idle_cpu(top, guest_hz)
+    text = render({"host": host, "guest": guest}, rows, comparisons, cross, targets, idle, reps)
+    results = {
+        "host": host, "guest": guest, "stall_share": STALL_SHARE, "idle": idle,
+        "rows": rows, "comparisons": comparisons,
+        "cross_stack": [{k: v for k, v in c.items() if not k.endswith("_row")} for c in cross],
+        "targets": targets,
+        "stalls": [{"device": r["device"], "workload": r["workload"], "rep": r["rep"],
+                    "seq": r["seq"], "iops": r["iops"], "share": r["iops_share_of_median"],
+                    "ran_before": r["ran_before"]} for r in reps if r["stall"]],
+    }
     with open(os.path.join(top, "results.md"), "w") as f:
         f.write(text)
     with open(os.path.join(top, "results.json"), "w") as f:
-        json.dump({"host": host, "guest": guest, "rows": rows, "ratios": ratios,
-                   "comparisons": comparisons, "target": target, "targets": targets,
-                   "idle": idle}, f, indent=1)
+        json.dump(results, f, indent=1)
+    return text, results
+
+
+def main():
+    if len(sys.argv) != 2 or not os.path.isdir(sys.argv[1]):
+        print(__doc__, file=sys.stderr)
+        return 2
+    text, results = report(sys.argv[1])
     print(text, end="")
-    return 0 if rows else 1
+    return 0 if results["rows"] else 1
 
 
 if __name__ == "__main__":

@@ -1,18 +1,22 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
 # The benchmark, inside the VM (started by scripts/bench.sh): fio on each
-# device of the DEVICES table with each workload of the WORKLOADS table, with
-# guest and host CPU sampled around the steady part of every job. Writes
-# $DPUBLK_OUTPUT_DIR/<device>/<workload>.json (fio's JSON report) and
-# <workload>.cpu (the CPU and I/O counters at both ends of the window); the
-# host turns them into tables (scripts/bench-report.py).
+# device of the DEVICES table with each workload of the WORKLOADS table,
+# DPUBLK_BENCH_REPS times, with guest and host CPU sampled around the steady
+# part of every repetition. Writes $DPUBLK_OUTPUT_DIR/<device>/<workload>.r<N>.json
+# (fio's JSON report of repetition N), .cpu (the CPU and I/O counters at
+# both ends of the window) and .state (the guest's memory, load and new
+# kernel log lines before and after it), and appends one line per
+# repetition to $DPUBLK_OUTPUT_DIR/index in the order they ran; the host
+# turns them into tables (scripts/bench-report.py).
 #
 # Settings (from $DPUBLK_OUTPUT_DIR/settings.env): DPUBLK_BENCH_RUNTIME (measured seconds per job,
 # default 10), DPUBLK_BENCH_SERVICE_RUNTIME (the same for the data-service
 # rows, default 8), DPUBLK_BENCH_RAMP (seconds before measuring, default 2),
+# DPUBLK_BENCH_REPS (repetitions of every job, default 3),
 # DPUBLK_BENCH_SERVICE_SIZE_MB (size of the data-service rows' volumes),
 # BENCH_SSDS_<group> (the SSD indices scripts/bench.sh gave each group of
-# rows), DPUBLK_BENCH_DEVICES and DPUBLK_BENCH_WORKLOADS (subsets by label).
+# rows), DPUBLK_BENCH_ROWS and DPUBLK_BENCH_WORKLOADS (subsets by label).
 set -u
 . "$DPUBLK_TOP/selftests/dpublk/test_common.sh"
 . "$DPUBLK_TOP/selftests/dpublk/dpublk_disk_common.sh"
@@ -23,6 +27,8 @@ out=${DPUBLK_OUTPUT_DIR:?no output directory (run by scripts/bench.sh)}
 runtime=${DPUBLK_BENCH_RUNTIME:-10}
 svc_runtime=${DPUBLK_BENCH_SERVICE_RUNTIME:-8}
 ramp=${DPUBLK_BENCH_RAMP:-2}
+reps=${DPUBLK_BENCH_REPS:-3}
+[[ $reps =~ ^[1-9][0-9]*$ ]] || { echo "DPUBLK_BENCH_REPS must be a positive integer, not '$reps'" >&2; exit 1; }
 svc_mb=${DPUBLK_BENCH_SERVICE_SIZE_MB:-512}
 cd /tmp || exit 1
 
@@ -344,23 +350,38 @@ sample() {
 	printf 'guest_before=%s\nhost=%s\nguest_after=%s\n' "$before" "$host" "$after"
 }
 
-# run_job LABEL DEV WORKLOAD...: one fio job. The CPU window opens after the
-# ramp and closes while fio is still running, so it covers only steady I/O;
-# then fio is stopped (SIGINT: it still writes its report), so fio's numbers
-# cover about the same time as the window, however long the host agent took
-# to answer.
+# guest_state: what earlier jobs may have left behind in the guest, one
+# key=value per line: memory (free, page cache, dirty and under writeback),
+# slab, the load average and the kernel log's length. Read before and after
+# every repetition, so a slow one can be traced to the state it started in.
+guest_state() {
+	awk '$1 ~ /^(MemFree|Cached|Dirty|Writeback|Slab):$/ { sub(":", "", $1); print "mem." $1 "_kb=" $2 }' /proc/meminfo
+	echo "loadavg=$(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "dmesg_lines=$(dmesg | wc -l)"
+}
+
+# run_job LABEL DEV WORKLOAD RW BS QD EXTRA SPACE REP: repetition REP of one
+# fio job. The CPU window opens after the ramp and closes while fio is still
+# running, so it covers only steady I/O; then fio is stopped (SIGINT: it
+# still writes its report), so fio's numbers cover about the same time as
+# the window, however long the host agent took to answer.
 run_job() {
-	local label=$1 dev=$2 name=$3 rw=$4 bs=$5 qd=$6 extra=$7 space=$8 dir="$out/$1" pid i before now running
+	local label=$1 dev=$2 name=$3 rw=$4 bs=$5 qd=$6 extra=$7 space=$8 rep=$9 dir="$out/$1"
+	local pid i before now running base started lines
 	local runtime=$runtime opts=()
 	[[ $BASE_ROWS == *" $label "* ]] || runtime=$svc_runtime
 	[ "$extra" = - ] || IFS=, read -r -a opts <<<"$extra"
 	mkdir -p "$dir"
+	base=$dir/$name.r$rep
+	guest_state | sed 's/^/before./' >"$base.state"
+	lines=$(dmesg | wc -l)
+	started=$EPOCHREALTIME
 	before=$(counters "$dev" | awk '{ print $8 + $9 }')
 	# The runtime is only a safety stop; SIGINT ends the job.
 	fio --name="$name" --filename="$dev" --ioengine=io_uring --direct=1 --rw="$rw" --bs="$bs" \
 		--iodepth="$qd" --numjobs=1 --time_based=1 --ramp_time="$ramp" --runtime=$((runtime + 120)) \
 		--size=100% --norandommap=1 --randrepeat=0 "${opts[@]}" --output-format=json \
-		--output="$dir/$name.json" >"$dir/$name.log" 2>&1 &
+		--output="$base.json" >"$base.log" 2>&1 &
 	pid=$!
 	# Under TCG fio takes a while to start: wait for its first I/O.
 	for i in $(seq 1 300); do
@@ -380,26 +401,34 @@ run_job() {
 		# fio must still be running when the window closes, or its tail
 		# (and fio's exit) would be in it.
 		kill -0 $pid 2>/dev/null && echo "fio_running_at_end=1" || echo "fio_running_at_end=0"
-	} >"$dir/$name.cpu.tmp" || { kill $pid 2>/dev/null; wait $pid; msg "$label $name: sampling failed"; return 1; }
-	mv "$dir/$name.cpu.tmp" "$dir/$name.cpu"
+	} >"$base.cpu.tmp" || { kill $pid 2>/dev/null; wait $pid; msg "$label $name #$rep: sampling failed"; return 1; }
+	mv "$base.cpu.tmp" "$base.cpu"
 	running=0
 	kill -INT $pid 2>/dev/null && running=1
 	wait $pid
-	[ $running = 1 ] || msg "$label $name: fio ended inside the CPU window"
+	[ $running = 1 ] || msg "$label $name #$rep: fio ended inside the CPU window"
+	{
+		guest_state | sed 's/^/after./'
+		# Kernel messages that appeared during the job (a timeout, a hung
+		# task, a reset) explain a slow repetition.
+		dmesg | tail -n +$((lines + 1)) | sed 's/^/dmesg=/'
+	} >>"$base.state"
 	# After SIGINT fio exits non-zero; its report tells whether I/O failed.
-	if [ "$(sed -n '/^{/,$p' "$dir/$name.json" | jq '.jobs[0].error' 2>/dev/null)" != 0 ]; then
-		msg "$label $name: fio failed"
-		tail -5 "$dir/$name.log" >&2
+	if [ "$(sed -n '/^{/,$p' "$base.json" | jq '.jobs[0].error' 2>/dev/null)" != 0 ]; then
+		msg "$label $name #$rep: fio failed"
+		tail -5 "$base.log" >&2
 		return 1
 	fi
 	if [ "$space" != - ]; then
 		# What the job left stored: flushed first, so nothing waits in a
 		# cache or a packer.
 		python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY); os.fsync(fd)' "$dev"
-		$space "$dev" >"$dir/$name.space" || msg "$label $name: no space figures"
+		$space "$dev" >"$base.space" || msg "$label $name #$rep: no space figures"
 	fi
-	echo "$label $name" >>"$out/index"
-	msg "$label $name: $(sed -n '/^{/,$p' "$dir/$name.json" | jq -r '.jobs[0] | "\((.read.iops + .write.iops) | floor) IOPS"')"
+	# The index is the run order: the report lists, for every repetition,
+	# the jobs that ran before it in this VM.
+	echo "$label $name $rep $started" >>"$out/index"
+	msg "$label $name #$rep: $(sed -n '/^{/,$p' "$base.json" | jq -r '.jobs[0] | "\((.read.iops + .write.iops) | floor) IOPS"')"
 }
 
 wanted() { # wanted LABEL LIST: LIST empty or containing LABEL
@@ -415,6 +444,7 @@ wanted() { # wanted LABEL LIST: LIST empty or containing LABEL
 	echo "service_runtime=$svc_runtime"
 	echo "service_size_mb=$svc_mb"
 	echo "ramp=$ramp"
+	echo "reps=$reps"
 	echo "guest_hz=$(getconf CLK_TCK)"
 } >"$out/guest.env"
 
@@ -426,7 +456,7 @@ status=0
 ready=()
 for row in "${DEVICES[@]}"; do
 	read -r label setup workloads space <<<"$row"
-	wanted "$label" "${DPUBLK_BENCH_DEVICES:-}" || continue
+	wanted "$label" "${DPUBLK_BENCH_ROWS:-}" || continue
 	msg "setting up $label"
 	if ! dev=$($setup); then
 		msg "$label: setup failed, skipped: $dev"
@@ -459,15 +489,20 @@ if [ ${#ready[@]} -gt 0 ]; then
 		sample "$idle_dev"
 	} >"$out/idle.cpu" || rm -f "$out/idle.cpu"
 fi
+# Each workload runs REPS rounds, and every round runs it on each device in
+# turn: a change on the host (other work, page cache) hits all devices of a
+# round alike instead of all repetitions of one device.
 for w in "${WORKLOADS[@]}"; do
 	read -r name rw bs qd extra <<<"$w"
 	wanted "$name" "${DPUBLK_BENCH_WORKLOADS:-}" || continue
-	for row in "${ready[@]}"; do
-		read -r label dev workloads space <<<"$row"
-		# "all" means the six plain workloads; the -dedup one only where named.
-		if [ "$workloads" = all ]; then [ "$extra" = - ] || continue
-		else [[ " ${workloads//,/ } " == *" $name "* ]] || continue; fi
-		run_job "$label" "$dev" "$name" "$rw" "$bs" "$qd" "$extra" "$space" || status=1
+	for rep in $(seq 1 "$reps"); do
+		for row in "${ready[@]}"; do
+			read -r label dev workloads space <<<"$row"
+			# "all" means the six plain workloads; the -dedup one only where named.
+			if [ "$workloads" = all ]; then [ "$extra" = - ] || continue
+			else [[ " ${workloads//,/ } " == *" $name "* ]] || continue; fi
+			run_job "$label" "$dev" "$name" "$rw" "$bs" "$qd" "$extra" "$space" "$rep" || status=1
+		done
 	done
 done
 exit $status
