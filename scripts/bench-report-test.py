@@ -79,7 +79,8 @@ class ResultsDir:
             f.write(cpu if cpu is not None else
                     cpu_file(iops * WINDOW, size, sched_s * 0.8, sched_s, qemu_s, dpuemu_s))
         with open(base + ".state", "w") as f:
-            f.write("before.loadavg=0.5 0.4 0.3\nafter.loadavg=0.6 0.4 0.3\n")
+            f.write("before.mem.MemFree_kb=204800\nbefore.mem.Dirty_kb=3072\n"
+                    "before.loadavg=0.5 0.4 0.3\nafter.loadavg=0.6 0.4 0.3\n")
             f.writelines(f"dmesg={line}\n" for line in dmesg)
         if space:
             with open(base + ".space", "w") as f:
@@ -158,7 +159,8 @@ class BenchReportTest(unittest.TestCase):
         self.assertEqual(len(line), 1)
         self.assertIn("qemu-nvme randread-4k-qd32 #2 (job 4 of the run)", line[0])
         self.assertIn("p99.9 800,000 µs", line[0])
-        self.assertIn("1 new guest kernel log lines (first: nvme nvme1: I/O tag 3 timeout)", line[0])
+        self.assertIn("1 new guest kernel log lines (first: nvme nvme1: I/O tag 3 timeout); the guest "
+                      "before it: 200 MiB free, 3 MiB dirty, load average 0.5 0.4 0.3", line[0])
         self.assertIn("the last: dpublk randread-4k-qd32 #1; qemu-nvme randread-4k-qd32 #1; "
                       "dpublk randread-4k-qd32 #2", line[0])
 

@@ -590,6 +590,10 @@ def render(meta, rows, comparisons, cross, targets, idle, reps):
                      f"{fmt(hw['loadavg_max'], 2)})" if hw else "no host samples for its window")
         log_part = (f"{len(gs['dmesg'])} new guest kernel log lines (first: {gs['dmesg'][0]})"
                     if gs["dmesg"] else "no new guest kernel log lines")
+        if "before.mem.MemFree_kb" in gs:
+            log_part += (f"; the guest before it: {int(gs['before.mem.MemFree_kb']) // 1024} MiB free, "
+                         f"{int(gs.get('before.mem.Dirty_kb', 0)) // 1024} MiB dirty, load average "
+                         f"{gs.get('before.loadavg', '?')}")
         before = r["ran_before"]
         md.append(f"STALL: {r['device']} {r['workload']} #{r['rep']} (job {r['seq']} of the run): "
                   f"{fmt(r['iops'])} IOPS, {fmt(r['iops_share_of_median'], 2)} of the row's median; "

@@ -14,7 +14,7 @@
 #                      tables of scripts/guest/bench.sh (default: all)
 # --reps N             repetitions of every job (default 3)
 # --runtime S          measured seconds of every job, the data-service rows'
-#                      too (default 10 and 8)
+#                      too (default 6 and 5)
 # --quick              a short check of the whole chain: rows dpublk and
 #                      qemu-nvme, randread-4k-qd32, 3 repetitions of 3 s
 #                      after 1 s of ramp, 256M devices (options after it
@@ -32,9 +32,9 @@
 #   DPUBLK_BENCH_SERVICE_SIZE
 #                          size of the data-service rows' volumes (RAID6,
 #                          EC, thin, dedup, encryption; default 512M)
-#   DPUBLK_BENCH_RUNTIME   measured seconds per job (default 10)
+#   DPUBLK_BENCH_RUNTIME   measured seconds per job (default 6)
 #   DPUBLK_BENCH_SERVICE_RUNTIME
-#                          the same for the data-service rows (default 8)
+#                          the same for the data-service rows (default 5)
 #   DPUBLK_BENCH_RAMP      seconds of each job before measuring (default 2)
 . "$(dirname "$0")/lib.sh"
 
@@ -77,8 +77,8 @@ for w in ${DPUBLK_BENCH_WORKLOADS:-}; do
 		die "unknown workload '$w' (workloads: $(table_labels WORKLOADS | xargs))"
 done
 positive DPUBLK_BENCH_REPS "${DPUBLK_BENCH_REPS:-3}"
-positive DPUBLK_BENCH_RUNTIME "${DPUBLK_BENCH_RUNTIME:-10}"
-positive DPUBLK_BENCH_SERVICE_RUNTIME "${DPUBLK_BENCH_SERVICE_RUNTIME:-8}"
+positive DPUBLK_BENCH_RUNTIME "${DPUBLK_BENCH_RUNTIME:-6}"
+positive DPUBLK_BENCH_SERVICE_RUNTIME "${DPUBLK_BENCH_SERVICE_RUNTIME:-5}"
 [[ ${DPUBLK_BENCH_RAMP:-2} =~ ^[0-9]+$ ]] || die "DPUBLK_BENCH_RAMP must be a whole number, not '$DPUBLK_BENCH_RAMP'"
 
 if [ -z "${DPUBLK_IN_CHROOT:-}" ]; then
@@ -202,8 +202,8 @@ log "benchmark run ($size per device, ${DPUBLK_BENCH_REPS:-3} repetitions)"
 # The guest's settings travel in a file: vm.sh hands the guest command over
 # as one string, which would split values with spaces.
 {
-	printf 'DPUBLK_BENCH_RUNTIME=%q\n' "${DPUBLK_BENCH_RUNTIME:-10}"
-	printf 'DPUBLK_BENCH_SERVICE_RUNTIME=%q\n' "${DPUBLK_BENCH_SERVICE_RUNTIME:-8}"
+	printf 'DPUBLK_BENCH_RUNTIME=%q\n' "${DPUBLK_BENCH_RUNTIME:-6}"
+	printf 'DPUBLK_BENCH_SERVICE_RUNTIME=%q\n' "${DPUBLK_BENCH_SERVICE_RUNTIME:-5}"
 	printf 'DPUBLK_BENCH_RAMP=%q\n' "${DPUBLK_BENCH_RAMP:-2}"
 	printf 'DPUBLK_BENCH_SIZE_MB=%q\n' "$size_mb"
 	printf 'DPUBLK_BENCH_SERVICE_SIZE_MB=%q\n' "$svc_mb"

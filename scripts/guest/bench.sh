@@ -11,8 +11,8 @@
 # turns them into tables (scripts/bench-report.py).
 #
 # Settings (from $DPUBLK_OUTPUT_DIR/settings.env): DPUBLK_BENCH_RUNTIME (measured seconds per job,
-# default 10), DPUBLK_BENCH_SERVICE_RUNTIME (the same for the data-service
-# rows, default 8), DPUBLK_BENCH_RAMP (seconds before measuring, default 2),
+# default 6), DPUBLK_BENCH_SERVICE_RUNTIME (the same for the data-service
+# rows, default 5), DPUBLK_BENCH_RAMP (seconds before measuring, default 2),
 # DPUBLK_BENCH_REPS (repetitions of every job, default 3),
 # DPUBLK_BENCH_SERVICE_SIZE_MB (size of the data-service rows' volumes),
 # BENCH_SSDS_<group> (the SSD indices scripts/bench.sh gave each group of
@@ -24,8 +24,8 @@ set -u
 out=${DPUBLK_OUTPUT_DIR:?no output directory (run by scripts/bench.sh)}
 # shellcheck source=/dev/null # written by scripts/bench.sh
 [ -f "$out/settings.env" ] && . "$out/settings.env"
-runtime=${DPUBLK_BENCH_RUNTIME:-10}
-svc_runtime=${DPUBLK_BENCH_SERVICE_RUNTIME:-8}
+runtime=${DPUBLK_BENCH_RUNTIME:-6}
+svc_runtime=${DPUBLK_BENCH_SERVICE_RUNTIME:-5}
 ramp=${DPUBLK_BENCH_RAMP:-2}
 reps=${DPUBLK_BENCH_REPS:-3}
 [[ $reps =~ ^[1-9][0-9]*$ ]] || { echo "DPUBLK_BENCH_REPS must be a positive integer, not '$reps'" >&2; exit 1; }
