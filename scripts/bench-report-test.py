@@ -85,7 +85,10 @@ class ResultsDir:
         if space:
             with open(base + ".space", "w") as f:
                 f.write(f"logical_bytes={space[0]}\nphysical_bytes={space[1]}\n")
-        self.index.append(f"{device} {workload} {rep} {1000.0 + len(self.index)}")
+        self.ran(device, workload, rep, "ok")
+
+    def ran(self, device, workload, rep, status):
+        self.index.append(f"{device} {workload} {rep} {1000.0 + len(self.index)} {status}")
         with open(os.path.join(self.path, "index"), "w") as f:
             f.write("\n".join(self.index) + "\n")
 
@@ -241,14 +244,33 @@ class BenchReportTest(unittest.TestCase):
         self.assertAlmostEqual(thr["measured"], 3.0)
         self.assertEqual(thr["verdict"], "met")
 
+    def test_failed_repetition_counts_in_run_order(self):
+        d = self.dir
+        d.add("dpublk", "randread-4k-qd1", 1, "randread", "4k", 1000, 1.0, 5.0)
+        d.ran("dpublk", "randread-4k-qd1", 2, "fio-failed")
+        d.add("dpublk", "randread-4k-qd1", 3, "randread", "4k", 1100, 1.0, 5.0)
+        text, results, rows = self.run_report()
+        row = rows[("dpublk", "randread-4k-qd1")]
+        self.assertEqual([r["rep"] for r in row["reps"]], [1, 3])
+        self.assertEqual(row["reps"][1]["seq"], 3)
+        self.assertEqual(row["reps"][1]["ran_before"], ["dpublk randread-4k-qd1 #1",
+                                                        "dpublk randread-4k-qd1 #2 (fio-failed)"])
+        self.assertEqual(results["failed"], [{"seq": 2, "job": "dpublk randread-4k-qd1 #2",
+                                              "status": "fio-failed"}])
+        self.assertIn("failed repetitions (no figures): job 2 dpublk randread-4k-qd1 #2 (fio-failed)",
+                      text)
+
     def test_broken_repetition_is_left_out(self):
         self.add_base_rows()
         # A fourth round whose CPU file lost its second sample.
         self.dir.add("dpublk", "randread-4k-qd32", 4, "randread", "4k", 99999, 1.0, 1.0,
                      cpu="runtime=10\nwindow_start:\nguest_before=1 2 3\n")
-        _, _, rows = self.run_report()
+        _, results, rows = self.run_report()
         self.assertEqual(rows[("dpublk", "randread-4k-qd32")]["stats"]["iops"]["n"], 3)
         self.assertEqual(rows[("dpublk", "randread-4k-qd32")]["stats"]["iops"]["max"], 12000)
+        self.assertEqual([(f["seq"], f["job"]) for f in results["failed"]],
+                         [(7, "dpublk randread-4k-qd32 #4")])
+        self.assertTrue(results["failed"][0]["status"].startswith("unreadable: "))
 
     def test_host_window(self):
         # QEMU uses 1.2 CPUs, everything on the host 1.7, 0.1 stolen: with

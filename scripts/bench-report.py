@@ -346,7 +346,8 @@ def ratio(a, b):
 
 
 def read_index(top):
-    """The repetitions in run order: (device, workload, rep, started)."""
+    """The repetitions in run order, failed ones included: (device,
+    workload, rep, started, status)."""
     path = os.path.join(top, "index")
     jobs = []
     if not os.path.exists(path):
@@ -354,17 +355,31 @@ def read_index(top):
     with open(path) as f:
         for line in f:
             w = line.split()
-            if len(w) >= 3:
-                jobs.append((w[0], w[1], int(w[2]), float(w[3]) if len(w) > 3 else None))
-            elif len(w) == 2:
-                # A run from before repetitions: one per job, no suffix.
-                jobs.append((w[0], w[1], 0, None))
+            try:
+                if len(w) == 5:
+                    jobs.append((w[0], w[1], int(w[2]), float(w[3]), w[4]))
+                elif len(w) == 2:
+                    # A run from before repetitions: one per job, no suffix.
+                    jobs.append((w[0], w[1], 0, None, "ok"))
+                elif w:
+                    raise ValueError("not 5 fields")
+            except ValueError as e:
+                print(f"bench-report: index: {line.strip()!r}: {e}", file=sys.stderr)
     return jobs
 
 
-def load_reps(top, guest_hz, cpus, host_samples):
-    reps = []
-    for seq, (device, workload, rep, started) in enumerate(read_index(top), 1):
+def label(device, workload, rep):
+    return f"{device} {workload} #{max(rep, 1)}"
+
+
+def load_reps(top, jobs, guest_hz, cpus, host_samples):
+    """The repetitions that produced figures, each numbered by its place in
+    the run (JOBS, from the index), and those whose files could not be
+    read."""
+    reps, unreadable = [], []
+    for seq, (device, workload, rep, started, status) in enumerate(jobs, 1):
+        if status != "ok":
+            continue
         base = os.path.join(top, device, workload + (f".r{rep}" if rep else ""))
         try:
             fio = load_fio(base + ".json")
@@ -372,6 +387,8 @@ def load_reps(top, guest_hz, cpus, host_samples):
             r = derive(fio, cpu, guest_hz, cpus)
         except (OSError, ValueError, KeyError, IndexError) as e:
             print(f"bench-report: {device} {workload} #{rep}: {e}", file=sys.stderr)
+            unreadable.append({"seq": seq, "job": label(device, workload, rep),
+                               "status": f"unreadable: {e}"})
             continue
         (_, h0), (_, h1) = cpu[0]
         r = {"device": device, "workload": workload, "rep": max(rep, 1), "seq": seq,
@@ -388,13 +405,14 @@ def load_reps(top, guest_hz, cpus, host_samples):
             r["space_saved"] = r["space"]["saved"]
         r["fio"] = fio
         reps.append(r)
-    return reps
+    return reps, unreadable
 
 
-def build_rows(reps):
+def build_rows(reps, jobs):
     """Groups the repetitions into rows (device, workload), in the order the
-    devices were set up and the workloads ran; marks stalls and what ran
-    before each repetition."""
+    devices were set up and the workloads ran; marks stalls and the jobs
+    (JOBS, from the index, failed ones too) that ran before each
+    repetition."""
     devices = list(dict.fromkeys(r["device"] for r in reps))
     workloads = list(dict.fromkeys(r["workload"] for r in reps))
     rows = {}
@@ -411,10 +429,10 @@ def build_rows(reps):
         out.append({"device": key[0], "workload": key[1], "stats": stats,
                     "stalls": [r["rep"] for r in rs if r["stall"]], "reps": rs})
     # Run order: every repetition knows the jobs that ran before it in this VM.
-    done = []
-    for r in sorted(reps, key=lambda r: r["seq"]):
-        r["ran_before"] = list(done)
-        done.append(f"{r['device']} {r['workload']} #{r['rep']}")
+    order = [label(d, w, n) + ("" if status == "ok" else f" ({status})")
+             for d, w, n, _, status in jobs]
+    for r in reps:
+        r["ran_before"] = order[:r["seq"] - 1]
     return out
 
 
@@ -485,7 +503,7 @@ def tcg_note(accel):
             "of a dpublk row to a Linux stack compare emulated code with native code.")
 
 
-def render(meta, rows, comparisons, cross, targets, idle, reps):
+def render(meta, rows, comparisons, cross, targets, idle, reps, failed):
     host, guest = meta["host"], meta["guest"]
     md = []
     md.append(f"fio, io_uring, direct=1, 1 job; {guest.get('reps', '1')} repetitions of "
@@ -578,6 +596,10 @@ def render(meta, rows, comparisons, cross, targets, idle, reps):
             md.append("")
             md.append(f"note: {r['device']} {r['workload']} #{r['rep']}: fio ended inside the CPU "
                       "window, so its CPU figures include fio's exit")
+    if failed:
+        md.append("")
+        md.append("failed repetitions (no figures): "
+                  + "; ".join(f"job {f['seq']} {f['job']} ({f['status']})" for f in failed))
     stalls = [r for r in sorted(reps, key=lambda r: r["seq"]) if r["stall"]]
     md.append("")
     if not stalls:
@@ -635,8 +657,12 @@ def report(top):
     guest_hz = int(guest.get("guest_hz", 100))
     cpus = int(guest.get("cpus", 1))
     samples = parse_host_samples(os.path.join(top, "host-samples"))
-    reps = load_reps(top, guest_hz, cpus, samples)
-    rows = build_rows(reps)
+    jobs = read_index(top)
+    reps, unreadable = load_reps(top, jobs, guest_hz, cpus, samples)
+    rows = build_rows(reps, jobs)
+    failed = sorted([{"seq": seq, "job": label(d, w, n), "status": status}
+                     for seq, (d, w, n, _, status) in enumerate(jobs, 1) if status != "ok"]
+                    + unreadable, key=lambda f: f["seq"])
     by_key = {(r["device"], r["workload"]): r for r in rows}
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
     comparisons = [c for s, b in COMPARISONS for w in workloads if (c := compare(by_key, s, b, w))]
@@ -648,12 +674,14 @@ def report(top):
                 cross.append({**c, "subject_row": by_key[(s, w)], "baseline_row": by_key[(b, w)]})
     targets = [evaluate(t, by_key) for t in TARGETS]
     idle = idle_cpu(top, guest_hz)
-    text = render({"host": host, "guest": guest}, rows, comparisons, cross, targets, idle, reps)
+    text = render({"host": host, "guest": guest}, rows, comparisons, cross, targets, idle, reps,
+                  failed)
     results = {
         "host": host, "guest": guest, "stall_share": STALL_SHARE, "idle": idle,
         "rows": rows, "comparisons": comparisons,
         "cross_stack": [{k: v for k, v in c.items() if not k.endswith("_row")} for c in cross],
         "targets": targets,
+        "failed": failed,
         "stalls": [{"device": r["device"], "workload": r["workload"], "rep": r["rep"],
                     "seq": r["seq"], "iops": r["iops"], "share": r["iops_share_of_median"],
                     "ran_before": r["ran_before"]} for r in reps if r["stall"]],

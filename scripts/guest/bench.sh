@@ -401,7 +401,13 @@ run_job() {
 		# fio must still be running when the window closes, or its tail
 		# (and fio's exit) would be in it.
 		kill -0 $pid 2>/dev/null && echo "fio_running_at_end=1" || echo "fio_running_at_end=0"
-	} >"$base.cpu.tmp" || { kill $pid 2>/dev/null; wait $pid; msg "$label $name #$rep: sampling failed"; return 1; }
+	} >"$base.cpu.tmp" || {
+		kill $pid 2>/dev/null
+		wait $pid
+		msg "$label $name #$rep: sampling failed"
+		echo "$label $name $rep $started sampling-failed" >>"$out/index"
+		return 1
+	}
 	mv "$base.cpu.tmp" "$base.cpu"
 	running=0
 	kill -INT $pid 2>/dev/null && running=1
@@ -417,6 +423,7 @@ run_job() {
 	if [ "$(sed -n '/^{/,$p' "$base.json" | jq '.jobs[0].error' 2>/dev/null)" != 0 ]; then
 		msg "$label $name #$rep: fio failed"
 		tail -5 "$base.log" >&2
+		echo "$label $name $rep $started fio-failed" >>"$out/index"
 		return 1
 	fi
 	if [ "$space" != - ]; then
@@ -425,9 +432,9 @@ run_job() {
 		python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY); os.fsync(fd)' "$dev"
 		$space "$dev" >"$base.space" || msg "$label $name #$rep: no space figures"
 	fi
-	# The index is the run order: the report lists, for every repetition,
-	# the jobs that ran before it in this VM.
-	echo "$label $name $rep $started" >>"$out/index"
+	# The index is the run order, failed repetitions included: the report
+	# lists, for every repetition, the jobs that ran before it in this VM.
+	echo "$label $name $rep $started ok" >>"$out/index"
 	msg "$label $name #$rep: $(sed -n '/^{/,$p' "$base.json" | jq -r '.jobs[0] | "\((.read.iops + .write.iops) | floor) IOPS"')"
 }
 
