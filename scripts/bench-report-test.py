@@ -64,7 +64,8 @@ class ResultsDir:
         self.path = path
         self.index = []
         with open(os.path.join(path, "guest.env"), "w") as f:
-            f.write("guest_hz=100\ncpus=2\naccel=tcg\nreps=3\nruntime=10\nramp=2\n")
+            f.write("guest_hz=100\ncpus=2\naccel=tcg\nreps=3\nruntime=10\nramp=2\n"
+                    "guest_start=900.0\nguest_end=1100.5\n")
 
     def add(self, device, workload, rep, rw, bs, iops, sched_s, qemu_s, dpuemu_s=0.0, p99_us=500.0,
             lat_mean_us=100.0, dmesg=(), space=None, cpu=None):
@@ -152,6 +153,9 @@ class BenchReportTest(unittest.TestCase):
         self.assertEqual(rows[("dpublk", "randread-4k-qd32")]["stalls"], [])
         # Half the median is not yet a stall; below it is.
         self.assertEqual(len(results["stalls"]), 1)
+        # The index's first start is 1000.0 (ResultsDir.ran).
+        self.assertEqual(results["timing"], {"setup_seconds": 100.0, "jobs_seconds": 100.5, "jobs": 6})
+        self.assertIn("In the guest: 100 s from the script's start to the first job", text)
         stall = results["stalls"][0]
         self.assertEqual((stall["device"], stall["rep"], stall["seq"]), ("qemu-nvme", 2, 4))
         # What ran before it in the VM, in order.

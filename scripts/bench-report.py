@@ -516,6 +516,12 @@ def render(meta, rows, comparisons, cross, targets, idle, reps, failed):
               f"{host.get('loadavg_start', '?')} at the start, {host.get('loadavg_end', '?')} at "
               f"the end; started {host.get('started', '?')}, VM run {host.get('wall_seconds', '?')} "
               f"s; {host.get('git', '?')}")
+    timing = meta.get("timing")
+    if timing:
+        md.append("")
+        md.append(f"In the guest: {timing['setup_seconds']:,.0f} s from the script's start to the "
+                  f"first job (setting up every row), {timing['jobs_seconds']:,.0f} s from the first "
+                  f"job's start to the end of the last, {timing['jobs']} repetitions.")
     md.append("")
     md.append(tcg_note(guest.get("accel")))
     md.append("")
@@ -674,10 +680,18 @@ def report(top):
                 cross.append({**c, "subject_row": by_key[(s, w)], "baseline_row": by_key[(b, w)]})
     targets = [evaluate(t, by_key) for t in TARGETS]
     idle = idle_cpu(top, guest_hz)
-    text = render({"host": host, "guest": guest}, rows, comparisons, cross, targets, idle, reps,
+    timing = None
+    starts = [started for _, _, _, started, _ in jobs if started is not None]
+    try:
+        if starts and "guest_start" in guest and "guest_end" in guest:
+            timing = {"setup_seconds": min(starts) - float(guest["guest_start"]),
+                      "jobs_seconds": float(guest["guest_end"]) - min(starts), "jobs": len(jobs)}
+    except ValueError:
+        timing = None
+    text = render({"host": host, "guest": guest, "timing": timing}, rows, comparisons, cross, targets, idle, reps,
                   failed)
     results = {
-        "host": host, "guest": guest, "stall_share": STALL_SHARE, "idle": idle,
+        "host": host, "guest": guest, "timing": timing, "stall_share": STALL_SHARE, "idle": idle,
         "rows": rows, "comparisons": comparisons,
         "cross_stack": [{k: v for k, v in c.items() if not k.endswith("_row")} for c in cross],
         "targets": targets,

@@ -215,6 +215,7 @@ log "benchmark run ($size per device, ${DPUBLK_BENCH_REPS:-3} repetitions)"
 # The whole console goes to vm.log; progress lines show as they come.
 host_sampler >"$out/host-samples" &
 sampler=$!
+trap 'kill "$sampler" 2>/dev/null || true' EXIT
 set +e
 "$DPUBLK_TOP/scripts/vm.sh" "${vm_opts[@]}" -- scripts/guest/bench.sh 2>&1 |
 	tee "$out/vm.log" | grep --line-buffered -E '^\[(bench|dpublk) ' >&2

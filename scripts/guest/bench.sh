@@ -452,6 +452,7 @@ wanted() { # wanted LABEL LIST: LIST empty or containing LABEL
 	echo "service_size_mb=$svc_mb"
 	echo "ramp=$ramp"
 	echo "reps=$reps"
+	echo "guest_start=$EPOCHREALTIME"
 	echo "guest_hz=$(getconf CLK_TCK)"
 } >"$out/guest.env"
 
@@ -512,4 +513,5 @@ for w in "${WORKLOADS[@]}"; do
 		done
 	done
 done
+echo "guest_end=$EPOCHREALTIME" >>"$out/guest.env"
 exit $status
