@@ -33,6 +33,7 @@ use crate::media::MediaError;
 pub mod block_cache;
 pub mod btree;
 pub mod space_map;
+pub mod thin;
 pub mod transaction;
 
 #[cfg(test)]

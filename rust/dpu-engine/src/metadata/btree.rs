@@ -484,6 +484,31 @@ pub fn release(tm: &mut TransactionManager, info: &TreeInfo, root: u64) -> MetaR
     Ok(())
 }
 
+/// Drops one reference on node `block` only: if it was the last, the node
+/// is freed, a leaf of a [`ValueKind::DataBlock`] tree drops its data
+/// block references, and an internal node's children are returned, each
+/// still holding the reference the node gave it, for the caller to drop
+/// in turn. [`release`] in steps of bounded work, for background deletion.
+pub fn release_node(
+    tm: &mut TransactionManager,
+    info: &TreeInfo,
+    block: u64,
+) -> MetaResult<Vec<u64>> {
+    let node = read_node(tm, info, block)?;
+    if !tm.dec(block)? {
+        return Ok(Vec::new());
+    }
+    if node.leaf {
+        if info.kind == ValueKind::DataBlock {
+            for i in 0..node.len() {
+                tm.dec_data(le_u64(node.value(i), 0))?;
+            }
+        }
+        return Ok(Vec::new());
+    }
+    Ok((0..node.len()).map(|i| node.child(i)).collect())
+}
+
 /// What [`for_each_node`] calls: a node's block, its children, its data
 /// blocks; returns whether to descend.
 pub type NodeVisitor<'a> = dyn FnMut(u64, &[u64], &[u64]) -> bool + 'a;

@@ -45,7 +45,7 @@ fn contents(tm: &mut TransactionManager, info: &TreeInfo, root: u64) -> BTreeMap
 /// one reference on its root) and both space maps' own nodes, and checks
 /// that the space maps hold exactly those counts: nothing leaked, nothing
 /// freed while in use.
-fn check_references(tm: &mut TransactionManager, trees: &[(u64, TreeInfo)]) {
+pub(crate) fn check_references(tm: &mut TransactionManager, trees: &[(u64, TreeInfo)]) {
     let mut meta: HashMap<u64, u32> = HashMap::new();
     let mut data: HashMap<u64, u32> = HashMap::new();
     for slot in 0..SUPERBLOCKS {
@@ -438,7 +438,7 @@ fn recovered_state(tm: &mut TransactionManager, info: &TreeInfo) -> Vec<BTreeMap
 /// `DPU_ENGINE_CRASH_POINTS=1`).
 static CRASH_POINTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn config(cases: u32) -> ProptestConfig {
+pub(crate) fn config(cases: u32) -> ProptestConfig {
     match std::env::var_os("PROPTEST_CASES") {
         Some(_) => ProptestConfig::default(),
         None => ProptestConfig::with_cases(cases),

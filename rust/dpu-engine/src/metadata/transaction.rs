@@ -160,6 +160,13 @@ impl TransactionManager {
         Ok(tm)
     }
 
+    /// Gives up on the running transaction after an error left it half
+    /// done: everything fails until the metadata is opened again, which
+    /// goes back to the last commit.
+    pub fn fail(&mut self) {
+        self.failed = true;
+    }
+
     fn usable(&self) -> MetaResult<()> {
         if self.failed {
             return Err(MetaError::Failed);

@@ -1,0 +1,211 @@
+//! Thin metadata against a model, and at the scale of the bench
+//! (scaled down): snapshots while writing, deletes freed in the background,
+//! a bounded cache.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::media::MemMedia;
+use crate::metadata::tests::{check_references, config};
+use crate::metadata::META_BLOCK;
+
+/// Recounts every reference the thin metadata holds.
+fn check(thin: &mut ThinMetadata) {
+    let (volumes, plain, mapping) = (thin.volumes, thin.plain, thin.mapping);
+    let mut trees: Vec<(u64, TreeInfo)> = vec![
+        (thin.tm.root(VOLUMES), volumes),
+        (thin.tm.root(DEFERRED), plain),
+        (thin.tm.root(COUNTERS), plain),
+    ];
+    for id in thin.volume_ids().unwrap() {
+        trees.push((thin.volume(id).unwrap().mapping_root, mapping));
+    }
+    for node in thin.deferred().unwrap() {
+        trees.push((node, mapping));
+    }
+    check_references(&mut thin.tm, &trees);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create,
+    Write(u8, u8),
+    Unmap(u8, u8),
+    Snapshot(u8),
+    Delete(u8),
+    Release(u8),
+    CommitAndReopen,
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => Just(Op::Create),
+        10 => (any::<u8>(), any::<u8>()).prop_map(|(v, l)| Op::Write(v, l)),
+        2 => (any::<u8>(), any::<u8>()).prop_map(|(v, l)| Op::Unmap(v, l)),
+        2 => any::<u8>().prop_map(Op::Snapshot),
+        1 => any::<u8>().prop_map(Op::Delete),
+        2 => (1u8..8).prop_map(Op::Release),
+        1 => Just(Op::CommitAndReopen),
+    ]
+}
+
+const SIZE: u64 = 200;
+
+proptest! {
+    #![proptest_config(config(24))]
+
+    /// Volumes, writes, unmaps, snapshots, deletes and background release
+    /// match a model through commits and reopens; once released, every
+    /// reference count equals a recount and no data block is left over.
+    #[test]
+    fn thin_metadata_matches_the_model(ops in proptest::collection::vec(op_strategy(), 1..200)) {
+        let media = Arc::new(MemMedia::new(2048 * META_BLOCK));
+        let mut thin = ThinMetadata::format(media.clone(), 16, 1 << 16).unwrap();
+        // id → (snapshot, lba → data block)
+        let mut model: BTreeMap<u64, (bool, BTreeMap<u64, u64>)> = BTreeMap::new();
+        let pick = |model: &BTreeMap<u64, (bool, BTreeMap<u64, u64>)>, i: u8| {
+            (!model.is_empty()).then(|| *model.keys().nth(usize::from(i) % model.len()).unwrap())
+        };
+        for op in &ops {
+            match op {
+                Op::Create if model.len() < 8 => {
+                    let id = thin.create_volume(SIZE).unwrap();
+                    model.insert(id, (false, BTreeMap::new()));
+                }
+                Op::Write(v, lba) => {
+                    let Some(id) = pick(&model, *v) else { continue };
+                    let lba = u64::from(*lba) % (SIZE + 10);
+                    let result = thin.map_new_block(id, lba);
+                    let (snapshot, map) = model.get_mut(&id).unwrap();
+                    if *snapshot || lba >= SIZE {
+                        prop_assert!(matches!(result, Err(MetaError::InvalidArgument(_))));
+                    } else {
+                        map.insert(lba, result.unwrap());
+                    }
+                }
+                Op::Unmap(v, lba) => {
+                    let Some(id) = pick(&model, *v) else { continue };
+                    let lba = u64::from(*lba) % SIZE;
+                    let (snapshot, map) = model.get_mut(&id).unwrap();
+                    let result = thin.unmap(id, lba);
+                    if *snapshot {
+                        prop_assert!(result.is_err());
+                    } else {
+                        prop_assert_eq!(result.unwrap(), map.remove(&lba).is_some());
+                    }
+                }
+                Op::Snapshot(v) if model.len() < 8 => {
+                    let Some(origin) = pick(&model, *v) else { continue };
+                    let id = thin.snapshot(origin).unwrap();
+                    let map = model[&origin].1.clone();
+                    model.insert(id, (true, map));
+                }
+                Op::Delete(v) => {
+                    let Some(id) = pick(&model, *v) else { continue };
+                    thin.delete_volume(id).unwrap();
+                    model.remove(&id);
+                }
+                Op::Release(budget) => {
+                    thin.release_step(usize::from(*budget)).unwrap();
+                }
+                Op::CommitAndReopen => {
+                    thin.commit().unwrap();
+                    thin = ThinMetadata::open(media.clone(), 16).unwrap();
+                }
+                _ => {}
+            }
+        }
+        prop_assert_eq!(thin.volume_ids().unwrap(), model.keys().copied().collect::<Vec<_>>());
+        for (id, (_, map)) in &model {
+            for lba in 0..SIZE {
+                prop_assert_eq!(thin.lookup(*id, lba).unwrap(), map.get(&lba).copied());
+            }
+        }
+        check(&mut thin);
+        while !thin.release_step(16).unwrap() {}
+        check(&mut thin);
+        // Every data block in use is one a volume maps (blocks are handed
+        // out from 0 up, and fewer than 4,096 writes ran).
+        let mapped: std::collections::BTreeSet<u64> =
+            model.values().flat_map(|(_, m)| m.values().copied()).collect();
+        let tm = thin.transaction_manager();
+        for block in 0..4096 {
+            prop_assert_eq!(tm.data_count(block).unwrap() > 0, mapped.contains(&block));
+        }
+    }
+}
+
+/// The bench in miniature: writes to one volume with a snapshot
+/// every 20 writes (1,000 snapshots), then half the snapshots deleted and
+/// freed in the background, all through a 64-block cache. Snapshots cost a
+/// few blocks each whatever the volume's size, and the cache never grows.
+#[test]
+fn a_thousand_snapshots_while_writing_then_background_deletes() {
+    const CACHE: usize = 64;
+    // A sparse file: every snapshot keeps the nodes the writes after it
+    // copied, tens of MiB in all.
+    let path = std::env::temp_dir().join(format!("dpu-engine-thin-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    let media: Arc<dyn Media> =
+        Arc::new(crate::media::FileMedia::new(file, 65536 * META_BLOCK as u64).unwrap());
+    let mut thin = ThinMetadata::format(media.clone(), CACHE, 1 << 16).unwrap();
+    let size = 1u64 << 16;
+    let v = thin.create_volume(size).unwrap();
+    let mut snaps = Vec::new();
+    let mut snapshot_blocks = Vec::new();
+    let mut model = BTreeMap::new();
+    for i in 0..20_000u64 {
+        let lba = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % size;
+        let block = thin.map_new_block(v, lba).unwrap();
+        model.insert(lba, block);
+        if i % 20 == 19 {
+            thin.commit().unwrap();
+            let before = thin.transaction_manager().transaction_stats();
+            snaps.push((thin.snapshot(v).unwrap(), model.clone().len()));
+            let after = thin.transaction_manager().transaction_stats();
+            snapshot_blocks.push(after.allocated - before.allocated);
+        }
+        assert!(thin.transaction_manager().cache_resident() <= CACHE);
+    }
+    thin.commit().unwrap();
+    assert_eq!(snaps.len(), 1000);
+    // A snapshot touches the volumes and counters trees only: a handful of
+    // blocks, never a copy of the mapping.
+    let worst = snapshot_blocks.iter().max().copied().unwrap_or(0);
+    assert!(worst <= 12, "a snapshot allocated {worst} blocks");
+    let tm = thin.transaction_manager();
+    assert!(tm.cache_stats().peak_resident <= CACHE);
+    // Delete every other snapshot; free their exclusive nodes in steps.
+    for (id, _) in snaps.iter().step_by(2) {
+        thin.delete_volume(*id).unwrap();
+    }
+    let mut steps = 0;
+    while !thin.release_step(64).unwrap() {
+        steps += 1;
+        if steps % 16 == 0 {
+            thin.commit().unwrap();
+        }
+        assert!(thin.transaction_manager().cache_resident() <= CACHE);
+    }
+    thin.commit().unwrap();
+    let mut reopened = ThinMetadata::open(media, CACHE).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(reopened.volume_ids().unwrap().len(), 501);
+    for (lba, block) in model.iter().step_by(101) {
+        assert_eq!(reopened.lookup(v, *lba).unwrap(), Some(*block));
+    }
+    // A kept snapshot still sees its own version of a block.
+    let (kept, _) = snaps[1];
+    let first_lba = 0u64.wrapping_mul(0x9e37_79b9_7f4a_7c15) % size;
+    assert!(reopened.lookup(kept, first_lba).unwrap().is_some());
+    check(&mut reopened);
+}
