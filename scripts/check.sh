@@ -1,19 +1,47 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# `make check`: every test. Userspace first (cargo fmt, clippy, tests), then
-# the module build, then the kselftests inside the VM (without and with the
-# accelerator, with and without a vIOMMU as the suites require).
-# Ends with 'N passed, N failed'; exits non-zero on any failure.
+# `make check`: every test. Userspace first (the harness's own tests, cargo
+# fmt, clippy, tests), then the builds the VM tests use, then the kselftests
+# inside the VM (without and with the accelerator, with and without a
+# vIOMMU as the suites require).
+# Ends with 'N passed, N failed, N skipped'; exits non-zero on any failure.
+#
+# Nothing passes by accident (Documentation/testing.rst):
+# - each VM suite is judged by scripts/ktap-verdict.sh: its plan must match
+#   the tests asked for, every test must report, and a skip fails the run
+#   unless selftests/dpublk/skips-allowed lists it with a reason;
+# - a failed build of something later tests use is a failure, and the tests
+#   that needed it are not run on a stale binary but counted as failed;
+# - every VM run has a hard time limit (DPUBLK_VM_TIMEOUT in scripts/vm.sh,
+#   set per suite here), and the whole check one of DPUBLK_CHECK_TIMEOUT
+#   (.ci/run sets it): a hang fails its suite and the run goes on.
 #
 #   DPUBLK_CHECK_SUITES="host vm"   which parts to run (default: all)
+#   DPUBLK_CHECK_ONLY="suite ..."   only these VM suites (default: all)
 . "$(dirname "$0")/lib.sh"
 set +e
 
 cd "$DPUBLK_TOP"
-passed=0 failed=0
+passed=0 failed=0 skipped=0
 results="$(mktemp -d)"
-trap 'rm -rf "$results"' EXIT
+started=$(date +%s)
 suites=${DPUBLK_CHECK_SUITES:-host vm}
+allowed_skips="$DPUBLK_TOP/selftests/dpublk/skips-allowed"
+
+summary() {
+	echo
+	echo "check took $(($(date +%s) - started)) s"
+	echo "$passed passed, $failed failed, $skipped skipped"
+}
+on_term() {
+	echo "FAIL make check: stopped by a signal (time limit?) after $(($(date +%s) - started)) s"
+	failed=$((failed + 1))
+	summary
+	rm -rf "$results"
+	exit 1
+}
+trap on_term TERM INT
+trap 'rm -rf "$results"' EXIT
 
 record() { # record NAME RC
 	if [ "$2" = 0 ]; then
@@ -23,8 +51,37 @@ record() { # record NAME RC
 	fi
 }
 
+# judge NAME KTAP-FILE TESTS... : counts a KTAP stream through ktap-verdict.sh.
+judge() {
+	local name=$1 ktap=$2 verdict p f s
+	shift 2
+	verdict=$("$DPUBLK_TOP/scripts/ktap-verdict.sh" "$name" "$ktap" "$allowed_skips" "$@")
+	grep -v '^counts ' <<<"$verdict"
+	read -r _ p f s < <(grep '^counts ' <<<"$verdict")
+	passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+}
+
+# not_run NAME WHY TESTS... : tests that could not run count as failed.
+not_run() {
+	local name=$1 why=$2 t
+	shift 2
+	for t in "$@"; do echo "FAIL $name/$t: not run: $why"; done
+	failed=$((failed + $#))
+}
+
+want_suite() { [ -z "${DPUBLK_CHECK_ONLY:-}" ] || [[ " $DPUBLK_CHECK_ONLY " == *" $1 "* ]]; }
+
 if [[ " $suites " == *" host "* ]]; then
 	"$DPUBLK_TOP/scripts/setup-host.sh" || die "host setup failed"
+	# The harness first: if it cannot tell a hang or a skip from a pass,
+	# nothing after it means anything.
+	"$DPUBLK_TOP/scripts/tests/test-harness.sh" >"$results/harness.ktap" 2>&1
+	grep -E '^(not )?ok ' "$results/harness.ktap" | sed 's/^not ok [0-9]* /FAIL harness: /; s/^ok [0-9]* /PASS harness: /'
+	p=$(grep -c '^ok ' "$results/harness.ktap"); f=$(grep -c '^not ok ' "$results/harness.ktap")
+	passed=$((passed + p)); failed=$((failed + f))
+	plan=$(sed -n 's/^1\.\.//p' "$results/harness.ktap")
+	[ "$plan" = $((p + f)) ] && grep -q '^# Totals:' "$results/harness.ktap"
+	record "harness tests all reported (plan ${plan:-none}, $((p + f)) results)" $?
 	# Lint and test builds are cached outside the repository, so a fresh
 	# clone does not compile every dependency again; cargo's own fingerprints
 	# decide what is still valid. (The release build that `make` and the VM
@@ -36,14 +93,15 @@ if [[ " $suites " == *" host "* ]]; then
 	cargo clippy --workspace --all-targets --quiet -- -D warnings >"$results/clippy.log" 2>&1
 	rc=$?; [ $rc = 0 ] || tail -40 "$results/clippy.log"
 	record "cargo clippy -D warnings" $rc
-	cargo test --workspace --no-fail-fast 2>&1 | tee "$results/cargo-test.log" | grep -E '^test result:|FAILED|panicked' 
+	cargo test --workspace --no-fail-fast 2>&1 | tee "$results/cargo-test.log" | grep -E '^test result:|FAILED|panicked'
 	rc=${PIPESTATUS[0]}
-	# Count the individual cargo tests, so the closing line tells how much ran.
-	read -r cargo_pass cargo_fail < <(awk '/^test result:/ {
-		for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-		END { print p + 0, f + 0 }' "$results/cargo-test.log")
-	passed=$((passed + cargo_pass)); failed=$((failed + cargo_fail))
-	echo "cargo test: $cargo_pass passed, $cargo_fail failed"
+	# Count the individual cargo tests, so the closing line tells how much
+	# ran; ignored tests are skips, and there should be none.
+	read -r cargo_pass cargo_fail cargo_ignored < <(awk '/^test result:/ {
+		for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i } }
+		END { print p + 0, f + 0, g + 0 }' "$results/cargo-test.log")
+	passed=$((passed + cargo_pass)); failed=$((failed + cargo_fail)); skipped=$((skipped + cargo_ignored))
+	echo "cargo test: $cargo_pass passed, $cargo_fail failed, $cargo_ignored ignored"
 	if [ $rc != 0 ] && [ "$cargo_fail" = 0 ]; then
 		record "cargo test (build or harness error)" $rc
 	fi
@@ -52,70 +110,79 @@ fi
 
 if [[ " $suites " == *" vm "* ]]; then
 	ko=$("$DPUBLK_TOP/scripts/build-module.sh" 2>"$results/module.log")
-	rc=$?; [ $rc = 0 ] || tail -40 "$results/module.log"
-	record "dpublk.ko builds" $rc
-	if [ $rc = 0 ]; then
-		cargo build --release --workspace --quiet 2>"$results/cargo-build.log" || tail -20 "$results/cargo-build.log"
-		# Each VM suite boots once and runs its tests; KTAP comes back on stdout.
-		run_suite() { # run_suite NAME VM-OPTIONS... -- TESTS...
-			local name=$1; shift
-			local vm_opts=()
-			while [ "$1" != -- ]; do vm_opts+=("$1"); shift; done
-			shift
-			echo "=== VM suite: $name"
-			"$DPUBLK_TOP/scripts/vm.sh" "${vm_opts[@]}" -- selftests/dpublk/run_tests.sh "$@" \
-				2> >(tee "$results/vm-$name.err" | grep -E '^\[dpublk|error' >&2) | tee "$results/vm-$name.ktap"
-			local p f
-			p=$(grep -cE '^ok [0-9]+ ' "$results/vm-$name.ktap")
-			f=$(grep -cE '^not ok [0-9]+ ' "$results/vm-$name.ktap")
-			passed=$((passed + p)); failed=$((failed + f))
-			if ! grep -q '^# Totals:' "$results/vm-$name.ktap"; then
-				echo "VM suite $name did not finish (no KTAP totals); VM stderr tail:"
-				tail -30 "$results/vm-$name.err"
-				record "VM suite $name completes" 1
-			fi
-		}
-		run_suite basic -- test_load_unload test_configfs_root test_null_blk_fio test_rnull_fio \
-			test_dpublk_kunit
-		# dpuemu's functions under the stock nvme driver (issue 3).
-		run_suite accel --accelerator --ssds 2 -- test_functions_present test_ssd_fio_verify test_dpuemu_idle
-		run_suite accel-iommu --accelerator --ssds 2 --iommu -- test_functions_present test_ssd_fio_verify
-		# dpublk driving the accelerator, namespace 1 passed through to SSD 0.
-		DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" run_suite dpublk --accelerator --ssds 2 -- \
-			test_dpublk_probe test_dpublk_fio_verify test_dpublk_fs test_dpublk_sched_switch \
-			test_dpublk_cpu_hotplug test_dpublk_pci_remove test_dpublk_rmmod_during_io \
-			test_dpublk_reset test_dpublk_dead_device
-		DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" run_suite dpublk-iommu --accelerator --ssds 2 --iommu -- \
-			test_dpublk_probe test_dpublk_fio_verify test_dpublk_pci_remove
-		# configfs management over four SSD functions (issue 5).
-		run_suite management --accelerator --ssds 4 --ssd-size 512M -- \
-			test_configfs_lifecycle test_configfs_bad_input test_configfs_samples test_dpublk_flush_discard
-		# Thin volumes, snapshots and clones, data reduction and encryption
-		# (issues 7 and 8).
-		run_suite services --accelerator --ssds 4 --ssd-size 512M -- \
-			test_thin_snapshot_clone test_thin_snapshot_disk test_thin_pool_full \
-			test_reduction_dedup_compress test_reduction_encryption
-		# Protection: degraded mode, rebuild onto a spare, scrub (issue 6).
-		run_suite protection --accelerator --ssds 7 --ssd-size 128M -- \
-			test_protection_scrub test_protection_degraded test_protection_rebuild
-		# Two VM runs over the same SSD images (QEMU's vfio-user client does
-		# not survive its server's death).
-		echo "=== VM suite: dpuemu-crash"
-		"$DPUBLK_TOP/scripts/crash-test.sh" 2>"$results/crash.err" | tee "$results/vm-crash.ktap"
-		p=$(grep -cE '^ok [0-9]+ ' "$results/vm-crash.ktap")
-		f=$(grep -cE '^not ok [0-9]+ ' "$results/vm-crash.ktap")
-		passed=$((passed + p)); failed=$((failed + f))
-		grep -q '^# Totals:' "$results/vm-crash.ktap" || { tail -20 "$results/crash.err"; record "dpuemu crash test completes" 1; }
-		# Volumes across a module reload and a kill -9 of dpuemu (issue 5).
-		echo "=== VM suite: volume-persistence"
-		"$DPUBLK_TOP/scripts/persistence-test.sh" 2>"$results/persist.err" | tee "$results/vm-persist.ktap"
-		p=$(grep -cE '^ok [0-9]+ ' "$results/vm-persist.ktap")
-		f=$(grep -cE '^not ok [0-9]+ ' "$results/vm-persist.ktap")
-		passed=$((passed + p)); failed=$((failed + f))
-		grep -q '^# Totals:' "$results/vm-persist.ktap" || { tail -20 "$results/persist.err"; record "volume persistence test completes" 1; }
-	fi
+	module_rc=$?; [ $module_rc = 0 ] || tail -40 "$results/module.log"
+	record "dpublk.ko builds" $module_rc
+	# The VM tests run target/release/dpuemu: when its build fails, the old
+	# binary must not stand in for the new one.
+	cargo build --release --workspace --quiet 2>"$results/cargo-build.log"
+	dpuemu_rc=$?; [ $dpuemu_rc = 0 ] || tail -20 "$results/cargo-build.log"
+	record "dpuemu release build" $dpuemu_rc
+
+	# run_suite NAME TIME-LIMIT VM-OPTIONS... -- TESTS...
+	# Boots one VM with the given hardware, runs the tests, judges the KTAP.
+	run_suite() {
+		local name=$1 limit=$2; shift 2
+		local vm_opts=() tests=() needs_accel=0
+		while [ "$1" != -- ]; do vm_opts+=("$1"); [ "$1" = --accelerator ] && needs_accel=1; shift; done
+		shift
+		tests=("$@")
+		want_suite "$name" || return 0
+		echo "=== VM suite: $name (${#tests[@]} tests, limit ${limit}s)"
+		if [ "$module_rc" != 0 ]; then not_run "$name" "dpublk.ko did not build" "${tests[@]}"; return; fi
+		if [ "$needs_accel" = 1 ] && [ "$dpuemu_rc" != 0 ]; then
+			not_run "$name" "dpuemu did not build" "${tests[@]}"; return
+		fi
+		local t0=$(date +%s)
+		DPUBLK_VM_TIMEOUT=$limit "$DPUBLK_TOP/scripts/vm.sh" "${vm_opts[@]}" -- \
+			selftests/dpublk/run_tests.sh "${tests[@]}" \
+			2> >(tee "$results/vm-$name.err" | grep -E '^\[dpublk|error|time limit' >&2) | tee "$results/vm-$name.ktap"
+		echo "=== VM suite $name took $(($(date +%s) - t0)) s"
+		grep -q '^# Totals:' "$results/vm-$name.ktap" || { echo "VM stderr tail:"; tail -30 "$results/vm-$name.err"; }
+		judge "$name" "$results/vm-$name.ktap" "${tests[@]}"
+	}
+	# run_script NAME SCRIPT TESTS... : a multi-boot test script that prints
+	# its own KTAP (persistence, crash campaigns).
+	run_script() {
+		local name=$1 script=$2; shift 2
+		want_suite "$name" || return 0
+		echo "=== VM suite: $name ($# results expected)"
+		if [ "$module_rc" != 0 ] || [ "$dpuemu_rc" != 0 ]; then
+			not_run "$name" "a build it needs failed" "$@"; return
+		fi
+		local t0=$(date +%s)
+		"$DPUBLK_TOP/scripts/$script" 2> >(tee "$results/vm-$name.err" | grep -E '^\[dpublk|time limit' >&2) |
+			tee "$results/vm-$name.ktap"
+		echo "=== VM suite $name took $(($(date +%s) - t0)) s"
+		judge "$name" "$results/vm-$name.ktap" "$@"
+	}
+
+	run_suite basic 600 -- test_load_unload test_configfs_root test_null_blk_fio test_rnull_fio \
+		test_dpublk_kunit
+	# dpuemu's functions under the stock nvme driver (issue 3).
+	run_suite accel 600 --accelerator --ssds 2 -- test_functions_present test_ssd_fio_verify test_dpuemu_idle
+	run_suite accel-iommu 600 --accelerator --ssds 2 --iommu -- test_functions_present test_ssd_fio_verify
+	# dpublk driving the accelerator, namespace 1 passed through to SSD 0.
+	DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" run_suite dpublk 1200 --accelerator --ssds 2 -- \
+		test_dpublk_probe test_dpublk_fio_verify test_dpublk_fs test_dpublk_sched_switch \
+		test_dpublk_cpu_hotplug test_dpublk_pci_remove test_dpublk_rmmod_during_io \
+		test_dpublk_reset test_dpublk_dead_device
+	DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" run_suite dpublk-iommu 600 --accelerator --ssds 2 --iommu -- \
+		test_dpublk_probe test_dpublk_fio_verify test_dpublk_pci_remove
+	# configfs management (issue 5), thin volumes, snapshots and clones,
+	# data reduction and encryption (issues 7 and 8): the same four SSD
+	# functions of 512 MiB, so one VM boot.
+	run_suite management 1500 --accelerator --ssds 4 --ssd-size 512M -- \
+		test_configfs_lifecycle test_configfs_bad_input test_configfs_samples test_dpublk_flush_discard \
+		test_thin_snapshot_clone test_thin_snapshot_disk test_thin_pool_full \
+		test_reduction_dedup_compress test_reduction_encryption
+	# Protection: degraded mode, rebuild onto a spare, scrub (issue 6).
+	run_suite protection 1200 --accelerator --ssds 7 --ssd-size 128M -- \
+		test_protection_scrub test_protection_degraded test_protection_rebuild
+	# Two VM runs over the same SSD images each (QEMU's vfio-user client
+	# does not survive its server's death).
+	DPUBLK_VM_TIMEOUT=600 run_script dpuemu-crash crash-test.sh test_dpuemu_crash
+	DPUBLK_VM_TIMEOUT=600 run_script volume-persistence persistence-test.sh persistence_create persistence_verify
 fi
 
-echo
-echo "$passed passed, $failed failed"
+summary
 [ "$failed" = 0 ]

@@ -20,6 +20,13 @@
 #                       run); the guest finds it in DPUBLK_OUTPUT_DIR
 #
 # DPUBLK_DPUEMU_ARGS adds arguments to dpuemu (e.g. "--passthrough-ssd 0").
+# DPUBLK_VM_TIMEOUT bounds the whole VM run in seconds (default 1800): past
+# it QEMU is killed, the run fails with exit status 124 and the time limit is
+# logged, so a hung guest can never stall the caller.
+# The guest kernel turns warnings, hung tasks and soft lockups into panics
+# (panic_on_warn=1 hung_task_panic=1 softlockup_panic=1; vng adds panic=-1
+# and -no-reboot), so a kernel problem ends the VM and fails its suite
+# instead of scrolling past in the log.
 # Environment: DPUBLK_ACCEL=tcg|kvm|auto (default auto: KVM only where a short
 # probe boot succeeds; the result is cached per kernel tree).
 . "$(dirname "$0")/lib.sh"
@@ -64,6 +71,9 @@ rundir=$(mktemp -d "$DPUBLK_CACHE/run/vm.XXXXXX")
 export DPUBLK_RUNDIR=$rundir
 cleanup() {
 	local pid
+	# A QEMU left behind by a signal to this script (its timeout(1) runs in
+	# a process group of its own) is found by its QMP socket path.
+	pkill -KILL -f -- "$rundir/qmp.sock" 2>/dev/null || true
 	for pid in $(cat "$rundir"/*.pid 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
 	for _ in $(seq 1 50); do
 		pgrep -f "dpuemu.*$rundir" >/dev/null || break
@@ -94,7 +104,7 @@ auto) accel=$(probe_kvm) ;;
 esac
 
 qemu_opts="-object memory-backend-memfd,id=mem0,size=$memory,share=on -machine memory-backend=mem0"
-append="console=ttyS0 panic_on_warn=0 nvme_core.io_timeout=10 nvme_core.admin_timeout=10"
+append="console=ttyS0 panic_on_warn=1 hung_task_panic=1 softlockup_panic=1 nvme_core.io_timeout=10 nvme_core.admin_timeout=10"
 if [ "$iommu" = 1 ]; then
 	qemu_opts+=" -device intel-iommu,caching-mode=on"
 	append+=" intel_iommu=on iommu.strict=1"
@@ -160,4 +170,13 @@ fi
 # where it is through the environment.
 guest_cmd="cd '$DPUBLK_TOP' && export DPUBLK_TOP='$DPUBLK_TOP' DPUBLK_RUNDIR='$rundir' DPUBLK_ACCEL_MODE=$accel DPUBLK_IOMMU=$iommu DPUBLK_IMAGES_DIR='${DPUBLK_IMAGES_DIR:-}' DPUBLK_OUTPUT_DIR='$output' DPUBLK_MODULE='$DPUBLK_TOP/build/module/drivers/block/dpublk/dpublk.ko' && $*"
 log "booting VM ($accel, ${memory} RAM, iommu=$iommu, accelerator=$accelerator${qemu_nvme:+, qemu-nvme=$qemu_nvme})"
-vng "${vng_args[@]}" --exec "$guest_cmd"
+vm_timeout=${DPUBLK_VM_TIMEOUT:-1800}
+# timeout(1) signals its whole process group, so vng and the QEMU it forks
+# both go.
+rc=0
+timeout --kill-after=20 "$vm_timeout" vng "${vng_args[@]}" --exec "$guest_cmd" || rc=$?
+if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+	log "error: VM time limit of ${vm_timeout}s reached; QEMU killed"
+	exit 124
+fi
+exit "$rc"

@@ -46,9 +46,28 @@ dmesg_since_mark() {
 	dmesg | sed -n "/$_dmesg_mark/,\$p" | tail -n +2
 }
 
-# Fails the test if the kernel complained since dmesg_mark.
+# kmemleak_scan: on a kernel with kmemleak (the debug variant), scans now
+# and prints what it found that involves dpublk; prints nothing elsewhere.
+kmemleak_scan() {
+	local k=/sys/kernel/debug/kmemleak
+	[ -e "$k" ] || mount -t debugfs none /sys/kernel/debug 2>/dev/null || true
+	[ -w "$k" ] || return 0
+	echo scan >"$k" 2>/dev/null || return 0
+	# A report is a block per object, blank-line separated; keep those
+	# whose backtrace names the module.
+	awk 'BEGIN { RS = ""; ORS = "\n\n" } /dpublk/' "$k"
+}
+
+# Fails the test if the kernel complained since dmesg_mark (and, under
+# kmemleak, if an object allocated for dpublk leaked).
 dmesg_check_clean() {
-	local bad
+	local bad leaks
+	leaks=$(kmemleak_scan)
+	if [ -n "$leaks" ]; then
+		diag "kmemleak:"
+		echo "$leaks" | head -40 | sed 's/^/#   /'
+		fail "kmemleak found unreferenced objects from dpublk"
+	fi
 	bad=$(dmesg_since_mark | grep -E 'WARNING:|BUG:|Oops|general protection|kernel BUG|unreferenced object|Call Trace:|refcount_t:|UBSAN:|KASAN:|leak' || true)
 	if [ -n "$bad" ]; then
 		diag "kernel log since the test started:"
