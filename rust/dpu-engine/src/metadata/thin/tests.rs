@@ -3,6 +3,7 @@
 //! a bounded cache.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use proptest::prelude::*;
@@ -208,4 +209,147 @@ fn a_thousand_snapshots_while_writing_then_background_deletes() {
     let first_lba = 0u64.wrapping_mul(0x9e37_79b9_7f4a_7c15) % size;
     assert!(reopened.lookup(kept, first_lba).unwrap().is_some());
     check(&mut reopened);
+}
+
+/// Crash points tried by the thin crash test (printed with
+/// `DPU_ENGINE_CRASH_POINTS=1`).
+static THIN_CRASH_POINTS: AtomicU64 = AtomicU64::new(0);
+
+/// Volume id → (snapshot, lba → data block): what a thin state holds.
+type ThinModel = BTreeMap<u64, (bool, BTreeMap<u64, u64>)>;
+
+/// Runs `ops` (commits for `CommitAndReopen`); stops at the first error
+/// (after a power cut reads may fail). Returns the model after each commit
+/// with the media writes issued by then.
+fn run_thin(
+    thin: &mut ThinMetadata,
+    ops: &[Op],
+    writes: &dyn Fn() -> u64,
+) -> Vec<(u64, ThinModel)> {
+    let mut model = ThinModel::new();
+    let mut commits = vec![(writes(), model.clone())];
+    let pick = |model: &ThinModel, i: u8| {
+        (!model.is_empty()).then(|| *model.keys().nth(usize::from(i) % model.len()).unwrap())
+    };
+    for op in ops {
+        let done: MetaResult<()> = (|| {
+            match op {
+                Op::Create if model.len() < 6 => {
+                    let id = thin.create_volume(SIZE)?;
+                    model.insert(id, (false, BTreeMap::new()));
+                }
+                Op::Write(v, lba) => {
+                    if let Some(id) = pick(&model, *v).filter(|id| !model[id].0) {
+                        let lba = u64::from(*lba) % SIZE;
+                        let block = thin.map_new_block(id, lba)?;
+                        model.get_mut(&id).unwrap().1.insert(lba, block);
+                    }
+                }
+                Op::Unmap(v, lba) => {
+                    if let Some(id) = pick(&model, *v).filter(|id| !model[id].0) {
+                        let lba = u64::from(*lba) % SIZE;
+                        thin.unmap(id, lba)?;
+                        model.get_mut(&id).unwrap().1.remove(&lba);
+                    }
+                }
+                Op::Snapshot(v) if model.len() < 6 => {
+                    if let Some(origin) = pick(&model, *v) {
+                        let id = thin.snapshot(origin)?;
+                        let map = model[&origin].1.clone();
+                        model.insert(id, (true, map));
+                    }
+                }
+                Op::Delete(v) => {
+                    if let Some(id) = pick(&model, *v) {
+                        thin.delete_volume(id)?;
+                        model.remove(&id);
+                    }
+                }
+                Op::Release(budget) => {
+                    thin.release_step(usize::from(*budget))?;
+                }
+                Op::CommitAndReopen => {
+                    thin.commit()?;
+                    commits.push((writes(), model.clone()));
+                }
+                _ => {}
+            }
+            Ok(())
+        })();
+        if done.is_err() {
+            break;
+        }
+    }
+    commits
+}
+
+fn thin_state(thin: &mut ThinMetadata) -> ThinModel {
+    let mut state = ThinModel::new();
+    for id in thin.volume_ids().unwrap() {
+        let details = thin.volume(id).unwrap();
+        let mut map = BTreeMap::new();
+        for lba in 0..SIZE {
+            if let Some(block) = thin.lookup(id, lba).unwrap() {
+                map.insert(lba, block);
+            }
+        }
+        state.insert(id, (details.snapshot, map));
+    }
+    state
+}
+
+proptest! {
+    #![proptest_config(config(24))]
+
+    /// A crash after any media write (unflushed writes lost or torn into
+    /// any subset of sectors) reopens thin metadata to a committed state
+    /// with exact reference counts, and a background release interrupted
+    /// by the crash finishes cleanly afterwards.
+    #[test]
+    fn thin_metadata_survives_a_crash_at_every_write(
+        ops in proptest::collection::vec(
+            prop_oneof![6 => op_strategy(), 1 => Just(Op::CommitAndReopen)],
+            1..150,
+        ),
+        seed in any::<u64>(),
+    ) {
+        use crate::fault::{torn_sectors, FaultyMedia, PowerCut};
+        let ops: Vec<Op> = ops.into_iter().chain([Op::CommitAndReopen]).collect();
+        let blocks = 1024 * META_BLOCK;
+        let counter = PowerCut::never();
+        let (first, commits) = {
+            let mem = Arc::new(MemMedia::new(blocks));
+            let (faulty, control) = FaultyMedia::new(mem);
+            control.attach_power_cut(counter.clone());
+            let mut thin = ThinMetadata::format(Arc::new(faulty), 16, 4096).unwrap();
+            let first = counter.attempted();
+            let commits = run_thin(&mut thin, &ops, &|| counter.attempted());
+            (first, commits)
+        };
+        let total = counter.attempted();
+        let points = THIN_CRASH_POINTS.fetch_add(total - first, Ordering::Relaxed);
+        if std::env::var_os("DPU_ENGINE_CRASH_POINTS").is_some() {
+            eprintln!("thin crash points so far: {}", points + total - first);
+        }
+        for cut in first + 1..=total {
+            let mem = Arc::new(MemMedia::new(blocks));
+            let (faulty, control) = FaultyMedia::new(mem.clone());
+            let power = PowerCut::after_writes(cut);
+            control.attach_power_cut(power.clone());
+            control.enable_write_cache();
+            let mut thin = ThinMetadata::format(Arc::new(faulty), 16, 4096).unwrap();
+            run_thin(&mut thin, &ops, &|| power.attempted());
+            control.crash(mem.as_ref(), &mut torn_sectors(seed ^ cut)).unwrap();
+            let mut thin = ThinMetadata::open(mem, 16).unwrap();
+            let seen = thin_state(&mut thin);
+            let done = commits.iter().rposition(|(w, _)| *w < cut).unwrap_or(0);
+            prop_assert!(
+                commits[done..].iter().take(2).any(|(_, s)| *s == seen),
+                "crash after {} of {} writes recovered a state never committed", cut, total
+            );
+            check(&mut thin);
+            while !thin.release_step(32).unwrap() {}
+            check(&mut thin);
+        }
+    }
 }
