@@ -353,3 +353,130 @@ proptest! {
         }
     }
 }
+
+/// Resident memory of this process in MiB (Linux), 0 if unknown.
+fn rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
+/// Not a test but a probe of the metadata at scale (it still checks what
+/// it reads): a 4 TiB thin volume (2^30 blocks of 4 KiB) on sparse
+/// metadata, `DPU_SCALE_WRITES` (default 50,000) random block writes with a
+/// snapshot (committed) after every 1/1000th of them, then 500 snapshots
+/// deleted and freed in background steps of 64 nodes, through a
+/// `DPU_SCALE_CACHE_MIB` (default 16) cache. Run it with
+/// `cargo test -p dpu-engine metadata_scale_probe -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn metadata_scale_probe() {
+    let var = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let writes = var("DPU_SCALE_WRITES", 50_000);
+    let cache_mib = var("DPU_SCALE_CACHE_MIB", 16);
+    let cache = (cache_mib << 20) as usize / META_BLOCK;
+    let dir = std::env::var_os("DPU_SCALE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let path = dir.join(format!("dpu-engine-scale-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    let meta_bytes = 64u64 << 30;
+    let media: Arc<dyn Media> = Arc::new(crate::media::FileMedia::new(file, meta_bytes).unwrap());
+    let size = 1u64 << 30;
+    let mut thin = ThinMetadata::format(media.clone(), cache, size).unwrap();
+    let v = thin.create_volume(size).unwrap();
+    let every = (writes / 1000).max(1);
+    let (mut snap_ms, mut max_ms, mut snaps) = (Vec::new(), 0f64, Vec::new());
+    let timed = |f: &mut dyn FnMut(), max: &mut f64| {
+        let t = std::time::Instant::now();
+        f();
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        *max = max.max(ms);
+        ms
+    };
+    let start = std::time::Instant::now();
+    let mut last = (0, 0);
+    for i in 0..writes {
+        let lba = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % size;
+        let mut block = 0;
+        timed(
+            &mut || block = thin.map_new_block(v, lba).unwrap(),
+            &mut max_ms,
+        );
+        last = (lba, block);
+        if i % every == every - 1 && snaps.len() < 1000 {
+            let mut id = 0;
+            let ms = timed(
+                &mut || {
+                    id = thin.snapshot(v).unwrap();
+                    thin.commit().unwrap();
+                },
+                &mut max_ms,
+            );
+            snap_ms.push(ms);
+            snaps.push(id);
+        }
+    }
+    timed(&mut || thin.commit().unwrap(), &mut max_ms);
+    let write_s = start.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    for id in snaps.iter().step_by(2) {
+        timed(&mut || thin.delete_volume(*id).unwrap(), &mut max_ms);
+    }
+    let mut steps = 0u64;
+    loop {
+        let mut done = false;
+        timed(&mut || done = thin.release_step(64).unwrap(), &mut max_ms);
+        steps += 1;
+        if steps.is_multiple_of(64) || done {
+            timed(&mut || thin.commit().unwrap(), &mut max_ms);
+        }
+        if done {
+            break;
+        }
+    }
+    let delete_s = t.elapsed().as_secs_f64();
+    let tm = thin.transaction_manager();
+    let resident = tm.cache_stats().peak_resident;
+    let rss = rss_mib();
+    drop(thin);
+    let t = std::time::Instant::now();
+    let mut reopened = ThinMetadata::open(media, cache).unwrap();
+    assert_eq!(reopened.lookup(v, last.0).unwrap(), Some(last.1));
+    let open_s = t.elapsed().as_secs_f64();
+    assert_eq!(reopened.volume_ids().unwrap().len(), 1 + snaps.len() / 2);
+    // Bytes the sparse file really holds: the metadata written.
+    let used = std::fs::metadata(&path)
+        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+        .unwrap_or(0);
+    let _ = std::fs::remove_file(&path);
+    snap_ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| snap_ms[((snap_ms.len() - 1) as f64 * p) as usize];
+    eprintln!(
+        "metadata-scale: writes={writes} snapshots={} deleted={} write_s={write_s:.1} delete_s={delete_s:.1} \
+         cache_mib={cache_mib} peak_cache_blocks={resident} rss_mib={rss} snap_median_ms={:.2} \
+         snap_p99_ms={:.2} max_op_ms={max_ms:.1} open_clean_s={open_s:.3} meta_file_mib={}",
+        snaps.len(),
+        snaps.len().div_ceil(2),
+        pct(0.5),
+        pct(0.99),
+        used >> 20,
+    );
+    assert!(resident <= cache);
+}
