@@ -506,7 +506,7 @@ def tcg_note(accel):
 def render(meta, rows, comparisons, cross, targets, idle, reps, failed):
     host, guest = meta["host"], meta["guest"]
     md = []
-    md.append(f"fio, io_uring, direct=1, 1 job; {guest.get('reps', '1')} repetitions of "
+    md.append(f"fio, io_uring, direct=1, 1 job; {guest.get('reps', '?')} repetitions of "
               f"{guest.get('runtime', '?')} s measured after {guest.get('ramp', '?')} s ramp "
               f"(data-service rows: {guest.get('service_runtime', '?')} s); guest "
               f"{guest.get('cpus', '?')} vCPUs ({guest.get('accel', '?')}), kernel "
