@@ -156,6 +156,12 @@ done
 # controller with an image of the same size in the same run directory, and
 # RAM for dm-vdo (its index and block map cache take about 450 MiB).
 export DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0"
+# vm.sh's time limit (DPUBLK_VM_TIMEOUT, made for test suites) would cut a
+# full run short: allow every job of the tables (37 per repetition) its
+# ramp, window and half a minute of start, stop and setup, and a quarter of
+# an hour for boot and preloads. A hung guest is still stopped.
+max_runtime=$(( ${DPUBLK_BENCH_RUNTIME:-6} > ${DPUBLK_BENCH_SERVICE_RUNTIME:-5} ? ${DPUBLK_BENCH_RUNTIME:-6} : ${DPUBLK_BENCH_SERVICE_RUNTIME:-5} ))
+export DPUBLK_VM_TIMEOUT=${DPUBLK_VM_TIMEOUT:-$(( ${DPUBLK_BENCH_REPS:-3} * 37 * (max_runtime + ${DPUBLK_BENCH_RAMP:-2} + 30) + 900 ))}
 vm_opts=(--accelerator --ssds "$nssds" --ssd-size "$sizes" --qemu-nvme "$size" --memory 3G --output "$out")
 
 {
@@ -168,6 +174,7 @@ vm_opts=(--accelerator --ssds "$nssds" --ssd-size "$sizes" --qemu-nvme "$size" -
 	echo "ssds=$nssds"
 	echo "ssd_plan=${ssd_groups[*]}"
 	echo "dpuemu_args=$DPUBLK_DPUEMU_ARGS"
+	echo "vm_timeout=$DPUBLK_VM_TIMEOUT"
 	echo "vm_options=${vm_opts[*]}"
 	echo "host_cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
 	echo "host_cpus=$(nproc)"
