@@ -16,8 +16,8 @@
 //! as values, each keyed by the smallest key of its subtree (the first key
 //! of a node bounds from below only). Nodes split on the way down when
 //! full, so an insert never walks back up; a remove drops nodes that become
-//! empty and collapses a root with a single child, but does not merge
-//! half-empty siblings.
+//! empty, merges a node under a quarter full with a sibling when both fit
+//! in one, and collapses a root with a single child.
 
 use super::transaction::TransactionManager;
 use super::{blank_block, le_u32, le_u64, put_u32, put_u64, MetaError, MetaResult, META_BLOCK};
@@ -382,17 +382,21 @@ pub fn remove(
     if info.kind == ValueKind::DataBlock {
         tm.dec_data(le_u64(&removed, 0))?;
     }
-    // Write back up the path; empty nodes leave their parent.
+    // Write back up the path: an empty node leaves its parent, and a node
+    // under a quarter full merges with a sibling when both fit in one.
     let mut emptied = node.len() == 0;
     write_node(tm, block, &node)?;
     while let Some((parent_block, mut parent, i)) = path.pop() {
         if emptied {
             parent.remove_at(i);
             tm.dec(block)?;
+        } else if node.len() < node.capacity / 4 && parent.len() > 1 {
+            merge_with_sibling(tm, info, &mut parent, i, block, node)?;
         }
         emptied = parent.len() == 0;
         write_node(tm, parent_block, &parent)?;
         block = parent_block;
+        node = parent;
     }
     let mut root = block;
     if emptied {
@@ -410,6 +414,40 @@ pub fn remove(
         root = only;
     }
     Err(too_deep())
+}
+
+/// Merges `parent`'s child `i` (at `block`, holding `node`, both written)
+/// with its right sibling, or its left one for the last child, if their
+/// entries fit in one node: the right node's entries move into the left
+/// one, and the right node leaves the parent and is freed. The moved
+/// entries keep their references: the sibling's copy took its own when it
+/// was shadowed from a shared original.
+fn merge_with_sibling(
+    tm: &mut TransactionManager,
+    info: &TreeInfo,
+    parent: &mut Node,
+    i: usize,
+    block: u64,
+    node: Node,
+) -> MetaResult<()> {
+    let j = if i + 1 < parent.len() { i + 1 } else { i - 1 };
+    let sibling = read_node(tm, info, parent.child(j))?;
+    if node.len() + sibling.len() > node.capacity {
+        return Ok(());
+    }
+    let (sibling_block, sibling) = shadow_node(tm, info, parent.child(j))?;
+    let (left, left_block, mut merged, right, right_block) = if j > i {
+        (i, block, node, sibling, sibling_block)
+    } else {
+        (j, sibling_block, sibling, node, block)
+    };
+    merged.keys.extend_from_slice(&right.keys);
+    merged.values.extend_from_slice(&right.values);
+    write_node(tm, left_block, &merged)?;
+    parent.set_value(left, &left_block.to_le_bytes());
+    parent.remove_at(left + 1);
+    tm.dec(right_block)?;
+    Ok(())
 }
 
 /// Calls `visit` with the entries of keys in `start..end`, in order, until

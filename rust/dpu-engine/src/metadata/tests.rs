@@ -600,3 +600,63 @@ proptest! {
         }
     }
 }
+
+/// Removing most keys merges underfull nodes (also siblings a snapshot
+/// shares), so the tree shrinks with its contents and the snapshot keeps
+/// its own.
+#[test]
+fn removes_merge_underfull_nodes_and_keep_snapshots_intact() {
+    let media = Arc::new(MemMedia::new(META_BLOCKS * META_BLOCK));
+    let mut tm = format(media, 32);
+    let info = TreeInfo::with_fanout(8, ValueKind::DataBlock, 16).unwrap();
+    let mut root = btree::empty(&mut tm, &info).unwrap();
+    let mut model = BTreeMap::new();
+    for i in 0..2000u64 {
+        let key = (i * 7919) % 2000;
+        let block = tm.alloc_data().unwrap();
+        root = btree::insert(&mut tm, &info, root, key, &value(block)).unwrap();
+        model.insert(key, block);
+    }
+    let snapshot = btree::share(&mut tm, root).unwrap();
+    let before = model.clone();
+    let count_nodes = |tm: &mut TransactionManager, root: u64| {
+        let mut nodes = 0;
+        btree::for_each_node(tm, &info, root, &mut |_, _, _| {
+            nodes += 1;
+            true
+        })
+        .unwrap();
+        nodes
+    };
+    let full = count_nodes(&mut tm, root);
+    for i in 0..2000u64 {
+        let key = (i * 7919) % 2000;
+        if key % 20 != 0 {
+            root = btree::remove(&mut tm, &info, root, key).unwrap().0;
+            model.remove(&key);
+        }
+    }
+    let left = count_nodes(&mut tm, root);
+    // 100 keys left: without merging, most of the ~200 leaves would stay.
+    assert!(
+        left <= 2 * model.len() / 4 + 8,
+        "{left} nodes for {} keys (from {full})",
+        model.len()
+    );
+    let contents_of = |tm: &mut TransactionManager, root: u64| {
+        let mut seen = BTreeMap::new();
+        btree::range(tm, &info, root, 0, u64::MAX, &mut |k, v| {
+            seen.insert(k, u64::from_le_bytes(v.try_into().unwrap()));
+            true
+        })
+        .unwrap();
+        seen
+    };
+    assert_eq!(contents_of(&mut tm, root), model);
+    assert_eq!(contents_of(&mut tm, snapshot), before);
+    check_references(&mut tm, &[(root, info), (snapshot, info)]);
+    btree::release(&mut tm, &info, snapshot).unwrap();
+    check_references(&mut tm, &[(root, info)]);
+    tm.set_root(0, root).unwrap();
+    tm.commit().unwrap();
+}
