@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::{MetaError, MetaResult, META_BLOCK};
+use super::{le_u32, le_u64, MetaError, MetaResult, META_BLOCK};
 use crate::media::Media;
 
 /// The owner's bytes start here; bytes 0..4 are the owner's type magic.
@@ -42,27 +42,19 @@ pub fn seal(number: u64, data: &mut [u8]) {
 
 /// Checks that `data` is an intact block `number` of type `magic`.
 pub fn verify(number: u64, data: &[u8], magic: u32) -> MetaResult<()> {
-    let field = |r: std::ops::Range<usize>| data.get(r).unwrap_or(&[]).to_vec();
     if data.len() != META_BLOCK {
         return Err(MetaError::Corrupt(format!("block {number}: wrong size")));
     }
-    let crc = u32::from_le_bytes(field(CRC).try_into().unwrap_or_default());
-    if crc != checksum(data) {
+    if le_u32(data, CRC.start) != checksum(data) {
         return Err(MetaError::Corrupt(format!("block {number}: bad checksum")));
     }
-    let location = u64::from_le_bytes(field(LOCATION).try_into().unwrap_or_default());
+    let location = le_u64(data, LOCATION.start);
     if location != number {
         return Err(MetaError::Corrupt(format!(
             "block {number}: holds block {location}"
         )));
     }
-    let found = u32::from_le_bytes(field(0..4).try_into().unwrap_or_default());
-    if found != magic {
-        return Err(MetaError::Corrupt(format!(
-            "block {number}: type {found:#x}, expected {magic:#x}"
-        )));
-    }
-    Ok(())
+    verify_type(number, data, magic)
 }
 
 /// What went through the cache.
