@@ -5,6 +5,10 @@
 //! compression) → encryption (AES-XTS) → protection (stripe, RAID10, RAID6,
 //! erasure coding) → [`media::Media`]. Every layer is pure logic over the
 //! [`media::Media`] trait, so it is tested with cargo alone, without a VM.
+//!
+//! [`metadata`] holds the metadata of the coming format: copy-on-write
+//! B-trees on the media, paged through a bounded cache, with O(1)
+//! snapshots; the mapping layer still keeps its metadata in RAM.
 
 pub mod fault;
 pub mod media;

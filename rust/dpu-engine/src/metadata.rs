@@ -4,7 +4,7 @@
 //!
 //! Layers, each over the one below:
 //!
-//! * [`block_cache::BlockCache`]: 4 KiB metadata blocks of a [`Media`],
+//! * [`block_cache::BlockCache`]: 4 KiB metadata blocks of a [`crate::media::Media`],
 //!   checksummed and self-locating, cached up to a fixed number of blocks.
 //!   Dirty blocks are written back when evicted or at commit.
 //! * [`transaction::TransactionManager`]: allocation and shadowing
