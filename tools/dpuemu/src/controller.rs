@@ -13,7 +13,9 @@
 //! processing a queue.
 
 mod admin;
+mod bus_master;
 mod data;
+mod hang;
 mod io;
 mod queues;
 #[cfg(test)]
@@ -37,6 +39,8 @@ use crate::namespace::Namespace;
 use crate::ownership::SsdOwnership;
 use crate::volumes::{NamespaceTable, VolumeManager, MAX_NSID};
 
+use bus_master::BusMaster;
+use hang::Hang;
 use queues::{CompletionQueue, SubmissionQueue};
 
 /// Entries per I/O queue the controller supports (CAP.MQES + 1).
@@ -160,6 +164,9 @@ pub struct NamespaceSlot {
 
 struct Registers {
     cc: Cc,
+    /// The CC value the controller last acted on; differs from `cc` only
+    /// while the controller is hung (`hang.rs`).
+    active_cc: Cc,
     csts: u32,
     aqa: u32,
     asq: u64,
@@ -249,7 +256,13 @@ pub struct Controller {
     /// Active namespaces by NSID. The accelerator's change as volumes come
     /// and go.
     namespaces: RwLock<BTreeMap<u32, NamespaceSlot>>,
+    /// Guest memory, reached only through `bus` (Bus Master Enable).
     memory: Arc<dyn GuestMemory>,
+    bus: Arc<BusMaster>,
+    /// Test hook: the controller's firmware hangs (`hang.rs`).
+    hang: Hang,
+    /// Commands dropped without completion because bus mastering was off.
+    dropped: AtomicU64,
     interrupts: Arc<dyn InterruptSink>,
     registers: Mutex<Registers>,
     queues: RwLock<QueueTable>,
@@ -296,14 +309,21 @@ impl Controller {
         let workers = config.workers.max(1);
         let mut features = [0u32; 16];
         features[usize::from(nvme_shim::opcode::feature::VOLATILE_WRITE_CACHE)] = 1;
+        // Without a PCI transport nothing would ever set Bus Master Enable;
+        // the vfio-user transport clears it until the host sets it.
+        let bus = Arc::new(BusMaster::new(memory, true));
         Arc::new_cyclic(|this| Self {
             this: this.clone(),
             personality,
             namespaces: RwLock::new(table),
-            memory,
+            memory: bus.clone(),
+            bus,
+            hang: Hang::default(),
+            dropped: AtomicU64::new(0),
             interrupts,
             registers: Mutex::new(Registers {
                 cc: Cc(0),
+                active_cc: Cc(0),
                 csts: 0,
                 aqa: 0,
                 asq: 0,
@@ -362,6 +382,61 @@ impl Controller {
     /// The signal worker `index` sleeps on.
     pub fn signal(&self, index: usize) -> Option<&WorkerSignal> {
         self.signals.get(index)
+    }
+
+    /// Follows the function's Bus Master Enable bit. Clearing it waits for
+    /// guest-memory accesses in progress; from then on the controller
+    /// touches no guest memory and raises no interrupt (an MSI-X message is
+    /// a memory write), and commands it holds end without completion.
+    pub fn set_bus_master(&self, enabled: bool) {
+        let was = self.bus.set(enabled);
+        if was != enabled {
+            info!(
+                "{}: bus mastering {}",
+                self.config.name,
+                if enabled { "enabled" } else { "disabled" }
+            );
+        }
+        if enabled && !was {
+            // Work held back while the device could not fetch commands.
+            self.signals.iter().for_each(WorkerSignal::notify);
+        }
+    }
+
+    /// Commands dropped without completion because bus mastering was off.
+    #[cfg(test)]
+    pub fn dropped_commands(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Guest-memory accesses refused because bus mastering was off.
+    #[cfg(test)]
+    pub fn refused_accesses(&self) -> u64 {
+        self.bus.refused()
+    }
+
+    /// Test hook: hangs the controller's firmware, or lets it come back
+    /// and catch up (see `hang.rs`).
+    pub fn set_hung(&self, hung: bool) {
+        let was = self.hang.set(hung);
+        if was == hung {
+            return;
+        }
+        if hung {
+            warn!("{}: controller hung (test hook)", self.config.name);
+            return;
+        }
+        warn!(
+            "{}: controller back from its hang (test hook)",
+            self.config.name
+        );
+        {
+            let mut r = lock(&self.registers);
+            let (old, new) = (r.active_cc, r.cc);
+            self.apply_cc(&mut r, old, new);
+        }
+        self.process_admin();
+        self.signals.iter().for_each(WorkerSignal::notify);
     }
 
     /// Asks every worker to exit.
@@ -471,8 +546,18 @@ impl Controller {
     }
 
     fn write_cc(&self, r: &mut Registers, new: Cc) {
-        let old = r.cc;
         r.cc = new;
+        if self.hang.is_hung() {
+            // Recorded; acted upon when the hang ends.
+            return;
+        }
+        let old = r.active_cc;
+        self.apply_cc(r, old, new);
+    }
+
+    /// Acts on a CC change from `old` (the value last acted on) to `new`.
+    fn apply_cc(&self, r: &mut Registers, old: Cc, new: Cc) {
+        r.active_cc = new;
         if !old.en() && new.en() {
             self.enable(r);
         } else if old.en() && !new.en() {
@@ -620,9 +705,11 @@ impl Controller {
 
     /// Resets the controller as a transport-level reset does.
     pub fn transport_reset(&self) {
+        self.hang.set(false);
         let mut r = lock(&self.registers);
         self.reset(&mut r);
         r.cc = Cc(0);
+        r.active_cc = Cc(0);
     }
 
     /// Makes every namespace's completed writes stable.
@@ -655,6 +742,10 @@ impl Controller {
             return;
         };
         slot.store(value, Ordering::SeqCst);
+        if self.hang.is_hung() {
+            // Recorded; processed when the hang ends.
+            return;
+        }
         match kind {
             DoorbellKind::SubmissionTail if qid == 0 => self.process_admin(),
             DoorbellKind::SubmissionTail => self.wake_worker_for(qid),
@@ -685,6 +776,12 @@ impl Controller {
     /// Processes the admin submission queue until it is empty or the admin
     /// completion queue is full.
     fn process_admin(&self) {
+        // A hung controller processes no admin command; this runs on the
+        // transport's thread, which must keep serving registers, so it
+        // does not wait for the hang to end (`set_hung` catches up).
+        if self.hang.is_hung() {
+            return;
+        }
         if let Some((sq, cq, _)) = self.queue_pair(0) {
             while self.process_queue(&sq, &cq, None, BATCH) {}
         }
@@ -772,6 +869,10 @@ impl Controller {
         shadow: Option<ShadowBuffers>,
         budget: usize,
     ) -> bool {
+        if !self.bus.is_enabled() {
+            // Without bus mastering the controller cannot fetch commands.
+            return false;
+        }
         let mut sq = lock(sq);
         if sq.deleted {
             return false;
@@ -831,6 +932,10 @@ impl Controller {
             }
             let mut raw = [0u8; 64];
             if self.memory.read(sq.head_addr(), &mut raw).is_err() {
+                if !self.bus.is_enabled() {
+                    // Bus mastering went off: no fetch, and not a fault.
+                    break;
+                }
                 self.fatal(&format!(
                     "SQ {qid} entry at {:#x} is outside guest memory",
                     sq.head_addr()
@@ -840,6 +945,10 @@ impl Controller {
             }
             sq.advance();
             processed += 1;
+            if qid != 0 {
+                // The command is taken: a hang holds it here.
+                self.hang.wait(&self.stop);
+            }
             let sqe = SubmissionEntry::from_bytes(&raw);
             let outcome = if qid == 0 {
                 self.execute_admin(&sqe)
@@ -856,11 +965,30 @@ impl Controller {
             let Some(completion) = outcome else {
                 continue;
             };
+            if qid != 0 {
+                self.hang.wait(&self.stop);
+            }
+            if !self.bus.is_enabled() {
+                // The host cleared Bus Master Enable while the command ran:
+                // it ends here, without a completion (any data transfer
+                // it still needed was refused too).
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                info!(
+                    "{}: SQ {qid} cid {} dropped without DMA: bus mastering is off",
+                    self.config.name,
+                    sqe.cid()
+                );
+                continue;
+            }
             if !completion.status.is_success() {
                 self.record_error(qid, &sqe, completion.status);
             }
             let mut cq = lock(cq);
             if let Err(e) = cq.post(&*self.memory, &completion, qid, sq.head as u16) {
+                if !self.bus.is_enabled() {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
                 self.fatal(&format!("CQ {}: {e}", cq.qid));
                 cq.deleted = true;
                 break;
@@ -904,7 +1032,8 @@ impl Controller {
 
     fn raise(&self, cq: &CqHandle) {
         let cq = lock(cq);
-        if cq.interrupts && !cq.deleted {
+        // An MSI-X message is a memory write: none without bus mastering.
+        if cq.interrupts && !cq.deleted && self.bus.is_enabled() {
             self.interrupts.raise(cq.vector);
             Stats::add(&self.stats.interrupts, 1);
         }

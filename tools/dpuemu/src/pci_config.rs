@@ -1,7 +1,9 @@
 //! PCI configuration space of a function: a type 0 header with one 64-bit
 //! memory BAR (BAR0), an MSI-X capability whose table and PBA live in BAR0
 //! (QEMU emulates both; the device only sees vector eventfds), and a PCI
-//! Express capability describing a Gen3 x4 endpoint, like a real card.
+//! Express capability describing a Gen3 x4 endpoint, like a real card, and
+//! a vendor-specific capability holding the emulator's test-hook register
+//! (bit 0: the controller's firmware hangs; see `controller/hang.rs`).
 
 use nvme_shim::pci;
 
@@ -18,6 +20,17 @@ const MSIX_CAP: usize = 0x40;
 const MSIX_CAP_ID: u8 = 0x11;
 const PCIE_CAP: usize = 0x50;
 const PCIE_CAP_ID: u8 = 0x10;
+/// Vendor-specific capability: ID, next pointer, length, then the
+/// test-hook register (a dword) at `TEST_HOOK_REGISTER`.
+const VENDOR_CAP: usize = 0x90;
+const VENDOR_CAP_ID: u8 = 0x09;
+const VENDOR_CAP_LEN: u8 = 8;
+/// The test-hook register (Documentation/device-interface.rst).
+pub const TEST_HOOK_REGISTER: usize = VENDOR_CAP + 4;
+/// Test-hook bit: the controller hangs while it is set.
+pub const TEST_HOOK_HANG: u32 = 1 << 0;
+/// Command register: Bus Master Enable.
+const COMMAND_BUS_MASTER: u16 = 1 << 2;
 const STATUS_CAP_LIST: u16 = 1 << 4;
 /// Command register bits the host may set: memory space, bus master,
 /// interrupt disable.
@@ -65,9 +78,9 @@ impl PciConfig {
         c.mask16(MSIX_CAP + 2, MSIX_CONTROL_WRITABLE);
         c.put32(MSIX_CAP + 4, pci::MSIX_TABLE_OFFSET);
         c.put32(MSIX_CAP + 8, pci::MSIX_PBA_OFFSET);
-        // PCI Express capability (version 2, endpoint), the last in the list.
+        // PCI Express capability (version 2, endpoint).
         c.bytes[PCIE_CAP] = PCIE_CAP_ID;
-        c.bytes[PCIE_CAP + 1] = 0;
+        c.bytes[PCIE_CAP + 1] = VENDOR_CAP as u8;
         c.put16(PCIE_CAP + 0x02, 0x0002);
         // Device capabilities: 256-byte max payload, role-based errors.
         c.put32(PCIE_CAP + 0x04, 0x1 | 1 << 15);
@@ -81,7 +94,33 @@ impl PciConfig {
         // Link capabilities 2 (2.5, 5 and 8 GT/s) and control 2 (8 GT/s).
         c.put32(PCIE_CAP + 0x2c, 0x0e);
         c.put16(PCIE_CAP + 0x30, 0x3);
+        // Vendor-specific capability, the last in the list.
+        c.bytes[VENDOR_CAP] = VENDOR_CAP_ID;
+        c.bytes[VENDOR_CAP + 1] = 0;
+        c.bytes[VENDOR_CAP + 2] = VENDOR_CAP_LEN;
+        c.mask32(TEST_HOOK_REGISTER, TEST_HOOK_HANG);
         c
+    }
+
+    fn get16(&self, at: usize) -> u16 {
+        u16::from_le_bytes([self.bytes[at], self.bytes[at + 1]])
+    }
+
+    /// Whether the host set Bus Master Enable: the function may access
+    /// guest memory.
+    pub fn bus_master(&self) -> bool {
+        self.get16(COMMAND) & COMMAND_BUS_MASTER != 0
+    }
+
+    /// The test-hook register.
+    pub fn test_hooks(&self) -> u32 {
+        let at = TEST_HOOK_REGISTER;
+        u32::from_le_bytes([
+            self.bytes[at],
+            self.bytes[at + 1],
+            self.bytes[at + 2],
+            self.bytes[at + 3],
+        ])
     }
 
     fn put16(&mut self, at: usize, v: u16) {
@@ -160,6 +199,21 @@ mod tests {
         assert_eq!(read32(&c, 0x40) >> 8 & 0xff, 0x50);
         assert_eq!(read32(&c, 0x50) & 0xff, 0x10);
         assert_eq!(read32(&c, 0x50) >> 16 & 0xff, 0x02);
+        // The vendor-specific capability follows and ends the list.
+        assert_eq!(read32(&c, 0x50) >> 8 & 0xff, 0x90);
+        assert_eq!(read32(&c, 0x90) & 0xffffff, 0x08_00_09);
+        // Bus Master Enable and the hang hook follow the host's writes;
+        // other test-hook bits are read-only zeroes.
+        assert!(!c.bus_master());
+        c.write(0x04, &0x0006u16.to_le_bytes());
+        assert!(c.bus_master());
+        c.write(0x04, &0x0002u16.to_le_bytes());
+        assert!(!c.bus_master());
+        assert_eq!(c.test_hooks(), 0);
+        c.write(TEST_HOOK_REGISTER as u64, &[0xff; 4]);
+        assert_eq!(c.test_hooks(), TEST_HOOK_HANG);
+        c.write(TEST_HOOK_REGISTER as u64, &[0; 1]);
+        assert_eq!(c.test_hooks(), 0);
         // BAR sizing: all ones reads back the size mask.
         c.write(0x10, &[0xff; 4]);
         c.write(0x14, &[0xff; 4]);

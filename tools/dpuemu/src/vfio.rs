@@ -23,7 +23,7 @@ use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, Serv
 use crate::controller::Controller;
 use crate::guest_memory::DmaRegions;
 use crate::interrupts::MsixEventFds;
-use crate::pci_config::{PciConfig, CONFIG_SPACE_SIZE};
+use crate::pci_config::{PciConfig, CONFIG_SPACE_SIZE, TEST_HOOK_HANG};
 
 /// One PCI function: its controller and the transport state QEMU drives.
 pub struct Function {
@@ -49,6 +49,18 @@ struct Backend {
     memory: Arc<DmaRegions>,
     msix: Arc<MsixEventFds>,
     config: PciConfig,
+}
+
+impl Backend {
+    /// Hands what configuration space controls to the controller: Bus
+    /// Master Enable (clearing it returns only once no guest-memory access
+    /// is in progress, before the client sees the write complete) and the
+    /// hang test hook.
+    fn apply_config(&self) {
+        self.controller.set_bus_master(self.config.bus_master());
+        self.controller
+            .set_hung(self.config.test_hooks() & TEST_HOOK_HANG != 0);
+    }
 }
 
 fn einval() -> io::Error {
@@ -87,6 +99,7 @@ impl ServerBackend for Backend {
             }
             VFIO_PCI_CONFIG_REGION_INDEX => {
                 self.config.write(offset, data);
+                self.apply_config();
                 Ok(())
             }
             _ => Err(einval()),
@@ -261,6 +274,8 @@ pub fn serve(function: &Function, server: Server) {
             controller.config().vectors,
         ),
     };
+    // A function comes out of reset with bus mastering off.
+    backend.apply_config();
     loop {
         match server.run(&mut backend) {
             Ok(()) => info!("{name}: client disconnected"),
@@ -279,6 +294,7 @@ pub fn serve(function: &Function, server: Server) {
             function.class_code,
             controller.config().vectors,
         );
+        backend.apply_config();
     }
 }
 
@@ -469,6 +485,10 @@ mod tests {
             .unwrap();
         assert_eq!(u32::from_le_bytes(class) >> 8, 0x010802);
         client.dma_map(0, IOVA, RAM, ram.as_raw_fd()).unwrap();
+        // Memory space and bus mastering, as the host driver enables them.
+        client
+            .region_write(VFIO_PCI_CONFIG_REGION_INDEX, 4, &0x0006u16.to_le_bytes())
+            .unwrap();
         let irqs: Vec<File> = (0..3).map(|_| eventfd()).collect();
         let raw: Vec<i32> = irqs.iter().map(|f| f.as_raw_fd()).collect();
         client

@@ -1683,4 +1683,5 @@ fn shutdown_releases_the_ssd_for_the_accelerator() {
     assert_eq!(host.read32(regs::CSTS), Csts::RDY);
 }
 
+mod bus_master_tests;
 mod volume_tests;

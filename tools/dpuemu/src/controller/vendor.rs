@@ -279,6 +279,12 @@ impl Controller {
                 return;
             }
             if let Err(e) = queue.post(&*self.memory, &completion, 0, head) {
+                if !self.bus.is_enabled() {
+                    // Bus mastering is off: the command ends unseen.
+                    self.dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
                 self.fatal(&format!("CQ 0: {e}"));
                 queue.deleted = true;
                 return;
