@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::controller::hostile::HostileSpec;
+
 /// Usage text printed by `--help`.
 pub const USAGE: &str = "\
 dpuemu - the dpublk storage accelerator, emulated as vfio-user PCIe functions
@@ -34,6 +36,13 @@ Options:
                          SEED, logged) reaches the image, the rest is lost,
                          and dpuemu exits (status 3) at once without
                          flushing
+  --hostile RATE[:SEED[:KINDS]]
+                         test mode: one accelerator I/O completion in RATE
+                         breaks the protocol (seeded, SEED default 1); KINDS
+                         a comma list of wrong-cid, stale-generation,
+                         duplicate, wrong-sqid, sq-head, phase, status,
+                         irq-storm, never-complete (default: all but
+                         never-complete)
   -h, --help             print this help
   -V, --version          print the version
 ";
@@ -58,6 +67,8 @@ pub struct Options {
     pub log_level: log::LevelFilter,
     /// Seed of the power-loss simulation (`--power-loss-sim`), if on.
     pub power_loss_seed: Option<u64>,
+    /// `--hostile`: the accelerator breaks the protocol on purpose.
+    pub hostile: Option<HostileSpec>,
 }
 
 /// What the command line asks for.
@@ -139,6 +150,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     let mut workers = 2usize;
     let mut log_level = log::LevelFilter::Info;
     let mut power_loss_seed = None;
+    let mut hostile = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -182,6 +194,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                     u64::MAX,
                 )?)
             }
+            "--hostile" => hostile = Some(HostileSpec::parse(&value("--hostile")?)?),
             other => return Err(format!("unknown argument '{other}' (see --help)")),
         }
     }
@@ -202,6 +215,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         workers,
         log_level,
         power_loss_seed,
+        hostile,
     }))
 }
 
@@ -301,5 +315,10 @@ mod tests {
             "18446744073709551616"
         ]))
         .is_err());
+        assert!(parse(args(&["--socket-dir", "d", "--hostile", "0"])).is_err());
+        let Ok(Command::Run(o)) = parse(args(&["--socket-dir", "d", "--hostile=50:3"])) else {
+            panic!("--hostile refused")
+        };
+        assert_eq!(o.hostile.map(|h| (h.rate, h.seed)), Some((50, 3)));
     }
 }

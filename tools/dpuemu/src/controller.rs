@@ -16,6 +16,7 @@ mod admin;
 mod bus_master;
 mod data;
 mod hang;
+pub mod hostile;
 mod io;
 mod queues;
 #[cfg(test)]
@@ -41,6 +42,7 @@ use crate::volumes::{NamespaceTable, VolumeManager, MAX_NSID};
 
 use bus_master::BusMaster;
 use hang::Hang;
+use hostile::Anomaly;
 use queues::{CompletionQueue, SubmissionQueue};
 
 /// Entries per I/O queue the controller supports (CAP.MQES + 1).
@@ -742,8 +744,11 @@ impl Controller {
             return;
         };
         slot.store(value, Ordering::SeqCst);
-        if self.hang.is_hung() {
-            // Recorded; processed when the hang ends.
+        if self.hang.is_hung() && (qid == 0 || kind == DoorbellKind::CompletionHead) {
+            // Recorded; processed when the hang ends. An I/O submission
+            // doorbell still wakes a worker, which takes the command and
+            // holds it in the hang, as a device whose firmware hung after
+            // fetching would.
             return;
         }
         match kind {
@@ -984,6 +989,22 @@ impl Controller {
                 self.record_error(qid, &sqe, completion.status);
             }
             let mut cq = lock(cq);
+            let anomaly = if qid != 0 {
+                self.hostile_anomaly(&cq)
+            } else {
+                None
+            };
+            let mut completion = completion;
+            match anomaly {
+                Some(Anomaly::NeverComplete) => continue,
+                Some(kind)
+                    if !self.inject(kind, &mut cq, &mut completion, qid, sq.head, sq.size) =>
+                {
+                    posted = true;
+                    continue;
+                }
+                _ => {}
+            }
             if let Err(e) = cq.post(&*self.memory, &completion, qid, sq.head as u16) {
                 if !self.bus.is_enabled() {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -999,6 +1020,90 @@ impl Controller {
             self.raise(cq);
         }
         processed > 0
+    }
+
+    /// The anomaly hostile mode puts on this I/O completion, if any
+    /// (accelerator only; only when the completion queue has room for an
+    /// extra entry and the real one).
+    fn hostile_anomaly(&self, cq: &CompletionQueue) -> Option<Anomaly> {
+        if !matches!(self.personality, Personality::Accelerator { .. }) || cq.free() < 2 {
+            return None;
+        }
+        hostile::hostile()?.draw()
+    }
+
+    /// Applies hostile mode's anomaly `kind` around the real `completion`
+    /// of a command from SQ `qid` (`hostile.rs` describes each kind).
+    /// Returns whether the caller still posts `completion` (false: it was
+    /// posted here).
+    fn inject(
+        &self,
+        kind: Anomaly,
+        cq: &mut CompletionQueue,
+        completion: &mut queues::Completion,
+        qid: u16,
+        sq_head: u32,
+        sq_size: u32,
+    ) -> bool {
+        let random = hostile::hostile().map_or(0, |h| h.random());
+        let mem = &*self.memory;
+        let head = sq_head as u16;
+        let extra = |cq: &mut CompletionQueue, c: queues::Completion, sqid: u16, head: u16| {
+            let _ = cq.post(mem, &c, sqid, head);
+        };
+        match kind {
+            // Tag 1023 is never a host tag (at most 1023 entries per
+            // queue leave tags 0..=1022).
+            Anomaly::WrongCid => extra(
+                cq,
+                queues::Completion {
+                    cid: 0x3ff | ((random as u16) << 10),
+                    ..*completion
+                },
+                qid,
+                head,
+            ),
+            Anomaly::StaleGeneration => extra(
+                cq,
+                queues::Completion {
+                    cid: completion.cid.wrapping_sub(1 << 10),
+                    ..*completion
+                },
+                qid,
+                head,
+            ),
+            Anomaly::Duplicate => extra(cq, *completion, qid, head),
+            Anomaly::WrongSqId => extra(
+                cq,
+                *completion,
+                qid.wrapping_add(1 + (random as u16 % 7)),
+                head,
+            ),
+            Anomaly::SqHead => extra(
+                cq,
+                *completion,
+                qid,
+                (sq_size as u16).wrapping_add(random as u16 % 100),
+            ),
+            Anomaly::Phase => {
+                // The real completion goes first; the glitch follows it.
+                let _ = cq.post(mem, completion, qid, head);
+                let _ = cq.flip_next_phase(mem);
+                return false;
+            }
+            Anomaly::Status => {
+                completion.status = Status::new(5 + (random as u8 & 1), random as u8)
+            }
+            Anomaly::IrqStorm => {
+                if cq.interrupts && self.bus.is_enabled() {
+                    for _ in 0..32 {
+                        self.interrupts.raise(cq.vector);
+                    }
+                }
+            }
+            Anomaly::NeverComplete => {}
+        }
+        true
     }
 
     /// Whether the accelerator drops the I/O command it is taking

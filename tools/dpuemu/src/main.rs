@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
 
-use log::{error, info};
+use log::{error, info, warn};
 use nvme_shim::pci;
 
 use cli::{Command, Options};
@@ -150,6 +150,13 @@ fn power_cut(volatile: &[Arc<VolatileNamespace>], seed: u64) -> ! {
 
 fn run(options: &Options) -> Result<(), String> {
     logger::init(options.log_level);
+    if let Some(spec) = options.hostile.clone() {
+        warn!(
+            "hostile mode: one I/O completion in {} gets an anomaly",
+            spec.rate
+        );
+        controller::hostile::configure(spec);
+    }
     let signals = block_signals()?;
     std::fs::create_dir_all(&options.socket_dir)
         .map_err(|e| format!("{}: {e}", options.socket_dir.display()))?;

@@ -2,9 +2,10 @@
 //!
 //! While hung, the function still answers on the bus (registers read and
 //! write, configuration space works, Bus Master Enable is honoured), but the
-//! controller acts on nothing: doorbells and CC writes are recorded and not
-//! processed, so CSTS.RDY stays set after the host clears CC.EN; a worker
-//! that had taken a command stops before executing or completing it. When
+//! controller completes nothing: admin doorbells and CC writes are recorded
+//! and not processed, so CSTS.RDY stays set after the host clears CC.EN; an
+//! I/O worker takes the next command from its queue and stops before
+//! executing it. When
 //! the hang ends, the controller catches up: it applies the last CC value
 //! (a cleared CC.EN resets it), processes the doorbells, and the workers
 //! finish the commands they held — without any guest-memory access if the

@@ -126,6 +126,27 @@ impl CompletionQueue {
         (self.tail + 1) % self.size == self.head
     }
 
+    /// Entries the controller may still write before the queue is full.
+    pub fn free(&self) -> u32 {
+        let used = (self.tail + self.size - self.head) % self.size;
+        self.size - 1 - used
+    }
+
+    /// Hostile mode's phase glitch: sets the phase tag of the entry after
+    /// the tail to the phase new entries carry, over whatever that entry
+    /// held, so the host sees an entry that was never written as new.
+    pub fn flip_next_phase(&self, memory: &dyn GuestMemory) -> Result<(), MemoryError> {
+        let addr = self.base + u64::from(self.tail) * 16 + 12;
+        let dw3 = memory.read_u32(addr)?;
+        let phase_bit = 1 << 16;
+        let dw3 = if self.phase {
+            dw3 | phase_bit
+        } else {
+            dw3 & !phase_bit
+        };
+        memory.write_u32(addr, dw3)
+    }
+
     /// Writes `entry` at the tail with the current phase and advances.
     /// The first 12 bytes go first; the dword holding the phase tag is
     /// written last, with one store, after a release fence, so the host
