@@ -164,20 +164,23 @@ impl Request {
 
     /// Bytes the request transfers (`blk_rq_bytes()`).
     pub(crate) fn bytes(&self) -> u32 {
-        // SAFETY: As for `sector`.
+        // SAFETY: By the type invariant the request is valid; a started
+        // request's length changes only when its driver completes part of
+        // it, which this driver never does.
         unsafe { (*self.raw()).__data_len }
     }
 
     /// Number of physical segments (`blk_rq_nr_phys_segments()` for
     /// requests with data).
     pub(crate) fn phys_segments(&self) -> u32 {
-        // SAFETY: As for `sector`.
+        // SAFETY: By the type invariant the request is valid; its segment
+        // count was fixed when the bios were merged, before it was started.
         u32::from(unsafe { (*self.raw()).nr_phys_segments })
     }
 
     fn flags(&self) -> u32 {
-        // SAFETY: As for `sector`; `cmd_flags` is fixed once the request is
-        // started.
+        // SAFETY: By the type invariant the request is valid, and
+        // `cmd_flags` is fixed once the request is started.
         unsafe { (*self.raw()).cmd_flags }
     }
 
@@ -263,7 +266,9 @@ impl OwnedRequest {
 
 impl Drop for OwnedRequest {
     fn drop(&mut self) {
-        // SAFETY: As in `end`; `drop` runs once and `self` is not used again.
+        // SAFETY: The driver owns the started request (type invariant) and
+        // this is its only hand-back: `drop` runs once, and `end` and
+        // `requeue` forget `self` instead of dropping it.
         unsafe {
             bindings::blk_mq_end_request(
                 self.0.as_ptr(),
@@ -314,13 +319,19 @@ impl RequestSlot {
     }
 
     /// Whether the slot holds a request.
+    ///
+    /// Loads with Acquire, pairing with the Release of [`Self::put`]: a
+    /// caller that sees the request also sees everything its submitter
+    /// stored before parking it (the command ID the completion is checked
+    /// against).
     pub(crate) fn is_occupied(&self) -> bool {
-        !self.0.load(Ordering::Relaxed).is_null()
+        !self.0.load(Ordering::Acquire).is_null()
     }
 
-    /// Whether the slot holds exactly `rq`.
+    /// Whether the slot holds exactly `rq` (Acquire, as
+    /// [`Self::is_occupied`]).
     pub(crate) fn holds(&self, rq: &Request) -> bool {
-        core::ptr::eq(self.0.load(Ordering::Relaxed), rq.raw())
+        core::ptr::eq(self.0.load(Ordering::Acquire), rq.raw())
     }
 }
 
@@ -541,7 +552,10 @@ pub(crate) struct TagSet<T: Operations> {
 // SAFETY: The tag set is used by blk-mq from any CPU; the driver data it
 // carries is `Send + Sync` (trait bounds).
 unsafe impl<T: Operations> Send for TagSet<T> {}
-// SAFETY: As above; `&TagSet` only gives access to thread-safe data.
+// SAFETY: `&TagSet` only reaches the `blk_mq_tag_set` through blk-mq calls
+// that do their own locking, the `quiesced` flag through its mutex, and the
+// driver data, which is `Send + Sync` (trait bounds); so sharing references
+// across CPUs is sound.
 unsafe impl<T: Operations> Sync for TagSet<T> {}
 
 impl<T: Operations> TagSet<T> {
@@ -751,7 +765,9 @@ impl<T: Operations> Disk<T> {
             // SAFETY: `gendisk` was never added; `put_disk` releases it, and
             // the queue data is reclaimed once.
             unsafe { bindings::put_disk(gendisk) };
-            // SAFETY: As above.
+            // SAFETY: `queuedata` came from `Arc::into_raw` above and the
+            // disk that would have released it was never added (and is now
+            // put), so this is the only reclaim of that reference.
             drop(unsafe { Arc::from_raw(queuedata.cast::<T::DiskData>()) });
             return Err(e);
         }
@@ -866,6 +882,15 @@ impl<T: Operations> OperationsVTable<T> {
         unsafe { &*(*hctx).driver_data.cast::<T::HwQueue>() }
     }
 
+    /// `blk_mq_ops.queue_rq`.
+    ///
+    /// # Safety
+    ///
+    /// Called by blk-mq only: `hctx` is a hardware context of this tag set
+    /// set up by [`Self::init_hctx`], and `bd` points to queue data whose
+    /// `rq` is a live, not yet started request of a disk made by
+    /// [`Disk::new`] (so its `queuedata` is that disk's `T::DiskData`),
+    /// valid for the call.
     unsafe extern "C" fn queue_rq(
         hctx: *mut bindings::blk_mq_hw_ctx,
         bd: *const bindings::blk_mq_queue_data,
@@ -900,11 +925,24 @@ impl<T: Operations> OperationsVTable<T> {
         }
     }
 
+    /// `blk_mq_ops.commit_rqs`.
+    ///
+    /// # Safety
+    ///
+    /// Called by blk-mq only, with `hctx` a hardware context of this tag set
+    /// set up by [`Self::init_hctx`].
     unsafe extern "C" fn commit_rqs(hctx: *mut bindings::blk_mq_hw_ctx) {
         // SAFETY: blk-mq passes a live, initialized hardware context.
         T::commit_rqs(unsafe { Self::hw_queue(hctx) });
     }
 
+    /// `blk_mq_ops.timeout`.
+    ///
+    /// # Safety
+    ///
+    /// Called by blk-mq only, with `rq` a started request of this tag set
+    /// that stays valid for the call (blk-mq holds a reference on it), whose
+    /// `mq_hctx` was set up by [`Self::init_hctx`].
     unsafe extern "C" fn timeout(rq: *mut bindings::request) -> bindings::blk_eh_timer_return {
         // SAFETY: blk-mq passes an in-flight request, whose hardware context
         // is initialized.
@@ -920,6 +958,13 @@ impl<T: Operations> OperationsVTable<T> {
         }
     }
 
+    /// `blk_mq_ops.init_hctx`.
+    ///
+    /// # Safety
+    ///
+    /// Called by blk-mq only, with `hctx` a live hardware context of this
+    /// tag set that nobody else initializes concurrently, and `driver_data`
+    /// the set's `driver_data` (the `SetShared<T>` of [`TagSet::new`]).
     unsafe extern "C" fn init_hctx(
         hctx: *mut bindings::blk_mq_hw_ctx,
         driver_data: *mut c_void,
@@ -938,6 +983,13 @@ impl<T: Operations> OperationsVTable<T> {
         }
     }
 
+    /// `blk_mq_ops.map_queues`.
+    ///
+    /// # Safety
+    ///
+    /// Called by blk-mq only, with `set` this tag set (initialized by
+    /// [`TagSet::new`], so its `driver_data` is our `SetShared<T>`), while
+    /// it may update the set's queue maps.
     unsafe extern "C" fn map_queues(set: *mut bindings::blk_mq_tag_set) {
         // SAFETY: `set` is our tag set; `driver_data` as in `init_hctx`.
         let shared = unsafe { &*(*set).driver_data.cast::<SetShared<T>>() };

@@ -172,13 +172,21 @@ struct Walk {
 
 /// `device_for_each_child` callback of the top level: `data` is the
 /// caller's `bool`.
+///
+/// # Safety
+///
+/// Called by `device_for_each_child` only, from
+/// [`PciFunction::has_open_block_devices`]: `dev` is a live child the
+/// driver core holds for the call, and `data` points to that caller's
+/// writable `bool`, which outlives the walk.
 unsafe extern "C" fn visit_child(dev: *mut bindings::device, data: *mut c_void) -> c_int {
     let mut walk = Walk {
         open: data.cast::<bool>(),
         depth: 1,
     };
-    // SAFETY: `dev` is a live child handed to us by the driver core and
-    // `walk` outlives the call.
+    // SAFETY: `dev` is a live child held by the driver core for this call,
+    // and `walk.open` is the caller's writable `bool` (function
+    // requirements); `walk` itself lives on this stack frame for the call.
     unsafe { visit(dev, &mut walk) }
 }
 
@@ -229,6 +237,12 @@ unsafe fn visit(dev: *mut bindings::device, walk: &mut Walk) -> c_int {
 
 /// `device_for_each_child` callback below the top level: `data` is the
 /// `Walk`.
+///
+/// # Safety
+///
+/// Called by `device_for_each_child` only, from [`visit`]: `dev` is a live
+/// child the driver core holds for the call, and `data` points to the
+/// `Walk` of that `visit`, alive and not otherwise borrowed for the call.
 unsafe extern "C" fn visit_nested(dev: *mut bindings::device, data: *mut c_void) -> c_int {
     // SAFETY: `data` is the `Walk` passed by `visit`, alive for the call;
     // `dev` is a live child.

@@ -52,6 +52,14 @@ impl<T: Handler> PinnedDrop for IrqHandler<T> {
     }
 }
 
+/// The interrupt handler registered for every vector.
+///
+/// # Safety
+///
+/// Called by the interrupt core only, for an interrupt registered by
+/// `QueueInterrupts::register` with `cookie` the pinned `IrqHandler<T>`
+/// passed there, which stays alive until `free_irq` (in its drop) has
+/// waited for this call to return.
 unsafe extern "C" fn handle_irq<T: Handler>(
     _irq: i32,
     cookie: *mut c_void,

@@ -13,9 +13,22 @@
 //!   reset requeues whatever is outstanding;
 //! - dead: failed for good or shut down; new I/O fails at once and no
 //!   reset is tried any more.
+//!
+//! # Stopping the device
+//!
+//! Failure, reset and teardown stop the device in the order the NVMe PCI
+//! driver uses: CC.EN = 0 and wait (at most CAP.TO) for CSTS.RDY = 0, then
+//! clear bus mastering, then reap the completions the device posted, and
+//! only then cancel or requeue what is left. Only CSTS.RDY = 0 confirms the
+//! device stopped ([`DeviceAccess`]); until then its rings, PRP lists and
+//! command buffers stay allocated, and if it never confirms, they are
+//! leaked on purpose (`device_memory.rs`).
 
 use crate::{
+    device_memory::{DeviceAccess, DeviceMemory},
+    pci_bus_master,
     queue::{CompletionRing, SubmissionRing},
+    reset::ControllerReset,
     regs::{Bar0, Registers, BAR0_SIZE},
     shim::{
         cqe::CompletionEntry,
@@ -25,16 +38,16 @@ use crate::{
         status::{sct, Status},
     },
 };
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kernel::{
     device,
     devres::DevresLt,
     fmt,
     io::poll::read_poll_timeout,
-    new_mutex, pci,
+    new_mutex, new_spinlock_irq, pci,
     prelude::*,
     sync::aref::ARef,
-    sync::Mutex,
+    sync::{Arc, Mutex, SpinLockIrq},
     time::{delay::fsleep, Delta, Instant, Monotonic},
 };
 
@@ -42,7 +55,7 @@ use kernel::{
 const ADMIN_ENTRIES: u16 = 32;
 /// How long an admin command may take. Generous: the emulated device runs
 /// under TCG in tests.
-const ADMIN_TIMEOUT: Delta = Delta::from_secs(10);
+pub(crate) const ADMIN_TIMEOUT: Delta = Delta::from_secs(10);
 
 /// Ways a device can break the protocol. Each is logged once per
 /// controller; after any of them the controller is not trusted any more.
@@ -123,10 +136,40 @@ pub(crate) struct Capabilities {
 
 /// The admin queue pair. Commands are polled: the admin queue carries only
 /// setup and management traffic, so it needs no interrupt.
+///
+/// Several commands may be outstanding: the admin lock is held only to
+/// submit and to collect completions, never while waiting, so a long
+/// Maintenance command does not hold up an Abort, a reset's restart or
+/// unbind. Whoever polls files every completion under its command ID in
+/// `waiting`; each waiter picks up its own.
 struct AdminQueue {
     sq: SubmissionRing,
     cq: CompletionRing,
     next_cid: u16,
+    /// Bumped when a reset empties the rings: commands of an older
+    /// generation died with the device's queue.
+    generation: u64,
+    /// Commands submitted and not yet picked up, with their completion
+    /// once it came.
+    waiting: KVec<AdminWait>,
+}
+
+/// An outstanding admin command.
+struct AdminWait {
+    cid: u16,
+    cqe: Option<CompletionEntry>,
+}
+
+impl AdminQueue {
+    fn new(sq: SubmissionRing, cq: CompletionRing) -> Self {
+        Self {
+            sq,
+            cq,
+            next_cid: 0,
+            generation: 0,
+            waiting: KVec::new(),
+        }
+    }
 }
 
 /// A controller.
@@ -135,6 +178,13 @@ pub(crate) struct Controller {
     pdev: ARef<pci::Device>,
     bar: DevresLt<Bar0>,
     caps: Capabilities,
+    /// Whether the device was confirmed stopped; shared with every ring and
+    /// buffer it may write.
+    access: Arc<DeviceAccess>,
+    /// Where a protocol error asks for a reset: set while resets are armed
+    /// (`reset.rs` breaks this reference cycle when it disarms).
+    #[pin]
+    recovery: SpinLockIrq<Option<Arc<ControllerReset>>>,
     #[pin]
     admin: Mutex<Option<AdminQueue>>,
     /// Set once the device broke the protocol or failed; nothing it says is
@@ -147,9 +197,18 @@ pub(crate) struct Controller {
     resetting: AtomicBool,
     /// Set once the controller failed for good or was shut down.
     dead: AtomicBool,
-    /// Protocol errors already logged (`ProtocolError` bits).
-    reported: AtomicU32,
+    /// Protocol errors seen, per kind (index: bit number of the
+    /// `ProtocolError`); each kind is logged at its 1st, 2nd, 4th, 8th ...
+    /// occurrence, so a hostile device cannot flood the log.
+    errors: [AtomicU64; PROTOCOL_ERROR_KINDS],
+    /// Set when a request completed successfully; taken by the reset
+    /// machinery, which refills its budget when the device made progress
+    /// since the last reset.
+    progress: AtomicBool,
 }
+
+/// Number of [`ProtocolError`] kinds.
+const PROTOCOL_ERROR_KINDS: usize = 5;
 
 impl Controller {
     /// Maps nothing new: takes the mapped BAR, reads CAP and prepares the
@@ -173,6 +232,17 @@ impl Controller {
             dev_err!(pdev, "unsupported controller capabilities {:#x}\n", cap.0);
             return Err(ENODEV);
         }
+        // Doorbells farther apart than 4 bytes would lie beyond the part of
+        // BAR0 the driver maps; the interface has none.
+        if cap.dstrd() != 0 {
+            dev_err!(
+                pdev,
+                "doorbell stride CAP.DSTRD {} unsupported: only 4-byte doorbells (CAP {:#x})\n",
+                cap.dstrd(),
+                cap.0
+            );
+            return Err(ENODEV);
+        }
         let caps = Capabilities {
             max_queue_entries: cap.max_queue_entries(),
             dstrd: cap.dstrd(),
@@ -180,17 +250,22 @@ impl Controller {
             // which no controller can meet.
             ready_timeout: Delta::from_millis(500 * i64::from(cap.timeout().max(1))),
         };
+        let dev: &device::Device<device::Core<'_>> = pdev.as_ref();
+        let access = DeviceAccess::new(dev)?;
         let pdev: ARef<pci::Device> = (&**pdev).into();
         Ok(try_pin_init!(Self {
             pdev,
             bar,
             caps,
+            access,
+            recovery <- new_spinlock_irq!(None),
             admin <- new_mutex!(None),
             broken: AtomicBool::new(false),
             disabled: AtomicBool::new(false),
             resetting: AtomicBool::new(false),
             dead: AtomicBool::new(false),
-            reported: AtomicU32::new(0),
+            errors: [const { AtomicU64::new(0) }; PROTOCOL_ERROR_KINDS],
+            progress: AtomicBool::new(false),
         }))
     }
 
@@ -202,6 +277,19 @@ impl Controller {
     /// The controller's capabilities.
     pub(crate) fn caps(&self) -> &Capabilities {
         &self.caps
+    }
+
+    /// Whether the device may access host memory; for the rings and
+    /// buffers it may write.
+    pub(crate) fn access(&self) -> &Arc<DeviceAccess> {
+        &self.access
+    }
+
+    /// From now on, protocol errors schedule a reset with `reset` (`None`:
+    /// no more).
+    pub(crate) fn set_recovery(&self, reset: Option<Arc<ControllerReset>>) {
+        let old = core::mem::replace(&mut *self.recovery.lock(), reset);
+        drop(old);
     }
 
     /// Runs `f` on the registers, unless the device is unbound.
@@ -230,22 +318,45 @@ impl Controller {
         self.dead.load(Ordering::Acquire)
     }
 
+    /// A request completed successfully: the device makes progress.
+    pub(crate) fn note_progress(&self) {
+        if !self.progress.load(Ordering::Relaxed) {
+            self.progress.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a request completed successfully since the last call.
+    pub(crate) fn take_progress(&self) -> bool {
+        self.progress.swap(false, Ordering::Relaxed)
+    }
+
     /// Whether a reset is scheduled or running.
     pub(crate) fn is_resetting(&self) -> bool {
         self.resetting.load(Ordering::Acquire)
     }
 
-    /// Records a protocol violation: logs it the first time, and stops
-    /// trusting the device.
+    /// Records a protocol violation: logs it the first time (per kind,
+    /// until a reset succeeds), stops trusting the device and schedules a
+    /// reset at once. I/O submitted meanwhile waits for the reset (blk-mq
+    /// requeues it); if no reset is possible any more, the next timeout
+    /// fails the controller. May be called in interrupt context.
     pub(crate) fn protocol_error(&self, kind: ProtocolError, detail: fmt::Arguments<'_>) {
-        let bit = kind as u32;
-        if self.reported.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+        let index = (kind as u32).trailing_zeros() as usize;
+        let seen = self
+            .errors
+            .get(index)
+            .map_or(1, |n| n.fetch_add(1, Ordering::Relaxed) + 1);
+        if seen.is_power_of_two() {
             dev_err!(
                 self.pdev,
-                "device error ({kind:?}): {detail}; not trusting it any more\n"
+                "device error ({kind:?}, {seen} so far): {detail}; not trusting it any more, resetting it\n"
             );
         }
         self.broken.store(true, Ordering::Release);
+        let reset = self.recovery.lock().clone();
+        if let Some(reset) = reset {
+            reset.schedule();
+        }
     }
 
     /// Checks that the controller still answers and has not failed: a
@@ -270,7 +381,10 @@ impl Controller {
     }
 
     /// Disables the controller (CC.EN = 0) and waits until it is not ready
-    /// (or reads all ones: gone).
+    /// (or reads all ones: gone). CSTS.RDY = 0 confirms the device stopped:
+    /// it dropped every queue and accesses no host memory any more. All
+    /// ones confirms nothing (a device that vanished from the bus may come
+    /// back), so its memory stays where it is.
     fn disable(&self) -> Result<Csts> {
         self.with_regs(|regs| {
             let cc = regs.cc()?;
@@ -279,7 +393,37 @@ impl Controller {
             }
             Ok(())
         })?;
-        self.poll_csts(|csts| !csts.rdy() || csts.0 == u32::MAX)
+        let csts = self.poll_csts(|csts| !csts.rdy() || csts.0 == u32::MAX)?;
+        if csts.0 != u32::MAX && !csts.rdy() {
+            self.access.confirm_stopped();
+        }
+        Ok(csts)
+    }
+
+    /// Clears bus mastering: the device may not start another memory
+    /// access, whether or not it confirmed it stopped.
+    pub(crate) fn clear_bus_master(&self) {
+        pci_bus_master::clear_master(&self.pdev);
+    }
+
+    /// Lets the device access memory again and enables it (CC.EN = 1 with
+    /// the admin queue registers set).
+    fn start(&self, aqa: Aqa, asq: u64, acq: u64) -> Result {
+        pci_bus_master::set_master(&self.pdev);
+        self.access.allow();
+        self.with_regs(|regs| {
+            regs.set_admin_queues(aqa, asq, acq)?;
+            regs.set_cc(Cc::enable_default())
+        })
+    }
+
+    /// Says in dmesg that the device did not confirm it stopped, so its
+    /// memory stays allocated (and is leaked if it never does).
+    fn report_unconfirmed(&self, why: fmt::Arguments<'_>) {
+        dev_err!(
+            self.pdev,
+            "controller not confirmed stopped ({why}): bus mastering cleared; its rings, PRP lists and command buffers stay allocated until it stops, and are never freed if it does not\n"
+        );
     }
 
     /// Polls CSTS until `done` holds, for at most CAP.TO.
@@ -300,22 +444,15 @@ impl Controller {
         self.disable()
             .inspect_err(|e| dev_err!(self.pdev, "controller does not disable: {e:?}\n"))?;
         let entries = ADMIN_ENTRIES.min(self.caps.max_queue_entries.min(4096) as u16);
-        let sq = SubmissionRing::new(dev, entries)?;
-        let cq = CompletionRing::new(dev, entries)?;
-        self.with_regs(|regs| {
-            regs.set_admin_queues(
-                Aqa::new(entries, entries),
-                sq.dma_address(),
-                cq.dma_address(),
-            )?;
-            regs.set_cc(Cc::enable_default())
-        })?;
+        let sq = SubmissionRing::new(dev, entries, &self.access)?;
+        let cq = CompletionRing::new(dev, entries, &self.access)?;
+        self.start(
+            Aqa::new(entries, entries),
+            sq.dma_address(),
+            cq.dma_address(),
+        )?;
         self.wait_ready()?;
-        *self.admin.lock() = Some(AdminQueue {
-            sq,
-            cq,
-            next_cid: 0,
-        });
+        *self.admin.lock() = Some(AdminQueue::new(sq, cq));
         self.disabled.store(false, Ordering::Release);
         Ok(())
     }
@@ -353,16 +490,24 @@ impl Controller {
     /// (Documentation/device-interface.rst, "Enable, reset and shutdown"),
     /// so it no longer touches any request's memory. Fails if the device
     /// does not stop within CAP.TO or reads all ones (gone from the bus).
+    ///
+    /// Bus mastering is cleared either way, after the wait, as the NVMe
+    /// PCI driver's `nvme_dev_disable()` does; [`Controller::restart`] sets
+    /// it again.
     pub(crate) fn disable_for_reset(&self) -> Result {
         if self.is_dead() {
             return Err(ENODEV);
         }
         self.disabled.store(true, Ordering::Release);
-        let csts = self
-            .disable()
-            .inspect_err(|e| dev_err!(self.pdev, "controller does not disable: {e:?}\n"))?;
+        let result = self.disable();
+        self.clear_bus_master();
+        let csts = result.inspect_err(|e| {
+            dev_err!(self.pdev, "controller does not disable: {e:?}\n");
+            self.report_unconfirmed(format_args!("no CSTS.RDY = 0 within CAP.TO"));
+        })?;
         if csts.0 == u32::MAX {
             dev_err!(self.pdev, "controller registers read all ones: device gone\n");
+            self.report_unconfirmed(format_args!("registers read all ones"));
             return Err(ENODEV);
         }
         Ok(())
@@ -383,23 +528,24 @@ impl Controller {
                 None => return Err(ENODEV),
             };
             // The controller is disabled (`disable_for_reset`): the device
-            // owns no entry of either ring.
+            // owns no entry of either ring. Commands still waiting died
+            // with the device's queue; their waiters see the new
+            // generation and give up.
             admin.sq.reset();
             admin.cq.reset();
+            admin.generation = admin.generation.wrapping_add(1);
+            admin.waiting.clear();
             let (sq_addr, cq_addr) = (admin.sq.dma_address(), admin.cq.dma_address());
             let entries = admin.sq.entries();
-            self.with_regs(|regs| {
-                regs.set_admin_queues(Aqa::new(entries, entries), sq_addr, cq_addr)?;
-                regs.set_cc(Cc::enable_default())
-            })?;
+            self.start(Aqa::new(entries, entries), sq_addr, cq_addr)?;
         }
         if let Err(e) = self.wait_ready() {
-            // Leave it disabled, as `disabled` says.
+            // Leave it disabled, as `disabled` says, and unable to reach
+            // memory.
             let _ = self.disable();
+            self.clear_bus_master();
             return Err(e);
         }
-        // A new start: errors are logged again, once each.
-        self.reported.store(0, Ordering::Relaxed);
         self.broken.store(false, Ordering::Release);
         self.disabled.store(false, Ordering::Release);
         Ok(())
@@ -430,84 +576,159 @@ impl Controller {
     /// Sends an admin command and polls for its completion. Returns the
     /// completion's DW0.
     pub(crate) fn admin_command(&self, sqe: SubmissionEntry) -> Result<u32> {
-        self.admin_command_within(sqe, ADMIN_TIMEOUT)
+        self.admin_command_within(sqe, ADMIN_TIMEOUT, None)
+    }
+
+    /// [`Controller::admin_command`] for a command that transfers data
+    /// through `buffer`: the buffer is lent to the device until the
+    /// command's own completion comes back, and stays lent (so it is never
+    /// freed while the device may write it) if it does not.
+    pub(crate) fn admin_command_with(
+        &self,
+        sqe: SubmissionEntry,
+        buffer: &DeviceMemory<[u8]>,
+    ) -> Result<u32> {
+        self.admin_command_within(sqe, ADMIN_TIMEOUT, Some(buffer))
     }
 
     /// [`Controller::admin_command`] for a command that may take up to
-    /// `timeout` (a scrub reads whole SSDs). Polling slows down to once a
-    /// millisecond after the first 10 ms.
+    /// `timeout` (a scrub reads whole SSDs), with an optional data buffer
+    /// (see [`Controller::admin_command_with`]). Polling slows down to once
+    /// a millisecond after the first 10 ms.
     pub(crate) fn admin_command_within(
         &self,
         mut sqe: SubmissionEntry,
         timeout: Delta,
+        buffer: Option<&DeviceMemory<[u8]>>,
     ) -> Result<u32> {
         if !self.admin_usable() {
             return Err(EIO);
         }
-        let mut guard = self.admin.lock();
-        let admin: &mut AdminQueue = match &mut *guard {
-            Some(admin) => admin,
-            None => return Err(EIO),
+        let (cid, generation) = {
+            let mut guard = self.admin.lock();
+            let admin: &mut AdminQueue = match &mut *guard {
+                Some(admin) => admin,
+                None => return Err(EIO),
+            };
+            if admin.waiting.len() + 1 >= usize::from(admin.sq.entries()) {
+                return Err(EBUSY);
+            }
+            let cid = admin.next_cid;
+            admin.next_cid = admin.next_cid.wrapping_add(1);
+            sqe.set_cid(cid);
+            admin.waiting.push(AdminWait { cid, cqe: None }, GFP_KERNEL)?;
+            if let Some(buffer) = buffer {
+                buffer.lend();
+            }
+            if let Err(e) = admin.sq.push(&sqe) {
+                admin.waiting.retain(|w| w.cid != cid);
+                return Err(e);
+            }
+            if let Some(tail) = admin.sq.take_unpublished() {
+                self.with_regs(|r| r.ring(0, DoorbellKind::SubmissionTail, self.caps.dstrd, tail))?;
+            }
+            (cid, admin.generation)
         };
-        let cid = admin.next_cid;
-        admin.next_cid = admin.next_cid.wrapping_add(1);
-        sqe.set_cid(cid);
-        admin.sq.push(&sqe)?;
-        if let Some(tail) = admin.sq.take_unpublished() {
-            self.with_regs(|r| r.ring(0, DoorbellKind::SubmissionTail, self.caps.dstrd, tail))?;
-        }
         let start: Instant<Monotonic> = Instant::now();
-        let cqe = loop {
-            if let Some(cqe) = admin.cq.pop() {
-                let head = admin.cq.head();
-                self.with_regs(|r| r.ring(0, DoorbellKind::CompletionHead, self.caps.dstrd, head))?;
-                break cqe;
+        loop {
+            {
+                let mut guard = self.admin.lock();
+                let admin: &mut AdminQueue = match &mut *guard {
+                    Some(admin) if admin.generation == generation => admin,
+                    // Shut down, or reset: the command died with the queue.
+                    _ => return Err(EIO),
+                };
+                self.collect_admin_completions(admin);
+                let pos = admin
+                    .waiting
+                    .iter()
+                    .position(|w| w.cid == cid && w.cqe.is_some());
+                if let Some(pos) = pos {
+                    let done = admin.waiting.remove(pos).map_err(|_| EIO)?;
+                    if let Some(cqe) = done.cqe {
+                        return self.check_admin_completion(&cqe, buffer);
+                    }
+                }
+                let waited = start.elapsed();
+                if waited > timeout {
+                    admin.waiting.retain(|w| w.cid != cid);
+                    drop(guard);
+                    dev_err!(self.pdev, "admin command {:#x} timed out\n", sqe.opcode());
+                    self.protocol_error(ProtocolError::Fatal, format_args!("admin command timeout"));
+                    return Err(ETIMEDOUT);
+                }
+            }
+            // A controller that is being reset, failed or shut down
+            // completes nothing more on this queue: do not keep teardown
+            // or a reset waiting for a long command.
+            if self.disabled.load(Ordering::Acquire) || self.is_dead() {
+                let mut guard = self.admin.lock();
+                if let Some(admin) = &mut *guard {
+                    admin.waiting.retain(|w| w.cid != cid);
+                }
+                return Err(EIO);
             }
             let waited = start.elapsed();
-            if waited > timeout {
-                dev_err!(self.pdev, "admin command {:#x} timed out\n", sqe.opcode());
-                self.protocol_error(ProtocolError::Fatal, format_args!("admin command timeout"));
-                return Err(ETIMEDOUT);
-            }
             fsleep(if waited > Delta::from_millis(10) {
                 Delta::from_millis(1)
             } else {
                 Delta::from_micros(200)
             });
-        };
-        self.check_admin_completion(admin, &cqe, cid)
+        }
     }
 
+    /// Moves every posted admin completion to its waiter, checking that it
+    /// names the admin queue, a head in range and a waiting command.
+    /// Stops at the first entry that does not (a protocol error).
+    fn collect_admin_completions(&self, admin: &mut AdminQueue) {
+        let mut any = false;
+        while let Some(cqe) = admin.cq.pop() {
+            any = true;
+            if cqe.queue() != 0 {
+                self.protocol_error(
+                    ProtocolError::BadSqId,
+                    format_args!("admin completion for SQ {}", cqe.queue()),
+                );
+                break;
+            }
+            if admin.sq.set_head(cqe.head()).is_err() {
+                self.protocol_error(
+                    ProtocolError::BadSqHead,
+                    format_args!("admin SQ head {}", cqe.head()),
+                );
+                break;
+            }
+            let cid = cqe.command_id();
+            match admin
+                .waiting
+                .iter_mut()
+                .find(|w| w.cid == cid && w.cqe.is_none())
+            {
+                Some(wait) => wait.cqe = Some(cqe),
+                None => {
+                    self.protocol_error(
+                        ProtocolError::UnknownCommand,
+                        format_args!("admin completion for command {cid}, which is not outstanding"),
+                    );
+                    break;
+                }
+            }
+        }
+        if any {
+            let head = admin.cq.head();
+            let _ = self.with_regs(|r| r.ring(0, DoorbellKind::CompletionHead, self.caps.dstrd, head));
+        }
+    }
+
+    /// Turns the command's own completion into its result.
     fn check_admin_completion(
         &self,
-        admin: &mut AdminQueue,
         cqe: &CompletionEntry,
-        cid: u16,
+        buffer: Option<&DeviceMemory<[u8]>>,
     ) -> Result<u32> {
-        if cqe.queue() != 0 {
-            self.protocol_error(
-                ProtocolError::BadSqId,
-                format_args!("admin completion for SQ {}", cqe.queue()),
-            );
-            return Err(EIO);
-        }
-        if admin.sq.set_head(cqe.head()).is_err() {
-            self.protocol_error(
-                ProtocolError::BadSqHead,
-                format_args!("admin SQ head {}", cqe.head()),
-            );
-            return Err(EIO);
-        }
-        if cqe.command_id() != cid {
-            self.protocol_error(
-                ProtocolError::UnknownCommand,
-                format_args!(
-                    "admin completion for command {} while {} is outstanding",
-                    cqe.command_id(),
-                    cid
-                ),
-            );
-            return Err(EIO);
+        // The command's own completion: the device is done with its buffer.
+        if let Some(buffer) = buffer {
+            buffer.give_back();
         }
         match status_to_result(cqe.status()) {
             Ok(()) => Ok(cqe.result.get()),
@@ -530,10 +751,24 @@ impl Controller {
     }
 
     /// Stops the controller for good: shutdown notification when it still
-    /// works, then disable. Idempotent.
+    /// works, then disable and clear bus mastering. A controller that
+    /// failed earlier without confirming it stopped gets one more chance to
+    /// confirm it (it may have come back); if it does not, its memory is
+    /// leaked when the rings and buffers are dropped. Idempotent.
     pub(crate) fn shutdown(&self) {
         self.dead.store(true, Ordering::Release);
         if self.disabled.swap(true, Ordering::AcqRel) {
+            if !self.access.is_stopped() {
+                match self.disable() {
+                    Ok(csts) if csts.0 != u32::MAX && !csts.rdy() => dev_info!(
+                        self.pdev,
+                        "failed controller confirmed stopped at release: its memory is freed\n"
+                    ),
+                    _ => self.report_unconfirmed(format_args!("at release")),
+                }
+            }
+            self.clear_bus_master();
+            *self.admin.lock() = None;
             return;
         }
         if !self.broken.load(Ordering::Acquire) {
@@ -548,19 +783,33 @@ impl Controller {
         if let Err(e) = self.disable() {
             dev_warn!(self.pdev, "controller does not disable: {e:?}\n");
         }
+        self.clear_bus_master();
+        if !self.access.is_stopped() {
+            self.report_unconfirmed(format_args!("at release"));
+        }
         *self.admin.lock() = None;
     }
 
-    /// Fails the controller for good and disables it (unless it already
-    /// is), so it stops touching host memory. Returns whether this call
+    /// Fails the controller for good: disables it (unless a reset already
+    /// tried) and clears bus mastering, so it stops touching host memory
+    /// whether or not it confirms it stopped. Returns whether this call
     /// failed it (the first one does).
     pub(crate) fn fail(&self) -> bool {
         self.broken.store(true, Ordering::Release);
         let first = !self.dead.swap(true, Ordering::AcqRel);
         if !self.disabled.swap(true, Ordering::AcqRel) {
-            if let Err(e) = self.disable() {
-                dev_err!(self.pdev, "failed controller does not disable: {e:?}\n");
+            let result = self.disable();
+            self.clear_bus_master();
+            match result {
+                Ok(csts) if csts.0 != u32::MAX => {}
+                Ok(_) => self.report_unconfirmed(format_args!("registers read all ones")),
+                Err(e) => {
+                    dev_err!(self.pdev, "failed controller does not disable: {e:?}\n");
+                    self.report_unconfirmed(format_args!("no CSTS.RDY = 0 within CAP.TO"));
+                }
             }
+        } else {
+            self.clear_bus_master();
         }
         first
     }

@@ -22,14 +22,20 @@ pub(crate) struct IoQueues {
     pub(crate) reset: Arc<ControllerReset>,
 }
 
-/// Fails the controller for good (disabling it) and fails everything it
-/// had in flight.
+/// Fails the controller for good and everything it had in flight, in the
+/// NVMe PCI driver's order: disable it and clear bus mastering (so it
+/// starts no memory access whether or not it confirms it stopped), reap the
+/// completions it posted, then cancel what is left.
 pub(crate) fn fail_controller(ctrl: &Controller, queues: &[Arc<IoQueue>]) {
     if ctrl.fail() {
         dev_err!(
             ctrl.pdev(),
             "controller disabled after a failure; failing outstanding I/O\n"
         );
+    }
+    let reaped: usize = queues.iter().map(|q| q.reap_posted()).sum();
+    if reaped > 0 {
+        dev_info!(ctrl.pdev(), "{reaped} requests completed by the device before it stopped\n");
     }
     let cancelled: usize = queues.iter().map(|q| q.cancel_all(EIO)).sum();
     if cancelled > 0 {
@@ -80,9 +86,13 @@ impl blk_mq::Operations for BlockOps {
         if set.reset.is_busy() {
             return TimeoutAction::ResetTimer;
         }
-        // First try to abort just this command: the device then completes
-        // it with "abort requested", and everything else keeps running.
-        if set.ctrl.is_usable() {
+        // A controller that reports a fatal status (CSTS.CFS) or vanished
+        // is not asked to abort anything: `check_alive` records it as a
+        // protocol error, which schedules a reset at once.
+        // Otherwise, first try to abort just this command: the device then
+        // completes it with "abort requested", and everything else keeps
+        // running.
+        if set.ctrl.check_alive() && set.ctrl.is_usable() {
             if let Some(cid) = hwq.abort_once(rq) {
                 dev_warn!(
                     pdev,

@@ -14,10 +14,13 @@ mod configfs;
 #[path = "../../../rust/kernel-ext/configfs_ext.rs"]
 mod configfs_ext;
 mod controller;
+mod device_memory;
 mod disk;
 mod driver;
 mod io_queue;
 mod management;
+#[path = "../../../rust/kernel-ext/pci_bus_master.rs"]
+mod pci_bus_master;
 #[path = "../../../rust/kernel-ext/pci_function.rs"]
 mod pci_function;
 #[path = "../../../rust/kernel-ext/pci_id.rs"]

@@ -5,6 +5,7 @@
 
 use crate::{
     blk_mq::{Limits, TagSet},
+    device_memory::DeviceMemory,
     management::Management,
     controller::Controller,
     disk::{BlockOps, IoQueues},
@@ -113,7 +114,12 @@ fn identify_bytes<R>(
     nsid: u32,
     f: impl FnOnce(&[u8]) -> R,
 ) -> Result<R> {
-    let buf: Coherent<[u8]> = Coherent::zeroed_slice(dev, IDENTIFY_BYTES, GFP_KERNEL)?;
+    // If the command never completes, the buffer stays lent to the device
+    // and is not freed while it might still write it.
+    let buf = DeviceMemory::buffer(
+        Coherent::zeroed_slice(dev, IDENTIFY_BYTES, GFP_KERNEL)?,
+        ctrl.access().clone(),
+    );
     let cmd = Identify {
         cns,
         cntid: 0,
@@ -121,9 +127,11 @@ fn identify_bytes<R>(
         prp1: buf.dma_address(),
         prp2: 0,
     };
-    ctrl.admin_command(cmd.encode(0))?;
-    // SAFETY: The command completed, so the device is done writing the
-    // buffer, and nothing else refers to it.
+    ctrl.admin_command_with(cmd.encode(0), &buf)?;
+    // SAFETY: The command's own completion came back, so the device is done
+    // writing the buffer (the interface posts a completion after the
+    // command's last data transfer), and nothing else refers to it: it was
+    // allocated here and only its bus address was handed out.
     Ok(f(unsafe { buf.as_ref() }))
 }
 

@@ -13,11 +13,22 @@
 //! [`RequestSlot::take`](crate::blk_mq::RequestSlot::take), and only with
 //! the completion ring lock held: by the completion path, by a controller
 //! reset (which hands it back to blk-mq for reissue) or by the failure path,
-//! the last two once the controller is disabled.
+//! the last two once the device was stopped or lost bus mastering, and
+//! after they reaped the completions it had posted.
+//!
+//! # Ordering of a slot
+//!
+//! `queue_rq` stores the command ID in the slot and then parks the request
+//! with a Release compare-exchange; the completion path loads the request
+//! pointer with Acquire before it reads the command ID. So a completion that
+//! sees a request in the slot also sees that request's command ID, and a
+//! stale or duplicate completion (the previous generation's ID) cannot end
+//! the new request while its data is still being transferred.
 
 use crate::{
     blk_mq::{Op, OwnedRequest, Request, RequestSgl, RequestSlot},
     controller::{status_to_result, Controller, ProtocolError},
+    device_memory::DeviceMemory,
     prp,
     queue::{CompletionRing, SubmissionRing},
     shim::{
@@ -84,11 +95,15 @@ struct CommandSlot {
     sgl: UnsafeCell<RequestSgl>,
 }
 
-// SAFETY: `request`, `cid` and `generation` are atomics. `sgl` is only
-// accessed by the owner of the slot's tag: the request in `queue_rq`, then
-// whoever takes it out of `request` (see the module documentation).
+// SAFETY: `request`, `cid`, `generation` and `aborted` are atomics. `sgl`
+// is only accessed by the owner of the slot's tag: the request in
+// `queue_rq`, then whoever takes it out of `request` (see the module
+// documentation), so no two threads reach it at once.
 unsafe impl Sync for CommandSlot {}
-// SAFETY: As above; nothing in a slot is tied to a thread.
+// SAFETY: The atomics and the request pointer may move between threads;
+// `RequestSgl` holds a scatterlist allocation and DMA mappings that are not
+// tied to the thread that made them (they are unmapped from interrupt or
+// work context as well).
 unsafe impl Send for CommandSlot {}
 
 /// An I/O queue pair.
@@ -102,8 +117,9 @@ pub(crate) struct IoQueue {
     #[pin]
     cq: SpinLockIrq<CompletionRing>,
     slots: KVec<CommandSlot>,
-    /// One PRP list page per tag.
-    prp_lists: Coherent<[u64]>,
+    /// One PRP list page per tag; the device reads it whenever it runs a
+    /// command, so it lives as long as the rings (`device_memory.rs`).
+    prp_lists: DeviceMemory<[u64]>,
 }
 
 impl IoQueue {
@@ -132,10 +148,13 @@ impl IoQueue {
                 GFP_KERNEL,
             )?;
         }
-        let prp_lists =
-            Coherent::zeroed_slice(dev, usize::from(depth) * prp::LIST_ENTRIES, GFP_KERNEL)?;
-        let sq = SubmissionRing::new(dev, entries)?;
-        let cq = CompletionRing::new(dev, entries)?;
+        let access = ctrl.access();
+        let prp_lists = DeviceMemory::lent(
+            Coherent::zeroed_slice(dev, usize::from(depth) * prp::LIST_ENTRIES, GFP_KERNEL)?,
+            access.clone(),
+        );
+        let sq = SubmissionRing::new(dev, entries, access)?;
+        let cq = CompletionRing::new(dev, entries, access)?;
         Arc::pin_init(
             try_pin_init!(Self {
                 qid,
@@ -292,7 +311,9 @@ impl IoQueue {
             }
             Op::Discard => {
                 // One range, carried in the tag's PRP list page.
-                // SAFETY: As for reads and writes.
+                // SAFETY: This request owns the tag, and the tag's previous
+                // command completed before blk-mq could hand the tag out
+                // again, so the device reads no command from this page now.
                 let (list, list_addr) = unsafe { self.prp_list(tag) };
                 list[0] = (u64::from(blocks) << 32).to_le();
                 list[1] = slba.to_le();
@@ -317,9 +338,11 @@ impl IoQueue {
         last: bool,
     ) -> Result<(), (OwnedRequest, Error)> {
         if !self.ctrl.is_usable() {
-            // During a reset blk-mq keeps the request and tries again later
-            // (the reset quiesces the queues soon); a dead controller fails
-            // it.
+            // During recovery (a protocol error or a lost command scheduled
+            // a reset) blk-mq keeps the request and tries again later
+            // (BLK_STS_RESOURCE; the reset quiesces the queues soon and
+            // unquiesces them when done); a dead controller fails it, and
+            // so does a broken one no reset will come for.
             let err = if self.ctrl.is_resetting() && !self.ctrl.is_dead() {
                 EBUSY
             } else {
@@ -417,9 +440,17 @@ impl IoQueue {
             let mut sq = self.sq.lock();
             // A reset that began meanwhile empties the ring; a head from
             // before it must not land on the emptied ring.
-            if self.ctrl.is_usable() {
-                // Range checked in `complete_one`.
-                let _ = sq.set_head(head);
+            if self.ctrl.is_usable() && sq.set_head(head).is_err() {
+                drop(sq);
+                // A head outside the entries the device owns would let the
+                // host overwrite commands the device has not fetched yet.
+                self.ctrl.protocol_error(
+                    ProtocolError::BadSqHead,
+                    format_args!(
+                        "SQ {} head {head} outside the submitted entries",
+                        self.qid
+                    ),
+                );
             }
         }
         any
@@ -448,10 +479,28 @@ impl IoQueue {
             return Err(());
         }
         let cid = cqe.command_id();
+        // A status the interface does not define is checked before the
+        // request is taken: it stays in its slot, and the reset the
+        // protocol error schedules issues it again, so the reader never
+        // sees an error the device did not mean (or data it did not send).
+        let result = match status_to_result(cqe.status()) {
+            Ok(()) => Ok(()),
+            Err(Some(e)) => Err(e),
+            Err(None) => {
+                self.ctrl.protocol_error(
+                    ProtocolError::BadStatus,
+                    format_args!("status {:#x} for command {cid:#x}", cqe.status().0),
+                );
+                return Err(());
+            }
+        };
         let slot = self.slots.get(usize::from(tag_of(cid)));
         let rq = slot.and_then(|slot| {
             // With the completion lock held nobody else takes from the
-            // slot, so an occupied slot's `cid` belongs to its occupant.
+            // slot, so an occupied slot's `cid` belongs to its occupant;
+            // `is_occupied` loads with Acquire, pairing with the Release of
+            // `put`, so the `cid` read here is the occupant's (module
+            // documentation).
             if slot.request.is_occupied() && slot.cid.load(Ordering::Relaxed) == cid {
                 slot.request.take().map(|rq| (slot, rq))
             } else {
@@ -462,32 +511,44 @@ impl IoQueue {
             self.ctrl.protocol_error(
                 ProtocolError::UnknownCommand,
                 format_args!(
-                    "completion for unknown command {cid:#x} on queue {}",
+                    "completion for unknown command {cid:#x} on queue {} (stale, duplicate or made up)",
                     self.qid
                 ),
             );
             return Err(());
         };
-        let result = match status_to_result(cqe.status()) {
-            Ok(()) => Ok(()),
-            Err(Some(e)) => Err(e),
-            Err(None) => {
-                self.ctrl.protocol_error(
-                    ProtocolError::BadStatus,
-                    format_args!("status {:#x} for command {cid:#x}", cqe.status().0),
-                );
-                Err(EIO)
-            }
-        };
         // SAFETY: Taking the request from the slot made this path its owner,
-        // and the device is done with its data (it completed the command).
+        // and the device is done with its data: it posted this command's
+        // completion (matched by tag and generation), which the interface
+        // has it do only after the last data transfer of the command.
         unsafe { (*slot.sgl.get()).unmap(self.dma_dev()) };
-        rq.end(result);
-        if self.ctrl.is_usable() {
-            Ok(())
-        } else {
-            Err(())
+        if result.is_ok() {
+            self.ctrl.note_progress();
         }
+        rq.end(result);
+        Ok(())
+    }
+
+    /// Ends the requests whose completions the device posted before it was
+    /// stopped (or lost bus mastering), as the NVMe PCI driver's
+    /// `nvme_reap_pending_cqes()` does before requests are cancelled or
+    /// requeued: those commands are done, so their results stand and their
+    /// data is not transferred twice. Stops at the first entry that does not
+    /// check out. Returns how many requests ended.
+    ///
+    /// The device must not be fetching commands any more (disabled or
+    /// without bus mastering), and the tag set quiesced or failed, so the
+    /// ring only shrinks here.
+    pub(crate) fn reap_posted(&self) -> usize {
+        let mut cq = self.cq.lock();
+        let mut reaped = 0;
+        while let Some(cqe) = cq.pop() {
+            if self.complete_one(&cqe).is_err() {
+                break;
+            }
+            reaped += 1;
+        }
+        reaped
     }
 
     /// Whether `rq` is waiting in its slot for the device.
@@ -500,6 +561,7 @@ impl IoQueue {
     /// Returns the command ID to abort for `rq`, the first time only.
     pub(crate) fn abort_once(&self, rq: &Request) -> Option<u16> {
         let slot = self.slots.get(rq.tag() as usize)?;
+        // `holds` loads with Acquire: the `cid` read below is `rq`'s.
         if !slot.request.holds(rq) || slot.aborted.swap(true, Ordering::Relaxed) {
             return None;
         }
@@ -513,15 +575,18 @@ impl IoQueue {
     /// The controller must be disabled (CSTS.RDY = 0), which stopped the
     /// device: it no longer reads or writes the requests' memory, so their
     /// data can be unmapped and sent again later. The tag set must be
-    /// quiesced, so nothing is being submitted.
+    /// quiesced, so nothing is being submitted. Completions the device
+    /// posted before it stopped must have been reaped
+    /// ([`IoQueue::reap_posted`]): they are thrown away here.
     pub(crate) fn requeue_all(&self) -> usize {
         let mut cq = self.cq.lock();
         let mut requeued = 0;
         for slot in self.slots.iter() {
             if let Some(rq) = slot.request.take() {
                 // SAFETY: Taking the request made this path its owner; the
-                // controller is disabled (caller's guarantee), so the device
-                // is done with the mapping.
+                // controller answered CC.EN = 0 with CSTS.RDY = 0 (caller's
+                // guarantee), so the device dropped the command with its
+                // queue and accesses none of its pages any more.
                 unsafe { (*slot.sgl.get()).unmap(self.dma_dev()) };
                 rq.requeue();
                 requeued += 1;
@@ -540,15 +605,21 @@ impl IoQueue {
 
     /// Ends every outstanding request with `err`.
     ///
-    /// The controller must be disabled: the device must not touch the
-    /// requests' memory any more.
+    /// The device must not be able to touch the requests' memory any more:
+    /// it confirmed it stopped (CSTS.RDY = 0), or its bus mastering was
+    /// cleared, which forbids it to start any memory access. (Only then may
+    /// the pages go back to their owners; the rings and PRP lists stay
+    /// allocated until the device is confirmed stopped, see
+    /// `device_memory.rs`.)
     pub(crate) fn cancel_all(&self, err: Error) -> usize {
         let _cq = self.cq.lock();
         let mut cancelled = 0;
         for slot in self.slots.iter() {
             if let Some(rq) = slot.request.take() {
                 // SAFETY: Taking the request made this path its owner; the
-                // controller is disabled (caller's guarantee).
+                // device confirmed it stopped or lost bus mastering
+                // (caller's guarantee), so it starts no access to these
+                // pages any more.
                 unsafe { (*slot.sgl.get()).unmap(self.dma_dev()) };
                 rq.end(Err(err));
                 cancelled += 1;

@@ -5,15 +5,24 @@
 //! are enabled and disabled through configfs.
 //!
 //! configfs reaches the accelerator through [`current`]. A management
-//! request holds the [`Management`] state lock for its whole duration, and
-//! unbinding takes the same lock to mark the accelerator gone, so a request
-//! either finishes before the device is released or sees it gone and fails
-//! with `ENODEV`. While the lock is held and the accelerator is not gone,
-//! the PCI function is bound.
+//! request that moves a payload or changes the disks holds the
+//! [`Management`] state lock for its whole duration, and unbinding takes
+//! the same lock to mark the accelerator gone, so such a request either
+//! finishes before the device is released or sees it gone and fails with
+//! `ENODEV`. While the lock is held and the accelerator is not gone, the PCI
+//! function is bound.
+//!
+//! A command without a payload (a Maintenance scrub, which may take
+//! minutes) only checks under the lock that the accelerator is not gone,
+//! and waits for its completion without it: unbinding does not wait behind
+//! it. It reaches the device only through the controller, whose registers
+//! are revoked at unbind and which fails a waiting command at once when it
+//! is reset or shut down.
 
 use crate::{
     blk_mq::{Disk, Limits, TagSet},
-    controller::Controller,
+    controller::{Controller, ADMIN_TIMEOUT},
+    device_memory::DeviceMemory,
     disk::BlockOps,
     io_queue::NamespaceFormat,
     shim::{
@@ -35,8 +44,9 @@ use kernel::{
 
 /// Size of the management payload buffer: the largest vendor payload.
 const PAYLOAD_BYTES: usize = 4096;
-/// How long a Maintenance command (scrub) may take. The admin queue is
-/// busy meanwhile: other management requests wait (I/O does not).
+/// How long a Maintenance command (scrub) may take. Other admin commands
+/// (Abort, a reset's queue creation, other management requests) go on
+/// meanwhile: the admin queue holds several outstanding commands.
 const MAINTENANCE_TIMEOUT: Delta = Delta::from_secs(600);
 /// Most namespaces turned into disks per controller.
 pub(crate) const MAX_NAMESPACES: usize = 64;
@@ -90,8 +100,10 @@ struct NamespaceDisk {
 struct ManagementState {
     /// Set when the accelerator is being unbound: nothing may touch it.
     gone: bool,
-    /// DMA buffer for vendor payloads (freed when the function unbinds).
-    payload: Option<Coherent<[u8]>>,
+    /// DMA buffer for vendor payloads (freed when the function unbinds,
+    /// unless a command that used it never completed: then it is freed
+    /// only once the device was confirmed stopped, see `device_memory.rs`).
+    payload: Option<DeviceMemory<[u8]>>,
     /// Disks of the namespaces, in the order they were added.
     disks: KVec<NamespaceDisk>,
 }
@@ -145,7 +157,10 @@ impl Management {
         limits: Limits,
         max_nsid: u32,
     ) -> Result<Arc<Self>> {
-        let payload: Coherent<[u8]> = Coherent::zeroed_slice(dev, PAYLOAD_BYTES, GFP_KERNEL)?;
+        let payload = DeviceMemory::buffer(
+            Coherent::zeroed_slice(dev, PAYLOAD_BYTES, GFP_KERNEL)?,
+            ctrl.access().clone(),
+        );
         Arc::pin_init(
             try_pin_init!(Self {
                 ctrl,
@@ -214,7 +229,6 @@ impl Management {
         if state.gone {
             return Err(ENODEV);
         }
-        let buffer = state.payload.as_ref().ok_or(ENODEV)?;
         let expected = VendorCommand::from_opcode(sqe.opcode())
             .map(|c| c.payload_bytes())
             .unwrap_or(0);
@@ -226,40 +240,61 @@ impl Management {
         if len != expected || len > PAYLOAD_BYTES {
             return Err(EINVAL);
         }
+        // A scrub reads every stripe of the volume before it completes.
+        let timeout = if sqe.opcode() == vendor::opcode::MAINTENANCE {
+            MAINTENANCE_TIMEOUT
+        } else {
+            ADMIN_TIMEOUT
+        };
+        if len == 0 {
+            // No buffer to guard: wait without the state lock (module
+            // documentation).
+            drop(state);
+            return self.ctrl.admin_command_within(sqe, timeout, None);
+        }
+        let buffer = state.payload.as_ref().ok_or(ENODEV)?;
+        if buffer.is_lent() {
+            // An earlier command with this buffer never completed: the
+            // device may still write it, so the host does not touch it.
+            dev_err!(
+                self.ctrl.pdev(),
+                "payload buffer still held by the device after a lost command\n"
+            );
+            return Err(EIO);
+        }
         if let Payload::ToDevice(data) = &payload {
-            // SAFETY: The buffer is ours: the device only touches it during
-            // a command, and commands are serialized by the state lock.
+            // SAFETY: The buffer is the host's: it is not lent (checked just
+            // above: every command that used it completed), the device only
+            // reads or writes it during a command, and commands with it are
+            // serialized by the state lock, which this thread holds.
             unsafe { buffer.as_mut()[..data.len()].copy_from_slice(data) };
         }
-        if len > 0 {
-            // The buffer is one page-aligned page: PRP1 covers any payload.
-            sqe.prp1.set(buffer.dma_address());
-            sqe.prp2.set(0);
-        }
-        // A scrub reads every stripe of the volume before it completes.
-        let result = if sqe.opcode() == vendor::opcode::MAINTENANCE {
-            self.ctrl.admin_command_within(sqe, MAINTENANCE_TIMEOUT)
-        } else {
-            self.ctrl.admin_command(sqe)
-        };
+        // The buffer is one page-aligned page: PRP1 covers any payload.
+        sqe.prp1.set(buffer.dma_address());
+        sqe.prp2.set(0);
+        let result = self.ctrl.admin_command_within(sqe, timeout, Some(buffer));
         if let (Ok(_), Payload::FromDevice(room)) = (&result, payload) {
             let n = room.len();
-            // SAFETY: The command completed, so the device is done with the
-            // buffer, and the state lock keeps other commands away.
+            // SAFETY: The command's own completion came back (`Ok`), so the
+            // device is done writing the buffer, and the state lock keeps
+            // other commands away from it.
             room.copy_from_slice(unsafe { &buffer.as_ref()[..n] });
         }
-        // Wipe whatever the payload carried (keys included).
-        // SAFETY: As above; volatile writes so the wipe is not elided.
-        unsafe {
-            for byte in buffer.as_mut()[..len].iter_mut() {
-                core::ptr::write_volatile(byte, 0);
-            }
+        // Wipe whatever the payload carried (keys included), through a raw
+        // pointer: if the command never completed the device may still
+        // access the buffer, so no reference to it is made.
+        let base = buffer.as_mut_ptr().cast::<u8>();
+        for offset in 0..len {
+            // SAFETY: `offset < len <= PAYLOAD_BYTES`, the buffer's size, so
+            // the byte is inside the allocation; a volatile store is not
+            // elided, and creates no reference the device could race with.
+            unsafe { core::ptr::write_volatile(base.add(offset), 0) };
         }
         result
     }
 
     /// Reads the namespace's size and block size.
-    fn identify_namespace(&self, buffer: &Coherent<[u8]>, nsid: u32) -> Result<(u64, u32)> {
+    fn identify_namespace(&self, buffer: &DeviceMemory<[u8]>, nsid: u32) -> Result<(u64, u32)> {
         let cmd = Identify {
             cns: cns::NAMESPACE,
             cntid: 0,
@@ -267,8 +302,11 @@ impl Management {
             prp1: buffer.dma_address(),
             prp2: 0,
         };
-        self.ctrl.admin_command(cmd.encode(0))?;
-        // SAFETY: The command completed: the device is done writing.
+        self.ctrl.admin_command_with(cmd.encode(0), buffer)?;
+        // SAFETY: The command's own completion came back (`admin_command_with`
+        // succeeded), so the device is done writing the buffer; the state
+        // lock (held by the caller, who lent us the buffer) keeps other
+        // commands away from it.
         let bytes = unsafe { buffer.as_ref() };
         if bytes.len() < core::mem::size_of::<IdentifyNamespace>() {
             return Err(EIO);
@@ -281,7 +319,7 @@ impl Management {
     }
 
     /// Lists the active namespaces.
-    fn active_namespaces(&self, buffer: &Coherent<[u8]>) -> Result<KVec<u32>> {
+    fn active_namespaces(&self, buffer: &DeviceMemory<[u8]>) -> Result<KVec<u32>> {
         let cmd = Identify {
             cns: cns::ACTIVE_NAMESPACES,
             cntid: 0,
@@ -289,9 +327,11 @@ impl Management {
             prp1: buffer.dma_address(),
             prp2: 0,
         };
-        self.ctrl.admin_command(cmd.encode(0))?;
+        self.ctrl.admin_command_with(cmd.encode(0), buffer)?;
         let mut nsids = KVec::with_capacity(MAX_NAMESPACES, GFP_KERNEL)?;
-        // SAFETY: The command completed: the device is done writing.
+        // SAFETY: The command's own completion came back, so the device is
+        // done writing the buffer; the caller holds the state lock, which
+        // keeps other commands away from it.
         let list = unsafe { buffer.as_ref() };
         for chunk in list.chunks_exact(4).take(MAX_NAMESPACES) {
             let nsid = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);

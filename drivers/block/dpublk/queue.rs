@@ -23,13 +23,22 @@
 //!
 //! Nothing the device writes is trusted: completion entries are copied out
 //! and validated by their consumer.
+//!
+//! Ring memory is a [`DeviceMemory`]: it is freed only once the controller
+//! was confirmed stopped, and leaked on purpose otherwise.
 
-use crate::shim::{cqe::CompletionEntry, sqe::SubmissionEntry};
+use crate::{
+    device_memory::{DeviceAccess, DeviceMemory},
+    shim::{cqe::CompletionEntry, sqe::SubmissionEntry},
+};
 use kernel::{
     device,
     dma::{Coherent, DmaAddress},
     prelude::*,
-    sync::barrier::{dma_mb, Read},
+    sync::{
+        barrier::{dma_mb, Read},
+        Arc,
+    },
 };
 
 /// Index of the entry after `index` in a ring of `entries` entries.
@@ -48,6 +57,13 @@ pub(crate) const fn ring_used(head: u16, tail: u16, entries: u16) -> u16 {
     } else {
         entries - head + tail
     }
+}
+
+/// Whether `new_head`, reported by the device, is a head it can have
+/// reached from `head` in a ring of `entries` whose tail is `tail`: inside
+/// the ring and not past the tail.
+pub(crate) const fn head_in_range(head: u16, new_head: u16, tail: u16, entries: u16) -> bool {
+    new_head < entries && ring_used(head, new_head, entries) <= ring_used(head, tail, entries)
 }
 
 /// Whether a ring of `entries` entries cannot take another entry.
@@ -91,7 +107,7 @@ impl CqPosition {
 /// `entries`; entries in `head..tail` (modulo `entries`) are owned by the
 /// device, all others by `self` (see the module documentation).
 pub(crate) struct SubmissionRing {
-    mem: Coherent<[u8]>,
+    mem: DeviceMemory<[u8]>,
     entries: u16,
     head: u16,
     tail: u16,
@@ -100,8 +116,13 @@ pub(crate) struct SubmissionRing {
 }
 
 impl SubmissionRing {
-    /// Allocates a zeroed ring of `entries` (at least 2) entries.
-    pub(crate) fn new(dev: &device::Device<device::Bound>, entries: u16) -> Result<Self> {
+    /// Allocates a zeroed ring of `entries` (at least 2) entries for the
+    /// device `access` describes.
+    pub(crate) fn new(
+        dev: &device::Device<device::Bound>,
+        entries: u16,
+        access: &Arc<DeviceAccess>,
+    ) -> Result<Self> {
         if entries < 2 {
             return Err(EINVAL);
         }
@@ -111,7 +132,7 @@ impl SubmissionRing {
             GFP_KERNEL,
         )?;
         Ok(Self {
-            mem,
+            mem: DeviceMemory::lent(mem, access.clone()),
             entries,
             head: 0,
             tail: 0,
@@ -170,9 +191,12 @@ impl SubmissionRing {
         self.published = 0;
     }
 
-    /// Records the head the device reported; fails if it is out of range.
+    /// Records the head the device reported; fails if it is out of range:
+    /// beyond the ring, or outside the entries from the current head to
+    /// the tail (the device cannot have fetched what was not submitted, nor
+    /// give back what it gave back already).
     pub(crate) fn set_head(&mut self, head: u16) -> Result {
-        if head >= self.entries {
+        if !head_in_range(self.head, head, self.tail, self.entries) {
             return Err(EPROTO);
         }
         // INVARIANT: `head < entries`; entries before it return to the host.
@@ -188,14 +212,19 @@ impl SubmissionRing {
 /// `mem` holds `entries` completion entries; `pos.head < entries`. The host
 /// only reads `mem` (see the module documentation).
 pub(crate) struct CompletionRing {
-    mem: Coherent<[u8]>,
+    mem: DeviceMemory<[u8]>,
     entries: u16,
     pos: CqPosition,
 }
 
 impl CompletionRing {
-    /// Allocates a zeroed ring of `entries` (at least 2) entries.
-    pub(crate) fn new(dev: &device::Device<device::Bound>, entries: u16) -> Result<Self> {
+    /// Allocates a zeroed ring of `entries` (at least 2) entries for the
+    /// device `access` describes.
+    pub(crate) fn new(
+        dev: &device::Device<device::Bound>,
+        entries: u16,
+        access: &Arc<DeviceAccess>,
+    ) -> Result<Self> {
         if entries < 2 {
             return Err(EINVAL);
         }
@@ -205,7 +234,7 @@ impl CompletionRing {
             GFP_KERNEL,
         )?;
         Ok(Self {
-            mem,
+            mem: DeviceMemory::lent(mem, access.clone()),
             entries,
             pos: CqPosition::start(),
         })
@@ -261,7 +290,11 @@ impl CompletionRing {
         // The phase tag was written last; the rest of the entry must not be
         // read before it.
         dma_mb(Read);
-        // SAFETY: As above.
+        // SAFETY: The same 16 bytes inside `mem` as the status read above
+        // (`head < entries`), read with one volatile copy into a local
+        // value, never referenced, since the device may rewrite them at any
+        // time; `CompletionEntry` has alignment 1 and any bit pattern is a
+        // valid one (it is validated by the consumer).
         let cqe = unsafe {
             let src = self.mem.as_ptr().cast::<u8>().add(offset);
             core::ptr::read_volatile(src.cast::<CompletionEntry>())
@@ -305,6 +338,27 @@ mod tests {
         assert_eq!(ring_used(head, tail, n), 7);
         head = ring_next(head, n);
         assert!(!ring_full(head, tail, n));
+    }
+
+    #[test]
+    fn device_head_stays_between_head_and_tail() {
+        // Head 2, tail 5 in 8 entries: 2..=5 are heads the device can report.
+        for h in 2..=5 {
+            assert!(head_in_range(2, h, 5, 8));
+        }
+        for h in [0, 1, 6, 7, 8, 0xffff] {
+            assert!(!head_in_range(2, h, 5, 8));
+        }
+        // Wrapped: head 6, tail 1 in 8 entries: 6, 7, 0 and 1.
+        for h in [6, 7, 0, 1] {
+            assert!(head_in_range(6, h, 1, 8));
+        }
+        for h in 2..6 {
+            assert!(!head_in_range(6, h, 1, 8));
+        }
+        // Empty ring: only the head itself.
+        assert!(head_in_range(3, 3, 3, 8));
+        assert!(!head_in_range(3, 4, 3, 8));
     }
 
     #[test]

@@ -5,15 +5,19 @@
 //!
 //! A request that times out is aborted first (see `disk.rs`). If it times
 //! out again, or the abort fails, the timeout handler schedules a reset on
-//! a workqueue; the reset
+//! a workqueue; so does any protocol error of the device or CSTS.CFS, at
+//! once (`Controller::protocol_error`). The reset
 //!
 //! 1. quiesces the tag set, so nothing is submitted any more;
 //! 2. disables the controller (CC.EN = 0) and waits for CSTS.RDY = 0: the
 //!    device then has dropped every queue and finished the command it was
-//!    processing, so it no longer touches any request's memory;
-//! 3. hands every outstanding request back to blk-mq for reissue and
-//!    empties the rings;
-//! 4. enables the controller again with the same admin queue, asks for the
+//!    processing, so it no longer touches any request's memory; then
+//!    clears bus mastering;
+//! 3. ends the requests whose completions the device posted before it
+//!    stopped, then hands every other outstanding request back to blk-mq
+//!    for reissue and empties the rings;
+//! 4. sets bus mastering and enables the controller again with the same
+//!    admin queue, asks for the
 //!    same number of I/O queues and creates the same queue pairs on the same
 //!    interrupt vectors;
 //! 5. unquiesces the tag set: the requeued requests go out again.
@@ -22,7 +26,11 @@
 //! might still be working on never runs twice at the same time, and data
 //! the device might still write into a read buffer is never overtaken.
 //!
-//! Resets are bounded ([`ResetBudget`]). If the budget is spent, or the
+//! Resets are bounded ([`ResetBudget`]); the budget is refilled whenever a
+//! request completed successfully since the last reset, so a device that
+//! breaks the protocol now and then but keeps working is reset each time,
+//! while one that gets nothing done between its resets is given up on. If
+//! the budget is spent, or the
 //! controller does not disable or enable again (gone from the bus, CSTS
 //! all ones, or CFS), the controller is failed for good: outstanding I/O
 //! ends with EIO, the disks are marked dead, and new I/O fails at once.
@@ -36,9 +44,9 @@ use crate::{
     workqueue_ext,
 };
 use kernel::{
-    new_mutex,
+    new_spinlock_irq,
     prelude::*,
-    sync::{Arc, Mutex},
+    sync::{Arc, SpinLockIrq},
     time::{Instant, Monotonic},
     workqueue::{self, impl_has_work, new_work, Work, WorkItem},
 };
@@ -102,6 +110,8 @@ pub(crate) enum Scheduled {
 struct ResetState {
     /// A reset is queued or running.
     busy: bool,
+    /// Resets scheduled so far.
+    resets: u64,
     /// Set between probe and teardown: resets may be scheduled.
     armed: bool,
     budget: ResetBudget,
@@ -120,8 +130,10 @@ pub(crate) struct ControllerReset {
     queues: KVec<Arc<IoQueue>>,
     /// Start of the budget's clock.
     epoch: Instant<Monotonic>,
+    /// An interrupt-safe lock: protocol errors found in the completion
+    /// interrupt schedule resets ([`Self::schedule`]).
     #[pin]
-    state: Mutex<ResetState>,
+    state: SpinLockIrq<ResetState>,
     #[pin]
     work: Work<ControllerReset>,
 }
@@ -151,8 +163,9 @@ impl ControllerReset {
                 ctrl,
                 queues: list,
                 epoch: Instant::now(),
-                state <- new_mutex!(ResetState {
+                state <- new_spinlock_irq!(ResetState {
                     busy: false,
+                    resets: 0,
                     armed: false,
                     budget: ResetBudget::new(),
                     tagset: None,
@@ -164,17 +177,22 @@ impl ControllerReset {
         )
     }
 
-    /// Allows resets from now on, of `tagset` and with `management`'s disks.
-    pub(crate) fn arm(&self, tagset: Arc<TagSet<BlockOps>>, management: Arc<Management>) {
-        let mut state = self.state.lock();
-        state.tagset = Some(tagset);
-        state.management = Some(management);
-        state.armed = true;
+    /// Allows resets from now on, of `tagset` and with `management`'s
+    /// disks; the controller's protocol errors schedule them too.
+    pub(crate) fn arm(self: &Arc<Self>, tagset: Arc<TagSet<BlockOps>>, management: Arc<Management>) {
+        {
+            let mut state = self.state.lock();
+            state.tagset = Some(tagset);
+            state.management = Some(management);
+            state.armed = true;
+        }
+        self.ctrl.set_recovery(Some(self.clone()));
     }
 
     /// Teardown: stops new resets and waits for one that is queued or
     /// running. A timeout after this fails the controller instead.
     pub(crate) fn disarm(&self) {
+        self.ctrl.set_recovery(None);
         let (tagset, management) = {
             let mut state = self.state.lock();
             state.armed = false;
@@ -193,9 +211,10 @@ impl ControllerReset {
     }
 
     /// Schedules a reset, if none is pending and the budget allows one.
+    /// Does not sleep: may be called in interrupt context.
     pub(crate) fn schedule(self: &Arc<Self>) -> Scheduled {
         let pdev = self.ctrl.pdev();
-        {
+        let resets = {
             let mut state = self.state.lock();
             // A running reset is let finish even during teardown: failing
             // the controller under it would race with its re-enable.
@@ -204,6 +223,9 @@ impl ControllerReset {
             }
             if !state.armed || self.ctrl.is_dead() {
                 return Scheduled::Refused;
+            }
+            if self.ctrl.take_progress() {
+                state.budget = ResetBudget::new();
             }
             let now = self.epoch.elapsed().as_millis().max(0) as u64;
             if !state.budget.try_take(now) {
@@ -218,8 +240,14 @@ impl ControllerReset {
                 return Scheduled::Refused;
             }
             state.busy = true;
+            state.resets += 1;
+            state.resets
+        };
+        // The first few resets and then every power of two are logged: a
+        // hostile device must not flood the log.
+        if resets <= 4 || resets.is_power_of_two() {
+            dev_warn!(pdev, "scheduling a controller reset (#{resets})\n");
         }
-        dev_warn!(pdev, "scheduling a controller reset\n");
         // Cannot be queued already: `busy` was clear.
         let _ = workqueue::system_unbound().enqueue(self.clone());
         Scheduled::Queued
@@ -228,26 +256,35 @@ impl ControllerReset {
     /// The work item: resets the controller, or fails it if that does not
     /// work.
     fn run_reset(&self) {
-        let (tagset, management) = {
+        let (tagset, management, resets) = {
             let state = self.state.lock();
-            (state.armed.then(|| state.tagset.clone()).flatten(), state.management.clone())
+            (
+                state.armed.then(|| state.tagset.clone()).flatten(),
+                state.management.clone(),
+                state.resets,
+            )
         };
+        let verbose = resets <= 4 || resets.is_power_of_two();
         let Some(tagset) = tagset else {
             // Disarmed before it ran: teardown fails what is outstanding.
             self.state.lock().busy = false;
             return;
         };
         let pdev = self.ctrl.pdev();
-        dev_warn!(pdev, "resetting the controller\n");
+        if verbose {
+            dev_warn!(pdev, "resetting the controller\n");
+        }
         tagset.quiesce();
         match self.reset_controller() {
             Ok(requeued) => {
                 self.ctrl.finish_reset();
                 tagset.unquiesce();
-                dev_info!(
-                    pdev,
-                    "controller reset done: {requeued} requests requeued\n"
-                );
+                if verbose {
+                    dev_info!(
+                        pdev,
+                        "controller reset done: {requeued} requests requeued (reset #{resets})\n"
+                    );
+                }
             }
             Err(e) => {
                 dev_err!(pdev, "controller reset failed: {e:?}\n");
@@ -267,8 +304,16 @@ impl ControllerReset {
     /// requests went back to blk-mq.
     fn reset_controller(&self) -> Result<usize> {
         self.ctrl.disable_for_reset()?;
-        // CSTS.RDY = 0: the device stopped, so the requests' memory is the
-        // host's again and they can be issued anew.
+        // CSTS.RDY = 0: the device stopped. What it completed before stops
+        // here with its own result; everything else is the host's again
+        // and is issued anew.
+        let reaped: usize = self.queues.iter().map(|q| q.reap_posted()).sum();
+        if reaped > 0 {
+            dev_dbg!(
+                self.ctrl.pdev(),
+                "{reaped} requests completed by the device before the reset\n"
+            );
+        }
         let requeued = self.queues.iter().map(|q| q.requeue_all()).sum();
         self.ctrl.restart()?;
         let wanted = self.queues.len() as u32;

@@ -417,6 +417,11 @@ impl Controller {
         self.bus.refused()
     }
 
+    /// Whether this is the accelerator function.
+    pub fn is_accelerator(&self) -> bool {
+        matches!(self.personality, Personality::Accelerator { .. })
+    }
+
     /// Test hook: hangs the controller's firmware, or lets it come back
     /// and catch up (see `hang.rs`).
     pub fn set_hung(&self, hung: bool) {

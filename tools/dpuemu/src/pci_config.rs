@@ -3,7 +3,8 @@
 //! (QEMU emulates both; the device only sees vector eventfds), and a PCI
 //! Express capability describing a Gen3 x4 endpoint, like a real card, and
 //! a vendor-specific capability holding the emulator's test-hook register
-//! (bit 0: the controller's firmware hangs; see `controller/hang.rs`).
+//! (bit 0: the controller's firmware hangs, see `controller/hang.rs`; bit 1:
+//! hostile mode, see `controller/hostile.rs`).
 
 use nvme_shim::pci;
 
@@ -29,6 +30,8 @@ const VENDOR_CAP_LEN: u8 = 8;
 pub const TEST_HOOK_REGISTER: usize = VENDOR_CAP + 4;
 /// Test-hook bit: the controller hangs while it is set.
 pub const TEST_HOOK_HANG: u32 = 1 << 0;
+/// Test-hook bit: hostile mode (`controller/hostile.rs`) while it is set.
+pub const TEST_HOOK_HOSTILE: u32 = 1 << 1;
 /// Command register: Bus Master Enable.
 const COMMAND_BUS_MASTER: u16 = 1 << 2;
 const STATUS_CAP_LIST: u16 = 1 << 4;
@@ -98,7 +101,7 @@ impl PciConfig {
         c.bytes[VENDOR_CAP] = VENDOR_CAP_ID;
         c.bytes[VENDOR_CAP + 1] = 0;
         c.bytes[VENDOR_CAP + 2] = VENDOR_CAP_LEN;
-        c.mask32(TEST_HOOK_REGISTER, TEST_HOOK_HANG);
+        c.mask32(TEST_HOOK_REGISTER, TEST_HOOK_HANG | TEST_HOOK_HOSTILE);
         c
     }
 
@@ -211,7 +214,7 @@ mod tests {
         assert!(!c.bus_master());
         assert_eq!(c.test_hooks(), 0);
         c.write(TEST_HOOK_REGISTER as u64, &[0xff; 4]);
-        assert_eq!(c.test_hooks(), TEST_HOOK_HANG);
+        assert_eq!(c.test_hooks(), TEST_HOOK_HANG | TEST_HOOK_HOSTILE);
         c.write(TEST_HOOK_REGISTER as u64, &[0; 1]);
         assert_eq!(c.test_hooks(), 0);
         // BAR sizing: all ones reads back the size mask.

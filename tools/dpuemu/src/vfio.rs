@@ -23,7 +23,7 @@ use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, Serv
 use crate::controller::Controller;
 use crate::guest_memory::DmaRegions;
 use crate::interrupts::MsixEventFds;
-use crate::pci_config::{PciConfig, CONFIG_SPACE_SIZE, TEST_HOOK_HANG};
+use crate::pci_config::{PciConfig, CONFIG_SPACE_SIZE, TEST_HOOK_HANG, TEST_HOOK_HOSTILE};
 
 /// One PCI function: its controller and the transport state QEMU drives.
 pub struct Function {
@@ -49,6 +49,9 @@ struct Backend {
     memory: Arc<DmaRegions>,
     msix: Arc<MsixEventFds>,
     config: PciConfig,
+    /// The test-hook register turned hostile mode on (so clearing the bit
+    /// turns it off, and a `--hostile` from the command line stays on).
+    hostile_by_hook: bool,
 }
 
 impl Backend {
@@ -56,10 +59,18 @@ impl Backend {
     /// Master Enable (clearing it returns only once no guest-memory access
     /// is in progress, before the client sees the write complete) and the
     /// hang test hook.
-    fn apply_config(&self) {
+    fn apply_config(&mut self) {
         self.controller.set_bus_master(self.config.bus_master());
-        self.controller
-            .set_hung(self.config.test_hooks() & TEST_HOOK_HANG != 0);
+        let hooks = self.config.test_hooks();
+        self.controller.set_hung(hooks & TEST_HOOK_HANG != 0);
+        // Hostile mode is process-wide, but only the accelerator is
+        // hostile; its own register switches it.
+        if self.controller.is_accelerator() && hooks & TEST_HOOK_HOSTILE != 0 {
+            crate::controller::hostile::set_active(true);
+        } else if self.controller.is_accelerator() && self.hostile_by_hook {
+            crate::controller::hostile::set_active(false);
+        }
+        self.hostile_by_hook = self.controller.is_accelerator() && hooks & TEST_HOOK_HOSTILE != 0;
     }
 }
 
@@ -273,6 +284,7 @@ pub fn serve(function: &Function, server: Server) {
             function.class_code,
             controller.config().vectors,
         ),
+        hostile_by_hook: false,
     };
     // A function comes out of reset with bus mastering off.
     backend.apply_config();

@@ -1,5 +1,8 @@
-//! Hostile mode (`--hostile RATE[:SEED[:KINDS]]`): the accelerator breaks
-//! the protocol on purpose, so the host driver's defences can be tested.
+//! Hostile mode (`--hostile RATE[:SEED[:KINDS]]`, or bit 1 of the test-hook
+//! register in configuration space, which turns it on and off at run time
+//! with the command line's settings or, without them, one anomaly in
+//! [`DEFAULT_RATE`] completions from seed 1): the accelerator breaks the
+//! protocol on purpose, so the host driver's defences can be tested.
 //!
 //! When an I/O command's completion is posted, one in `RATE` gets an
 //! anomaly, drawn from a seeded generator (the same seed gives the same
@@ -23,8 +26,12 @@
 //! admin queue is left alone (Identify and vendor payloads are not
 //! corrupted by this mode).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
+
+/// Anomaly rate when the test-hook register turns hostile mode on without
+/// `--hostile`: one completion in this many.
+pub const DEFAULT_RATE: u64 = 200;
 
 /// One kind of anomaly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,17 +193,44 @@ impl Hostile {
     }
 }
 
-/// The process's hostile mode, if `--hostile` was given.
+/// The process's hostile mode settings and state.
 static HOSTILE: OnceLock<Hostile> = OnceLock::new();
+/// Hostile mode is on: from the command line, or through the test hook.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
 
-/// Turns the hostile mode on (once, from the command line).
+/// Turns the hostile mode on with `spec` (once, from the command line).
 pub fn configure(spec: HostileSpec) {
     let _ = HOSTILE.set(Hostile::new(spec));
+    ACTIVE.store(true, Ordering::Release);
+}
+
+/// Turns hostile mode on or off at run time (test-hook register); the
+/// settings are the command line's, or the defaults.
+pub fn set_active(active: bool) {
+    if active {
+        HOSTILE.get_or_init(|| {
+            Hostile::new(HostileSpec {
+                rate: DEFAULT_RATE,
+                seed: 1,
+                kinds: Anomaly::ALL
+                    .into_iter()
+                    .filter(|&a| a != Anomaly::NeverComplete)
+                    .collect(),
+            })
+        });
+    }
+    if ACTIVE.swap(active, Ordering::AcqRel) != active {
+        log::warn!("hostile mode {}", if active { "on" } else { "off" });
+    }
 }
 
 /// The hostile mode, if on.
 pub fn hostile() -> Option<&'static Hostile> {
-    HOSTILE.get()
+    if ACTIVE.load(Ordering::Acquire) {
+        HOSTILE.get()
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
