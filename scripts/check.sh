@@ -82,6 +82,11 @@ if [[ " $suites " == *" host "* ]]; then
 	plan=$(sed -n 's/^1\.\.//p' "$results/harness.ktap")
 	[ "$plan" = $((p + f)) ] && grep -q '^# Totals:' "$results/harness.ktap"
 	record "harness tests all reported (plan ${plan:-none}, $((p + f)) results)" $?
+	# The benchmark report's arithmetic (medians, ratios, stall flags) on
+	# synthetic fio output: a wrong ratio in `make bench` must fail here.
+	python3 "$DPUBLK_TOP/scripts/bench-report-test.py" >"$results/bench-report.log" 2>&1
+	rc=$?; [ $rc = 0 ] || tail -30 "$results/bench-report.log"
+	record "bench report unit tests ($(grep -o 'Ran [0-9]* tests' "$results/bench-report.log"))" $rc
 	# Lint and test builds are cached outside the repository, so a fresh
 	# clone does not compile every dependency again; cargo's own fingerprints
 	# decide what is still valid. (The release build that `make` and the VM
