@@ -98,6 +98,11 @@ if [[ " $suites " == *" host "* ]]; then
 	cargo clippy --workspace --all-targets --quiet -- -D warnings >"$results/clippy.log" 2>&1
 	rc=$?; [ $rc = 0 ] || tail -40 "$results/clippy.log"
 	record "cargo clippy -D warnings" $rc
+	# An ignored cargo test counts as skipped, so it must say why it is
+	# not run (`#[ignore = "why"]`); a bare #[ignore] fails.
+	bare_ignores=$(grep -rn '#\[ignore\]' --include='*.rs' rust tools)
+	[ -z "$bare_ignores" ] || echo "$bare_ignores"
+	record "every ignored cargo test gives its reason" $([ -z "$bare_ignores" ]; echo $?)
 	cargo test --workspace --no-fail-fast 2>&1 | tee "$results/cargo-test.log" | grep -E '^test result:|FAILED|panicked'
 	rc=${PIPESTATUS[0]}
 	# Count the individual cargo tests, so the closing line tells how much

@@ -910,7 +910,7 @@ mod properties {
 /// (it still checks what it reads): run it with
 /// `cargo test --release -p dpu-engine throughput_probe -- --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "a throughput probe, not a test: run it by hand (see above)"]
 fn throughput_probe() {
     let n = 8192u64;
     for (name, services, enc) in [
