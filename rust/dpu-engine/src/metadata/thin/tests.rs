@@ -374,7 +374,7 @@ fn rss_mib() -> u64 {
 /// `DPU_SCALE_CACHE_MIB` (default 16) cache. Run it with
 /// `cargo test -p dpu-engine metadata_scale_probe -- --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "a scale probe that runs for minutes: run it by hand (see above)"]
 fn metadata_scale_probe() {
     let var = |name: &str, default: u64| {
         std::env::var(name)
