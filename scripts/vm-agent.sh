@@ -9,9 +9,8 @@
 # Commands:
 #   dpuemu-kill              kill -9 the emulator (a crash, not a shutdown)
 #   dpuemu-crash             SIGUSR2 it: with --power-loss-sim a power cut
-#                            (unflushed writes torn or lost, then exit); its
-#                            tear report is appended to
-#                            $DPUBLK_IMAGES_DIR/powercut.log when set
+#                            (unflushed writes torn or lost, then exit; the
+#                            report goes to --power-loss-report's file)
 #   dpuemu-freeze            SIGSTOP the emulator (a hung device)
 #   dpuemu-thaw              SIGCONT it
 #   dpuemu-lose-io           SIGUSR1 it: the accelerator loses (never
@@ -79,10 +78,6 @@ serve() { # serve COMMAND [ARGS]
 		# Without --power-loss-sim dpuemu ignores SIGUSR2 and stays up.
 		for _ in $(seq 1 1000); do kill -0 "$pid" 2>/dev/null || break; sleep 0.01; done
 		kill -0 "$pid" 2>/dev/null && { echo "dpuemu $pid still running 10 s after SIGUSR2"; return 1; }
-		# The run directory goes with the VM; the report stays beside the images.
-		if [ -n "${DPUBLK_IMAGES_DIR:-}" ]; then
-			grep -E 'power[- ]' "$rundir/dpuemu.log" >>"$DPUBLK_IMAGES_DIR/powercut.log" || true
-		fi
 		echo "power cut $pid" ;;
 	dpuemu-freeze) kill -STOP "$(cat "$rundir/dpuemu.pid")" && echo frozen ;;
 	dpuemu-thaw) kill -CONT "$(cat "$rundir/dpuemu.pid")" && echo thawed ;;

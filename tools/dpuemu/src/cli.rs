@@ -36,6 +36,8 @@ Options:
                          SEED, logged) reaches the image, the rest is lost,
                          and dpuemu exits (status 3) at once without
                          flushing
+  --power-loss-report PATH  append each power cut's report (seed, sectors
+                         kept and lost per SSD, the sectors written) to PATH
   --hostile RATE[:SEED[:KINDS]]
                          test mode: one accelerator I/O completion in RATE
                          breaks the protocol (seeded, SEED default 1); KINDS
@@ -69,6 +71,8 @@ pub struct Options {
     pub power_loss_seed: Option<u64>,
     /// `--hostile`: the accelerator breaks the protocol on purpose.
     pub hostile: Option<HostileSpec>,
+    /// File the power cut's report is appended to (`--power-loss-report`).
+    pub power_loss_report: Option<PathBuf>,
 }
 
 /// What the command line asks for.
@@ -151,6 +155,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     let mut log_level = log::LevelFilter::Info;
     let mut power_loss_seed = None;
     let mut hostile = None;
+    let mut power_loss_report = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -195,10 +200,16 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 )?)
             }
             "--hostile" => hostile = Some(HostileSpec::parse(&value("--hostile")?)?),
+            "--power-loss-report" => {
+                power_loss_report = Some(PathBuf::from(value("--power-loss-report")?))
+            }
             other => return Err(format!("unknown argument '{other}' (see --help)")),
         }
     }
     let socket_dir = socket_dir.ok_or("--socket-dir is required (see --help)")?;
+    if power_loss_report.is_some() && power_loss_seed.is_none() {
+        return Err("--power-loss-report needs --power-loss-sim".into());
+    }
     if let Some(n) = passthrough_ssd {
         if n >= ssds.len() {
             return Err(format!(
@@ -216,6 +227,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         log_level,
         power_loss_seed,
         hostile,
+        power_loss_report,
     }))
 }
 
@@ -257,6 +269,8 @@ mod tests {
             "--log-level",
             "debug",
             "--power-loss-sim=18446744073709551615",
+            "--power-loss-report",
+            "/tmp/cut.log",
         ]))
         .unwrap();
         let Command::Run(o) = cmd else {
@@ -287,6 +301,7 @@ mod tests {
         assert_eq!((o.passthrough_ssd, o.io_queues, o.workers), (Some(1), 8, 3));
         assert_eq!(o.log_level, log::LevelFilter::Debug);
         assert_eq!(o.power_loss_seed, Some(u64::MAX));
+        assert_eq!(o.power_loss_report, Some(PathBuf::from("/tmp/cut.log")));
         let Ok(Command::Run(o)) = parse(args(&["--socket-dir", "d"])) else {
             panic!("not run")
         };
@@ -306,6 +321,7 @@ mod tests {
         assert!(parse(args(&["--socket-dir", "d", "--log-level", "loud"])).is_err());
         assert!(parse(args(&["--socket-dir", "d", "--ssd", ":1G"])).is_err());
         assert!(parse(args(&["--socket-dir", "d", "--power-loss-sim"])).is_err());
+        assert!(parse(args(&["--socket-dir", "d", "--power-loss-report", "r"])).is_err());
         assert!(parse(args(&["--socket-dir", "d", "--power-loss-sim", "-1"])).is_err());
         assert!(parse(args(&["--socket-dir", "d", "--power-loss-sim", "0x10"])).is_err());
         assert!(parse(args(&[

@@ -19,11 +19,12 @@ mod vfio;
 mod volumes;
 mod worker;
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
 
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use nvme_shim::pci;
 
 use cli::{Command, Options};
@@ -136,11 +137,35 @@ fn make_function(
 }
 
 /// Simulated power loss: tears every SSD's volatile write cache and leaves
-/// at once, with no flush, no worker shutdown and no socket cleanup.
-fn power_cut(volatile: &[Arc<VolatileNamespace>], seed: u64) -> ! {
+/// at once, with no flush, no worker shutdown and no socket cleanup. The
+/// tear report goes to the log and, with `--power-loss-report`, is
+/// appended to that file (the log of a test VM's run goes with the run).
+fn power_cut(volatile: &[Arc<VolatileNamespace>], options: &Options, seed: u64) -> ! {
     info!("SIGUSR2: power cut (seed {seed})");
-    let (written, dropped) = power_loss::crash(volatile, seed);
-    info!("power cut: {written} unflushed sectors reached the images, {dropped} lost; exiting");
+    let report = power_loss::crash(volatile, seed);
+    let summary = format!(
+        "power cut: {} unflushed sectors reached the images, {} lost; exiting",
+        report.written, report.dropped
+    );
+    for line in &report.lines {
+        if line.contains("written sectors") {
+            debug!("{line}");
+        } else {
+            info!("{line}");
+        }
+    }
+    info!("{summary}");
+    if let Some(path) = &options.power_loss_report {
+        let text = format!("seed {seed}\n{}\n{summary}\n", report.lines.join("\n"));
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()));
+        if let Err(e) = written {
+            error!("power cut report {}: {e}", path.display());
+        }
+    }
     // SAFETY: _exit ends the process without running atexit handlers or
     // destructors, which is the point: nothing may be flushed after the
     // cut. It takes only an integer. Status 3 tells a power cut from a
@@ -283,7 +308,7 @@ fn run(options: &Options) -> Result<(), String> {
                 info!("SIGUSR1: the accelerator loses its next I/O command");
             }
             libc::SIGUSR2 => match options.power_loss_seed {
-                Some(seed) => power_cut(&volatile, seed),
+                Some(seed) => power_cut(&volatile, options, seed),
                 None => info!("SIGUSR2 ignored: no --power-loss-sim"),
             },
             signal => break signal,

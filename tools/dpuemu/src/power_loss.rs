@@ -23,7 +23,7 @@ use std::io;
 use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
-use log::{debug, info};
+use log::debug;
 
 use crate::namespace::Namespace;
 
@@ -404,12 +404,25 @@ impl Namespace for VolatileNamespace {
     }
 }
 
+/// What a power cut did to all the layers.
+pub struct CrashReport {
+    /// Unflushed sectors that reached the images.
+    pub written: usize,
+    /// Unflushed sectors lost.
+    pub dropped: usize,
+    /// One line per layer, then one line per layer listing the sector
+    /// ranges written (`first+count ...`), for the log and the report file.
+    pub lines: Vec<String>,
+}
+
 /// The power cut: tears every layer with a generator seeded from `seed` and
-/// the layer's position, logs what each kept, and returns the total of
-/// sectors written and dropped. The caller exits at once afterwards.
-pub fn crash(layers: &[std::sync::Arc<VolatileNamespace>], seed: u64) -> (usize, usize) {
-    let mut written = 0;
-    let mut dropped = 0;
+/// the layer's position. The caller logs the report and exits at once.
+pub fn crash(layers: &[std::sync::Arc<VolatileNamespace>], seed: u64) -> CrashReport {
+    let mut out = CrashReport {
+        written: 0,
+        dropped: 0,
+        lines: Vec::new(),
+    };
     for (i, layer) in layers.iter().enumerate() {
         let mut rng = SplitMix64::new(seed ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
         // Each crash picks how much of the cache made it out: from nothing
@@ -421,39 +434,35 @@ pub fn crash(layers: &[std::sync::Arc<VolatileNamespace>], seed: u64) -> (usize,
         };
         match layer.tear(&mut rng, keep_permille) {
             Ok(report) => {
-                written += report.written;
-                dropped += report.pending - report.written;
-                info!(
+                out.written += report.written;
+                out.dropped += report.pending - report.written;
+                out.lines.push(format!(
                     "power loss: {}: {} of {} unflushed sectors written, {} dropped (keep {}/1000)",
                     layer.name,
                     report.written,
                     report.pending,
                     report.pending - report.written,
                     report.keep_permille
-                );
-                let shown: Vec<String> = report
-                    .written_ranges
-                    .iter()
-                    .take(64)
-                    .map(|(first, count)| format!("{first}+{count}"))
-                    .collect();
-                if !shown.is_empty() {
-                    debug!(
-                        "power loss: {}: written sectors {}{}",
+                ));
+                if !report.written_ranges.is_empty() {
+                    let ranges: Vec<String> = report
+                        .written_ranges
+                        .iter()
+                        .map(|(first, count)| format!("{first}+{count}"))
+                        .collect();
+                    out.lines.push(format!(
+                        "power loss: {}: written sectors {}",
                         layer.name,
-                        shown.join(" "),
-                        if report.written_ranges.len() > 64 {
-                            " ..."
-                        } else {
-                            ""
-                        }
-                    );
+                        ranges.join(" ")
+                    ));
                 }
             }
-            Err(e) => info!("power loss: {}: tearing failed: {e}", layer.name),
+            Err(e) => out
+                .lines
+                .push(format!("power loss: {}: tearing failed: {e}", layer.name)),
         }
     }
-    (written, dropped)
+    out
 }
 
 #[cfg(test)]
@@ -649,6 +658,40 @@ mod tests {
         };
         assert_eq!(tear(5), tear(5));
         assert_ne!(tear(5).written_ranges, tear(6).written_ranges);
+    }
+
+    #[test]
+    fn crash_reports_every_layer_and_adds_up() {
+        let a = Scratch::new("report-a", 1 << 20);
+        let b = Scratch::new("report-b", 1 << 20);
+        let layers = vec![
+            std::sync::Arc::new(a.layer(DEFAULT_LIMIT_SECTORS)),
+            std::sync::Arc::new(b.layer(DEFAULT_LIMIT_SECTORS)),
+        ];
+        layers[0].write_at(0, &pattern(1, 64 << 10)).unwrap();
+        layers[1].write_at(8192, &pattern(2, 32 << 10)).unwrap();
+        let report = crash(&layers, 99);
+        assert_eq!(report.written + report.dropped, 128 + 64);
+        let summaries: Vec<&String> = report
+            .lines
+            .iter()
+            .filter(|l| l.contains("unflushed sectors written"))
+            .collect();
+        assert_eq!(summaries.len(), 2, "{:?}", report.lines);
+        assert!(
+            layers.iter().all(|l| l.flush().is_err()),
+            "the drives are gone"
+        );
+        // The same seed on the same content tears the same way.
+        let c = Scratch::new("report-c", 1 << 20);
+        let d = Scratch::new("report-d", 1 << 20);
+        let again = vec![
+            std::sync::Arc::new(c.layer(DEFAULT_LIMIT_SECTORS)),
+            std::sync::Arc::new(d.layer(DEFAULT_LIMIT_SECTORS)),
+        ];
+        again[0].write_at(0, &pattern(1, 64 << 10)).unwrap();
+        again[1].write_at(8192, &pattern(2, 32 << 10)).unwrap();
+        assert_eq!(crash(&again, 99).lines, report.lines);
     }
 
     #[test]
