@@ -50,6 +50,13 @@ check:
 bench: all
 	scripts/bench.sh $(if $(QUICK),--quick) $(if $(ROWS),--rows "$(ROWS)") $(if $(WORKLOADS),--workloads "$(WORKLOADS)") $(if $(REPS),--reps $(REPS)) $(if $(RUNTIME),--runtime $(RUNTIME))
 
+# make crash N=50: the power-loss campaign, N power cuts at random times
+# while dpublk volumes of every layout are written (Documentation/testing.rst).
+N ?= 3
+.PHONY: crash
+crash: all
+	scripts/crash-campaign.sh --kill-points $(N)
+
 clean:
 	rm -rf build
 	$(CARGO) clean
