@@ -559,8 +559,9 @@ def render(meta, rows, comparisons, cross, targets, idle, reps, failed):
     if cross:
         md.append("")
         md.append("CPU per byte of the cross-stack rows (µs per MB moved, medians): the guest's "
-                  "own CPU beside the host's total (QEMU, which under TCG includes the emulated "
-                  "guest, plus dpuemu, which runs the dpublk rows' data services natively).")
+                  "own CPU beside the host's total: QEMU, which under TCG includes the emulated "
+                  "guest, plus dpuemu, which runs natively both the dpublk rows' data services "
+                  "and the local SSDs every row's data lands on (the Linux stacks' too).")
         md.append("")
         md.append("| device | workload | MB/s | guest sched µs/MB | host QEMU µs/MB "
                   "| host dpuemu µs/MB | host total µs/MB |")
