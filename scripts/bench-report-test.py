@@ -68,7 +68,7 @@ class ResultsDir:
                     "guest_start=900.0\nguest_end=1100.5\n")
 
     def add(self, device, workload, rep, rw, bs, iops, sched_s, qemu_s, dpuemu_s=0.0, p99_us=500.0,
-            lat_mean_us=100.0, dmesg=(), space=None, cpu=None):
+            lat_mean_us=100.0, dmesg=(), space=None, cpu=None, inflight=()):
         os.makedirs(os.path.join(self.path, device), exist_ok=True)
         base = os.path.join(self.path, device, f"{workload}.r{rep}")
         size = bench_report.parse_size(bs)
@@ -82,6 +82,7 @@ class ResultsDir:
         with open(base + ".state", "w") as f:
             f.write("before.mem.MemFree_kb=204800\nbefore.mem.Dirty_kb=3072\n"
                     "before.loadavg=0.5 0.4 0.3\nafter.loadavg=0.6 0.4 0.3\n")
+            f.writelines(f"before.inflight.{disk}={counts}\n" for disk, counts in inflight)
             f.writelines(f"dmesg={line}\n" for line in dmesg)
         if space:
             with open(base + ".space", "w") as f:
@@ -118,7 +119,8 @@ class BenchReportTest(unittest.TestCase):
             d.add("dpublk", w, rep, "randread", "4k", ours, sched_s=1.0, qemu_s=15.0, dpuemu_s=2.0)
             d.add("qemu-nvme", w, rep, "randread", "4k", theirs, sched_s=1.6, qemu_s=16.0,
                   p99_us=400000.0 if theirs == 3000 else 500.0,
-                  dmesg=["nvme nvme1: I/O tag 3 timeout"] if theirs == 3000 else ())
+                  dmesg=["nvme nvme1: I/O tag 3 timeout"] if theirs == 3000 else (),
+                  inflight=[("dm-0", "0 3"), ("dm-1", "1 0")] if theirs == 3000 else ())
 
     def test_min_median_max(self):
         self.add_base_rows()
@@ -167,9 +169,18 @@ class BenchReportTest(unittest.TestCase):
         self.assertIn("qemu-nvme randread-4k-qd32 #2 (job 4 of the run)", line[0])
         self.assertIn("p99.9 800,000 µs", line[0])
         self.assertIn("1 new guest kernel log lines (first: nvme nvme1: I/O tag 3 timeout); the guest "
-                      "before it: 200 MiB free, 3 MiB dirty, load average 0.5 0.4 0.3", line[0])
+                      "before it: 200 MiB free, 3 MiB dirty, load average 0.5 0.4 0.3; requests in "
+                      "flight (reads/writes) as it started: dm-0 0/3, dm-1 1/0", line[0])
         self.assertIn("the last: dpublk randread-4k-qd32 #1; qemu-nvme randread-4k-qd32 #1; "
                       "dpublk randread-4k-qd32 #2", line[0])
+
+    def test_stall_without_stuck_requests(self):
+        for rep, iops in enumerate([900, 2000, 2100], 1):
+            self.dir.add("dpublk", "randread-4k-qd1", rep, "randread", "4k", iops, 1.0, 5.0)
+        text, results, _ = self.run_report()
+        self.assertEqual([(s["rep"], s["seq"]) for s in results["stalls"]], [(1, 1)])
+        line = [x for x in text.splitlines() if x.startswith("STALL:")][0]
+        self.assertIn("no requests in flight as it started; 0 jobs ran before it in this VM", line)
 
     def test_exactly_half_is_no_stall(self):
         for rep, iops in enumerate([1000, 2000, 2000], 1):

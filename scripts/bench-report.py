@@ -623,6 +623,10 @@ def render(meta, rows, comparisons, cross, targets, idle, reps, failed):
             log_part += (f"; the guest before it: {int(gs['before.mem.MemFree_kb']) // 1024} MiB free, "
                          f"{int(gs.get('before.mem.Dirty_kb', 0)) // 1024} MiB dirty, load average "
                          f"{gs.get('before.loadavg', '?')}")
+        stuck = sorted(k[len("before.inflight."):] + " " + v.replace(" ", "/")
+                       for k, v in gs.items() if k.startswith("before.inflight."))
+        log_part += ("; requests in flight (reads/writes) as it started: " + ", ".join(stuck)
+                     if stuck else "; no requests in flight as it started")
         before = r["ran_before"]
         md.append(f"STALL: {r['device']} {r['workload']} #{r['rep']} (job {r['seq']} of the run): "
                   f"{fmt(r['iops'])} IOPS, {fmt(r['iops_share_of_median'], 2)} of the row's median; "

@@ -352,12 +352,22 @@ sample() {
 
 # guest_state: what earlier jobs may have left behind in the guest, one
 # key=value per line: memory (free, page cache, dirty and under writeback),
-# slab, the load average and the kernel log's length. Read before and after
+# slab, the load average, the kernel log's length and the disks with
+# requests in flight. Read before and after
 # every repetition, so a slow one can be traced to the state it started in.
 guest_state() {
 	awk '$1 ~ /^(MemFree|Cached|Dirty|Writeback|Slab):$/ { sub(":", "", $1); print "mem." $1 "_kb=" $2 }' /proc/meminfo
 	echo "loadavg=$(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "dmesg_lines=$(dmesg | wc -l)"
+	# Requests still in flight (reads, writes) on any disk: I/O an earlier
+	# row left stuck, which would slow or stall the next one.
+	local f r w d
+	for f in /sys/block/*/inflight; do
+		read -r r w <"$f" || continue
+		[ "$r$w" = 00 ] && continue
+		d=${f#/sys/block/}
+		echo "inflight.${d%/inflight}=$r $w"
+	done
 }
 
 # run_job LABEL DEV WORKLOAD RW BS QD EXTRA SPACE REP: repetition REP of one
