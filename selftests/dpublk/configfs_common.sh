@@ -44,7 +44,29 @@ wait_ssd_blockdev() {
 
 # cfs_write PATH VALUE: writes VALUE, fails the test if the write fails.
 cfs_write() {
+	_world_fresh=0 # a cached world state of the bad-input test is stale now
 	echo "$2" >"$1" 2>"$TEST_TMP/cfs.err" || fail "write '$2' to ${1#$DPUBLK_CFS/} failed: $(cat "$TEST_TMP/cfs.err")"
+}
+
+# cfs_write_busy PATH VALUE: cfs_write for writes that take a disk away
+# (`enable` 0, `expose` 0): udev probes a new disk for a moment after it
+# appears, and while it has it open the write is refused with EBUSY; this
+# retries for up to 5 s.
+cfs_write_busy() {
+	local i
+	_world_fresh=0
+	for i in $(seq 1 50); do
+		echo "$2" >"$1" 2>"$TEST_TMP/cfs.err" && return 0
+		grep -q "Device or resource busy" "$TEST_TMP/cfs.err" || break
+		sleep 0.1
+	done
+	fail "write '$2' to ${1#$DPUBLK_CFS/} failed: $(cat "$TEST_TMP/cfs.err")"
+}
+
+# ssd_serial N: the serial number of SSD N as the nvme driver shows it,
+# without the NVMe padding spaces (configfs refuses trailing spaces).
+ssd_serial() {
+	sed 's/ *$//' /sys/bus/pci/devices/"$(ssd_pci "$1")"/nvme/nvme*/serial 2>/dev/null | head -1
 }
 
 # attach_ssd NAME N: makes ssds/NAME for SSD N and attaches it.
@@ -93,7 +115,7 @@ make_volume() {
 # remove_volume NAME: disables, destroys and forgets a volume.
 remove_volume() {
 	local v=$DPUBLK_CFS/volumes/$1
-	cfs_write "$v/enable" 0
+	cfs_write_busy "$v/enable" 0
 	cfs_write "$v/destroy" 1
 	rmdir "$v" || fail "rmdir volumes/$1"
 }
@@ -179,4 +201,116 @@ clone_snapshot() {
 	for i in $(seq 1 50); do [ -b "/dev/$dev" ] && break; sleep 0.1; done
 	[ -b "/dev/$dev" ] || { echo "/dev/$dev missing"; return 1; }
 	echo "/dev/$dev"
+}
+
+# object_state DIR: every readable attribute of a configfs object, one
+# "name: value" line each (lines of a multi-line value joined with '|'),
+# and its subdirectories. Skips the write-only key, and the read counters
+# of stats (reading a neighbouring volume's data changes them). Builtins
+# only: the bad-input test calls it for every case, and a fork costs
+# milliseconds under TCG.
+object_state() {
+	local f lines line kept sub IFS='|'
+	for f in "$1"/*; do
+		if [ -d "$f" ]; then
+			sub=("$f"/*)
+			[ -e "${sub[0]}" ] || sub=()
+			echo "${f##*/}/: ${sub[*]##*/}"
+			continue
+		fi
+		[ "${f##*/}" = key ] && continue
+		if ! mapfile -t lines <"$f" 2>/dev/null; then
+			echo "${f##*/}: <read failed>"
+			continue
+		fi
+		if [ "${f##*/}" = stats ]; then
+			kept=()
+			for line in "${lines[@]}"; do
+				[[ $line == read_* || $line == media_read_* ]] || kept+=("$line")
+			done
+			lines=("${kept[@]}")
+		fi
+		echo "${f##*/}: ${lines[*]}"
+	done
+}
+
+# disks_state: every dpublk disk with its size and read-only flag.
+disks_state() {
+	local d size ro
+	for d in /sys/block/dpublk*; do
+		[ -e "$d" ] || continue
+		read -r size <"$d/size"
+		read -r ro <"$d/ro"
+		echo "${d##*/} size=$size ro=$ro"
+	done
+}
+
+# tree_state: the configfs directories, the accelerator's volume list
+# and the disks (builtins only, as object_state).
+tree_state() {
+	local d lines
+	echo "== directories"
+	for d in "$DPUBLK_CFS"/ssds/*/ "$DPUBLK_CFS"/volumes/*/ "$DPUBLK_CFS"/volumes/*/snapshots/*/; do
+		[ -d "$d" ] && echo "${d#"$DPUBLK_CFS"/}"
+	done
+	echo "== volume_list"
+	mapfile -t lines <"$DPUBLK_CFS/volume_list" || echo "<read failed>"
+	printf '%s\n' "${lines[@]}"
+	echo "== disks"
+	disks_state
+}
+
+# cfs_consistent: every volume handle agrees with the accelerator: a
+# handle's nsid is the one volume_list shows for its name (0 and absent
+# for a volume the accelerator does not have), its device is a disk that
+# exists, its snapshot handles are in its snapshot_list, and every disk
+# belongs to an enabled volume, an adopted one, or an exposed snapshot.
+# Prints what disagrees; returns 1 if anything does.
+cfs_consistent() {
+	local v name nsid dev listed state s bad=0 owned=" " d
+	declare -A list_nsid
+	while read -r name nsid _ state _; do
+		list_nsid[$name]=$nsid
+	done <"$DPUBLK_CFS/volume_list"
+	for v in "$DPUBLK_CFS"/volumes/*/; do
+		[ -d "$v" ] || continue
+		v=${v%/}
+		name=${v##*/}
+		read -r nsid <"$v/nsid"
+		read -r state <"$v/state"
+		listed=${list_nsid[$name]-none}
+		if [ "$listed" = none ]; then
+			[ "$nsid" = 0 ] && [ "$state" = absent ] ||
+				{ echo "volumes/$name: nsid $nsid, state $state, but the accelerator has no such volume"; bad=1; }
+		elif [ "$listed" != "$nsid" ]; then
+			echo "volumes/$name: nsid $nsid, the accelerator says $listed"
+			bad=1
+		fi
+		read -r dev <"$v/device" || dev=
+		if [ -n "$dev" ]; then
+			[ -e "/sys/block/$dev" ] || { echo "volumes/$name: device $dev does not exist"; bad=1; }
+			owned+="$dev "
+		fi
+		for s in "$v"/snapshots/*/; do
+			[ -d "$s" ] || continue
+			s=${s%/}
+			local id on sdev
+			read -r id <"$s/id"
+			if [ "$id" != -1 ] && ! grep -qx "${s##*/} $id" "$v/snapshot_list"; then
+				echo "volumes/$name/snapshots/${s##*/}: id $id, not in the accelerator's list: $(tr '\n' ' ' <"$v/snapshot_list")"
+				bad=1
+			fi
+			read -r on sdev <"$s/expose"
+			if [ "$on" = 1 ]; then
+				[ "$(cat "/sys/block/$sdev/ro" 2>/dev/null)" = 1 ] ||
+					{ echo "volumes/$name/snapshots/${s##*/}: exposed as $sdev, which is missing or writable"; bad=1; }
+				owned+="$sdev "
+			fi
+		done
+	done
+	for d in /sys/block/dpublk*; do
+		[ -e "$d" ] || continue
+		[[ "$owned" == *" ${d##*/} "* ]] || { echo "disk ${d##*/} belongs to no volume or snapshot handle"; bad=1; }
+	done
+	return $bad
 }

@@ -21,7 +21,15 @@ mod snapshot;
 mod ssd;
 mod volume;
 
-use crate::configfs_ext::ChildGroup;
+use crate::{
+    configfs_ext::ChildGroup,
+    management::{self, LIST_ENTRY_BYTES},
+    shim::{
+        sqe::SubmissionEntry,
+        vendor::{self, VolumeListEntry},
+        wire::{c_string_bytes, Wire},
+    },
+};
 use kernel::{
     configfs::{self, AttributeOperations, HasGroup},
     configfs_attrs,
@@ -42,6 +50,7 @@ pub(crate) fn subsystem() -> impl PinInit<configfs::Subsystem<Root>, Error> {
         attributes: [
             features: 0,
             version: 1,
+            volume_list: 2,
         ],
     };
     configfs::Subsystem::new(c"dpublk", item_type, try_pin_init!(Root {}))
@@ -70,6 +79,47 @@ impl AttributeOperations<1> for Root {
         let mut writer = kernel::str::Formatter::new(page);
         writer.write_fmt(format_args!("{}\n", crate::DRIVER_VERSION))?;
         Ok(writer.bytes_written())
+    }
+}
+
+#[vtable]
+impl AttributeOperations<2> for Root {
+    type Data = Root;
+
+    /// The accelerator's volumes as it lists them, one `NAME NSID SIZE
+    /// STATE` line each (`clone` appended for clones): what tests compare
+    /// the handles in `volumes/` with.
+    fn show(_root: &Root, page: &mut [u8; PAGE_SIZE]) -> Result<usize> {
+        let mgmt = management::current()?;
+        let entries = mgmt.read_list(SubmissionEntry::new(vendor::opcode::VOLUME_LIST, 0))?;
+        let mut w = kernel::str::Formatter::new(page);
+        let mut listed = entries
+            .chunks_exact(LIST_ENTRY_BYTES)
+            .filter_map(VolumeListEntry::read_from)
+            .peekable();
+        let mut left = entries.len() / LIST_ENTRY_BYTES;
+        while let Some(e) = listed.next() {
+            if PAGE_SIZE - w.bytes_written() < 2 * volume::LIST_LINE_MAX && listed.peek().is_some()
+            {
+                w.write_fmt(format_args!("more {left}\n"))?;
+                break;
+            }
+            let flags = e.flags.get();
+            w.write_fmt(format_args!(
+                "{} {} {} {}{}\n",
+                bstr(c_string_bytes(&e.name)),
+                e.nsid.get(),
+                e.size_bytes.get(),
+                volume::state_word(flags),
+                if flags & vendor::VOLUME_FLAG_CLONE != 0 {
+                    " clone"
+                } else {
+                    ""
+                },
+            ))?;
+            left -= 1;
+        }
+        Ok(w.bytes_written())
     }
 }
 
@@ -108,6 +158,13 @@ impl Tree {
 }
 
 /// Objects that refer to each other by name.
+///
+/// Lock order: the registry lock is the innermost lock of the tree. It is
+/// held only to read or change the list of SSD handles and their claims,
+/// never while taking an SSD handle's lock and never across a command to
+/// the accelerator, so a slow command (an SSD attach, a scrub) never stalls
+/// `mkdir`, `rmdir` or the volume writes that look SSDs up by name. Where a
+/// volume's lock is held, it is taken before the registry.
 pub(crate) struct Registry {
     ssds: KVec<Arc<SsdState>>,
 }
@@ -124,50 +181,61 @@ pub(crate) fn init_registry() {
     unsafe { REGISTRY.init() };
 }
 
+/// A copy of an SSD handle's name (for messages and lookups that outlive
+/// the registry lock).
+fn owned_name(state: &SsdState) -> Option<KVec<u8>> {
+    let mut name = KVec::new();
+    name.extend_from_slice(&state.name, GFP_KERNEL).ok()?;
+    Some(name)
+}
+
 impl Registry {
+    /// Adds a new SSD handle.
+    fn add_ssd(state: Arc<SsdState>) -> Result {
+        REGISTRY.lock().ssds.push(state, GFP_KERNEL)?;
+        Ok(())
+    }
+
+    /// Removes an SSD handle; its claim on an SSD ends with it.
     fn forget_ssd(state: &Arc<SsdState>) {
         let mut registry = REGISTRY.lock();
         registry.ssds.retain(|s| !Arc::ptr_eq(s, state));
     }
 
-    /// The name of another SSD handle that already stands for SSD `index`.
-    ///
-    /// Lock order: the registry before SSD handle locks. The caller holds
-    /// the registry (so two handles cannot claim one SSD at once) and may
-    /// hold `not`'s lock, which is skipped.
-    fn ssd_with_index(&self, index: u16, not: &SsdState) -> Option<KVec<u8>> {
-        for s in self.ssds.iter() {
-            if core::ptr::eq(&**s, not) {
-                continue;
-            }
-            if s.inner.lock().index == Some(index) {
-                let mut name = KVec::new();
-                name.extend_from_slice(&s.name, GFP_KERNEL).ok()?;
-                return Some(name);
+    /// Claims SSD `index` for `state`'s `device` write in progress: returns
+    /// the name of another handle that stands for or claims the same SSD
+    /// (`EEXIST`), or refuses a second `device` write to the same handle
+    /// running at the same time (`EBUSY`). The claim ends with
+    /// [`SsdState::end_claim`].
+    fn claim_ssd(state: &SsdState, index: u16) -> Result<(), Option<KVec<u8>>> {
+        let registry = REGISTRY.lock();
+        for s in registry.ssds.iter() {
+            if !core::ptr::eq(&**s, state) && s.claims(index) {
+                return Err(owned_name(s));
             }
         }
-        None
+        if state.start_claim(index) {
+            Ok(())
+        } else {
+            Err(None)
+        }
     }
 
     /// The SSD handle called `name`: its index and whether it is attached.
     fn ssd_by_name(name: &[u8]) -> Option<(Option<u16>, bool)> {
         let registry = REGISTRY.lock();
-        registry.ssds.iter().find(|s| s.name[..] == *name).map(|s| {
-            let inner = s.inner.lock();
-            (inner.index, inner.attached)
-        })
+        registry
+            .ssds
+            .iter()
+            .find(|s| s.name[..] == *name)
+            .map(|s| (s.index(), s.is_attached()))
     }
 
     /// The handle name of SSD `index`, if one exists.
     fn ssd_name(index: u16) -> Option<KVec<u8>> {
         let registry = REGISTRY.lock();
-        let s = registry
-            .ssds
-            .iter()
-            .find(|s| s.inner.lock().index == Some(index))?;
-        let mut name = KVec::new();
-        name.extend_from_slice(&s.name, GFP_KERNEL).ok()?;
-        Some(name)
+        let s = registry.ssds.iter().find(|s| s.index() == Some(index))?;
+        owned_name(s)
     }
 }
 

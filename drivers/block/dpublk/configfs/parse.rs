@@ -3,10 +3,11 @@
 //! Strict parsers for configfs attribute values.
 //!
 //! A value is the bytes written to the attribute, with at most one trailing
-//! newline (what `echo` adds). Anything else — empty values, spaces,
-//! signs, leading zeros in the middle of nowhere, trailing garbage, numbers
-//! that overflow — is refused, so a typo never becomes a setting. Each
-//! parser says why it refused, for the dmesg line.
+//! newline (what `echo` adds). Anything else — empty values, leading or
+//! trailing spaces, control and non-ASCII bytes (NUL included), signs,
+//! leading zeros (`010` could be meant as octal), hexadecimal, trailing
+//! garbage, numbers that overflow 64 bits — is refused, so a typo never
+//! becomes a setting. Each parser says why it refused, for the dmesg line.
 
 use kernel::prelude::*;
 
@@ -22,11 +23,11 @@ pub(crate) fn value(page: &[u8]) -> Result<&[u8], Refusal> {
     if text.len() > 256 {
         return Err("value too long");
     }
-    if text
-        .iter()
-        .any(|&b| !b.is_ascii_graphic() && b != b' ' && b != b',')
-    {
+    if text.iter().any(|&b| !b.is_ascii_graphic() && b != b' ') {
         return Err("value contains control or non-ASCII bytes");
+    }
+    if text.first() == Some(&b' ') || text.last() == Some(&b' ') {
+        return Err("value has leading or trailing spaces");
     }
     Ok(text)
 }
@@ -48,6 +49,9 @@ pub(crate) fn number(page: &[u8]) -> Result<u64, Refusal> {
 fn digits(text: &[u8]) -> Result<u64, Refusal> {
     if text.is_empty() {
         return Err("expected a number");
+    }
+    if text.len() > 1 && text[0] == b'0' {
+        return Err("a number may not start with 0");
     }
     let mut n: u64 = 0;
     for &b in text {
@@ -180,6 +184,30 @@ mod tests {
     }
 
     #[test]
+    fn values() {
+        assert_eq!(value(b"lz4\n"), Ok(&b"lz4"[..]));
+        assert_eq!(value(b"a b"), Ok(&b"a b"[..]));
+        for bad in [
+            &b""[..],
+            b"\n",
+            b" lz4",
+            b"lz4 ",
+            b"lz4 \n",
+            b"l\0z4",
+            b"lz4\t",
+            b"lz4\r\n",
+            b"lz4\n\n",
+            b"\x1b[0m",
+            b"l\xc3\xa9",
+            b"\xff",
+            &[b'a'; 257],
+        ] {
+            assert!(value(bad).is_err());
+        }
+        assert!(value(&[b'a'; 256]).is_ok());
+    }
+
+    #[test]
     fn numbers_and_sizes() {
         assert_eq!(number(b"0\n"), Ok(0));
         assert_eq!(number(b"18446744073709551615"), Ok(u64::MAX));
@@ -188,6 +216,16 @@ mod tests {
         assert!(number(b"+5").is_err());
         assert!(number(b"5x").is_err());
         assert!(number(b"0x10").is_err());
+        assert!(number(b"010").is_err());
+        assert!(number(b"00").is_err());
+        assert!(number(b" 5").is_err());
+        assert!(number(b"5 ").is_err());
+        assert!(number(b"5\t").is_err());
+        assert!(number(b"5\0").is_err());
+        assert!(number(b"5\n\n").is_err());
+        assert!(number(b"5\r\n").is_err());
+        assert!(number(&[b'5', 0xc3, 0xa9]).is_err());
+        assert!(number(b"4294967296").is_ok());
         assert_eq!(size(b"64M\n"), Ok(64 << 20));
         assert_eq!(size(b"4096"), Ok(4096));
         assert_eq!(size(b"1t"), Ok(1 << 40));
@@ -195,6 +233,10 @@ mod tests {
         assert!(size(b"16777216T").is_err());
         assert!(size(b"1.5G").is_err());
         assert!(size(b"1P").is_err());
+        assert!(size(b"064M").is_err());
+        assert!(size(b"0M").is_ok());
+        assert!(size(b"17179869184G").is_err());
+        assert!(size(&[b'1'; 257]).is_err());
     }
 
     #[test]

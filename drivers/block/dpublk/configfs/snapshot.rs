@@ -4,11 +4,17 @@
 //!
 //! `mkdir` takes the snapshot on the accelerator (or adopts an existing
 //! one of that name); `clone` makes a writable volume of it, `revert` rolls
-//! the volume back to it, `destroy` deletes it. `rmdir` forgets the handle
-//! only, like volume directories.
+//! the volume back to it, `destroy` deletes it, `expose` makes it a
+//! read-only disk. `rmdir` forgets the handle only, like volume
+//! directories, and is refused (`EBUSY`) while the snapshot is exposed: the
+//! handle is the only way to take the disk away again.
+//!
+//! Lock order: a snapshot's `id`, then its `exposed`, then its volume's
+//! configuration.
 
 use super::{bstr, parse, refuse, report, volume::VolumeState};
 use crate::{
+    configfs_ext::{self, GroupAddress},
     management::{self, Payload, LIST_ENTRY_BYTES},
     shim::{
         sqe::SubmissionEntry,
@@ -54,10 +60,13 @@ impl SnapshotsDir {
 pub(crate) struct Snapshot {
     volume: Arc<VolumeState>,
     name: KVec<u8>,
+    /// This handle's configfs group: depended on while exposed.
+    address: Arc<GroupAddress>,
     /// The snapshot's ID on the accelerator; `None` once destroyed.
     #[pin]
     id: Mutex<Option<u32>>,
-    /// The namespace it is exposed as through this handle (0: none).
+    /// The namespace it is exposed as through this handle (0: none);
+    /// nonzero exactly while the handle's group is depended on.
     #[pin]
     exposed: Mutex<u32>,
 }
@@ -84,8 +93,11 @@ impl configfs::GroupOperations for SnapshotsDir {
         let volume = &self.volume;
         let bytes = parse::name(name.to_bytes())
             .map_err(|why| refuse(DIR, &volume.name, "mkdir", why, EINVAL))?;
+        // The volume's lock is held until the snapshot exists, so the
+        // volume cannot be destroyed (and its namespace ID reused by
+        // another volume) between the lookup and Snapshot Create.
+        let c = volume.config.lock();
         let nsid = {
-            let c = volume.config.lock();
             if !c.exists {
                 return report(
                     DIR,
@@ -100,7 +112,15 @@ impl configfs::GroupOperations for SnapshotsDir {
             }
             c.nsid
         };
-        let id = match find(nsid, bytes)? {
+        let id = match find(nsid, bytes).map_err(|e| {
+            refuse(
+                DIR,
+                &volume.name,
+                "mkdir",
+                "cannot list the volume's snapshots",
+                e,
+            )
+        })? {
             Some(entry) => entry.id.get(),
             None => {
                 let mgmt = management::current()?;
@@ -126,6 +146,7 @@ impl configfs::GroupOperations for SnapshotsDir {
                 id
             }
         };
+        drop(c);
         let mut owned = KVec::new();
         owned.extend_from_slice(bytes, GFP_KERNEL)?;
         let item_type = configfs_attrs! {
@@ -139,16 +160,23 @@ impl configfs::GroupOperations for SnapshotsDir {
                 expose: 4,
             ],
         };
+        let address = Arc::new(GroupAddress::new(), GFP_KERNEL)?;
+        let recorder = address.clone();
         Ok(configfs::Group::new(
             name.try_into()?,
             item_type,
             try_pin_init!(Snapshot {
                 volume: volume.clone(),
                 name: owned,
+                address,
                 id <- new_mutex!(Some(id)),
                 exposed <- new_mutex!(0),
             }),
-        ))
+        )
+        .pin_chain(move |group| {
+            recorder.record(&*group);
+            Ok(())
+        }))
     }
 }
 
@@ -307,23 +335,48 @@ impl AttributeOperations<4> for Snapshot {
             .ok()
             .and_then(|m| (nsid != 0).then(|| m.disk_of(nsid)).flatten());
         match disk {
-            Some(index) => kernel::fmt::Write::write_fmt(&mut w, format_args!("1 dpublk{index}\n"))?,
+            Some(index) => {
+                kernel::fmt::Write::write_fmt(&mut w, format_args!("1 dpublk{index}\n"))?
+            }
             None => kernel::fmt::Write::write_str(&mut w, "0\n")?,
         }
         Ok(w.bytes_written())
     }
 
     /// `1` exposes the snapshot as a read-only disk; `0` takes it away.
+    /// While exposed, the handle's directory is depended on, so `rmdir`
+    /// cannot leave the disk behind without a handle.
     fn store(snap: &Snapshot, page: &[u8]) -> Result {
         let on = parse::boolean(page).map_err(|why| snap.refuse("expose", why, EINVAL))?;
-        snap.id("expose")?;
+        // `id` stays locked so `destroy` cannot delete the snapshot while it
+        // is being exposed.
+        let id = snap.id.lock();
+        if id.is_none() {
+            return Err(snap.refuse("expose", "the snapshot was destroyed", ENOENT));
+        }
         let mgmt = management::current()?;
         let mut exposed = snap.exposed.lock();
         if on {
             if *exposed != 0 {
                 return Ok(());
             }
-            let mut payload = KBox::new(vendor::VolumeCreate::zeroed(), GFP_KERNEL)?;
+            let group = snap.address.get().ok_or(EINVAL)?;
+            // Pinned first: if an rmdir is under way this fails before
+            // anything exists that the handle would have to take back (a
+            // disk made first could be held open by udev and stay behind
+            // without a handle).
+            // SAFETY: We run in a store callback of this snapshot's group,
+            // which is registered.
+            unsafe { configfs_ext::depend_unlocked(group) }.map_err(|e| {
+                snap.refuse("expose", "cannot pin the directory (being removed?)", e)
+            })?;
+            let unpin = |why: &str, e: Error| {
+                // SAFETY: Depended on just above, not undepended since.
+                unsafe { configfs_ext::undepend(group) };
+                snap.refuse("expose", why, e)
+            };
+            let mut payload = KBox::new(vendor::VolumeCreate::zeroed(), GFP_KERNEL)
+                .map_err(|e| unpin("out of memory", e.into()))?;
             payload.flags = vendor::VOLUME_CREATE_OPEN_EXISTING;
             c_string_field(&mut payload.name, &snap.name);
             let nsid = mgmt
@@ -331,10 +384,14 @@ impl AttributeOperations<4> for Snapshot {
                     SubmissionEntry::new(vendor::opcode::VOLUME_CREATE, 0),
                     Payload::ToDevice(payload.as_bytes()),
                 )
-                .map_err(|e| snap.refuse("expose", "the accelerator refused to open the snapshot", e))?;
-            let index = mgmt
-                .expose_as(nsid, true)
-                .map_err(|e| snap.refuse("expose", "cannot add the disk", e))?;
+                .map_err(|e| unpin("the accelerator refused to open the snapshot", e))?;
+            let index = mgmt.expose_as(nsid, true).map_err(|e| {
+                // No disk: close the namespace again.
+                let mut sqe = SubmissionEntry::new(vendor::opcode::VOLUME_DELETE, 0);
+                sqe.nsid.set(nsid);
+                let _ = mgmt.vendor_command(sqe, Payload::None);
+                unpin("cannot add the disk", e)
+            })?;
             *exposed = nsid;
             pr_info!(
                 "volumes/{}/snapshots/{}: exposed read-only as dpublk{index}\n",
@@ -346,9 +403,15 @@ impl AttributeOperations<4> for Snapshot {
                 .map_err(|e| snap.refuse("expose", "the disk is open (mounted or in use)", e))?;
             let mut sqe = SubmissionEntry::new(vendor::opcode::VOLUME_DELETE, 0);
             sqe.nsid.set(*exposed);
-            mgmt.vendor_command(sqe, Payload::None)
-                .map_err(|e| snap.refuse("expose", "the accelerator did not close the namespace", e))?;
+            mgmt.vendor_command(sqe, Payload::None).map_err(|e| {
+                snap.refuse("expose", "the accelerator did not close the namespace", e)
+            })?;
             *exposed = 0;
+            if let Some(group) = snap.address.get() {
+                // SAFETY: `exposed` was nonzero, so `expose 1` depended on
+                // the group and nothing undepended it since.
+                unsafe { configfs_ext::undepend(group) };
+            }
         }
         Ok(())
     }

@@ -7,7 +7,7 @@
 //! every driver off it with `driver_override`, and tells the accelerator to
 //! take the media (SSD Attach). Detaching reverses the three steps.
 
-use super::{bstr, parse, refuse, report, Registry, REGISTRY};
+use super::{bstr, parse, refuse, report, Registry};
 use crate::{
     management::{self, Payload, LIST_ENTRY_BYTES},
     pci_function::{PciFunction, NO_DRIVER},
@@ -18,6 +18,7 @@ use crate::{
         wire::{c_string_bytes, Wire},
     },
 };
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use kernel::{
     configfs::{self, AttributeOperations},
     configfs_attrs,
@@ -49,22 +50,99 @@ impl SsdsDir {
     }
 }
 
-/// What an SSD handle knows.
+/// What an SSD handle knows, under its lock. The lock is held across the
+/// accelerator's commands about this SSD (attach, detach, fault).
 pub(crate) struct SsdInner {
     /// The SSD's PCI function, once `device` was written.
     function: Option<PciFunction>,
-    /// The accelerator's index of the SSD.
-    pub(crate) index: Option<u16>,
     /// Attached to the accelerator (through this handle or before it).
-    pub(crate) attached: bool,
+    attached: bool,
 }
 
+/// No SSD: the accelerator's SSD indexes are below 64.
+const NO_INDEX: u32 = u32::MAX;
+
 /// One SSD handle, shared with the registry (volumes name SSDs by handle).
+///
+/// The registry reads `index`, `pending` and `attached` without the
+/// handle's lock (it never waits for a handle whose lock is held across a
+/// command). `index` and `attached` change only with `inner` held;
+/// `pending` is set under the registry lock.
 #[pin_data]
 pub(crate) struct SsdState {
     pub(crate) name: KVec<u8>,
+    /// The accelerator's index of the SSD this handle stands for
+    /// (`NO_INDEX`: none yet).
+    index: AtomicU32,
+    /// The SSD a `device` write in progress claims (`NO_INDEX`: none), so
+    /// no other handle can take it while the write asks the accelerator.
+    pending: AtomicU32,
+    /// Mirrors `inner.attached`.
+    attached: AtomicBool,
     #[pin]
-    pub(crate) inner: Mutex<SsdInner>,
+    inner: Mutex<SsdInner>,
+}
+
+impl SsdState {
+    /// The accelerator's index of the SSD, once `device` was written.
+    pub(crate) fn index(&self) -> Option<u16> {
+        u16::try_from(self.index.load(Ordering::Acquire)).ok()
+    }
+
+    /// Whether the SSD is attached to the accelerator.
+    pub(crate) fn is_attached(&self) -> bool {
+        self.attached.load(Ordering::Acquire)
+    }
+
+    /// Whether this handle stands for SSD `index` or claims it. Called
+    /// under the registry lock.
+    pub(crate) fn claims(&self, index: u16) -> bool {
+        // `pending` first: `publish` stores the index before it clears
+        // `pending` (release), so a claim is never missed in between.
+        self.pending.load(Ordering::Acquire) == u32::from(index)
+            || self.index.load(Ordering::Acquire) == u32::from(index)
+    }
+
+    /// Starts a claim on `index`; false if another `device` write to this
+    /// handle is in progress. Called under the registry lock.
+    pub(crate) fn start_claim(&self, index: u16) -> bool {
+        self.pending
+            .compare_exchange(
+                NO_INDEX,
+                u32::from(index),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Ends the claim of a `device` write (after `publish`, or when the
+    /// write failed and the handle keeps its old SSD).
+    pub(crate) fn end_claim(&self) {
+        self.pending.store(NO_INDEX, Ordering::Release);
+    }
+
+    /// Makes the claimed SSD the handle's SSD. Called with `inner` held.
+    fn publish(&self, inner: &mut SsdInner, function: PciFunction, index: u16, attached: bool) {
+        inner.function = Some(function);
+        self.index.store(u32::from(index), Ordering::Release);
+        self.set_attached(inner, attached);
+    }
+
+    /// Records whether the SSD is attached. Called with `inner` held.
+    fn set_attached(&self, inner: &mut SsdInner, attached: bool) {
+        inner.attached = attached;
+        self.attached.store(attached, Ordering::Release);
+    }
+}
+
+/// Ends a `device` write's claim however the write ends.
+struct Claim<'a>(&'a SsdState);
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0.end_claim();
+    }
 }
 
 /// The data of `ssds/<name>/`.
@@ -79,7 +157,7 @@ impl configfs::GroupOperations for SsdsDir {
 
     fn make_group(&self, name: &CStr) -> Result<impl PinInit<configfs::Group<Ssd>, Error>> {
         let bytes = parse::name(name.to_bytes()).map_err(|why| {
-            pr_err!("ssds: cannot create '{name}': {why}\n");
+            pr_err!("ssds: cannot create '{name}': {why} (EINVAL)\n");
             EINVAL
         })?;
         let mut owned = KVec::new();
@@ -87,15 +165,17 @@ impl configfs::GroupOperations for SsdsDir {
         let state = Arc::pin_init(
             try_pin_init!(SsdState {
                 name: owned,
+                index: AtomicU32::new(NO_INDEX),
+                pending: AtomicU32::new(NO_INDEX),
+                attached: AtomicBool::new(false),
                 inner <- new_mutex!(SsdInner {
                     function: None,
-                    index: None,
                     attached: false,
                 }),
             }),
             GFP_KERNEL,
         )?;
-        REGISTRY.lock().ssds.push(state.clone(), GFP_KERNEL)?;
+        Registry::add_ssd(state.clone())?;
         let item_type = configfs_attrs! {
             container: configfs::Group<Ssd>,
             data: Ssd,
@@ -120,19 +200,23 @@ impl configfs::GroupOperations for SsdsDir {
 #[pinned_drop]
 impl PinnedDrop for Ssd {
     fn drop(self: Pin<&mut Self>) {
-        Registry::forget_ssd(&self.state);
-        let mut inner = self.state.inner.lock();
-        if inner.attached {
-            // Give the SSD back if the accelerator lets go of it; an SSD
-            // that holds a volume stays with the accelerator (its media is
-            // the volume's), and `driver_override` keeps nvme off it.
-            if detach(&self.state.name, &mut inner).is_err() {
-                pr_info!(
-                    "ssds/{}: handle removed; the SSD stays attached to the accelerator\n",
-                    bstr(&self.state.name)
-                );
+        {
+            let mut inner = self.state.inner.lock();
+            if inner.attached {
+                // Give the SSD back if the accelerator lets go of it; an SSD
+                // that holds a volume stays with the accelerator (its media
+                // is the volume's), and `driver_override` keeps nvme off it.
+                if detach(&self.state, &mut inner).is_err() {
+                    pr_info!(
+                        "ssds/{}: handle removed; the SSD stays attached to the accelerator\n",
+                        bstr(&self.state.name)
+                    );
+                }
             }
         }
+        // Only now may another handle claim the SSD: it finds it as the
+        // detach left it.
+        Registry::forget_ssd(&self.state);
     }
 }
 
@@ -187,8 +271,9 @@ fn trim_serial(serial: &[u8]) -> &[u8] {
     &serial[..end]
 }
 
-fn attach(name: &[u8], inner: &mut SsdInner) -> Result {
-    let (Some(function), Some(index)) = (&inner.function, inner.index) else {
+fn attach(state: &SsdState, inner: &mut SsdInner) -> Result {
+    let name = &state.name[..];
+    let (Some(function), Some(index)) = (&inner.function, state.index()) else {
         return report(
             "ssds",
             name,
@@ -219,17 +304,18 @@ fn attach(name: &[u8], inner: &mut SsdInner) -> Result {
         let _ = function.attach_driver();
         return report("ssds", name, "attach", "the accelerator refused the SSD", e);
     }
-    inner.attached = true;
     pr_info!(
         "ssds/{}: {} (SSD {index}) attached to the accelerator\n",
         bstr(name),
         function.name()
     );
+    state.set_attached(inner, true);
     Ok(())
 }
 
-fn detach(name: &[u8], inner: &mut SsdInner) -> Result {
-    let Some(index) = inner.index else {
+fn detach(state: &SsdState, inner: &mut SsdInner) -> Result {
+    let name = &state.name[..];
+    let Some(index) = state.index() else {
         return Ok(());
     };
     if !inner.attached {
@@ -244,7 +330,7 @@ fn detach(name: &[u8], inner: &mut SsdInner) -> Result {
         };
         return report("ssds", name, "attach", why, e);
     }
-    inner.attached = false;
+    state.set_attached(inner, false);
     if let Some(function) = &inner.function {
         function.set_driver_override(None)?;
         if let Err(e) = function.attach_driver() {
@@ -293,31 +379,49 @@ ssd_attribute!(0,
     store: |s, page| {
         let text = parse::value(page)
             .map_err(|why| refuse("ssds", &s.name, "device", why, EINVAL))?;
-        // The registry stays locked until the handle has its index, so two
-        // handles never claim the same SSD.
-        let registry = REGISTRY.lock();
-        let mut inner = s.inner.lock();
-        if inner.attached {
-            return report("ssds", &s.name, "device", "detach the SSD first", EBUSY);
+        let busy = || report("ssds", &s.name, "device", "detach the SSD first", EBUSY);
+        if s.is_attached() {
+            return busy();
         }
+        // Finding the SSD may ask the accelerator (a serial number): no
+        // lock is held meanwhile.
         let (function, index) = match resolve(text) {
             Ok(found) => found,
             Err(why) => return report("ssds", &s.name, "device", why, ENODEV),
         };
-        if let Some(other) = registry.ssd_with_index(index, s) {
-            pr_err!("ssds/{}: device: SSD {index} is already ssds/{}\n", bstr(&s.name), bstr(&other));
-            return Err(EEXIST);
+        // The claim keeps other handles off the SSD until this write ends,
+        // without holding the registry lock across the commands below.
+        match Registry::claim_ssd(s, index) {
+            Ok(()) => {}
+            Err(Some(other)) => {
+                pr_err!(
+                    "ssds/{}: device: SSD {index} is already ssds/{} (EEXIST)\n",
+                    bstr(&s.name),
+                    bstr(&other)
+                );
+                return Err(EEXIST);
+            }
+            Err(None) => {
+                return report("ssds", &s.name, "device", "another write to 'device' is in progress", EBUSY)
+            }
+        }
+        let _claim = Claim(s);
+        let mut inner = s.inner.lock();
+        if inner.attached {
+            return busy();
         }
         // An SSD the accelerator already owns (attached before, or found
         // holding volumes when the accelerator started) is adopted as
         // attached; make sure no driver takes it.
-        let attached = list_entry(index)?.is_some_and(|e| e.state == vendor::SSD_STATE_ATTACHED);
+        let attached = list_entry(index)
+            .map_err(|e| refuse("ssds", &s.name, "device", "cannot read the accelerator's SSD list", e))?
+            .is_some_and(|e| e.state == vendor::SSD_STATE_ATTACHED);
         if attached {
-            function.set_driver_override(Some(NO_DRIVER))?;
+            function
+                .set_driver_override(Some(NO_DRIVER))
+                .map_err(|e| refuse("ssds", &s.name, "device", "cannot keep the host's drivers off the SSD", e))?;
         }
-        inner.function = Some(function);
-        inner.index = Some(index);
-        inner.attached = attached;
+        s.publish(&mut inner, function, index, attached);
         Ok(())
     }
 );
@@ -332,9 +436,9 @@ ssd_attribute!(1,
             .map_err(|why| refuse("ssds", &s.name, "attach", why, EINVAL))?;
         let mut inner = s.inner.lock();
         if want {
-            attach(&s.name, &mut inner)
+            attach(s, &mut inner)
         } else {
-            detach(&s.name, &mut inner)
+            detach(s, &mut inner)
         }
     }
 );
@@ -354,7 +458,7 @@ ssd_attribute!(2, show: |s, w| {
 });
 
 ssd_attribute!(3, show: |s, w| {
-    let index = s.inner.lock().index;
+    let index = s.index();
     match index {
         Some(i) => writeln!(w, "{}", list_entry(i)?.map_or(0, |e| e.capacity_bytes.get()))?,
         None => writeln!(w, "0")?,
@@ -363,7 +467,7 @@ ssd_attribute!(3, show: |s, w| {
 });
 
 ssd_attribute!(4, show: |s, w| {
-    let index = s.inner.lock().index;
+    let index = s.index();
     if let Some(entry) = index.map(list_entry).transpose()?.flatten() {
         writeln!(w, "{}", bstr(trim_serial(c_string_bytes(&entry.serial))))?;
     } else {
@@ -373,7 +477,7 @@ ssd_attribute!(4, show: |s, w| {
 });
 
 ssd_attribute!(5, show: |s, w| {
-    match s.inner.lock().index {
+    match s.index() {
         Some(i) => writeln!(w, "{i}")?,
         None => writeln!(w, "-1")?,
     }
@@ -425,7 +529,7 @@ ssd_attribute!(6,
         let text = parse::value(page).map_err(|why| refuse("ssds", &s.name, "fault", why, EINVAL))?;
         let mut fault = parse_fault(text).map_err(|why| refuse("ssds", &s.name, "fault", why, EINVAL))?;
         let inner = s.inner.lock();
-        let (Some(index), true) = (inner.index, inner.attached) else {
+        let (Some(index), true) = (s.index(), inner.attached) else {
             return report("ssds", &s.name, "fault", "faults apply to attached SSDs", EINVAL);
         };
         fault.ssd_index.set(index);

@@ -162,7 +162,7 @@ impl configfs::GroupOperations for VolumesDir {
 
     fn make_group(&self, name: &CStr) -> Result<impl PinInit<configfs::Group<Volume>, Error>> {
         let bytes = parse::name(name.to_bytes()).map_err(|why| {
-            pr_err!("volumes: cannot create '{name}': {why}\n");
+            pr_err!("volumes: cannot create '{name}': {why} (EINVAL)\n");
             EINVAL
         })?;
         let mut config = VolumeConfig {
@@ -186,7 +186,11 @@ impl configfs::GroupOperations for VolumesDir {
         };
         // Adopt the volume if the accelerator already has it.
         if let Ok(mgmt) = management::current() {
-            if let Some(entry) = find_on_device(bytes)? {
+            let found = find_on_device(bytes).map_err(|e| {
+                pr_err!("volumes: cannot create '{name}': cannot read the accelerator's volume list ({e:?})\n");
+                e
+            })?;
+            if let Some(entry) = found {
                 let services = entry.services.get();
                 config.exists = true;
                 config.nsid = entry.nsid.get();
@@ -251,6 +255,7 @@ impl configfs::GroupOperations for VolumesDir {
                 nsid: 18,
                 scrub: 19,
                 replace: 20,
+                snapshot_list: 21,
             ],
         };
         let recorder = state.clone();
@@ -308,6 +313,13 @@ impl VolumeState {
                 attr,
                 "the volume exists on the accelerator; this setting is fixed at creation",
                 EBUSY,
+            ));
+        }
+        if config.exists && config.nsid == 0 {
+            return Err(self.refuse(
+                attr,
+                "the volume is locked: unlock it with its key first",
+                ENOKEY,
             ));
         }
         Ok(config.exists)
@@ -478,16 +490,19 @@ impl VolumeState {
             self.unlock(c)?;
         }
         let mgmt = management::current()?;
-        let index = mgmt
-            .expose(c.nsid)
-            .map_err(|e| self.refuse("enable", "cannot add the disk", e))?;
         let group = self.address.get().ok_or(EINVAL)?;
+        // Pinned before the disk exists: if an rmdir is under way this
+        // fails first, and no disk is left behind without a handle (one
+        // made first could be held open by udev and not go away again).
         // SAFETY: We run in a store callback of this volume's group, which
         // is registered.
-        if let Err(e) = unsafe { configfs_ext::depend_unlocked(group) } {
-            let _ = mgmt.hide(c.nsid);
-            return Err(self.refuse("enable", "cannot pin the directory", e));
-        }
+        unsafe { configfs_ext::depend_unlocked(group) }
+            .map_err(|e| self.refuse("enable", "cannot pin the directory (being removed?)", e))?;
+        let index = mgmt.expose(c.nsid).map_err(|e| {
+            // SAFETY: Depended on just above, not undepended since.
+            unsafe { configfs_ext::undepend(group) };
+            self.refuse("enable", "cannot add the disk", e)
+        })?;
         c.enabled = true;
         c.adopted_disk = false;
         pr_info!("volumes/{}: enabled as dpublk{index}\n", bstr(&self.name));
@@ -875,7 +890,11 @@ volume_attribute!(14,
 );
 
 volume_attribute!(15, show: |v, w| {
-    let nsid = v.config.lock().nsid;
+    // The lock is held until the disk is found, so a namespace ID that a
+    // concurrent destroy gives back (and another volume gets) is never
+    // looked up.
+    let c = v.config.lock();
+    let nsid = c.nsid;
     match management::current().ok().and_then(|m| (nsid != 0).then(|| m.disk_of(nsid)).flatten()) {
         Some(index) => writeln!(w, "dpublk{index}")?,
         None => writeln!(w)?,
@@ -883,23 +902,25 @@ volume_attribute!(15, show: |v, w| {
     Ok(())
 });
 
+/// The `state` word of a volume the accelerator lists with `flags`.
+pub(crate) fn state_word(flags: u32) -> &'static str {
+    if flags & vendor::VOLUME_FLAG_LOCKED != 0 {
+        "locked"
+    } else if flags & vendor::VOLUME_FLAG_FAILED != 0 {
+        "failed"
+    } else if flags & vendor::VOLUME_FLAG_REBUILDING != 0 {
+        "rebuilding"
+    } else if flags & vendor::VOLUME_FLAG_DEGRADED != 0 {
+        "degraded"
+    } else {
+        "optimal"
+    }
+}
+
 volume_attribute!(16, show: |v, w| {
     let exists = v.config.lock().exists;
     let text = match (exists, v.entry()) {
-        (_, Some(e)) => {
-            let flags = e.flags.get();
-            if flags & vendor::VOLUME_FLAG_LOCKED != 0 {
-                "locked"
-            } else if flags & vendor::VOLUME_FLAG_FAILED != 0 {
-                "failed"
-            } else if flags & vendor::VOLUME_FLAG_REBUILDING != 0 {
-                "rebuilding"
-            } else if flags & vendor::VOLUME_FLAG_DEGRADED != 0 {
-                "degraded"
-            } else {
-                "optimal"
-            }
-        }
+        (_, Some(e)) => state_word(e.flags.get()),
         (false, None) => "absent",
         (true, None) => "missing",
     };
@@ -908,7 +929,9 @@ volume_attribute!(16, show: |v, w| {
 });
 
 volume_attribute!(17, show: |v, w| {
-    let nsid = v.config.lock().nsid;
+    // Held across Statistics, as for `device`.
+    let c = v.config.lock();
+    let nsid = c.nsid;
     if nsid == 0 {
         return Ok(());
     }
@@ -961,7 +984,9 @@ volume_attribute!(18, show: |v, w| {
 
 volume_attribute!(19,
     show: |v, w| {
-        let nsid = v.config.lock().nsid;
+        // Held across Statistics, as for `device`.
+        let c = v.config.lock();
+        let nsid = c.nsid;
         if nsid == 0 {
             return Ok(());
         }
@@ -983,7 +1008,13 @@ volume_attribute!(19,
             0 => vendor::maintenance::SCRUB_CHECK,
             _ => vendor::maintenance::SCRUB_REPAIR,
         };
-        let nsid = v.config.lock().nsid;
+        let (exists, nsid) = {
+            let c = v.config.lock();
+            (c.exists, c.nsid)
+        };
+        if exists && nsid == 0 {
+            return report(DIR, &v.name, "scrub", "the volume is locked: unlock it with its key first", ENOKEY);
+        }
         if nsid == 0 {
             return report(DIR, &v.name, "scrub", "the volume is not open on the accelerator", ENOENT);
         }
@@ -1020,6 +1051,9 @@ volume_attribute!(20,
             return report(DIR, &v.name, "replace", "an SSD cannot replace itself", EINVAL);
         }
         let mut c = v.config.lock();
+        if c.exists && c.nsid == 0 {
+            return report(DIR, &v.name, "replace", "the volume is locked: unlock it with its key first", ENOKEY);
+        }
         if c.nsid == 0 {
             return report(DIR, &v.name, "replace", "the volume is not open on the accelerator", ENOENT);
         }
@@ -1043,3 +1077,35 @@ volume_attribute!(20,
         Ok(())
     }
 );
+
+/// One line of a list attribute at most this long; a page ends with a
+/// `more N` line instead of a line that might not fit.
+pub(crate) const LIST_LINE_MAX: usize = 96;
+
+volume_attribute!(21, show: |v, w| {
+    // The accelerator's snapshots of the volume, one `NAME ID` line each.
+    // The lock is held across Snapshot List, as for `device`.
+    let c = v.config.lock();
+    let nsid = c.nsid;
+    if nsid == 0 {
+        return Ok(());
+    }
+    let mgmt = management::current()?;
+    let mut sqe = SubmissionEntry::new(vendor::opcode::SNAPSHOT_LIST, 0);
+    sqe.nsid.set(nsid);
+    let entries = mgmt.read_list(sqe)?;
+    let mut listed = entries
+        .chunks_exact(LIST_ENTRY_BYTES)
+        .filter_map(vendor::SnapshotListEntry::read_from)
+        .peekable();
+    let mut left = entries.len() / LIST_ENTRY_BYTES;
+    while let Some(e) = listed.next() {
+        if PAGE_SIZE - w.bytes_written() < 2 * LIST_LINE_MAX && listed.peek().is_some() {
+            writeln!(w, "more {left}")?;
+            break;
+        }
+        writeln!(w, "{} {}", bstr(c_string_bytes(&e.name)), e.id.get())?;
+        left -= 1;
+    }
+    Ok(())
+});
