@@ -313,6 +313,11 @@ impl Controller {
         !self.broken.load(Ordering::Acquire) && !self.disabled.load(Ordering::Acquire)
     }
 
+    /// Whether the device broke the protocol since the last reset.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
     /// Whether the controller failed for good or was shut down.
     pub(crate) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Acquire)
@@ -330,16 +335,11 @@ impl Controller {
         self.progress.swap(false, Ordering::Relaxed)
     }
 
-    /// Whether a reset is scheduled or running.
-    pub(crate) fn is_resetting(&self) -> bool {
-        self.resetting.load(Ordering::Acquire)
-    }
-
-    /// Records a protocol violation: logs it the first time (per kind,
-    /// until a reset succeeds), stops trusting the device and schedules a
+    /// Records a protocol violation: logs it at its 1st, 2nd, 4th, 8th ...
+    /// occurrence per kind, stops trusting the device and schedules a
     /// reset at once. I/O submitted meanwhile waits for the reset (blk-mq
-    /// requeues it); if no reset is possible any more, the next timeout
-    /// fails the controller. May be called in interrupt context.
+    /// requeues it); if the reset budget is spent, the reset work fails
+    /// the controller instead. May be called in interrupt context.
     pub(crate) fn protocol_error(&self, kind: ProtocolError, detail: fmt::Arguments<'_>) {
         let index = (kind as u32).trailing_zeros() as usize;
         let seen = self

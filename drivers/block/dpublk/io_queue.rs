@@ -339,11 +339,12 @@ impl IoQueue {
     ) -> Result<(), (OwnedRequest, Error)> {
         if !self.ctrl.is_usable() {
             // During recovery (a protocol error or a lost command scheduled
-            // a reset) blk-mq keeps the request and tries again later
-            // (BLK_STS_RESOURCE; the reset quiesces the queues soon and
-            // unquiesces them when done); a dead controller fails it, and
-            // so does a broken one no reset will come for.
-            let err = if self.ctrl.is_resetting() && !self.ctrl.is_dead() {
+            // a reset, or is about to) blk-mq keeps the request and tries
+            // again later (BLK_STS_RESOURCE; the reset quiesces the queues
+            // soon and unquiesces them when done); only a dead controller
+            // fails it. (A broken controller is reset, or failed when the
+            // reset budget is spent, which makes it dead.)
+            let err = if !self.ctrl.is_dead() {
                 EBUSY
             } else {
                 EIO

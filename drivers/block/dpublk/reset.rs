@@ -112,6 +112,10 @@ struct ResetState {
     busy: bool,
     /// Resets scheduled so far.
     resets: u64,
+    /// The budget is spent: the queued work fails the controller instead
+    /// of resetting it (a refusal may come from interrupt context, which
+    /// cannot wait for the device to disable).
+    give_up: bool,
     /// Set between probe and teardown: resets may be scheduled.
     armed: bool,
     budget: ResetBudget,
@@ -150,6 +154,17 @@ impl WorkItem for ControllerReset {
     }
 }
 
+/// What a reset does after the controller came back.
+enum AfterReset {
+    /// Done: I/O flows again.
+    Done,
+    /// The device broke the protocol again before the reset was over:
+    /// reset once more (budget permitting).
+    Again,
+    /// Budget spent: fail the controller.
+    GiveUp,
+}
+
 impl ControllerReset {
     /// The reset machinery for `ctrl` and its I/O queue pairs; it can do
     /// nothing until [`Self::arm`]ed.
@@ -166,6 +181,7 @@ impl ControllerReset {
                 state <- new_spinlock_irq!(ResetState {
                     busy: false,
                     resets: 0,
+                    give_up: false,
                     armed: false,
                     budget: ResetBudget::new(),
                     tagset: None,
@@ -234,6 +250,14 @@ impl ControllerReset {
                     "{MAX_RESETS} controller resets within {} minutes: giving up\n",
                     RESET_WINDOW_MS / 60_000
                 );
+                // The work item fails the controller; callers that can
+                // wait do it themselves too (it is idempotent).
+                if self.ctrl.begin_reset().is_ok() {
+                    state.give_up = true;
+                    state.busy = true;
+                    drop(state);
+                    let _ = workqueue::system_unbound().enqueue(self.clone());
+                }
                 return Scheduled::Refused;
             }
             if self.ctrl.begin_reset().is_err() {
@@ -256,48 +280,97 @@ impl ControllerReset {
     /// The work item: resets the controller, or fails it if that does not
     /// work.
     fn run_reset(&self) {
-        let (tagset, management, resets) = {
+        let (tagset, management, mut resets, give_up) = {
             let state = self.state.lock();
             (
                 state.armed.then(|| state.tagset.clone()).flatten(),
                 state.management.clone(),
                 state.resets,
+                state.give_up,
             )
         };
-        let verbose = resets <= 4 || resets.is_power_of_two();
         let Some(tagset) = tagset else {
             // Disarmed before it ran: teardown fails what is outstanding.
-            self.state.lock().busy = false;
+            let mut state = self.state.lock();
+            state.busy = false;
+            state.give_up = false;
             return;
         };
         let pdev = self.ctrl.pdev();
-        if verbose {
-            dev_warn!(pdev, "resetting the controller\n");
+        if give_up {
+            self.give_up(&tagset, management.as_deref());
+            return;
         }
         tagset.quiesce();
-        match self.reset_controller() {
-            Ok(requeued) => {
-                self.ctrl.finish_reset();
-                tagset.unquiesce();
-                if verbose {
-                    dev_info!(
-                        pdev,
-                        "controller reset done: {requeued} requests requeued (reset #{resets})\n"
-                    );
-                }
+        loop {
+            let verbose = resets <= 4 || resets.is_power_of_two();
+            if verbose {
+                dev_warn!(pdev, "resetting the controller\n");
             }
-            Err(e) => {
-                dev_err!(pdev, "controller reset failed: {e:?}\n");
-                // Outstanding requests end with EIO; requeued ones fail as
-                // they are dispatched again after the unquiesce.
-                fail_controller(&self.ctrl, &self.queues);
-                tagset.unquiesce();
-                if let Some(management) = management {
-                    management.mark_disks_dead();
+            let requeued = match self.reset_controller() {
+                Ok(requeued) => requeued,
+                Err(e) => {
+                    dev_err!(pdev, "controller reset failed: {e:?}\n");
+                    self.give_up(&tagset, management.as_deref());
+                    return;
+                }
+            };
+            self.ctrl.finish_reset();
+            // A protocol error from here on either sees `busy` clear and
+            // schedules a reset of its own, or finds it set, and then it
+            // is seen here (`is_broken`) and handled by this work item.
+            let next = {
+                let mut state = self.state.lock();
+                if !self.ctrl.is_broken() {
+                    state.busy = false;
+                    AfterReset::Done
+                } else {
+                    if self.ctrl.take_progress() {
+                        state.budget = ResetBudget::new();
+                    }
+                    let now = self.epoch.elapsed().as_millis().max(0) as u64;
+                    if state.budget.try_take(now) && self.ctrl.begin_reset().is_ok() {
+                        state.resets += 1;
+                        resets = state.resets;
+                        AfterReset::Again
+                    } else {
+                        AfterReset::GiveUp
+                    }
+                }
+            };
+            match next {
+                AfterReset::Done => {
+                    tagset.unquiesce();
+                    if verbose {
+                        dev_info!(
+                            pdev,
+                            "controller reset done: {requeued} requests requeued (reset #{resets})\n"
+                        );
+                    }
+                    return;
+                }
+                AfterReset::Again => continue,
+                AfterReset::GiveUp => {
+                    dev_err!(pdev, "the device keeps breaking the protocol: giving up\n");
+                    self.give_up(&tagset, management.as_deref());
+                    return;
                 }
             }
         }
-        self.state.lock().busy = false;
+    }
+
+    /// Fails the controller for good: outstanding requests end with EIO,
+    /// requeued ones fail as they are dispatched again after the
+    /// unquiesce, and the disks fail new I/O at once.
+    fn give_up(&self, tagset: &TagSet<BlockOps>, management: Option<&Management>) {
+        fail_controller(&self.ctrl, &self.queues);
+        tagset.unquiesce();
+        if let Some(management) = management {
+            management.mark_disks_dead();
+        }
+        let mut state = self.state.lock();
+        state.busy = false;
+        state.give_up = false;
     }
 
     /// Steps 2 to 4 of the reset (module documentation). Returns how many
