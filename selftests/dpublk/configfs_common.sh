@@ -212,6 +212,7 @@ clone_snapshot() {
 object_state() {
 	local f lines line kept sub IFS='|'
 	for f in "$1"/*; do
+		[ -e "$f" ] || continue # an empty directory
 		if [ -d "$f" ]; then
 			sub=("$f"/*)
 			[ -e "${sub[0]}" ] || sub=()
