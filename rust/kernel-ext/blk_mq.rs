@@ -689,13 +689,15 @@ unsafe impl<T: Operations> Sync for Disk<T> {}
 
 impl<T: Operations> Disk<T> {
     /// Creates and adds the disk `name` with `capacity` 512-byte sectors
-    /// below `parent` in sysfs.
+    /// below `parent` in sysfs. A `read_only` disk (a snapshot) is made
+    /// read-only before it is added, so no opener ever sees it writable.
     pub(crate) fn new(
         set: Arc<TagSet<T>>,
         parent: &device::Device,
         name: fmt::Arguments<'_>,
         limits: &Limits,
         capacity: u64,
+        read_only: bool,
         data: Arc<T::DiskData>,
     ) -> Result<Self> {
         let mut lim: bindings::queue_limits = pin_init::zeroed();
@@ -756,6 +758,14 @@ impl<T: Operations> Disk<T> {
             unsafe { (*gendisk).fops = &DISK_OPS.0 };
             // SAFETY: `gendisk` is valid.
             unsafe { bindings::set_capacity(gendisk, capacity) };
+            if read_only {
+                // SAFETY: `gendisk` is valid and not added yet, and access
+                // is exclusive. `set_disk_ro` sets its read-only flag; its
+                // change uevent finds no sysfs path for an unnamed device and
+                // is not sent (nvme marks a namespace's disk read-only at the
+                // same point). `device_add_disk` below keeps the flag.
+                unsafe { bindings::set_disk_ro(gendisk, true) };
+            }
             // SAFETY: `gendisk` is valid and set up; `parent` is a live device.
             to_result(unsafe {
                 bindings::device_add_disk(raw_device(parent), gendisk, core::ptr::null_mut())
@@ -791,12 +801,6 @@ impl<T: Operations> Disk<T> {
         }
     }
 
-    /// Makes the disk read-only (a snapshot): writes fail in the block
-    /// layer before they reach the driver.
-    pub(crate) fn set_read_only(&self) {
-        // SAFETY: The disk is added (type invariant).
-        unsafe { bindings::set_disk_ro(self.gendisk.as_ptr(), true) };
-    }
 
     /// Fails all further I/O to the disk at once: the device is gone.
     pub(crate) fn mark_dead(&self) {

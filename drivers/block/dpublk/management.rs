@@ -461,6 +461,7 @@ impl Management {
             format_args!("dpublk{index}"),
             &limits,
             sectors,
+            read_only,
             Arc::new(
                 NamespaceFormat {
                     nsid,
@@ -470,9 +471,6 @@ impl Management {
             )?,
         )
         .inspect_err(|e| dev_err!(pdev, "cannot add disk for namespace {nsid}: {e:?}\n"))?;
-        if read_only {
-            disk.set_read_only();
-        }
         dev_info!(
             pdev,
             "dpublk{index}: namespace {nsid}, {sectors} sectors of 512 bytes, block size {}\n",

@@ -273,6 +273,9 @@ pub struct Controller {
     /// Per completion queue: a worker stopped because the queue was full.
     cq_stalled: Vec<AtomicBool>,
     admin: Mutex<AdminState>,
+    /// Volatile Write Cache enabled (Set Features, WCE). With it off a
+    /// write or Write Zeroes is durable before it completes.
+    volatile_write_cache: AtomicBool,
     errors: Mutex<ErrorLog>,
     stats: Stats,
     signals: Vec<WorkerSignal>,
@@ -343,6 +346,7 @@ impl Controller {
                 features,
                 aers: Vec::new(),
             }),
+            volatile_write_cache: AtomicBool::new(true),
             errors: Mutex::new(ErrorLog {
                 count: 0,
                 entries: std::collections::VecDeque::new(),

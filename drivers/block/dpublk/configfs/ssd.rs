@@ -245,12 +245,13 @@ fn resolve(text: &[u8]) -> Result<(PciFunction, u16), &'static str> {
             .filter_map(SsdListEntry::read_from)
             .find(|e| trim_serial(&e.serial) == text)
             .ok_or("no SSD of the accelerator has that serial number or PCI address")?;
-        PciFunction::find_by_ids(
-            pci::VENDOR_ID,
-            pci::SSD_DEVICE_ID,
-            pci::SSD_SUBSYSTEM_ID_BASE + entry.index.get(),
-        )
-        .ok_or("the SSD's PCI function is not present")?
+        // The index comes from the device's list: an index whose
+        // subsystem id would not fit is refused, not wrapped.
+        let subsystem = pci::SSD_SUBSYSTEM_ID_BASE
+            .checked_add(entry.index.get())
+            .ok_or("the accelerator lists that SSD with an index out of range")?;
+        PciFunction::find_by_ids(pci::VENDOR_ID, pci::SSD_DEVICE_ID, subsystem)
+            .ok_or("the SSD's PCI function is not present")?
     };
     let (vendor_id, device_id, subsystem) = function.ids();
     if vendor_id != pci::VENDOR_ID
@@ -259,8 +260,17 @@ fn resolve(text: &[u8]) -> Result<(PciFunction, u16), &'static str> {
     {
         return Err("not a local SSD function of the accelerator");
     }
-    Ok((function, subsystem - pci::SSD_SUBSYSTEM_ID_BASE))
+    let index = subsystem - pci::SSD_SUBSYSTEM_ID_BASE;
+    // A volume names its SSDs in a 64-bit mask (vendor VolumeCreate).
+    if index >= MAX_SSD_INDEX {
+        return Err("the SSD's index is beyond the 64 a volume's SSD mask holds");
+    }
+    Ok((function, index))
 }
+
+/// SSD indexes a volume can name: its SSD mask (`VolumeCreate::ssd_mask`)
+/// has 64 bits.
+pub(super) const MAX_SSD_INDEX: u16 = 64;
 
 /// A serial number without its space padding.
 fn trim_serial(serial: &[u8]) -> &[u8] {

@@ -385,6 +385,9 @@ impl VolumeState {
             ));
         }
         for &index in c.ssds.iter() {
+            if index >= super::ssd::MAX_SSD_INDEX {
+                return refuse("an SSD's index is beyond the 64 a volume's SSD mask holds");
+            }
             let attached = Registry::ssd_name(index)
                 .and_then(|name| Registry::ssd_by_name(&name))
                 .is_some_and(|(_, attached)| attached);
@@ -411,9 +414,19 @@ impl VolumeState {
         payload.data_shards = data;
         payload.parity_shards = parity;
         payload.services.set(c.services());
-        payload
-            .ssd_mask
-            .set(c.ssds.iter().fold(0u64, |m, &i| m | 1u64 << i));
+        // `validate` refused indexes the mask cannot hold; checked anyway,
+        // since a shift past 63 would wrap (or panic with overflow checks).
+        let mask = c.ssds.iter().try_fold(0u64, |mask, &index| {
+            1u64.checked_shl(u32::from(index)).map(|bit| mask | bit)
+        });
+        let Some(mask) = mask else {
+            return Err(self.refuse(
+                "enable",
+                "an SSD's index is beyond the 64 a volume's SSD mask holds",
+                EINVAL,
+            ));
+        };
+        payload.ssd_mask.set(mask);
         payload.stripe_bytes.set(c.chunk);
         payload.compression = if c.compression == 2 {
             vendor::compression::ZSTD

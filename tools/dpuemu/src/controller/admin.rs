@@ -1,5 +1,6 @@
 //! Admin command set.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use log::info;
@@ -268,6 +269,10 @@ impl Controller {
             if let Personality::Accelerator { volumes, .. } = &self.personality {
                 volumes.set_write_cache(cmd.value & 1 != 0)?;
             }
+            // And by the I/O path of every personality: an SSD function
+            // flushes each write before completing it (`io.rs`).
+            self.volatile_write_cache
+                .store(cmd.value & 1 != 0, Ordering::Release);
         }
         let mut state = lock(&self.admin);
         match cmd.fid {

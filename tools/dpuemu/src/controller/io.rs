@@ -112,6 +112,13 @@ impl Controller {
         Ok(())
     }
 
+    /// Volatile Write Cache (Set Features): with it off, writes are made
+    /// durable before they complete, as a drive without a cache would.
+    fn write_cache_enabled(&self) -> bool {
+        self.volatile_write_cache
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn write(&self, sqe: &SubmissionEntry, ns: &dyn Namespace, index: u32) -> Result<(), Status> {
         let cmd = BlockRange::decode(sqe);
         let (offset, len) = Self::byte_range(ns, cmd.slba, u64::from(cmd.blocks))?;
@@ -122,8 +129,10 @@ impl Controller {
         let mut buf = vec![0u8; len as usize];
         data::copy_from_guest(&*self.memory, &segments, &mut buf)?;
         ns.write_at(offset, &buf).map_err(write_status)?;
-        if cmd.fua {
+        if cmd.fua || !self.write_cache_enabled() {
             ns.flush().map_err(write_status)?;
+        }
+        if cmd.fua {
             self.count(index, |s| &s.fua_writes, 1);
         }
         self.count(index, |s| &s.writes, 1);
@@ -146,7 +155,7 @@ impl Controller {
             ns.write_zeroes(offset, len)
         }
         .map_err(write_status)?;
-        if cmd.fua {
+        if cmd.fua || !self.write_cache_enabled() {
             ns.flush().map_err(write_status)?;
         }
         self.count(index, |s| &s.write_zeroes, 1);

@@ -925,6 +925,45 @@ fn flush_fua_write_zeroes_and_deallocate() {
 }
 
 #[test]
+fn write_cache_off_makes_every_write_durable() {
+    let mut host = Host::new();
+    host.create_pair(1, 32);
+    host.mem.write(DATA, &pattern(4096, 9)).unwrap();
+    let write = |host: &Host| host.rw(io::WRITE, 0, 8, DATA, 0);
+    let zeroes = BlockRange {
+        nsid: 1,
+        slba: 8,
+        blocks: 8,
+        fua: false,
+        deallocate: false,
+    }
+    .encode(io::WRITE_ZEROES, 0);
+    let flushes = |host: &Host| host.ns.flushes.load(Ordering::SeqCst);
+    // Cache on (the default): a plain write is not flushed.
+    let before = flushes(&host);
+    assert_eq!(host.io_status(1, write(&host)), Status::SUCCESS);
+    assert_eq!(host.io_status(1, zeroes), Status::SUCCESS);
+    assert_eq!(flushes(&host), before);
+    // Cache off: each write and Write Zeroes is flushed before it completes.
+    let vwc = |value| sqe::Features {
+        fid: 6,
+        save: false,
+        select: 0,
+        value,
+    };
+    assert_eq!(host.admin_status(vwc(0).encode(true, 0)), Status::SUCCESS);
+    assert_eq!(host.admin(vwc(0).encode(false, 0)).result.get(), 0);
+    assert_eq!(host.io_status(1, write(&host)), Status::SUCCESS);
+    assert_eq!(flushes(&host), before + 1);
+    assert_eq!(host.io_status(1, zeroes), Status::SUCCESS);
+    assert_eq!(flushes(&host), before + 2);
+    // Back on: no flush again.
+    assert_eq!(host.admin_status(vwc(1).encode(true, 0)), Status::SUCCESS);
+    assert_eq!(host.io_status(1, write(&host)), Status::SUCCESS);
+    assert_eq!(flushes(&host), before + 2);
+}
+
+#[test]
 fn hostile_io_gets_errors_not_panics() {
     let mut host = Host::new();
     host.create_pair(1, 8);
