@@ -60,3 +60,11 @@ crash: all
 clean:
 	rm -rf build
 	$(CARGO) clean
+
+# make fuzz-nvmf: the NVMe/TCP PDU parser's mutation fuzzer, 10 million
+# seeded inputs (FUZZ_INPUTS, FUZZ_SEED); fails on a panic or a broken invariant.
+FUZZ_INPUTS ?= 10000000
+FUZZ_SEED ?= 1
+.PHONY: fuzz-nvmf
+fuzz-nvmf:
+	$(CARGO) run --release -p nvme-tcp --bin nvme-tcp-fuzz -- --inputs $(FUZZ_INPUTS) --seed $(FUZZ_SEED)
