@@ -27,14 +27,14 @@
 use crate::{
     device_memory::{DeviceAccess, DeviceMemory},
     pci_bus_master,
-    queue::{CompletionRing, SubmissionRing},
+    queue::{CompletionRing, ShadowDoorbells, SubmissionRing},
     reset::ControllerReset,
     regs::{Bar0, Registers, BAR0_SIZE},
     shim::{
         cqe::CompletionEntry,
         opcode::feature,
         registers::{Aqa, Cap, Cc, Csts, DoorbellKind},
-        sqe::{self, Features, SubmissionEntry},
+        sqe::{self, DoorbellBufferConfig, Features, SubmissionEntry},
         status::{sct, Status},
     },
 };
@@ -181,6 +181,9 @@ pub(crate) struct Controller {
     /// Whether the device was confirmed stopped; shared with every ring and
     /// buffer it may write.
     access: Arc<DeviceAccess>,
+    /// Shadow doorbell and EventIdx pages of the I/O queues (`None`: they
+    /// could not be allocated, every doorbell is an MMIO write).
+    shadow: Option<ShadowDoorbells>,
     /// Where a protocol error asks for a reset: set while resets are armed
     /// (`reset.rs` breaks this reference cycle when it disarms).
     #[pin]
@@ -252,12 +255,21 @@ impl Controller {
         };
         let dev: &device::Device<device::Core<'_>> = pdev.as_ref();
         let access = DeviceAccess::new(dev)?;
+        let shadow = ShadowDoorbells::new(dev, &access)
+            .inspect_err(|e| {
+                dev_warn!(
+                    pdev,
+                    "no memory for shadow doorbells ({e:?}): every doorbell is an MMIO write\n"
+                )
+            })
+            .ok();
         let pdev: ARef<pci::Device> = (&**pdev).into();
         Ok(try_pin_init!(Self {
             pdev,
             bar,
             caps,
             access,
+            shadow,
             recovery <- new_spinlock_irq!(None),
             admin <- new_mutex!(None),
             broken: AtomicBool::new(false),
@@ -283,6 +295,18 @@ impl Controller {
     /// buffers it may write.
     pub(crate) fn access(&self) -> &Arc<DeviceAccess> {
         &self.access
+    }
+
+    /// Writes the doorbell of I/O queue `qid`'s `kind`, moving from `old`
+    /// to `new`: through the shadow page when the device accepted it, and
+    /// as an MMIO write unless its EventIdx says the device is busy anyway.
+    pub(crate) fn ring_io_doorbell(&self, qid: u16, kind: DoorbellKind, old: u16, new: u16) -> Result {
+        if let Some(shadow) = self.shadow.as_ref().filter(|s| s.is_active()) {
+            if !shadow.update(qid, kind, old, new) {
+                return Ok(());
+            }
+        }
+        self.with_regs(|r| r.ring(qid, kind, self.caps.dstrd, new))
     }
 
     /// From now on, protocol errors schedule a reset with `reset` (`None`:
@@ -552,8 +576,12 @@ impl Controller {
     }
 
     /// Asks for `wanted` I/O queue pairs (Set Features, Number of Queues)
-    /// and returns how many the controller grants, at most `wanted`.
+    /// and returns how many the controller grants, at most `wanted`. Also
+    /// hands the device the shadow doorbell pages for the queues about to
+    /// be created (at probe, and again after each controller reset, which
+    /// made the device forget them).
     pub(crate) fn request_io_queues(&self, wanted: u32) -> Result<u32> {
+        self.setup_shadow_doorbells();
         let wanted = wanted.min(u32::from(u16::MAX));
         let granted = self.admin_command(
             Features {
@@ -566,6 +594,29 @@ impl Controller {
         )?;
         let (nsq, ncq) = sqe::decode_number_of_queues(granted);
         Ok(wanted.min(nsq).min(ncq))
+    }
+
+    /// Tells the device about the shadow doorbell pages (Doorbell Buffer
+    /// Config), zeroed, before any I/O queue exists. A device that refuses
+    /// gets MMIO doorbells only.
+    fn setup_shadow_doorbells(&self) {
+        let Some(shadow) = &self.shadow else { return };
+        // No I/O queue exists now (probe, or a reset that deleted them):
+        // nothing rings an I/O doorbell until the queues are created.
+        shadow.set_active(false);
+        shadow.clear();
+        let (doorbells, event_idx) = shadow.dma_addresses();
+        let command = DoorbellBufferConfig {
+            shadow: doorbells,
+            event_idx,
+        };
+        match self.admin_command(command.encode(0)) {
+            Ok(_) => shadow.set_active(true),
+            Err(e) => dev_info!(
+                self.pdev,
+                "shadow doorbells refused ({e:?}): every doorbell is an MMIO write\n"
+            ),
+        }
     }
 
     /// Ends a successful reset: I/O may flow again.
@@ -624,7 +675,7 @@ impl Controller {
                 admin.waiting.retain(|w| w.cid != cid);
                 return Err(e);
             }
-            if let Some(tail) = admin.sq.take_unpublished() {
+            if let Some((_, tail)) = admin.sq.take_unpublished() {
                 self.with_regs(|r| r.ring(0, DoorbellKind::SubmissionTail, self.caps.dstrd, tail))?;
             }
             (cid, admin.generation)

@@ -394,11 +394,10 @@ impl IoQueue {
     }
 
     fn publish(&self, sq: &mut SubmissionRing) {
-        if let Some(tail) = sq.take_unpublished() {
-            let caps = self.ctrl.caps();
+        if let Some((old, tail)) = sq.take_unpublished() {
             if let Err(e) = self
                 .ctrl
-                .with_regs(|r| r.ring(self.qid, DoorbellKind::SubmissionTail, caps.dstrd, tail))
+                .ring_io_doorbell(self.qid, DoorbellKind::SubmissionTail, old, tail)
             {
                 // The registers are gone (unbind) or unreachable: stop
                 // sending I/O; what is queued times out and is failed then.
@@ -419,6 +418,7 @@ impl IoQueue {
     /// Handles posted completions. Returns whether there were any.
     pub(crate) fn process_completions(&self) -> bool {
         let mut cq = self.cq.lock();
+        let old_head = cq.head();
         let mut any = false;
         let mut sq_head = None;
         while self.ctrl.is_usable() {
@@ -431,10 +431,9 @@ impl IoQueue {
         }
         if any {
             let head = cq.head();
-            let caps = self.ctrl.caps();
             let _ = self
                 .ctrl
-                .with_regs(|r| r.ring(self.qid, DoorbellKind::CompletionHead, caps.dstrd, head));
+                .ring_io_doorbell(self.qid, DoorbellKind::CompletionHead, old_head, head);
         }
         drop(cq);
         if let Some(head) = sq_head {

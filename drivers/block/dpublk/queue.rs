@@ -29,14 +29,19 @@
 
 use crate::{
     device_memory::{DeviceAccess, DeviceMemory},
-    shim::{cqe::CompletionEntry, sqe::SubmissionEntry},
+    shim::{
+        cqe::CompletionEntry,
+        registers::{doorbell_index, shadow_doorbell_needs_mmio, DoorbellKind},
+        sqe::SubmissionEntry,
+    },
 };
+use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::{
     device,
     dma::{Coherent, DmaAddress},
     prelude::*,
     sync::{
-        barrier::{dma_mb, Read},
+        barrier::{dma_mb, mb, Full, Read, Write},
         Arc,
     },
 };
@@ -169,13 +174,15 @@ impl SubmissionRing {
         Ok(())
     }
 
-    /// Returns the tail to publish, if it moved since the last call.
-    pub(crate) fn take_unpublished(&mut self) -> Option<u16> {
+    /// Returns the tail to publish, if it moved since the last call, with
+    /// the tail published before it.
+    pub(crate) fn take_unpublished(&mut self) -> Option<(u16, u16)> {
         if self.tail == self.published {
             return None;
         }
+        let old = self.published;
         self.published = self.tail;
-        Some(self.tail)
+        Some((old, self.tail))
     }
 
     /// Forgets every entry: the ring starts empty at entry 0 again, as the
@@ -302,6 +309,125 @@ impl CompletionRing {
         // INVARIANT: `advance` keeps `head < entries`.
         self.pos = self.pos.advance(self.entries);
         Some(cqe)
+    }
+}
+
+/// Entries of a shadow doorbell or EventIdx page (one `u32` per doorbell).
+const SHADOW_ENTRIES: usize = 4096 / 4;
+
+/// The shadow doorbell and EventIdx pages of NVMe's Doorbell Buffer Config.
+///
+/// The host writes each I/O queue's new SQ tail and CQ head to its entry of
+/// the shadow page instead of the MMIO doorbell, and rings the MMIO
+/// doorbell only when the device asked for it through the entry's EventIdx
+/// (it does before it goes to sleep). On this project's transport every
+/// MMIO write is a synchronous vfio-user message that stalls the vCPU, so
+/// this takes the doorbell off the host's path while the device is busy.
+///
+/// Both pages are [`DeviceMemory`]: the device may read and write them
+/// whenever it runs. Nothing read from them is trusted: an EventIdx only
+/// decides whether an MMIO doorbell follows, and a device that lies about
+/// it stalls only its own I/O, which then times out.
+///
+/// # Invariants
+///
+/// `doorbells` and `event_idx` hold [`SHADOW_ENTRIES`] entries each.
+pub(crate) struct ShadowDoorbells {
+    doorbells: DeviceMemory<[u32]>,
+    event_idx: DeviceMemory<[u32]>,
+    /// The device accepted the pages since it was last enabled: doorbells
+    /// go through them.
+    active: AtomicBool,
+}
+
+impl ShadowDoorbells {
+    /// Allocates both pages, zeroed, for the device `access` describes;
+    /// they are not in use until [`Self::set_active`].
+    pub(crate) fn new(
+        dev: &device::Device<device::Bound>,
+        access: &Arc<DeviceAccess>,
+    ) -> Result<Self> {
+        let page = || Coherent::<u32>::zeroed_slice(dev, SHADOW_ENTRIES, GFP_KERNEL);
+        let doorbells = DeviceMemory::lent(page()?, access.clone());
+        let event_idx = DeviceMemory::lent(page()?, access.clone());
+        // INVARIANT: Both pages were allocated with `SHADOW_ENTRIES` entries.
+        Ok(Self {
+            doorbells,
+            event_idx,
+            active: AtomicBool::new(false),
+        })
+    }
+
+    /// Bus addresses of the shadow doorbell page and the EventIdx page.
+    pub(crate) fn dma_addresses(&self) -> (DmaAddress, DmaAddress) {
+        (self.doorbells.dma_address(), self.event_idx.dma_address())
+    }
+
+    /// Whether doorbells go through the pages.
+    pub(crate) fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Starts or stops using the pages (the device accepted them, or was
+    /// reset and forgot them).
+    pub(crate) fn set_active(&self, active: bool) {
+        self.active.store(active, Ordering::Release);
+    }
+
+    /// Zeroes both pages: queues created after the Doorbell Buffer Config
+    /// command start with tail, head and EventIdx 0.
+    ///
+    /// Only while the pages are not active, before the device is told
+    /// about them again: it then has no reason to use them (and if it does
+    /// anyway, its writes only concern its own doorbells).
+    pub(crate) fn clear(&self) {
+        for page in [&self.doorbells, &self.event_idx] {
+            let base = page.as_mut_ptr().cast::<u32>();
+            for i in 0..SHADOW_ENTRIES {
+                // SAFETY: `i < SHADOW_ENTRIES`, the length of the page (type
+                // invariant); a volatile store of a plain integer into
+                // coherent memory the device may also access.
+                unsafe { core::ptr::write_volatile(base.add(i), 0) };
+            }
+        }
+    }
+
+    /// Publishes `new` (after `old`) as the doorbell of queue `qid`'s
+    /// `kind` in the shadow page and returns whether the MMIO doorbell
+    /// must be written too (EventIdx rule,
+    /// Documentation/device-interface.rst, "Shadow doorbells").
+    ///
+    /// Each doorbell has a single writer: the caller holds the lock of the
+    /// ring the doorbell belongs to.
+    pub(crate) fn update(&self, qid: u16, kind: DoorbellKind, old: u16, new: u16) -> bool {
+        let index = doorbell_index(qid, kind);
+        if index >= SHADOW_ENTRIES {
+            return true;
+        }
+        // The ring entries written before must be visible to the device
+        // before the new doorbell value is.
+        mb(Write);
+        // SAFETY: `index < SHADOW_ENTRIES`, inside the page (type
+        // invariant); the entry is written only by the holder of its ring's
+        // lock (caller's guarantee), with a single aligned volatile store.
+        unsafe {
+            core::ptr::write_volatile(
+                self.doorbells.as_mut_ptr().cast::<u32>().add(index),
+                u32::from(new).to_le(),
+            )
+        };
+        // The device writes EventIdx, then reads the shadow value; the host
+        // writes the shadow value, then reads EventIdx. With a full barrier
+        // on both sides one of them sees the other's write, so a device
+        // going to sleep is always woken.
+        mb(Full);
+        // SAFETY: As above, inside the page; the device may write the entry
+        // at any time, so it is read once with a volatile load into a plain
+        // integer (any value is acceptable).
+        let event_idx = unsafe {
+            core::ptr::read_volatile(self.event_idx.as_ptr().cast::<u32>().add(index))
+        };
+        shadow_doorbell_needs_mmio(u32::from_le(event_idx) as u16, new, old)
     }
 }
 
