@@ -150,17 +150,17 @@ if [[ " $suites " == *" vm "* ]]; then
 		grep -q '^# Totals:' "$results/vm-$name.ktap" || { echo "VM stderr tail:"; tail -30 "$results/vm-$name.err"; }
 		judge "$name" "$results/vm-$name.ktap" "${tests[@]}"
 	}
-	# run_script NAME SCRIPT TESTS... : a multi-boot test script that prints
-	# its own KTAP (persistence, crash campaigns).
+	# run_script NAME "SCRIPT [ARGS...]" TESTS... : a multi-boot test script
+	# that prints its own KTAP (persistence, power-loss campaign).
 	run_script() {
-		local name=$1 script=$2; shift 2
+		local name=$1 script=() ; read -r -a script <<<"$2"; shift 2
 		want_suite "$name" || return 0
 		echo "=== VM suite: $name ($# results expected)"
 		if [ "$module_rc" != 0 ] || [ "$dpuemu_rc" != 0 ]; then
 			not_run "$name" "a build it needs failed" "$@"; return
 		fi
 		local t0=$(date +%s)
-		"$DPUBLK_TOP/scripts/$script" 2> >(tee "$results/vm-$name.err" | grep -E '^\[dpublk|time limit' >&2) |
+		"$DPUBLK_TOP/scripts/${script[0]}" "${script[@]:1}" 2> >(tee "$results/vm-$name.err" | grep -E '^\[dpublk|time limit' >&2) |
 			tee "$results/vm-$name.ktap"
 		echo "=== VM suite $name took $(($(date +%s) - t0)) s"
 		judge "$name" "$results/vm-$name.ktap" "$@"
@@ -175,23 +175,26 @@ if [[ " $suites " == *" vm "* ]]; then
 	DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" run_suite dpublk 1200 --accelerator --ssds 2 -- \
 		test_dpublk_probe test_dpublk_fio_verify test_dpublk_fs test_dpublk_sched_switch \
 		test_dpublk_cpu_hotplug test_dpublk_pci_remove test_dpublk_rmmod_during_io \
-		test_dpublk_reset test_dpublk_dead_device
+		test_dpublk_reset test_dpublk_hostile test_dpublk_dead_device
 	DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" run_suite dpublk-iommu 600 --accelerator --ssds 2 --iommu -- \
 		test_dpublk_probe test_dpublk_fio_verify test_dpublk_pci_remove
 	# configfs management (issue 5), thin volumes, snapshots and clones,
 	# data reduction and encryption (issues 7 and 8): the same four SSD
 	# functions of 512 MiB, so one VM boot.
 	run_suite management 1500 --accelerator --ssds 4 --ssd-size 512M -- \
-		test_configfs_lifecycle test_configfs_bad_input test_configfs_samples test_dpublk_flush_discard \
+		test_configfs_lifecycle test_configfs_bad_input test_configfs_races test_configfs_lock_scope \
+		test_configfs_snapshot_ro test_configfs_samples test_dpublk_flush_discard \
 		test_thin_snapshot_clone test_thin_snapshot_disk test_thin_pool_full \
 		test_reduction_dedup_compress test_reduction_encryption
 	# Protection: degraded mode, rebuild onto a spare, scrub (issue 6).
 	run_suite protection 1200 --accelerator --ssds 7 --ssd-size 128M -- \
 		test_protection_scrub test_protection_degraded test_protection_rebuild
-	# Two VM runs over the same SSD images each (QEMU's vfio-user client
-	# does not survive its server's death).
-	DPUBLK_VM_TIMEOUT=600 run_script dpuemu-crash crash-test.sh test_dpuemu_crash
-	DPUBLK_VM_TIMEOUT=600 run_script volume-persistence persistence-test.sh persistence_create persistence_verify
+	# Several VM runs over the same SSD images each (QEMU's vfio-user client
+	# does not survive its server's death). The power-loss campaign's
+	# sample: two power cuts (three boots); `make crash N=50` is the campaign.
+	DPUBLK_VM_TIMEOUT=600 run_script power-loss "crash-campaign.sh --kill-points 2" kp0 kp1
+	DPUBLK_VM_TIMEOUT=600 run_script volume-persistence persistence-test.sh \
+		locked_create persistence_create locked_verify persistence_verify
 fi
 
 summary
