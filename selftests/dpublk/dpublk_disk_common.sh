@@ -82,3 +82,11 @@ wait_disk_busy() {
 	done
 	fail "no I/O on dpublk0 60 s after starting fio"
 }
+
+# short_io_timeout [MS]: the block layer's timeout of /dev/dpublk0's requests
+# (the driver's is 30 s) down to MS (5000), so tests of the timeout, abort and
+# reset paths wait seconds, not minutes; the paths are the same.
+short_io_timeout() {
+	echo "${1:-5000}" >/sys/block/dpublk0/queue/io_timeout || fail "cannot set the request timeout"
+	[ "$(cat /sys/block/dpublk0/queue/io_timeout)" = "${1:-5000}" ] || fail "request timeout not taken"
+}

@@ -24,6 +24,7 @@ HANG_REGISTER=$((0x94))
 unload_dpublk
 dmesg_mark
 load_dpublk_disk
+short_io_timeout 5000
 pci=$(accelerator_pci) || fail "no accelerator function"
 config=/sys/bus/pci/devices/$pci/config
 [ "$(od -An -tx1 -j $((0x90)) -N1 "$config" | tr -d ' ')" = 09 ] ||

@@ -20,6 +20,7 @@
 unload_dpublk
 dmesg_mark
 load_dpublk_disk
+short_io_timeout 5000
 
 job=(--name=reset --filename=/dev/dpublk0 --ioengine=io_uring --direct=1
 	--rw=randwrite --bs=4k --iodepth=16 --size=64M --verify=crc32c
@@ -32,14 +33,15 @@ busy=$TEST_TMP/busy.json
 fio --name=busy --filename=/dev/dpublk0 --ioengine=io_uring --direct=1 --numjobs=4 \
 	--offset=64M --size=32M --offset_increment=32M --group_reporting=0 \
 	--rw=randwrite --bs=4k --iodepth=16 --verify=crc32c --verify_backlog=256 --verify_fatal=1 \
-	--verify_state_save=0 --time_based --runtime=100 --output-format=json --output="$busy" \
+	--verify_state_save=0 --time_based --runtime=40 --output-format=json --output="$busy" \
 	>"$TEST_TMP/busy.log" 2>&1 &
 busy_pid=$!
 on_exit "kill -9 $busy_pid 2>/dev/null"
 wait_disk_busy $fio_pid
 host_request dpuemu-lose-io >/dev/null
 lost=$(date +%s)
-# Two timeouts (30 s each: before and after the abort), then the reset.
+# Two timeouts (5 s each with short_io_timeout: before and after the
+# abort), then the reset.
 for i in $(seq 1 300); do
 	kill -0 $fio_pid 2>/dev/null || break
 	[ $((i % 10)) = 0 ] && diag "$i s: requests in flight (reads writes): $(cat /sys/block/dpublk0/inflight)"
