@@ -89,8 +89,8 @@ if [[ " $suites " == *" host "* ]]; then
 	record "bench report unit tests ($(grep -o 'Ran [0-9]* tests' "$results/bench-report.log"))" $rc
 	# Lint and test builds are cached outside the repository, so a fresh
 	# clone does not compile every dependency again; cargo's own fingerprints
-	# decide what is still valid. (The release build that `make` and the VM
-	# runner use stays in target/.)
+	# decide what is still valid. (The release build is cached the same
+	# way, below.)
 	export CARGO_TARGET_DIR=${DPUBLK_CHECK_TARGET_DIR:-$DPUBLK_CACHE/cargo-check-target}
 	cargo fmt --all -- --check >"$results/fmt.log" 2>&1
 	rc=$?; [ $rc = 0 ] || tail -20 "$results/fmt.log"
@@ -123,8 +123,13 @@ if [[ " $suites " == *" vm "* ]]; then
 	module_rc=$?; [ $module_rc = 0 ] || tail -40 "$results/module.log"
 	record "dpublk.ko builds" $module_rc
 	# The VM tests run target/release/dpuemu: when its build fails, the old
-	# binary must not stand in for the new one.
-	cargo build --release --workspace --quiet 2>"$results/cargo-build.log"
+	# binary must not stand in for the new one. Built in a target directory
+	# of the cache (dependencies compiled once, not per clone; cargo's
+	# fingerprints decide what is still valid), then copied in.
+	rm -f "$DPUBLK_TOP/target/release/dpuemu"
+	release_target=${DPUBLK_RELEASE_TARGET_DIR:-$DPUBLK_CACHE/cargo-release-target}
+	CARGO_TARGET_DIR=$release_target cargo build --release --workspace --quiet 2>"$results/cargo-build.log" &&
+		install -D -m 755 "$release_target/release/dpuemu" "$DPUBLK_TOP/target/release/dpuemu"
 	dpuemu_rc=$?; [ $dpuemu_rc = 0 ] || tail -20 "$results/cargo-build.log"
 	record "dpuemu release build" $dpuemu_rc
 
