@@ -45,6 +45,9 @@ Options:
                          duplicate, wrong-sqid, sq-head, phase, status,
                          irq-storm, never-complete (default: all but
                          never-complete)
+  --nvmf-config FILE     serve NVMe/TCP from the subsystems, namespaces and
+                         ports of FILE (Documentation/nvmf.rst); listens only
+                         on the addresses FILE names
   -h, --help             print this help
   -V, --version          print the version
 ";
@@ -73,6 +76,8 @@ pub struct Options {
     pub hostile: Option<HostileSpec>,
     /// File the power cut's report is appended to (`--power-loss-report`).
     pub power_loss_report: Option<PathBuf>,
+    /// NVMe/TCP target configuration (`--nvmf-config`).
+    pub nvmf_config: Option<PathBuf>,
 }
 
 /// What the command line asks for.
@@ -156,6 +161,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     let mut power_loss_seed = None;
     let mut hostile = None;
     let mut power_loss_report = None;
+    let mut nvmf_config = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -203,6 +209,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "--power-loss-report" => {
                 power_loss_report = Some(PathBuf::from(value("--power-loss-report")?))
             }
+            "--nvmf-config" => nvmf_config = Some(PathBuf::from(value("--nvmf-config")?)),
             other => return Err(format!("unknown argument '{other}' (see --help)")),
         }
     }
@@ -228,6 +235,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         power_loss_seed,
         hostile,
         power_loss_report,
+        nvmf_config,
     }))
 }
 
@@ -302,6 +310,12 @@ mod tests {
         assert_eq!(o.log_level, log::LevelFilter::Debug);
         assert_eq!(o.power_loss_seed, Some(u64::MAX));
         assert_eq!(o.power_loss_report, Some(PathBuf::from("/tmp/cut.log")));
+        assert_eq!(o.nvmf_config, None);
+        let Ok(Command::Run(o)) = parse(args(&["--socket-dir", "d", "--nvmf-config=/etc/t"]))
+        else {
+            panic!("--nvmf-config refused")
+        };
+        assert_eq!(o.nvmf_config, Some(PathBuf::from("/etc/t")));
         let Ok(Command::Run(o)) = parse(args(&["--socket-dir", "d"])) else {
             panic!("not run")
         };

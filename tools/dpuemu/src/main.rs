@@ -12,6 +12,7 @@ mod interrupts;
 mod logger;
 mod lost_command;
 mod namespace;
+mod nvmf;
 mod ownership;
 mod pci_config;
 mod power_loss;
@@ -241,6 +242,19 @@ fn run(options: &Options) -> Result<(), String> {
             serial: format!("DPUEMU-SSD{i}"),
         })
         .collect::<Vec<_>>();
+    // The NVMe/TCP target (--nvmf-config) takes the SSDs it exports before
+    // the volume manager looks for families.
+    let _nvmf = match &options.nvmf_config {
+        Some(path) => {
+            let ssds: Vec<_> = media
+                .iter()
+                .cloned()
+                .zip(ownership.iter().cloned())
+                .collect();
+            Some(nvmf::start_from_file(path, &ssds)?)
+        }
+        None => None,
+    };
     // Families found on the SSDs' labels are attached and opened here.
     let volumes = Arc::new(VolumeManager::open(&ssd_handles));
 

@@ -1,0 +1,390 @@
+//! The target's configuration file (`dpuemu --nvmf-config FILE`), the
+//! appliance mode's only input. Format (Documentation/nvmf.rst):
+//!
+//! ```text
+//! # A comment.
+//! [port 1]
+//! address 127.0.0.1
+//! service 4420
+//!
+//! [subsystem nqn.2026-12.org.dpublk:appliance]
+//! ports 1
+//! host nqn.2014-08.org.nvmexpress:uuid:...
+//! namespace 1 file /srv/images/a.img 1G
+//! namespace 2 ssd 0
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use crate::cli::parse_size;
+
+/// The NQN of the discovery subsystem every port serves.
+pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
+/// Default NVMe/TCP service (the IANA port of NVMe over TCP).
+pub const DEFAULT_SERVICE: u16 = 4420;
+/// Highest NSID a subsystem may use.
+pub const MAX_NSID: u32 = 1024;
+/// Longest NQN (the specification's 223 bytes).
+pub const MAX_NQN: usize = 223;
+
+/// One listening port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortConfig {
+    /// Port ID (PORTID in the discovery log).
+    pub id: u16,
+    /// Where to listen.
+    pub address: SocketAddr,
+}
+
+/// Where a namespace's blocks live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamespaceSource {
+    /// An image file, created or extended to the size if one is given.
+    File { path: PathBuf, size: Option<u64> },
+    /// SSD image N of `--ssd` (its own NVMe function then refuses to
+    /// enable: the target owns it).
+    Ssd(usize),
+}
+
+/// One I/O subsystem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubsystemConfig {
+    /// Subsystem NQN.
+    pub nqn: String,
+    /// Ports it is reachable through.
+    pub ports: Vec<u16>,
+    /// Host NQNs allowed to connect.
+    pub hosts: Vec<String>,
+    /// Any host may connect.
+    pub allow_any_host: bool,
+    /// Namespaces by NSID.
+    pub namespaces: BTreeMap<u32, NamespaceSource>,
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetConfig {
+    pub ports: Vec<PortConfig>,
+    pub subsystems: Vec<SubsystemConfig>,
+}
+
+/// Whether `nqn` is a well-formed NQN: `nqn.` then printable ASCII without
+/// spaces, at most 223 bytes.
+pub fn valid_nqn(nqn: &str) -> bool {
+    nqn.len() <= MAX_NQN
+        && nqn.len() > 4
+        && nqn.starts_with("nqn.")
+        && nqn.bytes().all(|b| b.is_ascii_graphic())
+}
+
+enum Section {
+    None,
+    Port(usize),
+    Subsystem(usize),
+}
+
+/// Parses the file's text. Errors name the line.
+pub fn parse(text: &str) -> Result<TargetConfig, String> {
+    let mut config = TargetConfig::default();
+    let mut section = Section::None;
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let at = |e: String| format!("line {}: {e}", index + 1);
+        if let Some(header) = line.strip_prefix('[') {
+            let header = header
+                .strip_suffix(']')
+                .ok_or_else(|| at("section header without ']'".into()))?;
+            section = start_section(&mut config, header.trim()).map_err(at)?;
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let key = words.next().unwrap_or("");
+        let values: Vec<&str> = words.collect();
+        match section {
+            Section::None => return Err(at(format!("'{key}' outside a [port] or [subsystem]"))),
+            Section::Port(i) => port_line(&mut config.ports[i], key, &values).map_err(at)?,
+            Section::Subsystem(i) => {
+                subsystem_line(&mut config.subsystems[i], key, &values).map_err(at)?
+            }
+        }
+    }
+    check(&config)?;
+    Ok(config)
+}
+
+fn start_section(config: &mut TargetConfig, header: &str) -> Result<Section, String> {
+    let (kind, name) = header
+        .split_once(char::is_whitespace)
+        .ok_or_else(|| format!("'[{header}]': expected [port N] or [subsystem NQN]"))?;
+    let name = name.trim();
+    match kind {
+        "port" => {
+            let id: u16 = name
+                .parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("port ID '{name}' is not 1-65535"))?;
+            if config.ports.iter().any(|p| p.id == id) {
+                return Err(format!("port {id} defined twice"));
+            }
+            config.ports.push(PortConfig {
+                id,
+                address: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_SERVICE),
+            });
+            Ok(Section::Port(config.ports.len() - 1))
+        }
+        "subsystem" => {
+            if !valid_nqn(name) || name == DISCOVERY_NQN {
+                return Err(format!("'{name}' is not a subsystem NQN"));
+            }
+            if config.subsystems.iter().any(|s| s.nqn == name) {
+                return Err(format!("subsystem {name} defined twice"));
+            }
+            config.subsystems.push(SubsystemConfig {
+                nqn: name.to_string(),
+                ports: Vec::new(),
+                hosts: Vec::new(),
+                allow_any_host: false,
+                namespaces: BTreeMap::new(),
+            });
+            Ok(Section::Subsystem(config.subsystems.len() - 1))
+        }
+        other => Err(format!("unknown section '{other}'")),
+    }
+}
+
+fn one<'a>(key: &str, values: &[&'a str]) -> Result<&'a str, String> {
+    match values {
+        [v] => Ok(v),
+        _ => Err(format!("'{key}' takes one value")),
+    }
+}
+
+fn port_line(port: &mut PortConfig, key: &str, values: &[&str]) -> Result<(), String> {
+    match key {
+        "address" => {
+            let v = one(key, values)?;
+            let ip: IpAddr = v
+                .parse()
+                .map_err(|_| format!("address '{v}' is not an IPv4 or IPv6 literal"))?;
+            port.address.set_ip(ip);
+        }
+        "service" => {
+            let v = one(key, values)?;
+            let n: u16 = v
+                .parse()
+                .map_err(|_| format!("service '{v}' is not a TCP port number"))?;
+            port.address.set_port(n);
+        }
+        other => return Err(format!("unknown port setting '{other}'")),
+    }
+    Ok(())
+}
+
+fn subsystem_line(s: &mut SubsystemConfig, key: &str, values: &[&str]) -> Result<(), String> {
+    match key {
+        "ports" => {
+            if values.is_empty() {
+                return Err("'ports' needs at least one port ID".into());
+            }
+            for v in values {
+                let id: u16 = v
+                    .parse()
+                    .map_err(|_| format!("port ID '{v}' is not a number"))?;
+                if !s.ports.contains(&id) {
+                    s.ports.push(id);
+                }
+            }
+        }
+        "host" => {
+            let v = one(key, values)?;
+            if !valid_nqn(v) {
+                return Err(format!("'{v}' is not a host NQN"));
+            }
+            if !s.hosts.iter().any(|h| h == v) {
+                s.hosts.push(v.to_string());
+            }
+        }
+        "allow-any-host" => {
+            if !values.is_empty() {
+                return Err("'allow-any-host' takes no value".into());
+            }
+            s.allow_any_host = true;
+        }
+        "namespace" => {
+            let (nsid, source) = match values {
+                [nsid, "file", path] => (
+                    nsid,
+                    NamespaceSource::File {
+                        path: PathBuf::from(path),
+                        size: None,
+                    },
+                ),
+                [nsid, "file", path, size] => (
+                    nsid,
+                    NamespaceSource::File {
+                        path: PathBuf::from(path),
+                        size: Some(parse_size(size)?),
+                    },
+                ),
+                [nsid, "ssd", index] => {
+                    let i: usize = index
+                        .parse()
+                        .map_err(|_| format!("SSD index '{index}' is not a number"))?;
+                    (nsid, NamespaceSource::Ssd(i))
+                }
+                _ => {
+                    return Err(
+                        "expected 'namespace NSID file PATH [SIZE]' or 'namespace NSID ssd N'"
+                            .into(),
+                    )
+                }
+            };
+            let nsid: u32 = nsid
+                .parse()
+                .ok()
+                .filter(|n| (1..=MAX_NSID).contains(n))
+                .ok_or_else(|| format!("NSID '{nsid}' is not 1-{MAX_NSID}"))?;
+            if s.namespaces.insert(nsid, source).is_some() {
+                return Err(format!("NSID {nsid} defined twice"));
+            }
+        }
+        other => return Err(format!("unknown subsystem setting '{other}'")),
+    }
+    Ok(())
+}
+
+/// Checks what only the whole file can tell.
+fn check(config: &TargetConfig) -> Result<(), String> {
+    if config.ports.is_empty() {
+        return Err("no [port] section: the target would listen nowhere".into());
+    }
+    for (i, p) in config.ports.iter().enumerate() {
+        if config.ports[..i].iter().any(|q| q.address == p.address) {
+            return Err(format!("ports share the address {}", p.address));
+        }
+    }
+    let mut ssds = BTreeMap::new();
+    for s in &config.subsystems {
+        if s.namespaces.is_empty() {
+            return Err(format!("subsystem {} has no namespace", s.nqn));
+        }
+        if s.ports.is_empty() {
+            return Err(format!("subsystem {} is on no port ('ports')", s.nqn));
+        }
+        if let Some(p) = s
+            .ports
+            .iter()
+            .find(|&&p| !config.ports.iter().any(|q| q.id == p))
+        {
+            return Err(format!("subsystem {}: no [port {p}]", s.nqn));
+        }
+        if s.allow_any_host && !s.hosts.is_empty() {
+            return Err(format!(
+                "subsystem {}: 'allow-any-host' and a host list exclude each other",
+                s.nqn
+            ));
+        }
+        for source in s.namespaces.values() {
+            if let NamespaceSource::Ssd(i) = source {
+                if let Some(other) = ssds.insert(*i, &s.nqn) {
+                    return Err(format!("SSD {i} exported twice (also by {other})"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+# appliance
+[port 1]
+address 127.0.0.1
+service 4421   # not the default
+[port 2]
+address ::1
+
+[subsystem nqn.2026-12.org.dpublk:a]
+ports 1 2
+host nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001
+namespace 1 file /tmp/a.img 64M
+namespace 7 ssd 0
+[subsystem nqn.2026-12.org.dpublk:b]
+ports 2
+allow-any-host
+namespace 1 file /tmp/b.img
+";
+
+    #[test]
+    fn sample_parses() {
+        let c = parse(SAMPLE).expect("sample");
+        assert_eq!(c.ports.len(), 2);
+        assert_eq!(c.ports[0].address, "127.0.0.1:4421".parse().unwrap());
+        assert_eq!(c.ports[1].address, "[::1]:4420".parse().unwrap());
+        let a = &c.subsystems[0];
+        assert_eq!(a.nqn, "nqn.2026-12.org.dpublk:a");
+        assert_eq!(a.ports, vec![1, 2]);
+        assert_eq!(a.hosts.len(), 1);
+        assert!(!a.allow_any_host);
+        assert_eq!(
+            a.namespaces.get(&1),
+            Some(&NamespaceSource::File {
+                path: "/tmp/a.img".into(),
+                size: Some(64 << 20)
+            })
+        );
+        assert_eq!(a.namespaces.get(&7), Some(&NamespaceSource::Ssd(0)));
+        assert!(c.subsystems[1].allow_any_host);
+    }
+
+    #[test]
+    fn mistakes_name_their_line() {
+        let cases = [
+            ("address 1.2.3.4\n", "line 1"),
+            ("[port 0]\n", "not 1-65535"),
+            ("[port 1]\n[port 1]\n", "twice"),
+            ("[port 1]\naddress localhost\n", "literal"),
+            ("[port 1]\nservice 70000\n", "TCP port"),
+            ("[port 1]\n[subsystem nqn]\n", "not a subsystem NQN"),
+            (
+                "[port 1]\n[subsystem nqn.2014-08.org.nvmexpress.discovery]\n",
+                "not a subsystem",
+            ),
+            ("[port 1]\n[subsystem nqn.x.y]\nnamespace 0 ssd 0\n", "NSID"),
+            ("[port 1]\n[subsystem nqn.x.y]\nnamespace 1 disk /a\n", "expected"),
+            ("[port 1]\n[subsystem nqn.x.y]\nhost bob\n", "host NQN"),
+            ("[port 1]\n[subsystem nqn.x.y]\nports 1\n", "no namespace"),
+            ("[port 1]\n[subsystem nqn.x.y]\nnamespace 1 ssd 0\n", "no port"),
+            ("[port 1]\n[subsystem nqn.x.y]\nports 2\nnamespace 1 ssd 0\n", "no [port 2]"),
+            (
+                "[port 1]\n[subsystem nqn.x.y]\nports 1\nallow-any-host\nhost nqn.h.1\nnamespace 1 ssd 0\n",
+                "exclude",
+            ),
+            (
+                "[port 1]\n[subsystem nqn.x.y]\nports 1\nnamespace 1 ssd 0\n[subsystem nqn.x.z]\nports 1\nnamespace 1 ssd 0\n",
+                "twice",
+            ),
+            ("", "no [port]"),
+            ("[port 1]\n[port 2]\n", "share"),
+            ("[volume x]\n", "unknown section"),
+        ];
+        for (text, want) in cases {
+            match parse(text) {
+                Ok(c) => panic!("{text:?} accepted: {c:?}"),
+                Err(e) => assert!(e.contains(want), "{text:?}: '{e}' lacks '{want}'"),
+            }
+        }
+        let long = format!("nqn.{}", "x".repeat(220));
+        assert!(!valid_nqn(&long));
+        assert!(valid_nqn(&long[..MAX_NQN]));
+    }
+}

@@ -1,0 +1,407 @@
+//! The target: its subsystems, listeners, and the controllers that
+//! connections create and join.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+
+use super::config::{NamespaceSource, TargetConfig};
+use super::connection;
+use crate::namespace::{FileNamespace, Namespace};
+use crate::ownership::SsdOwnership;
+
+/// Most connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Highest controller ID handed out (0xFFF0 and above are reserved).
+const MAX_CNTLID: u16 = 0xffef;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An I/O subsystem.
+pub struct Subsystem {
+    /// Subsystem NQN.
+    pub nqn: String,
+    /// Serial number reported by its controllers.
+    pub serial: String,
+    /// Ports it is reachable through.
+    pub ports: Vec<u16>,
+    /// Hosts allowed to connect (unless `allow_any_host`).
+    pub hosts: Vec<String>,
+    /// Any host may connect.
+    pub allow_any_host: bool,
+    /// Namespaces by NSID.
+    pub namespaces: BTreeMap<u32, Arc<dyn Namespace>>,
+}
+
+impl Subsystem {
+    /// Whether `host` may connect.
+    pub fn allows(&self, host: &str) -> bool {
+        self.allow_any_host || self.hosts.iter().any(|h| h == host)
+    }
+}
+
+/// A listening port.
+pub struct Port {
+    /// Port ID.
+    pub id: u16,
+    /// The address it listens on (the bound one, so port 0 is resolved).
+    pub address: SocketAddr,
+}
+
+/// Controller registers a host reads and writes with Property Get/Set.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Registers {
+    pub cc: u32,
+    pub csts: u32,
+}
+
+/// A controller: created by an admin queue's Connect, joined by I/O
+/// queues' Connects with its CNTLID, gone when its admin queue closes or
+/// its keep-alive timer expires.
+pub struct FabricsController {
+    /// Controller ID.
+    pub cntlid: u16,
+    /// The I/O subsystem, or `None` for a discovery controller.
+    pub subsystem: Option<Arc<Subsystem>>,
+    /// The host that created it.
+    pub hostnqn: String,
+    /// Host identifier from the Connect data.
+    pub hostid: [u8; 16],
+    /// The port it was created through.
+    pub port: u16,
+    /// CC and CSTS.
+    pub registers: Mutex<Registers>,
+    /// Keep Alive Timeout in milliseconds (0: off).
+    pub kato_ms: AtomicU32,
+    /// When the last Keep Alive (or other admin command) arrived.
+    pub last_keep_alive: Mutex<Instant>,
+    /// I/O queues granted by Set Features Number of Queues.
+    pub io_queues: AtomicU32,
+    /// I/O queue IDs with a connection.
+    pub connected: Mutex<Vec<u16>>,
+    /// The sockets of its connections, shut down when it goes.
+    sockets: Mutex<Vec<TcpStream>>,
+    /// Set once it is torn down.
+    pub dead: AtomicBool,
+}
+
+impl FabricsController {
+    /// Registers a connection's socket (a clone) for teardown; fails if
+    /// the controller is already gone.
+    pub fn attach_socket(&self, stream: &TcpStream) -> io::Result<()> {
+        let clone = stream.try_clone()?;
+        let mut sockets = lock(&self.sockets);
+        if self.dead.load(Ordering::Acquire) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "controller gone",
+            ));
+        }
+        sockets.push(clone);
+        Ok(())
+    }
+
+    /// Ends every connection of the controller.
+    fn shut_down(&self) {
+        let sockets = {
+            let mut s = lock(&self.sockets);
+            self.dead.store(true, Ordering::Release);
+            std::mem::take(&mut *s)
+        };
+        for s in sockets {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Whether the keep-alive timer expired. The target allows twice the
+    /// KATO: the host sends Keep Alive at half of it, and a guest under
+    /// emulation can be late.
+    fn keep_alive_expired(&self, now: Instant) -> bool {
+        let kato = self.kato_ms.load(Ordering::Relaxed);
+        kato != 0
+            && now.duration_since(*lock(&self.last_keep_alive))
+                > Duration::from_millis(u64::from(kato) * 2)
+    }
+
+    /// Restarts the keep-alive timer.
+    pub fn keep_alive(&self) {
+        *lock(&self.last_keep_alive) = Instant::now();
+    }
+}
+
+/// Why a Connect was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectError {
+    /// An I/O queue named a controller that does not exist, belongs to
+    /// another host or subsystem, or is not enabled.
+    UnknownController,
+    /// No controller ID left.
+    NoControllerId,
+}
+
+/// The whole target.
+pub struct Target {
+    /// I/O subsystems.
+    pub subsystems: Vec<Arc<Subsystem>>,
+    /// Listening ports.
+    pub ports: Vec<Port>,
+    controllers: Mutex<BTreeMap<u16, Arc<FabricsController>>>,
+    next_cntlid: Mutex<u16>,
+    connections: AtomicU32,
+    /// Bumped when the discovery log changes (GENCTR).
+    pub generation: u64,
+}
+
+impl Target {
+    /// Opens the namespaces of `config` (`ssds` are dpuemu's SSD images
+    /// with their ownership), binds every port and starts serving.
+    pub fn start(
+        config: &TargetConfig,
+        ssds: &[(Arc<dyn Namespace>, Arc<SsdOwnership>)],
+    ) -> Result<Arc<Self>, String> {
+        let mut subsystems = Vec::new();
+        for (i, s) in config.subsystems.iter().enumerate() {
+            let mut namespaces = BTreeMap::new();
+            for (&nsid, source) in &s.namespaces {
+                let ns: Arc<dyn Namespace> = match source {
+                    NamespaceSource::File { path, size } => {
+                        Arc::new(FileNamespace::open(path, *size).map_err(|e| {
+                            format!("{} namespace {nsid}: {}: {e}", s.nqn, path.display())
+                        })?)
+                    }
+                    NamespaceSource::Ssd(n) => {
+                        let (media, ownership) = ssds.get(*n).ok_or_else(|| {
+                            format!("{} namespace {nsid}: no SSD {n} (see --ssd)", s.nqn)
+                        })?;
+                        if ownership.is_attached() {
+                            return Err(format!(
+                                "{} namespace {nsid}: SSD {n} already belongs to the accelerator",
+                                s.nqn
+                            ));
+                        }
+                        ownership.attach_in_use();
+                        media.clone()
+                    }
+                };
+                namespaces.insert(nsid, ns);
+            }
+            subsystems.push(Arc::new(Subsystem {
+                nqn: s.nqn.clone(),
+                serial: format!("DPUEMU-NVMF{i}"),
+                ports: s.ports.clone(),
+                hosts: s.hosts.clone(),
+                allow_any_host: s.allow_any_host,
+                namespaces,
+            }));
+        }
+        let mut listeners = Vec::new();
+        let mut ports = Vec::new();
+        for p in &config.ports {
+            let listener = TcpListener::bind(p.address)
+                .map_err(|e| format!("nvmf port {}: {}: {e}", p.id, p.address))?;
+            let address = listener
+                .local_addr()
+                .map_err(|e| format!("nvmf port {}: {e}", p.id))?;
+            ports.push(Port { id: p.id, address });
+            listeners.push((p.id, listener));
+        }
+        let target = Arc::new(Self {
+            subsystems,
+            ports,
+            controllers: Mutex::new(BTreeMap::new()),
+            next_cntlid: Mutex::new(1),
+            connections: AtomicU32::new(0),
+            generation: 1,
+        });
+        for (id, listener) in listeners {
+            let t = Arc::clone(&target);
+            thread::Builder::new()
+                .name(format!("nvmf-port{id}"))
+                .spawn(move || t.accept_loop(id, listener))
+                .map_err(|e| format!("nvmf: cannot start a listener: {e}"))?;
+        }
+        let t = Arc::clone(&target);
+        thread::Builder::new()
+            .name("nvmf-keepalive".into())
+            .spawn(move || t.keep_alive_loop())
+            .map_err(|e| format!("nvmf: cannot start the keep-alive watchdog: {e}"))?;
+        for p in &target.ports {
+            info!("nvmf: port {} listening on {}", p.id, p.address);
+        }
+        for s in &target.subsystems {
+            info!(
+                "nvmf: subsystem {} on ports {:?}: namespaces {:?}, {}",
+                s.nqn,
+                s.ports,
+                s.namespaces.keys().collect::<Vec<_>>(),
+                if s.allow_any_host {
+                    "any host".to_string()
+                } else {
+                    format!("hosts {:?}", s.hosts)
+                }
+            );
+        }
+        Ok(target)
+    }
+
+    fn accept_loop(self: Arc<Self>, port: u16, listener: TcpListener) {
+        for stream in listener.incoming() {
+            let stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("nvmf port {port}: accept: {e}");
+                    thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let peer = stream
+                .peer_addr()
+                .map_or_else(|_| "?".to_string(), |a| a.to_string());
+            if self.connections.fetch_add(1, Ordering::AcqRel) as usize >= MAX_CONNECTIONS {
+                self.connections.fetch_sub(1, Ordering::AcqRel);
+                warn!("nvmf port {port}: {peer} refused: {MAX_CONNECTIONS} connections already");
+                continue;
+            }
+            let t = Arc::clone(&self);
+            let spawned = thread::Builder::new()
+                .name(format!("nvmf-{peer}"))
+                .spawn(move || {
+                    connection::serve(&t, port, stream, &peer);
+                    t.connections.fetch_sub(1, Ordering::AcqRel);
+                });
+            if let Err(e) = spawned {
+                self.connections.fetch_sub(1, Ordering::AcqRel);
+                warn!("nvmf port {port}: cannot start a connection thread: {e}");
+            }
+        }
+    }
+
+    fn keep_alive_loop(self: Arc<Self>) {
+        loop {
+            thread::sleep(Duration::from_millis(500));
+            let now = Instant::now();
+            let expired: Vec<Arc<FabricsController>> = lock(&self.controllers)
+                .values()
+                .filter(|c| c.keep_alive_expired(now))
+                .cloned()
+                .collect();
+            for c in expired {
+                warn!(
+                    "nvmf: controller {} of {}: keep-alive timeout ({} ms): torn down",
+                    c.cntlid,
+                    c.hostnqn,
+                    c.kato_ms.load(Ordering::Relaxed)
+                );
+                self.remove_controller(c.cntlid);
+            }
+        }
+    }
+
+    /// The I/O subsystem `nqn` if it is on `port`.
+    pub fn subsystem(&self, nqn: &str, port: u16) -> Option<&Arc<Subsystem>> {
+        self.subsystems
+            .iter()
+            .find(|s| s.nqn == nqn && s.ports.contains(&port))
+    }
+
+    /// Creates a controller for an admin queue's Connect.
+    pub fn create_controller(
+        &self,
+        subsystem: Option<Arc<Subsystem>>,
+        hostnqn: &str,
+        hostid: [u8; 16],
+        port: u16,
+        kato_ms: u32,
+    ) -> Result<Arc<FabricsController>, ConnectError> {
+        let mut controllers = lock(&self.controllers);
+        let mut next = lock(&self.next_cntlid);
+        let start = *next;
+        while controllers.contains_key(&*next) {
+            *next = if *next >= MAX_CNTLID { 1 } else { *next + 1 };
+            if *next == start {
+                return Err(ConnectError::NoControllerId);
+            }
+        }
+        let cntlid = *next;
+        *next = if cntlid >= MAX_CNTLID { 1 } else { cntlid + 1 };
+        let c = Arc::new(FabricsController {
+            cntlid,
+            subsystem,
+            hostnqn: hostnqn.to_string(),
+            hostid,
+            port,
+            registers: Mutex::new(Registers::default()),
+            kato_ms: AtomicU32::new(kato_ms),
+            last_keep_alive: Mutex::new(Instant::now()),
+            io_queues: AtomicU32::new(0),
+            connected: Mutex::new(Vec::new()),
+            sockets: Mutex::new(Vec::new()),
+            dead: AtomicBool::new(false),
+        });
+        controllers.insert(cntlid, Arc::clone(&c));
+        Ok(c)
+    }
+
+    /// Finds the controller an I/O queue's Connect joins.
+    pub fn find_controller(
+        &self,
+        cntlid: u16,
+        subnqn: &str,
+        hostnqn: &str,
+    ) -> Result<Arc<FabricsController>, ConnectError> {
+        let controllers = lock(&self.controllers);
+        let c = controllers
+            .get(&cntlid)
+            .ok_or(ConnectError::UnknownController)?;
+        let same_subsystem = c.subsystem.as_ref().is_some_and(|s| s.nqn == subnqn);
+        if !same_subsystem || c.hostnqn != hostnqn || c.dead.load(Ordering::Acquire) {
+            return Err(ConnectError::UnknownController);
+        }
+        Ok(Arc::clone(c))
+    }
+
+    /// Tears controller `cntlid` down: every connection of it closes.
+    pub fn remove_controller(&self, cntlid: u16) {
+        let c = lock(&self.controllers).remove(&cntlid);
+        if let Some(c) = c {
+            c.shut_down();
+        }
+    }
+
+    /// Number of live controllers (for tests and the log).
+    pub fn controller_count(&self) -> usize {
+        lock(&self.controllers).len()
+    }
+}
+
+impl FabricsController {
+    /// CC and CSTS.
+    pub fn registers(&self) -> Registers {
+        *lock(&self.registers)
+    }
+
+    /// Whether the host enabled the controller and it is ready.
+    pub fn registers_enabled(&self) -> bool {
+        self.registers().csts & 1 != 0
+    }
+
+    /// Applies a Property Set of CC: CSTS.RDY follows CC.EN, and a
+    /// shutdown request (already carried out by the caller) completes at
+    /// once (CSTS.SHST 2).
+    pub fn set_cc(&self, cc: u32, shutdown: bool) {
+        let mut r = lock(&self.registers);
+        r.cc = cc;
+        r.csts = cc & 1;
+        if shutdown {
+            r.csts |= 2 << 2;
+        }
+    }
+}
