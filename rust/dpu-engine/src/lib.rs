@@ -6,9 +6,10 @@
 //! erasure coding) → [`media::Media`]. Every layer is pure logic over the
 //! [`media::Media`] trait, so it is tested with cargo alone, without a VM.
 //!
-//! [`metadata`] holds the metadata of the coming format: copy-on-write
-//! B-trees on the media, paged through a bounded cache, with O(1)
-//! snapshots; the mapping layer still keeps its metadata in RAM.
+//! [`metadata`] holds copy-on-write B-trees on the media, paged through a
+//! bounded cache, with O(1) snapshots: the metadata of the paged pool
+//! format ([`volume::PoolFormat::Paged`]). Pools of the first format keep
+//! their metadata in RAM and are still opened.
 
 pub mod fault;
 pub mod media;

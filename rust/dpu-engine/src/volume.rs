@@ -37,15 +37,20 @@ use crate::media::{check_range, Media, MediaError, MediaResult};
 
 mod alloc;
 mod crypt;
+mod engine;
 mod format;
+mod paged;
 mod reduce;
 mod state;
 
 pub use crypt::{VolumeKey, KEY_LEN};
 pub use format::{Services, VolumeKind};
+pub use paged::{PagedOptions, MIN_CACHE_BYTES};
 pub use reduce::Compression;
 
 use crypt::Cipher;
+use engine::Engine;
+use paged::PagedState;
 use state::{PoolState, Prepared};
 
 /// The pool's block size: the unit of mapping, dedup and allocation.
@@ -127,6 +132,11 @@ impl From<VolumeError> for MediaError {
 
 pub type VolumeResult<T> = Result<T, VolumeError>;
 
+/// Deferred nodes the background releaser frees per lock hold.
+const RELEASE_STEP: usize = 16;
+/// How long the releaser sleeps when nothing is deferred.
+const RELEASE_IDLE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How to create a volume.
 #[derive(Debug, Default)]
 pub struct VolumeOptions<'a> {
@@ -205,31 +215,128 @@ pub struct VolumeInfo {
     pub encrypted: bool,
 }
 
+/// How a pool keeps its metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolFormat {
+    /// Format 1: every map, reference count and the dedup index in
+    /// memory, checkpointed whole (with a journal between checkpoints).
+    /// Kept for pools made before format 2; memory grows with the data.
+    InMemory,
+    /// Format 2: metadata in copy-on-write B-trees on the media, paged
+    /// through a bounded cache; O(1) snapshots.
+    Paged,
+}
+
+/// What the metadata cache of a paged pool holds and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheReport {
+    pub capacity_blocks: usize,
+    pub resident_blocks: usize,
+    pub peak_resident_blocks: usize,
+    /// Metadata blocks read from and written to the media so far.
+    pub blocks_read: u64,
+    pub blocks_written: u64,
+}
+
 /// A thin pool over one media. Cloning the handle shares the pool.
 #[derive(Clone)]
 pub struct Pool {
-    state: Arc<Mutex<PoolState>>,
+    state: Arc<Mutex<Engine>>,
 }
 
 impl Pool {
-    /// Formats `media` as an empty pool, destroying what it held.
+    /// Formats `media` as an empty pool of format 1 ([`PoolFormat::InMemory`]),
+    /// destroying what it held.
     pub fn format(media: Arc<dyn Media>) -> VolumeResult<Pool> {
-        Ok(Pool::wrap(PoolState::format(media)?))
+        Ok(Pool::wrap(Engine::InMemory(Box::new(PoolState::format(
+            media,
+        )?))))
     }
 
-    /// Opens the pool on `media` in its last committed state. Space that
-    /// was allocated but never committed (a crash) is free again.
+    /// Formats `media` as an empty paged pool ([`PoolFormat::Paged`]).
+    pub fn format_paged(media: Arc<dyn Media>, options: &PagedOptions) -> VolumeResult<Pool> {
+        Ok(Pool::wrap(Engine::Paged(Box::new(PagedState::format(
+            media, options,
+        )?))))
+    }
+
+    /// Opens the pool on `media` in its last committed state, whichever
+    /// its format; a paged pool gets a cache of the default size. Space
+    /// that was allocated but never committed (a crash) is free again.
     pub fn open(media: Arc<dyn Media>) -> VolumeResult<Pool> {
-        Ok(Pool::wrap(PoolState::open(media)?))
+        Pool::open_with(media, &PagedOptions::default())
     }
 
-    fn wrap(state: PoolState) -> Pool {
+    /// As [`Pool::open`], with `options` for a paged pool.
+    pub fn open_with(media: Arc<dyn Media>, options: &PagedOptions) -> VolumeResult<Pool> {
+        Ok(Pool::wrap(Engine::open(media, options)?))
+    }
+
+    fn wrap(state: Engine) -> Pool {
         Pool {
             state: Arc::new(Mutex::new(state)),
         }
     }
 
-    fn lock(&self) -> VolumeResult<MutexGuard<'_, PoolState>> {
+    /// The pool's metadata format.
+    pub fn format_kind(&self) -> VolumeResult<PoolFormat> {
+        Ok(match &*self.lock()? {
+            Engine::InMemory(_) => PoolFormat::InMemory,
+            Engine::Paged(_) => PoolFormat::Paged,
+        })
+    }
+
+    /// The metadata cache of a paged pool (`None` for format 1).
+    pub fn cache_report(&self) -> VolumeResult<Option<CacheReport>> {
+        Ok(match &*self.lock()? {
+            Engine::InMemory(_) => None,
+            Engine::Paged(p) => Some(p.cache_report()),
+        })
+    }
+
+    /// Frees up to `budget` nodes of deleted volumes' metadata (and the
+    /// data only they held); true when nothing is left. The space is
+    /// reusable after the next flush. Each call holds the pool lock for
+    /// its budget only: a background thread calls it in a loop
+    /// ([`Pool::spawn_releaser`]), and flushes run a bounded step too.
+    pub fn release_step(&self, budget: usize) -> VolumeResult<bool> {
+        match &mut *self.lock()? {
+            Engine::InMemory(_) => Ok(true),
+            Engine::Paged(p) => p.release_step(budget),
+        }
+    }
+
+    /// Starts a thread that frees deleted volumes' space in bounded steps
+    /// while there is some to free, and ends when the last handle of the
+    /// pool is dropped.
+    pub fn spawn_releaser(&self) -> std::thread::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.state);
+        std::thread::spawn(move || loop {
+            let Some(state) = weak.upgrade() else {
+                return;
+            };
+            let pending = match state.lock() {
+                Ok(mut engine) => match &mut *engine {
+                    Engine::InMemory(_) => return,
+                    Engine::Paged(p) => match p.has_deferred() {
+                        Ok(true) => p.release_step(RELEASE_STEP).map(|done| !done),
+                        Ok(false) => Ok(false),
+                        Err(e) => Err(e),
+                    },
+                },
+                Err(_) => return,
+            };
+            drop(state);
+            match pending {
+                Ok(true) => std::thread::yield_now(),
+                Ok(false) => std::thread::sleep(RELEASE_IDLE),
+                // A failed pool stays failed until reopened: nothing to do.
+                Err(_) => return,
+            }
+        })
+    }
+
+    fn lock(&self) -> VolumeResult<MutexGuard<'_, Engine>> {
         // A panic while holding the lock leaves the in-memory state
         // suspect; the committed state on media is still fine, so the pool
         // refuses further work until it is reopened.
@@ -315,6 +422,12 @@ impl Pool {
     /// Whether the volatile write cache is on.
     pub fn write_cache(&self) -> VolumeResult<bool> {
         Ok(self.lock()?.write_cache())
+    }
+
+    /// Mapped bytes of volume `name`, without the walk
+    /// [`Pool::volume_stats`] may need.
+    pub fn mapped_bytes(&self, name: &str) -> VolumeResult<u64> {
+        self.lock()?.mapped_bytes(name)
     }
 
     pub fn volumes(&self) -> VolumeResult<Vec<VolumeInfo>> {
@@ -403,7 +516,7 @@ impl Volume {
                 "read is not whole blocks".into(),
             ));
         }
-        let state = self.pool.lock()?;
+        let mut state = self.pool.lock()?;
         for (i, block) in buf.chunks_exact_mut(BLOCK_SIZE).enumerate() {
             state.read_block(
                 self.id,

@@ -12,7 +12,7 @@
 //! manager only ever dirties blocks allocated in the running transaction,
 //! which nothing durable refers to.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::{le_u32, le_u64, MetaError, MetaResult, META_BLOCK};
@@ -83,6 +83,8 @@ pub struct BlockCache {
     entries: HashMap<u64, Entry>,
     /// Last use → block, oldest first.
     lru: BTreeMap<u64, u64>,
+    /// Dirty blocks, so that a write back costs what was dirtied.
+    dirty: BTreeSet<u64>,
     tick: u64,
     stats: CacheStats,
 }
@@ -100,6 +102,7 @@ impl BlockCache {
             capacity,
             entries: HashMap::new(),
             lru: BTreeMap::new(),
+            dirty: BTreeSet::new(),
             tick: 0,
             stats: CacheStats::default(),
         })
@@ -120,6 +123,11 @@ impl BlockCache {
 
     pub fn resident(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Dirty blocks resident (what the next write back writes).
+    pub fn dirty(&self) -> usize {
+        self.dirty.len()
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -186,6 +194,9 @@ impl BlockCache {
         if let Some(old) = self.entries.insert(number, entry) {
             self.lru.remove(&old.tick);
         }
+        if dirty {
+            self.dirty.insert(number);
+        }
         self.lru.insert(self.tick, number);
         let evicted = self.evict();
         self.stats.peak_resident = self.stats.peak_resident.max(self.entries.len());
@@ -201,6 +212,7 @@ impl BlockCache {
                 continue;
             };
             self.stats.evictions += 1;
+            self.dirty.remove(&number);
             if entry.dirty {
                 self.store(number, &entry.data)?;
             }
@@ -218,14 +230,7 @@ impl BlockCache {
 
     /// Writes every dirty block (in block order); does not flush.
     pub fn write_back(&mut self) -> MetaResult<()> {
-        let mut dirty: Vec<u64> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.dirty)
-            .map(|(n, _)| *n)
-            .collect();
-        dirty.sort_unstable();
-        for number in dirty {
+        for number in std::mem::take(&mut self.dirty) {
             let Some(data) = self.entries.get(&number).map(|e| e.data.clone()) else {
                 continue;
             };
@@ -241,6 +246,7 @@ impl BlockCache {
     pub fn clear(&mut self) {
         self.entries.clear();
         self.lru.clear();
+        self.dirty.clear();
     }
 }
 

@@ -41,6 +41,33 @@ pub enum ValueKind {
     /// The first 8 bytes are a data block number whose reference count
     /// (in the data space map) the tree holds one of per entry.
     DataBlock,
+    /// The first 8 bytes name something the tree holds one reference on
+    /// per entry, counted by the owner through
+    /// [`TransactionManager::value_ref`].
+    Counted,
+}
+
+impl ValueKind {
+    fn counts(self) -> bool {
+        self != ValueKind::Plain
+    }
+}
+
+/// Takes (`by` = 1) or drops (`by` = -1) an entry's reference on what its
+/// value names.
+fn value_ref(
+    tm: &mut TransactionManager,
+    kind: ValueKind,
+    value: &[u8],
+    by: i64,
+) -> MetaResult<()> {
+    let named = le_u64(value, 0);
+    match (kind, by > 0) {
+        (ValueKind::Plain, _) => Ok(()),
+        (ValueKind::DataBlock, true) => tm.inc_data(named),
+        (ValueKind::DataBlock, false) => tm.dec_data(named).map(|_| ()),
+        (ValueKind::Counted, _) => tm.value_ref(named, by),
+    }
 }
 
 /// The shape of a tree: its value size and kind, and at most how many
@@ -60,7 +87,7 @@ impl TreeInfo {
 
     /// As [`TreeInfo::new`], with at most `max_entries` per node.
     pub fn with_fanout(value_size: usize, kind: ValueKind, max_entries: usize) -> MetaResult<Self> {
-        if value_size == 0 || (kind == ValueKind::DataBlock && value_size < 8) {
+        if value_size == 0 || (kind.counts() && value_size < 8) {
             return Err(MetaError::InvalidArgument(format!(
                 "bad B-tree value size {value_size}"
             )));
@@ -182,9 +209,17 @@ impl Node {
         self.keys.partition_point(|k| *k <= key).saturating_sub(1)
     }
 
-    /// Moves the upper half into a new node.
-    fn split(&mut self) -> Node {
-        let half = self.len() / 2;
+    /// Moves the upper half into a new node; for a key past every key of
+    /// the node (ascending ids, appends), only the last entry, so that
+    /// trees filled in key order end up with full nodes, not half-full
+    /// ones.
+    fn split(&mut self, key: u64) -> Node {
+        let appending = self.keys.last().is_some_and(|&last| key > last);
+        let half = if appending {
+            self.len() - 1
+        } else {
+            self.len() / 2
+        };
         Node {
             leaf: self.leaf,
             value_size: self.value_size,
@@ -209,8 +244,8 @@ fn reference_children(tm: &mut TransactionManager, info: &TreeInfo, node: &Node)
     for i in 0..node.len() {
         if !node.leaf {
             tm.inc(node.child(i))?;
-        } else if info.kind == ValueKind::DataBlock {
-            tm.inc_data(le_u64(node.value(i), 0))?;
+        } else {
+            value_ref(tm, info.kind, node.value(i), 1)?;
         }
     }
     Ok(())
@@ -295,7 +330,7 @@ pub fn insert(
     let (root, mut node) = shadow_node(tm, info, root)?;
     if node.full() {
         // The root splits in place: its halves move to two new blocks.
-        let right = node.split();
+        let right = node.split(key);
         let (left_block, right_block) = (tm.new_block()?, tm.new_block()?);
         write_node(tm, left_block, &node)?;
         write_node(tm, right_block, &right)?;
@@ -309,12 +344,10 @@ pub fn insert(
         if node.leaf {
             match node.keys.binary_search(&key) {
                 Ok(i) => {
-                    let old = le_u64(node.value(i), 0);
+                    let old = node.value(i).to_vec();
                     node.set_value(i, value);
                     write_node(tm, block, &node)?;
-                    if info.kind == ValueKind::DataBlock {
-                        tm.dec_data(old)?;
-                    }
+                    value_ref(tm, info.kind, &old, -1)?;
                 }
                 Err(i) => {
                     node.insert_at(i, key, value);
@@ -331,7 +364,7 @@ pub fn insert(
         node.set_value(i, &child_block.to_le_bytes());
         let mut next_block = child_block;
         if child.full() {
-            let right = child.split();
+            let right = child.split(key);
             let right_block = tm.new_block()?;
             write_node(tm, right_block, &right)?;
             node.insert_at(i + 1, right.keys[0], &right_block.to_le_bytes());
@@ -379,9 +412,7 @@ pub fn remove(
         .binary_search(&key)
         .map_err(|_| MetaError::Corrupt("key vanished during remove".into()))?;
     let removed = node.remove_at(i);
-    if info.kind == ValueKind::DataBlock {
-        tm.dec_data(le_u64(&removed, 0))?;
-    }
+    value_ref(tm, info.kind, &removed, -1)?;
     // Write back up the path: an empty node leaves its parent, and a node
     // under a quarter full merges with a sibling when both fit in one.
     let mut emptied = node.len() == 0;
@@ -514,8 +545,8 @@ pub fn release(tm: &mut TransactionManager, info: &TreeInfo, root: u64) -> MetaR
         for i in 0..node.len() {
             if !node.leaf {
                 pending.push(node.child(i));
-            } else if info.kind == ValueKind::DataBlock {
-                tm.dec_data(le_u64(node.value(i), 0))?;
+            } else {
+                value_ref(tm, info.kind, node.value(i), -1)?;
             }
         }
     }
@@ -537,10 +568,8 @@ pub fn release_node(
         return Ok(Vec::new());
     }
     if node.leaf {
-        if info.kind == ValueKind::DataBlock {
-            for i in 0..node.len() {
-                tm.dec_data(le_u64(node.value(i), 0))?;
-            }
+        for i in 0..node.len() {
+            value_ref(tm, info.kind, node.value(i), -1)?;
         }
         return Ok(Vec::new());
     }
@@ -568,7 +597,7 @@ pub fn for_each_node(
         } else {
             (0..node.len()).map(|i| node.child(i)).collect()
         };
-        let data: Vec<u64> = if node.leaf && info.kind == ValueKind::DataBlock {
+        let data: Vec<u64> = if node.leaf && info.kind.counts() {
             (0..node.len()).map(|i| le_u64(node.value(i), 0)).collect()
         } else {
             Vec::new()

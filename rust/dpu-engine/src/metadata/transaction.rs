@@ -31,10 +31,11 @@ pub const SUPERBLOCK_MAGIC: u32 = u32::from_le_bytes(*b"DPMs");
 /// Superblock slots: metadata blocks 0 and 1.
 pub const SUPERBLOCKS: u64 = 2;
 /// Roots a caller can keep in the superblock.
-pub const ROOTS: usize = 8;
+pub const ROOTS: usize = 16;
 /// The smallest metadata area.
 pub const MIN_META_BLOCKS: u64 = 16;
-const VERSION: u64 = 1;
+/// Version 2: sixteen root slots and the used-block counts.
+const VERSION: u64 = 2;
 
 // Superblock fields (after the 16-byte block header).
 const SB_VERSION: usize = 16;
@@ -44,6 +45,14 @@ const SB_DATA_BLOCKS: usize = 40;
 const SB_META_SM: usize = 48;
 const SB_DATA_SM: usize = 56;
 const SB_ROOTS: usize = 64;
+const SB_META_USED: usize = SB_ROOTS + 8 * ROOTS;
+const SB_DATA_USED: usize = SB_META_USED + 8;
+
+/// What a B-tree of [`super::btree::ValueKind::Counted`] values calls to
+/// take (`by` = 1) or drop (`by` = -1) the reference an entry holds on
+/// what its value names; the owner of such trees installs it with
+/// [`TransactionManager::set_value_refs`].
+pub type ValueRefs = fn(&mut TransactionManager, u64, i64) -> MetaResult<()>;
 
 /// What the running transaction has changed, for memory accounting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,6 +83,12 @@ pub struct TransactionManager {
     data_cursor: u64,
     /// A flush or superblock write failed: the media's state is unknown.
     failed: bool,
+    /// Metadata blocks with a nonzero committed count.
+    meta_used: u64,
+    /// Data blocks with a nonzero count (freed ones leave at once; they
+    /// stay unusable until the commit through `data_freed`).
+    data_used: u64,
+    value_refs: Option<ValueRefs>,
 }
 
 impl TransactionManager {
@@ -93,6 +108,9 @@ impl TransactionManager {
             meta_cursor: SUPERBLOCKS,
             data_cursor: 0,
             failed: false,
+            meta_used: 0,
+            data_used: 0,
+            value_refs: None,
         }
     }
 
@@ -103,8 +121,24 @@ impl TransactionManager {
         cache_blocks: usize,
         data_blocks: u64,
     ) -> MetaResult<Self> {
+        let meta_blocks = media.size() / META_BLOCK as u64;
+        Self::format_area(media, cache_blocks, meta_blocks, data_blocks)
+    }
+
+    /// As [`TransactionManager::format`], with the metadata in the first
+    /// `meta_blocks` blocks of `media` only (the rest is the owner's).
+    pub fn format_area(
+        media: Arc<dyn Media>,
+        cache_blocks: usize,
+        meta_blocks: u64,
+        data_blocks: u64,
+    ) -> MetaResult<Self> {
         let cache = BlockCache::new(media.clone(), cache_blocks)?;
-        let meta_blocks = cache.blocks();
+        if meta_blocks > cache.blocks() {
+            return Err(MetaError::InvalidArgument(format!(
+                "a metadata area of {meta_blocks} blocks does not fit the media"
+            )));
+        }
         if meta_blocks < MIN_META_BLOCKS {
             return Err(MetaError::InvalidArgument(format!(
                 "a metadata area needs at least {MIN_META_BLOCKS} blocks"
@@ -154,6 +188,13 @@ impl TransactionManager {
         tm.generation = le_u64(&sb, SB_GENERATION);
         tm.meta_sm = le_u64(&sb, SB_META_SM);
         tm.data_sm = le_u64(&sb, SB_DATA_SM);
+        tm.meta_used = le_u64(&sb, SB_META_USED);
+        tm.data_used = le_u64(&sb, SB_DATA_USED);
+        if tm.meta_used > meta_blocks || tm.data_used > tm.data_blocks {
+            return Err(MetaError::Corrupt(
+                "superblock block counts out of range".into(),
+            ));
+        }
         for (i, root) in tm.roots.iter_mut().enumerate() {
             *root = le_u64(&sb, SB_ROOTS + 8 * i);
         }
@@ -201,6 +242,51 @@ impl TransactionManager {
             .ok_or_else(|| MetaError::InvalidArgument(format!("no root slot {slot}")))?;
         *r = root;
         Ok(())
+    }
+
+    /// Installs the hook [`super::btree::ValueKind::Counted`] trees call.
+    pub fn set_value_refs(&mut self, hook: ValueRefs) {
+        self.value_refs = Some(hook);
+    }
+
+    /// Takes (`by` = 1) or drops (`by` = -1) a counted value's reference
+    /// through the installed hook.
+    pub fn value_ref(&mut self, value: u64, by: i64) -> MetaResult<()> {
+        let hook = self.value_refs.ok_or_else(|| {
+            MetaError::InvalidArgument("a counted B-tree without a reference hook".into())
+        })?;
+        hook(self, value, by)
+    }
+
+    /// Metadata blocks that can be allocated now: neither used by the
+    /// committed state nor allocated in this transaction (blocks freed in
+    /// this transaction count as used until the commit).
+    pub fn free_meta_blocks(&self) -> u64 {
+        self.meta_blocks
+            .saturating_sub(self.meta_used)
+            .saturating_sub(self.allocated.len() as u64)
+    }
+
+    /// Metadata blocks in use by the committed state.
+    pub fn meta_used(&self) -> u64 {
+        self.meta_used
+    }
+
+    /// Data blocks that can be allocated now.
+    pub fn free_data_blocks(&self) -> u64 {
+        self.data_blocks
+            .saturating_sub(self.data_used)
+            .saturating_sub(self.data_freed.len() as u64)
+    }
+
+    /// Data blocks with a nonzero count.
+    pub fn data_used(&self) -> u64 {
+        self.data_used
+    }
+
+    /// Data blocks freed in this transaction, free after the commit.
+    pub fn data_pending_free(&self) -> u64 {
+        self.data_freed.len() as u64
     }
 
     pub fn cache_stats(&self) -> CacheStats {
@@ -355,8 +441,14 @@ impl TransactionManager {
         space_map::get(self, self.data_sm, self.data_blocks, block)
     }
 
-    fn set_data_count(&mut self, block: u64, count: u32) -> MetaResult<()> {
+    /// Sets a data block's count; `old` is its count before.
+    fn set_data_count(&mut self, block: u64, old: u32, count: u32) -> MetaResult<()> {
         self.data_sm = space_map::set(self, self.data_sm, self.data_blocks, block, count)?;
+        match (old, count) {
+            (0, c) if c > 0 => self.data_used += 1,
+            (o, 0) if o > 0 => self.data_used = self.data_used.saturating_sub(1),
+            _ => {}
+        }
         Ok(())
     }
 
@@ -382,7 +474,7 @@ impl TransactionManager {
             if self.data_freed.contains(&block) {
                 continue;
             }
-            self.set_data_count(block, 1)?;
+            self.set_data_count(block, 0, 1)?;
             self.data_cursor = block + 1;
             return Ok(block);
         }
@@ -391,21 +483,21 @@ impl TransactionManager {
     /// Takes a reference on data block `block`.
     pub fn inc_data(&mut self, block: u64) -> MetaResult<()> {
         self.usable()?;
-        let count = self.data_count(block)?;
-        let count = count
+        let old = self.data_count(block)?;
+        let count = old
             .checked_add(1)
             .ok_or(MetaError::TooManyReferences(block))?;
-        self.set_data_count(block, count)
+        self.set_data_count(block, old, count)
     }
 
     /// Drops a reference on data block `block`; true if it was the last.
     pub fn dec_data(&mut self, block: u64) -> MetaResult<bool> {
         self.usable()?;
-        let count = self.data_count(block)?;
-        let count = count.checked_sub(1).ok_or_else(|| {
+        let old = self.data_count(block)?;
+        let count = old.checked_sub(1).ok_or_else(|| {
             MetaError::Corrupt(format!("data block {block}: reference count below zero"))
         })?;
-        self.set_data_count(block, count)?;
+        self.set_data_count(block, old, count)?;
         if count == 0 {
             self.data_freed.insert(block);
         }
@@ -434,6 +526,11 @@ impl TransactionManager {
             let value = u32::try_from(i64::from(stored) + delta)
                 .map_err(|_| MetaError::Corrupt(format!("block {block}: count out of range")))?;
             self.meta_sm = space_map::set(self, self.meta_sm, self.meta_blocks, block, value)?;
+            match (stored, value) {
+                (0, v) if v > 0 => self.meta_used += 1,
+                (s, 0) if s > 0 => self.meta_used = self.meta_used.saturating_sub(1),
+                _ => {}
+            }
             let left = self.deltas.entry(block).or_default();
             *left -= delta;
             if *left == 0 {
@@ -454,6 +551,8 @@ impl TransactionManager {
         for (i, root) in self.roots.iter().enumerate() {
             put_u64(&mut sb, SB_ROOTS + 8 * i, *root);
         }
+        put_u64(&mut sb, SB_META_USED, self.meta_used);
+        put_u64(&mut sb, SB_DATA_USED, self.data_used);
         // The slot alternates: the other one keeps the previous commit
         // until this one is durable.
         let slot = generation % SUPERBLOCKS;

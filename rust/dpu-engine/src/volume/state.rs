@@ -57,12 +57,12 @@ struct PackCursor {
 /// before taking the pool lock, so that several writers compress and hash
 /// in parallel.
 pub(crate) struct Prepared<'a> {
-    data: &'a [u8],
-    services: Services,
-    keyed: bool,
-    zero: bool,
-    fingerprint: Option<[u8; 32]>,
-    compressed: Option<Vec<u8>>,
+    pub(super) data: &'a [u8],
+    pub(super) services: Services,
+    pub(super) keyed: bool,
+    pub(super) zero: bool,
+    pub(super) fingerprint: Option<[u8; 32]>,
+    pub(super) compressed: Option<Vec<u8>>,
 }
 
 impl<'a> Prepared<'a> {
@@ -1635,7 +1635,7 @@ fn too_many_references(rid: u64) -> VolumeError {
     ))
 }
 
-fn ratio(logical: u64, physical: u64) -> f64 {
+pub(super) fn ratio(logical: u64, physical: u64) -> f64 {
     if physical == 0 {
         if logical == 0 {
             1.0

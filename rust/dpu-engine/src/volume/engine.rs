@@ -1,0 +1,171 @@
+//! The pool's state in either metadata format, behind one interface.
+
+use std::sync::Arc;
+
+use super::crypt::{Cipher, VolumeKey};
+use super::paged::{PagedOptions, PagedState};
+use super::state::{OpenedVolume, PoolState, Prepared};
+use super::{PoolStats, Services, VolumeError, VolumeInfo, VolumeStats, BLOCK_SIZE};
+use crate::media::Media;
+use crate::metadata::transaction::SUPERBLOCK_MAGIC;
+
+pub(crate) enum Engine {
+    InMemory(Box<PoolState>),
+    Paged(Box<PagedState>),
+}
+
+/// Calls the same method on whichever state the pool has.
+macro_rules! both {
+    ($self:expr, $s:ident => $call:expr) => {
+        match $self {
+            Engine::InMemory($s) => $call,
+            Engine::Paged($s) => $call,
+        }
+    };
+}
+
+impl Engine {
+    /// Opens the pool on `media` in the format its superblocks say.
+    pub(crate) fn open(media: Arc<dyn Media>, options: &PagedOptions) -> Result<Self, VolumeError> {
+        match PoolState::open(media.clone()) {
+            Err(VolumeError::NotFormatted) => {}
+            other => return other.map(|s| Engine::InMemory(Box::new(s))),
+        }
+        // No format 1 superblock: a paged pool's superblocks start with
+        // the metadata magic; without one the media holds no pool.
+        let mut paged = false;
+        for slot in 0..2u64 {
+            let mut block = vec![0u8; BLOCK_SIZE];
+            media.read_at(slot * BLOCK_SIZE as u64, &mut block)?;
+            paged |= block[..4] == SUPERBLOCK_MAGIC.to_le_bytes();
+        }
+        if !paged {
+            return Err(VolumeError::NotFormatted);
+        }
+        let state = PagedState::open(media, options).map_err(|e| match e {
+            VolumeError::Corrupt(why) => {
+                VolumeError::Corrupt(format!("paged pool (format 2) does not open: {why}"))
+            }
+            e => e,
+        })?;
+        Ok(Engine::Paged(Box::new(state)))
+    }
+
+    pub(crate) fn create_volume(
+        &mut self,
+        name: &str,
+        size_bytes: u64,
+        services: Services,
+        key: Option<&VolumeKey>,
+    ) -> Result<(), VolumeError> {
+        both!(self, s => s.create_volume(name, size_bytes, services, key))
+    }
+
+    pub(crate) fn open_volume(
+        &self,
+        name: &str,
+        key: Option<&VolumeKey>,
+    ) -> Result<OpenedVolume, VolumeError> {
+        both!(self, s => s.open_volume(name, key))
+    }
+
+    pub(crate) fn snapshot(&mut self, origin: &str, name: &str) -> Result<(), VolumeError> {
+        both!(self, s => s.snapshot(origin, name))
+    }
+
+    pub(crate) fn clone_snapshot(&mut self, snapshot: &str, name: &str) -> Result<(), VolumeError> {
+        both!(self, s => s.clone_snapshot(snapshot, name))
+    }
+
+    pub(crate) fn revert(&mut self, volume: &str, snapshot: &str) -> Result<(), VolumeError> {
+        both!(self, s => s.revert(volume, snapshot))
+    }
+
+    pub(crate) fn resize(&mut self, name: &str, size_bytes: u64) -> Result<(), VolumeError> {
+        both!(self, s => s.resize(name, size_bytes))
+    }
+
+    pub(crate) fn delete(&mut self, name: &str) -> Result<(), VolumeError> {
+        both!(self, s => s.delete(name))
+    }
+
+    pub(crate) fn grow(&mut self) -> Result<u64, VolumeError> {
+        both!(self, s => s.grow())
+    }
+
+    pub(crate) fn flush(&mut self) -> Result<(), VolumeError> {
+        both!(self, s => s.flush())
+    }
+
+    pub(crate) fn set_write_cache(&mut self, enabled: bool) {
+        both!(self, s => s.set_write_cache(enabled))
+    }
+
+    pub(crate) fn write_cache(&self) -> bool {
+        both!(self, s => s.write_cache())
+    }
+
+    pub(crate) fn volume_infos(&self) -> Vec<VolumeInfo> {
+        both!(self, s => s.volume_infos())
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        both!(self, s => s.stats())
+    }
+
+    pub(crate) fn volume_stats(&mut self, name: &str) -> Result<VolumeStats, VolumeError> {
+        both!(self, s => s.volume_stats(name))
+    }
+
+    pub(crate) fn mapped_bytes(&mut self, name: &str) -> Result<u64, VolumeError> {
+        match self {
+            Engine::InMemory(s) => s.volume_stats(name).map(|v| v.mapped_bytes),
+            Engine::Paged(s) => s.mapped_bytes(name),
+        }
+    }
+
+    pub(crate) fn check(&mut self) -> Result<(), VolumeError> {
+        both!(self, s => s.check())
+    }
+
+    pub(crate) fn size_blocks(&self, id: u32) -> Result<u64, VolumeError> {
+        both!(self, s => s.size_blocks(id))
+    }
+
+    pub(crate) fn write_block(
+        &mut self,
+        vol: u32,
+        lba: u64,
+        block: &Prepared<'_>,
+        cipher: Option<&Cipher>,
+    ) -> Result<(), VolumeError> {
+        both!(self, s => s.write_block(vol, lba, block, cipher))
+    }
+
+    pub(crate) fn complete_write(&mut self) -> Result<(), VolumeError> {
+        both!(self, s => s.complete_write())
+    }
+
+    pub(crate) fn read_block(
+        &mut self,
+        vol: u32,
+        lba: u64,
+        out: &mut [u8],
+        cipher: Option<&Cipher>,
+    ) -> Result<(), VolumeError> {
+        both!(self, s => s.read_block(vol, lba, out, cipher))
+    }
+
+    pub(crate) fn discard(&mut self, vol: u32, lba: u64, count: u64) -> Result<(), VolumeError> {
+        both!(self, s => s.discard(vol, lba, count))
+    }
+
+    /// The format 1 state (tests that damage it on purpose).
+    #[cfg(test)]
+    pub(crate) fn in_memory(&mut self) -> Option<&mut PoolState> {
+        match self {
+            Engine::InMemory(s) => Some(s),
+            Engine::Paged(_) => None,
+        }
+    }
+}

@@ -1,0 +1,1201 @@
+//! The paged pool (format 2): every volume's map, the records and their
+//! reference counts, the dedup index and both space maps live on the
+//! media in copy-on-write B-trees ([`crate::metadata`]), paged through a
+//! cache of a fixed number of blocks. Only the catalog (volume names and
+//! sizes, a few hundred bytes per volume) is kept in memory.
+//!
+//! Layout: the first blocks of the media are the metadata area (its
+//! superblock pair at blocks 0 and 1), the rest is the data area. The
+//! superblock's root slots (see [`slots`]) hold the trees' roots and a few
+//! counters. A snapshot or clone shares its origin's mapping root (one
+//! reference count increment); the first write through either copies the
+//! path it changes. A deleted volume's root goes to the deferred tree in
+//! O(1) and [`PagedState::release_step`] frees it a bounded number of
+//! nodes at a time.
+//!
+//! Crash consistency is the transaction manager's: nothing the committed
+//! state refers to is written before the next superblock is durable.
+//! Data blocks and metadata blocks freed in the running transaction are
+//! reusable only after its commit, new data goes to blocks free in the
+//! committed state, and a commit writes the dirty metadata, flushes
+//! (which also makes the data durable), writes the other superblock slot
+//! and flushes again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use super::crypt::{Cipher, VolumeKey};
+use super::reduce::{decompress, Compression, UNIT, UNITS_PER_BLOCK};
+use super::state::{ratio, OpenedVolume, Prepared};
+use super::{PoolStats, Services, VolumeError, VolumeInfo, VolumeKind, VolumeStats, BLOCK_SIZE};
+use crate::media::{Media, MediaError};
+use crate::metadata::btree::{self, TreeInfo, ValueKind};
+use crate::metadata::transaction::TransactionManager;
+use crate::metadata::{MetaError, META_BLOCK};
+
+mod catalog;
+mod check;
+mod records;
+
+use catalog::{DomainEntry, VolumeEntry, MAX_NAME};
+use records::{index_key, mapping_info, RecordEntry, ZERO_ENTRY};
+
+const BS: u64 = BLOCK_SIZE as u64;
+
+/// Root slots of the superblock.
+pub(crate) mod slots {
+    /// Volume id → catalog entry.
+    pub const CATALOG: usize = 0;
+    /// Key domain id → encryption check value.
+    pub const DOMAINS: usize = 1;
+    /// Record id → record.
+    pub const RECORDS: usize = 2;
+    /// Folded fingerprint → record id.
+    pub const INDEX: usize = 3;
+    /// Mapping node → references still to drop (deleted volumes).
+    pub const DEFERRED: usize = 4;
+    /// End of the record id lease (a value, not a tree).
+    pub const LEASE: usize = 5;
+    /// The next volume id (a value).
+    pub const NEXT_VOLUME: usize = 6;
+    /// The packed block being filled: (block + 1) << 16 | next unit, or 0.
+    pub const PACK: usize = 7;
+    /// Stored bytes of all records (a value).
+    pub const STORED: usize = 8;
+    /// Data blocks holding packed records (a value).
+    pub const PACKED: usize = 9;
+    /// The pool format tag (a value): [`super::FORMAT_TAG`].
+    pub const FORMAT: usize = 15;
+}
+
+use slots::*;
+
+/// Slot [`slots::FORMAT`] of a paged pool: "DPUPOOL" and format 2. A pool
+/// of another format is refused with a clear error.
+pub(crate) const FORMAT_TAG: u64 = u64::from_le_bytes(*b"DPUPOOL\x02");
+
+/// Record ids leased per commit (see the in-memory pool's lease).
+const RECORD_LEASE: u64 = 1 << 16;
+/// The smallest metadata area.
+const MIN_META_BLOCKS: u64 = 64;
+/// The smallest data area.
+const MIN_DATA_BLOCKS: u64 = 8;
+/// Deferred mapping nodes a flush releases on its way.
+const FLUSH_RELEASE_BUDGET: usize = 64;
+
+/// The smallest metadata cache: what one operation touches at once.
+pub const MIN_CACHE_BYTES: usize = 64 * META_BLOCK;
+
+/// How a paged pool is formatted and opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PagedOptions {
+    /// Bytes of metadata blocks kept in memory (the cache's bound).
+    pub cache_bytes: usize,
+    /// Percent of the media the metadata area takes when a pool is
+    /// formatted (fixed from then on). About 150 bytes of metadata per
+    /// distinct 4 KiB block written, so the default of 6 % fits raw data
+    /// with room for snapshots' copied paths; compression packs more
+    /// records per block and wants more.
+    pub metadata_percent: u8,
+}
+
+impl Default for PagedOptions {
+    fn default() -> Self {
+        PagedOptions {
+            cache_bytes: 256 << 20,
+            metadata_percent: 6,
+        }
+    }
+}
+
+impl PagedOptions {
+    fn cache_blocks(&self) -> Result<usize, VolumeError> {
+        if self.cache_bytes < MIN_CACHE_BYTES {
+            return Err(VolumeError::InvalidArgument(format!(
+                "a metadata cache of {} bytes is below the minimum of {MIN_CACHE_BYTES}",
+                self.cache_bytes
+            )));
+        }
+        Ok(self.cache_bytes / META_BLOCK)
+    }
+}
+
+/// The pack cursor: the packed block being filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pack {
+    block: u64,
+    next_unit: usize,
+}
+
+fn decode_pack(slot: u64) -> Option<Pack> {
+    (slot != 0).then(|| Pack {
+        block: (slot >> 16) - 1,
+        next_unit: (slot & 0xffff) as usize,
+    })
+}
+
+fn encode_pack(pack: Option<Pack>) -> u64 {
+    pack.map_or(0, |p| ((p.block + 1) << 16) | p.next_unit as u64)
+}
+
+pub(crate) struct PagedState {
+    media: Arc<dyn Media>,
+    tm: TransactionManager,
+    /// First block of the data area.
+    data_start: u64,
+    volumes: BTreeMap<u32, VolumeEntry>,
+    domains: BTreeMap<u32, DomainEntry>,
+    /// Catalog entries changed since the last commit.
+    dirty_volumes: BTreeSet<u32>,
+    removed_volumes: BTreeSet<u32>,
+    /// Anything changed since the last commit.
+    dirty: bool,
+    /// An error stopped a change half way or a commit failed: which state
+    /// the media holds is known again only after reopening.
+    failed: bool,
+    next_rid: u64,
+    write_cache: bool,
+    /// Metadata blocks an operation may need at most (checked before it
+    /// starts, so that a full metadata area fails it cleanly).
+    reserve: u64,
+    /// A transaction that allocated this many metadata blocks is
+    /// committed after the operation, which bounds its bookkeeping.
+    commit_after: usize,
+}
+
+impl PagedState {
+    /// Formats `media` as an empty paged pool.
+    pub(crate) fn format(
+        media: Arc<dyn Media>,
+        options: &PagedOptions,
+    ) -> Result<Self, VolumeError> {
+        let cache = options.cache_blocks()?;
+        if !(1..=90).contains(&options.metadata_percent) {
+            return Err(VolumeError::InvalidArgument(format!(
+                "a metadata area of {} % is outside 1..=90 %",
+                options.metadata_percent
+            )));
+        }
+        let blocks = media.size() / BS;
+        let meta_blocks = (blocks * u64::from(options.metadata_percent) / 100).max(MIN_META_BLOCKS);
+        if blocks < meta_blocks + MIN_DATA_BLOCKS {
+            return Err(VolumeError::InvalidArgument(format!(
+                "media of {} bytes is too small for a paged pool",
+                media.size()
+            )));
+        }
+        let mut tm = TransactionManager::format_area(
+            media.clone(),
+            cache,
+            meta_blocks,
+            blocks - meta_blocks,
+        )?;
+        tm.set_value_refs(records::record_ref);
+        catalog::format(&mut tm)?;
+        for (slot, info) in [
+            (RECORDS, records::records_info()?),
+            (INDEX, records::index_info()?),
+            (DEFERRED, deferred_info()?),
+        ] {
+            let root = btree::empty(&mut tm, &info)?;
+            tm.set_root(slot, root)?;
+        }
+        tm.set_root(LEASE, RECORD_LEASE)?;
+        tm.set_root(NEXT_VOLUME, 0)?;
+        tm.set_root(FORMAT, FORMAT_TAG)?;
+        tm.commit()?;
+        PagedState::from_tm(media, tm)
+    }
+
+    /// Opens the paged pool on `media`: reads the superblock, the catalog
+    /// and nothing else.
+    pub(crate) fn open(media: Arc<dyn Media>, options: &PagedOptions) -> Result<Self, VolumeError> {
+        let cache = options.cache_blocks()?;
+        let mut tm = TransactionManager::open(media.clone(), cache)?;
+        if tm.root(FORMAT) != FORMAT_TAG {
+            return Err(VolumeError::Corrupt(format!(
+                "metadata of unknown pool format {:#x}",
+                tm.root(FORMAT)
+            )));
+        }
+        tm.set_value_refs(records::record_ref);
+        PagedState::from_tm(media, tm)
+    }
+
+    fn from_tm(media: Arc<dyn Media>, mut tm: TransactionManager) -> Result<Self, VolumeError> {
+        let data_start = tm.meta_blocks();
+        if data_start.saturating_add(tm.data_blocks()) > media.size() / BS {
+            return Err(VolumeError::Corrupt(
+                "the pool's data area does not fit the media".into(),
+            ));
+        }
+        let volumes = catalog::load_volumes(&mut tm)?;
+        let domains = catalog::load_domains(&mut tm)?;
+        // The plaintext domain 0 is implicit; the tree holds keyed ones.
+        if domains.contains_key(&0) {
+            return Err(VolumeError::Corrupt("plaintext domain damaged".into()));
+        }
+        let capacity = tm.cache_capacity();
+        let reserve = (tm.meta_blocks() / 8).clamp(16, 4096);
+        let next_rid = tm.root(LEASE);
+        let mut state = PagedState {
+            media,
+            tm,
+            data_start,
+            volumes,
+            domains,
+            dirty_volumes: BTreeSet::new(),
+            removed_volumes: BTreeSet::new(),
+            dirty: false,
+            failed: false,
+            next_rid,
+            write_cache: true,
+            reserve,
+            commit_after: (capacity / 2).max(16),
+        };
+        state.domains.entry(0).or_insert(DomainEntry {
+            encrypted: false,
+            check_value: [0; super::crypt::CHECK_VALUE_LEN],
+        });
+        Ok(state)
+    }
+
+    fn usable(&self) -> Result<(), VolumeError> {
+        if self.failed {
+            return Err(VolumeError::Media(MediaError::Unrecoverable(
+                "a metadata update failed; reopen the pool".into(),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Passes `result` on; an error fails the pool, since it may have
+    /// stopped a change half way (callers check what they can before).
+    fn changing<T>(&mut self, result: Result<T, VolumeError>) -> Result<T, VolumeError> {
+        if result.is_err() {
+            self.failed = true;
+            self.tm.fail();
+        }
+        self.dirty = true;
+        result
+    }
+
+    /// The metadata cache's statistics and bound.
+    pub(crate) fn cache_report(&self) -> super::CacheReport {
+        let stats = self.tm.cache_stats();
+        super::CacheReport {
+            capacity_blocks: self.tm.cache_capacity(),
+            resident_blocks: self.tm.cache_resident(),
+            peak_resident_blocks: stats.peak_resident,
+            blocks_read: stats.reads,
+            blocks_written: stats.writes,
+        }
+    }
+
+    /// Makes the current state durable: catalog entries, then the
+    /// transaction manager's commit.
+    pub(crate) fn commit(&mut self) -> Result<(), VolumeError> {
+        self.usable()?;
+        let result = self.try_commit();
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    fn try_commit(&mut self) -> Result<(), VolumeError> {
+        for id in std::mem::take(&mut self.removed_volumes) {
+            catalog::remove_volume(&mut self.tm, id)?;
+        }
+        for id in std::mem::take(&mut self.dirty_volumes) {
+            if let Some(v) = self.volumes.get(&id) {
+                catalog::put_volume(&mut self.tm, id, v)?;
+            }
+        }
+        self.tm.commit()?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Whether the pool can start an operation that takes up to `data`
+    /// data blocks: commits (which frees what this transaction freed) and
+    /// releases deferred deletes when that helps, else `NoSpace` before
+    /// anything changed.
+    fn ensure_room(&mut self, data: u64) -> Result<(), VolumeError> {
+        let fits =
+            |s: &Self| s.tm.free_meta_blocks() >= s.reserve && s.tm.free_data_blocks() >= data;
+        if fits(self) {
+            return Ok(());
+        }
+        if self.dirty {
+            self.commit()?;
+            if fits(self) {
+                return Ok(());
+            }
+        }
+        while self.has_deferred()? {
+            self.release_step(FLUSH_RELEASE_BUDGET)?;
+            self.commit()?;
+            if fits(self) {
+                return Ok(());
+            }
+        }
+        Err(VolumeError::NoSpace)
+    }
+
+    /// Commits a transaction that grew large (bounding its bookkeeping and
+    /// the dirty share of the cache).
+    fn after_change(&mut self) -> Result<(), VolumeError> {
+        if self.tm.transaction_stats().allocated >= self.commit_after {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    fn flush_media(&mut self) -> Result<(), VolumeError> {
+        self.media.flush().map_err(|e| {
+            self.failed = true;
+            self.tm.fail();
+            VolumeError::from(e)
+        })
+    }
+
+    /// Makes every completed write durable; also releases a bounded part of
+    /// deferred deletes.
+    pub(crate) fn flush(&mut self) -> Result<(), VolumeError> {
+        self.usable()?;
+        if self.has_deferred()? {
+            self.release_step(FLUSH_RELEASE_BUDGET)?;
+        }
+        if self.dirty {
+            self.commit()
+        } else {
+            self.flush_media()
+        }
+    }
+
+    pub(crate) fn set_write_cache(&mut self, enabled: bool) {
+        self.write_cache = enabled;
+    }
+
+    pub(crate) fn write_cache(&self) -> bool {
+        self.write_cache
+    }
+
+    pub(crate) fn complete_write(&mut self) -> Result<(), VolumeError> {
+        if self.write_cache {
+            Ok(())
+        } else {
+            self.flush()
+        }
+    }
+
+    fn volume(&self, id: u32) -> Result<&VolumeEntry, VolumeError> {
+        self.volumes
+            .get(&id)
+            .ok_or_else(|| VolumeError::NotFound(format!("volume #{id}")))
+    }
+
+    fn find(&self, name: &str) -> Result<u32, VolumeError> {
+        self.volumes
+            .iter()
+            .find(|(_, v)| v.name == name)
+            .map(|(&id, _)| id)
+            .ok_or_else(|| VolumeError::NotFound(name.to_string()))
+    }
+
+    fn check_new_name(&self, name: &str) -> Result<(), VolumeError> {
+        if name.is_empty() || name.len() > MAX_NAME || name.contains(['/', '\0']) {
+            return Err(VolumeError::InvalidArgument(format!(
+                "bad volume name {name:?}"
+            )));
+        }
+        if self.volumes.values().any(|v| v.name == name) {
+            return Err(VolumeError::Exists(name.to_string()));
+        }
+        Ok(())
+    }
+
+    fn domain_cipher<'c>(
+        &self,
+        domain: u32,
+        cipher: Option<&'c Cipher>,
+    ) -> Result<Option<&'c Cipher>, VolumeError> {
+        let encrypted = self.domains.get(&domain).is_some_and(|d| d.encrypted);
+        match (encrypted, cipher) {
+            (true, None) => Err(VolumeError::KeyRequired),
+            (true, Some(c)) => Ok(Some(c)),
+            (false, _) => Ok(None),
+        }
+    }
+
+    fn take_volume_id(&mut self) -> Result<u32, VolumeError> {
+        let id = self.tm.root(NEXT_VOLUME);
+        let id32 = u32::try_from(id)
+            .map_err(|_| VolumeError::InvalidArgument("volume ids exhausted".into()))?;
+        self.tm.set_root(NEXT_VOLUME, id + 1)?;
+        Ok(id32)
+    }
+
+    /// Creates an empty thin volume and commits.
+    pub(crate) fn create_volume(
+        &mut self,
+        name: &str,
+        size_bytes: u64,
+        services: Services,
+        key: Option<&VolumeKey>,
+    ) -> Result<(), VolumeError> {
+        self.usable()?;
+        self.check_new_name(name)?;
+        if size_bytes == 0 || !size_bytes.is_multiple_of(BS) {
+            return Err(VolumeError::InvalidArgument(format!(
+                "volume size {size_bytes} is not a positive multiple of {BLOCK_SIZE}"
+            )));
+        }
+        self.ensure_room(0)?;
+        let result = self.create_inner(name, size_bytes / BS, services, key);
+        self.changing(result)?;
+        self.commit()
+    }
+
+    fn create_inner(
+        &mut self,
+        name: &str,
+        size_blocks: u64,
+        services: Services,
+        key: Option<&VolumeKey>,
+    ) -> Result<(), VolumeError> {
+        let domain = match key {
+            None => 0,
+            Some(key) => {
+                let check_value = key.check_value();
+                let existing = self
+                    .domains
+                    .iter()
+                    .find(|(_, d)| d.encrypted && d.check_value == check_value)
+                    .map(|(&id, _)| id);
+                match existing {
+                    Some(id) => id,
+                    None => {
+                        let id = self.domains.keys().next_back().map_or(1, |&last| last + 1);
+                        let entry = DomainEntry {
+                            encrypted: true,
+                            check_value,
+                        };
+                        catalog::put_domain(&mut self.tm, id, &entry)?;
+                        self.domains.insert(id, entry);
+                        id
+                    }
+                }
+            }
+        };
+        let id = self.take_volume_id()?;
+        let root = btree::empty(&mut self.tm, &mapping_info()?)?;
+        self.volumes.insert(
+            id,
+            VolumeEntry {
+                name: name.to_string(),
+                kind: VolumeKind::Writable,
+                size_blocks,
+                domain,
+                services,
+                parent: None,
+                root,
+                mapped: 0,
+                zeros: 0,
+            },
+        );
+        self.dirty_volumes.insert(id);
+        Ok(())
+    }
+
+    pub(crate) fn open_volume(
+        &self,
+        name: &str,
+        key: Option<&VolumeKey>,
+    ) -> Result<OpenedVolume, VolumeError> {
+        self.usable()?;
+        let id = self.find(name)?;
+        let v = self.volume(id)?;
+        let domain = self
+            .domains
+            .get(&v.domain)
+            .ok_or_else(|| VolumeError::Corrupt(format!("{name}: key domain missing")))?;
+        let cipher = match (domain.encrypted, key) {
+            (false, None) => None,
+            (false, Some(_)) => return Err(VolumeError::NotEncrypted),
+            (true, None) => return Err(VolumeError::KeyRequired),
+            (true, Some(key)) => {
+                if key.check_value() != domain.check_value {
+                    return Err(VolumeError::WrongKey);
+                }
+                Some(Arc::new(Cipher::new(key)?))
+            }
+        };
+        Ok(OpenedVolume {
+            id,
+            kind: v.kind,
+            services: v.services,
+            cipher,
+        })
+    }
+
+    /// Adds a volume sharing `source`'s mapping root (O(1)) and commits.
+    fn add_copy(&mut self, source: &str, name: &str, kind: VolumeKind) -> Result<(), VolumeError> {
+        self.usable()?;
+        self.check_new_name(name)?;
+        let source_id = self.find(source)?;
+        let src = self.volume(source_id)?.clone();
+        if kind == VolumeKind::Writable && src.kind != VolumeKind::Snapshot {
+            return Err(VolumeError::InvalidArgument(format!(
+                "{source} is not a snapshot"
+            )));
+        }
+        if self.tm.count(src.root)? == u32::MAX {
+            return Err(MetaError::TooManyReferences(src.root).into());
+        }
+        self.ensure_room(0)?;
+        let result = (|| {
+            let root = btree::share(&mut self.tm, src.root)?;
+            let id = self.take_volume_id()?;
+            let copy = VolumeEntry {
+                name: name.to_string(),
+                kind,
+                parent: Some(source_id),
+                root,
+                ..src
+            };
+            self.volumes.insert(id, copy);
+            self.dirty_volumes.insert(id);
+            Ok(())
+        })();
+        self.changing(result)?;
+        self.commit()
+    }
+
+    pub(crate) fn snapshot(&mut self, origin: &str, name: &str) -> Result<(), VolumeError> {
+        self.add_copy(origin, name, VolumeKind::Snapshot)
+    }
+
+    pub(crate) fn clone_snapshot(&mut self, snapshot: &str, name: &str) -> Result<(), VolumeError> {
+        self.add_copy(snapshot, name, VolumeKind::Writable)
+    }
+
+    /// Makes writable `volume` share `snapshot`'s root; its old map is
+    /// released in the background.
+    pub(crate) fn revert(&mut self, volume: &str, snapshot: &str) -> Result<(), VolumeError> {
+        self.usable()?;
+        let vol_id = self.find(volume)?;
+        let snap_id = self.find(snapshot)?;
+        let (vol, snap) = (self.volume(vol_id)?.clone(), self.volume(snap_id)?.clone());
+        if vol.kind != VolumeKind::Writable || snap.kind != VolumeKind::Snapshot {
+            return Err(VolumeError::InvalidArgument(format!(
+                "revert needs a writable volume and a snapshot, not {volume} and {snapshot}"
+            )));
+        }
+        if vol.domain != snap.domain {
+            return Err(VolumeError::InvalidArgument(format!(
+                "{volume} and {snapshot} use different keys"
+            )));
+        }
+        if self.tm.count(snap.root)? == u32::MAX {
+            return Err(MetaError::TooManyReferences(snap.root).into());
+        }
+        self.ensure_room(0)?;
+        let result = (|| {
+            let root = btree::share(&mut self.tm, snap.root)?;
+            self.defer(vol.root, 1)?;
+            if let Some(v) = self.volumes.get_mut(&vol_id) {
+                v.root = root;
+                v.size_blocks = snap.size_blocks;
+                v.mapped = snap.mapped;
+                v.zeros = snap.zeros;
+            }
+            self.dirty_volumes.insert(vol_id);
+            Ok(())
+        })();
+        self.changing(result)?;
+        self.commit()
+    }
+
+    /// Changes a writable volume's size; entries past a smaller end go.
+    pub(crate) fn resize(&mut self, name: &str, size_bytes: u64) -> Result<(), VolumeError> {
+        self.usable()?;
+        let id = self.find(name)?;
+        let v = self.volume(id)?.clone();
+        if v.kind == VolumeKind::Snapshot {
+            return Err(VolumeError::ReadOnly);
+        }
+        if size_bytes == 0 || !size_bytes.is_multiple_of(BS) {
+            return Err(VolumeError::InvalidArgument(format!(
+                "volume size {size_bytes} is not a positive multiple of {BLOCK_SIZE}"
+            )));
+        }
+        let size_blocks = size_bytes / BS;
+        self.ensure_room(0)?;
+        let result = self.unmap_range(id, size_blocks, u64::MAX).map(|()| {
+            if let Some(v) = self.volumes.get_mut(&id) {
+                v.size_blocks = size_blocks;
+            }
+            self.dirty_volumes.insert(id);
+        });
+        self.changing(result)?;
+        self.commit()
+    }
+
+    /// Removes every entry of `id` in `start..end`.
+    fn unmap_range(&mut self, id: u32, start: u64, end: u64) -> Result<(), VolumeError> {
+        let info = mapping_info()?;
+        let root = self.volume(id)?.root;
+        let mut entries = Vec::new();
+        btree::range(&mut self.tm, &info, root, start, end, &mut |k, v| {
+            entries.push((k, le(v)));
+            true
+        })?;
+        let mut root = root;
+        for (lba, value) in &entries {
+            root = btree::remove(&mut self.tm, &info, root, *lba)?.0;
+            if let Some(v) = self.volumes.get_mut(&id) {
+                v.mapped = v.mapped.saturating_sub(1);
+                if *value == ZERO_ENTRY {
+                    v.zeros = v.zeros.saturating_sub(1);
+                }
+            }
+        }
+        if let Some(v) = self.volumes.get_mut(&id) {
+            v.root = root;
+        }
+        self.dirty_volumes.insert(id);
+        Ok(())
+    }
+
+    pub(crate) fn size_blocks(&self, id: u32) -> Result<u64, VolumeError> {
+        Ok(self.volume(id)?.size_blocks)
+    }
+
+    /// Deletes a volume in O(1): its mapping root is released in the
+    /// background ([`PagedState::release_step`]).
+    pub(crate) fn delete(&mut self, name: &str) -> Result<(), VolumeError> {
+        self.usable()?;
+        let id = self.find(name)?;
+        self.ensure_room(0)?;
+        let result = (|| {
+            let Some(vol) = self.volumes.remove(&id) else {
+                return Err(VolumeError::NotFound(name.to_string()));
+            };
+            self.dirty_volumes.remove(&id);
+            self.removed_volumes.insert(id);
+            self.defer(vol.root, 1)?;
+            if vol.domain != 0 && !self.volumes.values().any(|v| v.domain == vol.domain) {
+                catalog::remove_domain(&mut self.tm, vol.domain)?;
+                self.domains.remove(&vol.domain);
+            }
+            Ok(())
+        })();
+        self.changing(result)?;
+        self.commit()
+    }
+
+    /// Adds `count` references on mapping node `node` to drop later.
+    fn defer(&mut self, node: u64, count: u64) -> Result<(), VolumeError> {
+        let info = deferred_info()?;
+        let root = self.tm.root(DEFERRED);
+        let now = btree::lookup(&mut self.tm, &info, root, node)?.map_or(0, |v| le(&v));
+        let root = btree::insert(
+            &mut self.tm,
+            &info,
+            root,
+            node,
+            &(now + count).to_le_bytes(),
+        )?;
+        self.tm.set_root(DEFERRED, root)?;
+        Ok(())
+    }
+
+    /// Whether deleted volumes still hold space.
+    pub(crate) fn has_deferred(&mut self) -> Result<bool, VolumeError> {
+        Ok(self.first_deferred()?.is_some())
+    }
+
+    fn first_deferred(&mut self) -> Result<Option<(u64, u64)>, VolumeError> {
+        let info = deferred_info()?;
+        let root = self.tm.root(DEFERRED);
+        let mut first = None;
+        btree::range(&mut self.tm, &info, root, 0, u64::MAX, &mut |k, v| {
+            first = Some((k, le(v)));
+            false
+        })?;
+        Ok(first)
+    }
+
+    /// Drops up to `budget` deferred node references (each frees at most
+    /// one node and the records its entries alone held); true when
+    /// nothing is left to release. The space is reusable after the next
+    /// commit.
+    pub(crate) fn release_step(&mut self, budget: usize) -> Result<bool, VolumeError> {
+        self.usable()?;
+        for _ in 0..budget {
+            let Some((node, count)) = self.first_deferred()? else {
+                return Ok(true);
+            };
+            let result = (|| {
+                let info = deferred_info()?;
+                let root = self.tm.root(DEFERRED);
+                let root = if count > 1 {
+                    btree::insert(&mut self.tm, &info, root, node, &(count - 1).to_le_bytes())?
+                } else {
+                    btree::remove(&mut self.tm, &info, root, node)?.0
+                };
+                self.tm.set_root(DEFERRED, root)?;
+                for child in btree::release_node(&mut self.tm, &mapping_info()?, node)? {
+                    self.defer(child, 1)?;
+                }
+                Ok(())
+            })();
+            self.changing(result)?;
+        }
+        Ok(!self.has_deferred()?)
+    }
+
+    /// Takes in media that grew: not supported by this format yet.
+    pub(crate) fn grow(&mut self) -> Result<u64, VolumeError> {
+        self.usable()?;
+        let total = self.data_start + self.tm.data_blocks();
+        if self.media.size() / BS > total {
+            return Err(VolumeError::InvalidArgument(
+                "growing a paged pool is not supported yet".into(),
+            ));
+        }
+        Ok(total)
+    }
+
+    /// Makes sure the next record id lies inside a durable lease.
+    fn lease_record_id(&mut self) -> Result<(), VolumeError> {
+        let lease = self.tm.root(LEASE);
+        if self.next_rid < lease {
+            return Ok(());
+        }
+        let end = self
+            .next_rid
+            .checked_add(RECORD_LEASE)
+            .ok_or_else(|| VolumeError::Corrupt("record ids exhausted".into()))?;
+        self.tm.set_root(LEASE, end)?;
+        self.dirty = true;
+        self.commit()
+    }
+
+    /// Writes one block of `vol`.
+    pub(crate) fn write_block(
+        &mut self,
+        vol: u32,
+        lba: u64,
+        block: &Prepared<'_>,
+        cipher: Option<&Cipher>,
+    ) -> Result<(), VolumeError> {
+        self.usable()?;
+        let data = block.data;
+        let v = self.volume(vol)?;
+        if v.kind == VolumeKind::Snapshot {
+            return Err(VolumeError::ReadOnly);
+        }
+        if lba >= v.size_blocks || data.len() != BLOCK_SIZE {
+            return Err(VolumeError::Media(MediaError::OutOfRange {
+                offset: lba.saturating_mul(BS),
+                len: data.len() as u64,
+                size: v.size_blocks * BS,
+            }));
+        }
+        let (domain, services) = (v.domain, v.services);
+        let cipher = self.domain_cipher(domain, cipher)?;
+        let reprepared;
+        let block = if block.services == services && block.keyed == cipher.is_some() {
+            block
+        } else {
+            reprepared = Prepared::new(data, services, cipher);
+            &reprepared
+        };
+        self.ensure_room(1)?;
+        // Lookups and the lease (which may commit) come before any change.
+        let shared = match block.fingerprint.filter(|_| !block.zero) {
+            Some(fp) => self.dedup_candidate(domain, &fp, data, cipher)?,
+            None => None,
+        };
+        if shared.is_none() && !block.zero {
+            self.lease_record_id()?;
+        }
+        let result = self.write_inner(vol, lba, block, cipher, domain, shared);
+        self.changing(result)?;
+        self.after_change()
+    }
+
+    /// A record of `domain` holding exactly `data` that can take one more
+    /// reference, found through the dedup index.
+    fn dedup_candidate(
+        &mut self,
+        domain: u32,
+        fp: &[u8; 32],
+        data: &[u8],
+        cipher: Option<&Cipher>,
+    ) -> Result<Option<u64>, VolumeError> {
+        let key = index_key(domain, fp);
+        let Some(rid) = records::indexed(&mut self.tm, key)? else {
+            return Ok(None);
+        };
+        let Some(rec) = records::get(&mut self.tm, rid)? else {
+            return Ok(None);
+        };
+        // Equal keys are not enough: the stored block is read back and
+        // compared, so a collision never shares. A record with all the
+        // references it can count is not shared either.
+        if rec.domain != domain || rec.refs == u32::MAX {
+            return Ok(None);
+        }
+        let mut stored = vec![0u8; BLOCK_SIZE];
+        self.read_record(rid, &rec, &mut stored, cipher)?;
+        Ok((stored == data).then_some(rid))
+    }
+
+    fn write_inner(
+        &mut self,
+        vol: u32,
+        lba: u64,
+        block: &Prepared<'_>,
+        cipher: Option<&Cipher>,
+        domain: u32,
+        shared: Option<u64>,
+    ) -> Result<(), VolumeError> {
+        let entry = if block.zero {
+            ZERO_ENTRY
+        } else if let Some(rid) = shared {
+            records::record_ref(&mut self.tm, rid, 1)?;
+            rid
+        } else {
+            self.store(domain, block, cipher)?
+        };
+        self.set_entry(vol, lba, entry)
+    }
+
+    /// Maps `lba` of `vol` to `entry`, whose reference the caller took;
+    /// the mapping tree drops the old entry's.
+    fn set_entry(&mut self, vol: u32, lba: u64, entry: u64) -> Result<(), VolumeError> {
+        let info = mapping_info()?;
+        let root = self.volume(vol)?.root;
+        let old = btree::lookup(&mut self.tm, &info, root, lba)?.map(|v| le(&v));
+        let root = btree::insert(&mut self.tm, &info, root, lba, &entry.to_le_bytes())?;
+        if let Some(v) = self.volumes.get_mut(&vol) {
+            v.root = root;
+            if old.is_none() {
+                v.mapped += 1;
+            }
+            if old == Some(ZERO_ENTRY) {
+                v.zeros = v.zeros.saturating_sub(1);
+            }
+            if entry == ZERO_ENTRY {
+                v.zeros += 1;
+            }
+        }
+        self.dirty_volumes.insert(vol);
+        Ok(())
+    }
+
+    /// Finds room for `units` units of a packed block; the block's count
+    /// takes one for the new record.
+    fn alloc_slot(&mut self, units: usize) -> Result<(u64, usize), VolumeError> {
+        let pack = decode_pack(self.tm.root(PACK));
+        if let Some(mut p) = pack {
+            if p.next_unit + units <= UNITS_PER_BLOCK {
+                let slot = (p.block, p.next_unit);
+                p.next_unit += units;
+                self.tm.set_root(PACK, encode_pack(Some(p)))?;
+                self.tm.inc_data(p.block)?;
+                return Ok(slot);
+            }
+        }
+        // The cursor holds one count on its block while it fills it.
+        let block = self.tm.alloc_data()?;
+        records::add_counter(&mut self.tm, PACKED, 1)?;
+        if let Some(old) = pack {
+            if self.tm.dec_data(old.block)? {
+                records::add_counter(&mut self.tm, PACKED, -1)?;
+            }
+        }
+        self.tm.set_root(
+            PACK,
+            encode_pack(Some(Pack {
+                block,
+                next_unit: units,
+            })),
+        )?;
+        self.tm.inc_data(block)?;
+        Ok((block, 0))
+    }
+
+    /// Stores a block as a new record (count 1, for the entry the caller
+    /// maps next) and returns its id.
+    fn store(
+        &mut self,
+        domain: u32,
+        prepared: &Prepared<'_>,
+        cipher: Option<&Cipher>,
+    ) -> Result<u64, VolumeError> {
+        let (block, unit, units, codec, mut bytes, len) = match &prepared.compressed {
+            Some(packed) => {
+                let units = packed.len().div_ceil(UNIT).max(1);
+                let (block, unit) = self.alloc_slot(units)?;
+                let mut bytes = packed.clone();
+                bytes.resize(units * UNIT, 0);
+                let len = packed.len();
+                (
+                    block,
+                    unit,
+                    units,
+                    prepared.services.compression,
+                    bytes,
+                    len,
+                )
+            }
+            None => {
+                let block = self.tm.alloc_data()?;
+                let data = prepared.data.to_vec();
+                (
+                    block,
+                    0,
+                    UNITS_PER_BLOCK,
+                    Compression::None,
+                    data,
+                    BLOCK_SIZE,
+                )
+            }
+        };
+        // The id is the record's XTS tweak: taken before the write, never
+        // handed out again.
+        let rid = self.next_rid;
+        self.next_rid += 1;
+        if let Some(c) = cipher {
+            c.encrypt(&mut bytes, rid);
+        }
+        let offset = (self.data_start + block) * BS + (unit * UNIT) as u64;
+        self.media.write_at(offset, &bytes)?;
+        let key = prepared.fingerprint.map(|fp| index_key(domain, &fp));
+        // The index is bounded by the metadata area: when that runs short,
+        // new records are stored unindexed (fewer dedup matches), and
+        // writes never fail for the index's sake.
+        let key = key.filter(|_| self.tm.free_meta_blocks() >= 2 * self.reserve);
+        let rec = RecordEntry {
+            block,
+            unit: unit as u16,
+            units: units as u16,
+            codec,
+            len: len as u16,
+            domain,
+            crc: crc32c::crc32c(&bytes),
+            refs: 1,
+            index_key: key,
+        };
+        records::put(&mut self.tm, rid, &rec)?;
+        records::add_counter(&mut self.tm, STORED, rec.stored_bytes() as i64)?;
+        if let Some(key) = key {
+            records::index(&mut self.tm, key, rid)?;
+        }
+        Ok(rid)
+    }
+
+    /// Reads one block of `vol` into `out`.
+    pub(crate) fn read_block(
+        &mut self,
+        vol: u32,
+        lba: u64,
+        out: &mut [u8],
+        cipher: Option<&Cipher>,
+    ) -> Result<(), VolumeError> {
+        self.usable()?;
+        let v = self.volume(vol)?;
+        if lba >= v.size_blocks || out.len() != BLOCK_SIZE {
+            return Err(VolumeError::Media(MediaError::OutOfRange {
+                offset: lba.saturating_mul(BS),
+                len: out.len() as u64,
+                size: v.size_blocks * BS,
+            }));
+        }
+        let root = v.root;
+        let cipher = self.domain_cipher(v.domain, cipher)?;
+        let entry = btree::lookup(&mut self.tm, &mapping_info()?, root, lba)?.map(|v| le(&v));
+        match entry {
+            None | Some(ZERO_ENTRY) => {
+                out.fill(0);
+                Ok(())
+            }
+            Some(rid) => {
+                let rec = records::get(&mut self.tm, rid)?
+                    .ok_or_else(|| VolumeError::Corrupt(format!("record {rid} missing")))?;
+                self.read_record(rid, &rec, out, cipher)
+            }
+        }
+    }
+
+    fn read_record(
+        &self,
+        rid: u64,
+        rec: &RecordEntry,
+        out: &mut [u8],
+        cipher: Option<&Cipher>,
+    ) -> Result<(), VolumeError> {
+        if rec.block >= self.tm.data_blocks() {
+            return Err(VolumeError::Corrupt(format!(
+                "record {rid} outside the data area"
+            )));
+        }
+        let offset = (self.data_start + rec.block) * BS + u64::from(rec.unit) * UNIT as u64;
+        let mut bytes = vec![0u8; rec.stored_bytes() as usize];
+        self.media.read_at(offset, &mut bytes)?;
+        if crc32c::crc32c(&bytes) != rec.crc {
+            return Err(VolumeError::Media(MediaError::Io(format!(
+                "record {rid} in block {} fails its checksum",
+                self.data_start + rec.block
+            ))));
+        }
+        if let Some(c) = cipher {
+            c.decrypt(&mut bytes, rid);
+        }
+        decompress(rec.codec, &bytes[..usize::from(rec.len)], out)
+    }
+
+    /// Unmaps `count` blocks of `vol` from `lba`.
+    pub(crate) fn discard(&mut self, vol: u32, lba: u64, count: u64) -> Result<(), VolumeError> {
+        self.usable()?;
+        let v = self.volume(vol)?;
+        if v.kind == VolumeKind::Snapshot {
+            return Err(VolumeError::ReadOnly);
+        }
+        let end = lba
+            .checked_add(count)
+            .filter(|&e| e <= v.size_blocks)
+            .ok_or(VolumeError::Media(MediaError::OutOfRange {
+                offset: lba.saturating_mul(BS),
+                len: count.saturating_mul(BS),
+                size: v.size_blocks * BS,
+            }))?;
+        self.ensure_room(0)?;
+        let result = self.unmap_range(vol, lba, end);
+        self.changing(result)?;
+        self.after_change()
+    }
+
+    pub(crate) fn volume_infos(&self) -> Vec<VolumeInfo> {
+        self.volumes
+            .values()
+            .map(|v| VolumeInfo {
+                name: v.name.clone(),
+                kind: v.kind,
+                size_bytes: v.size_blocks * BS,
+                parent: v
+                    .parent
+                    .and_then(|p| self.volumes.get(&p))
+                    .map(|p| p.name.clone()),
+                services: v.services,
+                encrypted: self.domains.get(&v.domain).is_some_and(|d| d.encrypted),
+            })
+            .collect()
+    }
+
+    /// Pool statistics, from counters (no walk).
+    pub(crate) fn stats(&self) -> PoolStats {
+        let logical_bytes = self.volumes.values().map(|v| v.mapped * BS).sum();
+        let data_blocks = self.tm.data_used();
+        let physical_bytes = data_blocks * BS;
+        PoolStats {
+            block_size: BS,
+            total_blocks: self.data_start + self.tm.data_blocks(),
+            free_blocks: self.tm.free_data_blocks(),
+            data_blocks,
+            packed_blocks: self.tm.root(PACKED),
+            metadata_blocks: self.tm.meta_used(),
+            pending_free_blocks: self.tm.data_pending_free(),
+            logical_bytes,
+            stored_bytes: self.tm.root(STORED),
+            physical_bytes,
+            reduction_ratio: ratio(logical_bytes, physical_bytes),
+            generation: self.tm.generation(),
+            reclaimed_at_open: 0,
+        }
+    }
+
+    /// Every distinct record each volume maps (a walk of every mapping
+    /// tree: statistics and checks only).
+    fn distinct_records(&mut self) -> Result<BTreeMap<u32, BTreeSet<u64>>, VolumeError> {
+        let info = mapping_info()?;
+        let roots: Vec<(u32, u64)> = self.volumes.iter().map(|(&id, v)| (id, v.root)).collect();
+        let mut out = BTreeMap::new();
+        for (id, root) in roots {
+            let mut set = BTreeSet::new();
+            btree::range(&mut self.tm, &info, root, 0, u64::MAX, &mut |_, v| {
+                let rid = le(v);
+                if rid != ZERO_ENTRY {
+                    set.insert(rid);
+                }
+                true
+            })?;
+            out.insert(id, set);
+        }
+        Ok(out)
+    }
+
+    /// Per-volume statistics. `mapped_bytes` and `zero_bytes` come from
+    /// counters; the rest walks every volume's map (costs a pass over the
+    /// pool's metadata, as the in-memory format did over its maps).
+    pub(crate) fn volume_stats(&mut self, name: &str) -> Result<VolumeStats, VolumeError> {
+        let id = self.find(name)?;
+        let distinct = self.distinct_records()?;
+        let mut owners: BTreeMap<u64, u32> = BTreeMap::new();
+        for set in distinct.values() {
+            for &rid in set {
+                *owners.entry(rid).or_default() += 1;
+            }
+        }
+        let v = self.volume(id)?.clone();
+        let mine = distinct.get(&id).cloned().unwrap_or_default();
+        let (mut exclusive, mut shared) = (0, 0);
+        for &rid in &mine {
+            let bytes = records::get(&mut self.tm, rid)?.map_or(0, |r| r.stored_bytes());
+            if owners.get(&rid).copied().unwrap_or(0) > 1 {
+                shared += bytes;
+            } else {
+                exclusive += bytes;
+            }
+        }
+        let mapped = v.mapped * BS;
+        Ok(VolumeStats {
+            size_bytes: v.size_blocks * BS,
+            mapped_bytes: mapped,
+            zero_bytes: v.zeros * BS,
+            unique_bytes: mine.len() as u64 * BS,
+            allocated_bytes: exclusive + shared,
+            exclusive_bytes: exclusive,
+            shared_bytes: shared,
+            reduction_ratio: ratio(mapped, exclusive + shared),
+        })
+    }
+
+    /// Mapped bytes of `name` (a counter, no walk).
+    pub(crate) fn mapped_bytes(&self, name: &str) -> Result<u64, VolumeError> {
+        Ok(self.volume(self.find(name)?)?.mapped * BS)
+    }
+
+    /// Recounts every reference (see [`check`]).
+    pub(crate) fn check(&mut self) -> Result<(), VolumeError> {
+        check::check(self)
+    }
+}
+
+fn deferred_info() -> Result<TreeInfo, MetaError> {
+    TreeInfo::new(8, ValueKind::Plain)
+}
+
+fn le(v: &[u8]) -> u64 {
+    v.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+#[cfg(test)]
+mod tests;

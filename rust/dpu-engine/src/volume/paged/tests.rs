@@ -1,0 +1,434 @@
+//! Tests of the paged pool at scale: many snapshots, persistence across
+//! reopen, a cache bounded far below the metadata, commits that cost what
+//! they dirty, and deletes freed in the background.
+//! (The model and crash property tests in `volume::tests` run over both
+//! formats.)
+
+use std::sync::Arc;
+
+use crate::media::{Media, MemMedia};
+use crate::metadata::META_BLOCK;
+use crate::volume::engine::Engine;
+use crate::volume::*;
+
+const BS: u64 = BLOCK_SIZE as u64;
+
+fn paged(blocks: u64, cache_bytes: usize) -> (Arc<MemMedia>, Pool) {
+    paged_with(blocks, cache_bytes, 6)
+}
+
+fn paged_with(blocks: u64, cache_bytes: usize, metadata_percent: u8) -> (Arc<MemMedia>, Pool) {
+    let media = Arc::new(MemMedia::new((blocks * BS) as usize));
+    let options = PagedOptions {
+        cache_bytes,
+        metadata_percent,
+    };
+    let pool = Pool::format_paged(media.clone(), &options).unwrap();
+    (media, pool)
+}
+
+fn small_cache() -> PagedOptions {
+    PagedOptions {
+        cache_bytes: MIN_CACHE_BYTES,
+        ..PagedOptions::default()
+    }
+}
+
+fn services(zero_detect: bool, dedup: bool, compression: Compression) -> Services {
+    Services {
+        zero_detect,
+        dedup,
+        compression,
+    }
+}
+
+fn create(pool: &Pool, name: &str, blocks: u64, services: Services) -> Volume {
+    let options = VolumeOptions {
+        size_bytes: blocks * BS,
+        services,
+        key: None,
+    };
+    pool.create_volume(name, &options).unwrap();
+    pool.open_volume(name, None).unwrap()
+}
+
+/// A compressible block that still depends on `seed`.
+fn text(seed: u64) -> Vec<u8> {
+    format!("paged block {seed:016x}, compressible text. ")
+        .into_bytes()
+        .into_iter()
+        .cycle()
+        .take(BLOCK_SIZE)
+        .collect()
+}
+
+/// An incompressible block depending on `seed`.
+fn noise(seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..BLOCK_SIZE)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+fn read(vol: &Volume, lba: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; BLOCK_SIZE];
+    vol.read_blocks(lba, &mut buf).unwrap();
+    buf
+}
+
+fn cache(pool: &Pool) -> CacheReport {
+    pool.cache_report().unwrap().unwrap()
+}
+
+#[test]
+fn formats_are_told_apart_and_blank_media_is_not_a_pool() {
+    let (media, pool) = paged(2048, MIN_CACHE_BYTES);
+    assert_eq!(pool.format_kind().unwrap(), PoolFormat::Paged);
+    drop(pool);
+    let reopened = Pool::open(media).unwrap();
+    assert_eq!(reopened.format_kind().unwrap(), PoolFormat::Paged);
+    let old = Arc::new(MemMedia::new(64 * BLOCK_SIZE));
+    Pool::format(old.clone()).unwrap();
+    assert_eq!(
+        Pool::open(old).unwrap().format_kind().unwrap(),
+        PoolFormat::InMemory
+    );
+    let blank = Arc::new(MemMedia::new(256 * BLOCK_SIZE));
+    assert_eq!(
+        Pool::open(blank.clone()).err(),
+        Some(VolumeError::NotFormatted)
+    );
+    assert!(matches!(
+        Pool::format_paged(
+            blank.clone(),
+            &PagedOptions {
+                cache_bytes: 4096,
+                ..PagedOptions::default()
+            }
+        ),
+        Err(VolumeError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Pool::format_paged(
+            blank,
+            &PagedOptions {
+                metadata_percent: 0,
+                ..PagedOptions::default()
+            }
+        ),
+        Err(VolumeError::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn a_damaged_paged_superblock_pair_is_refused_clearly() {
+    let (media, pool) = paged(1024, MIN_CACHE_BYTES);
+    drop(pool);
+    // Both superblocks keep their magic but fail their checksums.
+    for slot in 0..2u64 {
+        media.write_at(slot * BS + 100, &[0xa5; 8]).unwrap();
+    }
+    match Pool::open(media) {
+        Err(VolumeError::Corrupt(why)) => assert!(why.contains("format 2"), "{why}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+/// Ten thousand snapshots of one volume whose map spans many nodes: each
+/// shares the root, so the metadata grows by the catalog entries only,
+/// and every snapshot keeps its content while the origin is rewritten.
+#[test]
+fn ten_thousand_snapshots_of_one_volume() {
+    const MAPPED: u64 = 20_000;
+    let (_media, pool) = paged_with(8192, 1 << 20, 60);
+    let v = create(&pool, "v", MAPPED, services(true, false, Compression::None));
+    // A map of 20,000 entries (zero-detected: no data) plus a few data
+    // blocks; copying it per snapshot would take ~80 blocks each.
+    let zeros = vec![0u8; 1000 * BLOCK_SIZE];
+    for start in (0..MAPPED).step_by(1000) {
+        v.write_blocks(start, &zeros).unwrap();
+    }
+    v.write_blocks(0, &noise(0)).unwrap();
+    v.flush().unwrap();
+    let before = pool.stats().unwrap().metadata_blocks;
+    for i in 0..10_000u64 {
+        if i % 1000 == 0 {
+            v.write_blocks(i / 1000, &noise(i / 1000 + 1)).unwrap();
+        }
+        pool.snapshot("v", &format!("v@{i}")).unwrap();
+    }
+    let after = pool.stats().unwrap().metadata_blocks;
+    // 10,000 catalog entries at 13 a node (ids ascend, so nodes fill),
+    // plus the copied paths of ten rewrites: under 1,000 blocks; copying
+    // the maps would be 800,000.
+    assert!(after - before < 1_000, "{before} → {after} metadata blocks");
+    assert_eq!(pool.volumes().unwrap().len(), 10_001);
+    // Snapshot i saw the writes of i / 1000 + 1 rewrites.
+    for i in [0u64, 999, 1000, 5_432, 9_999] {
+        let snap = pool.open_volume(&format!("v@{i}"), None).unwrap();
+        assert_eq!(snap.kind(), VolumeKind::Snapshot);
+        for k in 0..10 {
+            let expected = if k <= i / 1000 {
+                noise(k + 1)
+            } else if k == 0 {
+                noise(0)
+            } else {
+                vec![0; BLOCK_SIZE]
+            };
+            assert_eq!(read(&snap, k), expected, "snapshot {i} block {k}");
+        }
+        assert_eq!(read(&snap, MAPPED - 1), vec![0u8; BLOCK_SIZE]);
+        assert_eq!(snap.stats().unwrap().mapped_bytes, MAPPED * BS);
+    }
+    pool.check().unwrap();
+}
+
+/// A volume with 100 snapshots, each of a different state, is read back
+/// exactly after the pool is closed and opened again with a small cache.
+#[test]
+fn hundred_snapshots_persist_across_reopen() {
+    let (media, pool) = paged(4096, MIN_CACHE_BYTES);
+    let v = create(&pool, "v", 256, services(true, true, Compression::Lz4));
+    // After step i, block b holds seed i * 1000 + b for b ≤ i % 200, and
+    // block 255 holds a block shared by dedup.
+    for i in 0..100u64 {
+        let blocks: Vec<u8> = (0..=i % 50).flat_map(|b| text(i * 1000 + b)).collect();
+        v.write_blocks(0, &blocks).unwrap();
+        v.write_blocks(255, &noise(7)).unwrap();
+        pool.snapshot("v", &format!("v@{i}")).unwrap();
+    }
+    v.discard_blocks(0, 256).unwrap();
+    v.flush().unwrap();
+    drop(v);
+    drop(pool);
+    let pool = Pool::open_with(media, &small_cache()).unwrap();
+    pool.check().unwrap();
+    assert_eq!(pool.volumes().unwrap().len(), 101);
+    for i in 0..100u64 {
+        let snap = pool.open_volume(&format!("v@{i}"), None).unwrap();
+        for b in 0..50u64 {
+            // Block b was last written at the latest step j ≤ i with
+            // b ≤ j % 50.
+            let last = (0..=i).rev().find(|j| b <= j % 50);
+            let expected = last.map_or(vec![0u8; BLOCK_SIZE], |j| text(j * 1000 + b));
+            assert_eq!(read(&snap, b), expected, "v@{i} block {b}");
+        }
+        assert_eq!(read(&snap, 255), noise(7));
+    }
+    let v = pool.open_volume("v", None).unwrap();
+    assert_eq!(read(&v, 0), vec![0u8; BLOCK_SIZE]);
+    assert_eq!(v.stats().unwrap().mapped_bytes, 0);
+}
+
+/// Writes a volume whose metadata is many times the cache, reads it all
+/// back, and checks that the cache never held more than its setting.
+#[test]
+fn cache_stays_bounded_while_a_much_larger_volume_is_written_and_read() {
+    const BLOCKS: u64 = 40_000;
+    // Compression packs about 30 records a data block: most of this
+    // small pool is metadata.
+    let (media, pool) = paged_with(16_384, MIN_CACHE_BYTES, 50);
+    let v = create(
+        &pool,
+        "big",
+        BLOCKS,
+        services(false, true, Compression::Lz4),
+    );
+    for chunk in 0..BLOCKS / 100 {
+        // A stride scatters neighbouring writes over the whole map.
+        let lba = (chunk * 37) % (BLOCKS / 100) * 100;
+        let data: Vec<u8> = (lba..lba + 100).flat_map(text).collect();
+        v.write_blocks(lba, &data).unwrap();
+        assert!(cache(&pool).resident_blocks <= cache(&pool).capacity_blocks);
+    }
+    v.flush().unwrap();
+    let used = pool.stats().unwrap().metadata_blocks;
+    let report = cache(&pool);
+    assert_eq!(report.capacity_blocks, MIN_CACHE_BYTES / META_BLOCK);
+    assert!(
+        used > 10 * report.capacity_blocks as u64,
+        "metadata of {used} blocks is not much larger than the cache"
+    );
+    for lba in (0..BLOCKS).step_by(7) {
+        assert_eq!(read(&v, lba), text(lba), "block {lba}");
+    }
+    let report = cache(&pool);
+    assert!(
+        report.peak_resident_blocks <= report.capacity_blocks,
+        "{report:?}"
+    );
+    assert!(
+        report.blocks_read > used,
+        "reads went to the media: {report:?}"
+    );
+    // And from a cold open.
+    drop(v);
+    drop(pool);
+    let pool = Pool::open_with(media, &small_cache()).unwrap();
+    let v = pool.open_volume("big", None).unwrap();
+    for lba in (3..BLOCKS).step_by(101) {
+        assert_eq!(read(&v, lba), text(lba), "block {lba} after reopen");
+    }
+    assert!(cache(&pool).peak_resident_blocks <= cache(&pool).capacity_blocks);
+}
+
+/// Metadata blocks a flush writes after `touch` changed the pool.
+fn blocks_written_by_commit(pool: &Pool, touch: impl FnOnce()) -> u64 {
+    pool.flush().unwrap();
+    let before = cache(pool).blocks_written;
+    touch();
+    pool.flush().unwrap();
+    cache(pool).blocks_written - before
+}
+
+/// A commit writes the metadata dirtied since the last one (plus the
+/// superblock, written outside the cache), whatever the pool's size.
+#[test]
+fn commit_cost_follows_dirty_metadata_not_pool_size() {
+    const BLOCKS: u64 = 30_000;
+    let (_media, pool) = paged(40_000, 4 << 20);
+    let v = create(
+        &pool,
+        "v",
+        BLOCKS,
+        services(false, false, Compression::None),
+    );
+    for start in (0..BLOCKS).step_by(500) {
+        let data: Vec<u8> = (start..start + 500)
+            .flat_map(|b| noise(b)[..16].repeat(256))
+            .collect();
+        v.write_blocks(start, &data).unwrap();
+    }
+    v.flush().unwrap();
+    let used = pool.stats().unwrap().metadata_blocks;
+    assert!(used > 300, "only {used} metadata blocks");
+    let one = blocks_written_by_commit(&pool, || v.write_blocks(12_345, &noise(99)).unwrap());
+    // A mapping path, a records path, two space map paths: a few blocks
+    // each, never the pool's hundreds.
+    assert!(
+        one <= 24,
+        "one block write cost {one} metadata writes of {used}"
+    );
+    let hundred = blocks_written_by_commit(&pool, || {
+        for i in 0..100 {
+            v.write_blocks((i * 293) % BLOCKS, &noise(1000 + i))
+                .unwrap();
+        }
+    });
+    assert!(hundred > one, "{hundred} vs {one}");
+    assert!(hundred < used, "{hundred} of {used}");
+    assert_eq!(
+        blocks_written_by_commit(&pool, || {}),
+        0,
+        "a clean flush writes nothing"
+    );
+    assert_eq!(read(&v, 12_345), noise(99));
+    pool.check().unwrap();
+}
+
+/// Deleting a large volume takes a bounded commit; its space comes back
+/// through release steps of bounded size, and the rest of the pool is
+/// intact.
+#[test]
+fn deletes_free_space_in_bounded_background_steps() {
+    const BLOCKS: u64 = 6_000;
+    let (media, pool) = paged(16_384, 1 << 20);
+    let big = create(
+        &pool,
+        "big",
+        BLOCKS,
+        services(false, false, Compression::None),
+    );
+    let keep = create(&pool, "keep", 64, services(false, false, Compression::None));
+    for start in (0..BLOCKS).step_by(200) {
+        let data: Vec<u8> = (start..start + 200).flat_map(noise).collect();
+        big.write_blocks(start, &data).unwrap();
+    }
+    keep.write_blocks(0, &noise(1 << 40)).unwrap();
+    pool.snapshot("big", "big@1").unwrap();
+    big.write_blocks(0, &noise(5 << 40)).unwrap();
+    big.flush().unwrap();
+    let full = pool.stats().unwrap();
+    assert_eq!(full.data_blocks, BLOCKS + 2);
+    let before = cache(&pool).blocks_written;
+    pool.delete("big").unwrap();
+    pool.delete("big@1").unwrap();
+    assert!(
+        cache(&pool).blocks_written - before < 40,
+        "deletes are O(1)"
+    );
+    assert!(pool.volumes().unwrap().len() == 1);
+    let mut steps = 0;
+    while !pool.release_step(8).unwrap() {
+        steps += 1;
+        assert!(steps < 10_000);
+    }
+    assert!(
+        steps > 4,
+        "the release took {steps} steps: not bounded per step"
+    );
+    pool.flush().unwrap();
+    pool.check().unwrap();
+    let empty = pool.stats().unwrap();
+    assert_eq!(empty.data_blocks, 1, "{empty:?}");
+    assert_eq!(read(&keep, 0), noise(1 << 40));
+    // The space is reused, and all of it survives a reopen.
+    drop((big, keep));
+    drop(pool);
+    let pool = Pool::open(media).unwrap();
+    pool.check().unwrap();
+    assert_eq!(pool.stats().unwrap().free_blocks, empty.free_blocks);
+}
+
+/// The background releaser thread frees a deleted volume's space without
+/// being asked, and quits with the pool.
+#[test]
+fn releaser_thread_frees_deleted_volumes() {
+    let (_media, pool) = paged(4096, MIN_CACHE_BYTES);
+    let v = create(&pool, "v", 2000, services(false, false, Compression::None));
+    let data: Vec<u8> = (0..2000).flat_map(noise).collect();
+    v.write_blocks(0, &data).unwrap();
+    drop(v);
+    pool.delete("v").unwrap();
+    let thread = pool.spawn_releaser();
+    let start = std::time::Instant::now();
+    while pool.stats().unwrap().pending_free_blocks < 2000 {
+        assert!(start.elapsed().as_secs() < 60, "releaser stalled");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    pool.flush().unwrap();
+    assert_eq!(pool.stats().unwrap().data_blocks, 0);
+    pool.check().unwrap();
+    drop(pool);
+    thread.join().unwrap();
+}
+
+/// A snapshot and a revert are O(1): they write a handful of metadata
+/// blocks whatever the volume's size, and the first write after a
+/// snapshot copies only its path.
+#[test]
+fn snapshot_and_revert_write_a_bounded_amount_of_metadata() {
+    let (_media, pool) = paged(8192, 1 << 20);
+    let v = create(&pool, "v", 4000, services(false, false, Compression::None));
+    let data: Vec<u8> = (0..4000).flat_map(noise).collect();
+    v.write_blocks(0, &data).unwrap();
+    v.flush().unwrap();
+    let snap = blocks_written_by_commit(&pool, || pool.snapshot("v", "s").unwrap());
+    assert!(snap <= 16, "a snapshot wrote {snap} blocks");
+    let first_write =
+        blocks_written_by_commit(&pool, || v.write_blocks(17, &noise(1 << 50)).unwrap());
+    assert!(
+        first_write <= 80,
+        "a write after a snapshot wrote {first_write} blocks"
+    );
+    let revert = blocks_written_by_commit(&pool, || pool.revert("v", "s").unwrap());
+    assert!(revert <= 16, "a revert wrote {revert} blocks");
+    assert_eq!(read(&v, 17), noise(17));
+    let state = pool.state.lock().unwrap();
+    assert!(matches!(&*state, Engine::Paged(_)));
+}
