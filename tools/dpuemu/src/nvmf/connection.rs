@@ -192,12 +192,7 @@ pub fn serve(target: &Target, port: u16, stream: TcpStream, peer: &str) {
                 target.controller_count()
             );
         } else {
-            let mut connected = q
-                .controller
-                .connected
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            connected.retain(|&id| id != q.qid);
+            q.controller.detach_queue(q.qid);
         }
     }
 }
@@ -518,7 +513,7 @@ impl Connection<'_> {
 
     /// Binds the connection to its queue after a successful Connect.
     pub fn bind(&mut self, queue: Queue) -> io::Result<()> {
-        queue.controller.attach_socket(&self.stream)?;
+        queue.controller.attach_socket(queue.qid, &self.stream)?;
         self.stream.set_read_timeout(None)?;
         self.queue = Some(queue);
         Ok(())

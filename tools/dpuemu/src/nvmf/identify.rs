@@ -274,9 +274,11 @@ fn discovery(target: &Target, ctrl: &FabricsController) -> Vec<u8> {
         put16(&mut p, e + 4, port.id);
         put16(&mut p, e + 6, 0xffff); // dynamic controllers
         put16(&mut p, e + 8, 32); // ASQSZ
-        text(&mut p, e + 32, 32, &port.address.port().to_string(), b' ');
+                                  // NUL-padded strings, as Linux's nvmet fills them and its
+                                  // initiators read them.
+        text(&mut p, e + 32, 32, &port.address.port().to_string(), 0);
         text(&mut p, e + 256, 256, &s.nqn, 0);
-        text(&mut p, e + 512, 256, &port.address.ip().to_string(), b' ');
+        text(&mut p, e + 512, 256, &port.address.ip().to_string(), 0);
         p[e + 768] = 0; // TSAS: no security
     }
     p

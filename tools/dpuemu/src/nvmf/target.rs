@@ -87,16 +87,16 @@ pub struct FabricsController {
     pub io_queues: AtomicU32,
     /// I/O queue IDs with a connection.
     pub connected: Mutex<Vec<u16>>,
-    /// The sockets of its connections, shut down when it goes.
-    sockets: Mutex<Vec<TcpStream>>,
+    /// The sockets of its connections by queue ID, shut down when it goes.
+    sockets: Mutex<Vec<(u16, TcpStream)>>,
     /// Set once it is torn down.
     pub dead: AtomicBool,
 }
 
 impl FabricsController {
-    /// Registers a connection's socket (a clone) for teardown; fails if
-    /// the controller is already gone.
-    pub fn attach_socket(&self, stream: &TcpStream) -> io::Result<()> {
+    /// Registers the socket (a clone) of queue `qid` for teardown; fails
+    /// if the controller is already gone.
+    pub fn attach_socket(&self, qid: u16, stream: &TcpStream) -> io::Result<()> {
         let clone = stream.try_clone()?;
         let mut sockets = lock(&self.sockets);
         if self.dead.load(Ordering::Acquire) {
@@ -105,8 +105,15 @@ impl FabricsController {
                 "controller gone",
             ));
         }
-        sockets.push(clone);
+        sockets.push((qid, clone));
         Ok(())
+    }
+
+    /// Forgets I/O queue `qid` when its connection ends: its socket and its
+    /// queue ID, which a new Connect may then use again.
+    pub fn detach_queue(&self, qid: u16) {
+        lock(&self.sockets).retain(|(id, _)| *id != qid);
+        lock(&self.connected).retain(|&id| id != qid);
     }
 
     /// Ends every connection of the controller.
@@ -116,7 +123,7 @@ impl FabricsController {
             self.dead.store(true, Ordering::Release);
             std::mem::take(&mut *s)
         };
-        for s in sockets {
+        for (_, s) in sockets {
             let _ = s.shutdown(Shutdown::Both);
         }
     }
