@@ -354,11 +354,18 @@ pub(crate) struct DmaSegment {
 /// Scatterlist storage for one command slot and the DMA mapping of the
 /// request currently using it.
 ///
+/// A request whose data is one physical segment (most small I/O) is mapped
+/// straight from its bio vector with `dma_map_page_attrs`, as the NVMe PCI
+/// driver does: no scatterlist is filled or walked.
+///
 /// # Invariants
 ///
 /// - `entries` points to `capacity` zero-initialized or blk-mq-filled
 ///   `struct scatterlist`, owned by `self`.
-/// - When `mapped > 0`, the first `in_sg` entries were mapped with
+/// - When `single` is `Some`, it is a segment mapped with
+///   `dma_map_page_attrs(dev, .., len, dir)` and `mapped` is 1; it must be
+///   unmapped before the memory behind it is given back to the block layer.
+/// - Otherwise, when `mapped > 0`, the first `in_sg` entries were mapped with
 ///   `dma_map_sg_attrs(dev, .., in_sg, dir)` and `mapped` entries hold the
 ///   resulting DMA segments; they must be unmapped before the memory behind
 ///   them is given back to the block layer.
@@ -367,8 +374,14 @@ pub(crate) struct RequestSgl {
     capacity: u32,
     in_sg: u32,
     mapped: u32,
+    single: Option<DmaSegment>,
     dir: DataDirection,
 }
+
+/// `DMA_MAPPING_ERROR` (include/linux/dma-mapping.h): what a failed
+/// `dma_map_page_attrs` returns. `dma_mapping_error()` is a static inline
+/// that compares with it (plus a DMA-API-debug hook).
+const DMA_MAPPING_ERROR: u64 = !0;
 
 // SAFETY: The scatterlist holds page pointers and addresses owned by the
 // request being mapped; it is only touched by whoever owns that request.
@@ -387,6 +400,7 @@ impl RequestSgl {
             capacity,
             in_sg: 0,
             mapped: 0,
+            single: None,
             dir: DataDirection::Bidirectional,
         })
     }
@@ -413,6 +427,13 @@ impl RequestSgl {
         let segments = rq.phys_segments();
         if segments > self.capacity || segments == 0 {
             return Err(EINVAL);
+        }
+        if segments == 1 {
+            // SAFETY: `dev` is bound and the caller owns the started
+            // request (caller's guarantee).
+            if let Some(done) = unsafe { self.map_single(dev, rq, dir) } {
+                return done;
+            }
         }
         let sgl = self.entries.as_mut_ptr();
         // Only the entries this request uses are (re)initialized.
@@ -441,11 +462,82 @@ impl RequestSgl {
         Ok(mapped)
     }
 
+    /// Maps a one-segment request straight from its first bio vector.
+    /// Returns `None` (nothing mapped) if the vector does not cover the
+    /// whole request, so the caller takes the scatterlist path.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::map`]; `rq` has one physical segment and data in
+    /// direction `dir`, and nothing is mapped.
+    unsafe fn map_single(
+        &mut self,
+        dev: &device::Device,
+        rq: &Request,
+        dir: DataDirection,
+    ) -> Option<Result<u32>> {
+        let raw = rq.raw();
+        // SAFETY: The caller owns the started request, so its fields and its
+        // first bio (and that bio's vector array, indexed by its own
+        // iterator) stay as they are until it ends; a read or write request
+        // with data has a bio. Only plain fields are copied out.
+        let (page, offset, len) = unsafe {
+            if (*raw).rq_flags & (1 << bindings::rqf_flags___RQF_SPECIAL_PAYLOAD) != 0 {
+                return None;
+            }
+            let bio = (*raw).bio;
+            if bio.is_null() {
+                return None;
+            }
+            let iter = (*bio).bi_iter;
+            let bvec = *(*bio).bi_io_vec.add(iter.bi_idx as usize);
+            // `mp_bvec_iter_bvec()`: the rest of the current multi-page
+            // vector, bounded by what is left of the bio.
+            let len = bvec.bv_len.checked_sub(iter.bi_offset)?.min(iter.bi_size);
+            (bvec.bv_page, bvec.bv_offset + iter.bi_offset, len)
+        };
+        // Several bios can make one physical segment; then the first vector
+        // is only part of the data.
+        if len != rq.bytes() || len == 0 {
+            return None;
+        }
+        // SAFETY: `page` and `offset..offset + len` describe the request's
+        // data, owned by the caller's request until it ends; `dev` is bound
+        // (caller's guarantee).
+        let addr = unsafe {
+            bindings::dma_map_page_attrs(
+                raw_device(dev),
+                page,
+                offset as usize,
+                len as usize,
+                dir.into(),
+                0,
+            )
+        };
+        if addr == DMA_MAPPING_ERROR {
+            return Some(Err(ENOMEM));
+        }
+        // INVARIANT: The mapping and its parameters are recorded for unmap.
+        self.single = Some(DmaSegment { addr, len });
+        self.mapped = 1;
+        self.dir = dir;
+        Some(Ok(1))
+    }
+
     /// The DMA segments of the current mapping.
     pub(crate) fn segments(&self) -> impl Iterator<Item = DmaSegment> + '_ {
+        let sg_entries = if self.single.is_some() {
+            0
+        } else {
+            self.mapped as usize
+        };
+        Iterator::chain(self.single.into_iter(), self.sg_segments(sg_entries))
+    }
+
+    fn sg_segments(&self, count: usize) -> impl Iterator<Item = DmaSegment> + '_ {
         self.entries
             .iter()
-            .take(self.mapped as usize)
+            .take(count)
             .map(|sg| DmaSegment {
                 // `sg_dma_address()` and `sg_dma_len()`: with
                 // CONFIG_NEED_SG_DMA_LENGTH the mapped length has its own
@@ -472,6 +564,21 @@ impl RequestSgl {
     /// `dev` must be the device passed to [`Self::map`], still bound.
     pub(crate) unsafe fn unmap(&mut self, dev: &device::Device) {
         if self.mapped == 0 {
+            return;
+        }
+        if let Some(segment) = self.single.take() {
+            // SAFETY: By the type invariant `segment` was mapped for `dev`
+            // in direction `dir` with this length.
+            unsafe {
+                bindings::dma_unmap_page_attrs(
+                    raw_device(dev),
+                    segment.addr,
+                    segment.len as usize,
+                    self.dir.into(),
+                    0,
+                )
+            };
+            self.mapped = 0;
             return;
         }
         // SAFETY: By the type invariant the first `in_sg` entries were
