@@ -26,6 +26,9 @@ Options:
                          startup, so its own NVMe function refuses to enable
   --io-queues N          I/O queue pairs per function (1-255, default 4)
   --workers N            I/O worker threads per function (1-64, default 2)
+  --poll-us N            after its last command a worker keeps polling the
+                         shadow doorbells for N microseconds before it sleeps
+                         (0-10000, default 200; 0: sleep at once)
   --log-level LEVEL      error, warn, info, debug or trace (default info)
   --power-loss-sim SEED  power-loss testing: every SSD image gets a volatile
                          write cache (drive cache and host page cache) that
@@ -69,6 +72,9 @@ pub struct Options {
     pub passthrough_ssd: Option<usize>,
     pub io_queues: u16,
     pub workers: usize,
+    /// `--poll-us`: how long an idle worker keeps polling, in
+    /// microseconds.
+    pub poll_us: u32,
     pub log_level: log::LevelFilter,
     /// Seed of the power-loss simulation (`--power-loss-sim`), if on.
     pub power_loss_seed: Option<u64>,
@@ -157,6 +163,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     let mut passthrough_ssd = None;
     let mut io_queues = 4u16;
     let mut workers = 2usize;
+    let mut poll_us = crate::worker::DEFAULT_POLL_WINDOW.as_micros() as u32;
     let mut log_level = log::LevelFilter::Info;
     let mut power_loss_seed = None;
     let mut hostile = None;
@@ -191,6 +198,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 io_queues = parse_number("--io-queues", &value("--io-queues")?, 1, 255)?
             }
             "--workers" => workers = parse_number("--workers", &value("--workers")?, 1, 64)?,
+            "--poll-us" => poll_us = parse_number("--poll-us", &value("--poll-us")?, 0, 10_000)?,
             "--log-level" => {
                 let v = value("--log-level")?;
                 log_level = v
@@ -231,6 +239,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         passthrough_ssd,
         io_queues,
         workers,
+        poll_us,
         log_level,
         power_loss_seed,
         hostile,
@@ -274,6 +283,7 @@ mod tests {
             "--io-queues",
             "8",
             "--workers=3",
+            "--poll-us=50",
             "--log-level",
             "debug",
             "--power-loss-sim=18446744073709551615",
@@ -307,6 +317,7 @@ mod tests {
             }
         );
         assert_eq!((o.passthrough_ssd, o.io_queues, o.workers), (Some(1), 8, 3));
+        assert_eq!(o.poll_us, 50);
         assert_eq!(o.log_level, log::LevelFilter::Debug);
         assert_eq!(o.power_loss_seed, Some(u64::MAX));
         assert_eq!(o.power_loss_report, Some(PathBuf::from("/tmp/cut.log")));
@@ -320,6 +331,10 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(o.power_loss_seed, None, "off unless asked for");
+        assert_eq!(
+            std::time::Duration::from_micros(o.poll_us.into()),
+            crate::worker::DEFAULT_POLL_WINDOW
+        );
     }
 
     #[test]
@@ -332,6 +347,8 @@ mod tests {
         assert!(parse(args(&["--socket-dir", "d", "--io-queues", "256"])).is_err());
         assert!(parse(args(&["--socket-dir", "d", "--passthrough-ssd", "0"])).is_err());
         assert!(parse(args(&["--socket-dir", "d", "--bogus"])).is_err());
+        assert!(parse(args(&["--socket-dir", "d", "--poll-us", "10001"])).is_err());
+        assert!(parse(args(&["--socket-dir", "d", "--poll-us", "-1"])).is_err());
         assert!(parse(args(&["--socket-dir", "d", "--log-level", "loud"])).is_err());
         assert!(parse(args(&["--socket-dir", "d", "--ssd", ":1G"])).is_err());
         assert!(parse(args(&["--socket-dir", "d", "--power-loss-sim"])).is_err());

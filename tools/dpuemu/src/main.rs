@@ -297,7 +297,12 @@ fn run(options: &Options) -> Result<(), String> {
     let functions: Vec<Arc<Function>> = functions.into_iter().map(Arc::new).collect();
     let mut workers = Vec::new();
     for (function, server) in functions.iter().zip(servers) {
-        workers.extend(worker::spawn(&function.controller));
+        workers.extend(worker::spawn_with(
+            &function.controller,
+            worker::Polling {
+                window: std::time::Duration::from_micros(options.poll_us.into()),
+            },
+        ));
         let f = Arc::clone(function);
         thread::Builder::new()
             .name(format!("{}-vfio", function.controller.config().name))
