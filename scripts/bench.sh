@@ -36,6 +36,9 @@
 #   DPUBLK_BENCH_SERVICE_RUNTIME
 #                          the same for the data-service rows (default 5)
 #   DPUBLK_BENCH_RAMP      seconds of each job before measuring (default 2)
+#   DPUBLK_BENCH_DPUEMU_ARGS
+#                          more dpuemu options for the run (e.g. "--poll-us 0"
+#                          to measure without the workers' polling window)
 . "$(dirname "$0")/lib.sh"
 
 usage() { sed -n '3,/^\. /p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -155,7 +158,7 @@ done
 # above, SSD 0's image passed through as namespace 1 (dpublk), QEMU's NVMe
 # controller with an image of the same size in the same run directory, and
 # RAM for dm-vdo (its index and block map cache take about 450 MiB).
-export DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0"
+export DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0${DPUBLK_BENCH_DPUEMU_ARGS:+ $DPUBLK_BENCH_DPUEMU_ARGS}"
 # vm.sh's time limit (DPUBLK_VM_TIMEOUT, made for test suites) would cut a
 # full run short: allow every job of the tables (37 per repetition) its
 # ramp, window and half a minute of start, stop and setup, and a quarter of
