@@ -34,8 +34,9 @@ Options:
                          write cache (drive cache and host page cache) that
                          reads see and only a flush (NVMe Flush, FUA write,
                          the engine's commits) writes to the image and
-                         fdatasyncs; SIGUSR2 then cuts the power: a random
-                         subset of each cache's 512-byte sectors (seeded by
+                         fdatasyncs; SIGUSR2 then cuts the power (once a
+                         cache holds unflushed data, waiting at most 3 s):
+                         a random subset of each cache's 512-byte sectors (seeded by
                          SEED, logged) reaches the image, the rest is lost,
                          and dpuemu exits (status 3) at once without
                          flushing

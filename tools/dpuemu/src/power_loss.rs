@@ -153,7 +153,6 @@ impl VolatileNamespace {
     }
 
     /// Unflushed sectors held now.
-    #[cfg(test)]
     pub fn pending_sectors(&self) -> usize {
         self.layer
             .lock()
