@@ -62,9 +62,14 @@ clean:
 	$(CARGO) clean
 
 # make fuzz-nvmf: the NVMe/TCP PDU parser's mutation fuzzer, 10 million
-# seeded inputs (FUZZ_INPUTS, FUZZ_SEED); fails on a panic or a broken invariant.
+# seeded inputs (FUZZ_INPUTS, FUZZ_SEED), then one million mutated sessions
+# through dpuemu's NVMe/TCP connection code (FUZZ_STREAMS); fails on a panic
+# or a broken invariant (Documentation/nvmf.rst).
 FUZZ_INPUTS ?= 10000000
 FUZZ_SEED ?= 1
+FUZZ_STREAMS ?= 1000000
 .PHONY: fuzz-nvmf
 fuzz-nvmf:
 	$(CARGO) run --release -p nvme-tcp --bin nvme-tcp-fuzz -- --inputs $(FUZZ_INPUTS) --seed $(FUZZ_SEED)
+	NVMF_STREAM_FUZZ=$(FUZZ_STREAMS) NVMF_STREAM_SEED=$(FUZZ_SEED) \
+		$(CARGO) test -p dpuemu nvmf::stream_fuzz -- --nocapture

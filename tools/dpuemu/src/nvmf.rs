@@ -17,6 +17,8 @@ mod connection;
 mod fabrics;
 mod identify;
 mod io;
+#[cfg(test)]
+mod stream_fuzz;
 mod target;
 #[cfg(test)]
 mod tests;

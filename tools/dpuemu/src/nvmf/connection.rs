@@ -22,7 +22,7 @@ use nvme_tcp::{Negotiated, Pdu, PduError, Receiver, Stage};
 
 use super::fabrics;
 use super::io as nvm_io;
-use super::target::{FabricsController, Target};
+use super::target::{Closer, FabricsController, Target};
 
 /// In-capsule data bytes a command capsule may carry (IOCCSZ is this plus
 /// the 64-byte command, in 16-byte units).
@@ -131,11 +131,11 @@ impl From<io::Error> for End {
 }
 
 /// State of one connection.
-pub struct Connection<'t> {
+pub struct Connection<'t, L: Link> {
     pub target: &'t Target,
     pub port: u16,
     pub peer: String,
-    stream: TcpStream,
+    stream: L,
     receiver: Receiver,
     negotiated: Negotiated,
     pub queue: Option<Queue>,
@@ -148,10 +148,41 @@ pub struct Connection<'t> {
     last_header_len: usize,
 }
 
-/// Serves one accepted connection until it ends.
+/// A connection's byte stream: a TCP socket, or in tests any reader and
+/// writer.
+pub trait Link: Read + Write {
+    /// A handle the connection's controller uses to end it from another
+    /// thread (teardown, keep-alive expiry).
+    fn closer(&self) -> io::Result<Closer>;
+    /// The queue is connected: no setup time limit from now on.
+    fn connected(&mut self) -> io::Result<()>;
+    /// Ends the connection.
+    fn close(&mut self);
+}
+
+impl Link for TcpStream {
+    fn closer(&self) -> io::Result<Closer> {
+        Ok(Closer::socket(self.try_clone()?))
+    }
+
+    fn connected(&mut self) -> io::Result<()> {
+        self.set_read_timeout(None)
+    }
+
+    fn close(&mut self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+}
+
+/// Serves one accepted socket until the connection ends.
 pub fn serve(target: &Target, port: u16, stream: TcpStream, peer: &str) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(SETUP_TIMEOUT));
+    serve_link(target, port, stream, peer);
+}
+
+/// Serves one connection over `stream` until it ends.
+pub fn serve_link<L: Link>(target: &Target, port: u16, stream: L, peer: &str) {
     let mut c = Connection {
         target,
         port,
@@ -182,7 +213,7 @@ pub fn serve(target: &Target, port: u16, stream: TcpStream, peer: &str) {
         }
         Err(End::Closed) | Ok(()) => debug!("nvmf {peer}: closed"),
     }
-    let _ = c.stream.shutdown(Shutdown::Both);
+    c.stream.close();
     if let Some(q) = &c.queue {
         if q.qid == 0 {
             target.remove_controller(q.controller.cntlid);
@@ -197,11 +228,11 @@ pub fn serve(target: &Target, port: u16, stream: TcpStream, peer: &str) {
     }
 }
 
-impl Connection<'_> {
+impl<L: Link> Connection<'_, L> {
     fn run(&mut self) -> Result<(), End> {
         loop {
             let mut ch = [0u8; COMMON_HEADER_BYTES];
-            (&self.stream).read_exact(&mut ch)?;
+            self.stream.read_exact(&mut ch)?;
             self.last_header[..8].copy_from_slice(&ch);
             self.last_header_len = 8;
             let layout = match self.receiver.frame(&ch) {
@@ -212,7 +243,7 @@ impl Connection<'_> {
             // Bounded by the receiver: at most its largest PDU.
             self.buffer.resize(plen, 0);
             self.buffer[..8].copy_from_slice(&ch);
-            (&self.stream).read_exact(&mut self.buffer[8..plen])?;
+            self.stream.read_exact(&mut self.buffer[8..plen])?;
             let n = plen.min(layout.header.pdu_type.header_len());
             self.last_header[..n].copy_from_slice(&self.buffer[..n]);
             self.last_header_len = n;
@@ -226,7 +257,7 @@ impl Connection<'_> {
     /// Sends C2HTermReq with `fes` and `fei` and ends the connection.
     fn terminate(&mut self, reason: String, fes: u16, fei: u32) -> End {
         let term = encode::term_req(false, fes, fei, &self.last_header[..self.last_header_len]);
-        let _ = (&self.stream).write_all(term.as_bytes());
+        let _ = self.stream.write_all(term.as_bytes());
         End::Protocol { reason, fes, fei }
     }
 
@@ -274,7 +305,7 @@ impl Connection<'_> {
             data_digest: req.data_digest,
             maxh2cdata: MAXH2CDATA,
         });
-        (&self.stream).write_all(resp.as_bytes())?;
+        self.stream.write_all(resp.as_bytes())?;
         self.receiver.stage = Stage::Ready(self.negotiated);
         info!(
             "nvmf {}: initialized (header digest {}, data digest {}, HPDA {})",
@@ -347,7 +378,7 @@ impl Connection<'_> {
                     },
                 );
                 let r2t = encode::r2t(sqe.cid(), ttag, 0, sgl_len, &self.negotiated);
-                (&self.stream).write_all(r2t.as_bytes())?;
+                self.stream.write_all(r2t.as_bytes())?;
                 Ok(())
             }
             DataDirection::ControllerToHost if sgl_id == SGL_TRANSPORT && c.data.is_empty() => {
@@ -504,7 +535,7 @@ impl Connection<'_> {
         cqe.dw1.set((result >> 32) as u32);
         let h = encode::capsule_resp(&cqe.to_bytes(), &self.negotiated);
         append(&mut out, &h, &[]);
-        (&self.stream).write_all(&out)?;
+        self.stream.write_all(&out)?;
         if close {
             return Err(End::Closed);
         }
@@ -513,8 +544,8 @@ impl Connection<'_> {
 
     /// Binds the connection to its queue after a successful Connect.
     pub fn bind(&mut self, queue: Queue) -> io::Result<()> {
-        queue.controller.attach_socket(queue.qid, &self.stream)?;
-        self.stream.set_read_timeout(None)?;
+        queue.controller.attach(queue.qid, self.stream.closer()?)?;
+        self.stream.connected()?;
         self.queue = Some(queue);
         Ok(())
     }

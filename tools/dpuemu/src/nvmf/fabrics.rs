@@ -11,7 +11,7 @@ use nvme_shim::sqe::SubmissionEntry;
 use nvme_shim::status::{sct, Status};
 
 use super::config::{valid_nqn, DISCOVERY_NQN};
-use super::connection::{Connection, Queue, Reply};
+use super::connection::{Connection, Link, Queue, Reply};
 use super::identify;
 use super::target::{ConnectError, FabricsController};
 
@@ -73,7 +73,11 @@ fn nqn_field(field: &[u8]) -> Option<&str> {
 }
 
 /// A Fabrics command (opcode 0x7f).
-pub fn fabrics_command(c: &mut Connection<'_>, sqe: &SubmissionEntry, data: &[u8]) -> Reply {
+pub fn fabrics_command<L: Link>(
+    c: &mut Connection<'_, L>,
+    sqe: &SubmissionEntry,
+    data: &[u8],
+) -> Reply {
     let fctype = sqe.nsid.get() as u8;
     match fctype {
         fctype::CONNECT => connect(c, sqe, data),
@@ -96,7 +100,7 @@ pub fn fabrics_command(c: &mut Connection<'_>, sqe: &SubmissionEntry, data: &[u8
     }
 }
 
-fn connect(c: &mut Connection<'_>, sqe: &SubmissionEntry, data: &[u8]) -> Reply {
+fn connect<L: Link>(c: &mut Connection<'_, L>, sqe: &SubmissionEntry, data: &[u8]) -> Reply {
     if c.queue.is_some() {
         return Reply::status(Status::COMMAND_SEQUENCE_ERROR);
     }
@@ -236,8 +240,8 @@ fn property_set(ctrl: &FabricsController, sqe: &SubmissionEntry) -> Reply {
 }
 
 /// An admin command of a connected admin queue.
-pub fn admin_command(
-    c: &mut Connection<'_>,
+pub fn admin_command<L: Link>(
+    c: &mut Connection<'_, L>,
     ctrl: &FabricsController,
     sqe: &SubmissionEntry,
     _data: &[u8],

@@ -56,6 +56,29 @@ pub struct Port {
     pub address: SocketAddr,
 }
 
+/// Ends a connection from another thread than the one serving it.
+pub struct Closer(Option<TcpStream>);
+
+impl Closer {
+    /// Closes through a clone of the connection's socket.
+    pub fn socket(stream: TcpStream) -> Self {
+        Self(Some(stream))
+    }
+
+    /// A connection nothing else can end (a test's in-memory stream, which
+    /// ends by itself).
+    #[cfg(test)]
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    fn close(&self) {
+        if let Some(s) = &self.0 {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
 /// Controller registers a host reads and writes with Property Get/Set.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Registers {
@@ -87,17 +110,16 @@ pub struct FabricsController {
     pub io_queues: AtomicU32,
     /// I/O queue IDs with a connection.
     pub connected: Mutex<Vec<u16>>,
-    /// The sockets of its connections by queue ID, shut down when it goes.
-    sockets: Mutex<Vec<(u16, TcpStream)>>,
+    /// The closers of its connections by queue ID, used when it goes.
+    sockets: Mutex<Vec<(u16, Closer)>>,
     /// Set once it is torn down.
     pub dead: AtomicBool,
 }
 
 impl FabricsController {
-    /// Registers the socket (a clone) of queue `qid` for teardown; fails
-    /// if the controller is already gone.
-    pub fn attach_socket(&self, qid: u16, stream: &TcpStream) -> io::Result<()> {
-        let clone = stream.try_clone()?;
+    /// Registers the closer of queue `qid`'s connection for teardown;
+    /// fails if the controller is already gone.
+    pub fn attach(&self, qid: u16, closer: Closer) -> io::Result<()> {
         let mut sockets = lock(&self.sockets);
         if self.dead.load(Ordering::Acquire) {
             return Err(io::Error::new(
@@ -105,7 +127,7 @@ impl FabricsController {
                 "controller gone",
             ));
         }
-        sockets.push((qid, clone));
+        sockets.push((qid, closer));
         Ok(())
     }
 
@@ -123,8 +145,8 @@ impl FabricsController {
             self.dead.store(true, Ordering::Release);
             std::mem::take(&mut *s)
         };
-        for (_, s) in sockets {
-            let _ = s.shutdown(Shutdown::Both);
+        for (_, closer) in sockets {
+            closer.close();
         }
     }
 
