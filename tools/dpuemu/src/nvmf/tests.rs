@@ -647,3 +647,45 @@ fn hostile_streams_never_panic_a_connection() {
     ns.read_at(2048 * 512, &mut direct).expect("image read");
     assert_eq!(direct, data, "the image holds what the host wrote");
 }
+
+#[test]
+fn an_exported_ssd_belongs_to_the_target() {
+    use crate::namespace::FileNamespace;
+    use crate::ownership::SsdOwnership;
+
+    let dir = std::env::temp_dir().join(format!("dpuemu-nvmf-ssd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let _cleanup = TempDir(dir.clone());
+    let media: Arc<dyn Namespace> =
+        Arc::new(FileNamespace::open(&dir.join("ssd0.img"), Some(2 << 20)).expect("image"));
+    let ownership = Arc::new(SsdOwnership::new());
+    let ssds = vec![(media.clone(), ownership.clone())];
+    let text = format!(
+        "[port 1]\nservice 0\n[subsystem {SUBSYSTEM}]\nports 1\nallow-any-host\nnamespace 1 ssd 0\n"
+    );
+    let config = config::parse(&text).expect("config");
+    let target = Target::start(&config, &ssds).expect("target");
+    assert!(ownership.is_attached(), "the SSD is the target's");
+    assert!(
+        !ownership.host_enable(),
+        "its own NVMe function may not enable"
+    );
+    // A second claim on the same SSD, and an SSD that does not exist.
+    assert!(Target::start(&config, &ssds).is_err());
+    let missing = text.replace("ssd 0", "ssd 1");
+    assert!(Target::start(&config::parse(&missing).expect("config"), &ssds).is_err());
+    // I/O through the target reaches the SSD image.
+    let mut admin = Host::connect(target.ports[0].address, false, false);
+    let cntlid = admin.enable(SUBSYSTEM, OTHER_HOST);
+    let mut io = Host::connect(target.ports[0].address, false, false);
+    assert_eq!(
+        io.fabrics_connect(1, cntlid, SUBSYSTEM, OTHER_HOST).status,
+        0
+    );
+    let data = pattern(4096, 3);
+    assert_eq!(io.io(0x01, 1, 10, &data, true, 0).status, 0);
+    let mut direct = vec![0u8; 4096];
+    media.read_at(10 * 512, &mut direct).expect("read");
+    assert_eq!(direct, data);
+}
