@@ -16,6 +16,7 @@ pub mod config;
 mod connection;
 mod fabrics;
 mod identify;
+mod initiator;
 mod io;
 #[cfg(test)]
 mod stream_fuzz;

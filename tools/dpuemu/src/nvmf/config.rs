@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
+use super::initiator::RemoteSpec;
 use crate::cli::parse_size;
 
 /// The NQN of the discovery subsystem every port serves.
@@ -46,6 +47,9 @@ pub enum NamespaceSource {
     /// SSD image N of `--ssd` (its own NVMe function then refuses to
     /// enable: the target owns it).
     Ssd(usize),
+    /// A namespace of a remote NVMe/TCP subsystem, reached with dpuemu's
+    /// initiator.
+    Remote(RemoteSpec),
 }
 
 /// One I/O subsystem.
@@ -238,9 +242,34 @@ fn subsystem_line(s: &mut SubsystemConfig, key: &str, values: &[&str]) -> Result
                         .map_err(|_| format!("SSD index '{index}' is not a number"))?;
                     (nsid, NamespaceSource::Ssd(i))
                 }
+                [nsid, "remote", address, subnqn, rest @ ..] if rest.len() <= 1 => {
+                    let address: SocketAddr = address.parse().map_err(|_| {
+                        format!("remote '{address}' is not ADDRESS:PORT ([IPv6]:PORT)")
+                    })?;
+                    if !valid_nqn(subnqn) {
+                        return Err(format!("'{subnqn}' is not a subsystem NQN"));
+                    }
+                    let remote_nsid = match rest.first() {
+                        Some(n) => n
+                            .parse()
+                            .ok()
+                            .filter(|&n: &u32| n > 0 && n < 0xffff_fffe)
+                            .ok_or_else(|| format!("remote NSID '{n}' is not valid"))?,
+                        None => 1,
+                    };
+                    (
+                        nsid,
+                        NamespaceSource::Remote(RemoteSpec {
+                            address,
+                            subnqn: subnqn.to_string(),
+                            nsid: remote_nsid,
+                        }),
+                    )
+                }
                 _ => {
                     return Err(
-                        "expected 'namespace NSID file PATH [SIZE]' or 'namespace NSID ssd N'"
+                        "expected 'namespace NSID file PATH [SIZE]', 'namespace NSID ssd N' \
+                         or 'namespace NSID remote ADDRESS:PORT NQN [NSID]'"
                             .into(),
                     )
                 }
@@ -318,6 +347,7 @@ ports 1 2
 host nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001
 namespace 1 file /tmp/a.img 64M
 namespace 7 ssd 0
+namespace 8 remote 127.0.0.1:4421 nqn.2026-12.org.linux:nvmet 3
 [subsystem nqn.2026-12.org.dpublk:b]
 ports 2
 allow-any-host
@@ -343,6 +373,14 @@ namespace 1 file /tmp/b.img
             })
         );
         assert_eq!(a.namespaces.get(&7), Some(&NamespaceSource::Ssd(0)));
+        assert_eq!(
+            a.namespaces.get(&8),
+            Some(&NamespaceSource::Remote(RemoteSpec {
+                address: "127.0.0.1:4421".parse().unwrap(),
+                subnqn: "nqn.2026-12.org.linux:nvmet".into(),
+                nsid: 3
+            }))
+        );
         assert!(c.subsystems[1].allow_any_host);
     }
 
@@ -362,6 +400,9 @@ namespace 1 file /tmp/b.img
             ("[port 1]\n[subsystem nqn.x.y]\nnamespace 0 ssd 0\n", "NSID"),
             ("[port 1]\n[subsystem nqn.x.y]\nnamespace 1 disk /a\n", "expected"),
             ("[port 1]\n[subsystem nqn.x.y]\nhost bob\n", "host NQN"),
+            ("[port 1]\n[subsystem nqn.x.y]\nnamespace 1 remote localhost:1 nqn.a.b\n", "ADDRESS:PORT"),
+            ("[port 1]\n[subsystem nqn.x.y]\nnamespace 1 remote 1.2.3.4:1 bob\n", "not a subsystem NQN"),
+            ("[port 1]\n[subsystem nqn.x.y]\nnamespace 1 remote 1.2.3.4:1 nqn.a.b 0\n", "remote NSID"),
             ("[port 1]\n[subsystem nqn.x.y]\nports 1\n", "no namespace"),
             ("[port 1]\n[subsystem nqn.x.y]\nnamespace 1 ssd 0\n", "no port"),
             ("[port 1]\n[subsystem nqn.x.y]\nports 2\nnamespace 1 ssd 0\n", "no [port 2]"),

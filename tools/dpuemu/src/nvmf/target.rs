@@ -13,6 +13,7 @@ use log::{info, warn};
 
 use super::config::{NamespaceSource, TargetConfig};
 use super::connection;
+use super::initiator::RemoteNamespace;
 use crate::namespace::{FileNamespace, Namespace};
 use crate::ownership::SsdOwnership;
 
@@ -204,6 +205,14 @@ impl Target {
                     NamespaceSource::File { path, size } => {
                         Arc::new(FileNamespace::open(path, *size).map_err(|e| {
                             format!("{} namespace {nsid}: {}: {e}", s.nqn, path.display())
+                        })?)
+                    }
+                    NamespaceSource::Remote(spec) => {
+                        Arc::new(RemoteNamespace::connect(spec.clone()).map_err(|e| {
+                            format!(
+                                "{} namespace {nsid}: remote {} {} namespace {}: {e}",
+                                s.nqn, spec.address, spec.subnqn, spec.nsid
+                            )
                         })?)
                     }
                     NamespaceSource::Ssd(n) => {

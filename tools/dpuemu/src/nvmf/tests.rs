@@ -689,3 +689,53 @@ fn an_exported_ssd_belongs_to_the_target() {
     media.read_at(10 * 512, &mut direct).expect("read");
     assert_eq!(direct, data);
 }
+
+#[test]
+fn a_remote_namespace_is_re_exported_through_the_initiator() {
+    // The backend lets any host in, the initiator among them.
+    let dir = std::env::temp_dir().join(format!("dpuemu-nvmf-gw-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let _cleanup = TempDir(dir.clone());
+    let text = format!(
+        "[port 1]\nservice 0\n[subsystem {SUBSYSTEM}]\nports 1\nallow-any-host\n\
+         namespace 1 file {}/back.img 2M\n",
+        dir.display()
+    );
+    let back = Target::start(&config::parse(&text).expect("config"), &[]).expect("backend");
+    let gateway_text = format!(
+        "[port 1]\nservice 0\n[subsystem nqn.2026-12.org.dpublk:gateway]\nports 1\nallow-any-host\n\
+         namespace 1 remote {} {SUBSYSTEM} 1\n",
+        back.ports[0].address
+    );
+    let gateway =
+        Target::start(&config::parse(&gateway_text).expect("config"), &[]).expect("gateway");
+    let gw_ns = gateway.subsystems[0].namespaces[&1].clone();
+    assert_eq!(gw_ns.size(), 2 << 20, "geometry read from the remote");
+    // A host writes through the gateway: small (in-capsule at the remote),
+    // large (R2T at the remote, split at MAXH2CDATA), and reads back.
+    let gnqn = "nqn.2026-12.org.dpublk:gateway";
+    let mut admin = Host::connect(gateway.ports[0].address, true, true);
+    let cntlid = admin.enable(gnqn, HOST);
+    let mut io = Host::connect(gateway.ports[0].address, true, true);
+    assert_eq!(io.fabrics_connect(1, cntlid, gnqn, HOST).status, 0);
+    let small = pattern(4096, 21);
+    let big = pattern(128 << 10, 22);
+    assert_eq!(io.io(0x01, 1, 0, &small, true, 0).status, 0);
+    assert_eq!(io.io(0x01, 1, 1024, &big, false, 0).status, 0);
+    assert_eq!(io.io(0x02, 1, 1024, &[], false, 128 << 10).data, big);
+    assert_eq!(io.io(0x00, 1, 0, &[], false, 0).status, 0, "flush");
+    // The data is in the backend's image.
+    let back_ns = back.subsystems[0].namespaces[&1].clone();
+    let mut direct = vec![0u8; 4096];
+    back_ns.read_at(0, &mut direct).expect("read");
+    assert_eq!(direct, small);
+    let mut direct = vec![0u8; 128 << 10];
+    back_ns.read_at(1024 * 512, &mut direct).expect("read");
+    assert_eq!(direct, big);
+    // A remote failure is an I/O error, not a hang or a panic.
+    assert!(
+        gw_ns.read_at(3 << 20, &mut [0u8; 512]).is_err(),
+        "beyond the end"
+    );
+}
