@@ -158,6 +158,10 @@ fn controller(ctrl: &FabricsController) -> Vec<u8> {
         put16(&mut p, 520, (1 << 2) | (1 << 3));
         p[525] = 1; // VWC present: Flush means something.
     }
+    if io {
+        // MNAN: hosts size the ANA log's NSID lists from it.
+        put32(&mut p, 540, MAX_NSID);
+    }
     // SGLS: SGLs supported (no alignment), offset subtype in data blocks,
     // transport SGL data blocks.
     put32(&mut p, 536, 1 | (1 << 20));

@@ -302,6 +302,13 @@ fn session_with_and_without_digests() {
             516
         );
         assert_ne!(u16::from_le_bytes([id.data[320], id.data[321]]), 0, "KAS");
+        // ANA: reported in CMIC, one group, and MNAN to size the log by.
+        assert_eq!(id.data[76] & (1 << 3), 1 << 3);
+        assert_eq!(u32::from_le_bytes(id.data[348..352].try_into().unwrap()), 1);
+        assert_eq!(
+            u32::from_le_bytes(id.data[540..544].try_into().unwrap()),
+            1024
+        );
 
         let ns = admin.admin(0x06, 1, 0, 0, 4096);
         assert_eq!(u64::from_le_bytes(ns.data[..8].try_into().unwrap()), 8192);
