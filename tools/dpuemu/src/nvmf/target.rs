@@ -414,6 +414,16 @@ impl Target {
         }
     }
 
+    /// Tears every controller down, as a target restart would look to
+    /// their hosts.
+    #[cfg(test)]
+    pub fn remove_all_controllers(&self) {
+        let ids: Vec<u16> = lock(&self.controllers).keys().copied().collect();
+        for id in ids {
+            self.remove_controller(id);
+        }
+    }
+
     /// Number of live controllers (for tests and the log).
     pub fn controller_count(&self) -> usize {
         lock(&self.controllers).len()

@@ -745,4 +745,13 @@ fn a_remote_namespace_is_re_exported_through_the_initiator() {
         gw_ns.read_at(3 << 20, &mut [0u8; 512]).is_err(),
         "beyond the end"
     );
+    // The backend drops the initiator's association: the command in
+    // progress fails, the next one connects again and sees the data.
+    back.remove_all_controllers();
+    let mut again = vec![0u8; 4096];
+    if gw_ns.read_at(0, &mut again).is_err() {
+        gw_ns.read_at(0, &mut again).expect("reconnected");
+    }
+    assert_eq!(again, small);
+    assert_eq!(back.controller_count(), 1, "one new association");
 }
