@@ -73,3 +73,11 @@ fuzz-nvmf:
 	$(CARGO) run --release -p nvme-tcp --bin nvme-tcp-fuzz -- --inputs $(FUZZ_INPUTS) --seed $(FUZZ_SEED)
 	NVMF_STREAM_FUZZ=$(FUZZ_STREAMS) NVMF_STREAM_SEED=$(FUZZ_SEED) \
 		$(CARGO) test -p dpuemu nvmf::stream_fuzz -- --nocapture
+
+# make bench-engine: the engine's metadata at scale, natively (no VM) on
+# sparse images under $(DPUBLK_CACHE)/bench-engine: RAM, snapshot, commit,
+# lock-hold and open times of a paged pool against the in-memory format
+# (settings: BENCH_ENGINE_* in Documentation/engine-volumes.rst).
+.PHONY: bench-engine
+bench-engine:
+	nice -n 10 $(CARGO) run --release -p dpu-engine --example bench_engine

@@ -31,11 +31,15 @@
 //! ```
 
 use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use crate::media::{check_range, Media, MediaError, MediaResult};
 
 mod alloc;
+mod common;
 mod crypt;
 mod engine;
 mod format;
@@ -238,10 +242,60 @@ pub struct CacheReport {
     pub blocks_written: u64,
 }
 
+/// How long the pool lock was held: the longest hold and the count, since
+/// the pool was opened or [`Pool::reset_lock_stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LockStats {
+    pub holds: u64,
+    pub max_hold_ns: u64,
+}
+
+#[derive(Default)]
+struct LockHolds {
+    holds: AtomicU64,
+    max_hold_ns: AtomicU64,
+}
+
+impl LockHolds {
+    fn record(&self, since: Instant) {
+        let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.holds.fetch_add(1, Ordering::Relaxed);
+        self.max_hold_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+}
+
+/// The pool lock, held: records how long when released.
+struct Held<'a> {
+    guard: MutexGuard<'a, Engine>,
+    since: Instant,
+    holds: &'a LockHolds,
+}
+
+impl Deref for Held<'_> {
+    type Target = Engine;
+
+    fn deref(&self) -> &Engine {
+        &self.guard
+    }
+}
+
+impl DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut Engine {
+        &mut self.guard
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.holds.record(self.since);
+    }
+}
+
 /// A thin pool over one media. Cloning the handle shares the pool.
 #[derive(Clone)]
 pub struct Pool {
     state: Arc<Mutex<Engine>>,
+    holds: Arc<LockHolds>,
 }
 
 impl Pool {
@@ -275,7 +329,21 @@ impl Pool {
     fn wrap(state: Engine) -> Pool {
         Pool {
             state: Arc::new(Mutex::new(state)),
+            holds: Arc::new(LockHolds::default()),
         }
+    }
+
+    /// How long the pool lock was held (the bench's `max_lock_ms`).
+    pub fn lock_stats(&self) -> LockStats {
+        LockStats {
+            holds: self.holds.holds.load(Ordering::Relaxed),
+            max_hold_ns: self.holds.max_hold_ns.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn reset_lock_stats(&self) {
+        self.holds.holds.store(0, Ordering::Relaxed);
+        self.holds.max_hold_ns.store(0, Ordering::Relaxed);
     }
 
     /// The pool's metadata format.
@@ -311,21 +379,25 @@ impl Pool {
     /// pool is dropped.
     pub fn spawn_releaser(&self) -> std::thread::JoinHandle<()> {
         let weak = Arc::downgrade(&self.state);
+        let holds = self.holds.clone();
         std::thread::spawn(move || loop {
             let Some(state) = weak.upgrade() else {
                 return;
             };
-            let pending = match state.lock() {
-                Ok(mut engine) => match &mut *engine {
-                    Engine::InMemory(_) => return,
-                    Engine::Paged(p) => match p.has_deferred() {
-                        Ok(true) => p.release_step(RELEASE_STEP).map(|done| !done),
-                        Ok(false) => Ok(false),
-                        Err(e) => Err(e),
-                    },
-                },
-                Err(_) => return,
+            let Ok(mut engine) = state.lock() else {
+                return;
             };
+            let since = Instant::now();
+            let pending = match &mut *engine {
+                Engine::InMemory(_) => return,
+                Engine::Paged(p) => match p.has_deferred() {
+                    Ok(true) => p.release_step(RELEASE_STEP).map(|done| !done),
+                    Ok(false) => Ok(false),
+                    Err(e) => Err(e),
+                },
+            };
+            drop(engine);
+            holds.record(since);
             drop(state);
             match pending {
                 Ok(true) => std::thread::yield_now(),
@@ -336,12 +408,17 @@ impl Pool {
         })
     }
 
-    fn lock(&self) -> VolumeResult<MutexGuard<'_, Engine>> {
+    fn lock(&self) -> VolumeResult<Held<'_>> {
         // A panic while holding the lock leaves the in-memory state
         // suspect; the committed state on media is still fine, so the pool
         // refuses further work until it is reopened.
-        self.state.lock().map_err(|_| {
+        let guard = self.state.lock().map_err(|_| {
             VolumeError::Media(MediaError::Unrecoverable("pool state poisoned".into()))
+        })?;
+        Ok(Held {
+            guard,
+            since: Instant::now(),
+            holds: &self.holds,
         })
     }
 

@@ -27,7 +27,9 @@ use std::sync::Arc;
 use super::crypt::{Cipher, VolumeKey};
 use super::reduce::{decompress, Compression, UNIT, UNITS_PER_BLOCK};
 use super::state::{ratio, OpenedVolume, Prepared};
-use super::{PoolStats, Services, VolumeError, VolumeInfo, VolumeKind, VolumeStats, BLOCK_SIZE};
+use super::{
+    common, PoolStats, Services, VolumeError, VolumeInfo, VolumeKind, VolumeStats, BLOCK_SIZE,
+};
 use crate::media::{Media, MediaError};
 use crate::metadata::btree::{self, TreeInfo, ValueKind};
 use crate::metadata::transaction::TransactionManager;
@@ -37,7 +39,7 @@ mod catalog;
 mod check;
 mod records;
 
-use catalog::{DomainEntry, VolumeEntry, MAX_NAME};
+use catalog::{DomainEntry, VolumeEntry};
 use records::{index_key, mapping_info, RecordEntry, ZERO_ENTRY};
 
 const BS: u64 = BLOCK_SIZE as u64;
@@ -118,6 +120,18 @@ impl PagedOptions {
         }
         Ok(self.cache_bytes / META_BLOCK)
     }
+}
+
+/// Stored bytes written to the data area, not yet a record.
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    rid: u64,
+    block: u64,
+    unit: u16,
+    units: u16,
+    codec: Compression,
+    len: u16,
+    crc: u32,
 }
 
 /// The pack cursor: the packed block being filled.
@@ -204,7 +218,10 @@ impl PagedState {
         tm.set_root(NEXT_VOLUME, 0)?;
         tm.set_root(FORMAT, FORMAT_TAG)?;
         tm.commit()?;
-        PagedState::from_tm(media, tm)
+        let mut state = PagedState::from_tm(media, tm)?;
+        // The first lease is durable with the format: ids start at 0.
+        state.next_rid = 0;
+        Ok(state)
     }
 
     /// Opens the paged pool on `media`: reads the superblock, the catalog
@@ -405,15 +422,7 @@ impl PagedState {
     }
 
     fn check_new_name(&self, name: &str) -> Result<(), VolumeError> {
-        if name.is_empty() || name.len() > MAX_NAME || name.contains(['/', '\0']) {
-            return Err(VolumeError::InvalidArgument(format!(
-                "bad volume name {name:?}"
-            )));
-        }
-        if self.volumes.values().any(|v| v.name == name) {
-            return Err(VolumeError::Exists(name.to_string()));
-        }
-        Ok(())
+        common::check_new_name(name, self.volumes.values().any(|v| v.name == name))
     }
 
     fn domain_cipher<'c>(
@@ -422,11 +431,7 @@ impl PagedState {
         cipher: Option<&'c Cipher>,
     ) -> Result<Option<&'c Cipher>, VolumeError> {
         let encrypted = self.domains.get(&domain).is_some_and(|d| d.encrypted);
-        match (encrypted, cipher) {
-            (true, None) => Err(VolumeError::KeyRequired),
-            (true, Some(c)) => Ok(Some(c)),
-            (false, _) => Ok(None),
-        }
+        common::domain_cipher(encrypted, cipher)
     }
 
     fn take_volume_id(&mut self) -> Result<u32, VolumeError> {
@@ -447,11 +452,7 @@ impl PagedState {
     ) -> Result<(), VolumeError> {
         self.usable()?;
         self.check_new_name(name)?;
-        if size_bytes == 0 || !size_bytes.is_multiple_of(BS) {
-            return Err(VolumeError::InvalidArgument(format!(
-                "volume size {size_bytes} is not a positive multiple of {BLOCK_SIZE}"
-            )));
-        }
+        common::size_blocks(size_bytes)?;
         self.ensure_room(0)?;
         let result = self.create_inner(name, size_bytes / BS, services, key);
         self.changing(result)?;
@@ -521,17 +522,7 @@ impl PagedState {
             .domains
             .get(&v.domain)
             .ok_or_else(|| VolumeError::Corrupt(format!("{name}: key domain missing")))?;
-        let cipher = match (domain.encrypted, key) {
-            (false, None) => None,
-            (false, Some(_)) => return Err(VolumeError::NotEncrypted),
-            (true, None) => return Err(VolumeError::KeyRequired),
-            (true, Some(key)) => {
-                if key.check_value() != domain.check_value {
-                    return Err(VolumeError::WrongKey);
-                }
-                Some(Arc::new(Cipher::new(key)?))
-            }
-        };
+        let cipher = common::handle_cipher(domain.encrypted, &domain.check_value, key)?;
         Ok(OpenedVolume {
             id,
             kind: v.kind,
@@ -626,11 +617,7 @@ impl PagedState {
         if v.kind == VolumeKind::Snapshot {
             return Err(VolumeError::ReadOnly);
         }
-        if size_bytes == 0 || !size_bytes.is_multiple_of(BS) {
-            return Err(VolumeError::InvalidArgument(format!(
-                "volume size {size_bytes} is not a positive multiple of {BLOCK_SIZE}"
-            )));
-        }
+        common::size_blocks(size_bytes)?;
         let size_blocks = size_bytes / BS;
         self.ensure_room(0)?;
         let result = self.unmap_range(id, size_blocks, u64::MAX).map(|()| {
@@ -799,11 +786,7 @@ impl PagedState {
             return Err(VolumeError::ReadOnly);
         }
         if lba >= v.size_blocks || data.len() != BLOCK_SIZE {
-            return Err(VolumeError::Media(MediaError::OutOfRange {
-                offset: lba.saturating_mul(BS),
-                len: data.len() as u64,
-                size: v.size_blocks * BS,
-            }));
+            return Err(common::out_of_range(lba, data.len() as u64, v.size_blocks));
         }
         let (domain, services) = (v.domain, v.services);
         let cipher = self.domain_cipher(domain, cipher)?;
@@ -820,10 +803,13 @@ impl PagedState {
             Some(fp) => self.dedup_candidate(domain, &fp, data, cipher)?,
             None => None,
         };
-        if shared.is_none() && !block.zero {
+        let placed = if shared.is_none() && !block.zero {
             self.lease_record_id()?;
-        }
-        let result = self.write_inner(vol, lba, block, cipher, domain, shared);
+            Some(self.place(block, cipher)?)
+        } else {
+            None
+        };
+        let result = self.write_inner(vol, lba, block, domain, shared, placed);
         self.changing(result)?;
         self.after_change()
     }
@@ -860,17 +846,17 @@ impl PagedState {
         vol: u32,
         lba: u64,
         block: &Prepared<'_>,
-        cipher: Option<&Cipher>,
         domain: u32,
         shared: Option<u64>,
+        placed: Option<Placed>,
     ) -> Result<(), VolumeError> {
-        let entry = if block.zero {
-            ZERO_ENTRY
-        } else if let Some(rid) = shared {
-            records::record_ref(&mut self.tm, rid, 1)?;
-            rid
-        } else {
-            self.store(domain, block, cipher)?
+        let entry = match (placed, shared) {
+            (Some(placed), _) => self.add_record(domain, block, placed)?,
+            (None, Some(rid)) => {
+                records::record_ref(&mut self.tm, rid, 1)?;
+                rid
+            }
+            (None, None) => ZERO_ENTRY,
         };
         self.set_entry(vol, lba, entry)
     }
@@ -930,74 +916,99 @@ impl PagedState {
         Ok((block, 0))
     }
 
-    /// Stores a block as a new record (count 1, for the entry the caller
-    /// maps next) and returns its id.
-    fn store(
+    /// Allocates room for a block's stored bytes and writes them there.
+    /// A failed media write gives the room back and leaves the pool
+    /// usable: nothing refers to the bytes yet.
+    fn place(
         &mut self,
-        domain: u32,
         prepared: &Prepared<'_>,
         cipher: Option<&Cipher>,
-    ) -> Result<u64, VolumeError> {
-        let (block, unit, units, codec, mut bytes, len) = match &prepared.compressed {
+    ) -> Result<Placed, VolumeError> {
+        let room = match &prepared.compressed {
             Some(packed) => {
                 let units = packed.len().div_ceil(UNIT).max(1);
-                let (block, unit) = self.alloc_slot(units)?;
-                let mut bytes = packed.clone();
-                bytes.resize(units * UNIT, 0);
-                let len = packed.len();
-                (
-                    block,
-                    unit,
-                    units,
-                    prepared.services.compression,
-                    bytes,
-                    len,
-                )
+                let codec = prepared.services.compression;
+                self.alloc_slot(units).map(|(block, unit)| {
+                    let mut bytes = packed.clone();
+                    bytes.resize(units * UNIT, 0);
+                    (block, unit, units, codec, bytes, packed.len())
+                })
             }
-            None => {
-                let block = self.tm.alloc_data()?;
-                let data = prepared.data.to_vec();
-                (
-                    block,
-                    0,
-                    UNITS_PER_BLOCK,
-                    Compression::None,
-                    data,
-                    BLOCK_SIZE,
-                )
-            }
+            None => self
+                .tm
+                .alloc_data()
+                .map_err(VolumeError::from)
+                .map(|block| {
+                    let data = prepared.data.to_vec();
+                    (
+                        block,
+                        0,
+                        UNITS_PER_BLOCK,
+                        Compression::None,
+                        data,
+                        BLOCK_SIZE,
+                    )
+                }),
         };
+        let (block, unit, units, codec, mut bytes, len) = self.changing(room)?;
         // The id is the record's XTS tweak: taken before the write, never
-        // handed out again.
+        // handed out again, even if the write fails.
         let rid = self.next_rid;
         self.next_rid += 1;
         if let Some(c) = cipher {
             c.encrypt(&mut bytes, rid);
         }
         let offset = (self.data_start + block) * BS + (unit * UNIT) as u64;
-        self.media.write_at(offset, &bytes)?;
+        if let Err(e) = self.media.write_at(offset, &bytes) {
+            let undo = self
+                .tm
+                .dec_data(block)
+                .map(|_| ())
+                .map_err(VolumeError::from);
+            self.changing(undo)?;
+            return Err(e.into());
+        }
+        Ok(Placed {
+            rid,
+            block,
+            unit: unit as u16,
+            units: units as u16,
+            codec,
+            len: len as u16,
+            crc: crc32c::crc32c(&bytes),
+        })
+    }
+
+    /// Adds the record of placed bytes (count 1, for the entry the caller
+    /// maps next) and returns its id.
+    fn add_record(
+        &mut self,
+        domain: u32,
+        prepared: &Prepared<'_>,
+        placed: Placed,
+    ) -> Result<u64, VolumeError> {
         let key = prepared.fingerprint.map(|fp| index_key(domain, &fp));
         // The index is bounded by the metadata area: when that runs short,
         // new records are stored unindexed (fewer dedup matches), and
         // writes never fail for the index's sake.
         let key = key.filter(|_| self.tm.free_meta_blocks() >= 2 * self.reserve);
         let rec = RecordEntry {
-            block,
-            unit: unit as u16,
-            units: units as u16,
-            codec,
-            len: len as u16,
+            block: placed.block,
+            unit: placed.unit,
+            units: placed.units,
+            codec: placed.codec,
+            len: placed.len,
             domain,
-            crc: crc32c::crc32c(&bytes),
+            crc: placed.crc,
             refs: 1,
             index_key: key,
         };
-        records::put(&mut self.tm, rid, &rec)?;
+        records::put(&mut self.tm, placed.rid, &rec)?;
         records::add_counter(&mut self.tm, STORED, rec.stored_bytes() as i64)?;
         if let Some(key) = key {
-            records::index(&mut self.tm, key, rid)?;
+            records::index(&mut self.tm, key, placed.rid)?;
         }
-        Ok(rid)
+        Ok(placed.rid)
     }
 
     /// Reads one block of `vol` into `out`.
@@ -1011,11 +1022,7 @@ impl PagedState {
         self.usable()?;
         let v = self.volume(vol)?;
         if lba >= v.size_blocks || out.len() != BLOCK_SIZE {
-            return Err(VolumeError::Media(MediaError::OutOfRange {
-                offset: lba.saturating_mul(BS),
-                len: out.len() as u64,
-                size: v.size_blocks * BS,
-            }));
+            return Err(common::out_of_range(lba, out.len() as u64, v.size_blocks));
         }
         let root = v.root;
         let cipher = self.domain_cipher(v.domain, cipher)?;
@@ -1070,11 +1077,7 @@ impl PagedState {
         let end = lba
             .checked_add(count)
             .filter(|&e| e <= v.size_blocks)
-            .ok_or(VolumeError::Media(MediaError::OutOfRange {
-                offset: lba.saturating_mul(BS),
-                len: count.saturating_mul(BS),
-                size: v.size_blocks * BS,
-            }))?;
+            .ok_or_else(|| common::out_of_range(lba, count.saturating_mul(BS), v.size_blocks))?;
         self.ensure_room(0)?;
         let result = self.unmap_range(vol, lba, end);
         self.changing(result)?;

@@ -23,7 +23,7 @@ use super::format::{
 use super::reduce::{
     compress, decompress, fingerprint, is_zero, Compression, UNIT, UNITS_PER_BLOCK,
 };
-use super::{PoolStats, VolumeError, VolumeInfo, VolumeStats, BLOCK_SIZE};
+use super::{common, PoolStats, VolumeError, VolumeInfo, VolumeStats, BLOCK_SIZE};
 use crate::media::{Media, MediaError};
 
 const BS: u64 = BLOCK_SIZE as u64;
@@ -31,9 +31,6 @@ const BS: u64 = BLOCK_SIZE as u64;
 /// extra commit per this many stored records, and at most this many ids
 /// skipped per crash or reopen, out of 2^64.
 const RECORD_LEASE: u64 = 1 << 16;
-
-/// Longest volume name (bytes); configfs names are shorter still.
-const MAX_NAME: usize = 255;
 
 /// Smallest pool: two superblocks, a checkpoint and a few data blocks.
 const MIN_BLOCKS: u64 = 8;
@@ -696,11 +693,7 @@ impl PoolState {
         cipher: Option<&'c Cipher>,
     ) -> Result<Option<&'c Cipher>, VolumeError> {
         let encrypted = self.meta.domains.get(&domain).is_some_and(|d| d.encrypted);
-        match (encrypted, cipher) {
-            (true, None) => Err(VolumeError::KeyRequired),
-            (true, Some(c)) => Ok(Some(c)),
-            (false, _) => Ok(None),
-        }
+        common::domain_cipher(encrypted, cipher)
     }
 
     /// Writes one block of `vol`.
@@ -718,11 +711,7 @@ impl PoolState {
             return Err(VolumeError::ReadOnly);
         }
         if lba >= v.size_blocks || data.len() != BLOCK_SIZE {
-            return Err(VolumeError::Media(MediaError::OutOfRange {
-                offset: lba.saturating_mul(BS),
-                len: data.len() as u64,
-                size: v.size_blocks * BS,
-            }));
+            return Err(common::out_of_range(lba, data.len() as u64, v.size_blocks));
         }
         let (domain, services, new_entry) = (v.domain, v.services, !v.map.contains_key(&lba));
         let cipher = self.domain_cipher(domain, cipher)?;
@@ -1028,11 +1017,7 @@ impl PoolState {
     ) -> Result<(), VolumeError> {
         let v = self.volume(vol)?;
         if lba >= v.size_blocks || out.len() != BLOCK_SIZE {
-            return Err(VolumeError::Media(MediaError::OutOfRange {
-                offset: lba.saturating_mul(BS),
-                len: out.len() as u64,
-                size: v.size_blocks * BS,
-            }));
+            return Err(common::out_of_range(lba, out.len() as u64, v.size_blocks));
         }
         let cipher = self.domain_cipher(v.domain, cipher)?;
         match v.map.get(&lba) {
@@ -1095,11 +1080,7 @@ impl PoolState {
         let end = lba
             .checked_add(count)
             .filter(|&e| e <= v.size_blocks)
-            .ok_or(VolumeError::Media(MediaError::OutOfRange {
-                offset: lba.saturating_mul(BS),
-                len: count.saturating_mul(BS),
-                size: v.size_blocks * BS,
-            }))?;
+            .ok_or_else(|| common::out_of_range(lba, count.saturating_mul(BS), v.size_blocks))?;
         let mapped: Vec<u64> = v.map.range(lba..end).map(|(&l, _)| l).collect();
         for l in mapped {
             self.set_entry(vol, l, None)?;
@@ -1108,15 +1089,7 @@ impl PoolState {
     }
 
     fn check_new_name(&self, name: &str) -> Result<(), VolumeError> {
-        if name.is_empty() || name.len() > MAX_NAME || name.contains(['/', '\0']) {
-            return Err(VolumeError::InvalidArgument(format!(
-                "bad volume name {name:?}"
-            )));
-        }
-        if self.meta.volumes.values().any(|v| v.name == name) {
-            return Err(VolumeError::Exists(name.to_string()));
-        }
-        Ok(())
+        common::check_new_name(name, self.meta.volumes.values().any(|v| v.name == name))
     }
 
     /// Creates an empty thin volume and commits.
@@ -1129,11 +1102,7 @@ impl PoolState {
     ) -> Result<(), VolumeError> {
         self.usable()?;
         self.check_new_name(name)?;
-        if size_bytes == 0 || !size_bytes.is_multiple_of(BS) {
-            return Err(VolumeError::InvalidArgument(format!(
-                "volume size {size_bytes} is not a positive multiple of {BLOCK_SIZE}"
-            )));
-        }
+        common::size_blocks(size_bytes)?;
         self.ensure_room(0, 1, 1)?;
         // Volumes with the same key share a key domain, and so can share
         // deduplicated blocks.
@@ -1210,17 +1179,7 @@ impl PoolState {
             .domains
             .get(&v.domain)
             .ok_or_else(|| VolumeError::Corrupt(format!("{name}: key domain missing")))?;
-        let cipher = match (domain.encrypted, key) {
-            (false, None) => None,
-            (false, Some(_)) => return Err(VolumeError::NotEncrypted),
-            (true, None) => return Err(VolumeError::KeyRequired),
-            (true, Some(key)) => {
-                if key.check_value() != domain.check_value {
-                    return Err(VolumeError::WrongKey);
-                }
-                Some(Arc::new(Cipher::new(key)?))
-            }
-        };
+        let cipher = common::handle_cipher(domain.encrypted, &domain.check_value, key)?;
         Ok(OpenedVolume {
             id,
             kind: v.kind,
@@ -1315,11 +1274,7 @@ impl PoolState {
         if v.kind == VolumeKind::Snapshot {
             return Err(VolumeError::ReadOnly);
         }
-        if size_bytes == 0 || !size_bytes.is_multiple_of(BS) {
-            return Err(VolumeError::InvalidArgument(format!(
-                "volume size {size_bytes} is not a positive multiple of {BLOCK_SIZE}"
-            )));
-        }
+        common::size_blocks(size_bytes)?;
         let size_blocks = size_bytes / BS;
         let beyond: Vec<u64> = v.map.range(size_blocks..).map(|(&l, _)| l).collect();
         for lba in beyond {

@@ -26,7 +26,7 @@ fn opts(size_blocks: u64, services: Services) -> VolumeOptions<'static> {
 }
 
 /// A block whose every byte depends on `seed`, incompressible.
-fn random_block(seed: u64) -> Vec<u8> {
+pub(crate) fn random_block(seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..BLOCK_SIZE)
         .map(|_| {

@@ -13,7 +13,7 @@ use crate::metadata::transaction::TransactionManager;
 use crate::metadata::MetaResult;
 
 /// Longest volume name (bytes).
-pub(crate) const MAX_NAME: usize = 255;
+use super::super::common::MAX_NAME;
 const VOLUME_VALUE: usize = 48 + MAX_NAME + 1;
 const DOMAIN_VALUE: usize = 8 + CHECK_VALUE_LEN;
 const NO_PARENT: u32 = u32::MAX;
@@ -127,22 +127,34 @@ pub(crate) fn format(tm: &mut TransactionManager) -> MetaResult<()> {
     tm.set_root(DOMAINS, root)
 }
 
-/// Reads every volume entry.
-pub(crate) fn load_volumes(
+/// Every entry of the tree in root slot `slot`, keyed by a `u32` id.
+fn entries(
     tm: &mut TransactionManager,
-) -> Result<BTreeMap<u32, VolumeEntry>, VolumeError> {
+    slot: usize,
+    info: &TreeInfo,
+) -> Result<Vec<(u32, Vec<u8>)>, VolumeError> {
     let mut raw = Vec::new();
-    let root = tm.root(CATALOG);
-    btree::range(tm, &volumes_info()?, root, 0, u64::MAX, &mut |k, v| {
+    let root = tm.root(slot);
+    btree::range(tm, info, root, 0, u64::MAX, &mut |k, v| {
         raw.push((k, v.to_vec()));
         true
     })?;
     raw.into_iter()
         .map(|(k, v)| {
             let id = u32::try_from(k)
-                .map_err(|_| VolumeError::Corrupt(format!("catalog key {k} out of range")))?;
-            Ok((id, VolumeEntry::decode(id, &v)?))
+                .map_err(|_| VolumeError::Corrupt(format!("slot {slot}: key {k} out of range")))?;
+            Ok((id, v))
         })
+        .collect()
+}
+
+/// Reads every volume entry.
+pub(crate) fn load_volumes(
+    tm: &mut TransactionManager,
+) -> Result<BTreeMap<u32, VolumeEntry>, VolumeError> {
+    entries(tm, CATALOG, &volumes_info()?)?
+        .into_iter()
+        .map(|(id, v)| Ok((id, VolumeEntry::decode(id, &v)?)))
         .collect()
 }
 
@@ -150,16 +162,9 @@ pub(crate) fn load_volumes(
 pub(crate) fn load_domains(
     tm: &mut TransactionManager,
 ) -> Result<BTreeMap<u32, DomainEntry>, VolumeError> {
-    let mut raw = Vec::new();
-    let root = tm.root(DOMAINS);
-    btree::range(tm, &domains_info()?, root, 0, u64::MAX, &mut |k, v| {
-        raw.push((k, v.to_vec()));
-        true
-    })?;
-    raw.into_iter()
-        .map(|(k, v)| {
-            let id = u32::try_from(k)
-                .map_err(|_| VolumeError::Corrupt(format!("domain key {k} out of range")))?;
+    entries(tm, DOMAINS, &domains_info()?)?
+        .into_iter()
+        .map(|(id, v)| {
             let mut check_value = [0u8; CHECK_VALUE_LEN];
             check_value.copy_from_slice(&v[8..8 + CHECK_VALUE_LEN]);
             Ok((

@@ -64,15 +64,7 @@ fn text(seed: u64) -> Vec<u8> {
 
 /// An incompressible block depending on `seed`.
 fn noise(seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..BLOCK_SIZE)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
+    crate::volume::tests::random_block(seed)
 }
 
 fn read(vol: &Volume, lba: u64) -> Vec<u8> {
