@@ -365,7 +365,8 @@ impl RemoteNamespace {
 
     fn blocks(&self, offset: u64, len: u64) -> io::Result<(u64, u64)> {
         let mask = (1u64 << self.shift) - 1;
-        if offset & mask != 0 || len & mask != 0 || offset + len > self.size {
+        let inside = offset.checked_add(len).is_some_and(|end| end <= self.size);
+        if offset & mask != 0 || len & mask != 0 || !inside {
             return Err(io::ErrorKind::InvalidInput.into());
         }
         Ok((offset >> self.shift, len >> self.shift))
