@@ -15,6 +15,7 @@
 mod admin;
 mod bus_master;
 mod data;
+mod executor;
 mod hang;
 pub mod hostile;
 mod io;
@@ -25,7 +26,7 @@ mod vendor;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 
 use log::{debug, error, info, warn};
 use nvme_shim::log_page::ErrorLogEntry;
@@ -41,6 +42,7 @@ use crate::ownership::SsdOwnership;
 use crate::volumes::{NamespaceTable, VolumeManager, MAX_NSID};
 
 use bus_master::BusMaster;
+use executor::Executor;
 use hang::Hang;
 use hostile::Anomaly;
 use queues::{CompletionQueue, SubmissionQueue};
@@ -57,6 +59,43 @@ pub const AER_LIMIT: usize = 4;
 pub const ERROR_LOG_ENTRIES: usize = 64;
 /// Commands a worker takes from one submission queue before moving on.
 const BATCH: usize = 64;
+/// Threads of a controller's executor: I/O commands of one batch that run
+/// side by side (`controller/executor.rs`).
+const PARALLEL_COMMANDS: usize = 16;
+
+/// A command that ran beside its worker: its number in the batch, the
+/// command and its completion.
+type Done = (usize, SubmissionEntry, queues::Completion);
+
+/// The commands a worker took from a submission queue in one pass.
+#[derive(Default)]
+struct Batch {
+    /// Commands taken that have a completion to post.
+    taken: usize,
+    /// Number of the next completion to post.
+    next: usize,
+    /// Completions that ended, by number, waiting for their turn.
+    arrived: BTreeMap<usize, (SubmissionEntry, queues::Completion)>,
+    /// The completion queue failed: the rest is dropped.
+    stopped: bool,
+}
+
+impl Batch {
+    /// Completions still to post (their CQ entries are reserved).
+    fn unposted(&self) -> usize {
+        self.taken - self.next
+    }
+}
+
+/// What became of a command's completion.
+enum Finish {
+    /// Posted to the completion queue (an interrupt is due).
+    Posted,
+    /// Not posted (bus mastering off, or hostile mode kept it back).
+    NotPosted,
+    /// The completion queue cannot be written: stop processing the queue.
+    Stop,
+}
 /// CAP.TO: ready timeout in 500 ms units.
 const READY_TIMEOUT: u8 = 20;
 /// CAP.DSTRD: doorbells are 4 bytes apart.
@@ -280,6 +319,9 @@ pub struct Controller {
     stats: Stats,
     signals: Vec<WorkerSignal>,
     stop: AtomicBool,
+    /// Runs I/O commands side by side; started with the first batch of
+    /// more than one command (`None`: no thread could be started).
+    executor: OnceLock<Option<Executor>>,
 }
 
 impl Controller {
@@ -354,6 +396,7 @@ impl Controller {
             stats: Stats::default(),
             signals: (0..workers).map(|_| WorkerSignal::default()).collect(),
             stop: AtomicBool::new(false),
+            executor: OnceLock::new(),
             config,
         })
     }
@@ -914,35 +957,15 @@ impl Controller {
         }
         let mut processed = 0;
         let mut posted = false;
+        // Completions are posted in the order the commands were taken,
+        // whether they ran here or beside (`executor.rs`). `taken` counts
+        // the commands with a completion to come, `next` the one to post
+        // next; the ones between have their CQ entries reserved.
+        let mut batch = Batch::default();
+        let (done_tx, done_rx) = mpsc::channel::<Done>();
         while !sq.is_empty() && processed < budget {
-            {
-                let mut cq = lock(cq);
-                if cq.deleted {
-                    break;
-                }
-                self.refresh_cq_head(&mut cq, shadow);
-                if cq.is_full() {
-                    // Publish the stall before looking at the head again:
-                    // either this re-read sees the host's new head, or the
-                    // host's doorbell write sees the flag and wakes us.
-                    let flag = self.cq_stalled.get(usize::from(cq.qid));
-                    if let Some(flag) = flag {
-                        flag.store(true, Ordering::SeqCst);
-                    }
-                    if let Some(s) = shadow {
-                        // Ask for an MMIO doorbell once the host consumes.
-                        let ei = s.event_idx(cq.qid, DoorbellKind::CompletionHead);
-                        let _ = self.memory.write_u32(ei, cq.head);
-                    }
-                    fence(Ordering::SeqCst);
-                    self.refresh_cq_head(&mut cq, shadow);
-                    if cq.is_full() {
-                        break;
-                    }
-                    if let Some(flag) = flag {
-                        flag.store(false, Ordering::SeqCst);
-                    }
-                }
+            if !self.cq_has_room(cq, shadow, batch.unposted()) {
+                break;
             }
             let mut raw = [0u8; 64];
             if self.memory.read(sq.head_addr(), &mut raw).is_err() {
@@ -973,57 +996,49 @@ impl Controller {
                     sqe.cid()
                 );
                 None
+            } else if !sq.is_empty()
+                && processed < budget
+                && self.dispatch(batch.taken, sqe, &done_tx)
+            {
+                // More commands follow: this one runs beside them.
+                batch.taken += 1;
+                continue;
             } else {
                 Some(self.execute_io(&sqe))
             };
             let Some(completion) = outcome else {
                 continue;
             };
-            if qid != 0 {
-                self.hang.wait(&self.stop);
-            }
-            if !self.bus.is_enabled() {
-                // The host cleared Bus Master Enable while the command ran:
-                // it ends here, without a completion (any data transfer
-                // it still needed was refused too).
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                info!(
-                    "{}: SQ {qid} cid {} dropped without DMA: bus mastering is off",
-                    self.config.name,
-                    sqe.cid()
-                );
-                continue;
-            }
-            if !completion.status.is_success() {
-                self.record_error(qid, &sqe, completion.status);
-            }
-            let mut cq = lock(cq);
-            let anomaly = if qid != 0 {
-                self.hostile_anomaly(&cq)
-            } else {
-                None
-            };
-            let mut completion = completion;
-            match anomaly {
-                Some(Anomaly::NeverComplete) => continue,
-                Some(kind)
-                    if !self.inject(kind, &mut cq, &mut completion, qid, sq.head, sq.size) =>
-                {
-                    posted = true;
-                    continue;
-                }
-                _ => {}
-            }
-            if let Err(e) = cq.post(&*self.memory, &completion, qid, sq.head as u16) {
-                if !self.bus.is_enabled() {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
+            batch.arrived.insert(batch.taken, (sqe, completion));
+            batch.taken += 1;
+            if batch.unposted() == 1 {
+                // Nothing runs beside: post at once, as a serial device.
+                posted |= self.post_in_order(qid, &sq, cq, &mut batch);
+                if batch.stopped {
                     break;
                 }
-                self.fatal(&format!("CQ {}: {e}", cq.qid));
-                cq.deleted = true;
-                break;
             }
-            posted = true;
+        }
+        // Post the rest as the commands end; what is posted while others
+        // still run is signalled at once. The queue stays locked until all
+        // ended, so deleting it waits for them.
+        while batch.unposted() > 0 {
+            if !batch.arrived.contains_key(&batch.next) {
+                let Ok((index, sqe, completion)) = done_rx.recv() else {
+                    // An executor thread died with its commands: the
+                    // host's timeout handles them.
+                    break;
+                };
+                batch.arrived.insert(index, (sqe, completion));
+                while let Ok((index, sqe, completion)) = done_rx.try_recv() {
+                    batch.arrived.insert(index, (sqe, completion));
+                }
+            }
+            posted |= self.post_in_order(qid, &sq, cq, &mut batch);
+            if posted && batch.unposted() > 0 {
+                self.raise(cq);
+                posted = false;
+            }
         }
         if posted {
             self.raise(cq);
@@ -1031,11 +1046,158 @@ impl Controller {
         processed > 0
     }
 
+    /// Posts the completions of `batch` that are next in order and have
+    /// arrived. Returns whether any was posted.
+    fn post_in_order(
+        &self,
+        qid: u16,
+        sq: &SubmissionQueue,
+        cq: &CqHandle,
+        batch: &mut Batch,
+    ) -> bool {
+        let mut posted = false;
+        while let Some((sqe, completion)) = batch.arrived.remove(&batch.next) {
+            batch.next += 1;
+            if batch.stopped {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match self.finish(qid, sq, cq, &sqe, completion, batch.unposted()) {
+                Finish::Posted => posted = true,
+                Finish::NotPosted => {}
+                Finish::Stop => batch.stopped = true,
+            }
+        }
+        posted
+    }
+
+    /// Whether `cq` has room for one more completion besides the `pending`
+    /// ones reserved for commands still running. When it has none, records
+    /// the stall so that the host's next head update wakes the workers.
+    fn cq_has_room(&self, cq: &CqHandle, shadow: Option<ShadowBuffers>, pending: usize) -> bool {
+        let mut cq = lock(cq);
+        if cq.deleted {
+            return false;
+        }
+        let full = |cq: &CompletionQueue| cq.free() as usize <= pending;
+        self.refresh_cq_head(&mut cq, shadow);
+        if !full(&cq) {
+            return true;
+        }
+        if pending > 0 {
+            // The running commands' completions will free the worker
+            // soon enough; no need to involve the host.
+            return false;
+        }
+        // Publish the stall before looking at the head again: either this
+        // re-read sees the host's new head, or the host's doorbell write
+        // sees the flag and wakes us.
+        let flag = self.cq_stalled.get(usize::from(cq.qid));
+        if let Some(flag) = flag {
+            flag.store(true, Ordering::SeqCst);
+        }
+        if let Some(s) = shadow {
+            // Ask for an MMIO doorbell once the host consumes.
+            let ei = s.event_idx(cq.qid, DoorbellKind::CompletionHead);
+            let _ = self.memory.write_u32(ei, cq.head);
+        }
+        fence(Ordering::SeqCst);
+        self.refresh_cq_head(&mut cq, shadow);
+        if full(&cq) {
+            return false;
+        }
+        if let Some(flag) = flag {
+            flag.store(false, Ordering::SeqCst);
+        }
+        true
+    }
+
+    /// Hands I/O command `sqe`, number `index` of its batch, to the
+    /// executor; its completion comes back through `done`. Returns `false`
+    /// if it must run here instead.
+    fn dispatch(&self, index: usize, sqe: SubmissionEntry, done: &mpsc::Sender<Done>) -> bool {
+        let Some(executor) = self
+            .executor
+            .get_or_init(|| Executor::start(&self.config.name, PARALLEL_COMMANDS))
+        else {
+            return false;
+        };
+        let Some(ctrl) = self.this.upgrade() else {
+            return false;
+        };
+        let done = done.clone();
+        executor
+            .run(Box::new(move || {
+                let completion = ctrl.execute_io(&sqe);
+                // The worker waits for every command it handed over.
+                let _ = done.send((index, sqe, completion));
+            }))
+            .is_ok()
+    }
+
+    /// Posts the `completion` of `sqe`, taken from `sq` (hang, Bus Master
+    /// Enable, error log and hostile mode apply); `reserved` completion
+    /// entries must stay free for commands still running.
+    fn finish(
+        &self,
+        qid: u16,
+        sq: &SubmissionQueue,
+        cq: &CqHandle,
+        sqe: &SubmissionEntry,
+        completion: queues::Completion,
+        reserved: usize,
+    ) -> Finish {
+        if qid != 0 {
+            self.hang.wait(&self.stop);
+        }
+        if !self.bus.is_enabled() {
+            // The host cleared Bus Master Enable while the command ran:
+            // it ends here, without a completion (any data transfer
+            // it still needed was refused too).
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            info!(
+                "{}: SQ {qid} cid {} dropped without DMA: bus mastering is off",
+                self.config.name,
+                sqe.cid()
+            );
+            return Finish::NotPosted;
+        }
+        if !completion.status.is_success() {
+            self.record_error(qid, sqe, completion.status);
+        }
+        let mut cq = lock(cq);
+        let anomaly = if qid != 0 {
+            self.hostile_anomaly(&cq, reserved)
+        } else {
+            None
+        };
+        let mut completion = completion;
+        match anomaly {
+            Some(Anomaly::NeverComplete) => return Finish::NotPosted,
+            Some(kind) if !self.inject(kind, &mut cq, &mut completion, qid, sq.head, sq.size) => {
+                return Finish::Posted;
+            }
+            _ => {}
+        }
+        if let Err(e) = cq.post(&*self.memory, &completion, qid, sq.head as u16) {
+            if !self.bus.is_enabled() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return Finish::Stop;
+            }
+            self.fatal(&format!("CQ {}: {e}", cq.qid));
+            cq.deleted = true;
+            return Finish::Stop;
+        }
+        Finish::Posted
+    }
+
     /// The anomaly hostile mode puts on this I/O completion, if any
     /// (accelerator only; only when the completion queue has room for an
-    /// extra entry and the real one).
-    fn hostile_anomaly(&self, cq: &CompletionQueue) -> Option<Anomaly> {
-        if !matches!(self.personality, Personality::Accelerator { .. }) || cq.free() < 2 {
+    /// extra entry and the real one besides the `reserved` ones).
+    fn hostile_anomaly(&self, cq: &CompletionQueue, reserved: usize) -> Option<Anomaly> {
+        if !matches!(self.personality, Personality::Accelerator { .. })
+            || (cq.free() as usize) < 2 + reserved
+        {
             return None;
         }
         hostile::hostile()?.draw()

@@ -1,9 +1,10 @@
 //! NVM I/O command set: Read, Write, Flush, Write Zeroes and Dataset
 //! Management.
 //!
-//! Commands complete synchronously in the worker: a Write's completion is
-//! posted only after `pwrite` returned, and FUA or Flush reach stable
-//! storage (fdatasync) before completing.
+//! Each command runs to its end in one thread (the worker, or an executor
+//! thread beside it, `executor.rs`): a Write's completion is posted only
+//! after `pwrite` returned, and FUA or Flush reach stable storage
+//! (fdatasync) before completing.
 
 use nvme_shim::opcode::io;
 use nvme_shim::sqe::{BlockRange, DatasetManagement, DsmRange, SubmissionEntry};
