@@ -52,6 +52,9 @@ Options:
   --nvmf-config FILE     serve NVMe/TCP from the subsystems, namespaces and
                          ports of FILE (Documentation/nvmf.rst); listens only
                          on the addresses FILE names
+  --metadata-cache SIZE  memory for each pool's metadata cache (bytes, or
+                         K/M/G suffix; 256K to 64G, default 256M): new pools
+                         keep their metadata on the SSDs, paged through it
   -h, --help             print this help
   -V, --version          print the version
 ";
@@ -85,6 +88,25 @@ pub struct Options {
     pub power_loss_report: Option<PathBuf>,
     /// NVMe/TCP target configuration (`--nvmf-config`).
     pub nvmf_config: Option<PathBuf>,
+    /// Bytes of each pool's metadata cache (`--metadata-cache`).
+    pub metadata_cache: u64,
+}
+
+/// Default and bounds of `--metadata-cache`.
+pub const METADATA_CACHE_DEFAULT: u64 = 256 << 20;
+const METADATA_CACHE_MAX: u64 = 64 << 30;
+
+fn parse_metadata_cache(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text).map_err(|e| format!("--metadata-cache: {e}"))?;
+    let min = dpu_engine::volume::MIN_CACHE_BYTES as u64;
+    if !(min..=METADATA_CACHE_MAX).contains(&bytes) {
+        return Err(format!(
+            "--metadata-cache {text}: outside {}K..={}G",
+            min >> 10,
+            METADATA_CACHE_MAX >> 30
+        ));
+    }
+    Ok(bytes)
 }
 
 /// What the command line asks for.
@@ -170,6 +192,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     let mut hostile = None;
     let mut power_loss_report = None;
     let mut nvmf_config = None;
+    let mut metadata_cache = METADATA_CACHE_DEFAULT;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -219,6 +242,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 power_loss_report = Some(PathBuf::from(value("--power-loss-report")?))
             }
             "--nvmf-config" => nvmf_config = Some(PathBuf::from(value("--nvmf-config")?)),
+            "--metadata-cache" => {
+                metadata_cache = parse_metadata_cache(&value("--metadata-cache")?)?
+            }
             other => return Err(format!("unknown argument '{other}' (see --help)")),
         }
     }
@@ -246,6 +272,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         hostile,
         power_loss_report,
         nvmf_config,
+        metadata_cache,
     }))
 }
 
@@ -368,5 +395,25 @@ mod tests {
             panic!("--hostile refused")
         };
         assert_eq!(o.hostile.map(|h| (h.rate, h.seed)), Some((50, 3)));
+    }
+
+    #[test]
+    fn metadata_cache_sizes() {
+        let cache = |v: &str| match parse(args(&["--socket-dir", "d", "--metadata-cache", v])) {
+            Ok(Command::Run(o)) => Ok(o.metadata_cache),
+            Ok(_) => Err("not run".to_string()),
+            Err(e) => Err(e),
+        };
+        assert_eq!(cache("256M"), Ok(256 << 20));
+        assert_eq!(cache("1G"), Ok(1 << 30));
+        assert_eq!(cache("262144"), Ok(256 << 10));
+        let Ok(Command::Run(o)) = parse(args(&["--socket-dir", "d"])) else {
+            panic!("not run")
+        };
+        assert_eq!(o.metadata_cache, METADATA_CACHE_DEFAULT);
+        for bad in ["100K", "65G", "lots", "0", "12Q", ""] {
+            let e = cache(bad).unwrap_err();
+            assert!(e.starts_with("--metadata-cache"), "{bad}: {e}");
+        }
     }
 }

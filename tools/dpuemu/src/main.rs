@@ -274,7 +274,11 @@ fn run(options: &Options) -> Result<(), String> {
         None => None,
     };
     // Families found on the SSDs' labels are attached and opened here.
-    let volumes = Arc::new(VolumeManager::open(&ssd_handles));
+    let paged = dpu_engine::volume::PagedOptions {
+        cache_bytes: usize::try_from(options.metadata_cache).unwrap_or(usize::MAX),
+        ..Default::default()
+    };
+    let volumes = Arc::new(VolumeManager::open_with(&ssd_handles, paged));
 
     let mut functions = vec![make_function(
         options,

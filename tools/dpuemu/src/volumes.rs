@@ -35,7 +35,8 @@ use dpu_engine::fault::{FaultControl, FaultOps, FaultyMedia};
 use dpu_engine::media::{Media, MediaError};
 use dpu_engine::protection::{ArrayState, Layout, MemberState, ProtectedMedia, ProtectionConfig};
 use dpu_engine::volume::{
-    Compression, Pool, Services, VolumeError, VolumeKey, VolumeKind, VolumeOptions, BLOCK_SIZE,
+    Compression, PagedOptions, Pool, Services, VolumeError, VolumeKey, VolumeKind, VolumeOptions,
+    BLOCK_SIZE,
 };
 use log::{error, info, warn};
 use nvme_shim::status::Status;
@@ -430,6 +431,9 @@ fn spawn_rebuild(array: Arc<ProtectedMedia>, alive: Arc<Mutex<bool>>) {
 pub struct VolumeManager {
     ssds: Vec<Ssd>,
     state: Mutex<State>,
+    /// New pools are paged (format 2) with this metadata cache, and paged
+    /// pools found on the SSDs are opened with it (`--metadata-cache`).
+    paged: PagedOptions,
 }
 
 impl VolumeManager {
@@ -437,7 +441,14 @@ impl VolumeManager {
     /// SSDs that are not attached yet (an attached SSD is the passthrough
     /// namespace's). Members of a family are attached and in use from now
     /// on. NSIDs are assigned by [`VolumeManager::start`].
+    #[cfg(test)]
     pub fn open(handles: &[SsdHandle]) -> Self {
+        Self::open_with(handles, PagedOptions::default())
+    }
+
+    /// As [`VolumeManager::open`], with a metadata cache of
+    /// `paged.cache_bytes` per pool.
+    pub fn open_with(handles: &[SsdHandle], paged: PagedOptions) -> Self {
         let ssds: Vec<Ssd> = handles
             .iter()
             .map(|h| {
@@ -456,6 +467,7 @@ impl VolumeManager {
         let manager = Self {
             ssds,
             state: Mutex::new(State::default()),
+            paged,
         };
         manager.scan();
         manager
@@ -574,9 +586,12 @@ impl VolumeManager {
         };
         let pool = stack.and_then(|(media, array)| {
             family.array = array;
-            let pool = Pool::open(media).map_err(|e| e.to_string())?;
+            let pool = Pool::open_with(media, &self.paged).map_err(|e| e.to_string())?;
             pool.set_write_cache(!state.write_cache_off)
                 .map_err(|e| e.to_string())?;
+            // Deleted snapshots' space is freed in the background; the
+            // thread ends with the pool.
+            pool.spawn_releaser();
             Ok(pool)
         });
         let infos = pool.as_ref().ok().and_then(|p| p.volumes().ok());
@@ -1028,11 +1043,12 @@ impl VolumeManager {
             }
         };
         family.array = array;
-        let pool = Pool::format(media).map_err(|e| match e {
+        let pool = Pool::format_paged(media, &self.paged).map_err(|e| match e {
             VolumeError::NoSpace | VolumeError::InvalidArgument(_) => no_space,
             VolumeError::Media(MediaError::OutOfRange { .. }) => no_space,
             e => log_engine("formatting a pool", &e),
         })?;
+        pool.spawn_releaser();
         let stats = pool.stats().map_err(|e| engine_status(&e))?;
         if !thin && options.size_bytes > stats.free_blocks * BS {
             return Err(no_space);
