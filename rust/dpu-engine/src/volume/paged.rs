@@ -339,8 +339,18 @@ impl PagedState {
     /// releases deferred deletes when that helps, else `NoSpace` before
     /// anything changed.
     fn ensure_room(&mut self, data: u64) -> Result<(), VolumeError> {
-        let fits =
-            |s: &Self| s.tm.free_meta_blocks() >= s.reserve && s.tm.free_data_blocks() >= data;
+        self.ensure_room_within(data, self.reserve)
+    }
+
+    /// As [`PagedState::ensure_room`] for operations that free space
+    /// (discard, delete, shrinking): they may use half the reserve, which
+    /// is what the reserve is kept for.
+    fn ensure_room_to_free(&mut self) -> Result<(), VolumeError> {
+        self.ensure_room_within(0, self.reserve / 2)
+    }
+
+    fn ensure_room_within(&mut self, data: u64, reserve: u64) -> Result<(), VolumeError> {
+        let fits = |s: &Self| s.tm.free_meta_blocks() >= reserve && s.tm.free_data_blocks() >= data;
         if fits(self) {
             return Ok(());
         }
@@ -619,7 +629,7 @@ impl PagedState {
         }
         common::size_blocks(size_bytes)?;
         let size_blocks = size_bytes / BS;
-        self.ensure_room(0)?;
+        self.ensure_room_to_free()?;
         let result = self.unmap_range(id, size_blocks, u64::MAX).map(|()| {
             if let Some(v) = self.volumes.get_mut(&id) {
                 v.size_blocks = size_blocks;
@@ -630,7 +640,11 @@ impl PagedState {
         self.commit()
     }
 
-    /// Removes every entry of `id` in `start..end`.
+    /// Removes every entry of `id` in `start..end`. A long range commits
+    /// on its way when the metadata area runs short (the blocks its
+    /// removals copied are free again after a commit), so that it never
+    /// runs out half way; the entries removed so far are then durable,
+    /// which a discard allows.
     fn unmap_range(&mut self, id: u32, start: u64, end: u64) -> Result<(), VolumeError> {
         let info = mapping_info()?;
         let root = self.volume(id)?.root;
@@ -639,20 +653,21 @@ impl PagedState {
             entries.push((k, le(v)));
             true
         })?;
-        let mut root = root;
-        for (lba, value) in &entries {
-            root = btree::remove(&mut self.tm, &info, root, *lba)?.0;
+        self.dirty_volumes.insert(id);
+        for (lba, value) in entries {
+            let root = self.volume(id)?.root;
+            let root = btree::remove(&mut self.tm, &info, root, lba)?.0;
             if let Some(v) = self.volumes.get_mut(&id) {
+                v.root = root;
                 v.mapped = v.mapped.saturating_sub(1);
-                if *value == ZERO_ENTRY {
+                if value == ZERO_ENTRY {
                     v.zeros = v.zeros.saturating_sub(1);
                 }
             }
+            if self.tm.free_meta_blocks() < self.reserve / 4 {
+                self.commit()?;
+            }
         }
-        if let Some(v) = self.volumes.get_mut(&id) {
-            v.root = root;
-        }
-        self.dirty_volumes.insert(id);
         Ok(())
     }
 
@@ -665,7 +680,7 @@ impl PagedState {
     pub(crate) fn delete(&mut self, name: &str) -> Result<(), VolumeError> {
         self.usable()?;
         let id = self.find(name)?;
-        self.ensure_room(0)?;
+        self.ensure_room_to_free()?;
         let result = (|| {
             let Some(vol) = self.volumes.remove(&id) else {
                 return Err(VolumeError::NotFound(name.to_string()));
@@ -1078,7 +1093,7 @@ impl PagedState {
             .checked_add(count)
             .filter(|&e| e <= v.size_blocks)
             .ok_or_else(|| common::out_of_range(lba, count.saturating_mul(BS), v.size_blocks))?;
-        self.ensure_room(0)?;
+        self.ensure_room_to_free()?;
         let result = self.unmap_range(vol, lba, end);
         self.changing(result)?;
         self.after_change()

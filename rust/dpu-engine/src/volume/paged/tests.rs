@@ -424,3 +424,57 @@ fn snapshot_and_revert_write_a_bounded_amount_of_metadata() {
     let state = pool.state.lock().unwrap();
     assert!(matches!(&*state, Engine::Paged(_)));
 }
+
+/// The dedup index lives in the metadata area and is bounded by it: when
+/// the area runs short, new blocks are stored unindexed (their duplicates
+/// are stored again), writes go on until the pool is really full, and
+/// blocks indexed before still deduplicate.
+#[test]
+fn dedup_index_degrades_to_fewer_matches_when_metadata_runs_short() {
+    // 64 metadata blocks (the smallest area) over 4,000 data blocks: the
+    // metadata fills long before the data.
+    let (_media, pool) = paged_with(4096, MIN_CACHE_BYTES, 1);
+    let v = create(&pool, "v", 4000, services(false, true, Compression::None));
+    let mut written = 0u64;
+    loop {
+        match v.write_blocks(written, &noise(written)) {
+            Ok(()) => written += 1,
+            Err(VolumeError::NoSpace) => break,
+            Err(e) => panic!("write {written}: {e}"),
+        }
+        assert!(written < 4000, "the metadata area never filled");
+    }
+    assert!(written > 100, "only {written} blocks fit");
+    v.flush().unwrap();
+    pool.check().unwrap();
+    // Every written block reads back.
+    for lba in (0..written).step_by(13) {
+        assert_eq!(read(&v, lba), noise(lba));
+    }
+    let stats = pool.stats().unwrap();
+    assert_eq!(stats.data_blocks, written, "one record per unique block");
+    // Make room (a discard frees map entries and records), then write
+    // copies of the first and the last block: the first was indexed and
+    // is shared; the last was stored when the index was full, so its copy
+    // is stored again.
+    v.discard_blocks(written / 2, written / 2 - 2).unwrap();
+    v.flush().unwrap();
+    let before = pool.stats().unwrap().data_blocks;
+    v.write_blocks(written / 2, &noise(0)).unwrap();
+    v.flush().unwrap();
+    assert_eq!(
+        pool.stats().unwrap().data_blocks,
+        before,
+        "an indexed block deduplicates"
+    );
+    let last = written - 1;
+    v.write_blocks(written / 2 + 1, &noise(last)).unwrap();
+    v.flush().unwrap();
+    assert_eq!(
+        pool.stats().unwrap().data_blocks,
+        before + 1,
+        "a block stored while the index was full is stored again"
+    );
+    assert_eq!(read(&v, written / 2 + 1), noise(last));
+    pool.check().unwrap();
+}
