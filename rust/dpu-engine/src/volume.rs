@@ -374,6 +374,18 @@ impl Pool {
         }
     }
 
+    /// Ends all work on the pool because its media is about to be reused:
+    /// every later operation fails with [`MediaError::Gone`] and the
+    /// background releaser stops, so nothing writes to the media after
+    /// this returns. Unflushed writes are dropped.
+    pub fn close(&self) {
+        if let Ok(mut engine) = self.lock() {
+            if let Engine::Paged(p) = &mut *engine {
+                p.close();
+            }
+        }
+    }
+
     /// Starts a thread that frees deleted volumes' space in bounded steps
     /// while there is some to free, and ends when the last handle of the
     /// pool is dropped.
@@ -390,7 +402,7 @@ impl Pool {
             let since = Instant::now();
             let pending = match &mut *engine {
                 Engine::InMemory(_) => return,
-                Engine::Paged(p) => match p.has_deferred() {
+                Engine::Paged(p) => match p.usable().and_then(|()| p.has_deferred()) {
                     Ok(true) => p.release_step(RELEASE_STEP).map(|done| !done),
                     Ok(false) => Ok(false),
                     Err(e) => Err(e),

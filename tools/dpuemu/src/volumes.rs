@@ -723,6 +723,11 @@ impl VolumeManager {
     /// Wipes the family's SSDs and gives them back (attached, not in use).
     fn destroy(&self, family: &Family) {
         *family.alive.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        // The pool's background releaser must not write to the members
+        // once they are wiped and handed back.
+        if let Some(pool) = &family.pool {
+            pool.close();
+        }
         for ssd in family.members.iter().flatten().map(|m| &self.ssds[*m]) {
             if let Err(e) = ssd.wipe() {
                 error!("accel: wiping SSD {}: {e}", ssd.index);

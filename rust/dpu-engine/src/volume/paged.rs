@@ -175,6 +175,8 @@ pub(crate) struct PagedState {
     /// A transaction that allocated this many metadata blocks is
     /// committed after the operation, which bounds its bookkeeping.
     commit_after: usize,
+    /// [`PagedState::close`] was called.
+    closed: bool,
 }
 
 impl PagedState {
@@ -269,6 +271,7 @@ impl PagedState {
             write_cache: true,
             reserve,
             commit_after: (capacity / 2).max(16),
+            closed: false,
         };
         state.domains.entry(0).or_insert(DomainEntry {
             encrypted: false,
@@ -277,7 +280,16 @@ impl PagedState {
         Ok(state)
     }
 
-    fn usable(&self) -> Result<(), VolumeError> {
+    /// Ends all work on the pool (its media is about to be reused): every
+    /// later operation fails, and the background releaser stops.
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
+    }
+
+    pub(crate) fn usable(&self) -> Result<(), VolumeError> {
+        if self.closed {
+            return Err(VolumeError::Media(MediaError::Gone));
+        }
         if self.failed {
             return Err(VolumeError::Media(MediaError::Unrecoverable(
                 "a metadata update failed; reopen the pool".into(),

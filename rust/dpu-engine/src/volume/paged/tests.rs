@@ -478,3 +478,27 @@ fn dedup_index_degrades_to_fewer_matches_when_metadata_runs_short() {
     assert_eq!(read(&v, written / 2 + 1), noise(last));
     pool.check().unwrap();
 }
+
+/// A closed pool refuses everything and its releaser stops, leaving the
+/// deferred work (and the media) alone.
+#[test]
+fn a_closed_pool_does_no_more_work() {
+    let (media, pool) = paged(4096, MIN_CACHE_BYTES);
+    let v = create(&pool, "v", 500, services(false, false, Compression::None));
+    let data: Vec<u8> = (0..500).flat_map(noise).collect();
+    v.write_blocks(0, &data).unwrap();
+    pool.delete("v").unwrap();
+    let image = media.snapshot();
+    pool.close();
+    let thread = pool.spawn_releaser();
+    thread.join().unwrap();
+    assert_eq!(
+        pool.release_step(8),
+        Err(VolumeError::Media(crate::media::MediaError::Gone))
+    );
+    assert!(pool.flush().is_err());
+    assert!(
+        media.snapshot() == image,
+        "a closed pool wrote to its media"
+    );
+}
