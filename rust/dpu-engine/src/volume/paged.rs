@@ -141,9 +141,11 @@ struct Pack {
     next_unit: usize,
 }
 
+/// The pack cursor of root slot [`slots::PACK`]; a damaged value names no
+/// cursor (a block out of range then fails where it is used).
 fn decode_pack(slot: u64) -> Option<Pack> {
-    (slot != 0).then(|| Pack {
-        block: (slot >> 16) - 1,
+    Some(Pack {
+        block: (slot >> 16).checked_sub(1)?,
         next_unit: (slot & 0xffff) as usize,
     })
 }
