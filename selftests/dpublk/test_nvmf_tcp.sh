@@ -116,6 +116,16 @@ dev=$(wait_dev)
 [ -n "$dev" ] || fail "no block device for $NQN after nvme connect"
 size=$(blockdev --getsize64 "$dev")
 [ "$size" = $((192 << 20)) ] || fail "$dev has $size bytes, the image 192 MiB"
+# What Linux's initiator and nvme-cli read from the controller.
+ctrl=/dev/$(basename "$(readlink -f "/sys/block/${dev#/dev/}/device")")
+idc=$(nvme id-ctrl "$ctrl" -o json) || fail "nvme id-ctrl $ctrl failed"
+[ "$(echo "$idc" | jq -r .subnqn)" = "$NQN" ] || fail "id-ctrl subnqn is not $NQN"
+[ "$(echo "$idc" | jq -r .ioccsz)" = 516 ] || fail "id-ctrl IOCCSZ is not 516 (8 KiB in-capsule)"
+[ "$(echo "$idc" | jq -r .mdts)" = 5 ] || fail "id-ctrl MDTS is not 5"
+[ "$(echo "$idc" | jq -r .kas)" != 0 ] || fail "id-ctrl KAS is 0"
+ana=$(nvme ana-log "$ctrl" 2>&1) || { echo "$ana" | sed 's/^/#   /'; fail "nvme ana-log $ctrl failed"; }
+echo "$ana" | grep -qi optimized || { echo "$ana" | sed 's/^/#   /'; fail "the ANA log shows no optimized group"; }
+diag "$ctrl: id-ctrl and ANA log as configured"
 fio_verify "$dev" --bs=4k --iodepth=16 --size=16M --offset=0
 fio_verify "$dev" --bs=128k --iodepth=8 --size=32M --offset=16M
 # What the host wrote is in the target's image, byte for byte.

@@ -30,6 +30,8 @@ pub const INITIATOR_NQN: &str = "nqn.2026-12.org.dpublk:initiator";
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest transfer dpuemu asks for, whatever the remote's MDTS.
 const MAX_TRANSFER: usize = 1 << 20;
+/// Command flags: PSDT 01b (SGL data, contiguous metadata buffer).
+const PSDT_SGL_METABUF: u8 = 1 << 6;
 /// Most C2HData bytes accepted in one PDU.
 const MAX_C2H_DATA: u32 = 1 << 21;
 
@@ -115,6 +117,10 @@ impl HostQueue {
         self.cid = self.cid.wrapping_add(1);
         let cid = self.cid;
         let mut bytes = sqe.to_bytes();
+        // PSDT 01b: the data pointer is an SGL and the metadata pointer one
+        // contiguous buffer, which fabrics requires (nvmet refuses other
+        // values with Invalid Field).
+        bytes[1] = PSDT_SGL_METABUF;
         bytes[2..4].copy_from_slice(&cid.to_le_bytes());
         let inline = !out.is_empty() && out.len() <= in_capsule;
         let len = if out.is_empty() {
