@@ -8,8 +8,8 @@
 //! metadata blocks it wrote), deletes half the snapshots and frees them in
 //! bounded steps, reopens after a clean shutdown and after a crash (the
 //! process dropping everything unflushed), and reads back what it wrote.
-//! Each run is repeated; the table shows the median and the spread
-//! (min–max). A paged pool (format 2) is compared with the in-memory pool
+//! Each run is repeated, each in a process of its own (so that its RSS is
+//! its own); the table shows the median and the spread (min–max). A paged pool (format 2) is compared with the in-memory pool
 //! (format 1) at a size the latter can handle.
 //!
 //! Settings (environment): `BENCH_ENGINE_DIR` (default
@@ -425,6 +425,125 @@ fn print_table(config: &Config, paged: &[Run], memory: &[Run]) {
     );
 }
 
+impl Run {
+    /// One line the parent process parses back ([`Run::parse`]).
+    fn encode(&self) -> String {
+        let list = |v: Vec<String>| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(",")
+            }
+        };
+        let snaps = list(self.snap_ms.iter().map(|v| v.to_string()).collect());
+        let commits = list(
+            self.commits
+                .iter()
+                .map(|(n, b, t)| {
+                    let blocks = b.map_or("-".to_string(), |b| b.to_string());
+                    format!("{n}:{blocks}:{t}")
+                })
+                .collect(),
+        );
+        format!(
+            "RUN {} {} {} {} {} {} {} {} {} {} {snaps} {commits}",
+            self.writes,
+            self.write_s,
+            self.rss_base_mib,
+            self.rss_mib,
+            self.delete_ms,
+            self.release_s,
+            self.max_lock_ms,
+            self.open_clean_s,
+            self.open_crash_s,
+            self.metadata_mib,
+        )
+    }
+
+    fn parse(line: &str) -> Option<Run> {
+        let f: Vec<&str> = line.strip_prefix("RUN ")?.split(' ').collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+        let list = |i: usize| -> Option<Vec<&str>> {
+            let v = *f.get(i)?;
+            Some(if v == "-" {
+                Vec::new()
+            } else {
+                v.split(',').collect()
+            })
+        };
+        let commits = list(11)?
+            .into_iter()
+            .map(|c| {
+                let p: Vec<&str> = c.split(':').collect();
+                Some((
+                    p.first()?.parse().ok()?,
+                    p.get(1)?.parse().ok(),
+                    p.get(2)?.parse().ok()?,
+                ))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Run {
+            writes: f.first()?.parse().ok()?,
+            write_s: num(1)?,
+            rss_base_mib: num(2)?,
+            rss_mib: num(3)?,
+            delete_ms: num(4)?,
+            release_s: num(5)?,
+            max_lock_ms: num(6)?,
+            open_clean_s: num(7)?,
+            open_crash_s: num(8)?,
+            metadata_mib: num(9)?,
+            snap_ms: list(10)?
+                .into_iter()
+                .map(|v| v.parse().ok())
+                .collect::<Option<_>>()?,
+            commits,
+        })
+    }
+}
+
+/// Runs one measurement in a child process of its own, so that its RSS
+/// is its own.
+fn run_in_child(format: PoolFormat, writes: u64, seed: u64) -> Result<Run, String> {
+    let exe = std::env::current_exe().map_err(err)?;
+    let mode = match format {
+        PoolFormat::Paged => "paged",
+        PoolFormat::InMemory => "memory",
+    };
+    let output = std::process::Command::new(exe)
+        .env("BENCH_ENGINE_CHILD", format!("{mode}:{writes}:{seed}"))
+        .output()
+        .map_err(err)?;
+    if !output.status.success() {
+        return Err(format!(
+            "{mode} run failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(Run::parse)
+        .ok_or_else(|| format!("{mode} run printed no result"))
+}
+
+/// The child's side: one run, printed as one line.
+fn child(config: &Config, spec: &str) -> Result<(), String> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (Some(mode), Some(writes), Some(seed)) = (parts.first(), parts.get(1), parts.get(2)) else {
+        return Err(format!("bad child spec {spec}"));
+    };
+    let format = if *mode == "paged" {
+        PoolFormat::Paged
+    } else {
+        PoolFormat::InMemory
+    };
+    let writes = writes.parse().map_err(err)?;
+    let seed = seed.parse().map_err(err)?;
+    let result = run(config, format, writes, seed).map(|r| println!("{}", r.encode()));
+    let _ = std::fs::remove_dir_all(&config.dir);
+    result
+}
+
 fn main() {
     let config = match Config::from_env() {
         Ok(c) => c,
@@ -433,6 +552,13 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Ok(spec) = std::env::var("BENCH_ENGINE_CHILD") {
+        if let Err(e) = child(&config, &spec) {
+            eprintln!("bench-engine: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     println!(
         "bench-engine: {} GiB raid6 pool on {MEMBERS} sparse images in {}, {} random 4 KiB writes \
          (about half duplicates, dedup on), {} snapshots while writing, half deleted, \
@@ -448,15 +574,13 @@ fn main() {
     let mut memory = Vec::new();
     let result = (|| -> Result<(), String> {
         for rep in 0..config.reps {
-            paged.push(run(
-                &config,
+            paged.push(run_in_child(
                 PoolFormat::Paged,
                 config.writes,
                 rep as u64 + 1,
             )?);
             if config.compare_writes > 0 {
-                memory.push(run(
-                    &config,
+                memory.push(run_in_child(
                     PoolFormat::InMemory,
                     config.compare_writes,
                     rep as u64 + 101,
