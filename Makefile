@@ -57,6 +57,34 @@ N ?= 3
 crash: all
 	scripts/crash-campaign.sh --kill-points $(N)
 
+# make hostile: dpublk under a hostile accelerator until HOSTILE_ANOMALIES
+# (default 100000) protocol anomalies were injected at one I/O completion in
+# HOSTILE_RATE (default 20), fio verifying every block (one VM boot); then
+# HOSTILE_READS (default 10000) configfs reads and 100 rebinds with
+# corrupted vendor and Identify payloads, each of which must be refused
+# (a second boot). Prints the count per kind from dpuemu's log.
+HOSTILE_ANOMALIES ?= 100000
+HOSTILE_RATE ?= 20
+HOSTILE_READS ?= 10000
+.PHONY: hostile
+hostile: all
+	DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0 --hostile $(HOSTILE_RATE):1@hook" DPUBLK_VM_TIMEOUT=8400 \
+		scripts/vm.sh --accelerator --ssds 2 -- env HOSTILE_ANOMALIES=$(HOSTILE_ANOMALIES) \
+		selftests/dpublk/run_tests.sh test_dpublk_hostile_long
+	DPUBLK_VM_TIMEOUT=3600 scripts/vm.sh --accelerator --ssds 4 --ssd-size 512M -- \
+		env HOSTILE_READS=$(HOSTILE_READS) HOSTILE_BINDS=100 \
+		selftests/dpublk/run_tests.sh test_dpublk_hostile_payloads
+
+# make check-debug: the dpublk, management and protection VM suites on the
+# debug kernel (DPUBLK_KERNEL_VARIANT=debug: KASAN, lockdep, atomic-sleep
+# checks, kmemleak, UBSAN; scripts/kconfig/debug.config), judged as make
+# check judges them; then dpublk.ko is built again for the default kernel.
+.PHONY: check-debug
+check-debug:
+	DPUBLK_KERNEL_VARIANT=debug DPUBLK_CHECK_SUITES=vm \
+		DPUBLK_CHECK_ONLY="dpublk management protection" scripts/check.sh; \
+		rc=$$?; scripts/build-module.sh >/dev/null || rc=1; exit $$rc
+
 clean:
 	rm -rf build
 	$(CARGO) clean

@@ -115,3 +115,62 @@ check_reference() {
 		fi
 	done
 }
+
+# scrub_read NAME: volumes/NAME/scrub. A read fails (EIO) while the
+# controller is being reset or when a hostile device sent a malformed
+# Maintenance log (the driver refuses it): retried, up to 100 times.
+scrub_read() {
+	local i
+	for i in $(seq 1 100); do
+		cat "$DPUBLK_CFS/volumes/$1/scrub" 2>/dev/null && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
+# scrub_field NAME FIELD: one field of volumes/NAME/scrub (empty if it
+# cannot be read).
+scrub_field() {
+	scrub_read "$1" | awk -v f="$2" '$1 == f { print $2 }'
+}
+
+# scrub_start NAME ACTION: starts a scrub (check or repair); the write
+# returns at once while the accelerator scrubs in the background. Prints
+# nothing; the kernel log names the scrub's operation ID.
+scrub_start() {
+	cfs_write "$DPUBLK_CFS/volumes/$1/scrub" "$2"
+	[ "$(scrub_field "$1" action)" = "$2" ] || fail "$1: the scrub log does not show a $2 after starting one"
+}
+
+# scrub_wait NAME [SECONDS]: polls volumes/NAME/scrub until the scrub is no
+# longer running (default limit 300 s); fails unless it ended "done" with
+# every row checked and progress 100.
+scrub_wait() {
+	local i state rows
+	for i in $(seq 1 $((${2:-300} * 10))); do
+		state=$(scrub_field "$1" state)
+		[ -n "$state" ] && [ "$state" != running ] && break
+		sleep 0.1
+	done
+	local report
+	report=$(scrub_read "$1") || fail "$1: the scrub log cannot be read"
+	[ "$state" = done ] || fail "$1: scrub is '$state' after ${2:-300} s: $(tr '\n' ' ' <<<"$report")"
+	rows=$(awk '$1 == "rows" { print ($2 == $3 && $3 > 0) }' <<<"$report")
+	[ "$rows" = 1 ] || fail "$1: a finished scrub did not check every row: $(tr '\n' ' ' <<<"$report")"
+	awk '$1 == "progress" { exit $2 != 100 }' <<<"$report" || fail "$1: a finished scrub shows $(tr '\n' ' ' <<<"$report")"
+}
+
+# scrub NAME ACTION: runs a scrub to its end and prints what it found as
+# "mismatches N repaired N".
+scrub() {
+	local start took
+	start=$(date +%s%N)
+	scrub_start "$1" "$2"
+	scrub_wait "$1"
+	took=$((($(date +%s%N) - start) / 1000000))
+	local found repaired
+	found=$(scrub_field "$1" mismatches)
+	repaired=$(scrub_field "$1" repaired)
+	diag "$1: scrub $2 took $took ms: mismatches $found repaired $repaired" >&2
+	echo "mismatches $found repaired $repaired"
+}

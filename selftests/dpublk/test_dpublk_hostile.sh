@@ -12,6 +12,13 @@
 # verified right, the controller is never failed, the kernel log stays
 # clean. Prints how many anomalies of each kind were injected and how many
 # resets the driver did.
+#
+# With HOSTILE_ANOMALIES=N (make hostile, test_dpublk_hostile_long.sh)
+# fio runs in rounds of HOSTILE_SECONDS until dpuemu injected N anomalies
+# (at most HOSTILE_LIMIT seconds, default 7200): every round verifies
+# every block it wrote, every completion kind must have been injected, and
+# fewer than N in the limit fails. Run dpuemu with --hostile RATE@hook to
+# raise the rate.
 . "$(dirname "$0")/test_common.sh"
 . "$(dirname "$0")/dpublk_disk_common.sh"
 
@@ -39,30 +46,45 @@ set_hostile 1
 on_exit "set_hostile 0"
 sleep 1
 tail -n +"$((start_line + 1))" "$log" | grep -q 'hostile mode on' || fail "dpuemu did not turn hostile mode on"
-out=$TEST_TMP/fio.json
-fio --name=hostile --filename=/dev/dpublk0 --ioengine=io_uring --direct=1 \
-	--numjobs=2 --size=32M --offset_increment=32M --rw=randwrite --bs=4k --iodepth=16 \
-	--verify=crc32c --verify_backlog=64 --verify_fatal=1 --verify_state_save=0 \
-	--time_based --runtime="$seconds" --group_reporting=0 \
-	--output-format=json --output="$out" >"$TEST_TMP/fio.log" 2>&1 ||
-	{ sed 's/^/#   /' "$TEST_TMP/fio.log" | tail -20; fail "fio failed under the hostile device"; }
-sed -n '/^{/,$p' "$out" >"$out.clean"
-errors=$(jq '[.jobs[].error] | add' "$out.clean") || fail "cannot parse the fio report"
-[ "$errors" = 0 ] || fail "fio reported error $errors"
-written=$(jq '[.jobs[].write.io_bytes] | add' "$out.clean")
-verified=$(jq '[.jobs[].read.io_bytes] | add' "$out.clean")
-[ "$written" -gt 0 ] && [ "$verified" -gt 0 ] || fail "fio wrote $written and verified $verified bytes"
-diag "fio: $written bytes written, $verified bytes read back and verified in ${seconds} s"
+target=${HOSTILE_ANOMALIES:-0}
+limit=${HOSTILE_LIMIT:-7200}
+injected_total() { tail -n +"$((start_line + 1))" "$log" | grep -c 'hostile: injected ' || true; }
+t0=$(date +%s) round=0 written=0 verified=0
+while :; do
+	round=$((round + 1))
+	out=$TEST_TMP/fio.json
+	fio --name=hostile --filename=/dev/dpublk0 --ioengine=io_uring --direct=1 \
+		--numjobs=2 --size=32M --offset_increment=32M --rw=randwrite --bs=4k --iodepth=16 \
+		--verify=crc32c --verify_backlog=64 --verify_fatal=1 --verify_state_save=0 \
+		--time_based --runtime="$seconds" --group_reporting=0 \
+		--output-format=json --output="$out" >"$TEST_TMP/fio.log" 2>&1 ||
+		{ sed 's/^/#   /' "$TEST_TMP/fio.log" | tail -20; fail "fio failed under the hostile device (round $round)"; }
+	sed -n '/^{/,$p' "$out" >"$out.clean"
+	errors=$(jq '[.jobs[].error] | add' "$out.clean") || fail "cannot parse the fio report"
+	[ "$errors" = 0 ] || fail "fio reported error $errors (round $round)"
+	w=$(jq '[.jobs[].write.io_bytes] | add' "$out.clean")
+	r=$(jq '[.jobs[].read.io_bytes] | add' "$out.clean")
+	[ "$w" -gt 0 ] && [ "$r" -gt 0 ] || fail "fio wrote $w and verified $r bytes (round $round)"
+	written=$((written + w)) verified=$((verified + r))
+	now=$(injected_total)
+	[ "$target" -gt 0 ] && diag "round $round: $now anomalies so far, $(($(date +%s) - t0)) s"
+	[ "$target" -gt 0 ] && [ "$now" -lt "$target" ] && [ $(($(date +%s) - t0)) -lt "$limit" ] || break
+done
+diag "fio: $written bytes written, $verified bytes read back and verified in $round rounds of ${seconds} s"
 set_hostile 0
 
 total=0
-for kind in wrong-cid stale-generation duplicate wrong-sqid sq-head phase status irq-storm never-complete; do
+for kind in wrong-cid stale-generation duplicate wrong-sqid sq-head phase status irq-storm never-complete identify vendor-payload; do
 	n=$(tail -n +"$((start_line + 1))" "$log" | grep -c "hostile: injected $kind " || true)
 	total=$((total + n))
 	diag "anomalies injected: $kind $n"
+	case $kind in never-complete | identify | vendor-payload) ;; *)
+		[ "$target" = 0 ] || [ "$n" -gt 0 ] || fail "no $kind anomaly in the long run" ;;
+	esac
 done
 diag "anomalies injected in total: $total"
 [ "$total" -gt 0 ] || fail "dpuemu injected no anomaly"
+[ "$total" -ge "$target" ] || fail "only $total of $target anomalies within ${limit} s"
 reset_line='scheduling a controller reset (#'
 resets=$(dmesg_since_mark | awk -v p="$reset_line" 'index($0, p) { s = substr($0, index($0, p) + length(p)); n = s + 0 } END { print n + 0 }')
 diag "controller resets (last logged number): ${resets:-0}"

@@ -4,7 +4,10 @@
 # stores the next write to a range with flipped bits (fault corrupt), the
 # volume is written, a scrub check counts the mismatches (twice the same:
 # a check repairs nothing), a scrub repair repairs all of them, every byte
-# reads back as written, and a new check finds 0. Needs 6 SSDs.
+# reads back as written, and a new check finds 0. A scrub runs in the
+# background: the write to volumes/NAME/scrub returns at once and the test
+# polls the attribute (state, progress, rows) until it is done
+# (protection_common.sh). Needs 6 SSDs.
 . "$(dirname "$0")/test_common.sh"
 . "$(dirname "$0")/dpublk_disk_common.sh"
 . "$(dirname "$0")/configfs_common.sh"
@@ -13,17 +16,6 @@
 unload_dpublk
 dmesg_mark
 protection_setup 6
-
-# scrub NAME ACTION: runs a scrub and prints what volumes/NAME/scrub
-# reports afterwards ("mismatches N repaired N").
-scrub() {
-	local start took
-	start=$(date +%s%N)
-	cfs_write "$DPUBLK_CFS/volumes/$1/scrub" "$2"
-	took=$((($(date +%s%N) - start) / 1000000))
-	diag "$1: scrub $2 took $took ms: $(cat "$DPUBLK_CFS/volumes/$1/scrub")" >&2
-	cat "$DPUBLK_CFS/volumes/$1/scrub"
-}
 
 # scrub_case NAME LAYOUT VICTIM [attr=value...]
 scrub_case() {

@@ -12,12 +12,18 @@
 //! `ENODEV`. While the lock is held and the accelerator is not gone, the PCI
 //! function is bound.
 //!
-//! A command without a payload (a Maintenance scrub, which may take
-//! minutes) only checks under the lock that the accelerator is not gone,
-//! and waits for its completion without it: unbinding does not wait behind
-//! it. It reaches the device only through the controller, whose registers
-//! are revoked at unbind and which fails a waiting command at once when it
-//! is reset or shut down.
+//! A command without a payload only checks under the lock that the
+//! accelerator is not gone, and waits for its completion without it. It
+//! reaches the device only through the controller, whose registers are
+//! revoked at unbind and which fails a waiting command at once when it is
+//! reset or shut down.
+//!
+//! Long operations (scrub, rebuild after a member replacement) run on the
+//! accelerator in the background: the Maintenance command that starts one
+//! completes at once, and the host polls the Maintenance log page
+//! ([`Management::maintenance_log`]) for progress and result. So no admin
+//! command waits for one, and nothing a reset, an Abort or unbind needs is
+//! held while it runs.
 
 use crate::{
     blk_mq::{Disk, Limits, TagSet},
@@ -30,13 +36,14 @@ use crate::{
         opcode::cns,
         sqe::{Identify, SubmissionEntry},
         vendor::{self, VendorCommand},
+        wire::Wire,
     },
 };
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{
     device,
     dma::Coherent,
-    time::Delta,
+    fmt,
     new_mutex,
     prelude::*,
     sync::{Arc, Mutex},
@@ -44,10 +51,6 @@ use kernel::{
 
 /// Size of the management payload buffer: the largest vendor payload.
 const PAYLOAD_BYTES: usize = 4096;
-/// How long a Maintenance command (scrub) may take. Other admin commands
-/// (Abort, a reset's queue creation, other management requests) go on
-/// meanwhile: the admin queue holds several outstanding commands.
-const MAINTENANCE_TIMEOUT: Delta = Delta::from_secs(600);
 /// Most namespaces turned into disks per controller.
 pub(crate) const MAX_NAMESPACES: usize = 64;
 
@@ -117,6 +120,8 @@ pub(crate) struct Management {
     limits: Limits,
     /// Highest namespace ID the controller reported (0: no limit given).
     max_nsid: u32,
+    /// Device payloads refused so far (see [`Management::refuse_payload`]).
+    refused_payloads: AtomicU64,
     #[pin]
     state: Mutex<ManagementState>,
 }
@@ -167,6 +172,7 @@ impl Management {
                 tagset,
                 limits,
                 max_nsid,
+                refused_payloads: AtomicU64::new(0),
                 state <- new_mutex!(ManagementState {
                     gone: false,
                     payload: Some(payload),
@@ -220,11 +226,7 @@ impl Management {
 
     /// Sends vendor command `sqe` with `payload`. The payload buffer is
     /// wiped afterwards (it may have carried a key).
-    pub(crate) fn vendor_command(
-        &self,
-        mut sqe: SubmissionEntry,
-        payload: Payload<'_>,
-    ) -> Result<u32> {
+    pub(crate) fn vendor_command(&self, sqe: SubmissionEntry, payload: Payload<'_>) -> Result<u32> {
         let state = self.state.lock();
         if state.gone {
             return Err(ENODEV);
@@ -237,27 +239,40 @@ impl Management {
             Payload::ToDevice(data) => data.len(),
             Payload::FromDevice(room) => room.len(),
         };
-        if len != expected || len > PAYLOAD_BYTES {
+        if len != expected {
             return Err(EINVAL);
         }
-        // A scrub reads every stripe of the volume before it completes.
-        let timeout = if sqe.opcode() == vendor::opcode::MAINTENANCE {
-            MAINTENANCE_TIMEOUT
-        } else {
-            ADMIN_TIMEOUT
-        };
         if len == 0 {
             // No buffer to guard: wait without the state lock (module
             // documentation).
             drop(state);
-            return self.ctrl.admin_command_within(sqe, timeout, None);
+            return self.ctrl.admin_command(sqe);
+        }
+        Self::transfer(&self.ctrl, &state, sqe, payload)
+    }
+
+    /// Sends `sqe` with `payload` in the payload buffer, under the state
+    /// lock (`state`), and wipes the buffer afterwards.
+    fn transfer(
+        ctrl: &Controller,
+        state: &ManagementState,
+        mut sqe: SubmissionEntry,
+        payload: Payload<'_>,
+    ) -> Result<u32> {
+        let len = match &payload {
+            Payload::None => 0,
+            Payload::ToDevice(data) => data.len(),
+            Payload::FromDevice(room) => room.len(),
+        };
+        if len > PAYLOAD_BYTES {
+            return Err(EINVAL);
         }
         let buffer = state.payload.as_ref().ok_or(ENODEV)?;
         if buffer.is_lent() {
             // An earlier command with this buffer never completed: the
             // device may still write it, so the host does not touch it.
             dev_err!(
-                self.ctrl.pdev(),
+                ctrl.pdev(),
                 "payload buffer still held by the device after a lost command\n"
             );
             return Err(EIO);
@@ -272,7 +287,7 @@ impl Management {
         // The buffer is one page-aligned page: PRP1 covers any payload.
         sqe.prp1.set(buffer.dma_address());
         sqe.prp2.set(0);
-        let result = self.ctrl.admin_command_within(sqe, timeout, Some(buffer));
+        let result = ctrl.admin_command_within(sqe, ADMIN_TIMEOUT, Some(buffer));
         if let (Ok(_), Payload::FromDevice(room)) = (&result, payload) {
             let n = room.len();
             // SAFETY: The command's own completion came back (`Ok`), so the
@@ -291,6 +306,68 @@ impl Management {
             unsafe { core::ptr::write_volatile(base.add(offset), 0) };
         }
         result
+    }
+
+    /// A payload from the device (Identify data, a vendor payload, a log
+    /// page) contradicts the interface: the command that carried it fails
+    /// with the returned `EIO` and nothing of the payload is used. Logged
+    /// at the 1st, 2nd, 4th, 8th ... refusal, so a hostile device cannot
+    /// flood the log.
+    pub(crate) fn refuse_payload(&self, what: fmt::Arguments<'_>) -> Error {
+        let seen = self.refused_payloads.fetch_add(1, Ordering::Relaxed) + 1;
+        if seen.is_power_of_two() {
+            dev_err!(
+                self.ctrl.pdev(),
+                "device payload refused ({seen} so far): {what}\n"
+            );
+        }
+        EIO
+    }
+
+    /// Reads the Statistics of namespace `nsid` (0: the controller),
+    /// checked like every device payload.
+    pub(crate) fn statistics(&self, nsid: u32) -> Result<KBox<vendor::Statistics>> {
+        let mut stats = KBox::new(vendor::Statistics::zeroed(), GFP_KERNEL)?;
+        let mut sqe = SubmissionEntry::new(vendor::opcode::STATISTICS, 0);
+        sqe.nsid.set(nsid);
+        self.vendor_command(sqe, Payload::FromDevice(stats.as_bytes_mut()))?;
+        if let Err(why) = check_statistics(&stats) {
+            return Err(self.refuse_payload(format_args!(
+                "namespace {nsid}: Statistics: {why}"
+            )));
+        }
+        Ok(stats)
+    }
+
+    /// Reads the Maintenance log of volume `nsid`: where the background
+    /// scrub and rebuild of its family stand. The page comes from the
+    /// device, so every field the driver shows is checked first; a page
+    /// that contradicts itself is refused (`EIO`, one log line naming the
+    /// field).
+    pub(crate) fn maintenance_log(&self, nsid: u32) -> Result<vendor::MaintenanceLog> {
+        let state = self.state.lock();
+        if state.gone {
+            return Err(ENODEV);
+        }
+        let mut log = vendor::MaintenanceLog::zeroed();
+        Self::transfer(
+            &self.ctrl,
+            &state,
+            vendor::maintenance_log_command(nsid, 0),
+            Payload::FromDevice(log.as_bytes_mut()),
+        )?;
+        drop(state);
+        for (which, record, rebuild) in [
+            ("scrub", &log.scrub, false),
+            ("rebuild", &log.rebuild, true),
+        ] {
+            if let Err(why) = check_maintenance_record(record, rebuild) {
+                return Err(self.refuse_payload(format_args!(
+                    "namespace {nsid}: Maintenance log: {which} record: {why}"
+                )));
+            }
+        }
+        Ok(log)
     }
 
     /// Reads the namespace's size and block size.
@@ -315,6 +392,9 @@ impl Management {
         // (alignment 1, any bit pattern valid); borrowed in place because
         // it is too big for the kernel stack.
         let ns = unsafe { &*bytes.as_ptr().cast::<IdentifyNamespace>() };
+        check_identify_namespace(ns).map_err(|why| {
+            self.refuse_payload(format_args!("namespace {nsid}: Identify Namespace: {why}"))
+        })?;
         Ok((ns.nsze.get(), u32::from(ns.lba_shift())))
     }
 
@@ -337,6 +417,14 @@ impl Management {
             let nsid = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
             if nsid == 0 {
                 break;
+            }
+            // The list holds active NSIDs in increasing order (NVMe, CNS
+            // 02h), none of them broadcast: anything else is not a list.
+            let last = nsids.last().copied().unwrap_or(0);
+            if nsid <= last || nsid == u32::MAX {
+                return Err(self.refuse_payload(format_args!(
+                    "active namespace list: NSID {nsid:#x} after {last:#x}"
+                )));
             }
             nsids.push(nsid, GFP_KERNEL)?;
         }
@@ -489,7 +577,21 @@ impl Management {
         let mut page = KVec::from_elem(0u8, PAYLOAD_BYTES, GFP_KERNEL)?;
         self.vendor_command(sqe, Payload::FromDevice(&mut page))?;
         let count = u32::from_le_bytes([page[0], page[1], page[2], page[3]]) as usize;
-        let count = count.min(LIST_ENTRIES);
+        if count > LIST_ENTRIES {
+            return Err(self.refuse_payload(format_args!(
+                "list of command {:#x}: {count} entries, a page holds {LIST_ENTRIES}",
+                sqe.opcode()
+            )));
+        }
+        let bytes = &page[LIST_HEADER_BYTES..LIST_HEADER_BYTES + count * LIST_ENTRY_BYTES];
+        for (i, entry) in bytes.chunks_exact(LIST_ENTRY_BYTES).enumerate() {
+            if let Err(why) = check_list_entry(sqe.opcode(), entry) {
+                return Err(self.refuse_payload(format_args!(
+                    "list of command {:#x}: entry {i}: {why}",
+                    sqe.opcode()
+                )));
+            }
+        }
         let mut entries = KVec::with_capacity(count * LIST_ENTRY_BYTES, GFP_KERNEL)?;
         entries.extend_from_slice(
             &page[LIST_HEADER_BYTES..LIST_HEADER_BYTES + count * LIST_ENTRY_BYTES],
@@ -497,6 +599,162 @@ impl Management {
         )?;
         Ok(entries)
     }
+}
+
+/// Checks the fields of Identify Namespace the driver uses: a formatted LBA
+/// format that exists, has no metadata (the driver transfers none) and a
+/// nonzero size. The block size itself is checked where it is used.
+pub(crate) fn check_identify_namespace(
+    ns: &IdentifyNamespace,
+) -> core::result::Result<(), &'static str> {
+    if ns.flbas & 0xf > ns.nlbaf {
+        return Err("formatted LBA format beyond the number of formats");
+    }
+    let format = ns
+        .lbaf
+        .get(usize::from(ns.flbas & 0xf))
+        .ok_or("formatted LBA format beyond the table")?;
+    if format.ms.get() != 0 || ns.flbas & 0x10 != 0 {
+        return Err("metadata in the LBA format");
+    }
+    if ns.nsze.get() == 0 {
+        return Err("zero size");
+    }
+    Ok(())
+}
+
+/// Whether `field` holds an object name as the interface defines it: 1 to
+/// 31 bytes of letters, digits, `.`, `_` and `-`, NUL terminated.
+fn is_object_name(field: &[u8]) -> bool {
+    let name = crate::shim::wire::c_string_bytes(field);
+    !name.is_empty()
+        && name.len() < field.len()
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// Checks one 64-byte entry of the list payload of vendor command `opcode`
+/// (SSD, volume or snapshot list): every field configfs uses holds a value
+/// the interface defines. Returns what is wrong.
+pub(crate) fn check_list_entry(
+    opcode: u8,
+    entry: &[u8],
+) -> core::result::Result<(), &'static str> {
+    use vendor::opcode as op;
+    match opcode {
+        op::SSD_LIST => {
+            let e = vendor::SsdListEntry::read_from(entry).ok_or("short entry")?;
+            if e.state != vendor::SSD_STATE_HOST && e.state != vendor::SSD_STATE_ATTACHED {
+                return Err("undefined SSD state");
+            }
+            if e.flags & !(vendor::SSD_FLAG_HOST_ENABLED | vendor::SSD_FLAG_IN_USE) != 0 {
+                return Err("undefined SSD flags");
+            }
+            if !(9..=12).contains(&e.lba_shift) {
+                return Err("block size out of range");
+            }
+            if e.serial.iter().any(|&b| b != 0 && !(0x20..0x7f).contains(&b)) {
+                return Err("serial number not printable ASCII");
+            }
+        }
+        op::VOLUME_LIST => {
+            let e = vendor::VolumeListEntry::read_from(entry).ok_or("short entry")?;
+            let flags = e.flags.get();
+            let all = vendor::VOLUME_FLAG_CLONE
+                | vendor::VOLUME_FLAG_DEGRADED
+                | vendor::VOLUME_FLAG_REBUILDING
+                | vendor::VOLUME_FLAG_LOCKED
+                | vendor::VOLUME_FLAG_FAILED;
+            if flags & !all != 0 {
+                return Err("undefined volume flags");
+            }
+            if flags & vendor::VOLUME_FLAG_LOCKED != 0 && e.nsid.get() != 0 {
+                return Err("a locked volume with a namespace");
+            }
+            if e.layout > vendor::layout::LOG_RAID {
+                return Err("undefined layout");
+            }
+            if e.lba_shift != 9 && e.lba_shift != 12 {
+                return Err("block size out of range");
+            }
+            if e.services.get() & !vendor::service::ALL != 0 {
+                return Err("undefined services");
+            }
+            if !is_object_name(&e.name) {
+                return Err("name not an object name");
+            }
+        }
+        op::SNAPSHOT_LIST => {
+            let e = vendor::SnapshotListEntry::read_from(entry).ok_or("short entry")?;
+            if !is_object_name(&e.name) {
+                return Err("name not an object name");
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Checks the fields of volume Statistics configfs shows as words.
+pub(crate) fn check_statistics(
+    s: &vendor::Statistics,
+) -> core::result::Result<(), &'static str> {
+    if s.array_state > vendor::ARRAY_STATE_FAILED {
+        return Err("undefined array state");
+    }
+    if s.rebuild_percent > 100 {
+        return Err("rebuild progress beyond 100 percent");
+    }
+    Ok(())
+}
+
+/// Checks a Maintenance log record from the device: every value the
+/// driver shows must be one the interface defines, and the counts must not
+/// contradict each other. Returns what is wrong.
+pub(crate) fn check_maintenance_record(
+    r: &vendor::MaintenanceRecord,
+    rebuild: bool,
+) -> core::result::Result<(), &'static str> {
+    use vendor::{maintenance, maintenance_state as st};
+    if r.state > st::LAST {
+        return Err("undefined state");
+    }
+    if r.percent > 100 {
+        return Err("progress beyond 100 percent");
+    }
+    if r.rows_done.get() > r.rows_total.get() {
+        return Err("more rows done than the array has");
+    }
+    if r.id.get() == 0 {
+        // No operation yet: nothing may be reported about it.
+        if r.state != st::NONE || r.action != 0 {
+            return Err("a state or action without an operation ID");
+        }
+        return Ok(());
+    }
+    let action = u32::from(r.action);
+    let known = if rebuild {
+        action == maintenance::REPLACE_MEMBER
+    } else {
+        action == maintenance::SCRUB_CHECK || action == maintenance::SCRUB_REPAIR
+    };
+    if !known {
+        return Err("undefined action");
+    }
+    if !rebuild && r.state == st::NONE {
+        return Err("a scrub with an ID and no state");
+    }
+    if r.state == st::DONE && r.rows_done.get() != r.rows_total.get() {
+        return Err("done with rows left");
+    }
+    if r.repaired.get() > r.mismatches.get() {
+        return Err("more sectors repaired than found");
+    }
+    if action == maintenance::SCRUB_CHECK && r.repaired.get() != 0 {
+        return Err("a check that repaired sectors");
+    }
+    Ok(())
 }
 
 /// Layout shared by the SSD, volume and snapshot list payloads.
@@ -508,3 +766,140 @@ const _: () = assert!(core::mem::size_of::<vendor::SsdListEntry>() == LIST_ENTRY
 const _: () = assert!(core::mem::size_of::<vendor::VolumeListEntry>() == LIST_ENTRY_BYTES);
 const _: () = assert!(core::mem::size_of::<vendor::SnapshotListEntry>() == LIST_ENTRY_BYTES);
 const _: () = assert!(LIST_HEADER_BYTES + LIST_ENTRIES * LIST_ENTRY_BYTES == PAYLOAD_BYTES);
+
+#[kunit_tests(dpublk_device_payloads)]
+mod tests {
+    use super::*;
+    use crate::shim::vendor::{maintenance, maintenance_state as st, MaintenanceRecord};
+
+    fn scrub(action: u32, state: u8, done: u64, total: u64) -> MaintenanceRecord {
+        let mut r = MaintenanceRecord::zeroed();
+        r.id.set(3);
+        r.action = action as u8;
+        r.state = state;
+        r.rows_done.set(done);
+        r.rows_total.set(total);
+        r.percent = if total == 0 {
+            0
+        } else {
+            (done * 100 / total) as u8
+        };
+        r
+    }
+
+    #[test]
+    fn sound_records_pass() {
+        assert_eq!(check_maintenance_record(&MaintenanceRecord::zeroed(), false), Ok(()));
+        let mut r = scrub(maintenance::SCRUB_REPAIR, st::DONE, 8, 8);
+        r.mismatches.set(5);
+        r.repaired.set(5);
+        assert_eq!(check_maintenance_record(&r, false), Ok(()));
+        let r = scrub(maintenance::SCRUB_CHECK, st::RUNNING, 2, 8);
+        assert_eq!(check_maintenance_record(&r, false), Ok(()));
+        let r = scrub(maintenance::REPLACE_MEMBER, st::NONE, 0, 8);
+        assert_eq!(check_maintenance_record(&r, true), Ok(()));
+    }
+
+    #[test]
+    fn contradictions_are_refused() {
+        let mut r = scrub(maintenance::SCRUB_CHECK, st::LAST + 1, 0, 8);
+        assert!(check_maintenance_record(&r, false).is_err());
+        r = scrub(maintenance::SCRUB_CHECK, st::RUNNING, 9, 8);
+        assert!(check_maintenance_record(&r, false).is_err());
+        r = scrub(maintenance::SCRUB_CHECK, st::RUNNING, 1, 8);
+        r.percent = 101;
+        assert!(check_maintenance_record(&r, false).is_err());
+        r = scrub(maintenance::SCRUB_CHECK, st::DONE, 7, 8);
+        assert!(check_maintenance_record(&r, false).is_err());
+        r = scrub(maintenance::SCRUB_CHECK, st::DONE, 8, 8);
+        r.mismatches.set(1);
+        r.repaired.set(1);
+        assert!(check_maintenance_record(&r, false).is_err());
+        r = scrub(maintenance::SCRUB_REPAIR, st::DONE, 8, 8);
+        r.repaired.set(2);
+        assert!(check_maintenance_record(&r, false).is_err());
+        // Actions of the other record, or none, with an ID.
+        r = scrub(maintenance::REPLACE_MEMBER, st::DONE, 8, 8);
+        assert!(check_maintenance_record(&r, false).is_err());
+        r = scrub(maintenance::SCRUB_CHECK, st::DONE, 8, 8);
+        assert!(check_maintenance_record(&r, true).is_err());
+        r = scrub(0, st::DONE, 8, 8);
+        assert!(check_maintenance_record(&r, false).is_err());
+        // A state without an operation.
+        r = scrub(maintenance::SCRUB_CHECK, st::RUNNING, 0, 8);
+        r.id.set(0);
+        assert!(check_maintenance_record(&r, false).is_err());
+    }
+
+    #[test]
+    fn identify_namespace_checked() {
+        let mut ns = IdentifyNamespace::zeroed();
+        ns.nsze.set(8);
+        ns.lbaf[0].lbads = 12;
+        assert_eq!(check_identify_namespace(&ns), Ok(()));
+        ns.flbas = 1;
+        assert!(check_identify_namespace(&ns).is_err());
+        ns.flbas = 0x10;
+        assert!(check_identify_namespace(&ns).is_err());
+        ns.flbas = 0;
+        ns.lbaf[0].ms.set(8);
+        assert!(check_identify_namespace(&ns).is_err());
+        ns.lbaf[0].ms.set(0);
+        ns.nsze.set(0);
+        assert!(check_identify_namespace(&ns).is_err());
+    }
+
+    #[test]
+    fn list_entries_checked() {
+        use crate::shim::wire::c_string_field;
+        let mut v = vendor::VolumeListEntry::zeroed();
+        v.nsid.set(2);
+        v.lba_shift = 12;
+        v.layout = vendor::layout::RAID6;
+        c_string_field(&mut v.name, b"vol-1.a_b");
+        let op = vendor::opcode::VOLUME_LIST;
+        assert_eq!(check_list_entry(op, v.as_bytes()), Ok(()));
+        let mut bad = v;
+        bad.name = [b'a'; 32];
+        assert!(check_list_entry(op, bad.as_bytes()).is_err());
+        bad = v;
+        c_string_field(&mut bad.name, b"a/b");
+        assert!(check_list_entry(op, bad.as_bytes()).is_err());
+        bad = v;
+        bad.name = [0; 32];
+        assert!(check_list_entry(op, bad.as_bytes()).is_err());
+        bad = v;
+        bad.layout = 6;
+        assert!(check_list_entry(op, bad.as_bytes()).is_err());
+        bad = v;
+        bad.flags.set(vendor::VOLUME_FLAG_LOCKED);
+        assert!(check_list_entry(op, bad.as_bytes()).is_err());
+        bad.nsid.set(0);
+        assert_eq!(check_list_entry(op, bad.as_bytes()), Ok(()));
+        bad = v;
+        bad.services.set(1 << 6);
+        assert!(check_list_entry(op, bad.as_bytes()).is_err());
+        let mut ssd = vendor::SsdListEntry::zeroed();
+        ssd.lba_shift = 9;
+        let op = vendor::opcode::SSD_LIST;
+        assert_eq!(check_list_entry(op, ssd.as_bytes()), Ok(()));
+        ssd.state = 2;
+        assert!(check_list_entry(op, ssd.as_bytes()).is_err());
+        ssd.state = 0;
+        ssd.serial[0] = 0x80;
+        assert!(check_list_entry(op, ssd.as_bytes()).is_err());
+        let snap = vendor::SnapshotListEntry::zeroed();
+        assert!(check_list_entry(vendor::opcode::SNAPSHOT_LIST, snap.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn statistics_checked() {
+        let mut st = vendor::Statistics::zeroed();
+        assert_eq!(check_statistics(&st), Ok(()));
+        st.array_state = 4;
+        assert!(check_statistics(&st).is_err());
+        st.array_state = 0;
+        st.rebuild_percent = 101;
+        assert!(check_statistics(&st).is_err());
+    }
+}

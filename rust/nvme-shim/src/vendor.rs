@@ -697,11 +697,15 @@ unsafe impl Wire for Statistics {}
 /// Maintenance actions (CDW10 of [`opcode::MAINTENANCE`]).
 pub mod maintenance {
     /// Scrub: re-read every stripe and check parity or copies; report only.
-    /// Completes when the scrub is done; DW0 = mismatches found (saturated).
-    /// The volume's Statistics keep the counts (`scrub_mismatches`).
+    /// A background operation: the command completes once the scrub has
+    /// started, DW0 = its operation ID (never 0). Progress and result are
+    /// in the Maintenance log ([`super::MAINTENANCE_LOG_ID`]); the
+    /// volume's Statistics keep the last finished scrub's counts
+    /// (`scrub_mismatches`).
     pub const SCRUB_CHECK: u32 = 1;
-    /// Scrub and repair every mismatch from the redundancy; DW0 =
-    /// mismatches found; `scrub_repaired` counts the repaired ones.
+    /// Scrub and repair every mismatch from the redundancy, in the
+    /// background as [`SCRUB_CHECK`]; `scrub_repaired` counts the repaired
+    /// ones.
     pub const SCRUB_REPAIR: u32 = 2;
     /// Replace a member SSD: CDW11 bits 15:0 the SSD index to replace
     /// (failed, missing or healthy), bits 31:16 the replacement (attached,
@@ -709,6 +713,10 @@ pub mod maintenance {
     /// Statistics show `ARRAY_STATE_REBUILDING` and `rebuild_percent`. The
     /// replaced SSD is no longer in use afterwards.
     pub const REPLACE_MEMBER: u32 = 3;
+    /// Stop the running scrub of the volume's family once the rows it is
+    /// on are done (the Maintenance log then shows it cancelled); succeeds
+    /// when no scrub runs. CDW11 must be 0.
+    pub const SCRUB_CANCEL: u32 = 4;
 }
 
 /// Builds a Maintenance command for volume `nsid`.
@@ -768,6 +776,102 @@ const _: () = assert!(core::mem::size_of::<FaultInjection>() == 64);
 
 // SAFETY: repr(C) of Le types and u8 arrays: no padding, any bit pattern valid.
 unsafe impl Wire for FaultInjection {}
+
+/// Get Log Page identifier of the Maintenance log (vendor specific). NSID
+/// names an open volume; the page ([`MaintenanceLog`]) describes the
+/// background scrub and rebuild of its family.
+pub const MAINTENANCE_LOG_ID: u8 = 0xc0;
+
+/// Size of the Maintenance log page.
+pub const MAINTENANCE_LOG_BYTES: usize = 128;
+
+/// `MaintenanceRecord::state` values.
+pub mod maintenance_state {
+    /// No such operation since the accelerator started.
+    pub const NONE: u8 = 0;
+    /// Running: `rows_done` of `rows_total` so far.
+    pub const RUNNING: u8 = 1;
+    /// Finished; the counts are final.
+    pub const DONE: u8 = 2;
+    /// Stopped by an error (`status`); the counts cover the rows done.
+    pub const FAILED: u8 = 3;
+    /// Stopped by Maintenance SCRUB_CANCEL, a member replacement or the
+    /// family's deletion; the counts cover the rows done.
+    pub const CANCELLED: u8 = 4;
+    /// Highest defined value.
+    pub const LAST: u8 = CANCELLED;
+}
+
+/// One background operation in the Maintenance log.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaintenanceRecord {
+    /// Operation ID: DW0 of the Maintenance command that started it (0:
+    /// none).
+    pub id: Le32,
+    /// The `maintenance::*` action that started it.
+    pub action: u8,
+    /// `maintenance_state::*`.
+    pub state: u8,
+    /// Progress in percent, 0 to 100.
+    pub percent: u8,
+    /// Rebuild: the member being rebuilt (0xff: none). Scrub: reserved.
+    pub member: u8,
+    /// Rows done so far; never more than `rows_total`.
+    pub rows_done: Le64,
+    /// Rows of the array.
+    pub rows_total: Le64,
+    /// Scrub: 512-byte sectors whose slots disagree.
+    pub mismatches: Le64,
+    /// Scrub: mismatches repaired (never more than `mismatches`).
+    pub repaired: Le64,
+    /// Scrub: mismatches no single slot explains.
+    pub unlocated: Le64,
+    /// Scrub: member reads that failed.
+    pub read_errors: Le64,
+    /// Scrub: rows with too few readable members to check.
+    pub unreadable_rows: Le32,
+    /// State FAILED: the status field of the error (as in a completion).
+    pub status: Le16,
+    /// Reserved.
+    pub rsvd62: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<MaintenanceRecord>() == 64);
+
+// SAFETY: repr(C) of Le types and u8 arrays: no padding, any bit pattern valid.
+unsafe impl Wire for MaintenanceRecord {}
+
+/// The Maintenance log page.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaintenanceLog {
+    /// The family's running or last scrub.
+    pub scrub: MaintenanceRecord,
+    /// The family's rebuild: running while a member is rebuilt (after a
+    /// replacement or a re-add), else the last replacement's ID, state
+    /// NONE.
+    pub rebuild: MaintenanceRecord,
+}
+
+const _: () = assert!(core::mem::size_of::<MaintenanceLog>() == MAINTENANCE_LOG_BYTES);
+
+// SAFETY: repr(C) of two Wire records: no padding, any bit pattern valid.
+unsafe impl Wire for MaintenanceLog {}
+
+/// Builds Get Log Page for the Maintenance log of volume `nsid`; the data
+/// buffer goes into PRP entries 1 and 2 afterwards.
+pub fn maintenance_log_command(nsid: u32, cid: u16) -> SubmissionEntry {
+    super::sqe::GetLogPage {
+        lid: MAINTENANCE_LOG_ID,
+        lsp: 0,
+        rae: false,
+        dwords: (MAINTENANCE_LOG_BYTES / 4) as u32,
+        offset: 0,
+        nsid,
+    }
+    .encode(cid)
+}
 
 #[cfg(test)]
 mod tests {
@@ -898,5 +1002,35 @@ mod tests {
         let mut n = ObjectName::zeroed();
         c_string_field(&mut n.name, b"snap");
         assert_eq!(&n.as_bytes()[..5], b"snap\0");
+    }
+
+    #[test]
+    fn maintenance_log_layout() {
+        let mut log = MaintenanceLog::zeroed();
+        log.scrub.id.set(7);
+        log.scrub.action = maintenance::SCRUB_REPAIR as u8;
+        log.scrub.state = maintenance_state::RUNNING;
+        log.scrub.percent = 40;
+        log.scrub.rows_done.set(2);
+        log.scrub.rows_total.set(5);
+        log.scrub.repaired.set(3);
+        log.scrub.status.set(0x281);
+        log.rebuild.member = 0xff;
+        let b = log.as_bytes();
+        assert_eq!(&b[..8], &[7, 0, 0, 0, 2, 1, 40, 0]);
+        assert_eq!(b[8], 2);
+        assert_eq!(b[16], 5);
+        assert_eq!(b[32], 3);
+        assert_eq!(&b[60..62], &[0x81, 0x02]);
+        assert_eq!(b[64 + 7], 0xff);
+        assert_eq!(MaintenanceLog::read_from(b), Some(log));
+        let sqe = maintenance_log_command(9, 4);
+        assert_eq!(sqe.opcode(), admin::GET_LOG_PAGE);
+        assert_eq!(sqe.nsid.get(), 9);
+        let cmd = super::super::sqe::GetLogPage::decode(&sqe);
+        assert_eq!(
+            (cmd.lid, cmd.bytes(), cmd.offset),
+            (MAINTENANCE_LOG_ID, 128, 0)
+        );
     }
 }

@@ -42,13 +42,16 @@ Options:
                          flushing
   --power-loss-report PATH  append each power cut's report (seed, sectors
                          kept and lost per SSD, the sectors written) to PATH
-  --hostile RATE[:SEED[:KINDS]]
+  --hostile RATE[:SEED[:KINDS]][@hook]
                          test mode: one accelerator I/O completion in RATE
-                         breaks the protocol (seeded, SEED default 1); KINDS
-                         a comma list of wrong-cid, stale-generation,
-                         duplicate, wrong-sqid, sq-head, phase, status,
-                         irq-storm, never-complete (default: all but
-                         never-complete)
+                         breaks the protocol (seeded, SEED default 1), and
+                         one admin payload in RATE/16 (at least 2) holds a
+                         value the interface forbids; KINDS a comma list of
+                         wrong-cid, stale-generation, duplicate, wrong-sqid,
+                         sq-head, phase, status, irq-storm, never-complete,
+                         identify, vendor-payload (default: all but
+                         never-complete); @hook: off until the test-hook
+                         register turns it on
   --nvmf-config FILE     serve NVMe/TCP from the subsystems, namespaces and
                          ports of FILE (Documentation/nvmf.rst); listens only
                          on the addresses FILE names

@@ -1272,7 +1272,8 @@ impl Controller {
                     }
                 }
             }
-            Anomaly::NeverComplete => {}
+            // Never drawn for completions (`hostile.rs`).
+            Anomaly::NeverComplete | Anomaly::Identify | Anomaly::VendorPayload => {}
         }
         true
     }

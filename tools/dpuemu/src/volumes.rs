@@ -195,8 +195,8 @@ struct Family {
     /// for each step and stops once it is `false`, so it never writes to
     /// SSDs a deleted family gave back.
     alive: Arc<Mutex<bool>>,
-    /// What the last scrub of the family's array found.
-    last_scrub: ScrubCounts,
+    /// The family's background scrub and replacement (`maintenance.rs`).
+    maintenance: Arc<maintenance::FamilyMaintenance>,
 }
 
 /// Mismatches of a scrub, in 512-byte sectors (the volume Statistics).
@@ -525,7 +525,7 @@ impl VolumeManager {
                 volumes: Vec::new(),
                 snapshots: Vec::new(),
                 alive: Arc::new(Mutex::new(true)),
-                last_scrub: ScrubCounts::default(),
+                maintenance: Arc::default(),
             };
             self.open_family(&mut state, &mut family, &newest.entries);
             let empty = family.pool.is_some() && family.volumes.is_empty();
@@ -965,7 +965,7 @@ impl VolumeManager {
             volumes: Vec::new(),
             snapshots: Vec::new(),
             alive: Arc::new(Mutex::new(true)),
-            last_scrub: ScrubCounts::default(),
+            maintenance: Arc::default(),
         };
         let options = VolumeOptions {
             size_bytes: size,
@@ -1455,8 +1455,9 @@ impl VolumeManager {
             ArrayState::Rebuilding => vendor::ARRAY_STATE_REBUILDING,
             ArrayState::Failed => vendor::ARRAY_STATE_FAILED,
         };
-        s.scrub_mismatches.set(family.last_scrub.mismatches);
-        s.scrub_repaired.set(family.last_scrub.repaired);
+        let last_scrub = family.maintenance.last_scrub();
+        s.scrub_mismatches.set(last_scrub.mismatches);
+        s.scrub_repaired.set(last_scrub.repaired);
         if let Some(array) = &family.array {
             let status = array.status();
             s.degraded_reads = Le64::new(status.degraded_reads);

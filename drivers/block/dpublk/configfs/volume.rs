@@ -288,6 +288,13 @@ fn service_compression(mgmt: &management::Management, nsid: u32) -> Option<u8> {
     sqe.nsid.set(nsid);
     mgmt.vendor_command(sqe, Payload::FromDevice(settings.as_bytes_mut()))
         .ok()?;
+    if settings.compression > vendor::compression::ZSTD {
+        let _ = mgmt.refuse_payload(format_args!(
+            "namespace {nsid}: Service Get: undefined compression {}",
+            settings.compression
+        ));
+        return None;
+    }
     Some(if settings.compression == vendor::compression::ZSTD {
         2
     } else {
@@ -948,11 +955,8 @@ volume_attribute!(17, show: |v, w| {
     if nsid == 0 {
         return Ok(());
     }
-    let mgmt = management::current()?;
-    let mut stats = KBox::new(vendor::Statistics::zeroed(), GFP_KERNEL)?;
-    let mut sqe = SubmissionEntry::new(vendor::opcode::STATISTICS, 0);
-    sqe.nsid.set(nsid);
-    mgmt.vendor_command(sqe, Payload::FromDevice(stats.as_bytes_mut()))?;
+    // Checked: the array state is one of the four, the progress a percent.
+    let stats = management::current()?.statistics(nsid)?;
     let s = &*stats;
     let state = ["optimal", "degraded", "rebuilding", "failed"]
         .get(usize::from(s.array_state))
@@ -995,31 +999,67 @@ volume_attribute!(18, show: |v, w| {
     Ok(())
 });
 
+/// Writes a Maintenance log record (checked by `Management::maintenance_log`)
+/// as `name value` lines: `state`, `action`, `progress` (percent), `rows`
+/// (done and total), and for a scrub what it found so far.
+fn write_maintenance(w: &mut Formatter<'_>, r: &vendor::MaintenanceRecord, scrub: bool) -> Result {
+    use vendor::{maintenance, maintenance_state as st};
+    let state = match r.state {
+        st::RUNNING => "running",
+        st::DONE => "done",
+        st::FAILED => "failed",
+        st::CANCELLED => "cancelled",
+        _ => "none",
+    };
+    let action = match u32::from(r.action) {
+        maintenance::SCRUB_CHECK => "check",
+        maintenance::SCRUB_REPAIR => "repair",
+        maintenance::REPLACE_MEMBER => "replace",
+        _ => "none",
+    };
+    writeln!(w, "state {state}")?;
+    writeln!(w, "action {action}")?;
+    writeln!(w, "progress {}", r.percent)?;
+    writeln!(w, "rows {} {}", r.rows_done.get(), r.rows_total.get())?;
+    if r.state == st::FAILED {
+        writeln!(w, "status {:#x}", r.status.get())?;
+    }
+    if scrub {
+        writeln!(w, "mismatches {}", r.mismatches.get())?;
+        writeln!(w, "repaired {}", r.repaired.get())?;
+        writeln!(w, "unlocated {}", r.unlocated.get())?;
+        writeln!(w, "read_errors {}", r.read_errors.get())?;
+        writeln!(w, "unreadable_rows {}", r.unreadable_rows.get())?;
+    } else if r.member != 0xff {
+        writeln!(w, "member {}", r.member)?;
+    }
+    Ok(())
+}
+
+/// The Maintenance log of the volume's family (nothing while the volume is
+/// absent or locked). The volume's lock is held across the command, as for
+/// `device`.
+fn maintenance_log(v: &VolumeState) -> Result<Option<vendor::MaintenanceLog>> {
+    let c = v.config.lock();
+    if c.nsid == 0 {
+        return Ok(None);
+    }
+    Ok(Some(management::current()?.maintenance_log(c.nsid)?))
+}
+
 volume_attribute!(19,
     show: |v, w| {
-        // Held across Statistics, as for `device`.
-        let c = v.config.lock();
-        let nsid = c.nsid;
-        if nsid == 0 {
-            return Ok(());
+        if let Some(log) = maintenance_log(v)? {
+            write_maintenance(w, &log.scrub, true)?;
         }
-        let mgmt = management::current()?;
-        let mut stats = KBox::new(vendor::Statistics::zeroed(), GFP_KERNEL)?;
-        let mut sqe = SubmissionEntry::new(vendor::opcode::STATISTICS, 0);
-        sqe.nsid.set(nsid);
-        mgmt.vendor_command(sqe, Payload::FromDevice(stats.as_bytes_mut()))?;
-        writeln!(
-            w,
-            "mismatches {} repaired {}",
-            stats.scrub_mismatches.get(),
-            stats.scrub_repaired.get()
-        )?;
         Ok(())
     },
     store: |v, page| {
-        let action = match v.parse("scrub", parse::choice(page, &["check", "repair"]))? {
-            0 => vendor::maintenance::SCRUB_CHECK,
-            _ => vendor::maintenance::SCRUB_REPAIR,
+        let choice = v.parse("scrub", parse::choice(page, &["check", "repair", "cancel"]))?;
+        let (action, what) = match choice {
+            0 => (vendor::maintenance::SCRUB_CHECK, "check"),
+            1 => (vendor::maintenance::SCRUB_REPAIR, "repair"),
+            _ => (vendor::maintenance::SCRUB_CANCEL, "cancel"),
         };
         let (exists, nsid) = {
             let c = v.config.lock();
@@ -1032,17 +1072,32 @@ volume_attribute!(19,
             return report(DIR, &v.name, "scrub", "the volume is not open on the accelerator", ENOENT);
         }
         let mgmt = management::current()?;
-        let found = mgmt
+        // Starts the scrub on the accelerator and returns at once; reading
+        // the attribute shows its progress.
+        let id = mgmt
             .vendor_command(vendor::maintenance_command(nsid, action, 0, 0), Payload::None)
-            .map_err(|e| v.refuse("scrub", "the accelerator refused the scrub", e))?;
-        pr_info!("volumes/{}: scrub found {found} mismatches\n", bstr(&v.name));
+            .map_err(|e| {
+                let why = if e == EBUSY {
+                    "a scrub or a rebuild of the volume's family is running"
+                } else {
+                    "the accelerator refused the scrub"
+                };
+                v.refuse("scrub", why, e)
+            })?;
+        if action == vendor::maintenance::SCRUB_CANCEL {
+            pr_info!("volumes/{}: scrub cancel requested\n", bstr(&v.name));
+        } else {
+            pr_info!("volumes/{}: scrub #{id} ({what}) started\n", bstr(&v.name));
+        }
         Ok(())
     }
 );
 
 volume_attribute!(20,
-    show: |_v, w| {
-        writeln!(w)?;
+    show: |v, w| {
+        if let Some(log) = maintenance_log(v)? {
+            write_maintenance(w, &log.rebuild, false)?;
+        }
         Ok(())
     },
     store: |v, page| {

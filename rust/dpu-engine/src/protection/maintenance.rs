@@ -45,7 +45,8 @@ pub struct ScrubReport {
 }
 
 impl ScrubReport {
-    fn add(&mut self, other: &ScrubReport) {
+    /// Adds the counts of `other` (a later run of rows) to these.
+    pub fn add(&mut self, other: &ScrubReport) {
         self.rows += other.rows;
         self.mismatches += other.mismatches;
         self.repaired += other.repaired;

@@ -32,8 +32,7 @@ fn ring_end(base: u64, entries: u32, size: u64) -> Result<u64, Status> {
 
 impl Controller {
     /// Executes one admin command. `None` means the command stays
-    /// outstanding (Asynchronous Event Request) or completes later from
-    /// another thread (a Maintenance scrub).
+    /// outstanding (Asynchronous Event Request).
     pub(super) fn execute_admin(&self, sqe: &SubmissionEntry) -> Option<Completion> {
         let cid = sqe.cid();
         let result = if sqe.fuse() != 0 || sqe.psdt() != nvme_shim::dptr::Psdt::Prp {
@@ -67,9 +66,6 @@ impl Controller {
                 }
                 op if op >= admin::VENDOR_FIRST => match &self.personality {
                     Personality::Accelerator { ssds, volumes } => {
-                        if self.defer_scrub(sqe, volumes) {
-                            return None;
-                        }
                         self.execute_vendor(sqe, ssds, Some(volumes))
                     }
                     Personality::Ssd { .. } => Err(Status::INVALID_OPCODE),
@@ -93,6 +89,14 @@ impl Controller {
 
     /// Copies `bytes` to the command's PRPs (admin data out).
     pub(super) fn send_to_host(&self, sqe: &SubmissionEntry, bytes: &[u8]) -> Result<(), Status> {
+        // Hostile mode (accelerator only) may corrupt what the host gets.
+        let corrupted = match &self.personality {
+            Personality::Accelerator { .. } => {
+                super::hostile::hostile().and_then(|h| h.corrupt_payload(sqe, bytes))
+            }
+            Personality::Ssd { .. } => None,
+        };
+        let bytes = corrupted.as_deref().unwrap_or(bytes);
         let segments = data::resolve(
             &*self.memory,
             sqe,
@@ -243,6 +247,14 @@ impl Controller {
                 ascii_field(&mut bytes[8..16], env!("CARGO_PKG_VERSION").as_bytes());
                 bytes
             }
+            // The accelerator's background maintenance of a volume's
+            // family (scrub, rebuild), polled by the host.
+            nvme_shim::vendor::MAINTENANCE_LOG_ID => match &self.personality {
+                Personality::Accelerator { volumes, .. } => {
+                    volumes.maintenance_log(cmd.nsid)?.as_bytes().to_vec()
+                }
+                Personality::Ssd { .. } => return Err(Status::INVALID_LOG_PAGE),
+            },
             _ => return Err(Status::INVALID_LOG_PAGE),
         };
         if cmd.offset & 3 != 0 || cmd.offset > page.len() as u64 {

@@ -5,9 +5,7 @@
 //! (`crate::volumes`), which runs the data services engine. Payloads from
 //! the host are copied in whole and validated there.
 
-use std::sync::Arc;
-
-use log::{info, warn};
+use log::info;
 use nvme_shim::sqe::SubmissionEntry;
 use nvme_shim::status::Status;
 use nvme_shim::vendor::{self, status as vs, vendor_status, VendorCommand};
@@ -17,8 +15,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::admin::CommandResult;
 use super::data::{self, Direction};
-use super::queues::Completion;
-use super::{lock, Controller, CqHandle, SqHandle, SsdHandle};
+use super::{Controller, SsdHandle};
 use crate::volumes::VolumeManager;
 
 impl Controller {
@@ -193,104 +190,6 @@ impl Controller {
                     .maintenance(sqe.nsid.get(), sqe.cdw10.get(), sqe.cdw11.get())
             }
         }
-    }
-
-    /// Maintenance scrubs read every row of an array, which takes seconds:
-    /// they run in a thread of their own and complete on the admin queue
-    /// when done, so this thread (the function's vfio-user server) keeps
-    /// serving register and doorbell accesses, and I/O goes on. Returns
-    /// whether the command was taken (it then completes later).
-    pub(super) fn defer_scrub(&self, sqe: &SubmissionEntry, volumes: &Arc<VolumeManager>) -> bool {
-        use vendor::maintenance::{SCRUB_CHECK, SCRUB_REPAIR};
-        if sqe.opcode() != vendor::opcode::MAINTENANCE
-            || !matches!(sqe.cdw10.get(), SCRUB_CHECK | SCRUB_REPAIR)
-        {
-            return false;
-        }
-        // This thread holds the admin SQ's lock (it is processing it).
-        let (Some(this), Some((_, cq))) = (self.this.upgrade(), self.admin_queues()) else {
-            return false;
-        };
-        let (sqe, volumes) = (*sqe, volumes.clone());
-        std::thread::Builder::new()
-            .name(format!("{}-scrub", self.config.name))
-            .spawn(move || {
-                let result = volumes.maintenance(sqe.nsid.get(), sqe.cdw10.get(), sqe.cdw11.get());
-                this.complete_later(&cq, &sqe, result);
-            })
-            .is_ok()
-    }
-
-    /// The admin submission and completion queues, without locking them.
-    fn admin_queues(&self) -> Option<(SqHandle, CqHandle)> {
-        let table = self.queues.read().unwrap_or_else(|p| p.into_inner());
-        let sq = table.sqs.first()?.clone()?;
-        let cq = table.cqs.first()?.clone()?;
-        Some((sq, cq))
-    }
-
-    /// Posts the completion of a deferred admin command to `cq`, unless
-    /// the admin queue went away meanwhile (deleted by a controller reset,
-    /// or replaced by a new one: its host never sent this command).
-    fn complete_later(&self, cq: &CqHandle, sqe: &SubmissionEntry, result: CommandResult) {
-        let (status, value) = match result {
-            Ok(value) => (Status::SUCCESS, value),
-            Err(status) => {
-                self.record_error(0, sqe, status);
-                (status, 0)
-            }
-        };
-        let Some((sq, current)) = self.admin_queues() else {
-            info!(
-                "{}: admin command {} completed after a reset, dropped",
-                self.config.name,
-                sqe.cid()
-            );
-            return;
-        };
-        if !Arc::ptr_eq(&current, cq) {
-            info!(
-                "{}: admin command {} completed after a reset, dropped",
-                self.config.name,
-                sqe.cid()
-            );
-            return;
-        }
-        let head = lock(&sq).head as u16;
-        let completion = Completion {
-            cid: sqe.cid(),
-            status,
-            result: value,
-        };
-        {
-            let mut queue = lock(cq);
-            if queue.deleted {
-                return;
-            }
-            self.refresh_cq_head(&mut queue, None);
-            if queue.is_full() {
-                // The host keeps more admin commands outstanding than its
-                // completion queue holds: its own protocol error.
-                warn!(
-                    "{}: admin CQ full, completion of command {} dropped",
-                    self.config.name,
-                    sqe.cid()
-                );
-                return;
-            }
-            if let Err(e) = queue.post(&*self.memory, &completion, 0, head) {
-                if !self.bus.is_enabled() {
-                    // Bus mastering is off: the command ends unseen.
-                    self.dropped
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    return;
-                }
-                self.fatal(&format!("CQ 0: {e}"));
-                queue.deleted = true;
-                return;
-            }
-        }
-        self.raise(cq);
     }
 
     fn volumes<'a>(&self, volumes: Option<&'a VolumeManager>) -> Result<&'a VolumeManager, Status> {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use nvme_shim::vendor::maintenance;
+use nvme_shim::vendor::{maintenance, maintenance_state, MaintenanceLog, MaintenanceRecord};
 
 use super::*;
 
@@ -18,6 +18,51 @@ impl Accel {
             self.host
                 .admin(vendor::maintenance_command(nsid, action, argument, 0)),
         )
+    }
+
+    /// The Maintenance log of volume `nsid`'s family.
+    fn maintenance_log(&mut self, nsid: u32) -> Result<MaintenanceLog, Status> {
+        let bytes = self.fetch(
+            vendor::maintenance_log_command(nsid, 0),
+            vendor::MAINTENANCE_LOG_BYTES,
+        )?;
+        Ok(MaintenanceLog::read_from(&bytes).unwrap())
+    }
+
+    /// Polls the log until the scrub `id` is no longer running.
+    fn wait_scrub(&mut self, nsid: u32, id: u32) -> MaintenanceRecord {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let record = self.maintenance_log(nsid).unwrap().scrub;
+            assert_eq!(record.id.get(), id, "the log names another scrub");
+            assert!(record.rows_done.get() <= record.rows_total.get());
+            assert!(record.percent <= 100);
+            if record.state != maintenance_state::RUNNING {
+                return record;
+            }
+            assert!(Instant::now() < deadline, "the scrub never finished");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Runs a scrub (`action`) to its end and returns the mismatches it
+    /// found, checking that its record is complete and consistent.
+    fn scrub(&mut self, nsid: u32, action: u32) -> Result<u32, Status> {
+        let id = self.maintenance(nsid, action, 0)?;
+        assert_ne!(id, 0, "a scrub's operation ID");
+        let r = self.wait_scrub(nsid, id);
+        assert_eq!(r.state, maintenance_state::DONE);
+        assert_eq!(u32::from(r.action), action);
+        assert_eq!(r.rows_done.get(), r.rows_total.get());
+        assert!(r.rows_total.get() > 0);
+        assert_eq!(r.percent, 100);
+        let (found, repaired) = (r.mismatches.get(), r.repaired.get());
+        if action == maintenance::SCRUB_CHECK {
+            assert_eq!(repaired, 0, "a check repaired something");
+        } else {
+            assert!(repaired <= found);
+        }
+        Ok(u32::try_from(found).unwrap())
     }
 
     fn replace(&mut self, nsid: u32, old: u16, new: u16) -> Result<u32, Status> {
@@ -101,9 +146,19 @@ fn maintenance_validation() {
     let not_found = vendor_status(vs::VOLUME_NOT_FOUND);
     let check = maintenance::SCRUB_CHECK;
     let repair = maintenance::SCRUB_REPAIR;
-    let cases: [(&str, u32, u32, u32, Status); 9] = [
+    let cancel = maintenance::SCRUB_CANCEL;
+    let cases: [(&str, u32, u32, u32, Status); 12] = [
         ("action 0", r6, 0, 0, invalid_field),
-        ("action 4", r6, 4, 0, invalid_field),
+        ("action 5", r6, 5, 0, invalid_field),
+        ("cancel with an argument", r6, cancel, 1, invalid_field),
+        ("cancel on no volume", 77, cancel, 0, not_found),
+        (
+            "cancel on a stripe",
+            stripe,
+            cancel,
+            0,
+            vendor_status(vs::INVALID_LAYOUT),
+        ),
         ("action ~0", r6, u32::MAX, 0, invalid_field),
         ("scrub with an argument", r6, check, 1, invalid_field),
         (
@@ -127,6 +182,15 @@ fn maintenance_validation() {
     for (what, nsid, action, argument, want) in cases {
         assert_eq!(a.maintenance(nsid, action, argument), Err(want), "{what}");
     }
+    // Nothing started: the log is empty; a cancel with no scrub is fine.
+    let log = a.maintenance_log(r6).unwrap();
+    assert_eq!(log.scrub, MaintenanceRecord::zeroed());
+    assert_eq!((log.rebuild.state, log.rebuild.id.get()), (0, 0));
+    assert_eq!(a.maintenance(r6, cancel, 0), Ok(0));
+    // A stripe has nothing to report; a missing volume is not found.
+    let log = a.maintenance_log(stripe).unwrap();
+    assert_eq!(log.scrub, MaintenanceRecord::zeroed());
+    assert_eq!(a.maintenance_log(77), Err(not_found));
     let replace: [(&str, u32, u16, u16, Status); 8] = [
         ("no volume", 77, 0, 4, not_found),
         (
@@ -189,7 +253,7 @@ fn maintenance_validation() {
     assert!((0..4).all(|s| a.ssd_in_use(s)));
     assert_eq!(a.read_all(r6, 0, 64).unwrap(), data);
     // A scrub of a degraded array checks what redundancy is left.
-    assert_eq!(a.maintenance(r6, check, 0), Ok(0));
+    assert_eq!(a.scrub(r6, check), Ok(0));
     assert_eq!(a.read_all(r6, 0, 64).unwrap(), data);
 }
 
@@ -236,7 +300,21 @@ fn replace_and_rebuild(
         let gates = a.manager().rebuild_gates();
         assert_eq!(gates.len(), 1);
         let held = gates[0].lock().unwrap();
-        assert_eq!(a.replace(nsid, old, spare), Ok(0));
+        let id = a.replace(nsid, old, spare).unwrap();
+        assert_ne!(id, 0, "the replacement's operation ID");
+        // The log shows the rebuild: running, nothing done yet.
+        let rebuild = a.maintenance_log(nsid).unwrap().rebuild;
+        assert_eq!(
+            (rebuild.id.get(), rebuild.state),
+            (id, maintenance_state::RUNNING)
+        );
+        assert_eq!((rebuild.rows_done.get(), rebuild.percent), (0, 0));
+        assert_eq!(u32::from(rebuild.action), maintenance::REPLACE_MEMBER);
+        // No scrub while the array is out of sync.
+        assert_eq!(
+            a.maintenance(nsid, maintenance::SCRUB_CHECK, 0),
+            Err(vendor_status(vs::VOLUME_BUSY))
+        );
         // The rebuild waits for the gate: the array is rebuilding, I/O
         // goes on, reads of rows the new member does not hold yet are
         // served from the others.
@@ -269,6 +347,13 @@ fn replace_and_rebuild(
             assert!(Instant::now() < deadline, "rebuild did not finish");
         }
         assert!(saw_progress || a.statistics(nsid).rebuild_percent == 0);
+        let rebuild = a.maintenance_log(nsid).unwrap().rebuild;
+        assert_eq!(
+            (rebuild.id.get(), rebuild.state),
+            (id, maintenance_state::DONE)
+        );
+        assert_eq!(rebuild.percent, 100);
+        assert_eq!(rebuild.rows_done.get(), rebuild.rows_total.get());
         assert_eq!(a.flush(nsid), Status::SUCCESS);
         assert_eq!(a.read_all(nsid, 0, 512).unwrap(), want);
         // The old SSD is free: it detaches, and its label is gone.
@@ -316,7 +401,7 @@ fn erasure_failed_member_replaced_and_rebuilt() {
     let more = a.fill(nsid, 32, 64, 62);
     want[32 * BLOCK..96 * BLOCK].copy_from_slice(&more);
     assert_eq!(a.statistics(nsid).array_state, vendor::ARRAY_STATE_DEGRADED);
-    assert_eq!(a.replace(nsid, 3, 6), Ok(0));
+    assert!(a.replace(nsid, 3, 6).unwrap() > 0);
     let more = a.fill(nsid, 200, 56, 63);
     want[200 * BLOCK..256 * BLOCK].copy_from_slice(&more);
     a.wait_optimal(nsid);
@@ -348,7 +433,7 @@ fn scrub_finds_and_repairs(tag: &str, req: &VolumeCreate, victim: u16, tolerance
     req.size_bytes.set(8 << 20);
     req.services.set(service::THIN);
     let nsid = a.create(&req).unwrap();
-    assert_eq!(a.maintenance(nsid, maintenance::SCRUB_CHECK, 0), Ok(0));
+    assert_eq!(a.scrub(nsid, maintenance::SCRUB_CHECK), Ok(0));
     // The next write to the victim past its first 1.5 MiB (label and
     // array journal are below) lands with flipped bits.
     let start = (3u64 << 19) / 512;
@@ -363,7 +448,7 @@ fn scrub_finds_and_repairs(tag: &str, req: &VolumeCreate, victim: u16, tolerance
         .iter()
         .map(|p| std::fs::read(p).unwrap())
         .collect();
-    let found = a.maintenance(nsid, maintenance::SCRUB_CHECK, 0).unwrap();
+    let found = a.scrub(nsid, maintenance::SCRUB_CHECK).unwrap();
     assert!(found > 0, "{tag}: the scrub found nothing");
     let stats = a.statistics(nsid);
     assert_eq!(stats.scrub_mismatches.get(), u64::from(found));
@@ -374,15 +459,21 @@ fn scrub_finds_and_repairs(tag: &str, req: &VolumeCreate, victim: u16, tolerance
         .map(|p| std::fs::read(p).unwrap())
         .collect();
     assert!(before == after, "{tag}: a check changed the media");
-    assert_eq!(a.maintenance(nsid, maintenance::SCRUB_CHECK, 0), Ok(found));
+    assert_eq!(a.scrub(nsid, maintenance::SCRUB_CHECK), Ok(found));
     // Repair: every mismatch is traced to the corrupted member and
     // rewritten; the data reads back and a new check is clean.
-    assert_eq!(a.maintenance(nsid, maintenance::SCRUB_REPAIR, 0), Ok(found));
+    assert_eq!(a.scrub(nsid, maintenance::SCRUB_REPAIR), Ok(found));
+    let record = a.maintenance_log(nsid).unwrap().scrub;
+    assert_eq!(
+        record.repaired.get(),
+        u64::from(found),
+        "{tag}: all repaired"
+    );
     let stats = a.statistics(nsid);
     assert_eq!(stats.scrub_mismatches.get(), u64::from(found));
     assert_eq!(stats.scrub_repaired.get(), u64::from(found));
     assert_eq!(a.read_all(nsid, 0, 1536).unwrap(), want, "{tag}");
-    assert_eq!(a.maintenance(nsid, maintenance::SCRUB_CHECK, 0), Ok(0));
+    assert_eq!(a.scrub(nsid, maintenance::SCRUB_CHECK), Ok(0));
     let stats = a.statistics(nsid);
     assert_eq!(
         (stats.scrub_mismatches.get(), stats.scrub_repaired.get()),
@@ -419,7 +510,7 @@ fn scrub_repairs_silent_corruption_on_a_three_way_mirror() {
 }
 
 #[test]
-fn a_scrub_completes_later_while_io_goes_on() {
+fn a_scrub_runs_in_the_background_while_io_and_management_go_on() {
     let images = Images::new("maint-async", 6, MAINT_SSD_BYTES);
     let mut a = Accel::start(&images);
     a.attach(&[0, 1, 2, 3, 4, 5]);
@@ -429,40 +520,84 @@ fn a_scrub_completes_later_while_io_goes_on() {
     let mut want = a.fill(nsid, 0, 256, 81);
     let gates = a.manager().rebuild_gates();
     let held = gates[0].lock().unwrap();
-    // The doorbell write returns with the scrub still waiting for the gate.
-    let cid = a.host.next_cid();
-    let mut sqe = vendor::maintenance_command(nsid, maintenance::SCRUB_CHECK, 0, 0);
-    sqe.set_cid(cid);
-    Host::push(&a.host.mem, &mut a.host.asq, &sqe);
-    a.host.write32(
-        regs::doorbell_offset(0, DoorbellKind::SubmissionTail, 0),
-        a.host.asq.index,
-    );
-    assert!(Host::pop(&a.host.mem, &mut a.host.acq).is_none());
-    // Meanwhile the volume reads and writes.
+    // The command completes at once, with the scrub waiting for the gate.
+    let id = a.maintenance(nsid, maintenance::SCRUB_CHECK, 0).unwrap();
+    assert_ne!(id, 0);
+    let r = a.maintenance_log(nsid).unwrap().scrub;
+    assert_eq!((r.id.get(), r.state), (id, maintenance_state::RUNNING));
+    assert_eq!(u32::from(r.action), maintenance::SCRUB_CHECK);
+    assert_eq!((r.rows_done.get(), r.percent), (0, 0));
+    assert!(r.rows_total.get() > 0);
+    // Meanwhile the volume reads and writes, and management commands are
+    // served (the scrub holds no lock of the manager).
     assert_eq!(a.read_all(nsid, 0, 256).unwrap(), want);
     let more = a.fill(nsid, 64, 64, 82);
     want[64 * BLOCK..128 * BLOCK].copy_from_slice(&more);
-    assert!(Host::pop(&a.host.mem, &mut a.host.acq).is_none());
-    drop(held);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let cqe = loop {
-        if let Some(cqe) = Host::pop(&a.host.mem, &mut a.host.acq) {
-            break cqe;
-        }
-        assert!(Instant::now() < deadline, "the scrub never completed");
-        std::thread::yield_now();
-    };
-    a.host.write32(
-        regs::doorbell_offset(0, DoorbellKind::CompletionHead, 0),
-        a.host.acq.index,
+    assert_eq!(a.statistics(nsid).array_state, vendor::ARRAY_STATE_OPTIMAL);
+    assert_eq!(a.volume("r6").nsid.get(), nsid);
+    // One scrub per family at a time.
+    for action in [maintenance::SCRUB_CHECK, maintenance::SCRUB_REPAIR] {
+        assert_eq!(
+            a.maintenance(nsid, action, 0),
+            Err(vendor_status(vs::VOLUME_BUSY))
+        );
+    }
+    // A controller reset (CC.EN = 0, then enabled again) does not stop it:
+    // the scrub belongs to the family, not to a queue.
+    a.host.write32(regs::CC, 0);
+    a.host.enable();
+    a.host.create_pair(1, 16);
+    assert_eq!(
+        a.maintenance_log(nsid).unwrap().scrub.state,
+        maintenance_state::RUNNING
     );
-    assert_eq!((cqe.command_id(), cqe.queue()), (cid, 0));
-    assert_eq!((cqe.status(), cqe.result.get()), (Status::SUCCESS, 0));
+    drop(held);
+    let r = a.wait_scrub(nsid, id);
+    assert_eq!(r.state, maintenance_state::DONE);
+    assert_eq!((r.mismatches.get(), r.percent), (0, 100));
+    assert_eq!(r.rows_done.get(), r.rows_total.get());
     assert_eq!(a.read_all(nsid, 0, 256).unwrap(), want);
-    // Failures of a deferred scrub complete with their status, too.
+    // Failures to start answer the command itself.
     assert_eq!(
         a.maintenance(77, maintenance::SCRUB_REPAIR, 0),
         Err(vendor_status(vs::VOLUME_NOT_FOUND))
     );
+}
+
+#[test]
+fn a_scrub_stops_when_cancelled_or_its_family_goes() {
+    let images = Images::new("maint-cancel", 6, MAINT_SSD_BYTES);
+    let mut a = Accel::start(&images);
+    a.attach(&[0, 1, 2, 3, 4, 5]);
+    let nsid = a
+        .create(&protected("r6", layout::RAID6, 0, 0, 0b11_1111))
+        .unwrap();
+    a.fill(nsid, 0, 64, 91);
+    let gates = a.manager().rebuild_gates();
+    // Cancelled before its first step: nothing checked, no counts kept.
+    let held = gates[0].lock().unwrap();
+    let id = a.maintenance(nsid, maintenance::SCRUB_REPAIR, 0).unwrap();
+    assert_eq!(a.maintenance(nsid, maintenance::SCRUB_CANCEL, 0), Ok(0));
+    drop(held);
+    let r = a.wait_scrub(nsid, id);
+    assert_eq!(r.state, maintenance_state::CANCELLED);
+    assert_eq!(r.rows_done.get(), 0);
+    assert!(r.rows_total.get() > 0);
+    // The next one runs to its end and gets a new ID.
+    let next = a.maintenance(nsid, maintenance::SCRUB_CHECK, 0).unwrap();
+    assert_ne!(next, id);
+    assert_eq!(a.wait_scrub(nsid, next).state, maintenance_state::DONE);
+    // Deleting the volume (its family) under a scrub waits for the step
+    // it is in and stops it; the SSDs are given back and a new family on
+    // them keeps its data.
+    let last = a.maintenance(nsid, maintenance::SCRUB_REPAIR, 0).unwrap();
+    assert!(last > next);
+    assert_eq!(a.delete(nsid), Ok(0));
+    assert!((0..6).all(|s| !a.ssd_in_use(s)));
+    let again = a
+        .create(&protected("r6b", layout::RAID6, 0, 0, 0b11_1111))
+        .unwrap();
+    let want = a.fill(again, 0, 64, 92);
+    assert_eq!(a.read_all(again, 0, 64).unwrap(), want);
+    assert_eq!(a.scrub(again, maintenance::SCRUB_CHECK), Ok(0));
 }
