@@ -115,7 +115,8 @@ fn parse_metadata_cache(text: &str) -> Result<u64, String> {
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
-    Run(Options),
+    /// Boxed: the options are far larger than the other variants.
+    Run(Box<Options>),
     Help,
     Version,
 }
@@ -263,7 +264,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             ));
         }
     }
-    Ok(Command::Run(Options {
+    Ok(Command::Run(Box::new(Options {
         socket_dir,
         ssds,
         passthrough_ssd,
@@ -276,7 +277,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         power_loss_report,
         nvmf_config,
         metadata_cache,
-    }))
+    })))
 }
 
 #[cfg(test)]
