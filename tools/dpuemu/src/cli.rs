@@ -28,7 +28,7 @@ Options:
   --workers N            I/O worker threads per function (1-64, default 2)
   --poll-us N            after its last command a worker keeps polling the
                          shadow doorbells for N microseconds before it sleeps
-                         (0-10000, default 200; 0: sleep at once)
+                         (0-10000, default 0: sleep at once)
   --log-level LEVEL      error, warn, info, debug or trace (default info)
   --power-loss-sim SEED  power-loss testing: every SSD image gets a volatile
                          write cache (drive cache and host page cache) that

@@ -2,9 +2,9 @@
 //! submission queues (queue `q` belongs to worker `(q - 1) % workers`).
 //!
 //! A worker processes its queues while there is work, reading the shadow
-//! doorbells when the host configured them. After its last command it keeps
-//! looking at them for a short polling window, first yielding the CPU,
-//! then in short sleeps: a host that submits again within the window finds
+//! doorbells when the host configured them. With `--poll-us`, after its
+//! last command it keeps looking at them for a short polling window, first
+//! yielding the CPU, then in short sleeps: a host that submits again within the window finds
 //! the worker awake, so its shadow doorbell write is all it takes (no MMIO
 //! doorbell, which on vfio-user is a synchronous socket message that stalls
 //! the submitting vCPU). When the window passes without work, the worker
@@ -21,8 +21,11 @@ use log::{debug, error};
 
 use crate::controller::Controller;
 
-/// How long after its last command a worker keeps polling by default.
-pub const DEFAULT_POLL_WINDOW: Duration = Duration::from_micros(200);
+/// How long after its last command a worker keeps polling by default:
+/// not at all. In the bench runs of 2026-12-04 (Documentation/
+/// benchmarks.rst) a 200 µs window cost dpuemu 1.2 to 2.9 times the host
+/// CPU per I/O and gained no row; `--poll-us` turns it on.
+pub const DEFAULT_POLL_WINDOW: Duration = Duration::ZERO;
 
 /// How long a polling worker only yields the CPU between looks, before it
 /// switches to sleeping. Short: a guest under TCG takes tens of
@@ -136,7 +139,9 @@ mod tests {
 
     #[test]
     fn polls_then_blocks() {
-        let p = Polling::default();
+        let p = Polling {
+            window: Duration::from_micros(200),
+        };
         assert_eq!(pause(Duration::ZERO, p), Pause::Yield);
         assert_eq!(pause(Duration::from_micros(4), p), Pause::Yield);
         assert_eq!(pause(Duration::from_micros(5), p), Pause::Sleep(POLL_SLEEP));
@@ -145,12 +150,11 @@ mod tests {
             pause(Duration::from_micros(195), p),
             Pause::Sleep(Duration::from_micros(5))
         );
-        assert_eq!(pause(DEFAULT_POLL_WINDOW, p), Pause::Block);
+        assert_eq!(pause(Duration::from_micros(200), p), Pause::Block);
         assert_eq!(pause(Duration::MAX, p), Pause::Block);
-        // Without a window the worker sleeps as soon as it runs dry.
-        let off = Polling {
-            window: Duration::ZERO,
-        };
+        // Without a window (the default) the worker sleeps as soon as it
+        // runs dry.
+        let off = Polling::default();
         assert_eq!(pause(Duration::ZERO, off), Pause::Block);
     }
 }
