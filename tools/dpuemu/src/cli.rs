@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::controller::hostile::HostileSpec;
+use crate::zoned::{ZoneConfig, DEFAULT_MAX_ZONES};
 
 /// Usage text printed by `--help`.
 pub const USAGE: &str = "\
@@ -21,6 +22,15 @@ Options:
   --socket-dir DIR       directory for the vfio-user sockets (created)
   --ssd PATH[:SIZE]      an SSD image; with SIZE (bytes, or K/M/G/T suffix)
                          the file is created or extended to SIZE; repeatable
+  --zoned-ssd N[:ZONE_SIZE[:ZONE_CAP[:MAX_OPEN[:MAX_ACTIVE]]]]
+                         SSD N's function is a Zoned Namespace SSD (NVMe
+                         ZNS, Documentation/zns.rst): zones of ZONE_SIZE
+                         (a power of two, K/M/G suffix, default 16M) with
+                         ZONE_CAP writable bytes each (default ZONE_SIZE),
+                         at most MAX_OPEN open (default 14) and MAX_ACTIVE
+                         active zones (default the larger of 14 and
+                         MAX_OPEN); an empty field takes its default; zone
+                         states live at the end of the image; repeatable
   --passthrough-ssd N    expose SSD N's whole image as namespace 1 of the
                          accelerator; SSD N is owned by the accelerator from
                          startup, so its own NVMe function refuses to enable
@@ -93,6 +103,47 @@ pub struct Options {
     pub nvmf_config: Option<PathBuf>,
     /// Bytes of each pool's metadata cache (`--metadata-cache`).
     pub metadata_cache: u64,
+    /// `--zoned-ssd`: SSD index and zone layout, one per zoned SSD.
+    pub zoned_ssds: Vec<(usize, ZoneConfig)>,
+}
+
+/// Most open or active zones `--zoned-ssd` accepts.
+const MAX_ZONE_RESOURCES: u32 = 65_536;
+
+/// Parses `--zoned-ssd N[:ZONE_SIZE[:ZONE_CAP[:MAX_OPEN[:MAX_ACTIVE]]]]`.
+fn parse_zoned_ssd(text: &str) -> Result<(usize, ZoneConfig), String> {
+    let option = "--zoned-ssd";
+    let mut fields = text.split(':');
+    let index = parse_number(option, fields.next().unwrap_or(""), 0usize, 63)?;
+    let field = |f: Option<&str>| f.filter(|v| !v.is_empty()).map(str::to_string);
+    let (zone, cap, open, active) = (
+        field(fields.next()),
+        field(fields.next()),
+        field(fields.next()),
+        field(fields.next()),
+    );
+    if fields.next().is_some() {
+        return Err(format!("{option} '{text}': too many fields"));
+    }
+    let mut config = ZoneConfig::default();
+    if let Some(zone) = zone {
+        config.zone_bytes = parse_size(&zone).map_err(|e| format!("{option}: {e}"))?;
+    }
+    config.capacity_bytes = match cap {
+        Some(cap) => parse_size(&cap).map_err(|e| format!("{option}: {e}"))?,
+        None => config.zone_bytes,
+    };
+    if let Some(open) = open {
+        config.max_open = parse_number(option, &open, 1, MAX_ZONE_RESOURCES)?;
+    }
+    config.max_active = match active {
+        Some(active) => parse_number(option, &active, 1, MAX_ZONE_RESOURCES)?,
+        None => config.max_open.max(DEFAULT_MAX_ZONES),
+    };
+    config
+        .validate()
+        .map_err(|e| format!("{option} '{text}': {e}"))?;
+    Ok((index, config))
 }
 
 /// Default and bounds of `--metadata-cache`.
@@ -197,6 +248,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     let mut power_loss_report = None;
     let mut nvmf_config = None;
     let mut metadata_cache = METADATA_CACHE_DEFAULT;
+    let mut zoned_ssds: Vec<(usize, ZoneConfig)> = Vec::new();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -214,6 +266,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "-V" | "--version" => return Ok(Command::Version),
             "--socket-dir" => socket_dir = Some(PathBuf::from(value("--socket-dir")?)),
             "--ssd" => ssds.push(parse_ssd(&value("--ssd")?)?),
+            "--zoned-ssd" => zoned_ssds.push(parse_zoned_ssd(&value("--zoned-ssd")?)?),
             "--passthrough-ssd" => {
                 passthrough_ssd = Some(parse_number(
                     "--passthrough-ssd",
@@ -264,6 +317,19 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             ));
         }
     }
+    for (i, (n, _)) in zoned_ssds.iter().enumerate() {
+        if *n >= ssds.len() {
+            return Err(format!("--zoned-ssd {n}: only {} SSD(s) given", ssds.len()));
+        }
+        if zoned_ssds[..i].iter().any(|(m, _)| m == n) {
+            return Err(format!("--zoned-ssd {n}: given twice"));
+        }
+        if passthrough_ssd == Some(*n) {
+            return Err(format!(
+                "--zoned-ssd {n}: SSD {n} is the accelerator's passthrough namespace"
+            ));
+        }
+    }
     Ok(Command::Run(Box::new(Options {
         socket_dir,
         ssds,
@@ -277,6 +343,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         power_loss_report,
         nvmf_config,
         metadata_cache,
+        zoned_ssds,
     })))
 }
 
@@ -399,6 +466,63 @@ mod tests {
             panic!("--hostile refused")
         };
         assert_eq!(o.hostile.map(|h| (h.rate, h.seed)), Some((50, 3)));
+    }
+
+    #[test]
+    fn zoned_ssds() {
+        let zoned = |extra: &[&str]| {
+            let mut list = vec!["--socket-dir", "d", "--ssd", "a", "--ssd", "b"];
+            list.extend_from_slice(extra);
+            match parse(args(&list)) {
+                Ok(Command::Run(o)) => Ok(o.zoned_ssds),
+                Ok(_) => Err("not run".to_string()),
+                Err(e) => Err(e),
+            }
+        };
+        let default = ZoneConfig::default();
+        assert_eq!(zoned(&["--zoned-ssd", "1"]), Ok(vec![(1, default)]));
+        assert_eq!(zoned(&[]), Ok(vec![]));
+        let full = ZoneConfig {
+            zone_bytes: 64 << 20,
+            capacity_bytes: 48 << 20,
+            max_open: 8,
+            max_active: 12,
+        };
+        assert_eq!(
+            zoned(&["--zoned-ssd=0:64M:48M:8:12", "--zoned-ssd", "1::::"]),
+            Ok(vec![(0, full), (1, default)])
+        );
+        // The capacity defaults to the zone size, the active limit to the
+        // larger of 14 and the open limit.
+        let Ok(list) = zoned(&["--zoned-ssd", "0:1M::20"]) else {
+            panic!("refused")
+        };
+        assert_eq!(
+            list[0].1,
+            ZoneConfig {
+                zone_bytes: 1 << 20,
+                capacity_bytes: 1 << 20,
+                max_open: 20,
+                max_active: 20,
+            }
+        );
+        for bad in [
+            "2",             // no such SSD
+            "x",             // not a number
+            "0:3M",          // zone size not a power of two
+            "0:2K",          // below 4K
+            "0:1M:2M",       // capacity above the zone size
+            "0:1M:1000",     // capacity not a multiple of 4K
+            "0:1M:1M:0",     // no open zone
+            "0:1M:1M:9:8",   // more open than active
+            "0:1M:1M:1:1:1", // too many fields
+            "0:1M:1M:70000",
+        ] {
+            let e = zoned(&["--zoned-ssd", bad]).unwrap_err();
+            assert!(e.starts_with("--zoned-ssd"), "{bad}: {e}");
+        }
+        assert!(zoned(&["--zoned-ssd", "0", "--zoned-ssd", "0"]).is_err());
+        assert!(zoned(&["--zoned-ssd", "0", "--passthrough-ssd", "0"]).is_err());
     }
 
     #[test]

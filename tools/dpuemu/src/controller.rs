@@ -23,6 +23,7 @@ mod queues;
 #[cfg(test)]
 mod tests;
 mod vendor;
+mod zoned;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -322,6 +323,9 @@ pub struct Controller {
     /// Runs I/O commands side by side; started with the first batch of
     /// more than one command (`None`: no thread could be started).
     executor: OnceLock<Option<Executor>>,
+    /// A namespace is zoned: CAP.CSS offers the I/O command sets
+    /// (`controller/zoned.rs`).
+    io_command_sets: bool,
 }
 
 impl Controller {
@@ -352,6 +356,7 @@ impl Controller {
                 );
             }
         }
+        let io_command_sets = table.values().any(|slot| slot.backend.zoned().is_some());
         let queues = usize::from(config.io_queues) + 1;
         let workers = config.workers.max(1);
         let mut features = [0u32; 16];
@@ -397,6 +402,7 @@ impl Controller {
             signals: (0..workers).map(|_| WorkerSignal::default()).collect(),
             stop: AtomicBool::new(false),
             executor: OnceLock::new(),
+            io_command_sets,
             config,
         })
     }
@@ -414,7 +420,8 @@ impl Controller {
 
     /// The CAP register value.
     pub fn cap(&self) -> Cap {
-        Cap::new(MAX_QUEUE_ENTRIES, READY_TIMEOUT, DSTRD)
+        let cap = Cap::new(MAX_QUEUE_ENTRIES, READY_TIMEOUT, DSTRD);
+        Cap(cap.0 | self.command_set_capability())
     }
 
     /// Current CSTS.
@@ -675,7 +682,7 @@ impl Controller {
                 return;
             }
         }
-        let problem = if cc.css() != 0 {
+        let problem = if !self.supports_command_sets(cc.css()) {
             Some("unsupported command set")
         } else if cc.mps() != 0 {
             Some("unsupported memory page size")
@@ -729,6 +736,7 @@ impl Controller {
     /// outstanding AERs.
     fn reset(&self, r: &mut Registers) {
         self.delete_all_queues();
+        self.reset_zones();
         lock(&self.admin).aers.clear();
         r.csts = 0;
         if let Personality::Ssd { ownership } = &self.personality {

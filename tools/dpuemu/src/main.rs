@@ -19,6 +19,7 @@ mod power_loss;
 mod vfio;
 mod volumes;
 mod worker;
+mod zoned;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -294,6 +295,16 @@ fn run(options: &Options) -> Result<(), String> {
         accel_namespaces,
     )];
     for (i, (m, o)) in media.iter().zip(&ownership).enumerate() {
+        // A zoned SSD function's namespace keeps the zone rules; the
+        // accelerator and the NVMe/TCP target still see the raw image.
+        let backend: Arc<dyn Namespace> = match options.zoned_ssds.iter().find(|(n, _)| *n == i) {
+            Some((_, config)) => Arc::new(zoned::ZonedNamespace::open(
+                &format!("ssd{i}"),
+                m.clone(),
+                config,
+            )?),
+            None => m.clone(),
+        };
         functions.push(make_function(
             options,
             &format!("ssd{i}"),
@@ -305,7 +316,7 @@ fn run(options: &Options) -> Result<(), String> {
                 ownership: o.clone(),
             },
             vec![NamespaceSlot {
-                backend: m.clone(),
+                backend,
                 ssd: None,
                 stats: Stats::default(),
             }],

@@ -39,6 +39,11 @@ pub trait Namespace: Send + Sync {
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Deallocates `len` bytes at `offset`; they read back as zeroes.
     fn deallocate(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// The zoned namespace this is (`--zoned-ssd`), whose I/O commands
+    /// follow the zone rules (`controller/zoned.rs`).
+    fn zoned(&self) -> Option<&crate::zoned::ZonedNamespace> {
+        None
+    }
 }
 
 /// A namespace over a regular file (an SSD image).

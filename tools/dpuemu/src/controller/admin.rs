@@ -77,7 +77,7 @@ impl Controller {
             Ok(value) => Completion {
                 cid,
                 status: Status::SUCCESS,
-                result: value,
+                result: u64::from(value),
             },
             Err(status) => Completion {
                 cid,
@@ -151,6 +151,10 @@ impl Controller {
                 page[1] = 16;
                 let nguid = self.nguid(cmd.nsid);
                 page[4..20].copy_from_slice(&nguid);
+                self.csi_descriptor(cmd.nsid, &mut page, 20);
+            }
+            cns if self.is_command_set_identify(cns) => {
+                self.identify_command_set(sqe, &mut page)?
             }
             _ => return Err(Status::INVALID_FIELD),
         }
@@ -185,6 +189,7 @@ impl Controller {
         id.aerl = (AER_LIMIT - 1) as u8;
         id.frmw = 0x3; // Slot 1 read-only, one slot.
         id.elpe = (ERROR_LOG_ENTRIES - 1) as u8;
+        id.lpa |= self.command_set_log_attributes();
         id.sqes = 0x66;
         id.cqes = 0x44;
         id.maxcmd.set(1024);
@@ -255,6 +260,9 @@ impl Controller {
                 }
                 Personality::Ssd { .. } => return Err(Status::INVALID_LOG_PAGE),
             },
+            super::zoned::LID_COMMANDS_SUPPORTED if self.io_command_sets => {
+                self.commands_supported_log(sqe)?
+            }
             _ => return Err(Status::INVALID_LOG_PAGE),
         };
         if cmd.offset & 3 != 0 || cmd.offset > page.len() as u64 {

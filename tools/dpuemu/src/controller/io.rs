@@ -18,7 +18,7 @@ use crate::namespace::Namespace;
 
 /// A failed write, flush or deallocate: a full thin pool is Capacity
 /// Exceeded (the host sees ENOSPC), anything else a Write Fault.
-fn write_status(e: std::io::Error) -> Status {
+pub(super) fn write_status(e: std::io::Error) -> Status {
     if e.kind() == std::io::ErrorKind::StorageFull {
         Status::CAPACITY_EXCEEDED
     } else {
@@ -32,18 +32,19 @@ const BROADCAST_NSID: u32 = 0xffff_ffff;
 impl Controller {
     pub(super) fn execute_io(&self, sqe: &SubmissionEntry) -> Completion {
         let cid = sqe.cid();
-        let status = match self.io_command(sqe) {
-            Ok(()) => Status::SUCCESS,
-            Err(status) => status,
+        let (status, result) = match self.io_command(sqe) {
+            Ok(result) => (Status::SUCCESS, result),
+            Err(status) => (status, 0),
         };
         Completion {
             cid,
             status,
-            result: 0,
+            result,
         }
     }
 
-    fn io_command(&self, sqe: &SubmissionEntry) -> Result<(), Status> {
+    /// Executes one I/O command; returns the completion's DW0 and DW1.
+    fn io_command(&self, sqe: &SubmissionEntry) -> Result<u64, Status> {
         if sqe.fuse() != 0 {
             return Err(Status::INVALID_FIELD);
         }
@@ -57,10 +58,13 @@ impl Controller {
         if sqe.opcode() == io::FLUSH && nsid == BROADCAST_NSID {
             self.flush_all();
             Stats::add(&self.stats.flushes, 1);
-            return Ok(());
+            return Ok(0);
         }
         let backend = self.namespace(nsid).ok_or(Status::INVALID_NAMESPACE)?;
         let index = nsid;
+        if let Some(zoned) = backend.zoned() {
+            return self.zoned_command(sqe, zoned, index);
+        }
         let ns: &dyn Namespace = &*backend;
         match sqe.opcode() {
             io::READ => self.read(sqe, ns, index),
@@ -74,10 +78,16 @@ impl Controller {
             io::DATASET_MANAGEMENT => self.dataset_management(sqe, ns, index),
             _ => Err(Status::INVALID_OPCODE),
         }
+        .map(|()| 0)
     }
 
     /// Adds `n` to a counter of the controller and of namespace `nsid`.
-    fn count(&self, nsid: u32, counter: impl Fn(&Stats) -> &std::sync::atomic::AtomicU64, n: u64) {
+    pub(super) fn count(
+        &self,
+        nsid: u32,
+        counter: impl Fn(&Stats) -> &std::sync::atomic::AtomicU64,
+        n: u64,
+    ) {
         Stats::add(counter(&self.stats), n);
         let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = namespaces.get(&nsid) {
@@ -87,7 +97,11 @@ impl Controller {
 
     /// Checks an LBA range against the namespace; returns (offset, length)
     /// in bytes.
-    fn byte_range(ns: &dyn Namespace, slba: u64, blocks: u64) -> Result<(u64, u64), Status> {
+    pub(super) fn byte_range(
+        ns: &dyn Namespace,
+        slba: u64,
+        blocks: u64,
+    ) -> Result<(u64, u64), Status> {
         let shift = ns.lba_shift();
         let total = ns.size() >> shift;
         let end = slba.checked_add(blocks).ok_or(Status::LBA_OUT_OF_RANGE)?;
@@ -115,7 +129,7 @@ impl Controller {
 
     /// Volatile Write Cache (Set Features): with it off, writes are made
     /// durable before they complete, as a drive without a cache would.
-    fn write_cache_enabled(&self) -> bool {
+    pub(super) fn write_cache_enabled(&self) -> bool {
         self.volatile_write_cache
             .load(std::sync::atomic::Ordering::Acquire)
     }

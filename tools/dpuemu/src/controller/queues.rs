@@ -16,7 +16,8 @@ use crate::guest_memory::{GuestMemory, MemoryError};
 pub(super) struct Completion {
     pub cid: u16,
     pub status: Status,
-    pub result: u32,
+    /// DW0, and DW1 in the high half (the LBA of a Zone Append).
+    pub result: u64,
 }
 
 /// A submission queue.
@@ -155,14 +156,15 @@ impl CompletionQueue {
         sq_head: u16,
     ) -> Result<(), MemoryError> {
         let addr = self.base + u64::from(self.tail) * 16;
-        let entry = CompletionEntry::new(
+        let mut entry = CompletionEntry::new(
             completion.cid,
             sq_id,
             sq_head,
             completion.status,
             self.phase,
-            completion.result,
+            completion.result as u32,
         );
+        entry.dw1.set((completion.result >> 32) as u32);
         let bytes = entry.to_bytes();
         memory.write(addr, &bytes[..12])?;
         std::sync::atomic::fence(std::sync::atomic::Ordering::Release);

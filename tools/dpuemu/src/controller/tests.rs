@@ -1724,3 +1724,4 @@ fn shutdown_releases_the_ssd_for_the_accelerator() {
 
 mod bus_master_tests;
 mod volume_tests;
+mod zoned_tests;
