@@ -153,7 +153,7 @@ impl Controller {
                 page[4..20].copy_from_slice(&nguid);
                 self.csi_descriptor(cmd.nsid, &mut page, 20);
             }
-            cns if self.is_command_set_identify(cns) => {
+            other if self.is_command_set_identify(other) => {
                 self.identify_command_set(sqe, &mut page)?
             }
             _ => return Err(Status::INVALID_FIELD),
