@@ -54,7 +54,7 @@ pub use reduce::Compression;
 
 use crypt::Cipher;
 use engine::Engine;
-use paged::PagedState;
+use paged::{CommitStep, PagedState};
 use state::{PoolState, Prepared};
 
 /// The pool's block size: the unit of mapping, dedup and allocation.
@@ -420,6 +420,41 @@ impl Pool {
         })
     }
 
+    /// Runs `op` under the pool lock, then, if it asked for a commit,
+    /// makes that commit durable without holding the lock across its I/O.
+    fn run<T>(&self, op: impl FnOnce(&mut Engine) -> VolumeResult<T>) -> VolumeResult<T> {
+        let (value, needed) = {
+            let mut engine = self.lock()?;
+            let value = op(&mut engine);
+            (value, engine.take_commit_request())
+        };
+        let value = value?;
+        if let Some(generation) = needed {
+            self.commit_through(generation)?;
+        }
+        Ok(value)
+    }
+
+    /// Makes generation `needed` durable: the lock is held to prepare a
+    /// commit and to record its outcome, never across the commit's writes
+    /// and flushes, nor while waiting for another thread's commit.
+    fn commit_through(&self, needed: u64) -> VolumeResult<()> {
+        loop {
+            let step = self.lock()?.commit_step(needed)?;
+            match step {
+                CommitStep::Done => return Ok(()),
+                CommitStep::Wait(done) => {
+                    done.wait()?;
+                }
+                CommitStep::Write(write) => {
+                    let written = write.prepared.write().map_err(VolumeError::from);
+                    write.done.set(written.clone());
+                    written?;
+                }
+            }
+        }
+    }
+
     fn lock(&self) -> VolumeResult<Held<'_>> {
         // A panic while holding the lock leaves the in-memory state
         // suspect; the committed state on media is still fine, so the pool
@@ -436,8 +471,7 @@ impl Pool {
 
     /// Creates a thin volume; durable when this returns.
     pub fn create_volume(&self, name: &str, options: &VolumeOptions<'_>) -> VolumeResult<()> {
-        self.lock()?
-            .create_volume(name, options.size_bytes, options.services, options.key)
+        self.run(|e| e.create_volume(name, options.size_bytes, options.services, options.key))
     }
 
     /// Opens a volume (or snapshot) for I/O. An encrypted volume needs its
@@ -457,31 +491,31 @@ impl Pool {
     /// Takes a read-only snapshot `name` of `origin` (instant: blocks are
     /// shared, not copied); durable when this returns.
     pub fn snapshot(&self, origin: &str, name: &str) -> VolumeResult<()> {
-        self.lock()?.snapshot(origin, name)
+        self.run(|e| e.snapshot(origin, name))
     }
 
     /// Creates writable clone `name` of `snapshot`; durable when this
     /// returns.
     pub fn clone_snapshot(&self, snapshot: &str, name: &str) -> VolumeResult<()> {
-        self.lock()?.clone_snapshot(snapshot, name)
+        self.run(|e| e.clone_snapshot(snapshot, name))
     }
 
     /// Reverts writable `volume` to the content of `snapshot`; durable when
     /// this returns. Open handles of `volume` see the reverted content.
     pub fn revert(&self, volume: &str, snapshot: &str) -> VolumeResult<()> {
-        self.lock()?.revert(volume, snapshot)
+        self.run(|e| e.revert(volume, snapshot))
     }
 
     /// Changes writable `volume`'s size; blocks past a smaller end are
     /// unmapped. Durable when this returns.
     pub fn resize(&self, volume: &str, size_bytes: u64) -> VolumeResult<()> {
-        self.lock()?.resize(volume, size_bytes)
+        self.run(|e| e.resize(volume, size_bytes))
     }
 
     /// Deletes a volume, snapshot or clone, in any order: blocks that others
     /// still map are kept. Durable when this returns.
     pub fn delete(&self, name: &str) -> VolumeResult<()> {
-        self.lock()?.delete(name)
+        self.run(|e| e.delete(name))
     }
 
     /// Takes in space the media gained (a grown file, a protection layout
@@ -492,7 +526,7 @@ impl Pool {
 
     /// Makes every completed write of every volume durable.
     pub fn flush(&self) -> VolumeResult<()> {
-        self.lock()?.flush()
+        self.run(|e| e.flush())
     }
 
     /// Turns the pool's volatile write cache on (the default: writes are
@@ -500,12 +534,13 @@ impl Pool {
     /// durable before it returns, at the price of a metadata commit
     /// each). Turning it off first makes everything written so far durable.
     pub fn set_write_cache(&self, enabled: bool) -> VolumeResult<()> {
-        let mut state = self.lock()?;
-        if !enabled {
-            state.flush()?;
-        }
-        state.set_write_cache(enabled);
-        Ok(())
+        self.run(|state| {
+            if !enabled {
+                state.flush()?;
+            }
+            state.set_write_cache(enabled);
+            Ok(())
+        })
     }
 
     /// Whether the volatile write cache is on.
@@ -591,11 +626,12 @@ impl Volume {
             .chunks_exact(BLOCK_SIZE)
             .map(|block| Prepared::new(block, self.services, cipher))
             .collect();
-        let mut state = self.pool.lock()?;
-        for (i, block) in prepared.iter().enumerate() {
-            state.write_block(self.id, lba.saturating_add(i as u64), block, cipher)?;
-        }
-        state.complete_write()
+        self.pool.run(|state| {
+            for (i, block) in prepared.iter().enumerate() {
+                state.write_block(self.id, lba.saturating_add(i as u64), block, cipher)?;
+            }
+            state.complete_write()
+        })
     }
 
     /// Reads whole blocks from block `lba`; unwritten blocks read as zeros.
@@ -620,9 +656,10 @@ impl Volume {
     /// Unmaps `count` blocks from `lba`: they read as zeros and their space
     /// returns to the pool with the next flush.
     pub fn discard_blocks(&self, lba: u64, count: u64) -> VolumeResult<()> {
-        let mut state = self.pool.lock()?;
-        state.discard(self.id, lba, count)?;
-        state.complete_write()
+        self.pool.run(|state| {
+            state.discard(self.id, lba, count)?;
+            state.complete_write()
+        })
     }
 
     /// Makes completed writes durable (commits the pool).

@@ -11,6 +11,11 @@
 //! calls). Writing a dirty block early is safe because the transaction
 //! manager only ever dirties blocks allocated in the running transaction,
 //! which nothing durable refers to.
+//!
+//! A commit written outside the pool lock takes its dirty blocks with
+//! [`BlockCache::take_dirty`]: they stay readable from the *in-flight*
+//! set, even if evicted, until [`BlockCache::end_in_flight`] says they are
+//! on the media.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -85,6 +90,9 @@ pub struct BlockCache {
     lru: BTreeMap<u64, u64>,
     /// Dirty blocks, so that a write back costs what was dirtied.
     dirty: BTreeSet<u64>,
+    /// Blocks of a commit being written without the cache: the only
+    /// current copy until the commit's writes are done.
+    in_flight: HashMap<u64, Block>,
     tick: u64,
     stats: CacheStats,
 }
@@ -103,6 +111,7 @@ impl BlockCache {
             entries: HashMap::new(),
             lru: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            in_flight: HashMap::new(),
             tick: 0,
             stats: CacheStats::default(),
         })
@@ -163,6 +172,12 @@ impl BlockCache {
             return Ok(data);
         }
         self.check_range(number)?;
+        if let Some(data) = self.in_flight.get(&number).cloned() {
+            self.stats.hits += 1;
+            verify_type(number, &data, magic)?;
+            self.insert(number, data.clone(), false)?;
+            return Ok(data);
+        }
         let mut data = vec![0u8; META_BLOCK];
         self.media.read_at(number * META_BLOCK as u64, &mut data)?;
         self.stats.reads += 1;
@@ -242,11 +257,41 @@ impl BlockCache {
         Ok(())
     }
 
+    /// Hands every dirty block (in block order) to a commit that writes
+    /// them itself, outside the cache's owner's lock: they count as
+    /// written, stay resident as clean blocks, and are served from the
+    /// in-flight set if evicted before [`BlockCache::end_in_flight`].
+    pub fn take_dirty(&mut self) -> Vec<(u64, Block)> {
+        let mut taken = Vec::with_capacity(self.dirty.len());
+        for number in std::mem::take(&mut self.dirty) {
+            let Some(entry) = self.entries.get_mut(&number) else {
+                continue;
+            };
+            entry.dirty = false;
+            self.in_flight.insert(number, entry.data.clone());
+            taken.push((number, entry.data.clone()));
+        }
+        self.stats.writes += taken.len() as u64;
+        taken
+    }
+
+    /// The blocks of the last [`BlockCache::take_dirty`] are on the media
+    /// (or the commit failed and nothing will read them again).
+    pub fn end_in_flight(&mut self) {
+        self.in_flight.clear();
+    }
+
+    /// Blocks handed to a commit and not yet known to be written.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
     /// Forgets every cached block (dirty ones unwritten).
     pub fn clear(&mut self) {
         self.entries.clear();
         self.lru.clear();
         self.dirty.clear();
+        self.in_flight.clear();
     }
 }
 

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 use super::btree::{self, TreeInfo, ValueKind};
 use super::space_map;
-use super::transaction::{TransactionManager, SUPERBLOCKS};
+use super::transaction::{PreparedCommit, TransactionManager, SUPERBLOCKS};
 use super::{MetaError, META_BLOCK};
 use crate::fault::{torn_sectors, FaultyMedia, PowerCut};
 use crate::media::{Media, MemMedia};
@@ -326,6 +326,10 @@ enum Op {
     Snapshot,
     DropSnapshot(u8),
     Commit,
+    /// A commit in two halves: prepared now, written after the next this
+    /// many operations ran in the following transaction (as the pool does
+    /// with the lock released).
+    SplitCommit(u8),
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -335,6 +339,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => Just(Op::Snapshot),
         1 => any::<u8>().prop_map(Op::DropSnapshot),
         2 => Just(Op::Commit),
+        1 => (0u8..8).prop_map(Op::SplitCommit),
     ]
 }
 
@@ -346,7 +351,13 @@ struct Run {
     root: u64,
     model: BTreeMap<u64, u64>,
     snaps: Vec<(u64, BTreeMap<u64, u64>)>,
+    /// A prepared commit, the state it holds, and the operations still to
+    /// run before it is written.
+    pending: Option<(PreparedCommit, State, u8)>,
 }
+
+/// A tree and its snapshots' contents.
+type State = Vec<BTreeMap<u64, u64>>;
 
 impl Run {
     fn new(media: Arc<dyn Media>, fanout: usize) -> Run {
@@ -361,6 +372,7 @@ impl Run {
             root,
             model: BTreeMap::new(),
             snaps: Vec::new(),
+            pending: None,
         }
     }
 
@@ -371,8 +383,40 @@ impl Run {
         all
     }
 
-    /// Applies `op`; true if it was a commit.
-    fn apply(&mut self, op: &Op) -> Result<bool, MetaError> {
+    /// Applies `op`; returns the states the commits it finished made
+    /// durable, in order.
+    fn apply(&mut self, op: &Op) -> Result<Vec<State>, MetaError> {
+        let mut finished: Vec<State> = self.before(op)?.into_iter().collect();
+        finished.extend(self.apply_op(op)?);
+        Ok(finished)
+    }
+
+    /// Before `op`: writes the prepared commit if its time has come (or
+    /// `op` is a commit itself, which must wait for it).
+    fn before(&mut self, op: &Op) -> Result<Option<State>, MetaError> {
+        let commit_op = matches!(op, Op::Commit | Op::SplitCommit(_));
+        match self.pending.as_mut() {
+            Some((_, _, 0)) => self.finish_pending(),
+            Some(_) if commit_op => self.finish_pending(),
+            Some((_, _, left)) => {
+                *left -= 1;
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Writes and finishes the prepared commit.
+    fn finish_pending(&mut self) -> Result<Option<State>, MetaError> {
+        let Some((prepared, state, _)) = self.pending.take() else {
+            return Ok(None);
+        };
+        let written = prepared.write();
+        self.tm.finish_commit(prepared.generation(), written)?;
+        Ok(Some(state))
+    }
+
+    fn apply_op(&mut self, op: &Op) -> Result<Vec<State>, MetaError> {
         let (tm, info) = (&mut self.tm, &self.info);
         match op {
             Op::Insert(k) => {
@@ -395,12 +439,21 @@ impl Run {
             }
             Op::DropSnapshot(_) => {}
             Op::Commit => {
+                let mut done: Vec<State> = self.finish_pending()?.into_iter().collect();
                 self.set_roots()?;
                 self.tm.commit()?;
-                return Ok(true);
+                done.push(self.state());
+                return Ok(done);
+            }
+            Op::SplitCommit(after) => {
+                let done = self.finish_pending()?.into_iter().collect();
+                self.set_roots()?;
+                let prepared = self.tm.prepare_commit()?;
+                self.pending = Some((prepared, self.state(), *after));
+                return Ok(done);
             }
         }
-        Ok(false)
+        Ok(Vec::new())
     }
 
     fn set_roots(&mut self) -> Result<(), MetaError> {
@@ -459,9 +512,9 @@ proptest! {
         let media = Arc::new(MemMedia::new(META_BLOCKS * META_BLOCK));
         let mut run = Run::new(media.clone(), fanout);
         for op in &ops {
-            if run.apply(op).unwrap() {
+            if let Some(durable) = run.apply(op).unwrap().pop() {
                 let mut reopened = TransactionManager::open(media.clone(), 16).unwrap();
-                prop_assert_eq!(recovered_state(&mut reopened, &run.info), run.state());
+                prop_assert_eq!(recovered_state(&mut reopened, &run.info), durable);
             }
         }
         run.check();
@@ -488,6 +541,8 @@ proptest! {
         // (and must not be by the same one, not even while it commits).
         let area = if tiny { 40 } else { META_BLOCKS };
         let mut ops: Vec<Op> = ops.into_iter().chain([Op::Commit]).collect();
+        // Commits whose superblock write was issued, with the state each
+        // made durable (a split commit writes while later operations run).
         // A clean run counts the writes and records the committed states;
         // when the area is full, the run ends before the failing step.
         let (counted, counter) = {
@@ -501,10 +556,17 @@ proptest! {
         let mut commits = vec![(counter.attempted(), run.state())];
         let mut total = counter.attempted();
         for (i, op) in ops.iter().enumerate() {
-            match run.apply(op) {
+            // A prepared commit is written before the operation, and
+            // recorded on its own: each commit has its own crash window.
+            match run.before(op) {
+                Ok(Some(state)) => commits.push((counter.attempted(), state)),
+                Ok(None) => {}
+                Err(e) => panic!("{e}"),
+            }
+            match run.apply_op(op) {
                 Ok(committed) => {
-                    if committed {
-                        commits.push((counter.attempted(), run.state()));
+                    for state in committed {
+                        commits.push((counter.attempted(), state));
                     }
                     total = counter.attempted();
                 }

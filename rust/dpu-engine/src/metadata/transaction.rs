@@ -18,11 +18,25 @@
 //! A commit writes the dirty blocks, flushes, writes the superblock slot
 //! the last commit did not use and flushes again. The superblock holds the
 //! generation, both space maps' roots and sizes, and the caller's roots.
+//!
+//! A commit can also run in two halves, so that its owner holds its lock
+//! only for the first: [`TransactionManager::prepare_commit`] applies the
+//! buffered counts, takes the dirty blocks out of the cache, seals the
+//! next superblock and starts the next transaction at once;
+//! [`PreparedCommit::write`] then does the I/O with no access to the
+//! manager, and [`TransactionManager::finish_commit`] records the outcome.
+//! Meanwhile the next transaction runs with one more rule: blocks (and
+//! data blocks) the prepared commit freed stay unallocatable until it is
+//! finished, because the durable superblock may still use them. Its
+//! blocks are all new (allocated in its own transaction), so the writes
+//! of the prepared commit never touch anything the durable superblock
+//! reaches, and the next transaction's writes never touch anything either
+//! superblock reaches. Only one commit is in flight at a time.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use super::block_cache::{seal, verify, BlockCache, CacheStats};
+use super::block_cache::{seal, verify, Block, BlockCache, CacheStats};
 use super::space_map;
 use super::{blank_block, le_u64, put_u64, MetaError, MetaResult, META_BLOCK};
 use crate::media::Media;
@@ -63,9 +77,57 @@ pub struct TransactionStats {
     pub data_freed: usize,
 }
 
+/// The I/O half of a commit (see the module's description): the blocks
+/// the transaction dirtied and its sealed superblock.
+pub struct PreparedCommit {
+    media: Arc<dyn Media>,
+    generation: u64,
+    blocks: Vec<(u64, Block)>,
+    superblock: Vec<u8>,
+}
+
+impl PreparedCommit {
+    /// The generation this commit makes durable.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Metadata blocks it writes (besides the superblock).
+    pub fn blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Writes the blocks, flushes, writes the superblock and flushes
+    /// again. Needs no lock: every block written is new in this commit's
+    /// transaction, and the superblock slot is the one the durable
+    /// superblock does not use.
+    pub fn write(&self) -> MetaResult<()> {
+        for (number, data) in &self.blocks {
+            let mut sealed = data.to_vec();
+            seal(*number, &mut sealed);
+            self.media.write_at(number * META_BLOCK as u64, &sealed)?;
+        }
+        self.media.flush()?;
+        let slot = self.generation % SUPERBLOCKS;
+        self.media
+            .write_at(slot * META_BLOCK as u64, &self.superblock)?;
+        self.media.flush()?;
+        Ok(())
+    }
+}
+
 pub struct TransactionManager {
     cache: BlockCache,
+    /// The last generation prepared (committed or in flight).
     generation: u64,
+    /// The last generation whose superblock is durable.
+    durable: u64,
+    /// A prepared commit is not finished yet.
+    in_flight: bool,
+    /// Blocks and data blocks freed by the commit in flight: the durable
+    /// superblock may still use them.
+    pending_freed: HashSet<u64>,
+    pending_data_freed: HashSet<u64>,
     meta_blocks: u64,
     data_blocks: u64,
     meta_sm: u64,
@@ -96,6 +158,10 @@ impl TransactionManager {
         TransactionManager {
             cache,
             generation: 0,
+            durable: 0,
+            in_flight: false,
+            pending_freed: HashSet::new(),
+            pending_data_freed: HashSet::new(),
             meta_blocks,
             data_blocks,
             meta_sm: 0,
@@ -186,6 +252,7 @@ impl TransactionManager {
         }
         let mut tm = TransactionManager::new(cache, meta_blocks, le_u64(&sb, SB_DATA_BLOCKS));
         tm.generation = le_u64(&sb, SB_GENERATION);
+        tm.durable = tm.generation;
         tm.meta_sm = le_u64(&sb, SB_META_SM);
         tm.data_sm = le_u64(&sb, SB_DATA_SM);
         tm.meta_used = le_u64(&sb, SB_META_USED);
@@ -215,8 +282,20 @@ impl TransactionManager {
         Ok(())
     }
 
+    /// The last generation prepared (durable or in flight); the running
+    /// transaction becomes the next one.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The last generation whose superblock is durable.
+    pub fn durable_generation(&self) -> u64 {
+        self.durable
+    }
+
+    /// Whether a prepared commit is not finished yet.
+    pub fn commit_in_flight(&self) -> bool {
+        self.in_flight
     }
 
     pub fn meta_blocks(&self) -> u64 {
@@ -265,6 +344,7 @@ impl TransactionManager {
         self.meta_blocks
             .saturating_sub(self.meta_used)
             .saturating_sub(self.allocated.len() as u64)
+            .saturating_sub(self.pending_freed.len() as u64)
     }
 
     /// Metadata blocks in use by the committed state.
@@ -277,6 +357,7 @@ impl TransactionManager {
         self.data_blocks
             .saturating_sub(self.data_used)
             .saturating_sub(self.data_freed.len() as u64)
+            .saturating_sub(self.pending_data_freed.len() as u64)
     }
 
     /// Data blocks with a nonzero count.
@@ -284,9 +365,10 @@ impl TransactionManager {
         self.data_used
     }
 
-    /// Data blocks freed in this transaction, free after the commit.
+    /// Data blocks freed in this transaction or by the commit in flight,
+    /// free after the commit.
     pub fn data_pending_free(&self) -> u64 {
-        self.data_freed.len() as u64
+        (self.data_freed.len() + self.pending_data_freed.len()) as u64
     }
 
     pub fn cache_stats(&self) -> CacheStats {
@@ -398,7 +480,10 @@ impl TransactionManager {
                 return Err(MetaError::NoSpace);
             }
             from = block + 1;
-            if self.deltas.contains_key(&block) || self.freed.contains(&block) {
+            if self.deltas.contains_key(&block)
+                || self.freed.contains(&block)
+                || self.pending_freed.contains(&block)
+            {
                 continue;
             }
             self.add_delta(block, 1)?;
@@ -471,7 +556,7 @@ impl TransactionManager {
                 return Err(MetaError::NoSpace);
             }
             from = block + 1;
-            if self.data_freed.contains(&block) {
+            if self.data_freed.contains(&block) || self.pending_data_freed.contains(&block) {
                 continue;
             }
             self.set_data_count(block, 0, 1)?;
@@ -508,15 +593,47 @@ impl TransactionManager {
     /// failure fails the manager: the media's state is known again only
     /// after [`TransactionManager::open`].
     pub fn commit(&mut self) -> MetaResult<()> {
+        let prepared = self.prepare_commit()?;
+        let written = prepared.write();
+        self.finish_commit(prepared.generation(), written)
+    }
+
+    /// The first half of a commit: applies the buffered counts, takes the
+    /// dirty blocks and seals the next superblock, and starts the next
+    /// transaction. The caller writes the result ([`PreparedCommit::write`],
+    /// with no access to the manager needed) and hands the outcome to
+    /// [`TransactionManager::finish_commit`] before preparing another.
+    pub fn prepare_commit(&mut self) -> MetaResult<PreparedCommit> {
         self.usable()?;
-        let result = self.try_commit();
+        if self.in_flight {
+            return Err(MetaError::InvalidArgument(
+                "a commit is already in flight".into(),
+            ));
+        }
+        let result = self.try_prepare();
         if result.is_err() {
             self.failed = true;
         }
         result
     }
 
-    fn try_commit(&mut self) -> MetaResult<()> {
+    /// Records how the writes of the prepared commit of `generation` went:
+    /// on success the blocks and data blocks it freed become allocatable;
+    /// a failure fails the manager.
+    pub fn finish_commit(&mut self, generation: u64, written: MetaResult<()>) -> MetaResult<()> {
+        self.in_flight = false;
+        self.cache.end_in_flight();
+        if let Err(e) = written {
+            self.failed = true;
+            return Err(e);
+        }
+        self.durable = generation;
+        self.pending_freed.clear();
+        self.pending_data_freed.clear();
+        Ok(())
+    }
+
+    fn try_prepare(&mut self) -> MetaResult<PreparedCommit> {
         // Apply the buffered metadata counts. Applying one shadows space
         // map nodes, which changes other counts; each node is shadowed at
         // most once per transaction, so this ends. A change stays buffered
@@ -537,9 +654,6 @@ impl TransactionManager {
                 self.deltas.remove(&block);
             }
         }
-        self.cache.write_back()?;
-        let media = self.cache.media().clone();
-        media.flush()?;
         let generation = self.generation + 1;
         let mut sb = blank_block(SUPERBLOCK_MAGIC);
         put_u64(&mut sb, SB_VERSION, VERSION);
@@ -555,14 +669,18 @@ impl TransactionManager {
         put_u64(&mut sb, SB_DATA_USED, self.data_used);
         // The slot alternates: the other one keeps the previous commit
         // until this one is durable.
-        let slot = generation % SUPERBLOCKS;
-        seal(slot, &mut sb);
-        media.write_at(slot * META_BLOCK as u64, &sb)?;
-        media.flush()?;
+        seal(generation % SUPERBLOCKS, &mut sb);
+        let blocks = self.cache.take_dirty();
         self.generation = generation;
+        self.in_flight = true;
         self.allocated.clear();
-        self.freed.clear();
-        self.data_freed.clear();
-        Ok(())
+        self.pending_freed.extend(self.freed.drain());
+        self.pending_data_freed.extend(self.data_freed.drain());
+        Ok(PreparedCommit {
+            media: self.cache.media().clone(),
+            generation,
+            blocks,
+            superblock: sb,
+        })
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::crypt::{Cipher, VolumeKey};
-use super::paged::{PagedOptions, PagedState};
+use super::paged::{CommitStep, PagedOptions, PagedState};
 use super::state::{OpenedVolume, PoolState, Prepared};
 use super::{PoolStats, Services, VolumeError, VolumeInfo, VolumeStats, BLOCK_SIZE};
 use crate::media::Media;
@@ -49,6 +49,24 @@ impl Engine {
             e => e,
         })?;
         Ok(Engine::Paged(Box::new(state)))
+    }
+
+    /// The generation that must be durable before the operation just run
+    /// is acknowledged (paged pools; format 1 commits as it goes).
+    pub(crate) fn take_commit_request(&mut self) -> Option<u64> {
+        match self {
+            Engine::InMemory(_) => None,
+            Engine::Paged(s) => s.take_commit_request(),
+        }
+    }
+
+    /// One step towards generation `needed` being durable (see
+    /// [`PagedState::commit_step`]).
+    pub(crate) fn commit_step(&mut self, needed: u64) -> Result<CommitStep, VolumeError> {
+        match self {
+            Engine::InMemory(_) => Ok(CommitStep::Done),
+            Engine::Paged(s) => s.commit_step(needed),
+        }
     }
 
     pub(crate) fn create_volume(

@@ -15,6 +15,10 @@
 //!
 //! Crash consistency is the transaction manager's: nothing the committed
 //! state refers to is written before the next superblock is durable.
+//! Operations that must be durable when they return ask for a commit
+//! ([`PagedState::take_commit_request`]); the pool prepares it under its
+//! lock and writes it without ([`PagedState::commit_step`]), so that a
+//! commit's I/O never holds up other operations.
 //! Data blocks and metadata blocks freed in the running transaction are
 //! reusable only after its commit, new data goes to blocks free in the
 //! committed state, and a commit writes the dirty metadata, flushes
@@ -22,7 +26,7 @@
 //! and flushes again.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::crypt::{Cipher, VolumeKey};
 use super::reduce::{decompress, Compression, UNIT, UNITS_PER_BLOCK};
@@ -32,7 +36,7 @@ use super::{
 };
 use crate::media::{Media, MediaError};
 use crate::metadata::btree::{self, TreeInfo, ValueKind};
-use crate::metadata::transaction::TransactionManager;
+use crate::metadata::transaction::{PreparedCommit, TransactionManager};
 use crate::metadata::{MetaError, META_BLOCK};
 
 mod catalog;
@@ -154,6 +158,72 @@ fn encode_pack(pack: Option<Pack>) -> u64 {
     pack.map_or(0, |p| ((p.block + 1) << 16) | p.next_unit as u64)
 }
 
+/// The outcome of a commit being written outside the pool lock, for the
+/// threads that wait for it.
+pub(crate) struct CommitDone {
+    outcome: Mutex<Option<Result<(), VolumeError>>>,
+    changed: Condvar,
+}
+
+impl CommitDone {
+    fn new() -> Arc<Self> {
+        Arc::new(CommitDone {
+            outcome: Mutex::new(None),
+            changed: Condvar::new(),
+        })
+    }
+
+    /// Records the writer's outcome and wakes the waiters.
+    pub(crate) fn set(&self, outcome: Result<(), VolumeError>) {
+        let mut slot = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = Some(outcome);
+        self.changed.notify_all();
+    }
+
+    /// Waits until the writer recorded an outcome, and returns it.
+    pub(crate) fn wait(&self) -> Result<(), VolumeError> {
+        let mut slot = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(outcome) = slot.as_ref() {
+                return outcome.clone();
+            }
+            slot = self.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn peek(&self) -> Option<Result<(), VolumeError>> {
+        self.outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A commit prepared under the pool lock, to be written without it.
+pub(crate) struct CommitWrite {
+    pub(crate) prepared: PreparedCommit,
+    pub(crate) done: Arc<CommitDone>,
+}
+
+/// What the pool does next to make generation `needed` durable.
+pub(crate) enum CommitStep {
+    /// It is durable.
+    Done,
+    /// Another thread is writing a commit: wait for it, then ask again.
+    Wait(Arc<CommitDone>),
+    /// Write this commit (without the pool lock), record the outcome in
+    /// its `done`, then ask again.
+    Write(CommitWrite),
+}
+
+/// The commit in flight and what it changes when it is durable.
+struct InFlight {
+    generation: u64,
+    done: Arc<CommitDone>,
+    /// The record id lease it makes durable.
+    lease: u64,
+}
+
 pub(crate) struct PagedState {
     media: Arc<dyn Media>,
     tm: TransactionManager,
@@ -179,6 +249,14 @@ pub(crate) struct PagedState {
     commit_after: usize,
     /// [`PagedState::close`] was called.
     closed: bool,
+    /// The generation an operation needs durable before it is
+    /// acknowledged.
+    commit_requested: Option<u64>,
+    /// The commit being written outside the pool lock.
+    in_flight: Option<InFlight>,
+    /// The record id lease of the durable superblock: ids below it are
+    /// never handed out again after a crash.
+    durable_lease: u64,
 }
 
 impl PagedState {
@@ -274,6 +352,9 @@ impl PagedState {
             reserve,
             commit_after: (capacity / 2).max(16),
             closed: false,
+            commit_requested: None,
+            in_flight: None,
+            durable_lease: next_rid,
         };
         state.domains.entry(0).or_insert(DomainEntry {
             encrypted: false,
@@ -283,9 +364,14 @@ impl PagedState {
     }
 
     /// Ends all work on the pool (its media is about to be reused): every
-    /// later operation fails, and the background releaser stops.
+    /// later operation fails, and the background releaser stops. A commit
+    /// being written is waited for, so nothing writes to the media after
+    /// this returns.
     pub(crate) fn close(&mut self) {
         self.closed = true;
+        if let Some(flight) = &self.in_flight {
+            let _ = flight.done.wait();
+        }
     }
 
     pub(crate) fn usable(&self) -> Result<(), VolumeError> {
@@ -325,16 +411,30 @@ impl PagedState {
 
     /// Makes the current state durable: catalog entries, then the
     /// transaction manager's commit.
+    /// Commits under the pool lock, waiting first for a commit in flight
+    /// (operations that need space back before they can go on; the I/O
+    /// path asks for commits instead, see [`PagedState::commit_step`]).
     pub(crate) fn commit(&mut self) -> Result<(), VolumeError> {
         self.usable()?;
-        let result = self.try_commit();
+        if let Some(flight) = &self.in_flight {
+            let outcome = flight.done.wait();
+            self.settle(outcome)?;
+        }
+        let result = self.prepare().and_then(|(prepared, lease)| {
+            let written = prepared.write();
+            self.tm.finish_commit(prepared.generation(), written)?;
+            self.durable_lease = lease;
+            Ok(())
+        });
         if result.is_err() {
             self.failed = true;
         }
         result
     }
 
-    fn try_commit(&mut self) -> Result<(), VolumeError> {
+    /// Writes the catalog's changes and prepares the transaction manager's
+    /// commit; returns it with the record id lease it makes durable.
+    fn prepare(&mut self) -> Result<(PreparedCommit, u64), VolumeError> {
         for id in std::mem::take(&mut self.removed_volumes) {
             catalog::remove_volume(&mut self.tm, id)?;
         }
@@ -343,9 +443,77 @@ impl PagedState {
                 catalog::put_volume(&mut self.tm, id, v)?;
             }
         }
-        self.tm.commit()?;
+        let prepared = self.tm.prepare_commit()?;
         self.dirty = false;
-        Ok(())
+        Ok((prepared, self.tm.root(LEASE)))
+    }
+
+    /// Asks for a commit of the running transaction before the running
+    /// operation is acknowledged.
+    fn request_commit(&mut self) {
+        self.need_durable(self.tm.generation() + 1);
+    }
+
+    fn need_durable(&mut self, generation: u64) {
+        self.commit_requested = Some(self.commit_requested.unwrap_or(0).max(generation));
+    }
+
+    /// The generation that must be durable before the operation just run
+    /// is acknowledged, if it asked for a commit.
+    pub(crate) fn take_commit_request(&mut self) -> Option<u64> {
+        self.commit_requested.take()
+    }
+
+    /// Records the outcome of the commit in flight.
+    fn settle(&mut self, outcome: Result<(), VolumeError>) -> Result<(), VolumeError> {
+        let Some(flight) = self.in_flight.take() else {
+            return Ok(());
+        };
+        match outcome {
+            Ok(()) => {
+                self.tm.finish_commit(flight.generation, Ok(()))?;
+                self.durable_lease = flight.lease;
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = true;
+                let _ = self
+                    .tm
+                    .finish_commit(flight.generation, Err(MetaError::Failed));
+                Err(e)
+            }
+        }
+    }
+
+    /// One step towards generation `needed` being durable, under the pool
+    /// lock: records a finished commit, and either says it is done, names
+    /// the commit to wait for, or prepares the next one for the caller to
+    /// write without the lock.
+    pub(crate) fn commit_step(&mut self, needed: u64) -> Result<CommitStep, VolumeError> {
+        if let Some(outcome) = self.in_flight.as_ref().and_then(|f| f.done.peek()) {
+            self.settle(outcome)?;
+        }
+        self.usable()?;
+        if self.tm.durable_generation() >= needed {
+            return Ok(CommitStep::Done);
+        }
+        if let Some(flight) = &self.in_flight {
+            return Ok(CommitStep::Wait(flight.done.clone()));
+        }
+        let (prepared, lease) = match self.prepare() {
+            Ok(p) => p,
+            Err(e) => {
+                self.failed = true;
+                return Err(e);
+            }
+        };
+        let done = CommitDone::new();
+        self.in_flight = Some(InFlight {
+            generation: prepared.generation(),
+            done: done.clone(),
+            lease,
+        });
+        Ok(CommitStep::Write(CommitWrite { prepared, done }))
     }
 
     /// Whether the pool can start an operation that takes up to `data`
@@ -388,7 +556,7 @@ impl PagedState {
     /// the dirty share of the cache).
     fn after_change(&mut self) -> Result<(), VolumeError> {
         if self.tm.transaction_stats().allocated >= self.commit_after {
-            self.commit()?;
+            self.request_commit();
         }
         Ok(())
     }
@@ -409,7 +577,12 @@ impl PagedState {
             self.release_step(FLUSH_RELEASE_BUDGET)?;
         }
         if self.dirty {
-            self.commit()
+            self.request_commit();
+            Ok(())
+        } else if self.in_flight.is_some() {
+            // Everything is in the commit being written.
+            self.need_durable(self.tm.generation());
+            Ok(())
         } else {
             self.flush_media()
         }
@@ -480,7 +653,8 @@ impl PagedState {
         self.ensure_room(0)?;
         let result = self.create_inner(name, size_bytes / BS, services, key);
         self.changing(result)?;
-        self.commit()
+        self.request_commit();
+        Ok(())
     }
 
     fn create_inner(
@@ -585,7 +759,8 @@ impl PagedState {
             Ok(())
         })();
         self.changing(result)?;
-        self.commit()
+        self.request_commit();
+        Ok(())
     }
 
     pub(crate) fn snapshot(&mut self, origin: &str, name: &str) -> Result<(), VolumeError> {
@@ -630,7 +805,8 @@ impl PagedState {
             Ok(())
         })();
         self.changing(result)?;
-        self.commit()
+        self.request_commit();
+        Ok(())
     }
 
     /// Changes a writable volume's size; entries past a smaller end go.
@@ -651,7 +827,8 @@ impl PagedState {
             self.dirty_volumes.insert(id);
         });
         self.changing(result)?;
-        self.commit()
+        self.request_commit();
+        Ok(())
     }
 
     /// Removes every entry of `id` in `start..end`. A long range commits
@@ -709,7 +886,8 @@ impl PagedState {
             Ok(())
         })();
         self.changing(result)?;
-        self.commit()
+        self.request_commit();
+        Ok(())
     }
 
     /// Adds `count` references on mapping node `node` to drop later.
@@ -785,18 +963,24 @@ impl PagedState {
         Ok(total)
     }
 
-    /// Makes sure the next record id lies inside a durable lease.
+    /// Makes sure the next record id lies inside a durable lease. The
+    /// lease is raised when half of it is used and made durable by a
+    /// commit outside the pool lock; only if that has not happened by the
+    /// time the durable lease runs out does this commit under the lock.
     fn lease_record_id(&mut self) -> Result<(), VolumeError> {
         let lease = self.tm.root(LEASE);
-        if self.next_rid < lease {
+        if lease.saturating_sub(self.next_rid) <= RECORD_LEASE / 2 {
+            let end = self
+                .next_rid
+                .checked_add(RECORD_LEASE)
+                .ok_or_else(|| VolumeError::Corrupt("record ids exhausted".into()))?;
+            self.tm.set_root(LEASE, end)?;
+            self.dirty = true;
+            self.request_commit();
+        }
+        if self.next_rid < self.durable_lease {
             return Ok(());
         }
-        let end = self
-            .next_rid
-            .checked_add(RECORD_LEASE)
-            .ok_or_else(|| VolumeError::Corrupt("record ids exhausted".into()))?;
-        self.tm.set_root(LEASE, end)?;
-        self.dirty = true;
         self.commit()
     }
 
