@@ -156,7 +156,8 @@ impl ZonedNamespace {
         let lba_shift = media.lba_shift();
         let zone_bytes = config.zone_bytes;
         let mut zones = media.size() / zone_bytes;
-        while zones > 0 && zones * zone_bytes + 2 * persist::slot_bytes(zones) > media.size() {
+        let area = |zones: u64| 2 * persist::slot_bytes(zones) + persist::LABEL_BYTES;
+        while zones > 0 && zones * zone_bytes + area(zones) > media.size() {
             zones -= 1;
         }
         if zones == 0 {
@@ -199,9 +200,15 @@ impl ZonedNamespace {
         *lock(&this.table) = table;
         *lock(&this.commit) = generation;
         if fresh {
-            // A first commit, so that a later torn one is never taken for
+            // A first commit, then the label: a label always has a whole
+            // slot behind it, and a later torn commit is never taken for
             // a blank image.
             this.commit()
+                .and_then(|()| {
+                    let label = persist::encode_label(&geometry);
+                    this.media.write_at(this.label_offset(), &label)?;
+                    this.media.flush()
+                })
                 .map_err(|e| format!("{name}: writing the zone state area: {e}"))?;
         }
         info!(
@@ -220,9 +227,39 @@ impl ZonedNamespace {
         first + (generation % 2) * persist::slot_bytes(self.geometry.zones)
     }
 
-    /// Reads both slots: the newest valid copy, `None` for a blank image.
+    fn label_offset(&self) -> u64 {
+        self.media.size() - persist::LABEL_BYTES
+    }
+
+    /// Reads the label and both slots: the newest valid copy, `None` for
+    /// an image that is not zoned yet.
     fn recover(&self) -> Result<(u64, Option<Vec<Zone>>), String> {
         let name = &self.name;
+        let mut label = vec![0u8; persist::LABEL_BYTES as usize];
+        self.media
+            .read_at(self.label_offset(), &mut label)
+            .map_err(|e| format!("{name}: reading the zone label: {e}"))?;
+        let g = &self.geometry;
+        match persist::decode_label(&label) {
+            // Not zoned yet (or the first commit never completed).
+            persist::Label::Blank => return Ok((0, None)),
+            persist::Label::Damaged => {
+                return Err(format!("{name}: the zone label is damaged"));
+            }
+            persist::Label::Layout {
+                zone_blocks,
+                capacity_blocks,
+                zones,
+            } if (zone_blocks, capacity_blocks, zones)
+                != (g.zone_blocks, g.capacity_blocks, g.zones) =>
+            {
+                return Err(format!(
+                    "{name}: the image holds {zones} zones of {zone_blocks} blocks (capacity {capacity_blocks}); --zoned-ssd now asks for {} of {} (capacity {}): give the same zone size and capacity and image size, or a new image",
+                    g.zones, g.zone_blocks, g.capacity_blocks
+                ));
+            }
+            persist::Label::Layout { .. } => {}
+        }
         let mut slots = Vec::new();
         for which in 0..2u64 {
             let mut bytes = vec![0u8; persist::slot_bytes(self.geometry.zones) as usize];
@@ -265,7 +302,9 @@ impl ZonedNamespace {
                 _ => {}
             }
         }
-        Ok((0, None))
+        Err(format!(
+            "{name}: the zone label is there but no zone state copy is"
+        ))
     }
 
     /// Makes every counted write and the zone table durable (see the

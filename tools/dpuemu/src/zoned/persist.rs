@@ -19,6 +19,13 @@
 //! ```
 //!
 //! All integers little-endian; the slot is padded to 4 KiB.
+//!
+//! The image's last 4 KiB hold the zone label, written once when the
+//! image becomes zoned (after the first slot): magic "DPUZNSL\x01", zone
+//! size, zone capacity and zone count (u64 each) and an FNV-1a 64 of
+//! those 32 bytes. Its place does not depend on the layout, so a restart
+//! with another zone size finds it and refuses, instead of reading slots
+//! where the other layout never put them.
 
 use super::state::{Geometry, Zone, ZoneState};
 
@@ -28,6 +35,62 @@ const HEADER_BYTES: u64 = 64;
 const RECORD_BYTES: u64 = 16;
 const SLOT_ALIGN: u64 = 4096;
 const CHECKSUM_AT: usize = 40;
+
+/// First bytes of the zone label.
+pub const LABEL_MAGIC: [u8; 8] = *b"DPUZNSL\x01";
+/// Bytes of the zone label at the image's end.
+pub const LABEL_BYTES: u64 = 4096;
+
+/// What the zone label says.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Label {
+    /// No label: the image is not zoned yet.
+    Blank,
+    /// Zone size, capacity (blocks) and count of the image.
+    Layout {
+        zone_blocks: u64,
+        capacity_blocks: u64,
+        zones: u64,
+    },
+    Damaged,
+}
+
+/// Encodes the label of `geometry`.
+pub fn encode_label(geometry: &Geometry) -> Vec<u8> {
+    let mut label = vec![0u8; LABEL_BYTES as usize];
+    label[..8].copy_from_slice(&LABEL_MAGIC);
+    label[8..16].copy_from_slice(&geometry.zone_blocks.to_le_bytes());
+    label[16..24].copy_from_slice(&geometry.capacity_blocks.to_le_bytes());
+    label[24..32].copy_from_slice(&geometry.zones.to_le_bytes());
+    let sum = fnv1a(&label[..32]);
+    label[32..40].copy_from_slice(&sum.to_le_bytes());
+    label
+}
+
+/// Decodes a label read from the media.
+pub fn decode_label(label: &[u8]) -> Label {
+    if label.get(..8) != Some(&LABEL_MAGIC[..]) {
+        return Label::Blank;
+    }
+    match (
+        u64_at(label, 8),
+        u64_at(label, 16),
+        u64_at(label, 24),
+        u64_at(label, 32),
+        label.get(..32),
+    ) {
+        (Some(zone_blocks), Some(capacity_blocks), Some(zones), Some(sum), Some(covered))
+            if fnv1a(covered) == sum =>
+        {
+            Label::Layout {
+                zone_blocks,
+                capacity_blocks,
+                zones,
+            }
+        }
+        _ => Label::Damaged,
+    }
+}
 
 /// Bytes of one slot for `zones` zones.
 pub const fn slot_bytes(zones: u64) -> u64 {

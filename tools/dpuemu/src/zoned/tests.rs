@@ -114,10 +114,13 @@ fn fresh_image_layout() {
     for zone in 0..15 {
         assert_eq!(z.zone(zone), Some(Zone::EMPTY));
     }
-    // The first commit is on the media already: slot 1 (generation 1).
+    // The first commit is on the media already: slot 1 (generation 1),
+    // and the label in the last 4 KiB.
     let b = media.bytes.lock().unwrap();
     let slot1 = 15 * (64 << 10) + 4096;
     assert_eq!(&b[slot1..slot1 + 8], &persist::MAGIC);
+    let label = (1 << 20) - 4096;
+    assert_eq!(&b[label..label + 8], &persist::LABEL_MAGIC);
     // Too small an image, bad layouts.
     drop(b);
     assert!(ZonedNamespace::open("t", RamMedia::new(64 << 10), &small()).is_err());
@@ -626,6 +629,20 @@ fn states_persist_across_reopen() {
         .err()
         .unwrap();
     assert!(e.contains("zone size and capacity"), "{e}");
+    // Another zone size puts the slots elsewhere; the label at the
+    // image's end still tells.
+    let bigger = ZoneConfig {
+        zone_bytes: 128 << 10,
+        capacity_bytes: 128 << 10,
+        ..config
+    };
+    let e = ZonedNamespace::open("t", media.clone(), &bigger)
+        .err()
+        .unwrap();
+    assert!(e.contains("zone size and capacity"), "{e}");
+    // Nothing was written by the refusals.
+    let z = ZonedNamespace::open("t", media.clone(), &config).unwrap();
+    assert_eq!(written(&z, 0), 8);
 }
 
 #[test]
@@ -660,6 +677,22 @@ fn torn_or_damaged_state_area() {
         .err()
         .unwrap();
     assert!(e.contains("damaged"), "{e}");
+    // Both copies gone, or the label damaged: refused too.
+    {
+        let mut b = media.bytes.lock().unwrap();
+        b[slot(0)..slot(0) + 8].fill(0);
+        b[slot(1)..slot(1) + 8].fill(0);
+    }
+    let e = ZonedNamespace::open("t", media.clone(), &small())
+        .err()
+        .unwrap();
+    assert!(e.contains("no zone state copy"), "{e}");
+    let end = (1 << 20) - 4096;
+    media.bytes.lock().unwrap()[end + 20] ^= 1;
+    let e = ZonedNamespace::open("t", media.clone(), &small())
+        .err()
+        .unwrap();
+    assert!(e.contains("label is damaged"), "{e}");
 }
 
 /// Media that fails flush number `fail_at` (and everything after it), as
@@ -729,8 +762,8 @@ fn crash_in_the_middle_of_appends() {
         let cut = Arc::new(PowerCut {
             inner: layer.clone(),
             flushes: AtomicU32::new(0),
-            // Flushes 1 and 2 are the first commit, at open.
-            fail_at: 3 + rng.below(24) as u32,
+            // Flushes 1 to 3 are the first commit and the label, at open.
+            fail_at: 4 + rng.below(24) as u32,
         });
         let z = ZonedNamespace::open("ssd", cut.clone(), &config).unwrap();
         let zones = z.geometry().zones as usize;
