@@ -843,3 +843,150 @@ fn crash_in_the_middle_of_appends() {
     // the torn layer kept that write whole.
     assert!(torn_commits > 0, "no cut kept an interrupted commit");
 }
+
+/// Appends to one zone from several threads at once (the executor runs
+/// commands side by side): every append gets its own LBAs, together they
+/// cover the zone without gap or overlap, and each one's data is where
+/// its completion said.
+#[test]
+fn concurrent_appends_to_one_zone() {
+    let config = ZoneConfig {
+        zone_bytes: 256 << 10,
+        capacity_bytes: 256 << 10,
+        ..small()
+    };
+    let media = RamMedia::new(2 << 20);
+    let z = Arc::new(ZonedNamespace::open("t", media, &config).unwrap());
+    let threads: Vec<_> = (0..8u8)
+        .map(|t| {
+            let z = z.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                for i in 0..8u8 {
+                    // Thread t's i-th append: 1 + (t + i) % 4 blocks of a
+                    // value naming it.
+                    let n = 1 + u64::from((t + i) % 4);
+                    let seed = t * 16 + i;
+                    let lba = z.write(512, &blocks(0, n, seed), true).unwrap();
+                    got.push((lba, n, seed));
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all: Vec<(u64, u64, u8)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    all.sort();
+    let mut next = 512;
+    for &(lba, n, seed) in &all {
+        assert_eq!(lba, next, "gap or overlap at {lba}");
+        let mut buf = vec![0u8; n as usize * BLOCK];
+        z.read(lba, &mut buf).unwrap();
+        assert_eq!(buf, blocks(0, n, seed), "append {seed} at {lba}");
+        next += n;
+    }
+    assert_eq!(written(&z, 1), next - 512);
+}
+
+/// Random operations, valid and not, against the zone rules' invariants:
+/// the kept counts equal the recount, never more than MOR + 1 open or
+/// MAR + 1 active zones, write pointers within capacity, an Empty zone
+/// has nothing written, a failed operation changes nothing, and a reopen
+/// after a flush gives back the same table with opened zones closed.
+#[test]
+fn random_operations_keep_the_invariants() {
+    // Operations that succeeded and failed, so the test is known to reach
+    // both sides of the rules.
+    let (mut succeeded, mut failed) = (0, 0);
+    for seed in 0..20u64 {
+        let mut rng = SplitMix64::new(seed);
+        let config = ZoneConfig {
+            max_open: 1 + rng.below(4) as u32,
+            max_active: 5,
+            ..small()
+        };
+        let media = RamMedia::new(1 << 20);
+        let z = ZonedNamespace::open("t", media.clone(), &config).unwrap();
+        let zones = z.geometry().zones as usize;
+        let snapshot =
+            |z: &ZonedNamespace| (0..zones).map(|i| z.zone(i).unwrap()).collect::<Vec<_>>();
+        for _ in 0..400 {
+            let before = snapshot(&z);
+            let zone = rng.below(zones as u64 + 1) as usize;
+            let start = zone as u64 * 128;
+            let lba = start + rng.below(3).saturating_sub(1) * rng.below(100);
+            let n = 1 + rng.below(40);
+            let result = match rng.below(10) {
+                0..=3 => z.write(start, &blocks(0, n, 1), true).map(|_| ()),
+                4 | 5 => {
+                    let wp = before.get(zone).map_or(0, |s| start + s.written);
+                    let at = if rng.below(2) == 0 { wp } else { lba };
+                    z.write(at, &blocks(at, n, 2), false).map(|_| ())
+                }
+                6 => {
+                    let actions = [
+                        ZoneAction::Open,
+                        ZoneAction::Close,
+                        ZoneAction::Finish,
+                        ZoneAction::Reset,
+                        ZoneAction::Offline,
+                    ];
+                    let action = actions[rng.below(5) as usize];
+                    z.manage(lba, action, rng.below(8) == 0)
+                }
+                7 => {
+                    if zone < zones && rng.below(10) == 0 {
+                        z.set_read_only(zone);
+                    }
+                    Ok(())
+                }
+                8 => z.flush().map_err(|_| Status::WRITE_FAULT),
+                _ => {
+                    let mut buf = vec![0u8; n as usize * BLOCK];
+                    z.read(lba, &mut buf)
+                }
+            };
+            let after = snapshot(&z);
+            if result.is_ok() {
+                succeeded += 1;
+            } else {
+                failed += 1;
+            }
+            if result.is_err() {
+                assert_eq!(
+                    before, after,
+                    "seed {seed}: a failed operation changed zones"
+                );
+            }
+            assert_counts_agree(&z);
+            let (open, active) = z.counts();
+            assert!(
+                open <= config.max_open && active <= config.max_active,
+                "seed {seed}"
+            );
+            for s in &after {
+                assert!(s.written <= 96, "seed {seed}");
+                assert!(s.state != ZoneState::Empty || s.written == 0, "seed {seed}");
+            }
+        }
+        z.flush().unwrap();
+        let kept = snapshot(&z);
+        drop(z);
+        let z = ZonedNamespace::open("t", media, &config).unwrap();
+        for (i, (old, new)) in kept.iter().zip(snapshot(&z)).enumerate() {
+            assert_eq!(old.written, new.written, "seed {seed} zone {i}");
+            let want = match old.state {
+                s if s.is_open() && old.written == 0 => ZoneState::Empty,
+                s if s.is_open() => ZoneState::Closed,
+                s => s,
+            };
+            assert_eq!(new.state, want, "seed {seed} zone {i}");
+        }
+    }
+    assert!(
+        succeeded > 2000 && failed > 1000,
+        "{succeeded} ok, {failed} failed"
+    );
+}
