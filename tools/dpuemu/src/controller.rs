@@ -326,6 +326,9 @@ pub struct Controller {
     /// A namespace is zoned: CAP.CSS offers the I/O command sets
     /// (`controller/zoned.rs`).
     io_command_sets: bool,
+    /// The host enabled all I/O command sets (CC.CSS = 110b); without
+    /// them a zoned namespace is inactive.
+    all_command_sets: AtomicBool,
 }
 
 impl Controller {
@@ -403,6 +406,7 @@ impl Controller {
             stop: AtomicBool::new(false),
             executor: OnceLock::new(),
             io_command_sets,
+            all_command_sets: AtomicBool::new(false),
             config,
         })
     }
@@ -723,6 +727,7 @@ impl Controller {
         self.doorbells
             .iter()
             .for_each(|d| d.store(0, Ordering::Relaxed));
+        self.select_command_sets(cc.css());
         r.csts = Csts::RDY;
         info!(
             "{name}: enabled (admin SQ {} entries, CQ {} entries)",
@@ -1367,7 +1372,10 @@ impl Controller {
     /// The backend of active namespace `nsid`.
     fn namespace(&self, nsid: u32) -> Option<Arc<dyn Namespace>> {
         let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
-        namespaces.get(&nsid).map(|slot| Arc::clone(&slot.backend))
+        namespaces
+            .get(&nsid)
+            .filter(|slot| self.command_set_enabled(&*slot.backend))
+            .map(|slot| Arc::clone(&slot.backend))
     }
 }
 

@@ -131,6 +131,7 @@ impl Controller {
                     let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
                     namespaces
                         .range(cmd.nsid + 1..)
+                        .filter(|(_, slot)| self.command_set_enabled(&*slot.backend))
                         .map(|(nsid, _)| *nsid)
                         .take(1024)
                         .collect()

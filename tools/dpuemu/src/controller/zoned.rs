@@ -1,7 +1,8 @@
 //! The Zoned Namespace Command Set (CSI 02h) of an SSD function whose
 //! namespace is zoned (`--zoned-ssd`, `crate::zoned`): the I/O commands on
 //! a zoned namespace, the command-set Identify structures, the Commands
-//! Supported and Effects log, and CAP.CSS / CC.CSS.
+//! Supported and Effects log, and CAP.CSS / CC.CSS: with CC.CSS = 000b (the
+//! NVM command set alone) a zoned namespace is inactive.
 //!
 //! Every field comes from the host: a reserved action, filter or option, a
 //! start LBA that is not a zone start, a range that leaves the namespace or
@@ -15,6 +16,7 @@ use nvme_shim::wire::Wire;
 
 use super::data::{self, Direction};
 use super::{Controller, MAX_TRANSFER, MDTS};
+use crate::namespace::Namespace;
 use crate::zoned::{ZoneAction, ZoneState, ZonedNamespace};
 
 /// Zoned Namespace Command Set opcodes.
@@ -114,6 +116,24 @@ impl Controller {
     /// zoned namespace.
     pub(super) fn supports_command_sets(&self, css: u8) -> bool {
         css == 0 || (self.io_command_sets && css == CC_CSS_ALL_IO_COMMAND_SETS)
+    }
+
+    /// Records the command sets the host enabled (CC.CSS at enable).
+    pub(super) fn select_command_sets(&self, css: u8) {
+        self.all_command_sets.store(
+            css == CC_CSS_ALL_IO_COMMAND_SETS,
+            std::sync::atomic::Ordering::Release,
+        );
+    }
+
+    /// Whether a namespace over `backend` is active under the command
+    /// sets the host enabled: a zoned one only with all I/O command sets
+    /// (a host that selected the NVM command set alone must not see it).
+    pub(super) fn command_set_enabled(&self, backend: &dyn Namespace) -> bool {
+        backend.zoned().is_none()
+            || self
+                .all_command_sets
+                .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// CAP bits of the I/O command sets this controller offers.
@@ -272,13 +292,13 @@ impl Controller {
                 let (_, _) = Self::byte_range(zoned, cmd.slba, u64::from(cmd.blocks))?;
                 zoned.write_zeroes(cmd.slba, u64::from(cmd.blocks))?;
                 if cmd.fua || !self.write_cache_enabled() {
-                    crate::namespace::Namespace::flush(zoned).map_err(super::io::write_status)?;
+                    Namespace::flush(zoned).map_err(super::io::write_status)?;
                 }
                 self.count(nsid, |s| &s.write_zeroes, 1);
                 Ok(0)
             }
             io::FLUSH => {
-                crate::namespace::Namespace::flush(zoned).map_err(super::io::write_status)?;
+                Namespace::flush(zoned).map_err(super::io::write_status)?;
                 self.count(nsid, |s| &s.flushes, 1);
                 Ok(0)
             }
@@ -341,7 +361,7 @@ impl Controller {
         data::copy_from_guest(&*self.memory, &segments, &mut buf)?;
         let lba = zoned.write(cmd.slba, &buf, append)?;
         if cmd.fua || !self.write_cache_enabled() {
-            crate::namespace::Namespace::flush(zoned).map_err(super::io::write_status)?;
+            Namespace::flush(zoned).map_err(super::io::write_status)?;
         }
         if cmd.fua {
             self.count(nsid, |s| &s.fua_writes, 1);

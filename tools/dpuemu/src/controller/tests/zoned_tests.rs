@@ -563,3 +563,56 @@ fn random_zone_commands_never_break_the_rules() {
     }
     assert!(successes > 300, "only {successes} commands succeeded");
 }
+
+/// A host that enables the function with the NVM command set alone
+/// (CC.CSS = 000b) finds no active namespace: the zoned one belongs to a
+/// command set it did not enable. Enabled again with all I/O command sets,
+/// the namespace is back.
+#[test]
+fn nvm_only_host_sees_no_zoned_namespace() {
+    let (mut host, zoned) = zoned_host();
+    host.write32(regs::CC, 0);
+    host.enable();
+    assert_eq!(host.read32(regs::CSTS), Csts::RDY);
+    let (s, list) = identify(&mut host, cns::ACTIVE_NAMESPACES, 0, 0);
+    assert_eq!(
+        (s, le32(&list, 0)),
+        (Status::SUCCESS, 0),
+        "no active namespace"
+    );
+    assert_eq!(
+        identify(&mut host, cns::NAMESPACE, 0, 1).0,
+        Status::INVALID_NAMESPACE
+    );
+    assert_eq!(
+        identify(&mut host, cns::NAMESPACE_DESCRIPTORS, 0, 1).0,
+        Status::INVALID_NAMESPACE
+    );
+    host.create_pair(1, 16);
+    host.mem.write(DATA, &pattern(512, 6)).unwrap();
+    assert_eq!(
+        host.io_status(1, host.rw(io::WRITE, 0, 1, DATA, 0)),
+        Status::INVALID_NAMESPACE
+    );
+    assert_eq!(
+        host.io_status(1, zms(0, 3, false)),
+        Status::INVALID_NAMESPACE
+    );
+    assert_eq!(zoned.zone(0).unwrap().state, ZoneState::Empty);
+    host.write32(regs::CC, 0);
+    host.write32(regs::CC, 0);
+    host.write32(regs::AQA, Aqa::new(ADMIN_ENTRIES, ADMIN_ENTRIES).0);
+    host.write32(regs::CC, cc_all_command_sets().0);
+    host.asq.index = 0;
+    host.acq.index = 0;
+    host.acq.phase = true;
+    host.io.clear();
+    assert_eq!(host.read32(regs::CSTS), Csts::RDY);
+    let (_, list) = identify(&mut host, cns::ACTIVE_NAMESPACES, 0, 0);
+    assert_eq!(le32(&list, 0), 1);
+    host.create_pair(1, 16);
+    assert_eq!(
+        host.io_status(1, host.rw(io::WRITE, 0, 1, DATA, 0)),
+        Status::SUCCESS
+    );
+}
