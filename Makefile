@@ -108,4 +108,4 @@ fuzz-nvmf:
 # (settings: BENCH_ENGINE_* in Documentation/engine-volumes.rst).
 .PHONY: bench-engine
 bench-engine:
-	nice -n 10 $(CARGO) run --release -p dpu-engine --example bench_engine
+	nice -n 19 $(CARGO) run --release -p dpu-engine --example bench_engine

@@ -12,12 +12,13 @@
 //! its own); the table shows the median and the spread (min–max). A paged pool (format 2) is compared with the in-memory pool
 //! (format 1) at a size the latter can handle.
 //!
-//! Settings (environment): `BENCH_ENGINE_DIR` (default
-//! `$DPUBLK_CACHE/bench-engine`, `DPUBLK_CACHE` defaulting to
-//! `/var/cache/dpublk`), `BENCH_ENGINE_POOL_GIB` (4096), `BENCH_ENGINE_WRITES`
-//! (200000), `BENCH_ENGINE_SNAPSHOTS` (100), `BENCH_ENGINE_REPS` (3),
-//! `BENCH_ENGINE_CACHE_MIB` (256), `BENCH_ENGINE_COMPARE_WRITES` (20000, the
-//! in-memory pool's share; 0 skips it).
+//! Settings (environment), defaulting to issue 12's scale:
+//! `BENCH_ENGINE_DIR` (default `$DPUBLK_CACHE/bench-engine`, `DPUBLK_CACHE`
+//! defaulting to `/var/cache/dpublk`), `BENCH_ENGINE_POOL_GIB` (4096),
+//! `BENCH_ENGINE_WRITES` (2000000), `BENCH_ENGINE_SNAPSHOTS` (1000, half of
+//! them deleted), `BENCH_ENGINE_REPS` (1), `BENCH_ENGINE_CACHE_MIB` (256),
+//! `BENCH_ENGINE_COMPARE_WRITES` (100000, the in-memory pool's share; 0
+//! skips it). Each run reports its progress on stderr.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -64,11 +65,11 @@ impl Config {
         let config = Config {
             dir,
             pool_bytes: env_u64("BENCH_ENGINE_POOL_GIB", 4096)? << 30,
-            writes: env_u64("BENCH_ENGINE_WRITES", 200_000)?,
-            snapshots: env_u64("BENCH_ENGINE_SNAPSHOTS", 100)?,
-            reps: env_u64("BENCH_ENGINE_REPS", 3)? as usize,
+            writes: env_u64("BENCH_ENGINE_WRITES", 2_000_000)?,
+            snapshots: env_u64("BENCH_ENGINE_SNAPSHOTS", 1000)?,
+            reps: env_u64("BENCH_ENGINE_REPS", 1)? as usize,
             cache_bytes: (env_u64("BENCH_ENGINE_CACHE_MIB", 256)? << 20) as usize,
-            compare_writes: env_u64("BENCH_ENGINE_COMPARE_WRITES", 20_000)?,
+            compare_writes: env_u64("BENCH_ENGINE_COMPARE_WRITES", 100_000)?,
         };
         if config.writes < 1000 || config.reps == 0 || config.pool_bytes < (1 << 30) {
             return Err("need at least 1000 writes, 1 repetition and a 1 GiB pool".into());
@@ -152,6 +153,9 @@ struct Run {
     delete_ms: f64,
     release_s: f64,
     max_lock_ms: f64,
+    /// Lock holds of 50 ms or more (of `lock_holds`).
+    long_holds: f64,
+    lock_holds: f64,
     open_clean_s: f64,
     open_crash_s: f64,
     metadata_mib: f64,
@@ -219,8 +223,18 @@ fn run(config: &Config, format: PoolFormat, writes: u64, seed: u64) -> Result<Ru
     let mut rng = Rng(seed | 1);
     let mut expected: HashMap<u64, u64> = HashMap::new();
     let every = (writes / config.snapshots.max(1)).max(1);
+    let tenth = (writes / 10).max(1);
     let start = Instant::now();
     for i in 0..writes {
+        if i > 0 && i % tenth == 0 {
+            let s = start.elapsed().as_secs_f64();
+            eprintln!(
+                "bench-engine: {format:?} {i} of {writes} writes in {s:.0} s ({:.0}/s), {} snapshots, RSS {} MiB",
+                i as f64 / s,
+                out.snap_ms.len(),
+                rss_kib() / 1024
+            );
+        }
         let lba = rng.next() % volume_blocks;
         let content = rng.next() % (writes / 2).max(1);
         v.write_blocks(lba, &block(content)).map_err(err)?;
@@ -238,6 +252,10 @@ fn run(config: &Config, format: PoolFormat, writes: u64, seed: u64) -> Result<Ru
     out.write_s = start.elapsed().as_secs_f64();
     out.rss_mib = rss_kib() as f64 / 1024.0;
 
+    eprintln!(
+        "bench-engine: {format:?} {writes} writes in {:.0} s; commits after N writes",
+        out.write_s
+    );
     // Commit cost against the writes (and metadata blocks) it covers.
     for batch in [1u64, 10, 100, 1000, 10_000] {
         if batch > writes / 2 {
@@ -261,6 +279,7 @@ fn run(config: &Config, format: PoolFormat, writes: u64, seed: u64) -> Result<Ru
 
     // Delete half the snapshots; their space is freed in bounded steps.
     let deletes = out.snap_ms.len() / 2;
+    eprintln!("bench-engine: {format:?} deleting {deletes} snapshots");
     let t = Instant::now();
     for i in 0..deletes {
         pool.delete(&format!("v@{i}")).map_err(err)?;
@@ -270,12 +289,19 @@ fn run(config: &Config, format: PoolFormat, writes: u64, seed: u64) -> Result<Ru
     while !pool.release_step(16).map_err(err)? {}
     v.flush().map_err(err)?;
     out.release_s = t.elapsed().as_secs_f64();
-    out.max_lock_ms = pool.lock_stats().max_hold_ns as f64 / 1e6;
+    let locks = pool.lock_stats();
+    out.max_lock_ms = locks.max_hold_ns as f64 / 1e6;
+    out.long_holds = locks.long_holds as f64;
+    out.lock_holds = locks.holds as f64;
     let stats = pool.stats().map_err(err)?;
     out.metadata_mib = (stats.metadata_blocks * BS) as f64 / (1 << 20) as f64;
 
     // Reopen after a clean shutdown, then after a crash with writes and a
     // snapshot in flight, and check what was written.
+    eprintln!(
+        "bench-engine: {format:?} released in {:.0} s; reopening",
+        out.release_s
+    );
     drop(v);
     drop(pool);
     let t = Instant::now();
@@ -359,6 +385,10 @@ fn print_table(config: &Config, paged: &[Run], memory: &[Run]) {
     type Figure = Box<dyn Fn(&Run) -> f64>;
     let rows: Vec<(&str, Figure)> = vec![
         ("write s", Box::new(|r: &Run| r.write_s)),
+        (
+            "writes per s (with snapshots)",
+            Box::new(|r: &Run| r.writes as f64 / r.write_s),
+        ),
         ("RSS MiB after writes", Box::new(|r: &Run| r.rss_mib)),
         (
             "RSS growth MiB per TiB written",
@@ -369,6 +399,11 @@ fn print_table(config: &Config, paged: &[Run], memory: &[Run]) {
         ("delete ms (each)", Box::new(|r: &Run| r.delete_ms)),
         ("release s (all deletes)", Box::new(|r: &Run| r.release_s)),
         ("lock hold max ms", Box::new(|r: &Run| r.max_lock_ms)),
+        ("lock holds (all)", Box::new(|r: &Run| r.lock_holds)),
+        (
+            "lock holds of 50 ms or more",
+            Box::new(|r: &Run| r.long_holds),
+        ),
         ("open clean s", Box::new(|r: &Run| r.open_clean_s)),
         ("open after crash s", Box::new(|r: &Run| r.open_crash_s)),
         ("metadata MiB on media", Box::new(|r: &Run| r.metadata_mib)),
@@ -446,7 +481,7 @@ impl Run {
                 .collect(),
         );
         format!(
-            "RUN {} {} {} {} {} {} {} {} {} {} {snaps} {commits}",
+            "RUN {} {} {} {} {} {} {} {} {} {} {snaps} {commits} {} {}",
             self.writes,
             self.write_s,
             self.rss_base_mib,
@@ -457,6 +492,8 @@ impl Run {
             self.open_clean_s,
             self.open_crash_s,
             self.metadata_mib,
+            self.long_holds,
+            self.lock_holds,
         )
     }
 
@@ -493,6 +530,8 @@ impl Run {
             open_clean_s: num(7)?,
             open_crash_s: num(8)?,
             metadata_mib: num(9)?,
+            long_holds: num(12)?,
+            lock_holds: num(13)?,
             snap_ms: list(10)?
                 .into_iter()
                 .map(|v| v.parse().ok())
@@ -512,13 +551,11 @@ fn run_in_child(format: PoolFormat, writes: u64, seed: u64) -> Result<Run, Strin
     };
     let output = std::process::Command::new(exe)
         .env("BENCH_ENGINE_CHILD", format!("{mode}:{writes}:{seed}"))
+        .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(err)?;
     if !output.status.success() {
-        return Err(format!(
-            "{mode} run failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
+        return Err(format!("{mode} run failed (its error is above)"));
     }
     String::from_utf8_lossy(&output.stdout)
         .lines()

@@ -54,7 +54,7 @@ pub use reduce::Compression;
 
 use crypt::Cipher;
 use engine::Engine;
-use paged::{CommitStep, PagedState};
+use paged::{CommitStep, PagedState, WriteStep};
 use state::{PoolState, Prepared};
 
 /// The pool's block size: the unit of mapping, dedup and allocation.
@@ -248,12 +248,18 @@ pub struct CacheReport {
 pub struct LockStats {
     pub holds: u64,
     pub max_hold_ns: u64,
+    /// Holds of [`LONG_HOLD_NS`] or more.
+    pub long_holds: u64,
 }
+
+/// What [`LockStats::long_holds`] counts: holds of 50 ms or more.
+pub const LONG_HOLD_NS: u64 = 50_000_000;
 
 #[derive(Default)]
 struct LockHolds {
     holds: AtomicU64,
     max_hold_ns: AtomicU64,
+    long_holds: AtomicU64,
 }
 
 impl LockHolds {
@@ -261,6 +267,9 @@ impl LockHolds {
         let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.holds.fetch_add(1, Ordering::Relaxed);
         self.max_hold_ns.fetch_max(ns, Ordering::Relaxed);
+        if ns >= LONG_HOLD_NS {
+            self.long_holds.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -338,12 +347,14 @@ impl Pool {
         LockStats {
             holds: self.holds.holds.load(Ordering::Relaxed),
             max_hold_ns: self.holds.max_hold_ns.load(Ordering::Relaxed),
+            long_holds: self.holds.long_holds.load(Ordering::Relaxed),
         }
     }
 
     pub fn reset_lock_stats(&self) {
         self.holds.holds.store(0, Ordering::Relaxed);
         self.holds.max_hold_ns.store(0, Ordering::Relaxed);
+        self.holds.long_holds.store(0, Ordering::Relaxed);
     }
 
     /// The pool's metadata format.
@@ -626,12 +637,20 @@ impl Volume {
             .chunks_exact(BLOCK_SIZE)
             .map(|block| Prepared::new(block, self.services, cipher))
             .collect();
-        self.pool.run(|state| {
-            for (i, block) in prepared.iter().enumerate() {
-                state.write_block(self.id, lba.saturating_add(i as u64), block, cipher)?;
+        // A new block's bytes go to the media without the pool lock: only
+        // the lookups, the allocation and the mapping hold it.
+        for (i, block) in prepared.iter().enumerate() {
+            let at = lba.saturating_add(i as u64);
+            let step = self
+                .pool
+                .run(|state| state.write_block_begin(self.id, at, block, cipher))?;
+            if let WriteStep::Place(mut placement) = step {
+                let written = placement.write();
+                self.pool
+                    .run(|state| state.write_block_end(self.id, at, placement, written))?;
             }
-            state.complete_write()
-        })
+        }
+        self.pool.run(|state| state.complete_write())
     }
 
     /// Reads whole blocks from block `lba`; unwritten blocks read as zeros.

@@ -128,6 +128,10 @@ pub struct TransactionManager {
     /// superblock may still use them.
     pending_freed: HashSet<u64>,
     pending_data_freed: HashSet<u64>,
+    /// Data blocks taken by writes in progress outside the owner's lock
+    /// ([`TransactionManager::reserve_data`]): free in every state, so no
+    /// commit refers to them, and not allocatable meanwhile.
+    reserved_data: HashSet<u64>,
     meta_blocks: u64,
     data_blocks: u64,
     meta_sm: u64,
@@ -162,6 +166,7 @@ impl TransactionManager {
             in_flight: false,
             pending_freed: HashSet::new(),
             pending_data_freed: HashSet::new(),
+            reserved_data: HashSet::new(),
             meta_blocks,
             data_blocks,
             meta_sm: 0,
@@ -358,6 +363,7 @@ impl TransactionManager {
             .saturating_sub(self.data_used)
             .saturating_sub(self.data_freed.len() as u64)
             .saturating_sub(self.pending_data_freed.len() as u64)
+            .saturating_sub(self.reserved_data.len() as u64)
     }
 
     /// Data blocks with a nonzero count.
@@ -539,6 +545,13 @@ impl TransactionManager {
 
     /// Allocates a data block (count 1).
     pub fn alloc_data(&mut self) -> MetaResult<u64> {
+        let block = self.free_data_block()?;
+        self.set_data_count(block, 0, 1)?;
+        Ok(block)
+    }
+
+    /// The next allocatable data block from the cursor, which moves past it.
+    fn free_data_block(&mut self) -> MetaResult<u64> {
         self.usable()?;
         let mut from = self.data_cursor;
         let mut wrapped = false;
@@ -556,13 +569,42 @@ impl TransactionManager {
                 return Err(MetaError::NoSpace);
             }
             from = block + 1;
-            if self.data_freed.contains(&block) || self.pending_data_freed.contains(&block) {
+            if self.data_freed.contains(&block)
+                || self.pending_data_freed.contains(&block)
+                || self.reserved_data.contains(&block)
+            {
                 continue;
             }
-            self.set_data_count(block, 0, 1)?;
             self.data_cursor = block + 1;
             return Ok(block);
         }
+    }
+
+    /// Takes a data block for a write that runs outside the owner's lock:
+    /// its count stays zero (so a commit prepared meanwhile does not refer
+    /// to it) until [`TransactionManager::claim_data`], and nothing else
+    /// allocates it until then or [`TransactionManager::unreserve_data`].
+    pub fn reserve_data(&mut self) -> MetaResult<u64> {
+        let block = self.free_data_block()?;
+        self.reserved_data.insert(block);
+        Ok(block)
+    }
+
+    /// Gives a reserved data block back (its write failed or found no
+    /// place to go).
+    pub fn unreserve_data(&mut self, block: u64) {
+        self.reserved_data.remove(&block);
+    }
+
+    /// Turns a reserved data block into an allocated one (count 1).
+    pub fn claim_data(&mut self, block: u64) -> MetaResult<()> {
+        self.usable()?;
+        if !self.reserved_data.remove(&block) {
+            return Err(MetaError::InvalidArgument(format!(
+                "data block {block} is not reserved"
+            )));
+        }
+        self.set_data_count(block, 0, 1)
     }
 
     /// Takes a reference on data block `block`.

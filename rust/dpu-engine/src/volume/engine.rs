@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use super::crypt::{Cipher, VolumeKey};
-use super::paged::{CommitStep, PagedOptions, PagedState};
+use super::paged::{CommitStep, PagedOptions, PagedState, Placement, WriteStep};
 use super::state::{OpenedVolume, PoolState, Prepared};
 use super::{PoolStats, Services, VolumeError, VolumeInfo, VolumeStats, BLOCK_SIZE};
-use crate::media::Media;
+use crate::media::{Media, MediaError};
 use crate::metadata::transaction::SUPERBLOCK_MAGIC;
 
 pub(crate) enum Engine {
@@ -150,14 +150,37 @@ impl Engine {
         both!(self, s => s.size_blocks(id))
     }
 
-    pub(crate) fn write_block(
+    /// Writes one block, or (paged pools, new raw blocks) prepares it to
+    /// be written without the pool lock: see [`PagedState::write_block_begin`].
+    pub(crate) fn write_block_begin(
         &mut self,
         vol: u32,
         lba: u64,
         block: &Prepared<'_>,
         cipher: Option<&Cipher>,
+    ) -> Result<WriteStep, VolumeError> {
+        match self {
+            Engine::InMemory(s) => s
+                .write_block(vol, lba, block, cipher)
+                .map(|()| WriteStep::Done),
+            Engine::Paged(s) => s.write_block_begin(vol, lba, block, cipher),
+        }
+    }
+
+    /// Finishes a block write begun by [`Engine::write_block_begin`].
+    pub(crate) fn write_block_end(
+        &mut self,
+        vol: u32,
+        lba: u64,
+        placement: Placement,
+        written: Result<(), MediaError>,
     ) -> Result<(), VolumeError> {
-        both!(self, s => s.write_block(vol, lba, block, cipher))
+        match self {
+            Engine::InMemory(_) => Err(VolumeError::InvalidArgument(
+                "a format 1 pool has no block writes in two halves".into(),
+            )),
+            Engine::Paged(s) => s.write_block_end(vol, lba, placement, written),
+        }
     }
 
     pub(crate) fn complete_write(&mut self) -> Result<(), VolumeError> {

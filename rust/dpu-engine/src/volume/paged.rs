@@ -86,6 +86,13 @@ const RECORD_LEASE: u64 = 1 << 16;
 const MIN_META_BLOCKS: u64 = 64;
 /// The smallest data area.
 const MIN_DATA_BLOCKS: u64 = 8;
+/// A transaction that allocated this many metadata blocks is committed
+/// (at most; half the cache when that is smaller): the first half of a
+/// commit, which applies the buffered counts, runs under the pool lock,
+/// so its size bounds that hold.
+const MAX_COMMIT_BLOCKS: usize = 4096;
+/// The longest a release step keeps going (it always releases one node).
+const RELEASE_STEP_TIME: std::time::Duration = std::time::Duration::from_millis(10);
 /// Deferred mapping nodes a flush releases on its way.
 const FLUSH_RELEASE_BUDGET: usize = 64;
 
@@ -216,6 +223,76 @@ pub(crate) enum CommitStep {
     Write(CommitWrite),
 }
 
+/// Block writes between their two halves ([`PagedState::write_block_begin`]):
+/// [`PagedState::close`] waits for their media writes.
+#[derive(Default)]
+pub(crate) struct Placements {
+    writing: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Placements {
+    fn wait_idle(&self) {
+        let mut writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        while *writing > 0 {
+            writing = self
+                .changed
+                .wait(writing)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// One block write counted in [`Placements`] until its media write ends.
+pub(crate) struct PlacementGuard(Arc<Placements>);
+
+impl PlacementGuard {
+    fn enter(placements: &Arc<Placements>) -> Self {
+        *placements.writing.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        PlacementGuard(placements.clone())
+    }
+}
+
+impl Drop for PlacementGuard {
+    fn drop(&mut self) {
+        let mut writing = self.0.writing.lock().unwrap_or_else(|e| e.into_inner());
+        *writing = writing.saturating_sub(1);
+        self.0.changed.notify_all();
+    }
+}
+
+/// A new block's stored bytes, written to the data area without the pool
+/// lock between [`PagedState::write_block_begin`] and
+/// [`PagedState::write_block_end`].
+pub(crate) struct Placement {
+    media: Arc<dyn Media>,
+    offset: u64,
+    bytes: Vec<u8>,
+    placed: Placed,
+    domain: u32,
+    fingerprint: Option<[u8; 32]>,
+    guard: Option<PlacementGuard>,
+}
+
+impl Placement {
+    /// Writes the bytes to their data block (nothing committed refers to
+    /// it yet). Call without the pool lock.
+    pub(crate) fn write(&mut self) -> Result<(), MediaError> {
+        let written = self.media.write_at(self.offset, &self.bytes);
+        self.guard = None;
+        written
+    }
+}
+
+/// What [`PagedState::write_block_begin`] left to do.
+pub(crate) enum WriteStep {
+    /// The block is written.
+    Done,
+    /// Write this placement without the pool lock, then finish with
+    /// [`PagedState::write_block_end`].
+    Place(Placement),
+}
+
 /// The commit in flight and what it changes when it is durable.
 struct InFlight {
     generation: u64,
@@ -257,6 +334,8 @@ pub(crate) struct PagedState {
     /// The record id lease of the durable superblock: ids below it are
     /// never handed out again after a crash.
     durable_lease: u64,
+    /// Block writes between their two halves.
+    placements: Arc<Placements>,
 }
 
 impl PagedState {
@@ -350,11 +429,12 @@ impl PagedState {
             next_rid,
             write_cache: true,
             reserve,
-            commit_after: (capacity / 2).max(16),
+            commit_after: (capacity / 2).clamp(16, MAX_COMMIT_BLOCKS),
             closed: false,
             commit_requested: None,
             in_flight: None,
             durable_lease: next_rid,
+            placements: Arc::default(),
         };
         state.domains.entry(0).or_insert(DomainEntry {
             encrypted: false,
@@ -372,6 +452,7 @@ impl PagedState {
         if let Some(flight) = &self.in_flight {
             let _ = flight.done.wait();
         }
+        self.placements.wait_idle();
     }
 
     pub(crate) fn usable(&self) -> Result<(), VolumeError> {
@@ -923,12 +1004,18 @@ impl PagedState {
     }
 
     /// Drops up to `budget` deferred node references (each frees at most
-    /// one node and the records its entries alone held); true when
-    /// nothing is left to release. The space is reusable after the next
-    /// commit.
+    /// one node and the records its entries alone held), stopping early
+    /// once [`RELEASE_STEP_TIME`] has passed (a leaf drops hundreds of
+    /// record references, so nodes alone do not bound the lock hold);
+    /// true when nothing is left to release. The space is reusable after
+    /// the next commit.
     pub(crate) fn release_step(&mut self, budget: usize) -> Result<bool, VolumeError> {
         self.usable()?;
+        let started = std::time::Instant::now();
         for _ in 0..budget {
+            if started.elapsed() >= RELEASE_STEP_TIME {
+                break;
+            }
             let Some((node, count)) = self.first_deferred()? else {
                 return Ok(true);
             };
@@ -984,23 +1071,35 @@ impl PagedState {
         self.commit()
     }
 
-    /// Writes one block of `vol`.
-    pub(crate) fn write_block(
+    /// Checks that block `lba` of `vol` can be written.
+    fn check_writable(&self, vol: u32, lba: u64, len: usize) -> Result<&VolumeEntry, VolumeError> {
+        let v = self.volume(vol)?;
+        if v.kind == VolumeKind::Snapshot {
+            return Err(VolumeError::ReadOnly);
+        }
+        if lba >= v.size_blocks || len != BLOCK_SIZE {
+            return Err(common::out_of_range(lba, len as u64, v.size_blocks));
+        }
+        Ok(v)
+    }
+
+    /// The first half of a block write, under the pool lock. A zero
+    /// block, a dedup match or a compressed block is written here
+    /// ([`WriteStep::Done`]). A new raw block gets a data block free in
+    /// every state (reserved, its count still zero, so a commit prepared
+    /// meanwhile does not refer to it) and a record id, and is returned
+    /// encrypted, for the caller to write without the lock and hand to
+    /// [`PagedState::write_block_end`].
+    pub(crate) fn write_block_begin(
         &mut self,
         vol: u32,
         lba: u64,
         block: &Prepared<'_>,
         cipher: Option<&Cipher>,
-    ) -> Result<(), VolumeError> {
+    ) -> Result<WriteStep, VolumeError> {
         self.usable()?;
         let data = block.data;
-        let v = self.volume(vol)?;
-        if v.kind == VolumeKind::Snapshot {
-            return Err(VolumeError::ReadOnly);
-        }
-        if lba >= v.size_blocks || data.len() != BLOCK_SIZE {
-            return Err(common::out_of_range(lba, data.len() as u64, v.size_blocks));
-        }
+        let v = self.check_writable(vol, lba, data.len())?;
         let (domain, services) = (v.domain, v.services);
         let cipher = self.domain_cipher(domain, cipher)?;
         let reprepared;
@@ -1016,13 +1115,83 @@ impl PagedState {
             Some(fp) => self.dedup_candidate(domain, &fp, data, cipher)?,
             None => None,
         };
-        let placed = if shared.is_none() && !block.zero {
-            self.lease_record_id()?;
-            Some(self.place(block, cipher)?)
-        } else {
-            None
-        };
-        let result = self.write_inner(vol, lba, block, domain, shared, placed);
+        if shared.is_some() || block.zero || block.compressed.is_some() {
+            let placed = if shared.is_none() && !block.zero {
+                self.lease_record_id()?;
+                Some(self.place(block, cipher)?)
+            } else {
+                None
+            };
+            let result = self.write_inner(vol, lba, block.fingerprint, domain, shared, placed);
+            self.changing(result)?;
+            self.after_change()?;
+            return Ok(WriteStep::Done);
+        }
+        self.lease_record_id()?;
+        let reserved = self.tm.reserve_data().map_err(VolumeError::from);
+        let data_block = self.changing(reserved)?;
+        // The id is the record's XTS tweak: taken now, never handed out
+        // again, even if the write fails.
+        let rid = self.next_rid;
+        self.next_rid += 1;
+        let mut bytes = data.to_vec();
+        if let Some(c) = cipher {
+            c.encrypt(&mut bytes, rid);
+        }
+        let crc = crc32c::crc32c(&bytes);
+        Ok(WriteStep::Place(Placement {
+            media: self.media.clone(),
+            offset: (self.data_start + data_block) * BS,
+            bytes,
+            placed: Placed {
+                rid,
+                block: data_block,
+                unit: 0,
+                units: UNITS_PER_BLOCK as u16,
+                codec: Compression::None,
+                len: BLOCK_SIZE as u16,
+                crc,
+            },
+            domain,
+            fingerprint: block.fingerprint,
+            guard: Some(PlacementGuard::enter(&self.placements)),
+        }))
+    }
+
+    /// The second half of a block write, under the pool lock: records and
+    /// maps the block the caller wrote (`written` is how that went). A
+    /// failed write, or a volume that went away or shrank meanwhile,
+    /// gives the data block back and leaves the pool usable.
+    pub(crate) fn write_block_end(
+        &mut self,
+        vol: u32,
+        lba: u64,
+        placement: Placement,
+        written: Result<(), MediaError>,
+    ) -> Result<(), VolumeError> {
+        let block = placement.placed.block;
+        let ready = written
+            .map_err(VolumeError::from)
+            .and_then(|()| self.usable())
+            .and_then(|()| self.check_writable(vol, lba, BLOCK_SIZE).map(|_| ()));
+        if let Err(e) = ready {
+            self.tm.unreserve_data(block);
+            return Err(e);
+        }
+        let result = self
+            .tm
+            .claim_data(block)
+            .map_err(VolumeError::from)
+            .and_then(|()| {
+                self.write_inner(
+                    vol,
+                    lba,
+                    placement.fingerprint,
+                    placement.domain,
+                    None,
+                    Some(placement.placed),
+                )
+            });
         self.changing(result)?;
         self.after_change()
     }
@@ -1058,13 +1227,13 @@ impl PagedState {
         &mut self,
         vol: u32,
         lba: u64,
-        block: &Prepared<'_>,
+        fingerprint: Option<[u8; 32]>,
         domain: u32,
         shared: Option<u64>,
         placed: Option<Placed>,
     ) -> Result<(), VolumeError> {
         let entry = match (placed, shared) {
-            (Some(placed), _) => self.add_record(domain, block, placed)?,
+            (Some(placed), _) => self.add_record(domain, fingerprint, placed)?,
             (None, Some(rid)) => {
                 records::record_ref(&mut self.tm, rid, 1)?;
                 rid
@@ -1197,10 +1366,10 @@ impl PagedState {
     fn add_record(
         &mut self,
         domain: u32,
-        prepared: &Prepared<'_>,
+        fingerprint: Option<[u8; 32]>,
         placed: Placed,
     ) -> Result<u64, VolumeError> {
-        let key = prepared.fingerprint.map(|fp| index_key(domain, &fp));
+        let key = fingerprint.map(|fp| index_key(domain, &fp));
         // The index is bounded by the metadata area: when that runs short,
         // new records are stored unindexed (fewer dedup matches), and
         // writes never fail for the index's sake.
