@@ -23,7 +23,11 @@ set +e
 
 cd "$DPUBLK_TOP"
 passed=0 failed=0 skipped=0
-results="$(mktemp -d)"
+# Every log of the run (KTAP, VM stderr, cargo) stays in the cache, the
+# last ten runs of it, so a failure seen only in CI's summary can be read.
+results="$DPUBLK_CACHE/check-logs/$(date -u +%Y%m%dT%H%M%SZ)-$$"
+mkdir -p "$results" || die "cannot make $results"
+ls -1d "$DPUBLK_CACHE"/check-logs/*/ 2>/dev/null | head -n -10 | xargs -r rm -rf
 started=$(date +%s)
 suites=${DPUBLK_CHECK_SUITES:-host vm}
 allowed_skips="$DPUBLK_TOP/selftests/dpublk/skips-allowed"
@@ -31,17 +35,16 @@ allowed_skips="$DPUBLK_TOP/selftests/dpublk/skips-allowed"
 summary() {
 	echo
 	echo "check took $(($(date +%s) - started)) s"
+	echo "logs: $results"
 	echo "$passed passed, $failed failed, $skipped skipped"
 }
 on_term() {
 	echo "FAIL make check: stopped by a signal (time limit?) after $(($(date +%s) - started)) s"
 	failed=$((failed + 1))
 	summary
-	rm -rf "$results"
 	exit 1
 }
 trap on_term TERM INT
-trap 'rm -rf "$results"' EXIT
 
 record() { # record NAME RC
 	if [ "$2" = 0 ]; then
@@ -115,6 +118,12 @@ if [[ " $suites " == *" host "* ]]; then
 	if [ $rc != 0 ] && [ "$cargo_fail" = 0 ]; then
 		record "cargo test (build or harness error)" $rc
 	fi
+	# The NVMe/TCP PDU parser takes bytes from the network: its mutation
+	# fuzzer's seeded sample (`make fuzz-nvmf` adds the session fuzzer).
+	cargo run --release --quiet -p nvme-tcp --bin nvme-tcp-fuzz -- --inputs 10000000 --seed 1 \
+		>"$results/fuzz-nvmf.log" 2>&1
+	rc=$?; [ $rc = 0 ] || tail -20 "$results/fuzz-nvmf.log"
+	record "nvme-tcp PDU fuzz, 10M inputs" $rc
 	unset CARGO_TARGET_DIR
 fi
 
@@ -173,8 +182,11 @@ if [[ " $suites " == *" vm "* ]]; then
 		judge "$name" "$results/vm-$name.ktap" "$@"
 	}
 
-	run_suite basic 600 -- test_load_unload test_configfs_root test_null_blk_fio test_rnull_fio \
-		test_dpublk_kunit
+	# The stock drivers, the module's KUnit suites, and NVMe/TCP inside the
+	# guest (dpuemu's target against Linux's nvme-tcp host, dpuemu's
+	# initiator against Linux's nvmet-tcp; each starts its own dpuemu).
+	run_suite basic 800 -- test_load_unload test_configfs_root test_null_blk_fio test_rnull_fio \
+		test_dpublk_kunit test_nvmf_tcp test_nvmf_initiator
 	# dpuemu's functions under the stock nvme driver (issue 3).
 	run_suite accel 600 --accelerator --ssds 2 -- test_functions_present test_ssd_fio_verify test_dpuemu_idle
 	run_suite accel-iommu 600 --accelerator --ssds 2 --iommu -- test_functions_present test_ssd_fio_verify
@@ -197,9 +209,12 @@ if [[ " $suites " == *" vm "* ]]; then
 		test_configfs_snapshot_ro test_configfs_samples test_dpublk_flush_discard \
 		test_thin_snapshot_clone test_thin_snapshot_disk test_thin_pool_full \
 		test_reduction_dedup_compress test_reduction_encryption
-	# Protection: degraded mode, rebuild onto a spare, scrub (issue 6).
-	run_suite protection 1200 --accelerator --ssds 7 --ssd-size 128M -- \
-		test_protection_scrub test_protection_degraded test_protection_rebuild
+	# Protection: degraded mode, rebuild onto a spare, scrub (issue 6), a
+	# scrub under forced resets and unbind, and the driver refusing corrupt
+	# admin payloads (issue 14).
+	run_suite protection 1500 --accelerator --ssds 7 --ssd-size 128M -- \
+		test_protection_scrub test_protection_scrub_reset test_protection_degraded \
+		test_protection_rebuild test_dpublk_hostile_payloads
 	# Several VM runs over the same SSD images each (QEMU's vfio-user client
 	# does not survive its server's death). The power-loss campaign's
 	# sample: two power cuts (three boots); `make crash N=50` is the campaign.
