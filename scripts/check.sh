@@ -18,6 +18,7 @@
 #
 #   DPUBLK_CHECK_SUITES="host vm"   which parts to run (default: all)
 #   DPUBLK_CHECK_ONLY="suite ..."   only these VM suites (default: all)
+#   DPUBLK_TIME_FACTOR=N            every time limit N times longer (default 1)
 . "$(dirname "$0")/lib.sh"
 set +e
 
@@ -145,7 +146,9 @@ if [[ " $suites " == *" vm "* ]]; then
 	# run_suite NAME TIME-LIMIT VM-OPTIONS... -- TESTS...
 	# Boots one VM with the given hardware, runs the tests, judges the KTAP.
 	run_suite() {
-		local name=$1 limit=$2; shift 2
+		# DPUBLK_TIME_FACTOR multiplies every limit (make check-debug: the
+		# debug kernel runs several times slower under TCG).
+		local name=$1 limit=$(($2 * ${DPUBLK_TIME_FACTOR:-1})); shift 2
 		local vm_opts=() tests=() needs_accel=0
 		while [ "$1" != -- ]; do vm_opts+=("$1"); [ "$1" = --accelerator ] && needs_accel=1; shift; done
 		shift
@@ -160,7 +163,8 @@ if [[ " $suites " == *" vm "* ]]; then
 		# DPUBLK_GUEST_ENV: VAR=VALUE words for the tests (make check's
 		# shorter samples of long tests).
 		DPUBLK_VM_TIMEOUT=$limit "$DPUBLK_TOP/scripts/vm.sh" "${vm_opts[@]}" -- \
-			env ${DPUBLK_GUEST_ENV:-} selftests/dpublk/run_tests.sh "${tests[@]}" \
+			env ${DPUBLK_GUEST_ENV:-} DPUBLK_TIME_FACTOR=${DPUBLK_TIME_FACTOR:-1} \
+			selftests/dpublk/run_tests.sh "${tests[@]}" \
 			2> >(tee "$results/vm-$name.err" | grep -E '^\[dpublk|error|time limit' >&2) | tee "$results/vm-$name.ktap"
 		echo "=== VM suite $name took $(($(date +%s) - t0)) s"
 		grep -q '^# Totals:' "$results/vm-$name.ktap" || { echo "VM stderr tail:"; tail -30 "$results/vm-$name.err"; }

@@ -36,6 +36,8 @@ for test in "${TESTS[@]}"; do
 	fi
 	limit=$(sed -n 's/^# dpublk-timeout: *\([0-9][0-9]*\)$/\1/p' "./$test.sh" | head -1)
 	limit=${limit:-${default_timeout:-600}}
+	# DPUBLK_TIME_FACTOR (make check-debug): a slower kernel, longer limits.
+	limit=$((limit * ${DPUBLK_TIME_FACTOR:-1}))
 	start=$(date +%s)
 	timeout --kill-after=10 "$limit" "./$test.sh" 2>&1 | sed -u 's/^\([^#]\)/# \1/' | tee "$out"
 	rc=${PIPESTATUS[0]}
