@@ -1,9 +1,10 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# `make check`: every test. Userspace first (the harness's own tests, cargo
-# fmt, clippy, tests), then the builds the VM tests use, then the kselftests
-# inside the VM (without and with the accelerator, with and without a
-# vIOMMU as the suites require).
+# `make check` (what CI runs) and `make check-full` (every test). Userspace
+# first (the harness's own tests, cargo fmt, clippy, tests, the NVMe/TCP
+# fuzz sample), then the builds the VM tests use, then the kselftests inside
+# the VM (without and with the accelerator, with and without a vIOMMU as the
+# suites require): a sample of them for make check, all for check-full.
 # Ends with 'N passed, N failed, N skipped'; exits non-zero on any failure.
 #
 # Nothing passes by accident (Documentation/testing.rst):
@@ -16,6 +17,10 @@
 #   set per suite here), and the whole check one of DPUBLK_CHECK_TIMEOUT
 #   (.ci/run sets it): a hang fails its suite and the run goes on.
 #
+#   DPUBLK_CHECK_LEVEL=sample|full  the VM suites' sample (make check, CI:
+#                                   one boot per kind of hardware, about 10
+#                                   minutes warm) or every test (make
+#                                   check-full, about 35 minutes)
 #   DPUBLK_CHECK_SUITES="host vm"   which parts to run (default: all)
 #   DPUBLK_CHECK_ONLY="suite ..."   only these VM suites (default: all)
 #   DPUBLK_TIME_FACTOR=N            every time limit N times longer (default 1)
@@ -31,6 +36,8 @@ mkdir -p "$results" || die "cannot make $results"
 ls -1d "$DPUBLK_CACHE"/check-logs/*/ 2>/dev/null | head -n -10 | xargs -r rm -rf
 started=$(date +%s)
 suites=${DPUBLK_CHECK_SUITES:-host vm}
+level=${DPUBLK_CHECK_LEVEL:-sample}
+case $level in sample | full) ;; *) die "DPUBLK_CHECK_LEVEL must be sample or full" ;; esac
 allowed_skips="$DPUBLK_TOP/selftests/dpublk/skips-allowed"
 
 summary() {
@@ -162,7 +169,7 @@ if [[ " $suites " == *" vm "* ]]; then
 		local t0=$(date +%s)
 		# DPUBLK_GUEST_ENV: VAR=VALUE words for the tests (make check's
 		# shorter samples of long tests).
-		DPUBLK_VM_TIMEOUT=$limit "$DPUBLK_TOP/scripts/vm.sh" "${vm_opts[@]}" -- \
+		DPUBLK_LOG_DIR="$results/vm-$name.logs" DPUBLK_VM_TIMEOUT=$limit "$DPUBLK_TOP/scripts/vm.sh" "${vm_opts[@]}" -- \
 			env ${DPUBLK_GUEST_ENV:-} DPUBLK_TIME_FACTOR=${DPUBLK_TIME_FACTOR:-1} \
 			selftests/dpublk/run_tests.sh "${tests[@]}" \
 			2> >(tee "$results/vm-$name.err" | grep -E '^\[dpublk|error|time limit' >&2) | tee "$results/vm-$name.ktap"
@@ -180,51 +187,72 @@ if [[ " $suites " == *" vm "* ]]; then
 			not_run "$name" "a build it needs failed" "$@"; return
 		fi
 		local t0=$(date +%s)
-		"$DPUBLK_TOP/scripts/${script[0]}" "${script[@]:1}" 2> >(tee "$results/vm-$name.err" | grep -E '^\[dpublk|time limit' >&2) |
+		DPUBLK_LOG_DIR="$results/vm-$name.logs" "$DPUBLK_TOP/scripts/${script[0]}" "${script[@]:1}" 2> >(tee "$results/vm-$name.err" | grep -E '^\[dpublk|time limit' >&2) |
 			tee "$results/vm-$name.ktap"
 		echo "=== VM suite $name took $(($(date +%s) - t0)) s"
 		judge "$name" "$results/vm-$name.ktap" "$@"
 	}
 
-	# The stock drivers, the module's KUnit suites, and NVMe/TCP inside the
-	# guest (dpuemu's target against Linux's nvme-tcp host, dpuemu's
-	# initiator against Linux's nvmet-tcp; each starts its own dpuemu).
-	run_suite basic 800 -- test_load_unload test_configfs_root test_null_blk_fio test_rnull_fio \
-		test_dpublk_kunit test_nvmf_tcp test_nvmf_initiator
-	# dpuemu's functions under the stock nvme driver (issue 3).
-	run_suite accel 600 --accelerator --ssds 2 -- test_functions_present test_ssd_fio_verify test_dpuemu_idle
-	run_suite accel-iommu 600 --accelerator --ssds 2 --iommu -- test_functions_present test_ssd_fio_verify
-	# dpublk driving the accelerator, namespace 1 passed through to SSD 0.
-	# The hostile device for 30 s here; HOSTILE_SECONDS=120 and more when run alone.
-	DPUBLK_GUEST_ENV="HOSTILE_SECONDS=30" DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" \
-		run_suite dpublk 1200 --accelerator --ssds 2 -- \
-		test_dpublk_probe test_dpublk_fio_verify test_dpublk_fs test_dpublk_sched_switch \
-		test_dpublk_cpu_hotplug test_dpublk_pci_remove test_dpublk_rmmod_during_io \
-		test_dpublk_reset test_dpublk_hostile test_dpublk_dead_device
-	DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" run_suite dpublk-iommu 600 --accelerator --ssds 2 --iommu -- \
-		test_dpublk_probe test_dpublk_fio_verify test_dpublk_pci_remove
-	# configfs management (issue 5), thin volumes, snapshots and clones,
-	# data reduction and encryption (issues 7 and 8): the same four SSD
-	# functions of 512 MiB, so one VM boot.
-	# The configfs races with 300 iterations per writer here (1,000 alone).
-	DPUBLK_GUEST_ENV="DPUBLK_RACE_ITERATIONS=300" \
-		run_suite management 1500 --accelerator --ssds 4 --ssd-size 512M -- \
-		test_configfs_lifecycle test_configfs_bad_input test_configfs_races test_configfs_lock_scope \
-		test_configfs_snapshot_ro test_configfs_samples test_dpublk_flush_discard \
-		test_thin_snapshot_clone test_thin_snapshot_disk test_thin_pool_full \
-		test_reduction_dedup_compress test_reduction_encryption
-	# Protection: degraded mode, rebuild onto a spare, scrub (issue 6), a
-	# scrub under forced resets and unbind, and the driver refusing corrupt
-	# admin payloads (issue 14).
-	run_suite protection 1500 --accelerator --ssds 7 --ssd-size 128M -- \
-		test_protection_scrub test_protection_scrub_reset test_protection_degraded \
-		test_protection_rebuild test_dpublk_hostile_payloads
-	# Several VM runs over the same SSD images each (QEMU's vfio-user client
-	# does not survive its server's death). The power-loss campaign's
-	# sample: two power cuts (three boots); `make crash N=50` is the campaign.
-	DPUBLK_VM_TIMEOUT=600 run_script power-loss "crash-campaign.sh --kill-points 2" kp0 kp1
-	DPUBLK_VM_TIMEOUT=600 run_script volume-persistence persistence-test.sh \
-		locked_create persistence_create locked_verify persistence_verify
+	if [ "$level" = full ]; then
+		# The stock drivers, the module's KUnit suites, and NVMe/TCP inside the
+		# guest (dpuemu's target against Linux's nvme-tcp host, dpuemu's
+		# initiator against Linux's nvmet-tcp; each starts its own dpuemu).
+		run_suite basic 800 -- test_load_unload test_configfs_root test_null_blk_fio test_rnull_fio \
+			test_dpublk_kunit test_nvmf_tcp test_nvmf_initiator
+		# dpuemu's functions under the stock nvme driver (issue 3).
+		run_suite accel 600 --accelerator --ssds 2 -- test_functions_present test_ssd_fio_verify test_dpuemu_idle
+		run_suite accel-iommu 600 --accelerator --ssds 2 --iommu -- test_functions_present test_ssd_fio_verify
+		# dpublk driving the accelerator, namespace 1 passed through to SSD 0.
+		# The hostile device for 30 s here; HOSTILE_SECONDS=120 and more when run alone.
+		DPUBLK_GUEST_ENV="HOSTILE_SECONDS=30" DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" \
+			run_suite dpublk 1200 --accelerator --ssds 2 -- \
+			test_dpublk_probe test_dpublk_fio_verify test_dpublk_fs test_dpublk_sched_switch \
+			test_dpublk_cpu_hotplug test_dpublk_pci_remove test_dpublk_rmmod_during_io \
+			test_dpublk_reset test_dpublk_hostile test_dpublk_dead_device
+		DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" run_suite dpublk-iommu 600 --accelerator --ssds 2 --iommu -- \
+			test_dpublk_probe test_dpublk_fio_verify test_dpublk_pci_remove
+		# configfs management (issue 5), thin volumes, snapshots and clones,
+		# data reduction and encryption (issues 7 and 8): the same four SSD
+		# functions of 512 MiB, so one VM boot.
+		# The configfs races with 300 iterations per writer here (1,000 alone).
+		DPUBLK_GUEST_ENV="DPUBLK_RACE_ITERATIONS=300" \
+			run_suite management 1500 --accelerator --ssds 4 --ssd-size 512M -- \
+			test_configfs_lifecycle test_configfs_bad_input test_configfs_races test_configfs_lock_scope \
+			test_configfs_snapshot_ro test_configfs_samples test_dpublk_flush_discard \
+			test_thin_snapshot_clone test_thin_snapshot_disk test_thin_pool_full \
+			test_reduction_dedup_compress test_reduction_encryption
+		# Protection: degraded mode, rebuild onto a spare, scrub (issue 6), a
+		# scrub under forced resets and unbind, and the driver refusing corrupt
+		# admin payloads (issue 14).
+		run_suite protection 1500 --accelerator --ssds 7 --ssd-size 128M -- \
+			test_protection_scrub test_protection_scrub_reset test_protection_degraded \
+			test_protection_rebuild test_dpublk_hostile_payloads
+		# Several VM runs over the same SSD images each (QEMU's vfio-user client
+		# does not survive its server's death). The power-loss campaign's
+		# sample: two power cuts (three boots); `make crash N=50` is the campaign.
+		DPUBLK_VM_TIMEOUT=600 run_script power-loss "crash-campaign.sh --kill-points 2" kp0 kp1
+		DPUBLK_VM_TIMEOUT=600 run_script volume-persistence persistence-test.sh \
+			locked_create persistence_create locked_verify persistence_verify
+	else
+		# The sample: one boot per kind of hardware, each suite's tests that
+		# catch the most per second, shortened where a test has a length
+		# knob; every test of every suite runs in `make check-full`.
+		run_suite basic 400 -- test_load_unload test_configfs_root test_dpublk_kunit test_nvmf_tcp
+		# dpublk on the accelerator behind the vIOMMU: data, lost command
+		# (abort and reset), the hostile device for 10 s, PCI remove.
+		DPUBLK_GUEST_ENV="HOSTILE_SECONDS=10 DPUBLK_FIO_JOB_MB=2" DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" \
+			run_suite dpublk 600 --accelerator --ssds 2 --iommu -- \
+			test_functions_present test_dpublk_probe test_dpublk_fio_verify test_dpublk_reset \
+			test_dpublk_hostile test_dpublk_pci_remove
+		# configfs, thin snapshots, reduction and encryption, degraded RAID.
+		DPUBLK_GUEST_ENV="DPUBLK_SNAPSHOT_RO_CYCLES=100" \
+			run_suite management 600 --accelerator --ssds 6 --ssd-size 512M -- \
+			test_configfs_lifecycle test_configfs_snapshot_ro test_thin_snapshot_clone \
+			test_reduction_encryption test_protection_degraded
+		DPUBLK_VM_TIMEOUT=400 run_script power-loss "crash-campaign.sh --kill-points 1" kp0
+		DPUBLK_VM_TIMEOUT=400 run_script volume-persistence persistence-test.sh \
+			locked_create persistence_create locked_verify persistence_verify
+	fi
 fi
 
 summary

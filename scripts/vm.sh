@@ -79,6 +79,12 @@ cleanup() {
 		pgrep -f "dpuemu.*$rundir" >/dev/null || break
 		sleep 0.1
 	done
+	# DPUBLK_LOG_DIR (make check sets it): dpuemu's and the agent's logs
+	# outlive the run, in a directory per boot.
+	if [ -n "${DPUBLK_LOG_DIR:-}" ]; then
+		mkdir -p "$DPUBLK_LOG_DIR/${rundir##*/}" &&
+			cp "$rundir"/*.log "$DPUBLK_LOG_DIR/${rundir##*/}"/ 2>/dev/null
+	fi
 	rm -rf "$rundir"
 }
 trap cleanup EXIT

@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0
 # fio verify (crc32c) on /dev/dpublk0: randwrite then verify at several block
 # sizes and depths, four jobs on disjoint ranges, then an independent dd
-# pattern check.
+# pattern check. DPUBLK_FIO_JOB_MB (16) is each job's range: make check's
+# sample uses less.
 . "$(dirname "$0")/test_common.sh"
 . "$(dirname "$0")/dpublk_disk_common.sh"
 
@@ -13,10 +14,12 @@ on_exit unload_dpublk
 dev=/dev/dpublk0
 size=$(blockdev --getsize64 $dev)
 [ "$size" -ge $((256 << 20)) ] || skip "dpublk0 is smaller than 256 MiB"
+job_mb=${DPUBLK_FIO_JOB_MB:-16}
+[[ $job_mb =~ ^[1-9][0-9]*$ ]] && [ "$job_mb" -le 16 ] || fail "DPUBLK_FIO_JOB_MB must be 1..16"
 for bs in 4k 16k 128k 1M; do
 	for depth in 1 64; do
-		# Four jobs, each on its own 16 MiB range.
-		dpublk_fio_verify $dev --bs=$bs --iodepth=$depth --numjobs=4 --size=16M \
+		# Four jobs, each on its own range.
+		dpublk_fio_verify $dev --bs=$bs --iodepth=$depth --numjobs=4 --size=${job_mb}M \
 			--offset_increment=16M --offset=0
 	done
 done
@@ -27,5 +30,5 @@ dd if=$dev of="$TEST_TMP/readback" bs=1M skip=128 count=4 iflag=direct status=no
 cmp -s "$TEST_TMP/pattern" "$TEST_TMP/readback" || fail "pattern read back from $dev differs"
 unload_dpublk
 dmesg_check_clean
-diag "iommu=${DPUBLK_IOMMU:-0}: fio verify at 4k..1M, depth 1 and 64, and dd pattern passed"
+diag "iommu=${DPUBLK_IOMMU:-0}: fio verify at 4k..1M, depth 1 and 64 (4 x $job_mb MiB), and dd pattern passed"
 exit $KSFT_PASS
