@@ -223,8 +223,10 @@ if [[ " $suites " == *" vm "* ]]; then
 			test_reduction_dedup_compress test_reduction_encryption
 		# Protection: degraded mode, rebuild onto a spare, scrub (issue 6), a
 		# scrub under forced resets and unbind, and the driver refusing corrupt
-		# admin payloads (issue 14).
-		run_suite protection 1500 --accelerator --ssds 7 --ssd-size 128M -- \
+		# admin payloads (issue 14). Scrubs limited to 256 MB/s of SSD reads,
+		# so one lasts seconds and the unbind meets one running.
+		DPUBLK_DPUEMU_ARGS="--scrub-rate 256M" \
+			run_suite protection 1500 --accelerator --ssds 7 --ssd-size 128M -- \
 			test_protection_scrub test_protection_scrub_reset test_protection_degraded \
 			test_protection_rebuild test_dpublk_hostile_payloads
 		# Several VM runs over the same SSD images each (QEMU's vfio-user client

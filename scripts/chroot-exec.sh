@@ -26,6 +26,11 @@ passed=()
 while IFS='=' read -r name _; do
 	case $name in DPUBLK_*) passed+=("$name=${!name}") ;; esac
 done < <(env)
+# A path under the cache (DPUBLK_LOG_DIR of make check) is seen at the
+# chroot's cache path.
+for i in "${!passed[@]}"; do
+	case ${passed[$i]} in DPUBLK_LOG_DIR="$cache"/*) passed[$i]=DPUBLK_LOG_DIR=$chroot_cache/${passed[$i]#DPUBLK_LOG_DIR="$cache"/} ;; esac
+done
 exec chroot "$root" /usr/bin/env -i \
 	HOME=/root TERM="${TERM:-dumb}" CI="${CI:-}" \
 	PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

@@ -1,10 +1,13 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# Scrub finds and repairs silent corruption on raid6 and ec 4+2: an SSD
-# stores the next write to a range with flipped bits (fault corrupt), the
-# volume is written, a scrub check counts the mismatches (twice the same:
-# a check repairs nothing), a scrub repair repairs all of them, every byte
-# reads back as written, and a new check finds 0. A scrub runs in the
+# Scrub finds and repairs silent corruption on raid6 and ec 4+2: the
+# volume is written, then data at rest on one SSD decays (fault rot: a bit
+# flipped in every sector of six ranges), a scrub check counts the
+# mismatches (twice the same: a check repairs nothing), a scrub repair
+# repairs all of them, every byte reads back as written, and a new check
+# finds 0. (Corruption at write time, fault corrupt, is not what a scrub is
+# for: a later partial-row write may fold the bad chunk into the parity;
+# Documentation/configfs.rst.) A scrub runs in the
 # background: the write to volumes/NAME/scrub returns at once and the test
 # polls the attribute (state, progress, rows) until it is done
 # (protection_common.sh). Needs 6 SSDs.
@@ -23,13 +26,12 @@ scrub_case() {
 	shift 3
 	dev=$(make_volume "$name" s0,s1,s2,s3,s4,s5 "$layout" 128M "$@")
 	[ "$(scrub "$name" check)" = "mismatches 0 repaired 0" ] || fail "$name: a new volume has mismatches"
-	# Past the member's label, array journal and the pool's first blocks,
-	# six 64 KiB ranges from 16 MiB on, 17 rows apart: the first write to
-	# each lands corrupted. Parity rotates, so some of them hold data (a
-	# corrupted parity chunk may be rewritten by a later write to its
-	# row). 96 MiB of volume data put about 24 MiB on each member.
-	for i in 0 1 2 3 4 5; do ssd_fault "$victim" corrupt $((32768 + i * 2176)) 128; done
+	# 96 MiB of volume data put about 24 MiB on each member. Past the
+	# member's label, array journal and the pool's first blocks, six 64 KiB
+	# ranges from 16 MiB on, 17 rows apart, then rot. Parity rotates, so
+	# some of them hold data and some parity.
 	reference_write "$dev" 0 96
+	for i in 0 1 2 3 4 5; do ssd_fault "$victim" rot $((32768 + i * 2176)) 128; done
 	report=$(scrub "$name" check)
 	found=$(awk '$1 == "mismatches" && $3 == "repaired" { print $2 }' <<<"$report")
 	[ -n "$found" ] && [ "$found" -gt 0 ] || fail "$name: the check found nothing: '$report'"

@@ -5,9 +5,9 @@
 # and unbind never wait behind it, and it keeps its result across them.
 # Needs 6 SSDs and dpuemu (its test-hook register and its log).
 #
-# 1. A raid6 volume over six SSDs holds reference data, part of it stored
-#    corrupted on one SSD (fault corrupt); an uninterrupted scrub check
-#    counts N mismatching sectors.
+# 1. A raid6 volume over six SSDs holds reference data, part of it decayed
+#    on one SSD (fault rot); an uninterrupted scrub check counts N
+#    mismatching sectors.
 # 2. dpuemu's hostile mode (test-hook register bit 1) is turned on while
 #    fio writes and verifies another region: every few hundred I/O
 #    completions break the protocol and the driver resets the controller.
@@ -18,7 +18,9 @@
 #    no reset failed, the controller was never given up on.
 # 3. A scrub repair is started and the accelerator unbound while it runs:
 #    the unbind completes within the admin timeout (10 s; before, a scrub
-#    held the admin queue for up to 10 minutes). Bound again, the volume's
+#    held the admin queue for up to 10 minutes). dpuemu runs with a scrub
+#    rate limit (check.sh: --scrub-rate 256M) so that a scrub lasts
+#    seconds and is still running when the unbind comes. Bound again, the volume's
 #    disk is back, the scrub log shows the repair done with N repaired, a
 #    new check finds 0 and the reference data reads back exactly.
 . "$(dirname "$0")/test_common.sh"
@@ -44,11 +46,14 @@ set_hostile() { # set_hostile 0|1
 		fail "cannot write the test-hook register"
 }
 on_exit "set_hostile 0"
+# After a failure between unbind and bind, bind again so that the
+# configfs tree can be torn down (hooks run last first).
+on_exit "[ -e /sys/bus/pci/drivers/dpublk/$pci ] || echo $pci >/sys/bus/pci/drivers/dpublk/bind"
 
 name=sr
 dev=$(make_volume "$name" s0,s1,s2,s3,s4,s5 raid6 256M)
-for i in 0 1 2 3 4 5; do ssd_fault s3 corrupt $((32768 + i * 2176)) 128; done
 reference_write "$dev" 0 96
+for i in 0 1 2 3 4 5; do ssd_fault s3 rot $((32768 + i * 2176)) 128; done
 report=$(scrub "$name" check)
 found=$(awk '{ print $2 }' <<<"$report")
 [ -n "$found" ] && [ "$found" -gt 0 ] || fail "the uninterrupted check found nothing: '$report'"

@@ -746,6 +746,11 @@ pub mod fault {
     /// Silently corrupt the data of the LBA range: the next write to it
     /// stores flipped bits (the SSD does not notice).
     pub const CORRUPT: u8 = 6;
+    /// Bit rot: flip one bit in every 512-byte sector the LBA range holds
+    /// now (at most [`ROT_MAX_BYTES`]); found only by reading it.
+    pub const ROT: u8 = 7;
+    /// The largest range one [`ROT`] may cover.
+    pub const ROT_MAX_BYTES: u64 = 16 << 20;
 }
 
 /// Payload of Fault Injection.

@@ -68,6 +68,9 @@ Options:
   --metadata-cache SIZE  memory for each pool's metadata cache (bytes, or
                          K/M/G suffix; 256K to 64G, default 256M): new pools
                          keep their metadata on the SSDs, paged through it
+  --scrub-rate SIZE      the most SSD bytes per second a scrub reads, over
+                         all its members (M/G suffix, at least 1M; default
+                         0: no limit)
   -h, --help             print this help
   -V, --version          print the version
 ";
@@ -105,6 +108,9 @@ pub struct Options {
     pub metadata_cache: u64,
     /// `--zoned-ssd`: SSD index and zone layout, one per zoned SSD.
     pub zoned_ssds: Vec<(usize, ZoneConfig)>,
+    /// Member bytes per second a scrub may read, 0 for no limit
+    /// (`--scrub-rate`).
+    pub scrub_rate: u64,
 }
 
 /// Most open or active zones `--zoned-ssd` accepts.
@@ -161,6 +167,18 @@ fn parse_metadata_cache(text: &str) -> Result<u64, String> {
         ));
     }
     Ok(bytes)
+}
+
+/// `--scrub-rate`: 0 (no limit) or at least 1M bytes per second.
+fn parse_scrub_rate(text: &str) -> Result<u64, String> {
+    if text.trim() == "0" {
+        return Ok(0);
+    }
+    let rate = parse_size(text).map_err(|e| format!("--scrub-rate: {e}"))?;
+    if rate < 1 << 20 {
+        return Err(format!("--scrub-rate {text}: 0 (no limit) or at least 1M"));
+    }
+    Ok(rate)
 }
 
 /// What the command line asks for.
@@ -249,6 +267,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     let mut nvmf_config = None;
     let mut metadata_cache = METADATA_CACHE_DEFAULT;
     let mut zoned_ssds: Vec<(usize, ZoneConfig)> = Vec::new();
+    let mut scrub_rate = 0;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -302,6 +321,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "--metadata-cache" => {
                 metadata_cache = parse_metadata_cache(&value("--metadata-cache")?)?
             }
+            "--scrub-rate" => scrub_rate = parse_scrub_rate(&value("--scrub-rate")?)?,
             other => return Err(format!("unknown argument '{other}' (see --help)")),
         }
     }
@@ -344,6 +364,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         nvmf_config,
         metadata_cache,
         zoned_ssds,
+        scrub_rate,
     })))
 }
 
@@ -523,6 +544,23 @@ mod tests {
         }
         assert!(zoned(&["--zoned-ssd", "0", "--zoned-ssd", "0"]).is_err());
         assert!(zoned(&["--zoned-ssd", "0", "--passthrough-ssd", "0"]).is_err());
+    }
+
+    #[test]
+    fn scrub_rate() {
+        let rate = |v: &str| match parse(args(&["--socket-dir", "d", "--scrub-rate", v])) {
+            Ok(Command::Run(o)) => Ok(o.scrub_rate),
+            Ok(_) => Err("not run".to_string()),
+            Err(e) => Err(e),
+        };
+        assert_eq!(rate("64M"), Ok(64 << 20));
+        assert_eq!(rate("0"), Ok(0));
+        assert!(rate("fast").is_err_and(|e| e.starts_with("--scrub-rate")));
+        assert!(rate("512K").is_err_and(|e| e.starts_with("--scrub-rate")));
+        let Ok(Command::Run(o)) = parse(args(&["--socket-dir", "d"])) else {
+            panic!("not run")
+        };
+        assert_eq!(o.scrub_rate, 0, "unlimited unless asked");
     }
 
     #[test]

@@ -274,6 +274,8 @@ fn run(options: &Options) -> Result<(), String> {
         }
         None => None,
     };
+    volumes::maintenance::SCRUB_BYTES_PER_SEC
+        .store(options.scrub_rate, std::sync::atomic::Ordering::Relaxed);
     // Families found on the SSDs' labels are attached and opened here.
     let paged = dpu_engine::volume::PagedOptions {
         cache_bytes: usize::try_from(options.metadata_cache).unwrap_or(usize::MAX),

@@ -23,7 +23,7 @@
 //! manager's lock.
 
 mod label;
-mod maintenance;
+pub mod maintenance;
 mod media;
 mod namespace;
 
@@ -1549,6 +1549,16 @@ impl VolumeManager {
             fault::FAIL_ALL => c.error_range(range()?, FaultOps::Both),
             fault::DISAPPEAR => c.disappear(),
             fault::CORRUPT => c.corrupt_next_write(range()?),
+            fault::ROT => {
+                let r = range()?;
+                if f.blocks.get() == 0 || r.end - r.start > fault::ROT_MAX_BYTES {
+                    return Err(invalid);
+                }
+                media::rot(&*ssd.raw, r).map_err(|e| {
+                    warn!("accel: rot on SSD {}: {e}", ssd.index);
+                    Status::WRITE_FAULT
+                })?;
+            }
             fault::DELAY => return Err(status(vs::NOT_IMPLEMENTED)),
             _ => return Err(invalid),
         }

@@ -495,13 +495,14 @@ ssd_attribute!(5, show: |s, w| {
 });
 
 /// Fault kinds of `fault`, and whether they take a block range.
-const FAULTS: [(&str, u8, bool); 6] = [
+const FAULTS: [(&str, u8, bool); 7] = [
     ("clear", vendor::fault::CLEAR, false),
     ("fail_all", vendor::fault::FAIL_ALL, false),
     ("fail_reads", vendor::fault::FAIL_READS, true),
     ("fail_writes", vendor::fault::FAIL_WRITES, true),
     ("disappear", vendor::fault::DISAPPEAR, false),
     ("corrupt", vendor::fault::CORRUPT, true),
+    ("rot", vendor::fault::ROT, true),
 ];
 
 /// Parses `KIND [START BLOCKS]`.
@@ -511,7 +512,7 @@ fn parse_fault(text: &[u8]) -> Result<vendor::FaultInjection, parse::Refusal> {
     let &(_, code, ranged) = FAULTS
         .iter()
         .find(|(name, _, _)| name.as_bytes() == kind)
-        .ok_or("unknown fault: clear, fail_all, fail_reads, fail_writes, disappear or corrupt")?;
+        .ok_or("unknown fault: clear, fail_all, fail_reads, fail_writes, disappear, corrupt or rot")?;
     let mut fault = vendor::FaultInjection::zeroed();
     fault.kind = code;
     if ranged {
@@ -532,7 +533,7 @@ fn parse_fault(text: &[u8]) -> Result<vendor::FaultInjection, parse::Refusal> {
 
 ssd_attribute!(6,
     show: |_s, w| {
-        writeln!(w, "clear fail_all fail_reads fail_writes disappear corrupt")?;
+        writeln!(w, "clear fail_all fail_reads fail_writes disappear corrupt rot")?;
         Ok(())
     },
     store: |s, page| {

@@ -16,8 +16,9 @@
 //! so deleting the family, cancelling it or replacing a member waits at
 //! most for one step and the scrub then stops.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use dpu_engine::media::Media;
 use dpu_engine::protection::{ArrayState, MemberState, ProtectedMedia, ScrubReport};
@@ -35,6 +36,28 @@ use super::{spawn_rebuild, status, ScrubCounts, VolumeManager};
 /// Rows one scrub step checks: each row is checked under its own lock, so
 /// I/O goes on between rows; the family's gate is held per step.
 const SCRUB_ROWS: u64 = 16;
+/// The longest sleep of a rate-limited scrub between checks for a cancel.
+const SCRUB_PAUSE_SLICE: Duration = Duration::from_millis(50);
+
+/// The most member bytes per second a scrub reads (`--scrub-rate`), 0 for
+/// no limit. Process-wide, as md's `speed_limit_max` is system-wide: it
+/// keeps scrubs from taking the media away from foreground I/O.
+pub static SCRUB_BYTES_PER_SEC: AtomicU64 = AtomicU64::new(0);
+
+/// The longest pause between two steps of a rate-limited scrub.
+const SCRUB_PAUSE_MAX: Duration = Duration::from_secs(60);
+
+/// How long to sleep after `bytes` scrubbed in `elapsed` to stay within
+/// `rate` bytes per second (zero when within it or unlimited; at most
+/// [`SCRUB_PAUSE_MAX`]).
+fn scrub_pause(bytes: u64, rate: u64, elapsed: Duration) -> Duration {
+    if rate == 0 {
+        return Duration::ZERO;
+    }
+    let due_ns = u128::from(bytes) * 1_000_000_000 / u128::from(rate);
+    let due = Duration::from_nanos(u64::try_from(due_ns).unwrap_or(u64::MAX));
+    due.saturating_sub(elapsed).min(SCRUB_PAUSE_MAX)
+}
 
 /// Operation IDs (DW0 of a Maintenance command that starts one); unique
 /// while dpuemu runs, never 0.
@@ -198,6 +221,9 @@ fn run_scrub(
         let s = tracker.lock().scrub;
         (s.repair, s.rows_total)
     };
+    let geometry = array.status();
+    let row_bytes = geometry.chunk.saturating_mul(geometry.members.len() as u64);
+    let started = Instant::now();
     let mut first = 0;
     let end_state = loop {
         let guard = alive.lock().unwrap_or_else(|p| p.into_inner());
@@ -225,6 +251,17 @@ fn run_scrub(
             }
         }
         drop(state);
+        let rate = SCRUB_BYTES_PER_SEC.load(Ordering::Relaxed);
+        let pause = scrub_pause(first.saturating_mul(row_bytes), rate, started.elapsed());
+        // In slices, so a cancel or a deleted family is seen soon.
+        let until = Instant::now() + pause;
+        while Instant::now() < until && !tracker.cancel.load(Ordering::Acquire) {
+            std::thread::sleep(
+                until
+                    .saturating_duration_since(Instant::now())
+                    .min(SCRUB_PAUSE_SLICE),
+            );
+        }
         std::thread::yield_now();
     };
     let mut state = tracker.lock();
@@ -480,7 +517,21 @@ impl VolumeManager {
 
 #[cfg(test)]
 mod tests {
-    use super::percent;
+    use super::{percent, scrub_pause};
+    use std::time::Duration;
+
+    #[test]
+    fn scrub_pause_keeps_to_the_rate() {
+        let ms = Duration::from_millis;
+        // Unlimited: never a pause.
+        assert_eq!(scrub_pause(1 << 40, 0, ms(0)), Duration::ZERO);
+        // 64 MiB at 32 MiB/s are due after 2 s: 1.5 s left after 500 ms.
+        assert_eq!(scrub_pause(64 << 20, 32 << 20, ms(500)), ms(1500));
+        // Behind the rate already: no pause.
+        assert_eq!(scrub_pause(64 << 20, 32 << 20, ms(3000)), Duration::ZERO);
+        // No overflow at the extremes, and never more than a minute.
+        assert_eq!(scrub_pause(u64::MAX, 1, ms(0)), Duration::from_secs(60));
+    }
 
     #[test]
     fn percent_is_bounded() {

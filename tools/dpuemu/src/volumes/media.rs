@@ -12,6 +12,26 @@ fn io_error(e: std::io::Error) -> MediaError {
     MediaError::Io(e.to_string())
 }
 
+/// Bit rot for the fault injection: flips the lowest bit of the first byte
+/// of every 512-byte sector in `range` on `raw` (the image below the fault
+/// layer) and flushes, as if the media had decayed under stored data.
+pub fn rot(raw: &dyn Media, range: std::ops::Range<u64>) -> MediaResult<()> {
+    const SECTOR: u64 = 512;
+    let len = usize::try_from(range.end.saturating_sub(range.start))
+        .map_err(|_| MediaError::Io("rot range too large".into()))?;
+    check_range(range.start, len as u64, raw.size())?;
+    let mut bytes = vec![0u8; len];
+    raw.read_at(range.start, &mut bytes)?;
+    let first = range.start.next_multiple_of(SECTOR);
+    let mut at = first;
+    while at < range.end {
+        bytes[(at - range.start) as usize] ^= 1;
+        at += SECTOR;
+    }
+    raw.write_at(range.start, &bytes)?;
+    raw.flush()
+}
+
 /// A whole SSD image (the same backend its own NVMe function uses) as
 /// engine media. Discard punches holes, so the range reads as zeroes.
 pub struct SsdMedia {

@@ -424,8 +424,23 @@ fn raid10_member_replaced_and_rebuilt() {
     replace_and_rebuild("maint-r10", "r10", &req, 1, 6, &[0, 3]);
 }
 
+/// How the victim member's data goes bad.
+#[derive(Clone, Copy, PartialEq)]
+enum Damage {
+    /// Its next write lands with flipped bits (`fault::CORRUPT`).
+    CorruptWrite,
+    /// What it holds decays after the data was written (`fault::ROT`).
+    Rot,
+}
+
 /// Silent corruption on one member, found and repaired by a scrub.
-fn scrub_finds_and_repairs(tag: &str, req: &VolumeCreate, victim: u16, tolerance: usize) {
+fn scrub_finds_and_repairs(
+    tag: &str,
+    req: &VolumeCreate,
+    victim: u16,
+    tolerance: usize,
+    damage: Damage,
+) {
     let images = Images::new(tag, 6, MAINT_SSD_BYTES);
     let mut a = Accel::start(&images);
     a.attach(&[0, 1, 2, 3, 4, 5]);
@@ -438,9 +453,20 @@ fn scrub_finds_and_repairs(tag: &str, req: &VolumeCreate, victim: u16, tolerance
     // array journal are below) lands with flipped bits.
     let start = (3u64 << 19) / 512;
     let blocks = (MAINT_SSD_BYTES - (3 << 19)) / 512;
-    assert_eq!(a.fault(fault::CORRUPT, victim, start, blocks), Ok(0));
+    if damage == Damage::CorruptWrite {
+        assert_eq!(a.fault(fault::CORRUPT, victim, start, blocks), Ok(0));
+    }
     let want = a.fill(nsid, 0, 1536, 71);
     assert_eq!(a.flush(nsid), Status::SUCCESS);
+    if damage == Damage::Rot {
+        let blocks = blocks.min(fault::ROT_MAX_BYTES / 512);
+        // Past the limit, or no range at all: refused.
+        assert!(a
+            .fault(fault::ROT, victim, start, fault::ROT_MAX_BYTES / 512 + 1)
+            .is_err());
+        assert!(a.fault(fault::ROT, victim, 0, 0).is_err());
+        assert_eq!(a.fault(fault::ROT, victim, start, blocks), Ok(0));
+    }
     // Check only: it counts, changes no byte of any SSD, and counts the
     // same again.
     let before: Vec<Vec<u8>> = images
@@ -494,19 +520,25 @@ fn scrub_finds_and_repairs(tag: &str, req: &VolumeCreate, victim: u16, tolerance
 #[test]
 fn scrub_repairs_silent_corruption_on_raid6() {
     let req = protected("r6", layout::RAID6, 0, 0, 0b11_1111);
-    scrub_finds_and_repairs("maint-scrub-r6", &req, 2, 2);
+    scrub_finds_and_repairs("maint-scrub-r6", &req, 2, 2, Damage::CorruptWrite);
+}
+
+#[test]
+fn scrub_repairs_bit_rot_on_raid6() {
+    let req = protected("r6", layout::RAID6, 0, 0, 0b11_1111);
+    scrub_finds_and_repairs("maint-rot-r6", &req, 3, 2, Damage::Rot);
 }
 
 #[test]
 fn scrub_repairs_silent_corruption_on_erasure() {
     let req = protected("ec", layout::ERASURE, 4, 2, 0b11_1111);
-    scrub_finds_and_repairs("maint-scrub-ec", &req, 5, 2);
+    scrub_finds_and_repairs("maint-scrub-ec", &req, 5, 2, Damage::CorruptWrite);
 }
 
 #[test]
 fn scrub_repairs_silent_corruption_on_a_three_way_mirror() {
     let req = protected("m3", layout::RAID10, 3, 0, 0b111);
-    scrub_finds_and_repairs("maint-scrub-m3", &req, 1, 2);
+    scrub_finds_and_repairs("maint-scrub-m3", &req, 1, 2, Damage::Rot);
 }
 
 #[test]
