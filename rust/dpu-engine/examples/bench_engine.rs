@@ -18,7 +18,8 @@
 //! `BENCH_ENGINE_WRITES` (2000000), `BENCH_ENGINE_SNAPSHOTS` (1000, half of
 //! them deleted), `BENCH_ENGINE_REPS` (1), `BENCH_ENGINE_CACHE_MIB` (256),
 //! `BENCH_ENGINE_COMPARE_WRITES` (100000, the in-memory pool's share; 0
-//! skips it). Each run reports its progress on stderr.
+//! skips it), `BENCH_ENGINE_COMPARE_SNAPSHOTS` (100: format 1 copies the
+//! whole map per snapshot). Each run reports its progress on stderr.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -41,6 +42,7 @@ struct Config {
     pool_bytes: u64,
     writes: u64,
     snapshots: u64,
+    compare_snapshots: u64,
     reps: usize,
     cache_bytes: usize,
     compare_writes: u64,
@@ -67,6 +69,7 @@ impl Config {
             pool_bytes: env_u64("BENCH_ENGINE_POOL_GIB", 4096)? << 30,
             writes: env_u64("BENCH_ENGINE_WRITES", 2_000_000)?,
             snapshots: env_u64("BENCH_ENGINE_SNAPSHOTS", 1000)?,
+            compare_snapshots: env_u64("BENCH_ENGINE_COMPARE_SNAPSHOTS", 100)?,
             reps: env_u64("BENCH_ENGINE_REPS", 1)? as usize,
             cache_bytes: (env_u64("BENCH_ENGINE_CACHE_MIB", 256)? << 20) as usize,
             compare_writes: env_u64("BENCH_ENGINE_COMPARE_WRITES", 100_000)?,
@@ -222,7 +225,13 @@ fn run(config: &Config, format: PoolFormat, writes: u64, seed: u64) -> Result<Ru
     // last content of each block is remembered for a sample of blocks.
     let mut rng = Rng(seed | 1);
     let mut expected: HashMap<u64, u64> = HashMap::new();
-    let every = (writes / config.snapshots.max(1)).max(1);
+    // Format 1 copies a volume's whole map per snapshot, so it takes its
+    // own (smaller) number.
+    let snapshots = match format {
+        PoolFormat::Paged => config.snapshots,
+        PoolFormat::InMemory => config.compare_snapshots,
+    };
+    let every = (writes / snapshots.max(1)).max(1);
     let tenth = (writes / 10).max(1);
     let start = Instant::now();
     for i in 0..writes {
@@ -241,7 +250,7 @@ fn run(config: &Config, format: PoolFormat, writes: u64, seed: u64) -> Result<Ru
         if lba.is_multiple_of(64) {
             expected.insert(lba, content);
         }
-        if (i + 1) % every == 0 && (out.snap_ms.len() as u64) < config.snapshots {
+        if (i + 1) % every == 0 && (out.snap_ms.len() as u64) < snapshots {
             let t = Instant::now();
             pool.snapshot("v", &format!("v@{}", out.snap_ms.len()))
                 .map_err(err)?;
@@ -599,13 +608,15 @@ fn main() {
     println!(
         "bench-engine: {} GiB raid6 pool on {MEMBERS} sparse images in {}, {} random 4 KiB writes \
          (about half duplicates, dedup on), {} snapshots while writing, half deleted, \
-         metadata cache {} MiB, {} repetitions",
+         metadata cache {} MiB, {} repetitions; format 1 alongside: {} writes, {} snapshots",
         config.pool_bytes >> 30,
         config.dir.display(),
         config.writes,
         config.snapshots,
         config.cache_bytes >> 20,
-        config.reps
+        config.reps,
+        config.compare_writes,
+        config.compare_snapshots,
     );
     let mut paged = Vec::new();
     let mut memory = Vec::new();

@@ -23,7 +23,10 @@
 //! freed in the running transaction. A commit writes every dirty block,
 //! flushes, writes the superblock slot the previous commit did not use, and
 //! flushes again; a torn superblock fails its checksum and the other slot
-//! (the previous commit) is used. `Documentation/engine-volumes.rst`
+//! (the previous commit) is used. A commit may be written while the next
+//! transaction runs (its owner's lock released): the blocks and data
+//! blocks it freed stay unallocatable until it is durable, so neither
+//! transaction writes a block that either superblock refers to. `Documentation/engine-volumes.rst`
 //! describes the format.
 
 use std::fmt;
