@@ -458,9 +458,10 @@ impl Pool {
                     done.wait()?;
                 }
                 CommitStep::Write(write) => {
+                    // The next step records the outcome under the lock: a
+                    // failure fails the pool there and is returned.
                     let written = write.prepared.write().map_err(VolumeError::from);
-                    write.done.set(written.clone());
-                    written?;
+                    write.done.set(written);
                 }
             }
         }

@@ -618,3 +618,32 @@ fn concurrent_writers_snapshots_and_commits_stay_consistent() {
     pool.check().unwrap();
     check_all(&pool);
 }
+
+/// A commit whose writes fail outside the pool lock fails the pool at
+/// once: the flush that waited for it reports the error, the next write
+/// is refused without another flush in between, and a reopen goes back to
+/// the last durable state.
+#[test]
+fn a_commit_failing_outside_the_lock_fails_the_pool_at_once() {
+    let mem = Arc::new(MemMedia::new((2048 * BS) as usize));
+    let (faulty, control) = crate::fault::FaultyMedia::new(mem.clone());
+    let pool = Pool::format_paged(Arc::new(faulty), &small_cache()).unwrap();
+    let v = create(&pool, "v", 64, services(false, false, Compression::None));
+    v.write_blocks(0, &noise(1)).unwrap();
+    v.flush().unwrap();
+    v.write_blocks(1, &noise(2)).unwrap();
+    control.fail_all(true);
+    assert!(v.flush().is_err());
+    control.fail_all(false);
+    assert!(v.write_blocks(2, &noise(3)).is_err());
+    assert!(pool.snapshot("v", "s").is_err());
+    assert!(
+        v.flush().is_err(),
+        "a flush after a failed one reported success"
+    );
+    let reopened = Pool::open_with(mem, &small_cache()).unwrap();
+    reopened.check().unwrap();
+    let v = reopened.open_volume("v", None).unwrap();
+    assert_eq!(read(&v, 0), noise(1));
+    assert_eq!(read(&v, 2), vec![0u8; BLOCK_SIZE]);
+}
