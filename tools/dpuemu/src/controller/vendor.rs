@@ -5,7 +5,7 @@
 //! (`crate::volumes`), which runs the data services engine. Payloads from
 //! the host are copied in whole and validated there.
 
-use log::info;
+use log::{info, warn};
 use nvme_shim::sqe::SubmissionEntry;
 use nvme_shim::status::Status;
 use nvme_shim::vendor::{self, status as vs, vendor_status, VendorCommand};
@@ -35,6 +35,16 @@ impl Controller {
                     .iter()
                     .find(|s| s.index == index)
                     .ok_or(vendor_status(vs::SSD_NOT_FOUND))?;
+                if cmd == VendorCommand::SsdAttach && ssd.media.zoned().is_some() {
+                    // A volume family's label and metadata would overwrite
+                    // the zone state at the image's end; nothing places
+                    // data by zones before Log-RAID (issue 13) does.
+                    warn!(
+                        "{}: SSD {index} is a zoned SSD: the accelerator cannot use one yet",
+                        self.config.name
+                    );
+                    return Err(Status::INVALID_FIELD);
+                }
                 let result = if cmd == VendorCommand::SsdAttach {
                     ssd.ownership.attach()
                 } else {

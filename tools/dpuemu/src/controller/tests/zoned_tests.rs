@@ -616,3 +616,34 @@ fn nvm_only_host_sees_no_zoned_namespace() {
         Status::SUCCESS
     );
 }
+
+#[test]
+fn the_accelerator_refuses_a_zoned_ssd() {
+    // A volume family over the zoned image would overwrite its zone state:
+    // SSD Attach is refused (Invalid Field, EOPNOTSUPP on the host) and
+    // the SSD stays the host's; a conventional SSD next to it attaches.
+    let media = Arc::new(MemNamespace::new(NS_BYTES));
+    let zoned = Arc::new(ZonedNamespace::open("z", media, &zone_config()).unwrap());
+    let plain = Arc::new(MemNamespace::new(NS_BYTES));
+    let handle = |index: u16, media: Arc<dyn Namespace>| SsdHandle {
+        index,
+        ownership: Arc::new(SsdOwnership::new()),
+        media,
+        serial: format!("SSD{index}"),
+    };
+    let ssds = vec![handle(0, zoned), handle(1, plain)];
+    let owners: Vec<_> = ssds.iter().map(|s| s.ownership.clone()).collect();
+    let volumes = Arc::new(VolumeManager::open(&ssds));
+    let mut host = Host::with_personality(Personality::Accelerator { ssds, volumes });
+    host.enable();
+    assert_eq!(
+        host.admin_status(vendor::ssd_command(0, true, 0)),
+        Status::INVALID_FIELD
+    );
+    assert!(!owners[0].view().attached);
+    assert_eq!(
+        host.admin_status(vendor::ssd_command(1, true, 0)),
+        Status::SUCCESS
+    );
+    assert!(owners[1].view().attached);
+}
