@@ -166,13 +166,24 @@ if [[ " $suites " == *" vm "* ]]; then
 		if [ "$needs_accel" = 1 ] && [ "$dpuemu_rc" != 0 ]; then
 			not_run "$name" "dpuemu did not build" "${tests[@]}"; return
 		fi
-		local t0=$(date +%s)
-		# DPUBLK_GUEST_ENV: VAR=VALUE words for the tests (make check's
-		# shorter samples of long tests).
-		DPUBLK_LOG_DIR="$results/vm-$name.logs" DPUBLK_VM_TIMEOUT=$limit "$DPUBLK_TOP/scripts/vm.sh" "${vm_opts[@]}" -- \
-			env ${DPUBLK_GUEST_ENV:-} DPUBLK_TIME_FACTOR=${DPUBLK_TIME_FACTOR:-1} \
-			selftests/dpublk/run_tests.sh "${tests[@]}" \
-			2> >(tee "$results/vm-$name.err" | grep -E '^\[dpublk|error|time limit' >&2) | tee "$results/vm-$name.ktap"
+		local t0=$(date +%s) boot
+		for boot in 1 2; do
+			# DPUBLK_GUEST_ENV: VAR=VALUE words for the tests (make check's
+			# shorter samples of long tests).
+			DPUBLK_LOG_DIR="$results/vm-$name.logs" DPUBLK_VM_TIMEOUT=$limit "$DPUBLK_TOP/scripts/vm.sh" "${vm_opts[@]}" -- \
+				env ${DPUBLK_GUEST_ENV:-} DPUBLK_TIME_FACTOR=${DPUBLK_TIME_FACTOR:-1} \
+				selftests/dpublk/run_tests.sh "${tests[@]}" \
+				2> >(tee "$results/vm-$name.err" | grep -E '^\[dpublk|error|time limit' >&2) | tee "$results/vm-$name.ktap"
+			# Once (seen 1 boot in about 30 on 2026-12-04), QEMU with the
+			# vIOMMU and vfio-user functions exited within seconds, before
+			# the guest printed anything. A boot that printed not even the
+			# KTAP header is tried once more, and says so; a boot that ran
+			# any test is never repeated.
+			[ "$boot" = 1 ] && ! grep -q '^TAP version' "$results/vm-$name.ktap" &&
+				[ $(($(date +%s) - t0)) -lt 60 ] || break
+			echo "RETRY $name: the VM ended after $(($(date +%s) - t0)) s before the tests started; booting it once more"
+			cp "$results/vm-$name.err" "$results/vm-$name.boot1.err"
+		done
 		echo "=== VM suite $name took $(($(date +%s) - t0)) s"
 		grep -q '^# Totals:' "$results/vm-$name.ktap" || { echo "VM stderr tail:"; tail -30 "$results/vm-$name.err"; }
 		judge "$name" "$results/vm-$name.ktap" "${tests[@]}"
@@ -244,13 +255,13 @@ if [[ " $suites " == *" vm "* ]]; then
 		# (abort and reset), the hostile device for 10 s, PCI remove.
 		DPUBLK_GUEST_ENV="HOSTILE_SECONDS=10 DPUBLK_FIO_JOB_MB=2" DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" \
 			run_suite dpublk 600 --accelerator --ssds 2 --iommu -- \
-			test_functions_present test_dpublk_probe test_dpublk_fio_verify test_dpublk_reset \
-			test_dpublk_hostile test_dpublk_pci_remove
-		# configfs, thin snapshots, reduction and encryption, degraded RAID.
+			test_dpublk_probe test_dpublk_fio_verify test_dpublk_reset test_dpublk_hostile \
+			test_dpublk_pci_remove
+		# Snapshot disks read-only, thin snapshots and clones, degraded RAID6, EC
+		# and RAID10 (the persistence suite makes encrypted, compressed volumes).
 		DPUBLK_GUEST_ENV="DPUBLK_SNAPSHOT_RO_CYCLES=100" \
 			run_suite management 600 --accelerator --ssds 6 --ssd-size 512M -- \
-			test_configfs_lifecycle test_configfs_snapshot_ro test_thin_snapshot_clone \
-			test_reduction_encryption test_protection_degraded
+			test_configfs_snapshot_ro test_thin_snapshot_clone test_protection_degraded
 		DPUBLK_VM_TIMEOUT=400 run_script power-loss "crash-campaign.sh --kill-points 1" kp0
 		DPUBLK_VM_TIMEOUT=400 run_script volume-persistence persistence-test.sh \
 			locked_create persistence_create locked_verify persistence_verify

@@ -16,6 +16,9 @@
 #     --qemu-nvme SIZE  also attach QEMU's own NVMe controller (-device nvme,
 #                       serial qemu-nvme) backed by a raw image of SIZE in the
 #                       run directory, for comparisons with dpuemu's functions
+#     --qemu-zns SIZE   also attach QEMU's own zoned NVMe namespace (16M zones,
+#                       12M capacity, 8 open, 10 active) of SIZE, for
+#                       test_zns_function's comparison
 #     --output DIR      a directory the guest may write to (it outlives the
 #                       run); the guest finds it in DPUBLK_OUTPUT_DIR
 #
@@ -37,7 +40,7 @@ if [ -z "${DPUBLK_IN_CHROOT:-}" ]; then
 	exit
 fi
 
-accelerator=0 ssds=4 ssd_size=1G iommu=0 memory=2G qemu_nvme= output=
+accelerator=0 ssds=4 ssd_size=1G iommu=0 memory=2G qemu_nvme= qemu_zns= output=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--accelerator) accelerator=1 ;;
@@ -47,6 +50,7 @@ while [ $# -gt 0 ]; do
 	--memory) memory=$2; shift ;;
 	--images) export DPUBLK_IMAGES_DIR=$2; shift ;;
 	--qemu-nvme) qemu_nvme=$2; shift ;;
+	--qemu-zns) qemu_zns=$2; shift ;;
 	--output) output=$2; shift ;;
 	--) shift; break ;;
 	*) die "vm.sh: unknown option $1" ;;
@@ -158,6 +162,17 @@ if [ -n "$qemu_nvme" ]; then
 	truncate -s "$qemu_nvme" "$rundir/qemu-nvme.img"
 	qemu_opts+=" -drive file=$rundir/qemu-nvme.img,if=none,id=qemu-nvme,format=raw,cache=writeback"
 	qemu_opts+=" -device nvme,serial=qemu-nvme,drive=qemu-nvme"
+fi
+
+if [ -n "$qemu_zns" ]; then
+	# QEMU's own zoned namespace, the reference test_zns_function compares
+	# dpuemu's zoned SSD function with: 16 MiB zones of 12 MiB capacity, 8
+	# open and 10 active at most (what the test passes to --zoned-ssd).
+	truncate -s "$qemu_zns" "$rundir/qemu-zns.img"
+	qemu_opts+=" -drive file=$rundir/qemu-zns.img,if=none,id=qemu-zns,format=raw,cache=writeback"
+	qemu_opts+=" -device nvme,id=qzc,serial=qemu-zns"
+	qemu_opts+=" -device nvme-ns,drive=qemu-zns,bus=qzc,nsid=1,zoned=true,zoned.zone_size=16M"
+	qemu_opts+=",zoned.zone_capacity=12M,zoned.max_open=8,zoned.max_active=10"
 fi
 
 # The guest's root is read-only; the run directory is writable so tests can

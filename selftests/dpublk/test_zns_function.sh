@@ -8,8 +8,8 @@
 # refused, and fio --zonemode=zbd with verify.
 #
 # Needs a kernel with CONFIG_BLK_DEV_ZONED=y and a VM started with, e.g.,
-#   DPUBLK_DPUEMU_ARGS="--zoned-ssd 0:16M:12M:8:10" scripts/vm.sh --ssds 1 \
-#       --ssd-size 512M [QEMU zoned namespace option, see zns.rst] -- \
+#   DPUBLK_DPUEMU_ARGS="--zoned-ssd 0:16M:12M:8:10" scripts/vm.sh --accelerator \
+#       --ssds 1 --ssd-size 512M --qemu-zns 512M -- \
 #       selftests/dpublk/run_tests.sh test_zns_function
 # DPUBLK_ZNS_EXPECT (default "16M 12M 8 10") is what the dpuemu function
 # must report: zone size, zone capacity, max open, max active.
@@ -96,7 +96,7 @@ if [ -n "$qemu" ]; then
 	for dev in $qemu; do check_device "$dev"; done
 	diag "QEMU's zoned namespace passed the same checks"
 else
-	diag "no QEMU zoned namespace attached: dpuemu's checked alone"
+	fail "no QEMU zoned namespace to compare with (vm.sh --qemu-zns SIZE)"
 fi
 dmesg_check_clean
 diag "zoned SSD functions: $(echo $ours | wc -w) dpuemu, $(echo $qemu | wc -w) QEMU"

@@ -114,16 +114,70 @@ impl Controller {
     fn read(&self, sqe: &SubmissionEntry, ns: &dyn Namespace, index: u32) -> Result<(), Status> {
         let cmd = BlockRange::decode(sqe);
         let (offset, len) = Self::byte_range(ns, cmd.slba, u64::from(cmd.blocks))?;
+        self.read_into_guest(sqe, len, |buf| {
+            ns.read_at(offset, buf)
+                .map_err(|_| Status::UNRECOVERED_READ_ERROR)
+        })?;
+        self.count_read(index, len);
+        Ok(())
+    }
+
+    /// A read's data path: the host's data pointers are checked before
+    /// `fill` reads the media into a buffer of `len` bytes, which is then
+    /// copied to guest memory.
+    pub(super) fn read_into_guest(
+        &self,
+        sqe: &SubmissionEntry,
+        len: u64,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), Status>,
+    ) -> Result<(), Status> {
         if len > MAX_TRANSFER {
             return Err(Status::INVALID_FIELD);
         }
         let segments = data::resolve(&*self.memory, sqe, len, Direction::ToHost, true)?;
         let mut buf = vec![0u8; len as usize];
-        ns.read_at(offset, &mut buf)
-            .map_err(|_| Status::UNRECOVERED_READ_ERROR)?;
-        data::copy_to_guest(&*self.memory, &segments, &buf)?;
+        fill(&mut buf)?;
+        data::copy_to_guest(&*self.memory, &segments, &buf)
+    }
+
+    /// A write's data, `len` bytes copied from guest memory, fetched before
+    /// anything is changed so a bad data pointer changes nothing.
+    pub(super) fn data_from_guest(
+        &self,
+        sqe: &SubmissionEntry,
+        len: u64,
+    ) -> Result<Vec<u8>, Status> {
+        if len > MAX_TRANSFER {
+            return Err(Status::INVALID_FIELD);
+        }
+        let segments = data::resolve(&*self.memory, sqe, len, Direction::FromHost, true)?;
+        let mut buf = vec![0u8; len as usize];
+        data::copy_from_guest(&*self.memory, &segments, &mut buf)?;
+        Ok(buf)
+    }
+
+    pub(super) fn count_read(&self, index: u32, len: u64) {
         self.count(index, |s| &s.reads, 1);
         self.count(index, |s| &s.read_bytes, len);
+    }
+
+    /// Counts a completed write; with FUA, or with the volatile write cache
+    /// off, `flush` has made it durable first.
+    pub(super) fn finish_write(
+        &self,
+        index: u32,
+        len: u64,
+        fua: bool,
+        flush: impl FnOnce() -> Result<(), Status>,
+    ) -> Result<(), Status> {
+        if fua || !self.write_cache_enabled() {
+            flush()?;
+        }
+        if fua {
+            self.count(index, |s| &s.fua_writes, 1);
+        }
+        self.count(index, |s| &s.writes, 1);
+        self.count(index, |s| &s.write_bytes, len);
         Ok(())
     }
 
@@ -137,22 +191,9 @@ impl Controller {
     fn write(&self, sqe: &SubmissionEntry, ns: &dyn Namespace, index: u32) -> Result<(), Status> {
         let cmd = BlockRange::decode(sqe);
         let (offset, len) = Self::byte_range(ns, cmd.slba, u64::from(cmd.blocks))?;
-        if len > MAX_TRANSFER {
-            return Err(Status::INVALID_FIELD);
-        }
-        let segments = data::resolve(&*self.memory, sqe, len, Direction::FromHost, true)?;
-        let mut buf = vec![0u8; len as usize];
-        data::copy_from_guest(&*self.memory, &segments, &mut buf)?;
+        let buf = self.data_from_guest(sqe, len)?;
         ns.write_at(offset, &buf).map_err(write_status)?;
-        if cmd.fua || !self.write_cache_enabled() {
-            ns.flush().map_err(write_status)?;
-        }
-        if cmd.fua {
-            self.count(index, |s| &s.fua_writes, 1);
-        }
-        self.count(index, |s| &s.writes, 1);
-        self.count(index, |s| &s.write_bytes, len);
-        Ok(())
+        self.finish_write(index, len, cmd.fua, || ns.flush().map_err(write_status))
     }
 
     fn write_zeroes(

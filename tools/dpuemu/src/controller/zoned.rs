@@ -328,15 +328,8 @@ impl Controller {
     ) -> Result<(), Status> {
         let cmd = BlockRange::decode(sqe);
         let (_, len) = Self::byte_range(zoned, cmd.slba, u64::from(cmd.blocks))?;
-        if len > MAX_TRANSFER {
-            return Err(Status::INVALID_FIELD);
-        }
-        let segments = data::resolve(&*self.memory, sqe, len, Direction::ToHost, true)?;
-        let mut buf = vec![0u8; len as usize];
-        zoned.read(cmd.slba, &mut buf)?;
-        data::copy_to_guest(&*self.memory, &segments, &buf)?;
-        self.count(nsid, |s| &s.reads, 1);
-        self.count(nsid, |s| &s.read_bytes, len);
+        self.read_into_guest(sqe, len, |buf| zoned.read(cmd.slba, buf))?;
+        self.count_read(nsid, len);
         Ok(())
     }
 
@@ -353,21 +346,11 @@ impl Controller {
         let cmd = BlockRange::decode(sqe);
         let (_, len) = Self::byte_range(zoned, cmd.slba, u64::from(cmd.blocks))?;
         // ZASL equals MDTS: one limit for both.
-        if len > MAX_TRANSFER {
-            return Err(Status::INVALID_FIELD);
-        }
-        let segments = data::resolve(&*self.memory, sqe, len, Direction::FromHost, true)?;
-        let mut buf = vec![0u8; len as usize];
-        data::copy_from_guest(&*self.memory, &segments, &mut buf)?;
+        let buf = self.data_from_guest(sqe, len)?;
         let lba = zoned.write(cmd.slba, &buf, append)?;
-        if cmd.fua || !self.write_cache_enabled() {
-            Namespace::flush(zoned).map_err(super::io::write_status)?;
-        }
-        if cmd.fua {
-            self.count(nsid, |s| &s.fua_writes, 1);
-        }
-        self.count(nsid, |s| &s.writes, 1);
-        self.count(nsid, |s| &s.write_bytes, len);
+        self.finish_write(nsid, len, cmd.fua, || {
+            Namespace::flush(zoned).map_err(super::io::write_status)
+        })?;
         Ok(lba)
     }
 
