@@ -220,8 +220,11 @@ if [[ " $suites " == *" vm "* ]]; then
 			test_dpublk_probe test_dpublk_fio_verify test_dpublk_fs test_dpublk_sched_switch \
 			test_dpublk_cpu_hotplug test_dpublk_pci_remove test_dpublk_rmmod_during_io \
 			test_dpublk_reset test_dpublk_hostile test_dpublk_dead_device
-		DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" run_suite dpublk-iommu 600 --accelerator --ssds 2 --iommu -- \
-			test_dpublk_probe test_dpublk_fio_verify test_dpublk_pci_remove
+		# SSD 1 is a zoned SSD function, tested next to QEMU's own zoned
+		# namespace (issue 13).
+		DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0 --zoned-ssd 1:16M:12M:8:10" \
+			run_suite dpublk-iommu 600 --accelerator --ssds 2 --iommu --qemu-zns 512M -- \
+			test_dpublk_probe test_dpublk_fio_verify test_dpublk_pci_remove test_zns_function
 		# configfs management (issue 5), thin volumes, snapshots and clones,
 		# data reduction and encryption (issues 7 and 8): the same four SSD
 		# functions of 512 MiB, so one VM boot.
@@ -252,11 +255,13 @@ if [[ " $suites " == *" vm "* ]]; then
 		# knob; every test of every suite runs in `make check-full`.
 		run_suite basic 400 -- test_load_unload test_configfs_root test_dpublk_kunit test_nvmf_tcp
 		# dpublk on the accelerator behind the vIOMMU: data, lost command
-		# (abort and reset), the hostile device for 10 s, PCI remove.
-		DPUBLK_GUEST_ENV="HOSTILE_SECONDS=10 DPUBLK_FIO_JOB_MB=2" DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0" \
-			run_suite dpublk 600 --accelerator --ssds 2 --iommu -- \
+		# (abort and reset), the hostile device for 10 s, PCI remove; SSD 1
+		# a zoned SSD function next to QEMU's zoned namespace.
+		DPUBLK_GUEST_ENV="HOSTILE_SECONDS=10 DPUBLK_FIO_JOB_MB=2" \
+			DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0 --zoned-ssd 1:16M:12M:8:10" \
+			run_suite dpublk 600 --accelerator --ssds 2 --iommu --qemu-zns 512M -- \
 			test_dpublk_probe test_dpublk_fio_verify test_dpublk_reset test_dpublk_hostile \
-			test_dpublk_pci_remove
+			test_dpublk_pci_remove test_zns_function
 		# Snapshot disks read-only, thin snapshots and clones, degraded RAID6, EC
 		# and RAID10 (the persistence suite makes encrypted, compressed volumes).
 		DPUBLK_GUEST_ENV="DPUBLK_SNAPSHOT_RO_CYCLES=100" \
