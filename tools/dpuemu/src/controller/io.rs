@@ -226,9 +226,8 @@ impl Controller {
     ) -> Result<(), Status> {
         let cmd = DatasetManagement::decode(sqe);
         let len = usize::from(cmd.ranges) * DsmRange::SIZE;
-        let segments = data::resolve(&*self.memory, sqe, len as u64, Direction::FromHost, true)?;
-        let mut raw = vec![0u8; len];
-        data::copy_from_guest(&*self.memory, &segments, &mut raw)?;
+        // At most 256 ranges of 16 bytes: within MAX_TRANSFER.
+        let raw = self.data_from_guest(sqe, len as u64)?;
         if !cmd.deallocate {
             // Other attributes are hints; nothing to do.
             return Ok(());
