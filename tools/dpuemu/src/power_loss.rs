@@ -292,13 +292,30 @@ impl VolatileNamespace {
         self.enforce_limit(&mut layer)
     }
 
-    /// The crash: tears the layer (each pending sector reaches the image
-    /// with probability `keep_permille` / 1000, decided by `rng`) and makes
-    /// every later call fail, so nothing reaches the image afterwards.
+    /// The crash of this layer alone: it stops taking commands and its
+    /// pending sectors are torn (see [`VolatileNamespace::write_torn`]).
+    /// A power cut of several drives goes through [`crash`], which stops
+    /// them all at once; this one is the tests' single-drive cut.
+    #[cfg(test)]
     pub fn tear(&self, rng: &mut SplitMix64, keep_permille: u32) -> io::Result<TearReport> {
-        let mut layer = self.layer.lock().unwrap_or_else(|p| p.into_inner());
-        layer.crashed = true;
-        let sectors = std::mem::take(&mut layer.sectors);
+        let sectors = {
+            let mut layer = self.layer.lock().unwrap_or_else(|p| p.into_inner());
+            layer.crashed = true;
+            std::mem::take(&mut layer.sectors)
+        };
+        self.write_torn(sectors, rng, keep_permille)
+    }
+
+    /// Writes the survivors of a stopped layer's cache to the image: each
+    /// pending sector with probability `keep_permille` / 1000, decided by
+    /// `rng`. Every later call on the layer fails, so nothing else reaches
+    /// the image afterwards.
+    fn write_torn(
+        &self,
+        sectors: BTreeMap<u64, Pending>,
+        rng: &mut SplitMix64,
+        keep_permille: u32,
+    ) -> io::Result<TearReport> {
         let pending = sectors.len();
         let mut kept: Vec<(u64, Pending)> = Vec::new();
         for (sector, content) in sectors {
@@ -422,7 +439,25 @@ pub fn crash(layers: &[std::sync::Arc<VolatileNamespace>], seed: u64) -> CrashRe
         dropped: 0,
         lines: Vec::new(),
     };
-    for (i, layer) in layers.iter().enumerate() {
+    // Every drive loses power at the same instant: all layers stop taking
+    // commands before any is torn. Stopping them one by one would let the
+    // engine see the first drive fail and record that on a second one
+    // that is still powered (a superblock marking a member failed, written
+    // and flushed after the cut), which no real power cut can do.
+    let caches: Vec<BTreeMap<u64, Pending>> = {
+        let mut stopped: Vec<MutexGuard<'_, Layer>> = layers
+            .iter()
+            .map(|layer| layer.layer.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        stopped
+            .iter_mut()
+            .map(|layer| {
+                layer.crashed = true;
+                std::mem::take(&mut layer.sectors)
+            })
+            .collect()
+    };
+    for (i, (layer, sectors)) in layers.iter().zip(caches).enumerate() {
         let mut rng = SplitMix64::new(seed ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
         // Each crash picks how much of the cache made it out: from nothing
         // to everything, so both extremes and the torn middle occur.
@@ -431,7 +466,7 @@ pub fn crash(layers: &[std::sync::Arc<VolatileNamespace>], seed: u64) -> CrashRe
             1 => 1000,
             _ => rng.below(1001) as u32,
         };
-        match layer.tear(&mut rng, keep_permille) {
+        match layer.write_torn(sectors, &mut rng, keep_permille) {
             Ok(report) => {
                 out.written += report.written;
                 out.dropped += report.pending - report.written;
@@ -691,6 +726,45 @@ mod tests {
         again[0].write_at(0, &pattern(1, 64 << 10)).unwrap();
         again[1].write_at(8192, &pattern(2, 32 << 10)).unwrap();
         assert_eq!(crash(&again, 99).lines, report.lines);
+    }
+
+    #[test]
+    fn a_power_cut_stops_every_drive_before_any_is_torn() {
+        // The engine answers a failed drive by recording the failure on
+        // the others. A cut that stopped drives one by one let that record
+        // reach a drive still powered, and a stripe over the two never
+        // opened again (power-loss campaign, seed 812595268).
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let a = Scratch::new("atomic-a", 32 << 20);
+        let b = Scratch::new("atomic-b", 1 << 20);
+        let layers = vec![
+            std::sync::Arc::new(a.layer(DEFAULT_LIMIT_SECTORS)),
+            std::sync::Arc::new(b.layer(DEFAULT_LIMIT_SECTORS)),
+        ];
+        // A large cache on the first drive makes its tear take a while.
+        layers[0].write_at(0, &pattern(4, 16 << 20)).unwrap();
+        let watching = AtomicBool::new(false);
+        let recorded_after_cut = std::thread::scope(|scope| {
+            let watcher = scope.spawn(|| {
+                let mut probe = [0u8; 512];
+                watching.store(true, Ordering::SeqCst);
+                while layers[0].read_at(0, &mut probe).is_ok() {
+                    std::hint::spin_loop();
+                }
+                // The first drive is gone: record it on the second.
+                layers[1]
+                    .write_at(0, &[0xfa; 512])
+                    .and_then(|()| layers[1].flush())
+                    .is_ok()
+            });
+            while !watching.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+            crash(&layers, 7);
+            watcher.join().unwrap()
+        });
+        assert!(!recorded_after_cut, "a drive took a write after the cut");
+        assert_eq!(b.on_media(0, 512), vec![0u8; 512], "nothing reached it");
     }
 
     #[test]
