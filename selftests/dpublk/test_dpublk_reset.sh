@@ -11,7 +11,9 @@
 # requests in flight besides the lost one. Every job must finish
 # without an error and verify what it wrote, a second pass must read the
 # first pattern back, the disk must stay, the controller must not be
-# failed, and the kernel log must stay clean.
+# failed, and the kernel log must stay clean. DPUBLK_RESET_JOB_MB (64) is
+# the verified job's size and DPUBLK_RESET_BUSY_SECONDS (40) how long the
+# other jobs write: make check's sample shortens both.
 . "$(dirname "$0")/test_common.sh"
 . "$(dirname "$0")/dpublk_disk_common.sh"
 
@@ -21,9 +23,13 @@ unload_dpublk
 dmesg_mark
 load_dpublk_disk
 short_io_timeout 5000
+job_mb=${DPUBLK_RESET_JOB_MB:-64}
+busy_seconds=${DPUBLK_RESET_BUSY_SECONDS:-40}
+[[ $job_mb =~ ^[1-9][0-9]*$ ]] && [ "$job_mb" -le 64 ] || fail "DPUBLK_RESET_JOB_MB must be 1..64"
+[[ $busy_seconds =~ ^[1-9][0-9]*$ ]] || fail "DPUBLK_RESET_BUSY_SECONDS must be a positive number"
 
 job=(--name=reset --filename=/dev/dpublk0 --ioengine=io_uring --direct=1
-	--rw=randwrite --bs=4k --iodepth=16 --size=64M --verify=crc32c
+	--rw=randwrite --bs=4k --iodepth=16 --size=${job_mb}M --verify=crc32c
 	--verify_fatal=1 --verify_state_save=0 --randseed=4242)
 out=$TEST_TMP/fio.json
 fio "${job[@]}" --do_verify=1 --output-format=json --output="$out" >"$TEST_TMP/fio.log" 2>&1 &
@@ -33,7 +39,7 @@ busy=$TEST_TMP/busy.json
 fio --name=busy --filename=/dev/dpublk0 --ioengine=io_uring --direct=1 --numjobs=4 \
 	--offset=64M --size=32M --offset_increment=32M --group_reporting=0 \
 	--rw=randwrite --bs=4k --iodepth=16 --verify=crc32c --verify_backlog=256 --verify_fatal=1 \
-	--verify_state_save=0 --time_based --runtime=40 --output-format=json --output="$busy" \
+	--verify_state_save=0 --time_based --runtime=$busy_seconds --output-format=json --output="$busy" \
 	>"$TEST_TMP/busy.log" 2>&1 &
 busy_pid=$!
 on_exit "kill -9 $busy_pid 2>/dev/null"
