@@ -64,7 +64,8 @@ Options:
                          register turns it on
   --nvmf-config FILE     serve NVMe/TCP from the subsystems, namespaces and
                          ports of FILE (Documentation/nvmf.rst); listens only
-                         on the addresses FILE names
+                         on the addresses FILE names; its [remote-ssd]
+                         sections add remote NVMe/TCP namespaces as SSDs
   --metadata-cache SIZE  memory for each pool's metadata cache (bytes, or
                          K/M/G suffix; 256K to 64G, default 256M): new pools
                          keep their metadata on the SSDs, paged through it

@@ -21,6 +21,7 @@ mod volumes;
 mod worker;
 mod zoned;
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -250,7 +251,7 @@ fn run(options: &Options) -> Result<(), String> {
             info!("accel: namespace 1 passes through to SSD {n}, which the accelerator owns");
         }
     }
-    let ssd_handles = media
+    let mut ssd_handles = media
         .iter()
         .zip(&ownership)
         .enumerate()
@@ -261,19 +262,39 @@ fn run(options: &Options) -> Result<(), String> {
             serial: format!("DPUEMU-SSD{i}"),
         })
         .collect::<Vec<_>>();
-    // The NVMe/TCP target (--nvmf-config) takes the SSDs it exports before
+    // --nvmf-config: remote SSDs (NVMe/TCP namespaces) follow the images in
+    // the SSD numbering, and the target takes the SSDs it exports before
     // the volume manager looks for families.
-    let _nvmf = match &options.nvmf_config {
-        Some(path) => {
-            let ssds: Vec<_> = media
-                .iter()
-                .cloned()
-                .zip(ownership.iter().cloned())
-                .collect();
-            Some(nvmf::start_from_file(path, &ssds)?)
+    let nvmf_config = options.nvmf_config.as_deref().map(nvmf::load).transpose()?;
+    let mut remote_ssds = Vec::new();
+    let mut nvmf_claimed = None;
+    if let Some(config) = &nvmf_config {
+        for remote in nvmf::connect_remote_ssds(config)? {
+            let index = ssd_handles.len() as u16;
+            let spec = remote.spec();
+            info!(
+                "SSD {index}: remote SSD {} ({} {} namespace {}, {} MiB)",
+                remote.name(),
+                spec.address,
+                spec.subnqn,
+                spec.nsid,
+                remote.size() >> 20
+            );
+            ssd_handles.push(SsdHandle {
+                index,
+                ownership: Arc::new(SsdOwnership::new()),
+                media: remote.clone(),
+                serial: format!("DPUEMU-REMOTE{index}"),
+            });
+            remote_ssds.push((index, remote));
         }
-        None => None,
-    };
+        let ssds: Vec<_> = media
+            .iter()
+            .cloned()
+            .zip(ownership.iter().cloned())
+            .collect();
+        nvmf_claimed = Some(nvmf::claim_ssds(config, &ssds)?);
+    }
     volumes::maintenance::SCRUB_BYTES_PER_SEC
         .store(options.scrub_rate, std::sync::atomic::Ordering::Relaxed);
     // Families found on the SSDs' labels are attached and opened here.
@@ -282,6 +303,11 @@ fn run(options: &Options) -> Result<(), String> {
         ..Default::default()
     };
     let volumes = Arc::new(VolumeManager::open_with(&ssd_handles, paged));
+    for (index, remote) in &remote_ssds {
+        remote.on_return(nvmf::readd_hook(Arc::downgrade(&volumes), *index));
+    }
+    // The NSIDs the accelerator's function keeps from its volumes.
+    let reserved: BTreeSet<u32> = (1..=accel_namespaces.len() as u32).collect();
 
     let mut functions = vec![make_function(
         options,
@@ -292,10 +318,20 @@ fn run(options: &Options) -> Result<(), String> {
         pci::ACCELERATOR_CLASS_CODE,
         Personality::Accelerator {
             ssds: ssd_handles,
-            volumes,
+            volumes: volumes.clone(),
         },
         accel_namespaces,
     )];
+    // Volumes are exported once the accelerator's function has numbered
+    // them (the same namespaces serve both).
+    let _nvmf = match (&nvmf_config, &nvmf_claimed) {
+        (Some(config), Some(claimed)) => {
+            let directory = nvmf::VolumeDirectory::from_manager(&volumes, &reserved);
+            info!("nvmf: open volumes: {:?}", directory.names());
+            Some(nvmf::Target::start_with(config, claimed, &directory)?)
+        }
+        _ => None,
+    };
     for (i, (m, o)) in media.iter().zip(&ownership).enumerate() {
         // A zoned SSD function's namespace keeps the zone rules; the
         // accelerator and the NVMe/TCP target still see the raw image.

@@ -1,6 +1,8 @@
 //! dpuemu as an NVMe/TCP target: a discovery subsystem and I/O subsystems
-//! whose namespaces are images or dpuemu's SSDs, served to any NVMe/TCP
-//! host (Linux's nvme-tcp, nvme-cli) on the configured ports.
+//! whose namespaces are images, dpuemu's SSDs, the accelerator's volumes
+//! or remote namespaces, served to any NVMe/TCP host (Linux's nvme-tcp,
+//! nvme-cli) on the configured ports; and as an initiator whose remote
+//! namespaces can be SSDs of the accelerator (`remote_ssd.rs`).
 //!
 //! One thread listens per port and one thread serves each connection with
 //! blocking socket I/O: a connection is one queue (admin or I/O) of one
@@ -18,29 +20,43 @@ mod fabrics;
 mod identify;
 mod initiator;
 mod io;
+mod remote_ssd;
 #[cfg(test)]
 mod stream_fuzz;
 mod target;
 #[cfg(test)]
 mod tests;
+mod volumes;
 
-pub use target::Target;
+pub use remote_ssd::{readd_hook, Backoff, RemoteSsd};
+pub use target::{claim_ssds, Target};
+pub use volumes::VolumeDirectory;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::namespace::Namespace;
-use crate::ownership::SsdOwnership;
+use config::TargetConfig;
 
-/// Reads the configuration file at `path` and starts the target; `ssds`
-/// are dpuemu's SSD images (`--ssd`) with their ownership.
-pub fn start_from_file(
-    path: &Path,
-    ssds: &[(Arc<dyn Namespace>, Arc<SsdOwnership>)],
-) -> Result<Arc<Target>, String> {
+/// Reads and checks the configuration file at `path`.
+pub fn load(path: &Path) -> Result<TargetConfig, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("--nvmf-config {}: {e}", path.display()))?;
-    let config =
-        config::parse(&text).map_err(|e| format!("--nvmf-config {}: {e}", path.display()))?;
-    Target::start(&config, ssds)
+    config::parse(&text).map_err(|e| format!("--nvmf-config {}: {e}", path.display()))
+}
+
+/// Connects to the remote SSDs of `config`, in file order. Each must
+/// answer now.
+pub fn connect_remote_ssds(config: &TargetConfig) -> Result<Vec<Arc<RemoteSsd>>, String> {
+    config
+        .remote_ssds
+        .iter()
+        .map(|r| {
+            RemoteSsd::connect(&r.name, r.spec.clone(), Backoff::default()).map_err(|e| {
+                format!(
+                    "[remote-ssd {}] {} {} namespace {}: {e}",
+                    r.name, r.spec.address, r.spec.subnqn, r.spec.nsid
+                )
+            })
+        })
+        .collect()
 }

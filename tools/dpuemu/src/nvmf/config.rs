@@ -12,6 +12,12 @@
 //! host nqn.2014-08.org.nvmexpress:uuid:...
 //! namespace 1 file /srv/images/a.img 1G
 //! namespace 2 ssd 0
+//! namespace 3 volume db0
+//!
+//! [remote-ssd shelf1]
+//! address 192.0.2.7:4420
+//! subsystem nqn.2026-12.org.example:backend
+//! namespace 1
 //! ```
 
 use std::collections::BTreeMap;
@@ -50,6 +56,19 @@ pub enum NamespaceSource {
     /// A namespace of a remote NVMe/TCP subsystem, reached with dpuemu's
     /// initiator.
     Remote(RemoteSpec),
+    /// The accelerator's volume (or clone) of that name, opened from the
+    /// SSDs at start-up.
+    Volume(String),
+}
+
+/// A remote namespace that dpuemu uses as one more SSD of the accelerator
+/// (`[remote-ssd NAME]`): volume families can place members on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteSsdConfig {
+    /// The section's name, for the log.
+    pub name: String,
+    /// Where the namespace is.
+    pub spec: RemoteSpec,
 }
 
 /// One I/O subsystem.
@@ -72,6 +91,18 @@ pub struct SubsystemConfig {
 pub struct TargetConfig {
     pub ports: Vec<PortConfig>,
     pub subsystems: Vec<SubsystemConfig>,
+    /// Remote SSDs, in file order: they follow the `--ssd` images in the
+    /// accelerator's SSD numbering.
+    pub remote_ssds: Vec<RemoteSsdConfig>,
+}
+
+/// Whether `name` can be a volume's name: 1 to 31 bytes of
+/// `[A-Za-z0-9._-]`, as Volume Create accepts them.
+pub fn valid_volume_name(name: &str) -> bool {
+    (1..=31).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Whether `nqn` is a well-formed NQN: `nqn.` then printable ASCII without
@@ -87,11 +118,24 @@ enum Section {
     None,
     Port(usize),
     Subsystem(usize),
+    RemoteSsd(usize),
+}
+
+/// A `[remote-ssd]` section while it is read: its keys may come in any
+/// order, so the spec is built at the end.
+#[derive(Default)]
+struct RemoteSsdDraft {
+    name: String,
+    line: usize,
+    address: Option<SocketAddr>,
+    subnqn: Option<String>,
+    nsid: Option<u32>,
 }
 
 /// Parses the file's text. Errors name the line.
 pub fn parse(text: &str) -> Result<TargetConfig, String> {
     let mut config = TargetConfig::default();
+    let mut remote_ssds: Vec<RemoteSsdDraft> = Vec::new();
     let mut section = Section::None;
     for (index, raw) in text.lines().enumerate() {
         let line = raw.split('#').next().unwrap_or("").trim();
@@ -103,28 +147,94 @@ pub fn parse(text: &str) -> Result<TargetConfig, String> {
             let header = header
                 .strip_suffix(']')
                 .ok_or_else(|| at("section header without ']'".into()))?;
-            section = start_section(&mut config, header.trim()).map_err(at)?;
+            let header = header.trim();
+            section = match header.strip_prefix("remote-ssd") {
+                Some(name) if name.starts_with(char::is_whitespace) => {
+                    let name = name.trim();
+                    if !valid_volume_name(name) || remote_ssds.iter().any(|r| r.name == name) {
+                        return Err(at(format!(
+                            "remote SSD name '{name}' is not 1-31 of [A-Za-z0-9._-] or is used twice"
+                        )));
+                    }
+                    remote_ssds.push(RemoteSsdDraft {
+                        name: name.to_string(),
+                        line: index + 1,
+                        ..RemoteSsdDraft::default()
+                    });
+                    Section::RemoteSsd(remote_ssds.len() - 1)
+                }
+                _ => start_section(&mut config, header).map_err(at)?,
+            };
             continue;
         }
         let mut words = line.split_whitespace();
         let key = words.next().unwrap_or("");
         let values: Vec<&str> = words.collect();
         match section {
-            Section::None => return Err(at(format!("'{key}' outside a [port] or [subsystem]"))),
+            Section::None => return Err(at(format!("'{key}' outside a section"))),
+            Section::RemoteSsd(i) => {
+                remote_ssd_line(&mut remote_ssds[i], key, &values).map_err(at)?
+            }
             Section::Port(i) => port_line(&mut config.ports[i], key, &values).map_err(at)?,
             Section::Subsystem(i) => {
                 subsystem_line(&mut config.subsystems[i], key, &values).map_err(at)?
             }
         }
     }
+    for draft in remote_ssds {
+        config.remote_ssds.push(finish_remote_ssd(draft)?);
+    }
     check(&config)?;
     Ok(config)
 }
 
+/// `address`, `subsystem` and `namespace` of a `[remote-ssd]` section.
+fn remote_ssd_line(r: &mut RemoteSsdDraft, key: &str, values: &[&str]) -> Result<(), String> {
+    let v = one(key, values)?;
+    match key {
+        "address" => r.address = Some(remote_address(v)?),
+        "subsystem" => {
+            if !valid_nqn(v) || v == DISCOVERY_NQN {
+                return Err(format!("'{v}' is not a subsystem NQN"));
+            }
+            r.subnqn = Some(v.to_string());
+        }
+        "namespace" => r.nsid = Some(remote_nsid(v)?),
+        other => return Err(format!("unknown remote-ssd setting '{other}'")),
+    }
+    Ok(())
+}
+
+fn finish_remote_ssd(r: RemoteSsdDraft) -> Result<RemoteSsdConfig, String> {
+    let missing = |what: &str| format!("line {}: [remote-ssd {}] needs '{what}'", r.line, r.name);
+    let address = r.address.ok_or_else(|| missing("address"))?;
+    let subnqn = r.subnqn.clone().ok_or_else(|| missing("subsystem"))?;
+    Ok(RemoteSsdConfig {
+        name: r.name,
+        spec: RemoteSpec {
+            address,
+            subnqn,
+            nsid: r.nsid.unwrap_or(1),
+        },
+    })
+}
+
+fn remote_address(v: &str) -> Result<SocketAddr, String> {
+    v.parse()
+        .map_err(|_| format!("remote '{v}' is not ADDRESS:PORT ([IPv6]:PORT)"))
+}
+
+fn remote_nsid(v: &str) -> Result<u32, String> {
+    v.parse()
+        .ok()
+        .filter(|&n: &u32| n > 0 && n < 0xffff_fffe)
+        .ok_or_else(|| format!("remote NSID '{v}' is not valid"))
+}
+
 fn start_section(config: &mut TargetConfig, header: &str) -> Result<Section, String> {
-    let (kind, name) = header
-        .split_once(char::is_whitespace)
-        .ok_or_else(|| format!("'[{header}]': expected [port N] or [subsystem NQN]"))?;
+    let (kind, name) = header.split_once(char::is_whitespace).ok_or_else(|| {
+        format!("'[{header}]': expected [port N], [subsystem NQN] or [remote-ssd NAME]")
+    })?;
     let name = name.trim();
     match kind {
         "port" => {
@@ -242,19 +352,21 @@ fn subsystem_line(s: &mut SubsystemConfig, key: &str, values: &[&str]) -> Result
                         .map_err(|_| format!("SSD index '{index}' is not a number"))?;
                     (nsid, NamespaceSource::Ssd(i))
                 }
+                [nsid, "volume", name] => {
+                    if !valid_volume_name(name) {
+                        return Err(format!(
+                            "volume name '{name}' is not 1-31 of [A-Za-z0-9._-]"
+                        ));
+                    }
+                    (nsid, NamespaceSource::Volume(name.to_string()))
+                }
                 [nsid, "remote", address, subnqn, rest @ ..] if rest.len() <= 1 => {
-                    let address: SocketAddr = address.parse().map_err(|_| {
-                        format!("remote '{address}' is not ADDRESS:PORT ([IPv6]:PORT)")
-                    })?;
+                    let address = remote_address(address)?;
                     if !valid_nqn(subnqn) {
                         return Err(format!("'{subnqn}' is not a subsystem NQN"));
                     }
                     let remote_nsid = match rest.first() {
-                        Some(n) => n
-                            .parse()
-                            .ok()
-                            .filter(|&n: &u32| n > 0 && n < 0xffff_fffe)
-                            .ok_or_else(|| format!("remote NSID '{n}' is not valid"))?,
+                        Some(n) => remote_nsid(n)?,
                         None => 1,
                     };
                     (
@@ -268,8 +380,8 @@ fn subsystem_line(s: &mut SubsystemConfig, key: &str, values: &[&str]) -> Result
                 }
                 _ => {
                     return Err(
-                        "expected 'namespace NSID file PATH [SIZE]', 'namespace NSID ssd N' \
-                         or 'namespace NSID remote ADDRESS:PORT NQN [NSID]'"
+                        "expected 'namespace NSID file PATH [SIZE]', 'namespace NSID ssd N', \
+                         'namespace NSID volume NAME' or 'namespace NSID remote ADDRESS:PORT NQN [NSID]'"
                             .into(),
                     )
                 }
@@ -290,9 +402,21 @@ fn subsystem_line(s: &mut SubsystemConfig, key: &str, values: &[&str]) -> Result
 
 /// Checks what only the whole file can tell.
 fn check(config: &TargetConfig) -> Result<(), String> {
-    if config.ports.is_empty() {
+    if config.ports.is_empty() && config.remote_ssds.is_empty() {
         return Err("no [port] section: the target would listen nowhere".into());
     }
+    if config.ports.is_empty() && !config.subsystems.is_empty() {
+        return Err("subsystems but no [port] section: the target would listen nowhere".into());
+    }
+    for (i, r) in config.remote_ssds.iter().enumerate() {
+        if config.remote_ssds[..i].iter().any(|q| q.spec == r.spec) {
+            return Err(format!(
+                "[remote-ssd {}]: the same remote namespace as another remote SSD",
+                r.name
+            ));
+        }
+    }
+    let mut volumes = BTreeMap::new();
     for (i, p) in config.ports.iter().enumerate() {
         if config.ports[..i].iter().any(|q| q.address == p.address) {
             return Err(format!("ports share the address {}", p.address));
@@ -325,6 +449,11 @@ fn check(config: &TargetConfig) -> Result<(), String> {
                     return Err(format!("SSD {i} exported twice (also by {other})"));
                 }
             }
+            if let NamespaceSource::Volume(name) = source {
+                if let Some(other) = volumes.insert(name, &s.nqn) {
+                    return Err(format!("volume {name} exported twice (also by {other})"));
+                }
+            }
         }
     }
     Ok(())
@@ -348,6 +477,14 @@ host nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001
 namespace 1 file /tmp/a.img 64M
 namespace 7 ssd 0
 namespace 8 remote 127.0.0.1:4421 nqn.2026-12.org.linux:nvmet 3
+namespace 9 volume db-0.a
+[remote-ssd shelf1]
+namespace 2
+subsystem nqn.2026-12.org.linux:shelf
+address [::1]:4430
+[remote-ssd shelf2]
+address 127.0.0.1:4430
+subsystem nqn.2026-12.org.linux:shelf
 [subsystem nqn.2026-12.org.dpublk:b]
 ports 2
 allow-any-host
@@ -381,7 +518,31 @@ namespace 1 file /tmp/b.img
                 nsid: 3
             }))
         );
+        assert_eq!(
+            a.namespaces.get(&9),
+            Some(&NamespaceSource::Volume("db-0.a".into()))
+        );
         assert!(c.subsystems[1].allow_any_host);
+        assert_eq!(c.remote_ssds.len(), 2);
+        assert_eq!(c.remote_ssds[0].name, "shelf1");
+        assert_eq!(
+            c.remote_ssds[0].spec,
+            RemoteSpec {
+                address: "[::1]:4430".parse().unwrap(),
+                subnqn: "nqn.2026-12.org.linux:shelf".into(),
+                nsid: 2
+            }
+        );
+        assert_eq!(c.remote_ssds[1].spec.nsid, 1, "namespace 1 by default");
+        // Remote SSDs alone need no port: the target serves nothing.
+        let only = parse(
+            "[remote-ssd r]
+address 127.0.0.1:4420
+subsystem nqn.a.b
+",
+        )
+        .expect("remote SSDs only");
+        assert!(only.ports.is_empty() && only.subsystems.is_empty());
     }
 
     #[test]
@@ -417,6 +578,28 @@ namespace 1 file /tmp/b.img
             ("", "no [port]"),
             ("[port 1]\n[port 2]\n", "share"),
             ("[volume x]\n", "unknown section"),
+            ("[port 1]\n[subsystem nqn.x.y]\nnamespace 1 volume a/b\n", "volume name"),
+            ("[port 1]\n[subsystem nqn.x.y]\nnamespace 1 volume\n", "expected"),
+            (
+                "[port 1]\n[subsystem nqn.x.y]\nports 1\nnamespace 1 volume v\nnamespace 2 volume v\n",
+                "volume v exported twice",
+            ),
+            ("[remote-ssd]\n", "expected"),
+            ("[remote-ssd a b]\n", "remote SSD name"),
+            ("[remote-ssd a]\n[remote-ssd a]\n", "used twice"),
+            ("[remote-ssd a]\naddress 1.2.3.4:1\n", "needs 'subsystem'"),
+            ("[remote-ssd a]\nsubsystem nqn.a.b\n", "needs 'address'"),
+            ("[remote-ssd a]\naddress 1.2.3.4\n", "ADDRESS:PORT"),
+            ("[remote-ssd a]\nnamespace 0\n", "remote NSID"),
+            ("[remote-ssd a]\nsubsystem nqn.2014-08.org.nvmexpress.discovery\n", "not a subsystem"),
+            ("[remote-ssd a]\nhost nqn.a.b\n", "unknown remote-ssd setting"),
+            ("[remote-ssd a]\naddress 1.2.3.4:1 1.2.3.4:2\n", "one value"),
+            (
+                "[remote-ssd a]\naddress 1.2.3.4:1\nsubsystem nqn.a.b\n\
+                 [remote-ssd b]\naddress 1.2.3.4:1\nsubsystem nqn.a.b\nnamespace 1\n",
+                "same remote namespace",
+            ),
+            ("[remote-ssd a]\naddress 1.2.3.4:1\nsubsystem nqn.a.b\n[subsystem nqn.x.y]\n", "no [port]"),
         ];
         for (text, want) in cases {
             match parse(text) {

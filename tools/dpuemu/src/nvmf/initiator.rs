@@ -1,12 +1,14 @@
 //! dpuemu as an NVMe/TCP host: a namespace of a remote NVMe/TCP subsystem
 //! (Linux's nvmet-tcp, another dpuemu) used as a dpuemu namespace. The
 //! target re-exports it (`namespace N remote ...` in the configuration
-//! file); later a volume's member SSD can be one.
+//! file), and a remote SSD (`remote_ssd.rs`) puts volume members on it.
 //!
 //! One admin and one I/O connection per remote namespace, one command at a
 //! time on the I/O queue (callers are serialized by a mutex). A broken
-//! connection fails the command in progress; the next command connects
-//! again.
+//! connection fails the command in progress; then either the next command
+//! connects again (a re-exported namespace) or every command fails at once
+//! until [`RemoteNamespace::reconnect`] succeeds (a remote SSD, whose
+//! supervisor reconnects in the background).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -315,43 +317,102 @@ impl Session {
     }
 }
 
+/// What a command does when the association is broken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reconnect {
+    /// Connects again first (a re-exported namespace: the host's command
+    /// waits for the remote).
+    Inline,
+    /// Fails at once with [`io::ErrorKind::NotConnected`]; the owner calls
+    /// [`RemoteNamespace::reconnect`] (a volume member: the array serves
+    /// from the other members meanwhile, instead of waiting for a remote
+    /// that may not come back).
+    ByOwner,
+}
+
 /// A namespace of a remote NVMe/TCP subsystem.
 pub struct RemoteNamespace {
     spec: RemoteSpec,
     size: u64,
     shift: u8,
+    reconnect: Reconnect,
     session: Mutex<Option<Session>>,
 }
 
 impl RemoteNamespace {
     /// Connects to the remote and reads the namespace's geometry.
     pub fn connect(spec: RemoteSpec) -> io::Result<Self> {
+        Self::connect_with(spec, Reconnect::Inline)
+    }
+
+    /// As [`RemoteNamespace::connect`], with the given reconnection policy.
+    pub fn connect_with(spec: RemoteSpec, reconnect: Reconnect) -> io::Result<Self> {
         let (session, g) = Session::establish(&spec)?;
         Ok(Self {
             spec,
             size: g.size,
             shift: g.shift,
+            reconnect,
             session: Mutex::new(Some(session)),
         })
+    }
+
+    /// Where the namespace is.
+    pub fn spec(&self) -> &RemoteSpec {
+        &self.spec
+    }
+
+    /// Whether an association is up (as far as the last command knows).
+    pub fn is_connected(&self) -> bool {
+        self.lock().is_some()
+    }
+
+    /// Establishes a new association if there is none. The remote must
+    /// still have the namespace's size and block size. Commands are not
+    /// held up while it connects.
+    pub fn reconnect(&self) -> io::Result<()> {
+        if self.is_connected() {
+            return Ok(());
+        }
+        let session = self.establish()?;
+        let mut guard = self.lock();
+        if guard.is_none() {
+            *guard = Some(session);
+        }
+        Ok(())
+    }
+
+    fn establish(&self) -> io::Result<Session> {
+        let (session, g) = Session::establish(&self.spec)?;
+        if g.size != self.size || g.shift != self.shift {
+            return Err(protocol(format!(
+                "{} namespace {} changed its geometry",
+                self.spec.subnqn, self.spec.nsid
+            )));
+        }
+        Ok(session)
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Session>> {
         self.session.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` on a live session (connecting again if the last one
-    /// broke); a failure drops the session.
+    /// Runs `f` on a live session (connecting again if the last one broke
+    /// and the policy is [`Reconnect::Inline`]); a failure drops the
+    /// session.
     fn with_session<T>(&self, f: impl FnOnce(&mut Session) -> io::Result<T>) -> io::Result<T> {
         let mut guard = self.lock();
         if guard.is_none() {
-            let (session, g) = Session::establish(&self.spec)?;
-            if g.size != self.size || g.shift != self.shift {
-                return Err(protocol(format!(
-                    "{} namespace {} changed its geometry",
-                    self.spec.subnqn, self.spec.nsid
-                )));
+            if self.reconnect == Reconnect::ByOwner {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    format!(
+                        "{} namespace {} at {}: not connected",
+                        self.spec.subnqn, self.spec.nsid, self.spec.address
+                    ),
+                ));
             }
-            *guard = Some(session);
+            *guard = Some(self.establish()?);
         }
         let Some(session) = guard.as_mut() else {
             return Err(io::Error::other("no session"));

@@ -26,6 +26,60 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The accelerator's open volumes by name, for `namespace N volume NAME`.
+pub trait VolumeLookup {
+    /// The volume's namespace, if it is open.
+    fn volume(&self, name: &str) -> Option<Arc<dyn Namespace>>;
+}
+
+/// No volumes at all (a target without an accelerator).
+#[cfg(test)]
+pub struct NoVolumes;
+
+#[cfg(test)]
+impl VolumeLookup for NoVolumes {
+    fn volume(&self, _name: &str) -> Option<Arc<dyn Namespace>> {
+        None
+    }
+}
+
+/// The SSD images a configuration exports, taken from the accelerator.
+pub struct ClaimedSsds(BTreeMap<usize, Arc<dyn Namespace>>);
+
+/// Takes the SSDs that `config` exports (`namespace N ssd I`) for the
+/// target: they become in use, so neither their own NVMe function nor the
+/// volume manager uses them. Done before the volume manager looks for
+/// families. Nothing is taken if one of them cannot be.
+pub fn claim_ssds(
+    config: &TargetConfig,
+    ssds: &[(Arc<dyn Namespace>, Arc<SsdOwnership>)],
+) -> Result<ClaimedSsds, String> {
+    let mut wanted = BTreeMap::new();
+    for s in &config.subsystems {
+        for (&nsid, source) in &s.namespaces {
+            let NamespaceSource::Ssd(n) = source else {
+                continue;
+            };
+            let (media, ownership) = ssds
+                .get(*n)
+                .ok_or_else(|| format!("{} namespace {nsid}: no SSD {n} (see --ssd)", s.nqn))?;
+            if ownership.is_attached() {
+                return Err(format!(
+                    "{} namespace {nsid}: SSD {n} already belongs to the accelerator",
+                    s.nqn
+                ));
+            }
+            wanted.insert(*n, (media.clone(), ownership.clone()));
+        }
+    }
+    for (_, ownership) in wanted.values() {
+        ownership.attach_in_use();
+    }
+    Ok(ClaimedSsds(
+        wanted.into_iter().map(|(n, (m, _))| (n, m)).collect(),
+    ))
+}
+
 /// An I/O subsystem.
 pub struct Subsystem {
     /// Subsystem NQN.
@@ -188,14 +242,32 @@ pub struct Target {
     connections: AtomicU32,
     /// Bumped when the discovery log changes (GENCTR).
     pub generation: u64,
+    /// Set by [`Target::shut_down`]: listeners and the watchdog end.
+    stopping: AtomicBool,
+    /// The listener threads, joined by [`Target::shut_down`].
+    listeners: Mutex<Vec<thread::JoinHandle<()>>>,
 }
 
 impl Target {
     /// Opens the namespaces of `config` (`ssds` are dpuemu's SSD images
-    /// with their ownership), binds every port and starts serving.
+    /// with their ownership), binds every port and starts serving. A
+    /// `volume` namespace is refused: see [`Target::start_with`].
+    #[cfg(test)]
     pub fn start(
         config: &TargetConfig,
         ssds: &[(Arc<dyn Namespace>, Arc<SsdOwnership>)],
+    ) -> Result<Arc<Self>, String> {
+        let claimed = claim_ssds(config, ssds)?;
+        Self::start_with(config, &claimed, &NoVolumes)
+    }
+
+    /// Opens the namespaces of `config` with the SSDs [`claim_ssds`] took
+    /// and the volumes `volumes` finds, binds every port and starts
+    /// serving.
+    pub fn start_with(
+        config: &TargetConfig,
+        claimed: &ClaimedSsds,
+        volumes: &dyn VolumeLookup,
     ) -> Result<Arc<Self>, String> {
         let mut subsystems = Vec::new();
         for (i, s) in config.subsystems.iter().enumerate() {
@@ -215,19 +287,16 @@ impl Target {
                             )
                         })?)
                     }
-                    NamespaceSource::Ssd(n) => {
-                        let (media, ownership) = ssds.get(*n).ok_or_else(|| {
-                            format!("{} namespace {nsid}: no SSD {n} (see --ssd)", s.nqn)
-                        })?;
-                        if ownership.is_attached() {
-                            return Err(format!(
-                                "{} namespace {nsid}: SSD {n} already belongs to the accelerator",
-                                s.nqn
-                            ));
-                        }
-                        ownership.attach_in_use();
-                        media.clone()
-                    }
+                    NamespaceSource::Ssd(n) => claimed.0.get(n).cloned().ok_or_else(|| {
+                        format!("{} namespace {nsid}: SSD {n} was not claimed", s.nqn)
+                    })?,
+                    NamespaceSource::Volume(name) => volumes.volume(name).ok_or_else(|| {
+                        format!(
+                            "{} namespace {nsid}: no open volume '{name}' \
+                             (not on the SSDs, locked by encryption, or its family failed)",
+                            s.nqn
+                        )
+                    })?,
                 };
                 namespaces.insert(nsid, ns);
             }
@@ -258,13 +327,16 @@ impl Target {
             next_cntlid: Mutex::new(1),
             connections: AtomicU32::new(0),
             generation: 1,
+            stopping: AtomicBool::new(false),
+            listeners: Mutex::new(Vec::new()),
         });
         for (id, listener) in listeners {
             let t = Arc::clone(&target);
-            thread::Builder::new()
+            let handle = thread::Builder::new()
                 .name(format!("nvmf-port{id}"))
                 .spawn(move || t.accept_loop(id, listener))
                 .map_err(|e| format!("nvmf: cannot start a listener: {e}"))?;
+            lock(&target.listeners).push(handle);
         }
         let t = Arc::clone(&target);
         thread::Builder::new()
@@ -292,6 +364,9 @@ impl Target {
 
     fn accept_loop(self: Arc<Self>, port: u16, listener: TcpListener) {
         for stream in listener.incoming() {
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
             let stream = match stream {
                 Ok(s) => s,
                 Err(e) => {
@@ -323,7 +398,7 @@ impl Target {
     }
 
     fn keep_alive_loop(self: Arc<Self>) {
-        loop {
+        while !self.stopping.load(Ordering::Acquire) {
             thread::sleep(Duration::from_millis(500));
             let now = Instant::now();
             let expired: Vec<Arc<FabricsController>> = lock(&self.controllers)
@@ -412,6 +487,36 @@ impl Target {
         if let Some(c) = c {
             c.shut_down();
         }
+    }
+
+    /// Stops the target as a killed process would look to its hosts: the
+    /// ports stop listening (the addresses can be bound again once this
+    /// returns) and every controller's connections close.
+    #[cfg(test)]
+    pub fn shut_down(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for p in &self.ports {
+            // Wakes the listener blocked in accept(); it sees `stopping`.
+            let mut wake = p.address;
+            if wake.ip().is_unspecified() {
+                wake.set_ip(match wake {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        }
+        let handles = std::mem::take(&mut *lock(&self.listeners));
+        for h in handles {
+            if h.join().is_err() {
+                warn!("nvmf: a listener thread panicked");
+            }
+        }
+        let ids: Vec<u16> = lock(&self.controllers).keys().copied().collect();
+        for id in ids {
+            self.remove_controller(id);
+        }
+        info!("nvmf: target shut down");
     }
 
     /// Tears every controller down, as a target restart would look to

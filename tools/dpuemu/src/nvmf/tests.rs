@@ -21,6 +21,9 @@ use super::connection::{self, FABRICS_OPCODE};
 use super::target::Target;
 use crate::namespace::Namespace;
 
+mod remote_ssd_tests;
+mod volume_tests;
+
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-00000000aaaa";
 const OTHER_HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-00000000bbbb";
 const SUBSYSTEM: &str = "nqn.2026-12.org.dpublk:test";

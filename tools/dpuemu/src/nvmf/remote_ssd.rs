@@ -1,0 +1,199 @@
+//! A namespace of a remote NVMe/TCP subsystem as one more SSD of the
+//! accelerator (`[remote-ssd NAME]` in the configuration file), so that a
+//! volume family can put members on another machine.
+//!
+//! The volume layer sees it like an SSD image: it carries the family
+//! label, and the engine's array fails it when a write or flush to it
+//! fails. A lost connection fails every command at once (the array serves
+//! from the other members instead of waiting for the remote), and a
+//! supervisor thread connects again with exponential backoff. When the
+//! remote is back, the `on_return` hook re-adds the SSD to the arrays
+//! that failed it, which rebuild it in the background, as md re-adds a
+//! member that came back.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread;
+use std::time::Duration;
+
+use log::{debug, info, warn};
+use nvme_shim::vendor::{fault, FaultInjection};
+use nvme_shim::wire::Wire;
+
+use super::initiator::{Reconnect, RemoteNamespace, RemoteSpec};
+use crate::namespace::Namespace;
+use crate::volumes::VolumeManager;
+
+/// How often and how patiently the supervisor connects again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// The first retry's delay, and how often a live connection is
+    /// checked.
+    pub first: Duration,
+    /// The longest delay between two attempts (each failure doubles it).
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            first: Duration::from_millis(200),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+type Hook = Box<dyn Fn() + Send + Sync>;
+
+/// A remote namespace used as an SSD.
+pub struct RemoteSsd {
+    name: String,
+    namespace: RemoteNamespace,
+    on_return: Mutex<Option<Hook>>,
+    reconnections: AtomicU64,
+}
+
+impl RemoteSsd {
+    /// Connects to the remote namespace (it must answer now: its size
+    /// becomes the SSD's) and starts the supervisor.
+    pub fn connect(name: &str, spec: RemoteSpec, backoff: Backoff) -> io::Result<Arc<Self>> {
+        let namespace = RemoteNamespace::connect_with(spec, Reconnect::ByOwner)?;
+        let ssd = Arc::new(Self {
+            name: name.to_string(),
+            namespace,
+            on_return: Mutex::new(None),
+            reconnections: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&ssd);
+        thread::Builder::new()
+            .name(format!("nvmf-remote-{name}"))
+            .spawn(move || supervise(&weak, backoff))?;
+        Ok(ssd)
+    }
+
+    /// The section's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where the namespace is.
+    pub fn spec(&self) -> &RemoteSpec {
+        self.namespace.spec()
+    }
+
+    /// Sets what runs each time the remote is reached again after a loss.
+    pub fn on_return(&self, hook: impl Fn() + Send + Sync + 'static) {
+        *self.on_return.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(hook));
+    }
+
+    /// How many times the connection came back.
+    #[cfg(test)]
+    pub fn reconnections(&self) -> u64 {
+        self.reconnections.load(Ordering::Acquire)
+    }
+
+    fn returned(&self) {
+        self.reconnections.fetch_add(1, Ordering::AcqRel);
+        let hook = self.on_return.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hook) = hook.as_ref() {
+            hook();
+        }
+    }
+}
+
+/// Connects `ssd` again whenever its association is lost, until the SSD
+/// is dropped.
+fn supervise(ssd: &Weak<RemoteSsd>, backoff: Backoff) {
+    let mut delay = backoff.first;
+    let mut failures = 0u32;
+    loop {
+        thread::sleep(delay);
+        let Some(ssd) = ssd.upgrade() else {
+            return;
+        };
+        if ssd.namespace.is_connected() {
+            delay = backoff.first;
+            continue;
+        }
+        let spec = ssd.spec();
+        match ssd.namespace.reconnect() {
+            Ok(()) => {
+                info!(
+                    "nvmf remote SSD {}: {} {} namespace {} is back after {failures} failed attempt(s)",
+                    ssd.name, spec.address, spec.subnqn, spec.nsid
+                );
+                failures = 0;
+                delay = backoff.first;
+                ssd.returned();
+            }
+            Err(e) => {
+                if failures == 0 {
+                    warn!(
+                        "nvmf remote SSD {}: {} {} namespace {} lost ({e}); retrying up to every {} ms",
+                        ssd.name,
+                        spec.address,
+                        spec.subnqn,
+                        spec.nsid,
+                        backoff.max.as_millis()
+                    );
+                }
+                failures = failures.saturating_add(1);
+                delay = delay.saturating_mul(2).min(backoff.max);
+            }
+        }
+    }
+}
+
+/// A hook for [`RemoteSsd::on_return`]: SSD `index` of `manager` comes
+/// back into the arrays that failed it and is rebuilt in the background.
+/// It goes through Fault Injection's CLEAR, the accelerator's way back for
+/// an SSD that failed and returned (faults injected on that SSD end with
+/// it). An array where the SSD never failed is left alone.
+pub fn readd_hook(manager: Weak<VolumeManager>, index: u16) -> impl Fn() + Send + Sync {
+    move || {
+        let Some(manager) = manager.upgrade() else {
+            return;
+        };
+        let mut clear = FaultInjection::zeroed();
+        clear.kind = fault::CLEAR;
+        clear.ssd_index.set(index);
+        // Refused only for an SSD no family uses: nothing to re-add.
+        if let Err(status) = manager.fault(&clear) {
+            debug!(
+                "nvmf remote SSD {index}: not re-added: status {:#x}",
+                status.0
+            );
+        }
+    }
+}
+
+impl Namespace for RemoteSsd {
+    fn size(&self) -> u64 {
+        self.namespace.size()
+    }
+
+    fn lba_shift(&self) -> u8 {
+        self.namespace.lba_shift()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.namespace.read_at(offset, buf)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.namespace.write_at(offset, data)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.namespace.flush()
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.namespace.write_zeroes(offset, len)
+    }
+
+    fn deallocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.namespace.deallocate(offset, len)
+    }
+}

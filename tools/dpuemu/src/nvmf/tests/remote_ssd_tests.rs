@@ -1,0 +1,151 @@
+//! A RAID10 family with one local SSD and one remote SSD (a namespace of
+//! an in-process dpuemu target, over 127.0.0.1): the remote target killed
+//! and restarted under I/O, the member failed, re-added and rebuilt, and
+//! at the end the data read back from the remote member alone.
+
+use std::time::Instant;
+
+use nvme_shim::vendor::{
+    fault, layout, FaultInjection, Statistics, ARRAY_STATE_DEGRADED, ARRAY_STATE_OPTIMAL,
+};
+use nvme_shim::wire::Wire;
+
+use super::volume_tests::{create_volume, image_handles, temp_dir, Activated};
+use super::*;
+use crate::controller::SsdHandle;
+use crate::nvmf::initiator::RemoteSpec;
+use crate::nvmf::{readd_hook, Backoff, RemoteSsd};
+use crate::ownership::SsdOwnership;
+use crate::volumes::VolumeManager;
+
+const SHELF: &str = "nqn.2026-12.org.dpublk:shelf";
+const SSD_BYTES: u64 = 16 << 20;
+const VOLUME_BYTES: u64 = 6 << 20;
+const CHUNK: usize = 128 << 10;
+
+/// The remote machine: a target exporting `remote.img` on `service`.
+fn shelf(dir: &std::path::Path, service: u16) -> Arc<Target> {
+    let text = format!(
+        "[port 1]\nservice {service}\n[subsystem {SHELF}]\nports 1\nallow-any-host\n\
+         namespace 1 file {}/remote.img 16M\n",
+        dir.display()
+    );
+    Target::start(&config::parse(&text).expect("config"), &[]).expect("shelf target")
+}
+
+fn array_state(manager: &VolumeManager, nsid: u32) -> u8 {
+    let mut s = Statistics::zeroed();
+    assert!(manager.statistics(nsid, &mut s), "volume {nsid}");
+    s.array_state
+}
+
+fn fault_on(manager: &VolumeManager, kind: u8, ssd: u16) {
+    let mut f = FaultInjection::zeroed();
+    f.kind = kind;
+    f.ssd_index.set(ssd);
+    manager.fault(&f).expect("Fault Injection");
+}
+
+/// Writes chunks `range` of the volume with patterns of `seed` and
+/// records them in `expected`.
+fn write_chunks(ns: &dyn Namespace, range: std::ops::Range<usize>, seed: u8, expected: &mut [u8]) {
+    for chunk in range {
+        let data = pattern(CHUNK, seed.wrapping_add(chunk as u8));
+        let at = chunk * CHUNK;
+        ns.write_at(at as u64, &data).expect("volume write");
+        expected[at..at + CHUNK].copy_from_slice(&data);
+    }
+}
+
+fn verify(ns: &dyn Namespace, expected: &[u8], what: &str) {
+    for (chunk, want) in expected.chunks(CHUNK).enumerate() {
+        let mut got = vec![0u8; want.len()];
+        ns.read_at((chunk * CHUNK) as u64, &mut got)
+            .unwrap_or_else(|e| panic!("{what}: chunk {chunk}: {e}"));
+        assert!(got == want, "{what}: chunk {chunk} differs");
+    }
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_remote_mirror_member_fails_with_its_target_and_resyncs_when_it_returns() {
+    let (_cleanup, dir) = temp_dir("remote-ssd");
+    let first = shelf(&dir, 0);
+    let address = first.ports[0].address;
+    let spec = RemoteSpec {
+        address,
+        subnqn: SHELF.into(),
+        nsid: 1,
+    };
+    let backoff = Backoff {
+        first: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+    };
+    let remote = RemoteSsd::connect("shelf", spec, backoff).expect("remote SSD");
+    assert_eq!(remote.size(), SSD_BYTES, "the remote namespace's size");
+    let mut handles = image_handles(&[dir.join("local.img")], SSD_BYTES);
+    handles.push(SsdHandle {
+        index: 1,
+        ownership: Arc::new(SsdOwnership::new()),
+        media: remote.clone(),
+        serial: "REMOTE1".into(),
+    });
+    let manager = Arc::new(VolumeManager::open(&handles));
+    remote.on_return(readd_hook(Arc::downgrade(&manager), 1));
+    let table = Activated::default();
+    let nsid = create_volume(
+        &manager,
+        &handles,
+        &table,
+        "mirror",
+        (layout::RAID10, 2),
+        0b11,
+        VOLUME_BYTES,
+    );
+    let ns = table.get(nsid);
+    let chunks = VOLUME_BYTES as usize / CHUNK;
+    let mut expected = vec![0u8; VOLUME_BYTES as usize];
+
+    // Both members in service.
+    write_chunks(&*ns, 0..chunks, 1, &mut expected);
+    ns.flush().expect("flush");
+    verify(&*ns, &expected, "optimal");
+    assert_eq!(array_state(&manager, nsid), ARRAY_STATE_OPTIMAL);
+
+    // The remote machine goes away: writes fail the member, the volume
+    // keeps serving from the local SSD.
+    first.shut_down();
+    write_chunks(&*ns, chunks / 2..chunks, 60, &mut expected);
+    ns.flush().expect("flush while degraded");
+    verify(&*ns, &expected, "degraded");
+    assert_eq!(array_state(&manager, nsid), ARRAY_STATE_DEGRADED);
+    assert_eq!(remote.reconnections(), 0);
+
+    // It comes back on the same address with the same (now stale) image:
+    // the supervisor reconnects, the member is re-added and rebuilt.
+    let second = shelf(&dir, address.port());
+    wait_for("the reconnection", || remote.reconnections() >= 1);
+    // Writes during the rebuild reach both members.
+    write_chunks(&*ns, 0..4, 120, &mut expected);
+    wait_for("the rebuild", || {
+        array_state(&manager, nsid) == ARRAY_STATE_OPTIMAL
+    });
+    ns.flush().expect("flush");
+    verify(&*ns, &expected, "rebuilt");
+
+    // The local SSD vanishes: every byte now comes from the remote member.
+    fault_on(&manager, fault::DISAPPEAR, 0);
+    verify(&*ns, &expected, "remote member only");
+    assert_eq!(array_state(&manager, nsid), ARRAY_STATE_DEGRADED);
+    assert!(
+        second.controller_count() >= 1,
+        "the remote target served it"
+    );
+}
