@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 use super::btree::{self, TreeInfo, ValueKind};
 use super::space_map;
-use super::transaction::{PreparedCommit, TransactionManager, SUPERBLOCKS};
+use super::transaction::{PreparedCommit, TransactionManager, MAX_RUN_BLOCKS, SUPERBLOCKS};
 use super::{MetaError, META_BLOCK};
 use crate::fault::{torn_sectors, FaultyMedia, PowerCut};
 use crate::media::{Media, MemMedia};
@@ -292,6 +292,39 @@ fn bounded_cache_while_the_tree_grows_far_beyond_it() {
         assert_eq!(all.get(&spread(i)), Some(&i));
     }
     assert!(reopened.cache_stats().peak_resident <= CACHE);
+}
+
+/// A commit writes each run of consecutive dirty blocks as one write of
+/// at most 64 blocks, and what it wrote reads back after a reopen.
+#[test]
+fn a_commit_writes_runs_of_consecutive_blocks_at_once() {
+    let mem = Arc::new(MemMedia::new(META_BLOCKS * META_BLOCK));
+    let (faulty, control) = FaultyMedia::new(mem.clone());
+    let mut tm = format(Arc::new(faulty), 512);
+    let info = plain(usize::MAX);
+    let mut root = btree::empty(&mut tm, &info).unwrap();
+    // Appends fill new leaves in allocation order: mostly consecutive.
+    for i in 0..60_000u64 {
+        root = btree::insert(&mut tm, &info, root, i, &value(i * 3)).unwrap();
+    }
+    tm.set_root(0, root).unwrap();
+    let prepared = tm.prepare_commit().unwrap();
+    let blocks = prepared.blocks();
+    let runs = prepared.writes();
+    assert!(blocks > 200, "only {blocks} dirty blocks");
+    assert!(runs >= blocks.div_ceil(MAX_RUN_BLOCKS), "{runs} writes");
+    assert!(runs * 8 < blocks, "{blocks} blocks in {runs} writes");
+    let before = control.counters().writes;
+    let written = prepared.write();
+    tm.finish_commit(prepared.generation(), written).unwrap();
+    // The runs, then the superblock.
+    assert_eq!(control.counters().writes - before, runs as u64 + 1);
+    drop(tm);
+    let mut reopened = TransactionManager::open(mem, 64).unwrap();
+    let root = reopened.root(0);
+    let all = contents(&mut reopened, &info, root);
+    assert_eq!(all.len(), 60_000);
+    assert!(all.iter().all(|(k, v)| *v == k * 3));
 }
 
 #[test]

@@ -82,11 +82,38 @@ pub struct TransactionStats {
 pub struct PreparedCommit {
     media: Arc<dyn Media>,
     generation: u64,
+    /// Sorted by block number.
     blocks: Vec<(u64, Block)>,
     superblock: Vec<u8>,
 }
 
+/// The most blocks one write of a commit carries (256 KiB).
+pub const MAX_RUN_BLOCKS: usize = 64;
+
 impl PreparedCommit {
+    /// The commit's blocks in runs of consecutive numbers, each at most
+    /// [`MAX_RUN_BLOCKS`] long, with the first block's number.
+    fn runs(&self) -> impl Iterator<Item = (u64, &[(u64, Block)])> {
+        let mut rest = self.blocks.as_slice();
+        std::iter::from_fn(move || {
+            let first = rest.first()?.0;
+            let len = rest
+                .iter()
+                .take(MAX_RUN_BLOCKS)
+                .enumerate()
+                .take_while(|(i, (number, _))| *number == first + *i as u64)
+                .count();
+            let (run, tail) = rest.split_at(len);
+            rest = tail;
+            Some((first, run))
+        })
+    }
+
+    /// The writes [`PreparedCommit::write`] issues before its first flush.
+    pub fn writes(&self) -> usize {
+        self.runs().count()
+    }
+
     /// The generation this commit makes durable.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -101,11 +128,22 @@ impl PreparedCommit {
     /// again. Needs no lock: every block written is new in this commit's
     /// transaction, and the superblock slot is the one the durable
     /// superblock does not use.
+    ///
+    /// Each run of consecutive blocks (allocation hands them out in order)
+    /// goes as one write of up to [`MAX_RUN_BLOCKS`] blocks: on a parity
+    /// array every write is a journaled read-modify-write, so one write
+    /// per run instead of one per block is most of a commit's cost. The
+    /// order of writes before the flush does not matter, and a crash that
+    /// tears a run is the same as one that keeps some of its blocks.
     pub fn write(&self) -> MetaResult<()> {
-        for (number, data) in &self.blocks {
-            let mut sealed = data.to_vec();
-            seal(*number, &mut sealed);
-            self.media.write_at(number * META_BLOCK as u64, &sealed)?;
+        for (first, run) in self.runs() {
+            let mut sealed = Vec::with_capacity(run.len() * META_BLOCK);
+            for (i, (_, data)) in run.iter().enumerate() {
+                let at = sealed.len();
+                sealed.extend_from_slice(data);
+                seal(first + i as u64, &mut sealed[at..]);
+            }
+            self.media.write_at(first * META_BLOCK as u64, &sealed)?;
         }
         self.media.flush()?;
         let slot = self.generation % SUPERBLOCKS;
@@ -712,7 +750,8 @@ impl TransactionManager {
         // The slot alternates: the other one keeps the previous commit
         // until this one is durable.
         seal(generation % SUPERBLOCKS, &mut sb);
-        let blocks = self.cache.take_dirty();
+        let mut blocks = self.cache.take_dirty();
+        blocks.sort_unstable_by_key(|(number, _)| *number);
         self.generation = generation;
         self.in_flight = true;
         self.allocated.clear();
