@@ -308,6 +308,8 @@ fn run(options: &Options) -> Result<(), String> {
     }
     // The NSIDs the accelerator's function keeps from its volumes.
     let reserved: BTreeSet<u32> = (1..=accel_namespaces.len() as u32).collect();
+    let ssd_ownership: Vec<Arc<SsdOwnership>> =
+        ssd_handles.iter().map(|h| h.ownership.clone()).collect();
 
     let mut functions = vec![make_function(
         options,
@@ -322,13 +324,18 @@ fn run(options: &Options) -> Result<(), String> {
         },
         accel_namespaces,
     )];
-    // Volumes are exported once the accelerator's function has numbered
-    // them (the same namespaces serve both).
+    // Volumes are made and exported once the accelerator's function has
+    // numbered those it found (the same namespaces serve both).
     let _nvmf = match (&nvmf_config, &nvmf_claimed) {
         (Some(config), Some(claimed)) => {
-            let directory = nvmf::VolumeDirectory::from_manager(&volumes, &reserved);
-            info!("nvmf: open volumes: {:?}", directory.names());
-            Some(nvmf::Target::start_with(config, claimed, &directory)?)
+            let accel = nvmf::Accelerator {
+                volumes: &volumes,
+                ownership: &ssd_ownership,
+                images: media.len(),
+                table: &*functions[0].controller,
+                reserved: &reserved,
+            };
+            nvmf::start_appliance(config, claimed, &accel)?
         }
         _ => None,
     };

@@ -29,13 +29,61 @@ mod tests;
 mod volumes;
 
 pub use remote_ssd::{readd_hook, Backoff, RemoteSsd};
-pub use target::{claim_ssds, Target};
+pub use target::{claim_ssds, ClaimedSsds, Target};
 pub use volumes::VolumeDirectory;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
+use log::info;
+
+use crate::ownership::SsdOwnership;
+use crate::volumes::{NamespaceTable, VolumeManager};
 use config::TargetConfig;
+
+/// What the appliance's start-up needs from the accelerator, once its
+/// volume manager has opened the families on the SSDs and its function
+/// has numbered their volumes.
+pub struct Accelerator<'a> {
+    /// The volume manager.
+    pub volumes: &'a VolumeManager,
+    /// Every SSD's ownership, by SSD number (images, then remote SSDs).
+    pub ownership: &'a [Arc<SsdOwnership>],
+    /// How many of them are `--ssd` images.
+    pub images: usize,
+    /// The accelerator's namespace table (its function's controller).
+    pub table: &'a dyn NamespaceTable,
+    /// The NSIDs its function keeps from volumes (passthrough).
+    pub reserved: &'a BTreeSet<u32>,
+}
+
+/// The appliance's start-up after the volume manager: makes the
+/// `[volume]` sections missing from the SSDs, then starts the target (if
+/// the file has ports) with the SSDs `claimed` earlier and the volumes.
+pub fn start_appliance(
+    config: &TargetConfig,
+    claimed: &ClaimedSsds,
+    accel: &Accelerator<'_>,
+) -> Result<Option<Arc<Target>>, String> {
+    let mut directory = VolumeDirectory::from_manager(accel.volumes, accel.reserved);
+    let made = volumes::create_missing(
+        config,
+        accel.volumes,
+        accel.ownership,
+        accel.images,
+        accel.table,
+        &directory,
+    )?;
+    if made {
+        directory = VolumeDirectory::from_manager(accel.volumes, accel.reserved);
+    }
+    info!("nvmf: open volumes: {:?}", directory.names());
+    if config.ports.is_empty() {
+        return Ok(None);
+    }
+    Target::start_with(config, claimed, &directory).map(Some)
+}
 
 /// Reads and checks the configuration file at `path`.
 pub fn load(path: &Path) -> Result<TargetConfig, String> {

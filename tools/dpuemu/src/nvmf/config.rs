@@ -18,6 +18,11 @@
 //! address 192.0.2.7:4420
 //! subsystem nqn.2026-12.org.example:backend
 //! namespace 1
+//!
+//! [volume db0]
+//! layout raid10
+//! ssds 0 shelf1
+//! size 1G
 //! ```
 
 use std::collections::BTreeMap;
@@ -26,6 +31,11 @@ use std::path::PathBuf;
 
 use super::initiator::RemoteSpec;
 use crate::cli::parse_size;
+
+mod volume;
+
+use volume::VolumeDraft;
+pub use volume::{MemberRef, VolumeConfig};
 
 /// The NQN of the discovery subsystem every port serves.
 pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
@@ -94,6 +104,23 @@ pub struct TargetConfig {
     /// Remote SSDs, in file order: they follow the `--ssd` images in the
     /// accelerator's SSD numbering.
     pub remote_ssds: Vec<RemoteSsdConfig>,
+    /// Volumes made at start-up unless they exist.
+    pub volumes: Vec<VolumeConfig>,
+}
+
+impl TargetConfig {
+    /// The SSD number of `member` when dpuemu has `images` `--ssd`
+    /// images (remote SSDs follow them in file order).
+    pub fn ssd_number(&self, member: &MemberRef, images: usize) -> Option<usize> {
+        match member {
+            MemberRef::Number(n) => Some(*n),
+            MemberRef::Remote(name) => self
+                .remote_ssds
+                .iter()
+                .position(|r| &r.name == name)
+                .map(|i| images + i),
+        }
+    }
 }
 
 /// Whether `name` can be a volume's name: 1 to 31 bytes of
@@ -119,6 +146,7 @@ enum Section {
     Port(usize),
     Subsystem(usize),
     RemoteSsd(usize),
+    Volume(usize),
 }
 
 /// A `[remote-ssd]` section while it is read: its keys may come in any
@@ -136,6 +164,7 @@ struct RemoteSsdDraft {
 pub fn parse(text: &str) -> Result<TargetConfig, String> {
     let mut config = TargetConfig::default();
     let mut remote_ssds: Vec<RemoteSsdDraft> = Vec::new();
+    let mut volumes: Vec<VolumeDraft> = Vec::new();
     let mut section = Section::None;
     for (index, raw) in text.lines().enumerate() {
         let line = raw.split('#').next().unwrap_or("").trim();
@@ -163,7 +192,17 @@ pub fn parse(text: &str) -> Result<TargetConfig, String> {
                     });
                     Section::RemoteSsd(remote_ssds.len() - 1)
                 }
-                _ => start_section(&mut config, header).map_err(at)?,
+                _ => match header.strip_prefix("volume") {
+                    Some(name) if name.starts_with(char::is_whitespace) => {
+                        let draft = VolumeDraft::new(name.trim(), index + 1).map_err(at)?;
+                        if volumes.iter().any(|v| v.name() == draft.name()) {
+                            return Err(at(format!("volume {} defined twice", draft.name())));
+                        }
+                        volumes.push(draft);
+                        Section::Volume(volumes.len() - 1)
+                    }
+                    _ => start_section(&mut config, header).map_err(at)?,
+                },
             };
             continue;
         }
@@ -172,6 +211,7 @@ pub fn parse(text: &str) -> Result<TargetConfig, String> {
         let values: Vec<&str> = words.collect();
         match section {
             Section::None => return Err(at(format!("'{key}' outside a section"))),
+            Section::Volume(i) => volumes[i].line(key, &values).map_err(at)?,
             Section::RemoteSsd(i) => {
                 remote_ssd_line(&mut remote_ssds[i], key, &values).map_err(at)?
             }
@@ -183,6 +223,9 @@ pub fn parse(text: &str) -> Result<TargetConfig, String> {
     }
     for draft in remote_ssds {
         config.remote_ssds.push(finish_remote_ssd(draft)?);
+    }
+    for draft in volumes {
+        config.volumes.push(draft.finish()?);
     }
     check(&config)?;
     Ok(config)
@@ -233,7 +276,9 @@ fn remote_nsid(v: &str) -> Result<u32, String> {
 
 fn start_section(config: &mut TargetConfig, header: &str) -> Result<Section, String> {
     let (kind, name) = header.split_once(char::is_whitespace).ok_or_else(|| {
-        format!("'[{header}]': expected [port N], [subsystem NQN] or [remote-ssd NAME]")
+        format!(
+            "'[{header}]': expected [port N], [subsystem NQN], [remote-ssd NAME] or [volume NAME]"
+        )
     })?;
     let name = name.trim();
     match kind {
@@ -402,8 +447,17 @@ fn subsystem_line(s: &mut SubsystemConfig, key: &str, values: &[&str]) -> Result
 
 /// Checks what only the whole file can tell.
 fn check(config: &TargetConfig) -> Result<(), String> {
-    if config.ports.is_empty() && config.remote_ssds.is_empty() {
-        return Err("no [port] section: the target would listen nowhere".into());
+    if config.ports.is_empty() && config.remote_ssds.is_empty() && config.volumes.is_empty() {
+        return Err("nothing to do: no [port], [remote-ssd] or [volume] section".into());
+    }
+    for v in &config.volumes {
+        for m in &v.members {
+            if let MemberRef::Remote(name) = m {
+                if !config.remote_ssds.iter().any(|r| &r.name == name) {
+                    return Err(format!("[volume {}]: no [remote-ssd {name}]", v.name));
+                }
+            }
+        }
     }
     if config.ports.is_empty() && !config.subsystems.is_empty() {
         return Err("subsystems but no [port] section: the target would listen nowhere".into());
@@ -543,6 +597,23 @@ subsystem nqn.a.b
         )
         .expect("remote SSDs only");
         assert!(only.ports.is_empty() && only.subsystems.is_empty());
+        // A [volume] names its SSDs by number or by remote SSD name.
+        let made = parse(
+            "[remote-ssd r]\naddress 127.0.0.1:4420\nsubsystem nqn.a.b\n\
+             [volume v]\nlayout raid10\nssds 1 r\nsize 8M\n",
+        )
+        .expect("a volume on a remote SSD");
+        let v = &made.volumes[0];
+        assert_eq!(
+            v.members,
+            vec![MemberRef::Number(1), MemberRef::Remote("r".into())]
+        );
+        assert_eq!(made.ssd_number(&v.members[0], 2), Some(1));
+        assert_eq!(
+            made.ssd_number(&v.members[1], 2),
+            Some(2),
+            "after two images"
+        );
     }
 
     #[test]
@@ -577,7 +648,10 @@ subsystem nqn.a.b
             ),
             ("", "no [port]"),
             ("[port 1]\n[port 2]\n", "share"),
-            ("[volume x]\n", "unknown section"),
+            ("[disk x]\n", "unknown section"),
+            ("[volume x]\n", "needs 'layout'"),
+            ("[volume x]\n[volume x]\n", "defined twice"),
+            ("[volume x]\nlayout single\nsize 4M\nssds shelf\n", "no [remote-ssd shelf]"),
             ("[port 1]\n[subsystem nqn.x.y]\nnamespace 1 volume a/b\n", "volume name"),
             ("[port 1]\n[subsystem nqn.x.y]\nnamespace 1 volume\n", "expected"),
             (

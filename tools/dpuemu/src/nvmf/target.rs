@@ -244,7 +244,8 @@ pub struct Target {
     pub generation: u64,
     /// Set by [`Target::shut_down`]: listeners and the watchdog end.
     stopping: AtomicBool,
-    /// The listener threads, joined by [`Target::shut_down`].
+    /// The listener and watchdog threads, joined by [`Target::shut_down`]
+    /// (after which nothing but the caller holds the target).
     listeners: Mutex<Vec<thread::JoinHandle<()>>>,
 }
 
@@ -339,10 +340,11 @@ impl Target {
             lock(&target.listeners).push(handle);
         }
         let t = Arc::clone(&target);
-        thread::Builder::new()
+        let watchdog = thread::Builder::new()
             .name("nvmf-keepalive".into())
             .spawn(move || t.keep_alive_loop())
             .map_err(|e| format!("nvmf: cannot start the keep-alive watchdog: {e}"))?;
+        lock(&target.listeners).push(watchdog);
         for p in &target.ports {
             info!("nvmf: port {} listening on {}", p.id, p.address);
         }
@@ -509,7 +511,7 @@ impl Target {
         let handles = std::mem::take(&mut *lock(&self.listeners));
         for h in handles {
             if h.join().is_err() {
-                warn!("nvmf: a listener thread panicked");
+                warn!("nvmf: a listener or watchdog thread panicked");
             }
         }
         let ids: Vec<u16> = lock(&self.controllers).keys().copied().collect();

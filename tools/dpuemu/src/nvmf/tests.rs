@@ -21,6 +21,7 @@ use super::connection::{self, FABRICS_OPCODE};
 use super::target::Target;
 use crate::namespace::Namespace;
 
+mod appliance_tests;
 mod remote_ssd_tests;
 mod volume_tests;
 

@@ -18,13 +18,13 @@ use crate::nvmf::{readd_hook, Backoff, RemoteSsd};
 use crate::ownership::SsdOwnership;
 use crate::volumes::VolumeManager;
 
-const SHELF: &str = "nqn.2026-12.org.dpublk:shelf";
+pub(super) const SHELF: &str = "nqn.2026-12.org.dpublk:shelf";
 const SSD_BYTES: u64 = 16 << 20;
 const VOLUME_BYTES: u64 = 6 << 20;
 const CHUNK: usize = 128 << 10;
 
 /// The remote machine: a target exporting `remote.img` on `service`.
-fn shelf(dir: &std::path::Path, service: u16) -> Arc<Target> {
+pub(super) fn shelf(dir: &std::path::Path, service: u16) -> Arc<Target> {
     let text = format!(
         "[port 1]\nservice {service}\n[subsystem {SHELF}]\nports 1\nallow-any-host\n\
          namespace 1 file {}/remote.img 16M\n",
@@ -33,7 +33,7 @@ fn shelf(dir: &std::path::Path, service: u16) -> Arc<Target> {
     Target::start(&config::parse(&text).expect("config"), &[]).expect("shelf target")
 }
 
-fn array_state(manager: &VolumeManager, nsid: u32) -> u8 {
+pub(super) fn array_state(manager: &VolumeManager, nsid: u32) -> u8 {
     let mut s = Statistics::zeroed();
     assert!(manager.statistics(nsid, &mut s), "volume {nsid}");
     s.array_state
@@ -66,7 +66,7 @@ fn verify(ns: &dyn Namespace, expected: &[u8], what: &str) {
     }
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+pub(super) fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

@@ -8,12 +8,12 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use nvme_shim::vendor::{layout, VolumeCreate};
-use nvme_shim::wire::{c_string_field, Wire};
+use nvme_shim::vendor::layout;
 
 use super::*;
 use crate::controller::SsdHandle;
 use crate::namespace::FileNamespace;
+use crate::nvmf::config::VolumeConfig;
 use crate::nvmf::target::{claim_ssds, VolumeLookup};
 use crate::nvmf::VolumeDirectory;
 use crate::ownership::SsdOwnership;
@@ -24,7 +24,7 @@ const VOLUME_BLOCK: usize = 4096;
 
 /// The accelerator's namespace table as Volume Create fills it.
 #[derive(Default)]
-pub(super) struct Activated(Mutex<Vec<(u32, Arc<dyn Namespace>)>>);
+pub(super) struct Activated(pub(super) Mutex<Vec<(u32, Arc<dyn Namespace>)>>);
 
 impl NamespaceTable for Activated {
     fn activate(&self, nsid: u32, backend: Arc<dyn Namespace>) {
@@ -82,27 +82,27 @@ pub(super) fn create_volume(
     handles: &[SsdHandle],
     table: &Activated,
     name: &str,
-    (code, copies): (u8, u8),
+    (layout, copies): (u8, u8),
     mask: u64,
     size: u64,
 ) -> u32 {
-    for (i, h) in handles.iter().enumerate() {
-        if mask & (1 << i) != 0 {
-            h.ownership.attach().expect("SSD Attach");
-        }
-    }
-    let mut req = VolumeCreate::zeroed();
-    req.size_bytes.set(size);
-    req.lba_shift = 12;
-    req.layout = code;
-    req.data_shards = copies;
-    req.ssd_mask.set(mask);
-    c_string_field(&mut req.name, name.as_bytes());
-    manager.create(&req, table).expect("Volume Create")
+    let ownership: Vec<_> = handles.iter().map(|h| h.ownership.clone()).collect();
+    let v = VolumeConfig {
+        name: name.into(),
+        layout,
+        members: Vec::new(),
+        size,
+        copies,
+        parity: 0,
+        stripe: 0,
+        thin: false,
+    };
+    crate::nvmf::volumes::create_volume(manager, &ownership, &v, mask, table)
+        .expect("Volume Create")
 }
 
 /// An NVM command on 4 KiB blocks.
-fn volume_io(
+pub(super) fn volume_io(
     host: &mut Host,
     opcode: u8,
     lba: u64,
