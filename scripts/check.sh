@@ -299,7 +299,6 @@ if [[ " $suites " == *" vm "* ]]; then
 		# The sample: one boot per kind of hardware, each suite's tests that
 		# catch the most per second, shortened where a test has a length
 		# knob; every test of every suite runs in `make check-full`.
-		run_suite basic 400 -- test_load_unload test_configfs_root test_dpublk_kunit test_nvmf_tcp
 		# dpublk on the accelerator behind the vIOMMU: data, lost command
 		# (abort and reset), the hostile device for 10 s, PCI remove; SSD 1
 		# a zoned SSD function next to QEMU's zoned namespace.
@@ -308,10 +307,15 @@ if [[ " $suites " == *" vm "* ]]; then
 			run_suite dpublk 600 --accelerator --ssds 2 --iommu --qemu-zns 512M -- \
 			test_dpublk_probe test_dpublk_fio_verify test_dpublk_reset test_dpublk_hostile \
 			test_dpublk_pci_remove test_zns_function
-		# Snapshot disks read-only, thin snapshots and clones, degraded RAID6, EC
-		# and RAID10 (the persistence suite makes encrypted, compressed volumes).
+		# Module load and unload (here with the accelerator bound each time),
+		# the configfs root, the KUnit suites, dpuemu's NVMe/TCP target under
+		# Linux's nvme-tcp host (full: the basic suite, without an
+		# accelerator); snapshot disks read-only, thin snapshots and clones,
+		# degraded RAID6, EC and RAID10 (the persistence suite makes
+		# encrypted, compressed volumes). One boot.
 		DPUBLK_GUEST_ENV="DPUBLK_SNAPSHOT_RO_CYCLES=100" \
 			run_suite management 600 --accelerator --ssds 6 --ssd-size 512M -- \
+			test_load_unload test_configfs_root test_dpublk_kunit test_nvmf_tcp \
 			test_configfs_snapshot_ro test_thin_snapshot_clone test_protection_degraded
 		# One power cut, on a layout the seed picks.
 		DPUBLK_VM_TIMEOUT=400 run_script power-loss \
