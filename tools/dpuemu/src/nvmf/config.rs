@@ -617,6 +617,19 @@ subsystem nqn.a.b
     }
 
     #[test]
+    fn the_appliance_sample_parses() {
+        let c = parse(include_str!("../../../../samples/nvmf-appliance.conf")).expect("sample");
+        assert_eq!(c.remote_ssds.len(), 1);
+        assert_eq!(c.volumes.len(), 2);
+        let db0 = &c.volumes[0];
+        assert_eq!(c.ssd_number(&db0.members[1], 2), Some(2), "shelf1 is SSD 2");
+        assert_eq!(
+            c.subsystems[0].namespaces.get(&2),
+            Some(&NamespaceSource::Volume("scratch".into()))
+        );
+    }
+
+    #[test]
     fn mistakes_name_their_line() {
         let cases = [
             ("address 1.2.3.4\n", "line 1"),

@@ -282,12 +282,18 @@ impl Session {
         let blocks = u64::from_le_bytes(ns[..8].try_into().unwrap_or_default());
         let format = usize::from(ns[26] & 0xf);
         let shift = ns[128 + 4 * format + 2];
-        if blocks == 0 || !(9..=16).contains(&shift) {
+        // The remote's numbers are untrusted: a size must fit in 64 bits.
+        let size = (9..=16)
+            .contains(&shift)
+            .then(|| blocks.checked_mul(1u64 << shift))
+            .flatten()
+            .filter(|&size| size > 0);
+        let Some(size) = size else {
             return Err(protocol(format!(
                 "{} namespace {}: {blocks} blocks of 2^{shift} bytes",
                 spec.subnqn, spec.nsid
             )));
-        }
+        };
         let mut queues = SubmissionEntry::new(0x09, 0);
         queues.cdw10.set(0x07);
         admin.command(queues, &[], &mut [], 0)?;
@@ -300,7 +306,7 @@ impl Session {
             spec.subnqn,
             spec.nsid,
             spec.address,
-            (blocks << shift) >> 20
+            size >> 20
         );
         Ok((
             Self {
@@ -309,10 +315,7 @@ impl Session {
                 in_capsule,
                 max_transfer: max_transfer.max(1 << shift),
             },
-            Geometry {
-                size: blocks << shift,
-                shift,
-            },
+            Geometry { size, shift },
         ))
     }
 }
