@@ -28,7 +28,7 @@ mod target;
 mod tests;
 mod volumes;
 
-pub use remote_ssd::{readd_hook, Backoff, RemoteSsd};
+pub use remote_ssd::{readd_hook, RemoteSsd, RemoteSsdPolicy};
 pub use target::{claim_ssds, ClaimedSsds, Target};
 pub use volumes::VolumeDirectory;
 
@@ -99,7 +99,11 @@ pub fn connect_remote_ssds(config: &TargetConfig) -> Result<Vec<Arc<RemoteSsd>>,
         .remote_ssds
         .iter()
         .map(|r| {
-            RemoteSsd::connect(&r.name, r.spec.clone(), Backoff::default()).map_err(|e| {
+            let policy = RemoteSsdPolicy {
+                timeout: std::time::Duration::from_secs(u64::from(r.timeout_secs)),
+                ..RemoteSsdPolicy::default()
+            };
+            RemoteSsd::connect(&r.name, r.spec.clone(), policy).map_err(|e| {
                 format!(
                     "[remote-ssd {}] {} {} namespace {}: {e}",
                     r.name, r.spec.address, r.spec.subnqn, r.spec.nsid

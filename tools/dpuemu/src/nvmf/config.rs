@@ -79,6 +79,8 @@ pub struct RemoteSsdConfig {
     pub name: String,
     /// Where the namespace is.
     pub spec: RemoteSpec,
+    /// Seconds the remote has to answer (`timeout`, default 10).
+    pub timeout_secs: u32,
 }
 
 /// One I/O subsystem.
@@ -158,6 +160,7 @@ struct RemoteSsdDraft {
     address: Option<SocketAddr>,
     subnqn: Option<String>,
     nsid: Option<u32>,
+    timeout_secs: Option<u32>,
 }
 
 /// Parses the file's text. Errors name the line.
@@ -243,6 +246,14 @@ fn remote_ssd_line(r: &mut RemoteSsdDraft, key: &str, values: &[&str]) -> Result
             r.subnqn = Some(v.to_string());
         }
         "namespace" => r.nsid = Some(remote_nsid(v)?),
+        "timeout" => {
+            r.timeout_secs = Some(
+                v.parse()
+                    .ok()
+                    .filter(|s| (1..=600).contains(s))
+                    .ok_or_else(|| format!("timeout '{v}' is not 1-600 seconds"))?,
+            )
+        }
         other => return Err(format!("unknown remote-ssd setting '{other}'")),
     }
     Ok(())
@@ -259,6 +270,7 @@ fn finish_remote_ssd(r: RemoteSsdDraft) -> Result<RemoteSsdConfig, String> {
             subnqn,
             nsid: r.nsid.unwrap_or(1),
         },
+        timeout_secs: r.timeout_secs.unwrap_or(10),
     })
 }
 
@@ -539,6 +551,7 @@ address [::1]:4430
 [remote-ssd shelf2]
 address 127.0.0.1:4430
 subsystem nqn.2026-12.org.linux:shelf
+timeout 3
 [subsystem nqn.2026-12.org.dpublk:b]
 ports 2
 allow-any-host
@@ -588,6 +601,10 @@ namespace 1 file /tmp/b.img
             }
         );
         assert_eq!(c.remote_ssds[1].spec.nsid, 1, "namespace 1 by default");
+        assert_eq!(
+            (c.remote_ssds[0].timeout_secs, c.remote_ssds[1].timeout_secs),
+            (10, 3)
+        );
         // Remote SSDs alone need no port: the target serves nothing.
         let only = parse(
             "[remote-ssd r]
@@ -680,6 +697,8 @@ subsystem nqn.a.b
             ("[remote-ssd a]\nnamespace 0\n", "remote NSID"),
             ("[remote-ssd a]\nsubsystem nqn.2014-08.org.nvmexpress.discovery\n", "not a subsystem"),
             ("[remote-ssd a]\nhost nqn.a.b\n", "unknown remote-ssd setting"),
+            ("[remote-ssd a]\ntimeout 0\n", "1-600 seconds"),
+            ("[remote-ssd a]\ntimeout 601\n", "1-600 seconds"),
             ("[remote-ssd a]\naddress 1.2.3.4:1 1.2.3.4:2\n", "one value"),
             (
                 "[remote-ssd a]\naddress 1.2.3.4:1\nsubsystem nqn.a.b\n\

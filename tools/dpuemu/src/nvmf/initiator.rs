@@ -28,8 +28,8 @@ use crate::namespace::Namespace;
 
 /// The host NQN dpuemu connects with.
 pub const INITIATOR_NQN: &str = "nqn.2026-12.org.dpublk:initiator";
-/// How long a remote has to answer a PDU.
-const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a remote has to answer a PDU, unless told otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest transfer dpuemu asks for, whatever the remote's MDTS.
 const MAX_TRANSFER: usize = 1 << 20;
 /// Command flags: PSDT 01b (SGL data, contiguous metadata buffer).
@@ -63,11 +63,11 @@ struct HostQueue {
 }
 
 impl HostQueue {
-    fn open(address: SocketAddr) -> io::Result<Self> {
-        let stream = TcpStream::connect_timeout(&address, TIMEOUT)?;
+    fn open(address: SocketAddr, timeout: Duration) -> io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&address, timeout)?;
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(TIMEOUT))?;
-        stream.set_write_timeout(Some(TIMEOUT))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
         let mut q = Self {
             stream,
             rx: Receiver::host(MAX_C2H_DATA),
@@ -246,14 +246,14 @@ struct Geometry {
 }
 
 impl Session {
-    fn establish(spec: &RemoteSpec) -> io::Result<(Self, Geometry)> {
-        let mut admin = HostQueue::open(spec.address)?;
+    fn establish(spec: &RemoteSpec, timeout: Duration) -> io::Result<(Self, Geometry)> {
+        let mut admin = HostQueue::open(spec.address, timeout)?;
         let data = connect_data(spec, 0xffff);
         let cntlid = admin.command(fabrics(0x01, 0, 31, 0), &data, &mut [], 8192)? as u16;
         // CC: enabled, 64-byte SQ and 16-byte CQ entries.
         let cc = 1 | 6 << 16 | 4 << 20;
         admin.command(fabrics(0x00, 0, 0x14, cc), &[], &mut [], 0)?;
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + timeout;
         while admin.command(fabrics(0x04, 0, 0x1c, 0), &[], &mut [], 0)? & 1 == 0 {
             if Instant::now() > deadline {
                 return Err(io::Error::new(
@@ -297,7 +297,7 @@ impl Session {
         let mut queues = SubmissionEntry::new(0x09, 0);
         queues.cdw10.set(0x07);
         admin.command(queues, &[], &mut [], 0)?;
-        let mut io = HostQueue::open(spec.address)?;
+        let mut io = HostQueue::open(spec.address, timeout)?;
         io.qid = 1;
         let data = connect_data(spec, cntlid);
         io.command(fabrics(0x01, 1 << 16, 31, 0), &data, &mut [], 8192)?;
@@ -339,23 +339,31 @@ pub struct RemoteNamespace {
     size: u64,
     shift: u8,
     reconnect: Reconnect,
+    timeout: Duration,
     session: Mutex<Option<Session>>,
 }
 
 impl RemoteNamespace {
     /// Connects to the remote and reads the namespace's geometry.
     pub fn connect(spec: RemoteSpec) -> io::Result<Self> {
-        Self::connect_with(spec, Reconnect::Inline)
+        Self::connect_with(spec, Reconnect::Inline, DEFAULT_TIMEOUT)
     }
 
-    /// As [`RemoteNamespace::connect`], with the given reconnection policy.
-    pub fn connect_with(spec: RemoteSpec, reconnect: Reconnect) -> io::Result<Self> {
-        let (session, g) = Session::establish(&spec)?;
+    /// As [`RemoteNamespace::connect`], with the given reconnection policy
+    /// and the time the remote has for each PDU (a silent remote fails the
+    /// command in progress, and drops the association, after it).
+    pub fn connect_with(
+        spec: RemoteSpec,
+        reconnect: Reconnect,
+        timeout: Duration,
+    ) -> io::Result<Self> {
+        let (session, g) = Session::establish(&spec, timeout)?;
         Ok(Self {
             spec,
             size: g.size,
             shift: g.shift,
             reconnect,
+            timeout,
             session: Mutex::new(Some(session)),
         })
     }
@@ -386,7 +394,7 @@ impl RemoteNamespace {
     }
 
     fn establish(&self) -> io::Result<Session> {
-        let (session, g) = Session::establish(&self.spec)?;
+        let (session, g) = Session::establish(&self.spec, self.timeout)?;
         if g.size != self.size || g.shift != self.shift {
             return Err(protocol(format!(
                 "{} namespace {} changed its geometry",

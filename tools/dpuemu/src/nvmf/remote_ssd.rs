@@ -25,21 +25,33 @@ use super::initiator::{Reconnect, RemoteNamespace, RemoteSpec};
 use crate::namespace::Namespace;
 use crate::volumes::VolumeManager;
 
-/// How often and how patiently the supervisor connects again.
+/// How often and how patiently the supervisor connects again, and how
+/// long the remote has to answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Backoff {
+pub struct RemoteSsdPolicy {
     /// The first retry's delay, and how often a live connection is
     /// checked.
     pub first: Duration,
     /// The longest delay between two attempts (each failure doubles it).
     pub max: Duration,
+    /// How long the remote has for each PDU before the command fails and
+    /// the association is dropped (a silent network, not only a closed
+    /// one, fails the member).
+    pub timeout: Duration,
 }
 
-impl Default for Backoff {
+/// The default time a remote SSD has to answer: well below the 30 s
+/// after which Linux's NVMe hosts give up on a command, so a silent remote
+/// fails its member (and the volume answers from the others) before the
+/// host above gives up on the volume.
+pub const DEFAULT_REMOTE_SSD_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Default for RemoteSsdPolicy {
     fn default() -> Self {
         Self {
             first: Duration::from_millis(200),
             max: Duration::from_secs(10),
+            timeout: DEFAULT_REMOTE_SSD_TIMEOUT,
         }
     }
 }
@@ -57,8 +69,8 @@ pub struct RemoteSsd {
 impl RemoteSsd {
     /// Connects to the remote namespace (it must answer now: its size
     /// becomes the SSD's) and starts the supervisor.
-    pub fn connect(name: &str, spec: RemoteSpec, backoff: Backoff) -> io::Result<Arc<Self>> {
-        let namespace = RemoteNamespace::connect_with(spec, Reconnect::ByOwner)?;
+    pub fn connect(name: &str, spec: RemoteSpec, policy: RemoteSsdPolicy) -> io::Result<Arc<Self>> {
+        let namespace = RemoteNamespace::connect_with(spec, Reconnect::ByOwner, policy.timeout)?;
         let ssd = Arc::new(Self {
             name: name.to_string(),
             namespace,
@@ -68,7 +80,7 @@ impl RemoteSsd {
         let weak = Arc::downgrade(&ssd);
         thread::Builder::new()
             .name(format!("nvmf-remote-{name}"))
-            .spawn(move || supervise(&weak, backoff))?;
+            .spawn(move || supervise(&weak, policy))?;
         Ok(ssd)
     }
 
@@ -104,8 +116,8 @@ impl RemoteSsd {
 
 /// Connects `ssd` again whenever its association is lost, until the SSD
 /// is dropped.
-fn supervise(ssd: &Weak<RemoteSsd>, backoff: Backoff) {
-    let mut delay = backoff.first;
+fn supervise(ssd: &Weak<RemoteSsd>, policy: RemoteSsdPolicy) {
+    let mut delay = policy.first;
     let mut failures = 0u32;
     loop {
         thread::sleep(delay);
@@ -113,7 +125,7 @@ fn supervise(ssd: &Weak<RemoteSsd>, backoff: Backoff) {
             return;
         };
         if ssd.namespace.is_connected() {
-            delay = backoff.first;
+            delay = policy.first;
             continue;
         }
         let spec = ssd.spec();
@@ -124,7 +136,7 @@ fn supervise(ssd: &Weak<RemoteSsd>, backoff: Backoff) {
                     ssd.name, spec.address, spec.subnqn, spec.nsid
                 );
                 failures = 0;
-                delay = backoff.first;
+                delay = policy.first;
                 ssd.returned();
             }
             Err(e) => {
@@ -135,11 +147,11 @@ fn supervise(ssd: &Weak<RemoteSsd>, backoff: Backoff) {
                         spec.address,
                         spec.subnqn,
                         spec.nsid,
-                        backoff.max.as_millis()
+                        policy.max.as_millis()
                     );
                 }
                 failures = failures.saturating_add(1);
-                delay = delay.saturating_mul(2).min(backoff.max);
+                delay = delay.saturating_mul(2).min(policy.max);
             }
         }
     }

@@ -14,7 +14,7 @@ use super::volume_tests::{create_volume, image_handles, temp_dir, Activated};
 use super::*;
 use crate::controller::SsdHandle;
 use crate::nvmf::initiator::RemoteSpec;
-use crate::nvmf::{readd_hook, Backoff, RemoteSsd};
+use crate::nvmf::{readd_hook, RemoteSsd, RemoteSsdPolicy};
 use crate::ownership::SsdOwnership;
 use crate::volumes::VolumeManager;
 
@@ -84,11 +84,12 @@ fn a_remote_mirror_member_fails_with_its_target_and_resyncs_when_it_returns() {
         subnqn: SHELF.into(),
         nsid: 1,
     };
-    let backoff = Backoff {
+    let policy = RemoteSsdPolicy {
         first: Duration::from_millis(20),
         max: Duration::from_millis(200),
+        ..RemoteSsdPolicy::default()
     };
-    let remote = RemoteSsd::connect("shelf", spec, backoff).expect("remote SSD");
+    let remote = RemoteSsd::connect("shelf", spec, policy).expect("remote SSD");
     assert_eq!(remote.size(), SSD_BYTES, "the remote namespace's size");
     let mut handles = image_handles(&[dir.join("local.img")], SSD_BYTES);
     handles.push(SsdHandle {
@@ -167,11 +168,12 @@ fn writers_ride_out_two_remote_outages() {
         subnqn: SHELF.into(),
         nsid: 1,
     };
-    let backoff = Backoff {
+    let policy = RemoteSsdPolicy {
         first: Duration::from_millis(20),
         max: Duration::from_millis(100),
+        ..RemoteSsdPolicy::default()
     };
-    let remote = RemoteSsd::connect("shelf", spec, backoff).expect("remote SSD");
+    let remote = RemoteSsd::connect("shelf", spec, policy).expect("remote SSD");
     let mut handles = image_handles(&[dir.join("local.img")], SSD_BYTES);
     handles.push(SsdHandle {
         index: 1,
@@ -254,4 +256,114 @@ fn writers_ride_out_two_remote_outages() {
     fault_on(&manager, fault::DISAPPEAR, 0);
     verify(&*ns, &expected, "remote member only, after two outages");
     eprintln!("writers: {total} writes and read-backs across two outages");
+}
+
+/// A proxy to `target` that forwards both ways until `silent` is set,
+/// then swallows everything (a network that drops packets: nothing is
+/// closed, nothing answers).
+fn silenceable_proxy(
+    target: std::net::SocketAddr,
+    silent: Arc<std::sync::atomic::AtomicBool>,
+) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+
+    fn pump(mut from: TcpStream, mut to: TcpStream, silent: Arc<std::sync::atomic::AtomicBool>) {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if !silent.load(Ordering::Acquire) && to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = from.shutdown(Shutdown::Both);
+        let _ = to.shutdown(Shutdown::Both);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("proxy");
+    let address = listener.local_addr().expect("proxy address");
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let (Ok(client), Ok(server)) = (client, TcpStream::connect(target)) else {
+                continue;
+            };
+            let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                continue;
+            };
+            let (a, b) = (Arc::clone(&silent), Arc::clone(&silent));
+            std::thread::spawn(move || pump(client, server, a));
+            std::thread::spawn(move || pump(s2, c2, b));
+        }
+    });
+    address
+}
+
+/// A remote that goes silent (no reset, no answer) fails its member after
+/// the remote SSD's timeout, not the initiator's 30 s, and the volume goes
+/// on; when the network answers again the member is rebuilt.
+#[test]
+fn a_silent_remote_fails_its_member_after_the_timeout() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let (_cleanup, dir) = temp_dir("remote-ssd-silent");
+    let shelf_target = shelf(&dir, 0);
+    let silent = Arc::new(AtomicBool::new(false));
+    let address = silenceable_proxy(shelf_target.ports[0].address, Arc::clone(&silent));
+    let spec = RemoteSpec {
+        address,
+        subnqn: SHELF.into(),
+        nsid: 1,
+    };
+    let policy = RemoteSsdPolicy {
+        first: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+        timeout: Duration::from_secs(1),
+    };
+    let remote = RemoteSsd::connect("shelf", spec, policy).expect("remote SSD");
+    let mut handles = image_handles(&[dir.join("local.img")], SSD_BYTES);
+    handles.push(SsdHandle {
+        index: 1,
+        ownership: Arc::new(SsdOwnership::new()),
+        media: remote.clone(),
+        serial: "REMOTE1".into(),
+    });
+    let manager = Arc::new(VolumeManager::open(&handles));
+    remote.on_return(readd_hook(Arc::downgrade(&manager), 1));
+    let table = Activated::default();
+    let nsid = create_volume(
+        &manager,
+        &handles,
+        &table,
+        "mirror",
+        (layout::RAID10, 2),
+        0b11,
+        VOLUME_BYTES,
+    );
+    let ns = table.get(nsid);
+    let chunks = VOLUME_BYTES as usize / CHUNK;
+    let mut expected = vec![0u8; VOLUME_BYTES as usize];
+    write_chunks(&*ns, 0..chunks / 2, 3, &mut expected);
+    ns.flush().expect("flush");
+
+    silent.store(true, Ordering::Release);
+    let started = Instant::now();
+    write_chunks(&*ns, 0..4, 90, &mut expected);
+    ns.flush().expect("flush with a silent remote member");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "a silent member held the volume for {took:?}"
+    );
+    assert_eq!(array_state(&manager, nsid), ARRAY_STATE_DEGRADED);
+    write_chunks(&*ns, chunks / 2..chunks, 91, &mut expected);
+
+    silent.store(false, Ordering::Release);
+    wait_for("the reconnection", || remote.reconnections() >= 1);
+    wait_for("the rebuild", || {
+        array_state(&manager, nsid) == ARRAY_STATE_OPTIMAL
+    });
+    fault_on(&manager, fault::DISAPPEAR, 0);
+    verify(&*ns, &expected, "remote member only, after the silence");
+    eprintln!("silent remote: the first write and flush took {took:?}");
 }
