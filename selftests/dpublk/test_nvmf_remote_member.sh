@@ -52,6 +52,7 @@ namespace 1 volume db0
 CONF
 
 target_pid=
+dev=
 start_appliance() {
 	local before i
 	before=$(grep -c 'listening on' "$LOG" 2>/dev/null || true)
@@ -78,13 +79,13 @@ namespace_dev() {
 		[ "$(cat "$b/device/subsysnqn" 2>/dev/null)" = "$NQN" ] && { echo "/dev/$(basename "$b")"; return; }
 	done
 }
-connect() {
-	local i dev
+connect() { # sets dev (not in a subshell: fail must end the test)
+	local i
 	nvme connect -t tcp -a 127.0.0.1 -s 4420 -n "$NQN" --hostnqn="$HOSTNQN" --hostid="$HOSTID" >/dev/null ||
 		fail "nvme connect to dpuemu failed"
 	for i in $(seq 1 100); do
 		dev=$(namespace_dev)
-		[ -n "$dev" ] && [ -b "$dev" ] && { echo "$dev"; return; }
+		[ -n "$dev" ] && [ -b "$dev" ] && return 0
 		sleep 0.1
 	done
 	fail "no block device for $NQN"
@@ -122,7 +123,7 @@ dmesg_mark
 start_appliance
 grep -q 'remote SSD shelf (127.0.0.1:4421' "$LOG" || fail "nvmet's namespace is not SSD 1"
 grep -q 'volume db0 made' "$LOG" || fail "the [volume] was not made"
-dev=$(connect)
+connect
 [ "$(blockdev --getsize64 "$dev")" = $((64 << 20)) ] || fail "$dev is not the 64 MiB volume"
 [ "$(blockdev --getss "$dev")" = 4096 ] || fail "$dev does not have the volume's 4 KiB blocks"
 
@@ -163,7 +164,7 @@ rm -f "$LOCAL"
 start_appliance
 grep -q 'volume db0 found on the SSDs' "$LOG" || fail "the volume was not found on the remote SSD"
 [ "$(grep -c 'volume db0 made' "$LOG")" = 1 ] || fail "the volume was made again"
-dev=$(connect)
+connect
 seeded before 0 16 1717 --verify_only=1
 seeded outage 16 16 2929 --verify_only=1
 seeded after 32 16 3131 --verify_only=1
