@@ -104,7 +104,7 @@ fn le_u32(data: &[u8], at: usize) -> u32 {
         .unwrap_or(0)
 }
 
-fn le_u64(data: &[u8], at: usize) -> u64 {
+pub(crate) fn le_u64(data: &[u8], at: usize) -> u64 {
     data.get(at..at + 8)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_le_bytes)
@@ -115,6 +115,6 @@ fn put_u32(data: &mut [u8], at: usize, value: u32) {
     data[at..at + 4].copy_from_slice(&value.to_le_bytes());
 }
 
-fn put_u64(data: &mut [u8], at: usize, value: u64) {
+pub(crate) fn put_u64(data: &mut [u8], at: usize, value: u64) {
     data[at..at + 8].copy_from_slice(&value.to_le_bytes());
 }

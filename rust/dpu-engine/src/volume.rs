@@ -180,6 +180,9 @@ pub struct PoolStats {
     pub generation: u64,
     /// Unreferenced records dropped when the pool was opened.
     pub reclaimed_at_open: u64,
+    /// Snapshots made durable by a journal record rather than a commit
+    /// since the pool was opened (format 2; format 1 journals them all).
+    pub journaled_snapshots: u64,
 }
 
 /// Per-volume space accounting.
@@ -433,13 +436,25 @@ impl Pool {
 
     /// Runs `op` under the pool lock, then, if it asked for a commit,
     /// makes that commit durable without holding the lock across its I/O.
+    /// A journaled snapshot instead needs its journal record durable,
+    /// also written without the lock.
     fn run<T>(&self, op: impl FnOnce(&mut Engine) -> VolumeResult<T>) -> VolumeResult<T> {
-        let (value, needed) = {
+        let (value, needed, journal) = {
             let mut engine = self.lock()?;
             let value = op(&mut engine);
-            (value, engine.take_commit_request())
+            (
+                value,
+                engine.take_commit_request(),
+                engine.take_journal_request(),
+            )
         };
         let value = value?;
+        if let Some((journal, number)) = journal {
+            if let Err(e) = journal.make_durable(number) {
+                self.lock()?.journal_failed();
+                return Err(e);
+            }
+        }
         if let Some(generation) = needed {
             self.commit_through(generation)?;
         }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::crypt::{Cipher, VolumeKey};
-use super::paged::{CommitStep, PagedOptions, PagedState, Placement, WriteStep};
+use super::paged::{CommitStep, Journal, PagedOptions, PagedState, Placement, WriteStep};
 use super::state::{OpenedVolume, PoolState, Prepared};
 use super::{PoolStats, Services, VolumeError, VolumeInfo, VolumeStats, BLOCK_SIZE};
 use crate::media::{Media, MediaError};
@@ -57,6 +57,22 @@ impl Engine {
         match self {
             Engine::InMemory(_) => None,
             Engine::Paged(s) => s.take_commit_request(),
+        }
+    }
+
+    /// The journal record the operation just run needs durable before it
+    /// is acknowledged (paged pools' journaled snapshots).
+    pub(crate) fn take_journal_request(&mut self) -> Option<(Arc<Journal>, u64)> {
+        match self {
+            Engine::InMemory(_) => None,
+            Engine::Paged(s) => s.take_journal_request(),
+        }
+    }
+
+    /// A journal record write failed: the pool fails until reopened.
+    pub(crate) fn journal_failed(&mut self) {
+        if let Engine::Paged(s) = self {
+            s.journal_failed();
         }
     }
 

@@ -30,10 +30,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use super::crypt::{Cipher, VolumeKey};
 use super::reduce::{decompress, Compression, UNIT, UNITS_PER_BLOCK};
-use super::state::{ratio, OpenedVolume, Prepared};
-use super::{
-    common, PoolStats, Services, VolumeError, VolumeInfo, VolumeKind, VolumeStats, BLOCK_SIZE,
-};
+use super::state::{OpenedVolume, Prepared};
+use super::{common, Services, VolumeError, VolumeInfo, VolumeKind, BLOCK_SIZE};
 use crate::media::{Media, MediaError};
 use crate::metadata::btree::{self, TreeInfo, ValueKind};
 use crate::metadata::transaction::{PreparedCommit, TransactionManager};
@@ -41,7 +39,14 @@ use crate::metadata::{MetaError, META_BLOCK};
 
 mod catalog;
 mod check;
+mod commit;
+mod journal;
 mod records;
+mod stats;
+
+pub(crate) use commit::{CommitDone, CommitStep, CommitWrite};
+
+pub(crate) use journal::Journal;
 
 use catalog::{DomainEntry, VolumeEntry};
 use records::{index_key, mapping_info, RecordEntry, ZERO_ENTRY};
@@ -70,6 +75,11 @@ pub(crate) mod slots {
     pub const STORED: usize = 8;
     /// Data blocks holding packed records (a value).
     pub const PACKED: usize = 9;
+    /// The snapshot journal's two blocks (0: none yet), see [`super::journal`].
+    pub const JOURNAL_A: usize = 10;
+    pub const JOURNAL_B: usize = 11;
+    /// The highest journal number whose snapshot this state holds (a value).
+    pub const JOURNALED: usize = 12;
     /// The pool format tag (a value): [`super::FORMAT_TAG`].
     pub const FORMAT: usize = 15;
 }
@@ -165,64 +175,6 @@ fn encode_pack(pack: Option<Pack>) -> u64 {
     pack.map_or(0, |p| ((p.block + 1) << 16) | p.next_unit as u64)
 }
 
-/// The outcome of a commit being written outside the pool lock, for the
-/// threads that wait for it.
-pub(crate) struct CommitDone {
-    outcome: Mutex<Option<Result<(), VolumeError>>>,
-    changed: Condvar,
-}
-
-impl CommitDone {
-    fn new() -> Arc<Self> {
-        Arc::new(CommitDone {
-            outcome: Mutex::new(None),
-            changed: Condvar::new(),
-        })
-    }
-
-    /// Records the writer's outcome and wakes the waiters.
-    pub(crate) fn set(&self, outcome: Result<(), VolumeError>) {
-        let mut slot = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
-        *slot = Some(outcome);
-        self.changed.notify_all();
-    }
-
-    /// Waits until the writer recorded an outcome, and returns it.
-    pub(crate) fn wait(&self) -> Result<(), VolumeError> {
-        let mut slot = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(outcome) = slot.as_ref() {
-                return outcome.clone();
-            }
-            slot = self.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    fn peek(&self) -> Option<Result<(), VolumeError>> {
-        self.outcome
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
-/// A commit prepared under the pool lock, to be written without it.
-pub(crate) struct CommitWrite {
-    pub(crate) prepared: PreparedCommit,
-    pub(crate) done: Arc<CommitDone>,
-}
-
-/// What the pool does next to make generation `needed` durable.
-pub(crate) enum CommitStep {
-    /// It is durable.
-    Done,
-    /// Another thread is writing a commit: wait for it, then ask again.
-    Wait(Arc<CommitDone>),
-    /// Write this commit (without the pool lock), record the outcome in
-    /// its `done`, then ask again.
-    Write(CommitWrite),
-}
-
 /// Block writes between their two halves ([`PagedState::write_block_begin`]):
 /// [`PagedState::close`] waits for their media writes.
 #[derive(Default)]
@@ -299,6 +251,8 @@ struct InFlight {
     done: Arc<CommitDone>,
     /// The record id lease it makes durable.
     lease: u64,
+    /// The highest journaled snapshot it holds.
+    journaled: u64,
 }
 
 pub(crate) struct PagedState {
@@ -336,6 +290,20 @@ pub(crate) struct PagedState {
     durable_lease: u64,
     /// Block writes between their two halves.
     placements: Arc<Placements>,
+    /// The snapshot journal (none until its blocks are allocated).
+    journal: Option<Arc<Journal>>,
+    /// The last journal number handed out.
+    journal_number: u64,
+    /// The journal number an operation needs durable before it is
+    /// acknowledged (a journaled snapshot).
+    journal_requested: Option<u64>,
+    /// The last generation with a change a journaled snapshot cannot be
+    /// replayed across (anything but writes, discards, releases and
+    /// journaled snapshots): snapshots are journaled only once it is
+    /// durable.
+    structural: u64,
+    /// Snapshots made durable by the journal since the pool was opened.
+    journaled_snapshots: u64,
 }
 
 impl PagedState {
@@ -378,6 +346,7 @@ impl PagedState {
         tm.set_root(LEASE, RECORD_LEASE)?;
         tm.set_root(NEXT_VOLUME, 0)?;
         tm.set_root(FORMAT, FORMAT_TAG)?;
+        journal::allocate(&mut tm)?;
         tm.commit()?;
         let mut state = PagedState::from_tm(media, tm)?;
         // The first lease is durable with the format: ids start at 0.
@@ -397,7 +366,9 @@ impl PagedState {
             )));
         }
         tm.set_value_refs(records::record_ref);
-        PagedState::from_tm(media, tm)
+        let mut state = PagedState::from_tm(media, tm)?;
+        state.replay_journal()?;
+        Ok(state)
     }
 
     fn from_tm(media: Arc<dyn Media>, mut tm: TransactionManager) -> Result<Self, VolumeError> {
@@ -435,7 +406,16 @@ impl PagedState {
             in_flight: None,
             durable_lease: next_rid,
             placements: Arc::default(),
+            journal: None,
+            journal_number: 0,
+            journal_requested: None,
+            structural: 0,
+            journaled_snapshots: 0,
         };
+        if let Some(blocks) = state.journal_blocks() {
+            let journaled = state.tm.root(JOURNALED);
+            state.journal = Some(Journal::new(state.media.clone(), blocks, journaled));
+        }
         state.domains.entry(0).or_insert(DomainEntry {
             encrypted: false,
             check_value: [0; super::crypt::CHECK_VALUE_LEN],
@@ -453,6 +433,9 @@ impl PagedState {
             let _ = flight.done.wait();
         }
         self.placements.wait_idle();
+        if let Some(journal) = &self.journal {
+            journal.close();
+        }
     }
 
     pub(crate) fn usable(&self) -> Result<(), VolumeError> {
@@ -505,6 +488,7 @@ impl PagedState {
             let written = prepared.write();
             self.tm.finish_commit(prepared.generation(), written)?;
             self.durable_lease = lease;
+            self.journal_committed(self.tm.root(JOURNALED));
             Ok(())
         });
         if result.is_err() {
@@ -524,6 +508,7 @@ impl PagedState {
                 catalog::put_volume(&mut self.tm, id, v)?;
             }
         }
+        self.tm.set_root(JOURNALED, self.journal_number)?;
         let prepared = self.tm.prepare_commit()?;
         self.dirty = false;
         Ok((prepared, self.tm.root(LEASE)))
@@ -554,6 +539,7 @@ impl PagedState {
             Ok(()) => {
                 self.tm.finish_commit(flight.generation, Ok(()))?;
                 self.durable_lease = flight.lease;
+                self.journal_committed(flight.journaled);
                 Ok(())
             }
             Err(e) => {
@@ -593,6 +579,7 @@ impl PagedState {
             generation: prepared.generation(),
             done: done.clone(),
             lease,
+            journaled: self.tm.root(JOURNALED),
         });
         Ok(CommitStep::Write(CommitWrite { prepared, done }))
     }
@@ -734,6 +721,7 @@ impl PagedState {
         self.ensure_room(0)?;
         let result = self.create_inner(name, size_bytes / BS, services, key);
         self.changing(result)?;
+        self.mark_structural();
         self.request_commit();
         Ok(())
     }
@@ -837,9 +825,15 @@ impl PagedState {
             };
             self.volumes.insert(id, copy);
             self.dirty_volumes.insert(id);
-            Ok(())
+            Ok(id)
         })();
-        self.changing(result)?;
+        let id = self.changing(result)?;
+        // A snapshot is durable with a journal record when it can be; the
+        // next commit carries it (see [`journal`]).
+        if kind == VolumeKind::Snapshot && self.journal_snapshot(id, source_id, name) {
+            return Ok(());
+        }
+        self.mark_structural();
         self.request_commit();
         Ok(())
     }
@@ -886,6 +880,7 @@ impl PagedState {
             Ok(())
         })();
         self.changing(result)?;
+        self.mark_structural();
         self.request_commit();
         Ok(())
     }
@@ -908,6 +903,7 @@ impl PagedState {
             self.dirty_volumes.insert(id);
         });
         self.changing(result)?;
+        self.mark_structural();
         self.request_commit();
         Ok(())
     }
@@ -967,6 +963,7 @@ impl PagedState {
             Ok(())
         })();
         self.changing(result)?;
+        self.mark_structural();
         self.request_commit();
         Ok(())
     }
@@ -1481,89 +1478,6 @@ impl PagedState {
                 encrypted: self.domains.get(&v.domain).is_some_and(|d| d.encrypted),
             })
             .collect()
-    }
-
-    /// Pool statistics, from counters (no walk).
-    pub(crate) fn stats(&self) -> PoolStats {
-        let logical_bytes = self.volumes.values().map(|v| v.mapped * BS).sum();
-        let data_blocks = self.tm.data_used();
-        let physical_bytes = data_blocks * BS;
-        PoolStats {
-            block_size: BS,
-            total_blocks: self.data_start + self.tm.data_blocks(),
-            free_blocks: self.tm.free_data_blocks(),
-            data_blocks,
-            packed_blocks: self.tm.root(PACKED),
-            metadata_blocks: self.tm.meta_used(),
-            pending_free_blocks: self.tm.data_pending_free(),
-            logical_bytes,
-            stored_bytes: self.tm.root(STORED),
-            physical_bytes,
-            reduction_ratio: ratio(logical_bytes, physical_bytes),
-            generation: self.tm.generation(),
-            reclaimed_at_open: 0,
-        }
-    }
-
-    /// Every distinct record each volume maps (a walk of every mapping
-    /// tree: statistics and checks only).
-    fn distinct_records(&mut self) -> Result<BTreeMap<u32, BTreeSet<u64>>, VolumeError> {
-        let info = mapping_info()?;
-        let roots: Vec<(u32, u64)> = self.volumes.iter().map(|(&id, v)| (id, v.root)).collect();
-        let mut out = BTreeMap::new();
-        for (id, root) in roots {
-            let mut set = BTreeSet::new();
-            btree::range(&mut self.tm, &info, root, 0, u64::MAX, &mut |_, v| {
-                let rid = le(v);
-                if rid != ZERO_ENTRY {
-                    set.insert(rid);
-                }
-                true
-            })?;
-            out.insert(id, set);
-        }
-        Ok(out)
-    }
-
-    /// Per-volume statistics. `mapped_bytes` and `zero_bytes` come from
-    /// counters; the rest walks every volume's map (costs a pass over the
-    /// pool's metadata, as the in-memory format did over its maps).
-    pub(crate) fn volume_stats(&mut self, name: &str) -> Result<VolumeStats, VolumeError> {
-        let id = self.find(name)?;
-        let distinct = self.distinct_records()?;
-        let mut owners: BTreeMap<u64, u32> = BTreeMap::new();
-        for set in distinct.values() {
-            for &rid in set {
-                *owners.entry(rid).or_default() += 1;
-            }
-        }
-        let v = self.volume(id)?.clone();
-        let mine = distinct.get(&id).cloned().unwrap_or_default();
-        let (mut exclusive, mut shared) = (0, 0);
-        for &rid in &mine {
-            let bytes = records::get(&mut self.tm, rid)?.map_or(0, |r| r.stored_bytes());
-            if owners.get(&rid).copied().unwrap_or(0) > 1 {
-                shared += bytes;
-            } else {
-                exclusive += bytes;
-            }
-        }
-        let mapped = v.mapped * BS;
-        Ok(VolumeStats {
-            size_bytes: v.size_blocks * BS,
-            mapped_bytes: mapped,
-            zero_bytes: v.zeros * BS,
-            unique_bytes: mine.len() as u64 * BS,
-            allocated_bytes: exclusive + shared,
-            exclusive_bytes: exclusive,
-            shared_bytes: shared,
-            reduction_ratio: ratio(mapped, exclusive + shared),
-        })
-    }
-
-    /// Mapped bytes of `name` (a counter, no walk).
-    pub(crate) fn mapped_bytes(&self, name: &str) -> Result<u64, VolumeError> {
-        Ok(self.volume(self.find(name)?)?.mapped * BS)
     }
 
     /// Recounts every reference (see [`check`]).

@@ -1384,6 +1384,7 @@ impl PoolState {
             reduction_ratio: ratio(logical_bytes, physical_bytes),
             generation: self.generation,
             reclaimed_at_open: self.reclaimed_at_open,
+            journaled_snapshots: 0,
         }
     }
 

@@ -892,6 +892,46 @@ mod properties {
         }
     }
 
+    /// Journaled snapshots (a paged pool's snapshot durable by a record,
+    /// not a commit) between unflushed writes, a snapshot of a snapshot,
+    /// a commit in between: a crash after every media event, under every
+    /// loss model, recovers a state the model allows, in which every
+    /// snapshot acknowledged by then is there and holds what its origin
+    /// holds in the recovered state.
+    #[test]
+    fn crashes_around_journaled_snapshots_recover_allowed_states() {
+        let mut harness =
+            Harness::with_format(crate::volume::Services::default(), false, PoolFormat::Paged);
+        let write = |lba, seed| Op::Write {
+            vol: 0,
+            lba,
+            seeds: vec![seed, seed + 1],
+        };
+        let ops = [
+            write(0, 1),
+            Op::Flush,
+            write(1, 3),
+            Op::Snapshot { vol: 0 },
+            write(0, 5),
+            Op::Snapshot { vol: 1 },
+            Op::Snapshot { vol: 0 },
+            Op::Flush,
+            write(2, 2),
+            Op::Snapshot { vol: 0 },
+            write(3, 4),
+        ];
+        for op in &ops {
+            harness.apply(op);
+        }
+        assert_eq!(harness.journaled_count(), 4, "every snapshot journaled");
+        let events = harness.media.events();
+        for point in 0..=events {
+            for loss in [Loss::All, Loss::None, Loss::Random(point as u64)] {
+                harness.crash_and_check(point, loss, point == events);
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(config(48))]
 

@@ -59,6 +59,9 @@ pub(super) fn check(state: &mut PagedState) -> Result<(), VolumeError> {
     for slot in 0..SUPERBLOCKS {
         recount.meta.insert(slot, 1);
     }
+    for block in state.journal_blocks().into_iter().flatten() {
+        *recount.meta.entry(block).or_default() += 1;
+    }
     let mut plain: Vec<(usize, TreeInfo)> = catalog::tree_infos()?.to_vec();
     plain.push((RECORDS, records::records_info()?));
     plain.push((INDEX, index_info()?));

@@ -116,6 +116,10 @@ pub(crate) struct Harness {
     /// Every state the model went through, the media event count when it
     /// was reached, and whether it was acknowledged durable.
     pub history: Vec<(Summary, usize, bool)>,
+    /// Snapshots a paged pool made durable with a journal record rather
+    /// than a commit: the index of the state they were taken in, their
+    /// name and their origin's.
+    journaled: Vec<(usize, String, String)>,
 }
 
 impl Harness {
@@ -155,6 +159,7 @@ impl Harness {
                 .collect(),
             base: Vec::new(),
             history: Vec::new(),
+            journaled: Vec::new(),
         };
         harness.apply(&Op::Create);
         harness.base = harness.media.image();
@@ -280,6 +285,7 @@ impl Harness {
                     return;
                 };
                 let name = self.new_name("s");
+                let journaled = self.pool.stats().unwrap().journaled_snapshots;
                 if !self.accept(self.pool.snapshot(&origin, &name)) {
                     return;
                 }
@@ -287,7 +293,15 @@ impl Harness {
                 copy.snapshot = true;
                 self.volumes.insert(name.clone(), copy);
                 self.open(&name);
-                self.record(true);
+                // A journaled snapshot is durable, the writes before it
+                // are not (see `allowed`); else it was a commit.
+                if self.pool.stats().unwrap().journaled_snapshots > journaled {
+                    self.record(false);
+                    let at = self.history.len() - 1;
+                    self.journaled.push((at, name, origin));
+                } else {
+                    self.record(true);
+                }
             }
             Op::Clone { snap } if room => {
                 let Some(snapshot) = Self::pick(&snapshots, *snap) else {
@@ -450,6 +464,42 @@ impl Harness {
         }
     }
 
+    /// Snapshots the pool journaled so far.
+    pub(crate) fn journaled_count(&self) -> usize {
+        self.journaled.len()
+    }
+
+    /// What a crash after `events` media events can recover when the
+    /// pool's last durable commit holds state `i`: state `i` with every
+    /// journaled snapshot taken after it and acknowledged by then replayed
+    /// in order, each holding what its origin holds in that state; the
+    /// snapshot in flight then (state `ceiling`), if journaled, may be
+    /// there too.
+    fn allowed(&self, i: usize, ceiling: usize, events: usize) -> Vec<Summary> {
+        let mut state = self.history[i].0.clone();
+        let replay = |state: &mut Summary, name: &str, origin: &str| -> bool {
+            let Some((_, seeds)) = state.get(origin).cloned() else {
+                return false;
+            };
+            state.insert(name.to_string(), (true, seeds));
+            true
+        };
+        for (at, name, origin) in self.journaled.iter().filter(|(at, _, _)| *at > i) {
+            if self.history[*at].1 > events {
+                let mut with = state.clone();
+                let mut out = vec![state];
+                if *at == ceiling && replay(&mut with, name, origin) {
+                    out.push(with);
+                }
+                return out;
+            }
+            if !replay(&mut state, name, origin) {
+                return Vec::new();
+            }
+        }
+        vec![state]
+    }
+
     /// Rebuilds the media as a crash after `events` media events would have
     /// left it, opens the pool and checks it holds one of the states the
     /// model allows, and that no space leaked.
@@ -477,7 +527,7 @@ impl Harness {
             .unwrap_or(self.history.len() - 1);
         let seen = self.observe(&pool);
         assert!(
-            self.history[floor..=ceiling.max(floor)].iter().any(|(s, _, _)| *s == seen),
+            (floor..=ceiling.max(floor)).any(|i| self.allowed(i, ceiling, events).contains(&seen)),
             "crash at event {events} ({loss:?}) recovered a state outside {floor}..={ceiling}: {seen:?}"
         );
         if reclaim {
