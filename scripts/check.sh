@@ -320,7 +320,7 @@ if [[ " $suites " == *" vm "* ]]; then
 		# One power cut, on a layout the seed picks.
 		DPUBLK_VM_TIMEOUT=400 run_script power-loss \
 			"crash-campaign.sh --kill-points 1" kp0
-		DPUBLK_VM_TIMEOUT=400 run_script volume-persistence persistence-test.sh \
+		DPUBLK_PERSIST_SNAPSHOTS=20 DPUBLK_VM_TIMEOUT=400 run_script volume-persistence persistence-test.sh \
 			locked_create persistence_create locked_verify persistence_verify
 	fi
 fi

@@ -5,7 +5,8 @@
 # snapshot and an encrypted volume through configfs, writes and flushes
 # data, reloads the module (the volumes come back at once), then kills
 # dpuemu -9; run 2 restarts dpuemu on the same images, loads the module and
-# finds the volumes and their data again.
+# finds the volumes and their data again, and a volume's
+# DPUBLK_PERSIST_SNAPSHOTS (default 100) snapshots with their content.
 #
 # test_configfs_locked runs first in both runs: run 1 makes an encrypted
 # volume, run 2 finds it locked (the accelerator kept no key) and checks
@@ -26,6 +27,8 @@ mkdir -p "$DPUBLK_CACHE/run"
 images=$(mktemp -d "$DPUBLK_CACHE/run/persist.XXXXXX")
 trap 'rm -rf "$images"' EXIT
 tests="test_configfs_locked test_volume_persistence"
+# Snapshots of the volume with many (make check's sample takes fewer).
+snapshots=${DPUBLK_PERSIST_SNAPSHOTS:-100}
 echo "TAP version 13"
 echo "1..4"
 pass=0 number=0
@@ -43,8 +46,8 @@ report() {
 	esac
 }
 log "persistence test, run 1: create volumes, write, reload the module, kill -9 dpuemu"
-run1=$("$DPUBLK_TOP/scripts/vm.sh" --accelerator --ssds 4 --ssd-size 512M --images "$images" -- \
-	env DPUBLK_PERSIST_PHASE=create selftests/dpublk/run_tests.sh $tests 2>&1 |
+run1=$("$DPUBLK_TOP/scripts/vm.sh" --accelerator --ssds 5 --ssd-size 512M --images "$images" -- \
+	env DPUBLK_PERSIST_PHASE=create DPUBLK_PERSIST_SNAPSHOTS=$snapshots selftests/dpublk/run_tests.sh $tests 2>&1 |
 	grep -E '^(ok|not ok|#)' || true)
 sed 's/^/# run 1: /' <<<"$run1"
 report locked_create "$run1" test_configfs_locked
@@ -55,8 +58,8 @@ else
 	echo "not ok $number persistence_create # run 1 did not reach the kill of dpuemu"
 fi
 log "persistence test, run 2: restart dpuemu on the same images, volumes and data back"
-run2=$("$DPUBLK_TOP/scripts/vm.sh" --accelerator --ssds 4 --ssd-size 512M --images "$images" -- \
-	env DPUBLK_PERSIST_PHASE=verify selftests/dpublk/run_tests.sh $tests 2>&1 |
+run2=$("$DPUBLK_TOP/scripts/vm.sh" --accelerator --ssds 5 --ssd-size 512M --images "$images" -- \
+	env DPUBLK_PERSIST_PHASE=verify DPUBLK_PERSIST_SNAPSHOTS=$snapshots selftests/dpublk/run_tests.sh $tests 2>&1 |
 	grep -E '^(ok|not ok|#)' || true)
 grep '^#' <<<"$run2" | grep -v '^# Totals' | sed 's/^/# run 2: /'
 report locked_verify "$run2" test_configfs_locked

@@ -574,9 +574,53 @@ impl Management {
     /// snapshot list) and hands back its valid entries' bytes, 64 each. The
     /// count is clamped to the 63 entries a list page holds.
     pub(crate) fn read_list(&self, sqe: SubmissionEntry) -> Result<KVec<u8>> {
+        self.read_list_page(sqe).map(|(entries, _)| entries)
+    }
+
+    /// Every snapshot of volume `nsid`: Snapshot List page after page (63
+    /// entries each, CDW10 the index of the first), the entries' bytes, 64
+    /// each. The device's totals are checked, not trusted: beyond
+    /// `MAX_SNAPSHOTS_PER_VOLUME`, or a page reaching past its own total, is
+    /// a refused payload, and the index only moves forward, so the loop
+    /// ends. A list that shrinks between pages (a snapshot deleted
+    /// meanwhile) ends early with what was read.
+    pub(crate) fn read_snapshot_list(&self, nsid: u32) -> Result<KVec<u8>> {
+        let mut all = KVec::new();
+        let mut first = 0u32;
+        loop {
+            let (entries, total) =
+                self.read_list_page(vendor::snapshot_list_command(nsid, first, 0))?;
+            let count = (entries.len() / LIST_ENTRY_BYTES) as u32;
+            // A device from before paging leaves the total 0 (reserved
+            // then): its one page is the whole list.
+            let total = if first == 0 && total == 0 { count } else { total };
+            if total > vendor::MAX_SNAPSHOTS_PER_VOLUME {
+                return Err(self.refuse_payload(format_args!(
+                    "snapshot list: {total} snapshots, a volume has at most {}",
+                    vendor::MAX_SNAPSHOTS_PER_VOLUME
+                )));
+            }
+            if first + count > total {
+                return Err(self.refuse_payload(format_args!(
+                    "snapshot list: entries {first}..{} of {total}",
+                    first + count
+                )));
+            }
+            all.extend_from_slice(&entries, GFP_KERNEL)?;
+            first += count;
+            if count == 0 || first >= total {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// One page of a list command: its valid entries' bytes, and the
+    /// header's second word (Snapshot List: the total).
+    fn read_list_page(&self, sqe: SubmissionEntry) -> Result<(KVec<u8>, u32)> {
         let mut page = KVec::from_elem(0u8, PAYLOAD_BYTES, GFP_KERNEL)?;
         self.vendor_command(sqe, Payload::FromDevice(&mut page))?;
         let count = u32::from_le_bytes([page[0], page[1], page[2], page[3]]) as usize;
+        let second = u32::from_le_bytes([page[4], page[5], page[6], page[7]]);
         if count > LIST_ENTRIES {
             return Err(self.refuse_payload(format_args!(
                 "list of command {:#x}: {count} entries, a page holds {LIST_ENTRIES}",
@@ -597,7 +641,7 @@ impl Management {
             &page[LIST_HEADER_BYTES..LIST_HEADER_BYTES + count * LIST_ENTRY_BYTES],
             GFP_KERNEL,
         )?;
-        Ok(entries)
+        Ok((entries, second))
     }
 }
 

@@ -297,6 +297,23 @@ pub const fn snapshot_id(sqe: &SubmissionEntry) -> u32 {
     sqe.cdw10.get()
 }
 
+/// Snapshots one volume may have. Snapshot List pages through them, 63 per
+/// payload (CDW10: index of the first one asked for).
+pub const MAX_SNAPSHOTS_PER_VOLUME: u32 = 10_000;
+
+/// Snapshot List of volume `nsid` from its `first` snapshot on.
+pub fn snapshot_list_command(nsid: u32, first: u32, cid: u16) -> SubmissionEntry {
+    let mut sqe = SubmissionEntry::new(opcode::SNAPSHOT_LIST, cid);
+    sqe.nsid.set(nsid);
+    sqe.cdw10.set(first);
+    sqe
+}
+
+/// The index of the first snapshot a Snapshot List asks for.
+pub const fn snapshot_list_first(sqe: &SubmissionEntry) -> u32 {
+    sqe.cdw10.get()
+}
+
 /// SSD state: owned by the host (its own NVMe function may be enabled).
 pub const SSD_STATE_HOST: u8 = 0;
 /// SSD state: attached to the accelerator.
@@ -582,10 +599,13 @@ unsafe impl Wire for SnapshotListEntry {}
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SnapshotList {
-    /// Number of valid entries.
+    /// Number of valid entries in this page.
     pub count: Le32,
+    /// Snapshots the volume has in all; the page holds those from the
+    /// index the command asked for (CDW10) on.
+    pub total: Le32,
     /// Reserved.
-    pub rsvd4: [u8; 60],
+    pub rsvd8: [u8; 56],
     /// Entries; only the first `count` are valid.
     pub entries: [SnapshotListEntry; 63],
 }

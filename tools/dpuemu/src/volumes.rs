@@ -35,8 +35,8 @@ use dpu_engine::fault::{FaultControl, FaultOps, FaultyMedia};
 use dpu_engine::media::{Media, MediaError};
 use dpu_engine::protection::{ArrayState, Layout, MemberState, ProtectedMedia, ProtectionConfig};
 use dpu_engine::volume::{
-    Compression, PagedOptions, Pool, Services, VolumeError, VolumeKey, VolumeKind, VolumeOptions,
-    BLOCK_SIZE,
+    Compression, PagedOptions, Pool, Services, VolumeError, VolumeInfo, VolumeKey, VolumeKind,
+    VolumeOptions, BLOCK_SIZE,
 };
 use log::{error, info, warn};
 use nvme_shim::status::Status;
@@ -58,8 +58,8 @@ pub use namespace::{VolumeNamespace, VOLUME_LBA_SHIFT};
 pub const MAX_NSID: u32 = 1024;
 /// Stripe unit when Volume Create asks for the default.
 pub const DEFAULT_STRIPE: u32 = 64 << 10;
-/// Writable volumes (volumes and clones) per family, and snapshots per
-/// volume: what one VolumeList / SnapshotList page can show.
+/// Writable volumes (volumes and clones) per family: what one VolumeList
+/// page can show. (Snapshot List pages; see MAX_SNAPSHOTS_PER_VOLUME.)
 const MAX_PER_LIST: usize = 63;
 const BS: u64 = BLOCK_SIZE as u64;
 
@@ -1203,7 +1203,7 @@ impl VolumeManager {
             .iter()
             .filter(|i| i.kind == VolumeKind::Snapshot && i.parent.as_deref() == Some(&origin))
             .count();
-        if existing >= MAX_PER_LIST {
+        if existing >= vendor::MAX_SNAPSHOTS_PER_VOLUME as usize {
             return Err(status(vs::SNAPSHOT_LIMIT));
         }
         pool.snapshot(&origin, &snap)
@@ -1218,8 +1218,9 @@ impl VolumeManager {
         Ok(id)
     }
 
-    /// Snapshot List.
-    pub fn snapshot_list(&self, nsid: u32) -> Result<SnapshotList, Status> {
+    /// Snapshot List: the volume's snapshots from index `first` on (63 per
+    /// page, in the pool's order), with how many there are in all.
+    pub fn snapshot_list(&self, nsid: u32, first: u32) -> Result<SnapshotList, Status> {
         let state = self.lock();
         let (fi, vi) = state.open_volume(nsid)?;
         let family = &state.families[fi];
@@ -1228,14 +1229,25 @@ impl VolumeManager {
         let infos = pool.volumes().map_err(|e| engine_status(&e))?;
         let mut list = SnapshotList::zeroed();
         let mut count = 0;
-        let snapshots = infos
+        // Only snapshots the family has a record of are listed, so the
+        // total and the pages agree.
+        let snapshots: Vec<(&VolumeInfo, u32)> = infos
             .iter()
-            .filter(|i| i.kind == VolumeKind::Snapshot && i.parent.as_ref() == Some(origin));
-        for (entry, info) in list.entries.iter_mut().zip(snapshots) {
-            let Some(record) = family.snapshots.iter().find(|s| s.name == info.name) else {
-                continue;
-            };
-            entry.id.set(record.id);
+            .filter(|i| i.kind == VolumeKind::Snapshot && i.parent.as_ref() == Some(origin))
+            .filter_map(|info| {
+                let record = family.snapshots.iter().find(|s| s.name == info.name)?;
+                Some((info, record.id))
+            })
+            .collect();
+        list.total
+            .set(u32::try_from(snapshots.len()).unwrap_or(u32::MAX));
+        let from = usize::try_from(first).unwrap_or(usize::MAX);
+        for (entry, (info, id)) in list
+            .entries
+            .iter_mut()
+            .zip(snapshots.into_iter().skip(from))
+        {
+            entry.id.set(id);
             let exclusive = pool
                 .volume_stats(&info.name)
                 .map_or(0, |s| s.exclusive_bytes);

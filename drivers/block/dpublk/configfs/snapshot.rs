@@ -76,9 +76,7 @@ const DIR: &str = "snapshots";
 /// The snapshot of volume `nsid` called `name`, if the device has it.
 fn find(nsid: u32, name: &[u8]) -> Result<Option<SnapshotListEntry>> {
     let mgmt = management::current()?;
-    let mut sqe = SubmissionEntry::new(vendor::opcode::SNAPSHOT_LIST, 0);
-    sqe.nsid.set(nsid);
-    let entries = mgmt.read_list(sqe)?;
+    let entries = mgmt.read_snapshot_list(nsid)?;
     Ok(entries
         .chunks_exact(LIST_ENTRY_BYTES)
         .filter_map(SnapshotListEntry::read_from)

@@ -1159,9 +1159,7 @@ volume_attribute!(21, show: |v, w| {
         return Ok(());
     }
     let mgmt = management::current()?;
-    let mut sqe = SubmissionEntry::new(vendor::opcode::SNAPSHOT_LIST, 0);
-    sqe.nsid.set(nsid);
-    let entries = mgmt.read_list(sqe)?;
+    let entries = mgmt.read_snapshot_list(nsid)?;
     let mut listed = entries
         .chunks_exact(LIST_ENTRY_BYTES)
         .filter_map(vendor::SnapshotListEntry::read_from)

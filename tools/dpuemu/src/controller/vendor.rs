@@ -175,7 +175,9 @@ impl Controller {
                 volumes.snapshot_create(sqe.nsid.get(), &name)
             }
             VendorCommand::SnapshotList => {
-                let list = self.volumes(volumes)?.snapshot_list(sqe.nsid.get())?;
+                let list = self
+                    .volumes(volumes)?
+                    .snapshot_list(sqe.nsid.get(), vendor::snapshot_list_first(sqe))?;
                 self.send_to_host(sqe, list.as_bytes())?;
                 Ok(0)
             }

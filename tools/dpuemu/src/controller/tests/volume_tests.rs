@@ -628,6 +628,59 @@ fn volume_create_validation() {
 }
 
 #[test]
+fn snapshot_list_pages_past_63_snapshots() {
+    // One list page holds 63 entries; a volume may have more snapshots
+    // (the persistence test takes 100), listed page by page from CDW10.
+    let images = Images::new("snap-pages", 1, SSD_BYTES);
+    let mut a = Accel::start(&images);
+    a.attach(&[0]);
+    let vol = a
+        .create(&request("paged", layout::SINGLE, 0b1, 1 << 20))
+        .unwrap();
+    const SNAPSHOTS: u32 = 150;
+    let mut made = std::collections::BTreeMap::new();
+    for i in 0..SNAPSHOTS {
+        let name = format!("p{i}");
+        let id = a
+            .named(vendor::opcode::SNAPSHOT_CREATE, vol, 0, &name)
+            .unwrap();
+        made.insert(name, id);
+    }
+    let mut listed = std::collections::BTreeMap::new();
+    let mut first = 0;
+    let mut pages = 0;
+    loop {
+        let page = SnapshotList::read_from(
+            &a.fetch(vendor::snapshot_list_command(vol, first, 0), 4096)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(page.total.get(), SNAPSHOTS);
+        let count = page.count.get();
+        assert!(count <= 63);
+        for e in &page.entries[..count as usize] {
+            let name =
+                String::from_utf8(nvme_shim::wire::c_string_bytes(&e.name).to_vec()).unwrap();
+            assert!(listed.insert(name, e.id.get()).is_none(), "listed twice");
+        }
+        pages += 1;
+        first += count;
+        if count == 0 || first >= page.total.get() {
+            break;
+        }
+    }
+    assert_eq!(pages, 3, "63 + 63 + 24");
+    assert_eq!(listed, made, "every snapshot once, with its ID");
+    // Past the end: an empty page that still tells the total.
+    let past = SnapshotList::read_from(
+        &a.fetch(vendor::snapshot_list_command(vol, SNAPSHOTS, 0), 4096)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!((past.count.get(), past.total.get()), (0, SNAPSHOTS));
+}
+
+#[test]
 fn snapshots_clones_revert_and_services() {
     let images = Images::new("snap", 2, SSD_BYTES);
     let mut a = Accel::start(&images);
