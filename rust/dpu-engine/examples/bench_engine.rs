@@ -156,6 +156,8 @@ struct Run {
     delete_ms: f64,
     release_s: f64,
     max_lock_ms: f64,
+    /// The most CPU time the holding thread used in one hold.
+    max_lock_cpu_ms: f64,
     /// Lock holds of 50 ms or more (of `lock_holds`).
     long_holds: f64,
     lock_holds: f64,
@@ -299,7 +301,18 @@ fn run(config: &Config, format: PoolFormat, writes: u64, seed: u64) -> Result<Ru
     v.flush().map_err(err)?;
     out.release_s = t.elapsed().as_secs_f64();
     let locks = pool.lock_stats();
+    for site in pool.lock_sites().iter().take(6) {
+        eprintln!(
+            "bench-engine: {format:?} lock taken at {}: {} holds, longest {:.1} ms ({:.1} ms of CPU at most), {} of 50 ms or more",
+            site.site,
+            site.holds,
+            site.max_hold_ns as f64 / 1e6,
+            site.max_hold_cpu_ns as f64 / 1e6,
+            site.long_holds
+        );
+    }
     out.max_lock_ms = locks.max_hold_ns as f64 / 1e6;
+    out.max_lock_cpu_ms = locks.max_hold_cpu_ns as f64 / 1e6;
     out.long_holds = locks.long_holds as f64;
     out.lock_holds = locks.holds as f64;
     let stats = pool.stats().map_err(err)?;
@@ -408,6 +421,10 @@ fn print_table(config: &Config, paged: &[Run], memory: &[Run]) {
         ("delete ms (each)", Box::new(|r: &Run| r.delete_ms)),
         ("release s (all deletes)", Box::new(|r: &Run| r.release_s)),
         ("lock hold max ms", Box::new(|r: &Run| r.max_lock_ms)),
+        (
+            "lock hold max CPU ms",
+            Box::new(|r: &Run| r.max_lock_cpu_ms),
+        ),
         ("lock holds (all)", Box::new(|r: &Run| r.lock_holds)),
         (
             "lock holds of 50 ms or more",
@@ -456,9 +473,10 @@ fn print_table(config: &Config, paged: &[Run], memory: &[Run]) {
     let mut clean: Vec<f64> = paged.iter().map(|r| r.open_clean_s).collect();
     let mut crash: Vec<f64> = paged.iter().map(|r| r.open_crash_s).collect();
     let max_lock = paged.iter().map(|r| r.max_lock_ms).fold(0.0, f64::max);
+    let max_lock_cpu = paged.iter().map(|r| r.max_lock_cpu_ms).fold(0.0, f64::max);
     println!();
     println!(
-        "engine-scale: rss_mib={:.0} cache_mib={} snap_median_ms={:.1} snap_p99_ms={:.1} open_clean_s={:.2} open_crash_s={:.2} max_lock_ms={:.0}",
+        "engine-scale: rss_mib={:.0} cache_mib={} snap_median_ms={:.1} snap_p99_ms={:.1} open_clean_s={:.2} open_crash_s={:.2} max_lock_ms={:.0} max_lock_cpu_ms={:.0}",
         median(&mut rss),
         config.cache_bytes >> 20,
         percentile(&mut snaps.clone(), 0.5),
@@ -466,6 +484,7 @@ fn print_table(config: &Config, paged: &[Run], memory: &[Run]) {
         median(&mut clean),
         median(&mut crash),
         max_lock,
+        max_lock_cpu,
     );
 }
 
@@ -490,7 +509,7 @@ impl Run {
                 .collect(),
         );
         format!(
-            "RUN {} {} {} {} {} {} {} {} {} {} {snaps} {commits} {} {}",
+            "RUN {} {} {} {} {} {} {} {} {} {} {snaps} {commits} {} {} {}",
             self.writes,
             self.write_s,
             self.rss_base_mib,
@@ -503,6 +522,7 @@ impl Run {
             self.metadata_mib,
             self.long_holds,
             self.lock_holds,
+            self.max_lock_cpu_ms,
         )
     }
 
@@ -541,6 +561,7 @@ impl Run {
             metadata_mib: num(9)?,
             long_holds: num(12)?,
             lock_holds: num(13)?,
+            max_lock_cpu_ms: num(14)?,
             snap_ms: list(10)?
                 .into_iter()
                 .map(|v| v.parse().ok())

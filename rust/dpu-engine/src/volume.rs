@@ -40,6 +40,7 @@ use crate::media::{check_range, Media, MediaError, MediaResult};
 
 mod alloc;
 mod common;
+mod cputime;
 mod crypt;
 mod engine;
 mod format;
@@ -251,6 +252,11 @@ pub struct CacheReport {
 pub struct LockStats {
     pub holds: u64,
     pub max_hold_ns: u64,
+    /// The most CPU time the holding thread used in one hold: what the
+    /// work under the lock costs, without the time the scheduler kept the
+    /// thread off a core while it held the lock (which `max_hold_ns`, wall
+    /// time, includes).
+    pub max_hold_cpu_ns: u64,
     /// Holds of [`LONG_HOLD_NS`] or more.
     pub long_holds: u64,
 }
@@ -258,28 +264,59 @@ pub struct LockStats {
 /// What [`LockStats::long_holds`] counts: holds of 50 ms or more.
 pub const LONG_HOLD_NS: u64 = 50_000_000;
 
+/// The pool lock's holds taken at one place in the source (the public
+/// operation, or the step of one, that took it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LockSite {
+    /// `file:line` of the code that took the lock.
+    pub site: String,
+    pub holds: u64,
+    pub max_hold_ns: u64,
+    /// The most CPU time of one hold (see [`LockStats::max_hold_cpu_ns`]).
+    pub max_hold_cpu_ns: u64,
+    /// Holds of [`LONG_HOLD_NS`] or more.
+    pub long_holds: u64,
+}
+
+type Site = &'static std::panic::Location<'static>;
+
 #[derive(Default)]
 struct LockHolds {
     holds: AtomicU64,
     max_hold_ns: AtomicU64,
+    max_hold_cpu_ns: AtomicU64,
     long_holds: AtomicU64,
+    /// Per site: holds, longest, longest in CPU time, long holds.
+    sites: Mutex<std::collections::HashMap<Site, [u64; 4]>>,
 }
 
 impl LockHolds {
-    fn record(&self, since: Instant) {
+    /// A hold that began at `since` (and `cpu_since` on the thread's CPU
+    /// clock) ends.
+    fn record(&self, since: Instant, cpu_since: u64, site: Site) {
         let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let cpu = cputime::thread_cpu_ns().saturating_sub(cpu_since);
         self.holds.fetch_add(1, Ordering::Relaxed);
         self.max_hold_ns.fetch_max(ns, Ordering::Relaxed);
-        if ns >= LONG_HOLD_NS {
-            self.long_holds.fetch_add(1, Ordering::Relaxed);
-        }
+        self.max_hold_cpu_ns.fetch_max(cpu, Ordering::Relaxed);
+        let long = u64::from(ns >= LONG_HOLD_NS);
+        self.long_holds.fetch_add(long, Ordering::Relaxed);
+        let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = sites.entry(site).or_default();
+        entry[0] += 1;
+        entry[1] = entry[1].max(ns);
+        entry[2] = entry[2].max(cpu);
+        entry[3] += long;
     }
 }
 
-/// The pool lock, held: records how long when released.
+/// The pool lock, held: records how long, and where it was taken, when
+/// released.
 struct Held<'a> {
     guard: MutexGuard<'a, Engine>,
     since: Instant,
+    cpu_since: u64,
+    site: Site,
     holds: &'a LockHolds,
 }
 
@@ -299,7 +336,7 @@ impl DerefMut for Held<'_> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.holds.record(self.since);
+        self.holds.record(self.since, self.cpu_since, self.site);
     }
 }
 
@@ -350,6 +387,7 @@ impl Pool {
         LockStats {
             holds: self.holds.holds.load(Ordering::Relaxed),
             max_hold_ns: self.holds.max_hold_ns.load(Ordering::Relaxed),
+            max_hold_cpu_ns: self.holds.max_hold_cpu_ns.load(Ordering::Relaxed),
             long_holds: self.holds.long_holds.load(Ordering::Relaxed),
         }
     }
@@ -357,7 +395,33 @@ impl Pool {
     pub fn reset_lock_stats(&self) {
         self.holds.holds.store(0, Ordering::Relaxed);
         self.holds.max_hold_ns.store(0, Ordering::Relaxed);
+        self.holds.max_hold_cpu_ns.store(0, Ordering::Relaxed);
         self.holds.long_holds.store(0, Ordering::Relaxed);
+        self.holds
+            .sites
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Where the pool lock was taken and how long it was held there, the
+    /// longest holds first (what to move out of the lock next).
+    pub fn lock_sites(&self) -> Vec<LockSite> {
+        let sites = self.holds.sites.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<LockSite> = sites
+            .iter()
+            .map(
+                |(site, &[holds, max_hold_ns, max_hold_cpu_ns, long_holds])| LockSite {
+                    site: format!("{}:{}", site.file(), site.line()),
+                    holds,
+                    max_hold_ns,
+                    max_hold_cpu_ns,
+                    long_holds,
+                },
+            )
+            .collect();
+        out.sort_by_key(|s| std::cmp::Reverse(s.max_hold_ns));
+        out
     }
 
     /// The pool's metadata format.
@@ -414,6 +478,7 @@ impl Pool {
                 return;
             };
             let since = Instant::now();
+            let cpu_since = cputime::thread_cpu_ns();
             let pending = match &mut *engine {
                 Engine::InMemory(_) => return,
                 Engine::Paged(p) => match p.usable().and_then(|()| p.has_deferred()) {
@@ -423,7 +488,7 @@ impl Pool {
                 },
             };
             drop(engine);
-            holds.record(since);
+            holds.record(since, cpu_since, std::panic::Location::caller());
             drop(state);
             match pending {
                 Ok(true) => std::thread::yield_now(),
@@ -438,6 +503,7 @@ impl Pool {
     /// makes that commit durable without holding the lock across its I/O.
     /// A journaled snapshot instead needs its journal record durable,
     /// also written without the lock.
+    #[track_caller]
     fn run<T>(&self, op: impl FnOnce(&mut Engine) -> VolumeResult<T>) -> VolumeResult<T> {
         let (value, needed, journal) = {
             let mut engine = self.lock()?;
@@ -482,7 +548,9 @@ impl Pool {
         }
     }
 
+    #[track_caller]
     fn lock(&self) -> VolumeResult<Held<'_>> {
+        let site = std::panic::Location::caller();
         // A panic while holding the lock leaves the in-memory state
         // suspect; the committed state on media is still fine, so the pool
         // refuses further work until it is reopened.
@@ -492,6 +560,8 @@ impl Pool {
         Ok(Held {
             guard,
             since: Instant::now(),
+            cpu_since: cputime::thread_cpu_ns(),
+            site,
             holds: &self.holds,
         })
     }

@@ -576,6 +576,48 @@ pub fn release_node(
     Ok((0..node.len()).map(|i| node.child(i)).collect())
 }
 
+/// What [`release_node_part`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Released {
+    /// As [`release_node`]: the children to drop next (none for a leaf).
+    Node(Vec<u64>),
+    /// Part of a leaf whose last reference this was: the first entries
+    /// dropped their references and left it, and the rest is now in this
+    /// block, which holds the caller's reference instead.
+    Part(u64),
+}
+
+/// As [`release_node`], in smaller steps: a leaf whose last reference
+/// this is and that holds more than `most` entries drops only the first
+/// `most` entries' references, and keeps the rest in a copy (a shadow,
+/// the original freed) that the caller releases later. A leaf drops a
+/// reference per entry (hundreds, each a tree update), so this bounds the
+/// work of one call.
+pub fn release_node_part(
+    tm: &mut TransactionManager,
+    info: &TreeInfo,
+    block: u64,
+    most: usize,
+) -> MetaResult<Released> {
+    let node = read_node(tm, info, block)?;
+    if !node.leaf || node.len() <= most.max(1) || tm.count(block)? > 1 {
+        return release_node(tm, info, block).map(Released::Node);
+    }
+    let (copy, shared) = tm.shadow(block, BTREE_MAGIC)?;
+    if shared {
+        return Err(MetaError::Corrupt(format!(
+            "B-tree node {block}: shared while its last reference is released"
+        )));
+    }
+    let mut node = read_node(tm, info, copy)?;
+    for _ in 0..most.max(1) {
+        let value = node.remove_at(0);
+        value_ref(tm, info.kind, &value, -1)?;
+    }
+    write_node(tm, copy, &node)?;
+    Ok(Released::Part(copy))
+}
+
 /// What [`for_each_node`] calls: a node's block, its children, its data
 /// blocks; returns whether to descend.
 pub type NodeVisitor<'a> = dyn FnMut(u64, &[u64], &[u64]) -> bool + 'a;

@@ -33,7 +33,7 @@ use super::reduce::{decompress, Compression, UNIT, UNITS_PER_BLOCK};
 use super::state::{OpenedVolume, Prepared};
 use super::{common, Services, VolumeError, VolumeInfo, VolumeKind, BLOCK_SIZE};
 use crate::media::{Media, MediaError};
-use crate::metadata::btree::{self, TreeInfo, ValueKind};
+use crate::metadata::btree::{self, Released, TreeInfo, ValueKind};
 use crate::metadata::transaction::{PreparedCommit, TransactionManager};
 use crate::metadata::{MetaError, META_BLOCK};
 
@@ -103,6 +103,9 @@ const MIN_DATA_BLOCKS: u64 = 8;
 const MAX_COMMIT_BLOCKS: usize = 4096;
 /// The longest a release step keeps going (it always releases one node).
 const RELEASE_STEP_TIME: std::time::Duration = std::time::Duration::from_millis(10);
+/// Entries of a deleted volume's map leaf whose record references one
+/// release step drops at most (a leaf holds hundreds).
+const RELEASE_ENTRIES: usize = 16;
 /// Deferred mapping nodes a flush releases on its way.
 const FLUSH_RELEASE_BUDGET: usize = 64;
 
@@ -1001,11 +1004,11 @@ impl PagedState {
     }
 
     /// Drops up to `budget` deferred node references (each frees at most
-    /// one node and the records its entries alone held), stopping early
-    /// once [`RELEASE_STEP_TIME`] has passed (a leaf drops hundreds of
-    /// record references, so nodes alone do not bound the lock hold);
-    /// true when nothing is left to release. The space is reusable after
-    /// the next commit.
+    /// one node, or drops at most [`RELEASE_ENTRIES`] of a freed leaf's
+    /// record references and defers the rest of the leaf in a copy),
+    /// stopping early once [`RELEASE_STEP_TIME`] has passed; true when
+    /// nothing is left to release. The space is reusable after the next
+    /// commit.
     pub(crate) fn release_step(&mut self, budget: usize) -> Result<bool, VolumeError> {
         self.usable()?;
         let started = std::time::Instant::now();
@@ -1018,6 +1021,12 @@ impl PagedState {
             };
             let result = (|| {
                 let info = deferred_info()?;
+                let released = btree::release_node_part(
+                    &mut self.tm,
+                    &mapping_info()?,
+                    node,
+                    RELEASE_ENTRIES,
+                )?;
                 let root = self.tm.root(DEFERRED);
                 let root = if count > 1 {
                     btree::insert(&mut self.tm, &info, root, node, &(count - 1).to_le_bytes())?
@@ -1025,8 +1034,14 @@ impl PagedState {
                     btree::remove(&mut self.tm, &info, root, node)?.0
                 };
                 self.tm.set_root(DEFERRED, root)?;
-                for child in btree::release_node(&mut self.tm, &mapping_info()?, node)? {
-                    self.defer(child, 1)?;
+                match released {
+                    Released::Node(children) => {
+                        for child in children {
+                            self.defer(child, 1)?;
+                        }
+                    }
+                    // The reference moves to the copy of what is left.
+                    Released::Part(rest) => self.defer(rest, 1)?,
                 }
                 Ok(())
             })();
