@@ -38,6 +38,12 @@ pub struct RemoteSsdPolicy {
     /// the association is dropped (a silent network, not only a closed
     /// one, fails the member).
     pub timeout: Duration,
+    /// How long to wait after reconnecting before the member is re-added:
+    /// a write sent on the lost association may still be running in the
+    /// remote (its old controller is torn down on its own time; NVMe calls
+    /// this the command quiesce time) and must not land on a row after the
+    /// rebuild copied it.
+    pub quiesce: Duration,
 }
 
 /// The default time a remote SSD has to answer: well below the 30 s
@@ -52,6 +58,7 @@ impl Default for RemoteSsdPolicy {
             first: Duration::from_millis(200),
             max: Duration::from_secs(10),
             timeout: DEFAULT_REMOTE_SSD_TIMEOUT,
+            quiesce: Duration::from_secs(2),
         }
     }
 }
@@ -64,6 +71,8 @@ pub struct RemoteSsd {
     namespace: RemoteNamespace,
     on_return: Mutex<Option<Hook>>,
     reconnections: AtomicU64,
+    /// Serializes writes (see [`Namespace::write_at`] below).
+    writes: Mutex<()>,
 }
 
 impl RemoteSsd {
@@ -76,6 +85,7 @@ impl RemoteSsd {
             namespace,
             on_return: Mutex::new(None),
             reconnections: AtomicU64::new(0),
+            writes: Mutex::new(()),
         });
         let weak = Arc::downgrade(&ssd);
         thread::Builder::new()
@@ -137,6 +147,7 @@ fn supervise(ssd: &Weak<RemoteSsd>, policy: RemoteSsdPolicy) {
                 );
                 failures = 0;
                 delay = policy.first;
+                thread::sleep(policy.quiesce);
                 ssd.returned();
             }
             Err(e) => {
@@ -180,6 +191,83 @@ pub fn readd_hook(manager: Weak<VolumeManager>, index: u16) -> impl Fn() + Send 
     }
 }
 
+/// Byte ranges as the remote's blocks see them. The volume layer addresses
+/// an SSD in bytes (an image takes any offset), while a remote namespace
+/// takes whole blocks of its own size, often 4 KiB: reads are widened to
+/// whole blocks and writes that cover part of a block read it first.
+impl RemoteSsd {
+    fn block(&self) -> u64 {
+        1 << self.namespace.lba_shift()
+    }
+
+    fn aligned(&self, offset: u64, len: u64) -> bool {
+        let mask = self.block() - 1;
+        offset & mask == 0 && len & mask == 0
+    }
+
+    /// The whole blocks around `offset..offset + len`, inside the
+    /// namespace.
+    fn widen(&self, offset: u64, len: u64) -> io::Result<(u64, u64)> {
+        let mask = self.block() - 1;
+        let end = offset
+            .checked_add(len)
+            .filter(|&end| end <= self.size())
+            .ok_or(io::ErrorKind::InvalidInput)?;
+        // The size is a whole number of blocks, so the rounded end is too.
+        Ok((offset & !mask, (end + mask) & !mask))
+    }
+
+    fn lock_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Zeroes the partial blocks at the edges of `offset..offset + len`
+    /// by read-modify-write and hands the whole blocks between them to
+    /// `whole` (the caller holds the write lock).
+    fn zero_range(
+        &self,
+        offset: u64,
+        len: u64,
+        whole: impl Fn(u64, u64) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mask = self.block() - 1;
+        let end = offset.checked_add(len).ok_or(io::ErrorKind::InvalidInput)?;
+        let inner_start = ((offset + mask) & !mask).min(end);
+        let inner_end = (end & !mask).max(inner_start);
+        for (from, to) in [(offset, inner_start), (inner_end, end)] {
+            if to > from {
+                let zeroes = vec![0u8; (to - from) as usize];
+                self.write_unlocked(from, &zeroes)?;
+            }
+        }
+        if inner_end > inner_start {
+            whole(inner_start, inner_end - inner_start)?;
+        }
+        Ok(())
+    }
+
+    fn write_unlocked(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.aligned(offset, data.len() as u64) {
+            return self.namespace.write_at(offset, data);
+        }
+        let (start, end) = self.widen(offset, data.len() as u64)?;
+        let block = self.block() as usize;
+        let mut whole = vec![0u8; (end - start) as usize];
+        let head = (offset - start) as usize;
+        let tail = head + data.len();
+        if head != 0 {
+            self.namespace.read_at(start, &mut whole[..block])?;
+        }
+        let last = whole.len() - block;
+        if tail < whole.len() && (last != 0 || head == 0) {
+            self.namespace
+                .read_at(end - block as u64, &mut whole[last..])?;
+        }
+        whole[head..tail].copy_from_slice(data);
+        self.namespace.write_at(start, &whole)
+    }
+}
+
 impl Namespace for RemoteSsd {
     fn size(&self) -> u64 {
         self.namespace.size()
@@ -190,11 +278,22 @@ impl Namespace for RemoteSsd {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.namespace.read_at(offset, buf)
+        if self.aligned(offset, buf.len() as u64) {
+            return self.namespace.read_at(offset, buf);
+        }
+        let (start, end) = self.widen(offset, buf.len() as u64)?;
+        let mut whole = vec![0u8; (end - start) as usize];
+        self.namespace.read_at(start, &mut whole)?;
+        let head = (offset - start) as usize;
+        buf.copy_from_slice(&whole[head..head + buf.len()]);
+        Ok(())
     }
 
+    /// Writes are serialized: a read-modify-write of a partial block must
+    /// not lose another write to the same block.
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.namespace.write_at(offset, data)
+        let _writes = self.lock_writes();
+        self.write_unlocked(offset, data)
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -202,10 +301,14 @@ impl Namespace for RemoteSsd {
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.namespace.write_zeroes(offset, len)
+        self.widen(offset, len)?;
+        let _writes = self.lock_writes();
+        self.zero_range(offset, len, |at, n| self.namespace.write_zeroes(at, n))
     }
 
     fn deallocate(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.namespace.deallocate(offset, len)
+        self.widen(offset, len)?;
+        let _writes = self.lock_writes();
+        self.zero_range(offset, len, |at, n| self.namespace.deallocate(at, n))
     }
 }

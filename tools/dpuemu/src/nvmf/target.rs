@@ -518,6 +518,18 @@ impl Target {
         for id in ids {
             self.remove_controller(id);
         }
+        // As after a killed process, nothing may reach the namespaces once
+        // this returns: a connection thread finishes the command it is
+        // running (a write already received still lands) and then sees
+        // its socket closed.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let left = self.connections.load(Ordering::Acquire);
+        if left > 0 {
+            warn!("nvmf: {left} connection(s) still open after the shut-down");
+        }
         info!("nvmf: target shut down");
     }
 

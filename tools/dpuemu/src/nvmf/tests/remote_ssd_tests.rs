@@ -87,6 +87,8 @@ fn a_remote_mirror_member_fails_with_its_target_and_resyncs_when_it_returns() {
     let policy = RemoteSsdPolicy {
         first: Duration::from_millis(20),
         max: Duration::from_millis(200),
+        // shut_down() leaves no command running in the old target.
+        quiesce: Duration::ZERO,
         ..RemoteSsdPolicy::default()
     };
     let remote = RemoteSsd::connect("shelf", spec, policy).expect("remote SSD");
@@ -171,6 +173,8 @@ fn writers_ride_out_two_remote_outages() {
     let policy = RemoteSsdPolicy {
         first: Duration::from_millis(20),
         max: Duration::from_millis(100),
+        // shut_down() leaves no command running in the old target.
+        quiesce: Duration::ZERO,
         ..RemoteSsdPolicy::default()
     };
     let remote = RemoteSsd::connect("shelf", spec, policy).expect("remote SSD");
@@ -319,6 +323,7 @@ fn a_silent_remote_fails_its_member_after_the_timeout() {
         first: Duration::from_millis(20),
         max: Duration::from_millis(200),
         timeout: Duration::from_secs(1),
+        quiesce: Duration::from_millis(200),
     };
     let remote = RemoteSsd::connect("shelf", spec, policy).expect("remote SSD");
     let mut handles = image_handles(&[dir.join("local.img")], SSD_BYTES);
@@ -366,4 +371,136 @@ fn a_silent_remote_fails_its_member_after_the_timeout() {
     fault_on(&manager, fault::DISAPPEAR, 0);
     verify(&*ns, &expected, "remote member only, after the silence");
     eprintln!("silent remote: the first write and flush took {took:?}");
+}
+
+/// An image file with 4 KiB logical blocks, as many NVMe SSDs and nvmet's
+/// file namespaces on most file systems are.
+struct FourKiB(crate::namespace::FileNamespace);
+
+impl Namespace for FourKiB {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn lba_shift(&self) -> u8 {
+        12
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write_at(offset, data)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.0.write_zeroes(offset, len)
+    }
+    fn deallocate(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.0.deallocate(offset, len)
+    }
+}
+
+struct OneVolume(Arc<dyn Namespace>);
+
+impl crate::nvmf::target::VolumeLookup for OneVolume {
+    fn volume(&self, _name: &str) -> Option<Arc<dyn Namespace>> {
+        Some(Arc::clone(&self.0))
+    }
+}
+
+/// A remote SSD of 4 KiB blocks takes the byte ranges the volume layer
+/// uses: unaligned reads, writes (read-modify-write), zeroes and
+/// deallocations match a model of the bytes, and a RAID10 family on it
+/// works down to reading from it alone.
+#[test]
+fn a_remote_ssd_of_4k_blocks_takes_any_byte_range() {
+    let (_cleanup, dir) = temp_dir("remote-ssd-4k");
+    let image = crate::namespace::FileNamespace::open(&dir.join("remote4k.img"), Some(SSD_BYTES))
+        .expect("image");
+    let text = format!(
+        "[port 1]\nservice 0\n[subsystem {SHELF}]\nports 1\nallow-any-host\nnamespace 1 volume any\n"
+    );
+    let config = config::parse(&text).expect("config");
+    let claimed = crate::nvmf::claim_ssds(&config, &[]).expect("claim");
+    let lookup = OneVolume(Arc::new(FourKiB(image)));
+    let target = Target::start_with(&config, &claimed, &lookup).expect("4 KiB target");
+    let spec = RemoteSpec {
+        address: target.ports[0].address,
+        subnqn: SHELF.into(),
+        nsid: 1,
+    };
+    let remote = RemoteSsd::connect("shelf4k", spec, RemoteSsdPolicy::default()).expect("remote");
+    assert_eq!(remote.lba_shift(), 12);
+
+    // Random byte ranges in the first 256 KiB against a model.
+    const SPAN: usize = 256 << 10;
+    let mut model = vec![0u8; SPAN];
+    let mut seed = 0x4b1d_u64;
+    for op in 0..300u32 {
+        let at = (next(&mut seed) % (SPAN as u64 - 1)) as usize;
+        let len = (1 + next(&mut seed) % 20_000).min((SPAN - at) as u64) as usize;
+        match next(&mut seed) % 4 {
+            0 | 1 => {
+                let data = pattern(len, op as u8);
+                remote.write_at(at as u64, &data).expect("write");
+                model[at..at + len].copy_from_slice(&data);
+            }
+            2 => {
+                remote
+                    .write_zeroes(at as u64, len as u64)
+                    .expect("write zeroes");
+                model[at..at + len].fill(0);
+            }
+            _ => {
+                remote
+                    .deallocate(at as u64, len as u64)
+                    .expect("deallocate");
+                model[at..at + len].fill(0);
+            }
+        }
+        let at = (next(&mut seed) % (SPAN as u64 - 1)) as usize;
+        let len = (1 + next(&mut seed) % 20_000).min((SPAN - at) as u64) as usize;
+        let mut got = vec![0u8; len];
+        remote.read_at(at as u64, &mut got).expect("read");
+        assert!(
+            got == model[at..at + len],
+            "op {op}: read at {at}+{len} differs"
+        );
+    }
+    let mut all = vec![0u8; SPAN];
+    remote.read_at(0, &mut all).expect("read all");
+    assert!(all == model, "the remote holds the model");
+    assert!(
+        remote.read_at(SSD_BYTES - 100, &mut [0u8; 200]).is_err(),
+        "past the end"
+    );
+
+    // A RAID10 family over a local image and the 4 KiB remote SSD.
+    let mut handles = image_handles(&[dir.join("local.img")], SSD_BYTES);
+    handles.push(SsdHandle {
+        index: 1,
+        ownership: Arc::new(SsdOwnership::new()),
+        media: remote.clone(),
+        serial: "REMOTE1".into(),
+    });
+    let manager = VolumeManager::open(&handles);
+    let table = Activated::default();
+    let nsid = create_volume(
+        &manager,
+        &handles,
+        &table,
+        "mirror4k",
+        (layout::RAID10, 2),
+        0b11,
+        VOLUME_BYTES,
+    );
+    let ns = table.get(nsid);
+    let chunks = VOLUME_BYTES as usize / CHUNK;
+    let mut expected = vec![0u8; VOLUME_BYTES as usize];
+    write_chunks(&*ns, 0..chunks, 17, &mut expected);
+    ns.flush().expect("flush");
+    assert_eq!(array_state(&manager, nsid), ARRAY_STATE_OPTIMAL);
+    fault_on(&manager, fault::DISAPPEAR, 0);
+    verify(&*ns, &expected, "the 4 KiB remote member alone");
 }
