@@ -446,10 +446,10 @@ impl Pool {
     /// its budget only: a background thread calls it in a loop
     /// ([`Pool::spawn_releaser`]), and flushes run a bounded step too.
     pub fn release_step(&self, budget: usize) -> VolumeResult<bool> {
-        match &mut *self.lock()? {
+        self.run(|engine| match engine {
             Engine::InMemory(_) => Ok(true),
             Engine::Paged(p) => p.release_step(budget),
-        }
+        })
     }
 
     /// Ends all work on the pool because its media is about to be reused:
@@ -487,10 +487,21 @@ impl Pool {
                     Err(e) => Err(e),
                 },
             };
+            let needed = engine.take_commit_request();
             drop(engine);
             holds.record(since, cpu_since, std::panic::Location::caller());
+            // A step that grew the transaction large commits it, written
+            // without the lock as every operation's commit is.
+            let committed = match needed {
+                Some(generation) => Pool {
+                    state: state.clone(),
+                    holds: holds.clone(),
+                }
+                .commit_through(generation),
+                None => Ok(()),
+            };
             drop(state);
-            match pending {
+            match pending.and_then(|more| committed.map(|()| more)) {
                 Ok(true) => std::thread::yield_now(),
                 Ok(false) => std::thread::sleep(RELEASE_IDLE),
                 // A failed pool stays failed until reopened: nothing to do.

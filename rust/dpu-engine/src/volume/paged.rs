@@ -1047,6 +1047,10 @@ impl PagedState {
             })();
             self.changing(result)?;
         }
+        // Releasing a large map dirties much metadata: commit it (outside
+        // the lock, by the caller) before the transaction, and the first
+        // half of its commit under the lock, grow without bound.
+        self.after_change()?;
         Ok(!self.has_deferred()?)
     }
 
