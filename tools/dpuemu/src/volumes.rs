@@ -1488,13 +1488,17 @@ impl VolumeManager {
         }
     }
 
-    /// After a CLEAR: an SSD that its array failed (an injected fault made
-    /// it fail writes or vanish) comes back as a replacement of itself and
-    /// is rebuilt in the background, as md re-adds a member.
-    fn readd(&self, index: u16) {
+    /// SSD `index` is back (after a Fault Injection CLEAR, or a remote SSD
+    /// that reconnected): in every array that failed it, it comes back as
+    /// a replacement of itself and is rebuilt in the background, as md
+    /// re-adds a member. Arrays where it is in service are left alone, and
+    /// faults injected on it stay (only CLEAR ends them). Returns how many
+    /// arrays took it back.
+    pub fn readd_ssd(&self, index: u16) -> usize {
         let Some(pos) = self.ssd_position(index) else {
-            return;
+            return 0;
         };
+        let mut readded = 0;
         let state = self.lock();
         for family in &state.families {
             let Some(array) = &family.array else {
@@ -1514,11 +1518,13 @@ impl VolumeManager {
                     Ok(()) => {
                         info!("accel: SSD {index} re-added to its array, rebuilding");
                         spawn_rebuild(array.clone(), family.alive.clone());
+                        readded += 1;
                     }
                     Err(e) => warn!("accel: SSD {index} cannot be re-added: {e}"),
                 }
             }
         }
+        readded
     }
 
     /// Fault Injection on an attached SSD's media under the engine.
@@ -1553,7 +1559,7 @@ impl VolumeManager {
         match f.kind {
             fault::CLEAR => {
                 c.clear();
-                self.readd(f.ssd_index.get());
+                self.readd_ssd(f.ssd_index.get());
             }
             fault::FAIL_READS => c.error_range(range()?, FaultOps::Read),
             fault::FAIL_WRITES => c.error_range(range()?, FaultOps::Write),

@@ -329,7 +329,9 @@ pub enum Reconnect {
     /// Fails at once with [`io::ErrorKind::NotConnected`]; the owner calls
     /// [`RemoteNamespace::reconnect`] (a volume member: the array serves
     /// from the other members meanwhile, instead of waiting for a remote
-    /// that may not come back).
+    /// that may not come back). The command whose failure broke the
+    /// association fails with that kind too, so that every failure from a
+    /// lost connection looks the same to the owner.
     ByOwner,
 }
 
@@ -429,16 +431,23 @@ impl RemoteNamespace {
             return Err(io::Error::other("no session"));
         };
         let result = f(session);
-        if let Err(e) = &result {
-            if e.kind() != io::ErrorKind::Other {
+        match result {
+            Err(e) if e.kind() != io::ErrorKind::Other => {
                 warn!(
                     "nvmf initiator: {} namespace {}: {e}: connection dropped",
                     self.spec.subnqn, self.spec.nsid
                 );
                 *guard = None;
+                Err(match self.reconnect {
+                    Reconnect::Inline => e,
+                    Reconnect::ByOwner => io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        format!("{e}: connection dropped"),
+                    ),
+                })
             }
+            other => other,
         }
-        result
     }
 
     fn blocks(&self, offset: u64, len: u64) -> io::Result<(u64, u64)> {

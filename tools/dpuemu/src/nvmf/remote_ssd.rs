@@ -18,8 +18,6 @@ use std::thread;
 use std::time::Duration;
 
 use log::{debug, info, warn};
-use nvme_shim::vendor::{fault, FaultInjection};
-use nvme_shim::wire::Wire;
 
 use super::initiator::{Reconnect, RemoteNamespace, RemoteSpec};
 use crate::namespace::Namespace;
@@ -169,25 +167,17 @@ fn supervise(ssd: &Weak<RemoteSsd>, policy: RemoteSsdPolicy) {
 }
 
 /// A hook for [`RemoteSsd::on_return`]: SSD `index` of `manager` comes
-/// back into the arrays that failed it and is rebuilt in the background.
-/// It goes through Fault Injection's CLEAR, the accelerator's way back for
-/// an SSD that failed and returned (faults injected on that SSD end with
-/// it). An array where the SSD never failed is left alone.
+/// back into the arrays that failed it and is rebuilt in the background
+/// ([`VolumeManager::readd_ssd`]). Faults injected on that SSD stay: a
+/// reconnection is not a Fault Injection CLEAR. An array where the SSD
+/// never failed is left alone.
 pub fn readd_hook(manager: Weak<VolumeManager>, index: u16) -> impl Fn() + Send + Sync {
     move || {
         let Some(manager) = manager.upgrade() else {
             return;
         };
-        let mut clear = FaultInjection::zeroed();
-        clear.kind = fault::CLEAR;
-        clear.ssd_index.set(index);
-        // Refused only for an SSD no family uses: nothing to re-add.
-        if let Err(status) = manager.fault(&clear) {
-            debug!(
-                "nvmf remote SSD {index}: not re-added: status {:#x}",
-                status.0
-            );
-        }
+        let arrays = manager.readd_ssd(index);
+        debug!("nvmf remote SSD {index}: re-added to {arrays} array(s)");
     }
 }
 

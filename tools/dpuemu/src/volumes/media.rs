@@ -8,8 +8,16 @@ use dpu_engine::media::{check_range, Media, MediaError, MediaResult};
 
 use crate::namespace::Namespace;
 
+/// An SSD that is not connected (a remote SSD whose association is lost)
+/// is gone, as a pulled SSD: its array fails the member at the first
+/// failed command, a read included, instead of counting a read error and
+/// keeping a member that answers nothing. Every other error is an I/O
+/// error of that range.
 fn io_error(e: std::io::Error) -> MediaError {
-    MediaError::Io(e.to_string())
+    match e.kind() {
+        std::io::ErrorKind::NotConnected => MediaError::Gone,
+        _ => MediaError::Io(e.to_string()),
+    }
 }
 
 /// Bit rot for the fault injection: flips the lowest bit of the first byte
@@ -208,5 +216,54 @@ mod tests {
         assert_eq!(back, data);
         assert!(concat.read_at(7168 + 4000, &mut back).is_err());
         assert!(SliceMedia::tail(b, 4096).is_none());
+    }
+
+    /// An SSD that fails every command with one error kind.
+    struct Failing(std::io::ErrorKind);
+
+    impl Namespace for Failing {
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+        fn read_at(&self, _: u64, _: &mut [u8]) -> std::io::Result<()> {
+            Err(std::io::Error::new(self.0, "failing SSD"))
+        }
+        fn write_at(&self, _: u64, _: &[u8]) -> std::io::Result<()> {
+            Err(std::io::Error::new(self.0, "failing SSD"))
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Err(std::io::Error::new(self.0, "failing SSD"))
+        }
+        fn write_zeroes(&self, _: u64, _: u64) -> std::io::Result<()> {
+            Err(std::io::Error::new(self.0, "failing SSD"))
+        }
+        fn deallocate(&self, _: u64, _: u64) -> std::io::Result<()> {
+            Err(std::io::Error::new(self.0, "failing SSD"))
+        }
+    }
+
+    #[test]
+    fn a_not_connected_ssd_is_gone_and_other_errors_are_io() {
+        let gone = SsdMedia::new(Arc::new(Failing(std::io::ErrorKind::NotConnected)));
+        let mut buf = [0u8; 512];
+        assert_eq!(gone.read_at(0, &mut buf), Err(MediaError::Gone));
+        assert_eq!(gone.write_at(0, &buf), Err(MediaError::Gone));
+        assert_eq!(gone.flush(), Err(MediaError::Gone));
+        assert_eq!(gone.discard(0, 512), Err(MediaError::Gone));
+        for kind in [
+            std::io::ErrorKind::Other,
+            std::io::ErrorKind::UnexpectedEof,
+            std::io::ErrorKind::InvalidData,
+        ] {
+            let failing = SsdMedia::new(Arc::new(Failing(kind)));
+            assert!(
+                matches!(failing.read_at(0, &mut buf), Err(MediaError::Io(_))),
+                "{kind:?}"
+            );
+            assert!(
+                matches!(failing.write_at(0, &buf), Err(MediaError::Io(_))),
+                "{kind:?}"
+            );
+        }
     }
 }

@@ -19,9 +19,9 @@ use crate::ownership::SsdOwnership;
 use crate::volumes::VolumeManager;
 
 pub(super) const SHELF: &str = "nqn.2026-12.org.dpublk:shelf";
-const SSD_BYTES: u64 = 16 << 20;
-const VOLUME_BYTES: u64 = 6 << 20;
-const CHUNK: usize = 128 << 10;
+pub(super) const SSD_BYTES: u64 = 16 << 20;
+pub(super) const VOLUME_BYTES: u64 = 6 << 20;
+pub(super) const CHUNK: usize = 128 << 10;
 
 /// The remote machine: a target exporting `remote.img` on `service`.
 pub(super) fn shelf(dir: &std::path::Path, service: u16) -> Arc<Target> {
@@ -39,7 +39,7 @@ pub(super) fn array_state(manager: &VolumeManager, nsid: u32) -> u8 {
     s.array_state
 }
 
-fn fault_on(manager: &VolumeManager, kind: u8, ssd: u16) {
+pub(super) fn fault_on(manager: &VolumeManager, kind: u8, ssd: u16) {
     let mut f = FaultInjection::zeroed();
     f.kind = kind;
     f.ssd_index.set(ssd);
@@ -48,7 +48,12 @@ fn fault_on(manager: &VolumeManager, kind: u8, ssd: u16) {
 
 /// Writes chunks `range` of the volume with patterns of `seed` and
 /// records them in `expected`.
-fn write_chunks(ns: &dyn Namespace, range: std::ops::Range<usize>, seed: u8, expected: &mut [u8]) {
+pub(super) fn write_chunks(
+    ns: &dyn Namespace,
+    range: std::ops::Range<usize>,
+    seed: u8,
+    expected: &mut [u8],
+) {
     for chunk in range {
         let data = pattern(CHUNK, seed.wrapping_add(chunk as u8));
         let at = chunk * CHUNK;
@@ -57,7 +62,7 @@ fn write_chunks(ns: &dyn Namespace, range: std::ops::Range<usize>, seed: u8, exp
     }
 }
 
-fn verify(ns: &dyn Namespace, expected: &[u8], what: &str) {
+pub(super) fn verify(ns: &dyn Namespace, expected: &[u8], what: &str) {
     for (chunk, want) in expected.chunks(CHUNK).enumerate() {
         let mut got = vec![0u8; want.len()];
         ns.read_at((chunk * CHUNK) as u64, &mut got)
