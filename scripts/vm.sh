@@ -33,6 +33,15 @@
 # Environment: DPUBLK_ACCEL=tcg|kvm|auto (default auto: KVM only where a short
 # probe boot succeeds; the result is cached per kernel tree).
 . "$(dirname "$0")/lib.sh"
+# virtme-ng hands QEMU `-chardev file,path=/proc/self/fd/1` (and fd 2), which
+# QEMU opens with O_TRUNC: when stdout or stderr is a regular file
+# (`vm.sh ... > log`), each VM run truncated it, and a second run into the
+# same log wiped the first one's results (seen on 2026-12-04 with
+# `make hostile > log`). A pipe cannot be truncated.
+if [ -z "${DPUBLK_IN_CHROOT:-}" ]; then
+	[ ! -f /proc/self/fd/1 ] || exec > >(cat)
+	[ ! -f /proc/self/fd/2 ] || exec 2> >(cat >&2)
+fi
 
 if [ -z "${DPUBLK_IN_CHROOT:-}" ]; then
 	kdir=$("$DPUBLK_TOP/scripts/setup-kernel.sh")
