@@ -2,18 +2,16 @@
 //! sees them: a reconnection re-adds the member but keeps the faults
 //! injected on it, and a lost remote fails its member on a read too.
 
-use nvme_shim::vendor::{fault, layout, ARRAY_STATE_DEGRADED, ARRAY_STATE_OPTIMAL};
+use nvme_shim::vendor::{fault, ARRAY_STATE_DEGRADED, ARRAY_STATE_OPTIMAL};
 
 use super::remote_ssd_tests::{
-    array_state, fault_on, shelf, verify, wait_for, write_chunks, CHUNK, SHELF, SSD_BYTES,
+    array_state, fault_on, remote_mirror, shelf, verify, wait_for, write_chunks, CHUNK, SHELF,
     VOLUME_BYTES,
 };
-use super::volume_tests::{create_volume, image_handles, temp_dir, Activated};
+use super::volume_tests::{temp_dir, Activated};
 use super::*;
-use crate::controller::SsdHandle;
 use crate::nvmf::initiator::RemoteSpec;
-use crate::nvmf::{readd_hook, RemoteSsd, RemoteSsdPolicy};
-use crate::ownership::SsdOwnership;
+use crate::nvmf::{RemoteSsd, RemoteSsdPolicy};
 use crate::volumes::VolumeManager;
 
 /// A RAID10 volume over a local image (SSD 0) and a remote SSD (SSD 1) on
@@ -45,25 +43,7 @@ fn mirror(dir: &std::path::Path) -> Mirror {
         ..RemoteSsdPolicy::default()
     };
     let remote = RemoteSsd::connect("shelf", spec, policy).expect("remote SSD");
-    let mut handles = image_handles(&[dir.join("local.img")], SSD_BYTES);
-    handles.push(SsdHandle {
-        index: 1,
-        ownership: Arc::new(SsdOwnership::new()),
-        media: remote.clone(),
-        serial: "REMOTE1".into(),
-    });
-    let manager = Arc::new(VolumeManager::open(&handles));
-    remote.on_return(readd_hook(Arc::downgrade(&manager), 1));
-    let table = Activated::default();
-    let nsid = create_volume(
-        &manager,
-        &handles,
-        &table,
-        "mirror",
-        (layout::RAID10, 2),
-        0b11,
-        VOLUME_BYTES,
-    );
+    let (manager, table, nsid) = remote_mirror(dir, &remote);
     let ns = table.get(nsid);
     let mut expected = vec![0u8; VOLUME_BYTES as usize];
     write_chunks(&*ns, 0..expected.len() / CHUNK, 7, &mut expected);

@@ -98,25 +98,7 @@ fn a_remote_mirror_member_fails_with_its_target_and_resyncs_when_it_returns() {
     };
     let remote = RemoteSsd::connect("shelf", spec, policy).expect("remote SSD");
     assert_eq!(remote.size(), SSD_BYTES, "the remote namespace's size");
-    let mut handles = image_handles(&[dir.join("local.img")], SSD_BYTES);
-    handles.push(SsdHandle {
-        index: 1,
-        ownership: Arc::new(SsdOwnership::new()),
-        media: remote.clone(),
-        serial: "REMOTE1".into(),
-    });
-    let manager = Arc::new(VolumeManager::open(&handles));
-    remote.on_return(readd_hook(Arc::downgrade(&manager), 1));
-    let table = Activated::default();
-    let nsid = create_volume(
-        &manager,
-        &handles,
-        &table,
-        "mirror",
-        (layout::RAID10, 2),
-        0b11,
-        VOLUME_BYTES,
-    );
+    let (manager, table, nsid) = remote_mirror(&dir, &remote);
     let ns = table.get(nsid);
     let chunks = VOLUME_BYTES as usize / CHUNK;
     let mut expected = vec![0u8; VOLUME_BYTES as usize];
@@ -191,25 +173,7 @@ fn writers_ride_out_two_remote_outages() {
         ..RemoteSsdPolicy::default()
     };
     let remote = RemoteSsd::connect("shelf", spec, policy).expect("remote SSD");
-    let mut handles = image_handles(&[dir.join("local.img")], SSD_BYTES);
-    handles.push(SsdHandle {
-        index: 1,
-        ownership: Arc::new(SsdOwnership::new()),
-        media: remote.clone(),
-        serial: "REMOTE1".into(),
-    });
-    let manager = Arc::new(VolumeManager::open(&handles));
-    remote.on_return(readd_hook(Arc::downgrade(&manager), 1));
-    let table = Activated::default();
-    let nsid = create_volume(
-        &manager,
-        &handles,
-        &table,
-        "mirror",
-        (layout::RAID10, 2),
-        0b11,
-        VOLUME_BYTES,
-    );
+    let (manager, table, nsid) = remote_mirror(&dir, &remote);
     let ns = table.get(nsid);
     const WRITERS: usize = 4;
     let quarter = VOLUME_BYTES as usize / WRITERS;
@@ -339,25 +303,7 @@ fn a_silent_remote_fails_its_member_after_the_timeout() {
         quiesce: Duration::from_millis(200),
     };
     let remote = RemoteSsd::connect("shelf", spec, policy).expect("remote SSD");
-    let mut handles = image_handles(&[dir.join("local.img")], SSD_BYTES);
-    handles.push(SsdHandle {
-        index: 1,
-        ownership: Arc::new(SsdOwnership::new()),
-        media: remote.clone(),
-        serial: "REMOTE1".into(),
-    });
-    let manager = Arc::new(VolumeManager::open(&handles));
-    remote.on_return(readd_hook(Arc::downgrade(&manager), 1));
-    let table = Activated::default();
-    let nsid = create_volume(
-        &manager,
-        &handles,
-        &table,
-        "mirror",
-        (layout::RAID10, 2),
-        0b11,
-        VOLUME_BYTES,
-    );
+    let (manager, table, nsid) = remote_mirror(&dir, &remote);
     let ns = table.get(nsid);
     let chunks = VOLUME_BYTES as usize / CHUNK;
     let mut expected = vec![0u8; VOLUME_BYTES as usize];
@@ -516,4 +462,33 @@ fn a_remote_ssd_of_4k_blocks_takes_any_byte_range() {
     assert_eq!(array_state(&manager, nsid), ARRAY_STATE_OPTIMAL);
     fault_on(&manager, fault::DISAPPEAR, 0);
     verify(&*ns, &expected, "the 4 KiB remote member alone");
+}
+
+/// The RAID10 family "mirror" of these tests: SSD 0 a local image in `dir`,
+/// SSD 1 `remote`, which the volumes' hook re-adds when it returns. Returns
+/// the manager, the activated namespaces and the mirror's NSID.
+pub(super) fn remote_mirror(
+    dir: &std::path::Path,
+    remote: &Arc<RemoteSsd>,
+) -> (Arc<VolumeManager>, Activated, u32) {
+    let mut handles = image_handles(&[dir.join("local.img")], SSD_BYTES);
+    handles.push(SsdHandle {
+        index: 1,
+        ownership: Arc::new(SsdOwnership::new()),
+        media: remote.clone(),
+        serial: "REMOTE1".into(),
+    });
+    let manager = Arc::new(VolumeManager::open(&handles));
+    remote.on_return(readd_hook(Arc::downgrade(&manager), 1));
+    let table = Activated::default();
+    let nsid = create_volume(
+        &manager,
+        &handles,
+        &table,
+        "mirror",
+        (layout::RAID10, 2),
+        0b11,
+        VOLUME_BYTES,
+    );
+    (manager, table, nsid)
 }
