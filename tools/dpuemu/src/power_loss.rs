@@ -77,6 +77,15 @@ struct Layer {
     crashed: bool,
 }
 
+impl Layer {
+    /// The power goes: no later call reaches the image, and the unflushed
+    /// sectors are handed over to be torn.
+    fn power_off(&mut self) -> BTreeMap<u64, Pending> {
+        self.crashed = true;
+        std::mem::take(&mut self.sectors)
+    }
+}
+
 /// What a crash did to one layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TearReport {
@@ -298,11 +307,11 @@ impl VolatileNamespace {
     /// them all at once; this one is the tests' single-drive cut.
     #[cfg(test)]
     pub fn tear(&self, rng: &mut SplitMix64, keep_permille: u32) -> io::Result<TearReport> {
-        let sectors = {
-            let mut layer = self.layer.lock().unwrap_or_else(|p| p.into_inner());
-            layer.crashed = true;
-            std::mem::take(&mut layer.sectors)
-        };
+        let sectors = self
+            .layer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .power_off();
         self.write_torn(sectors, rng, keep_permille)
     }
 
@@ -449,13 +458,7 @@ pub fn crash(layers: &[std::sync::Arc<VolatileNamespace>], seed: u64) -> CrashRe
             .iter()
             .map(|layer| layer.layer.lock().unwrap_or_else(|p| p.into_inner()))
             .collect();
-        stopped
-            .iter_mut()
-            .map(|layer| {
-                layer.crashed = true;
-                std::mem::take(&mut layer.sectors)
-            })
-            .collect()
+        stopped.iter_mut().map(|layer| layer.power_off()).collect()
     };
     for (i, (layer, sectors)) in layers.iter().zip(caches).enumerate() {
         let mut rng = SplitMix64::new(seed ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
