@@ -31,6 +31,8 @@ mod gf256;
 mod maintenance;
 
 #[cfg(test)]
+mod readd_tests;
+#[cfg(test)]
 mod tests;
 
 pub use array::{ProtectedMedia, ProtectionConfig};

@@ -109,6 +109,9 @@ struct Journal {
 struct PendingWrite {
     seq: u64,
     member: usize,
+    /// The member's identity when the write committed: destaging skips a
+    /// member that has been replaced since (its rebuild copies the row).
+    incarnation: u64,
     start: u64,
     bytes: Arc<Vec<u8>>,
 }
@@ -925,6 +928,29 @@ impl ProtectedMedia {
         let g = self.geometry;
         let ticket = self.begin_transaction()?;
         let seq = ticket.seq;
+        // The row's view was taken before the transaction began, and a
+        // member may have failed and been re-added meanwhile (waiting for
+        // a replacement's drain in begin_transaction, for one): that new
+        // incarnation rebuilds from row 0 and does not serve this row yet,
+        // so the bytes must not reach it, neither through the old handle
+        // nor, destaged, through the new one (they would land after the
+        // rebuild copied newer bytes). Holding the ticket keeps any further
+        // replacement waiting, so what is checked here stays true until
+        // the pending bytes are queued.
+        {
+            let members = self.members();
+            involved.retain(|(index, media, _)| {
+                members[*index]
+                    .media
+                    .as_ref()
+                    .is_some_and(|current| Arc::ptr_eq(current, media))
+            });
+        }
+        if !self.can_write(&self.row_view(row), touched) {
+            return Err(unrecoverable(format!(
+                "row {row}: members failed during the write"
+            )));
+        }
         let checkpoint = lock(&self.meta).checkpoint;
         let at = g.journal_slot_offset(seq % g.journal_slots);
         loop {
@@ -964,13 +990,23 @@ impl ProtectedMedia {
                 )));
             }
         }
+        // Still under the ticket: no member changed identity since the
+        // check above.
+        let incarnations: Vec<u64> = {
+            let members = self.members();
+            involved
+                .iter()
+                .map(|(index, _, _)| members[*index].id)
+                .collect()
+        };
         {
             let mut pending = lock(&self.pending);
             let writes = pending.entry(row).or_default();
-            for (member, _, bytes) in involved {
+            for ((member, _, bytes), incarnation) in involved.into_iter().zip(incarnations) {
                 writes.push(PendingWrite {
                     seq,
                     member,
+                    incarnation,
                     start,
                     bytes: Arc::new(bytes),
                 });
@@ -1066,7 +1102,9 @@ impl ProtectedMedia {
             let media = {
                 let members = self.members();
                 let m = &members[write.member];
-                m.media.clone().filter(|_| m.is_live())
+                m.media
+                    .clone()
+                    .filter(|_| m.is_live() && m.id == write.incarnation)
             };
             if let Some(media) = media {
                 let at = self.geometry.row_offset(*row) + write.start;

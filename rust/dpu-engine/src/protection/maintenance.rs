@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::media::{MediaError, MediaResult};
+use crate::media::{Media, MediaError, MediaResult};
 
 use super::array::{ProtectedMedia, RowView, SECTOR};
 use super::codec::{Layout, Locate};
@@ -80,11 +80,18 @@ impl ProtectedMedia {
             });
         };
         let end = from.saturating_add(max_rows.max(1)).min(g.rows);
+        let left = || unrecoverable(format!("member {member} left the rebuild"));
         for row in from..end {
             let _row = self
                 .row_lock(row)
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
+            // A member failed (and maybe re-added, a new incarnation with
+            // its own rebuild) since this step began gets nothing more from
+            // it: the handle held here is the old incarnation's.
+            if !self.is_rebuilding_with(member, &media) {
+                return Err(left());
+            }
             let view = self.row_view(row);
             let slot = g.layout.slot_of(row, member);
             let content = self.slot_content(row, &view, slot)?;
@@ -95,7 +102,7 @@ impl ProtectedMedia {
             let m = &mut members[member];
             let same = m.media.as_ref().is_some_and(|x| Arc::ptr_eq(x, &media));
             if m.state != MemberState::Rebuilding || !same {
-                return Err(unrecoverable(format!("member {member} left the rebuild")));
+                return Err(left());
             }
             m.rebuilt_rows = row + 1;
             self.counters.rebuilt_rows.fetch_add(1, Ordering::Relaxed);
@@ -107,7 +114,19 @@ impl ProtectedMedia {
         media.flush().inspect_err(|_| self.mark_failed(member))?;
         self.destage()?;
         if end == g.rows {
-            self.members_mut()[member].state = MemberState::Online;
+            // The member joins only if it is still the incarnation this
+            // step rebuilt, with every row copied. Between the last row and
+            // here (the flushes above) it may have failed, or failed and
+            // been re-added as a new incarnation whose rebuild starts at
+            // row 0: marking either one online would make the array trust
+            // a copy that missed the writes made while it was away.
+            let mut members = self.members_mut();
+            let m = &mut members[member];
+            let same = m.media.as_ref().is_some_and(|x| Arc::ptr_eq(x, &media));
+            if m.state != MemberState::Rebuilding || !same || m.rebuilt_rows != g.rows {
+                return Err(left());
+            }
+            m.state = MemberState::Online;
         }
         self.persist()?;
         if end < g.rows {
@@ -129,6 +148,14 @@ impl ProtectedMedia {
             rows_done: next.map_or(g.rows, |(_, rows)| rows),
             rows_total: g.rows,
         })
+    }
+
+    /// Whether `member` is rebuilding onto `media` (this incarnation).
+    fn is_rebuilding_with(&self, member: usize, media: &Arc<dyn Media>) -> bool {
+        let members = self.members();
+        let m = &members[member];
+        m.state == MemberState::Rebuilding
+            && m.media.as_ref().is_some_and(|x| Arc::ptr_eq(x, media))
     }
 
     /// Rebuilds every rebuilding member to completion.
