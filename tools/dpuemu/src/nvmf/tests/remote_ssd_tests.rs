@@ -146,14 +146,15 @@ fn a_remote_mirror_member_fails_with_its_target_and_resyncs_when_it_returns() {
 /// array is optimal and every writer's last data reads back from the
 /// remote member alone.
 ///
-/// Ignored in the default run (2026-12-04): under load it failed 2 times in
-/// about 72 runs with "record N in block M fails its checksum", a stale
-/// copy on the remote member that the array believes in sync; the engine's
-/// read repair (asking the array for the other copy on a record checksum
-/// mismatch, not written yet) is what would cover it. Run it with
-/// `cargo test -p dpuemu -- --ignored writers_ride_out`.
+/// Under load it used to fail about 2 times in 72 runs with "record N in
+/// block M fails its checksum": the remote member was trusted with a stale
+/// copy. Two engine races made that possible (the last rebuild step marked
+/// the member online although it had failed, or failed and been re-added,
+/// since; a write's bytes reached the re-added incarnation after its
+/// rebuild copied newer ones); Documentation/engine-protection.rst ("A
+/// member that comes back") explains them and their fix, and
+/// rust/dpu-engine's protection/readd_tests.rs reproduces each.
 #[test]
-#[ignore = "flaky under load until the engine repairs a stale mirror copy on a checksum mismatch (read repair); see the doc comment"]
 fn writers_ride_out_two_remote_outages() {
     use std::sync::atomic::{AtomicBool, Ordering};
 
