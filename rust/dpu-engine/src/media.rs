@@ -61,6 +61,33 @@ pub trait Media: Send + Sync {
     fn discard(&self, offset: u64, len: u64) -> MediaResult<()> {
         check_range(offset, len, self.size())
     }
+    /// How many copies of every byte the media keeps that can be read one
+    /// by one with [`Media::read_copy_at`]: the copies of a mirror, 1 for
+    /// anything else.
+    fn copies(&self) -> usize {
+        1
+    }
+    /// Reads `buf.len()` bytes at `offset` from copy `copy` (below
+    /// [`Media::copies`]) alone, for a layer above that checks its own
+    /// checksums and wants another copy when the one it got fails them.
+    fn read_copy_at(&self, copy: usize, offset: u64, buf: &mut [u8]) -> MediaResult<()> {
+        if copy == 0 {
+            self.read_at(offset, buf)
+        } else {
+            Err(MediaError::Unrecoverable(format!(
+                "copy {copy} of a media with one copy"
+            )))
+        }
+    }
+    /// Writes `good` at `offset` over copy `copy` alone (read repair):
+    /// `good` are bytes another copy returned and the caller verified. The
+    /// caller guarantees nothing else writes that range meanwhile.
+    fn repair_copy_at(&self, copy: usize, offset: u64, good: &[u8]) -> MediaResult<()> {
+        let _ = (offset, good);
+        Err(MediaError::Unrecoverable(format!(
+            "copy {copy} of a media with one copy cannot be repaired"
+        )))
+    }
 }
 
 /// Returns `OutOfRange` unless `offset..offset+len` lies inside `size`.

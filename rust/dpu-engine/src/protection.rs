@@ -29,6 +29,7 @@ mod codec;
 mod format;
 mod gf256;
 mod maintenance;
+mod repair;
 
 #[cfg(test)]
 mod readd_tests;
@@ -81,6 +82,9 @@ pub struct ProtectionStatus {
     pub journal_replays: u64,
     /// Rows rebuilt since the array was opened.
     pub rebuilt_rows: u64,
+    /// Copies rewritten by read repair: a layer above found bytes that
+    /// failed its checksum, and another copy that passed it.
+    pub read_repairs: u64,
     /// The rebuild under way, if any.
     pub rebuild: Option<RebuildProgress>,
 }

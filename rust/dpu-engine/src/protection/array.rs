@@ -138,6 +138,7 @@ pub(super) struct Counters {
     pub journal_commits: AtomicU64,
     pub journal_replays: AtomicU64,
     pub rebuilt_rows: AtomicU64,
+    pub read_repairs: AtomicU64,
 }
 
 /// The members that hold valid data for one row, by slot; taken under the
@@ -214,11 +215,11 @@ fn read_superblock(media: &dyn Media) -> Option<Superblock> {
 
 /// One logical piece of an I/O: data chunk `data` of a row, bytes
 /// `offset..offset + len` of that chunk, at `at` in the caller's buffer.
-struct Piece {
-    data: usize,
-    offset: u64,
-    len: u64,
-    at: usize,
+pub(super) struct Piece {
+    pub data: usize,
+    pub offset: u64,
+    pub len: u64,
+    pub at: usize,
 }
 
 impl ProtectedMedia {
@@ -448,6 +449,7 @@ impl ProtectedMedia {
             journal_commits: c.journal_commits.load(Ordering::Relaxed),
             journal_replays: c.journal_replays.load(Ordering::Relaxed),
             rebuilt_rows: c.rebuilt_rows.load(Ordering::Relaxed),
+            read_repairs: c.read_repairs.load(Ordering::Relaxed),
             rebuild,
         }
     }
@@ -738,7 +740,7 @@ impl ProtectedMedia {
     }
 
     /// Splits a logical range into per-row pieces.
-    fn pieces(&self, offset: u64, len: usize) -> BTreeMap<u64, Vec<Piece>> {
+    pub(super) fn pieces(&self, offset: u64, len: usize) -> BTreeMap<u64, Vec<Piece>> {
         let chunk = self.geometry.chunk;
         let stripe = chunk * self.geometry.layout.data_slots() as u64;
         let mut rows: BTreeMap<u64, Vec<Piece>> = BTreeMap::new();
@@ -1318,6 +1320,21 @@ impl Media for ProtectedMedia {
             self.write_row(row, &pieces, data)?;
         }
         Ok(())
+    }
+
+    fn copies(&self) -> usize {
+        match self.geometry.layout {
+            Layout::Mirror { copies, .. } => copies,
+            _ => 1,
+        }
+    }
+
+    fn read_copy_at(&self, copy: usize, offset: u64, buf: &mut [u8]) -> MediaResult<()> {
+        self.read_one_copy(copy, offset, buf)
+    }
+
+    fn repair_copy_at(&self, copy: usize, offset: u64, good: &[u8]) -> MediaResult<()> {
+        self.repair_one_copy(copy, offset, good)
     }
 
     fn flush(&self) -> MediaResult<()> {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::crypt::{Cipher, VolumeKey, CHECK_VALUE_LEN};
 use super::{VolumeError, BLOCK_SIZE};
-use crate::media::MediaError;
+use crate::media::{Media, MediaError};
 
 const BS: u64 = BLOCK_SIZE as u64;
 
@@ -76,4 +76,54 @@ pub(crate) fn handle_cipher(
             Ok(Some(Arc::new(Cipher::new(key)?)))
         }
     }
+}
+
+/// Reads a record's stored bytes at `offset` into `stored` and checks them
+/// against the record's CRC32C `crc`. On a mismatch, a media that keeps
+/// several copies (a mirror) is asked for each copy alone: the first that
+/// passes is returned and written over every copy that failed (read
+/// repair, counted in the array's statistics), so a stale or damaged copy
+/// neither fails the read nor waits for a scrub. `what` names the record
+/// for the error when no copy passes. The caller holds the pool lock, so
+/// the record's bytes cannot be rewritten while they are repaired.
+pub(crate) fn read_checked(
+    media: &dyn Media,
+    offset: u64,
+    stored: &mut [u8],
+    crc: u32,
+    what: impl FnOnce() -> String,
+) -> Result<(), VolumeError> {
+    media.read_at(offset, stored)?;
+    if crc32c::crc32c(stored) == crc {
+        return Ok(());
+    }
+    let mut good: Option<Vec<u8>> = None;
+    let mut bad = Vec::new();
+    for copy in 0..media.copies() {
+        let mut bytes = vec![0u8; stored.len()];
+        // A copy that cannot be read (its member failed, or is not in
+        // service for this row) is the array's business, not a repair's.
+        if media.read_copy_at(copy, offset, &mut bytes).is_err() {
+            continue;
+        }
+        if crc32c::crc32c(&bytes) != crc {
+            bad.push(copy);
+        } else if good.is_none() {
+            good = Some(bytes);
+        }
+    }
+    let Some(good) = good else {
+        return Err(VolumeError::Media(MediaError::Io(format!(
+            "{} fails its checksum",
+            what()
+        ))));
+    };
+    for copy in bad {
+        // A repair that fails leaves that copy as bad as it was (and the
+        // array fails a member that cannot take a write); the read still
+        // returns the good bytes.
+        let _ = media.repair_copy_at(copy, offset, &good);
+    }
+    stored.copy_from_slice(&good);
+    Ok(())
 }

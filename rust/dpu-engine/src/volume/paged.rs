@@ -1452,13 +1452,9 @@ impl PagedState {
         }
         let offset = (self.data_start + rec.block) * BS + u64::from(rec.unit) * UNIT as u64;
         let mut bytes = vec![0u8; rec.stored_bytes() as usize];
-        self.media.read_at(offset, &mut bytes)?;
-        if crc32c::crc32c(&bytes) != rec.crc {
-            return Err(VolumeError::Media(MediaError::Io(format!(
-                "record {rid} in block {} fails its checksum",
-                self.data_start + rec.block
-            ))));
-        }
+        common::read_checked(&*self.media, offset, &mut bytes, rec.crc, || {
+            format!("record {rid} in block {}", self.data_start + rec.block)
+        })?;
         if let Some(c) = cipher {
             c.decrypt(&mut bytes, rid);
         }

@@ -1041,17 +1041,16 @@ impl PoolState {
             .get(&rid)
             .ok_or_else(|| VolumeError::Corrupt(format!("record {rid} missing")))?;
         let offset = rec.block * BS + u64::from(rec.unit) * UNIT as u64;
+        let what = || format!("record {rid} in block {}", rec.block);
         if rec.codec == Compression::None {
-            self.media.read_at(offset, out)?;
-            verify(rid, rec, out)?;
+            common::read_checked(&*self.media, offset, out, rec.crc, what)?;
             if let Some(c) = cipher {
                 c.decrypt(out, rid);
             }
             return Ok(());
         }
         let mut bytes = vec![0u8; rec.stored_bytes() as usize];
-        self.media.read_at(offset, &mut bytes)?;
-        verify(rid, rec, &bytes)?;
+        common::read_checked(&*self.media, offset, &mut bytes, rec.crc, what)?;
         if let Some(c) = cipher {
             c.decrypt(&mut bytes, rid);
         }

@@ -8,6 +8,7 @@ use crate::media::MemMedia;
 
 mod crash_media;
 mod model;
+mod read_repair;
 
 pub(crate) use crash_media::CrashMedia;
 
