@@ -44,6 +44,114 @@ pub trait GuestMemory: Send + Sync {
     /// Stores a naturally aligned little-endian `u32` with one access (used
     /// for EventIdx entries and the last dword of completion entries).
     fn write_u32(&self, addr: u64, value: u32) -> Result<(), MemoryError>;
+    /// The host addresses of the guest ranges `pieces` (address, length),
+    /// for a transfer the kernel makes straight into or out of guest pages
+    /// (`preadv`/`pwritev`). `device_writes` asks for ranges the device may
+    /// write (a Read's data). The ranges stay mapped until the result is
+    /// dropped. `None` when some range is not in a host mapping (or not
+    /// writable): the caller then copies through [`GuestMemory::read`] and
+    /// [`GuestMemory::write`], which report the error. Memory without host
+    /// mappings (the tests' vector) always answers `None`.
+    fn host_iovecs(&self, pieces: &[(u64, u64)], device_writes: bool) -> Option<HostIovecs<'_>> {
+        let _ = (pieces, device_writes);
+        None
+    }
+}
+
+/// Anything a [`HostIovecs`] keeps alive: the locks that keep its mappings
+/// in place.
+trait Held {}
+
+impl<T> Held for T {}
+
+/// A guest buffer as host virtual address ranges, for one vectored system
+/// call.
+///
+/// The memory is the guest's and the guest may change it at any time, so
+/// no Rust reference to it is ever made: the ranges are raw `iovec`s,
+/// handed to the kernel or copied with raw copies.
+///
+/// INVARIANT: every `iovec` lies inside a mapping of [`DmaRegions`] (one the
+/// device may write if `device_writes`), and the guards in `held` (the read
+/// side of the region table's lock, and of any lock a wrapper such as Bus
+/// Master Enable adds) keep each such mapping in place until this value is
+/// dropped. Only [`DmaRegions::host_iovecs`] creates one.
+pub struct HostIovecs<'a> {
+    iovecs: Vec<libc::iovec>,
+    len: usize,
+    device_writes: bool,
+    held: Vec<Box<dyn Held + 'a>>,
+}
+
+impl<'a> HostIovecs<'a> {
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the device may write these ranges (a Read's data).
+    pub fn device_writes(&self) -> bool {
+        self.device_writes
+    }
+
+    /// The ranges, valid for as long as `self` lives (for the system call).
+    pub fn iovecs(&self) -> &[libc::iovec] {
+        &self.iovecs
+    }
+
+    /// Keeps `guard` until `self` is dropped: a wrapper's lock that must
+    /// stay held while the transfer runs.
+    pub fn hold<T: 'a>(mut self, guard: T) -> Self {
+        self.held.push(Box::new(guard));
+        self
+    }
+
+    /// Copies `data` (exactly [`HostIovecs::len`] bytes) into the ranges.
+    pub fn scatter(&self, data: &[u8]) -> io::Result<()> {
+        if !self.device_writes || data.len() != self.len {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut done = 0usize;
+        for iov in &self.iovecs {
+            // SAFETY: By the type's invariant `iov` lies in a writable
+            // mapping that `held` keeps in place; `done + iov_len <= len ==
+            // data.len()` since the ranges add up to `len`; `data` is our
+            // own memory, so it cannot overlap the guest's. A raw copy
+            // makes no reference to the guest memory.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    data.as_ptr().add(done),
+                    iov.iov_base.cast::<u8>(),
+                    iov.iov_len,
+                );
+            }
+            done += iov.iov_len;
+        }
+        Ok(())
+    }
+
+    /// Copies the ranges into `buf` (exactly [`HostIovecs::len`] bytes).
+    pub fn gather(&self, buf: &mut [u8]) -> io::Result<()> {
+        if buf.len() != self.len {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut done = 0usize;
+        for iov in &self.iovecs {
+            // SAFETY: As in `scatter`, with the roles swapped: the source
+            // lies in a mapping `held` keeps in place, the destination in
+            // `buf`. The guest may change the source meanwhile; the bytes
+            // are then whatever it left, as with a real device's DMA.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    iov.iov_base.cast::<u8>().cast_const(),
+                    buf.as_mut_ptr().add(done),
+                    iov.iov_len,
+                );
+            }
+            done += iov.iov_len;
+        }
+        Ok(())
+    }
 }
 
 /// Returns `addr..addr+len` as a checked range, or the error for it.
@@ -207,6 +315,53 @@ impl DmaRegions {
         }
     }
 
+    /// Host addresses of `pieces`, checked like [`DmaRegions::access`]
+    /// checks one range; see [`GuestMemory::host_iovecs`].
+    fn iovecs_of(&self, pieces: &[(u64, u64)], device_writes: bool) -> Option<HostIovecs<'_>> {
+        let regions = self.regions.read().ok()?;
+        let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(pieces.len());
+        let mut total = 0usize;
+        for &(addr, len) in pieces {
+            let end = checked_end(addr, len).ok()?;
+            let mut cur = addr;
+            while cur < end {
+                let r = region_at(&regions, cur)?;
+                if device_writes && !r.writable {
+                    return None;
+                }
+                let chunk = usize::try_from((r.iova + r.len).min(end) - cur).ok()?;
+                // SAFETY: `cur - r.iova + chunk <= r.len`, so the pointer
+                // stays inside the live mapping, which the read lock (moved
+                // into the result below) keeps from being unmapped.
+                let host = unsafe { r.host.add((cur - r.iova) as usize) };
+                match iovecs.last_mut() {
+                    // Pieces adjacent in the host's address space are one
+                    // range: fewer ranges for the system call.
+                    Some(last) if last.iov_base.cast::<u8>().wrapping_add(last.iov_len) == host => {
+                        last.iov_len += chunk;
+                    }
+                    _ => iovecs.push(libc::iovec {
+                        iov_base: host.cast(),
+                        iov_len: chunk,
+                    }),
+                }
+                total = total.checked_add(chunk)?;
+                cur += chunk as u64;
+            }
+        }
+        // INVARIANT: every range was found inside a mapped region (a
+        // writable one if `device_writes`) while holding the read lock,
+        // which the result keeps, so no region is unmapped before it is
+        // dropped (unmapping takes the write lock).
+        let buffer = HostIovecs {
+            iovecs,
+            len: total,
+            device_writes,
+            held: Vec::new(),
+        };
+        Some(buffer.hold(regions))
+    }
+
     /// The one checked accessor: runs `copy(host_ptr, buffer_offset,
     /// chunk_len)` for each piece of `addr..addr+len`, after checking that
     /// the whole range is mapped (and writable if `write`).
@@ -249,6 +404,10 @@ impl DmaRegions {
 }
 
 impl GuestMemory for DmaRegions {
+    fn host_iovecs(&self, pieces: &[(u64, u64)], device_writes: bool) -> Option<HostIovecs<'_>> {
+        self.iovecs_of(pieces, device_writes)
+    }
+
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         let dst = buf.as_mut_ptr();
         self.access(addr, buf.len() as u64, false, |src, off, n| {

@@ -6,6 +6,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use crate::guest_memory::HostIovecs;
+
 /// Log2 of the logical block size every dpuemu namespace uses today.
 pub const DEFAULT_LBA_SHIFT: u8 = 9;
 
@@ -28,11 +30,37 @@ pub trait Namespace: Send + Sync {
     fn lba_shift(&self) -> u8 {
         DEFAULT_LBA_SHIFT
     }
-    /// Reads `buf.len()` bytes at `offset`.
+    /// Reads `buf.len()` bytes at `offset`, overwriting every byte of
+    /// `buf` (the controller reuses its buffers, so a byte left alone would
+    /// hand an earlier command's data to the host).
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Writes `data` at `offset`; returns once the data is in the backing
     /// store (not necessarily stable).
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Whether the controller should hand this namespace the guest's pages
+    /// ([`Namespace::read_to_guest`], [`Namespace::write_from_guest`])
+    /// rather than a copy: true where the backend moves the data itself at
+    /// no more cost than a copy and can do so while holding the guest's
+    /// mappings in place (a plain file). Layers that keep data of their own
+    /// (the power-loss cache, volumes) or that may block for long (remote
+    /// SSDs, during which an unmap would wait) keep the default, false.
+    fn direct_guest_io(&self) -> bool {
+        false
+    }
+    /// Reads `dst.len()` bytes at `offset` straight into guest memory. The
+    /// default goes through [`Namespace::read_at`] and a buffer.
+    fn read_to_guest(&self, offset: u64, dst: &HostIovecs<'_>) -> io::Result<()> {
+        let mut buf = vec![0u8; dst.len()];
+        self.read_at(offset, &mut buf)?;
+        dst.scatter(&buf)
+    }
+    /// Writes `src.len()` bytes of guest memory at `offset`, as
+    /// [`Namespace::write_at`] would. The default copies them first.
+    fn write_from_guest(&self, offset: u64, src: &HostIovecs<'_>) -> io::Result<()> {
+        let mut buf = vec![0u8; src.len()];
+        src.gather(&mut buf)?;
+        self.write_at(offset, &buf)
+    }
     /// Makes every completed write stable.
     fn flush(&self) -> io::Result<()>;
     /// Zeroes `len` bytes at `offset`.
@@ -45,6 +73,9 @@ pub trait Namespace: Send + Sync {
         None
     }
 }
+
+/// Most entries one `preadv`/`pwritev` takes (Linux's UIO_MAXIOV).
+const IOV_MAX: usize = 1024;
 
 /// A namespace over a regular file (an SSD image).
 pub struct FileNamespace {
@@ -98,6 +129,76 @@ impl FileNamespace {
         }
     }
 
+    /// Moves `buffer` to (`write`) or from the file at `offset` with as few
+    /// `pwritev`/`preadv` calls as the kernel allows, resuming after short
+    /// transfers.
+    fn transfer_vectored(
+        &self,
+        offset: u64,
+        buffer: &HostIovecs<'_>,
+        write: bool,
+    ) -> io::Result<()> {
+        if !write && !buffer.device_writes() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // Our own copy, advanced past what each call moved.
+        let mut iovecs = buffer.iovecs().to_vec();
+        let mut first = 0usize;
+        let mut position = offset;
+        while first < iovecs.len() {
+            if iovecs[first].iov_len == 0 {
+                first += 1;
+                continue;
+            }
+            let batch = &iovecs[first..iovecs.len().min(first + IOV_MAX)];
+            let at = libc::off_t::try_from(position).map_err(|_| io::ErrorKind::InvalidInput)?;
+            // The batch holds at most IOV_MAX entries.
+            let count = batch.len() as libc::c_int;
+            let fd = self.file.as_raw_fd();
+            let moved = if write {
+                // SAFETY: Every entry of `batch` describes guest memory that
+                // `buffer` keeps mapped for as long as it lives (its type
+                // invariant), which is past this call; entries advanced
+                // below only shrink from the front. The kernel reads those
+                // bytes without any Rust reference being made to them, so
+                // the guest changing them meanwhile is no unsoundness (the
+                // file gets whatever they held, as with DMA).
+                unsafe { libc::pwritev(fd, batch.as_ptr(), count, at) }
+            } else {
+                // SAFETY: As for `pwritev`; `buffer.device_writes()` was
+                // checked above, so each entry lies in a writable mapping
+                // and the kernel may store into it.
+                unsafe { libc::preadv(fd, batch.as_ptr(), count, at) }
+            };
+            let mut moved = match moved {
+                n if n > 0 => n as usize,
+                0 if write => return Err(io::ErrorKind::WriteZero.into()),
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            position += moved as u64;
+            while moved > 0 {
+                let iov = &mut iovecs[first];
+                if moved >= iov.iov_len {
+                    moved -= iov.iov_len;
+                    first += 1;
+                } else {
+                    // Stays inside the entry: `moved < iov_len`.
+                    iov.iov_base = iov.iov_base.cast::<u8>().wrapping_add(moved).cast();
+                    iov.iov_len -= moved;
+                    moved = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn write_zero_buffers(&self, mut offset: u64, len: u64) -> io::Result<()> {
         let zeroes = vec![0u8; 1 << 20];
         let end = offset + len;
@@ -121,6 +222,18 @@ impl Namespace for FileNamespace {
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.file.write_all_at(data, offset)
+    }
+
+    fn direct_guest_io(&self) -> bool {
+        true
+    }
+
+    fn read_to_guest(&self, offset: u64, dst: &HostIovecs<'_>) -> io::Result<()> {
+        self.transfer_vectored(offset, dst, false)
+    }
+
+    fn write_from_guest(&self, offset: u64, src: &HostIovecs<'_>) -> io::Result<()> {
+        self.transfer_vectored(offset, src, true)
     }
 
     fn flush(&self) -> io::Result<()> {

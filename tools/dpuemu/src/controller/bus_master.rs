@@ -16,7 +16,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use crate::guest_memory::{GuestMemory, MemoryError};
+use crate::guest_memory::{GuestMemory, HostIovecs, MemoryError};
 
 /// Guest memory behind the function's Bus Master Enable bit.
 pub struct BusMaster {
@@ -86,6 +86,18 @@ impl GuestMemory for BusMaster {
     fn write_u32(&self, addr: u64, value: u32) -> Result<(), MemoryError> {
         let _admitted = self.admit(addr, 4)?;
         self.inner.write_u32(addr, value)
+    }
+
+    /// The ranges keep the read side of the lock with them, so clearing
+    /// Bus Master Enable waits for a transfer into them to end. With bus
+    /// mastering off there are none (the caller's copy is then refused).
+    fn host_iovecs(&self, pieces: &[(u64, u64)], device_writes: bool) -> Option<HostIovecs<'_>> {
+        let admitted = self.enabled.read().unwrap_or_else(|p| p.into_inner());
+        if !*admitted {
+            return None;
+        }
+        let buffer = self.inner.host_iovecs(pieces, device_writes)?;
+        Some(buffer.hold(admitted))
     }
 }
 

@@ -11,10 +11,38 @@ use nvme_shim::sqe::{BlockRange, DatasetManagement, DsmRange, SubmissionEntry};
 use nvme_shim::status::Status;
 use nvme_shim::wire::Wire;
 
-use super::data::{self, Direction};
+use std::cell::RefCell;
+
+use super::data::{self, Direction, Segment};
 use super::queues::Completion;
 use super::{Controller, Stats, MAX_TRANSFER};
+use crate::guest_memory::HostIovecs;
 use crate::namespace::Namespace;
+
+thread_local! {
+    /// The bounce buffer of the thread (worker or executor thread) running
+    /// a command that cannot use the direct path: it grows to the largest
+    /// transfer the thread has seen (at most MAX_TRANSFER) and is reused
+    /// without being cleared. Every byte of the part a command uses is
+    /// written before it is read (a media read fills it, or a copy from the
+    /// guest does; `Namespace::read_at` must overwrite all of it), so no
+    /// command sees another's data.
+    static BOUNCE_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` bytes of the thread's bounce buffer (contents
+/// unspecified), or on a fresh buffer if `f` is already using the thread's.
+fn with_bounce_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    BOUNCE_BUFFER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0u8; len]),
+    })
+}
 
 /// A failed write, flush or deallocate: a full thin pool is Capacity
 /// Exceeded (the host sees ENOSPC), anything else a Write Fault.
@@ -114,46 +142,112 @@ impl Controller {
     fn read(&self, sqe: &SubmissionEntry, ns: &dyn Namespace, index: u32) -> Result<(), Status> {
         let cmd = BlockRange::decode(sqe);
         let (offset, len) = Self::byte_range(ns, cmd.slba, u64::from(cmd.blocks))?;
-        self.read_into_guest(sqe, len, |buf| {
-            ns.read_at(offset, buf)
-                .map_err(|_| Status::UNRECOVERED_READ_ERROR)
-        })?;
+        let segments = self.data_segments(sqe, len, Direction::ToHost)?;
+        if let Some(guest) = self.direct_buffer(ns, &segments, Direction::ToHost) {
+            ns.read_to_guest(offset, &guest)
+                .map_err(|_| Status::UNRECOVERED_READ_ERROR)?;
+        } else {
+            self.bounce_to_guest(&segments, len, |buf| {
+                ns.read_at(offset, buf)
+                    .map_err(|_| Status::UNRECOVERED_READ_ERROR)
+            })?;
+        }
         self.count_read(index, len);
         Ok(())
     }
 
-    /// A read's data path: the host's data pointers are checked before
-    /// `fill` reads the media into a buffer of `len` bytes, which is then
-    /// copied to guest memory.
+    /// Checks the transfer length and resolves the data pointer of an I/O
+    /// command. Resolving reads the PRP lists or SGL segments but checks
+    /// no data page yet: the copy (or [`Self::direct_buffer`]) does.
+    fn data_segments(
+        &self,
+        sqe: &SubmissionEntry,
+        len: u64,
+        direction: Direction,
+    ) -> Result<Vec<Segment>, Status> {
+        if len > MAX_TRANSFER {
+            return Err(Status::INVALID_FIELD);
+        }
+        data::resolve(&*self.memory, sqe, len, direction, true)
+    }
+
+    /// The direct data path: the guest pages of `segments` as host ranges
+    /// for a namespace that moves data itself (`preadv` into them,
+    /// `pwritev` from them), every page checked to be mapped before any
+    /// byte moves, and kept mapped until the result is dropped. `None` sends
+    /// the command through a buffer instead: a namespace that wants a
+    /// buffer, an SGL bit bucket (nowhere to put the bytes), or a page
+    /// outside the mapped regions (the copy then fails the command as it
+    /// always did, with nothing changed on a write).
+    ///
+    /// While the result lives the thread must not touch guest memory
+    /// through `self.memory`: it holds read locks an unmap or a Bus Master
+    /// Enable clear may be waiting behind.
+    fn direct_buffer(
+        &self,
+        ns: &dyn Namespace,
+        segments: &[Segment],
+        direction: Direction,
+    ) -> Option<HostIovecs<'_>> {
+        if !ns.direct_guest_io() {
+            return None;
+        }
+        let pieces = segments
+            .iter()
+            .map(|s| s.addr.map(|addr| (addr, s.len)))
+            .collect::<Option<Vec<_>>>()?;
+        self.memory
+            .host_iovecs(&pieces, direction == Direction::ToHost)
+    }
+
+    /// A read's data path through a buffer: the host's data pointers are
+    /// resolved before `fill` reads the media into this thread's buffer of
+    /// `len` bytes, which is then copied to guest memory.
     pub(super) fn read_into_guest(
         &self,
         sqe: &SubmissionEntry,
         len: u64,
         fill: impl FnOnce(&mut [u8]) -> Result<(), Status>,
     ) -> Result<(), Status> {
-        if len > MAX_TRANSFER {
-            return Err(Status::INVALID_FIELD);
-        }
-        let segments = data::resolve(&*self.memory, sqe, len, Direction::ToHost, true)?;
-        let mut buf = vec![0u8; len as usize];
-        fill(&mut buf)?;
-        data::copy_to_guest(&*self.memory, &segments, &buf)
+        let segments = self.data_segments(sqe, len, Direction::ToHost)?;
+        self.bounce_to_guest(&segments, len, fill)
     }
 
-    /// A write's data, `len` bytes copied from guest memory, fetched before
-    /// anything is changed so a bad data pointer changes nothing.
-    pub(super) fn data_from_guest(
+    fn bounce_to_guest(
+        &self,
+        segments: &[Segment],
+        len: u64,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), Status>,
+    ) -> Result<(), Status> {
+        with_bounce_buffer(len as usize, |buf| {
+            fill(buf)?;
+            data::copy_to_guest(&*self.memory, segments, buf)
+        })
+    }
+
+    /// A write's data, `len` bytes copied from guest memory into this
+    /// thread's buffer and handed to `use_data`; fetched before `use_data`
+    /// runs, so a bad data pointer changes nothing.
+    pub(super) fn with_data_from_guest<R>(
         &self,
         sqe: &SubmissionEntry,
         len: u64,
-    ) -> Result<Vec<u8>, Status> {
-        if len > MAX_TRANSFER {
-            return Err(Status::INVALID_FIELD);
-        }
-        let segments = data::resolve(&*self.memory, sqe, len, Direction::FromHost, true)?;
-        let mut buf = vec![0u8; len as usize];
-        data::copy_from_guest(&*self.memory, &segments, &mut buf)?;
-        Ok(buf)
+        use_data: impl FnOnce(&[u8]) -> Result<R, Status>,
+    ) -> Result<R, Status> {
+        let segments = self.data_segments(sqe, len, Direction::FromHost)?;
+        self.bounce_from_guest(&segments, len, use_data)
+    }
+
+    fn bounce_from_guest<R>(
+        &self,
+        segments: &[Segment],
+        len: u64,
+        use_data: impl FnOnce(&[u8]) -> Result<R, Status>,
+    ) -> Result<R, Status> {
+        with_bounce_buffer(len as usize, |buf| {
+            data::copy_from_guest(&*self.memory, segments, buf)?;
+            use_data(buf)
+        })
     }
 
     pub(super) fn count_read(&self, index: u32, len: u64) {
@@ -191,8 +285,18 @@ impl Controller {
     fn write(&self, sqe: &SubmissionEntry, ns: &dyn Namespace, index: u32) -> Result<(), Status> {
         let cmd = BlockRange::decode(sqe);
         let (offset, len) = Self::byte_range(ns, cmd.slba, u64::from(cmd.blocks))?;
-        let buf = self.data_from_guest(sqe, len)?;
-        ns.write_at(offset, &buf).map_err(write_status)?;
+        let segments = self.data_segments(sqe, len, Direction::FromHost)?;
+        if let Some(guest) = self.direct_buffer(ns, &segments, Direction::FromHost) {
+            let written = ns.write_from_guest(offset, &guest);
+            // The guest's pages are let go before a flush, which may take
+            // long.
+            drop(guest);
+            written.map_err(write_status)?;
+        } else {
+            self.bounce_from_guest(&segments, len, |buf| {
+                ns.write_at(offset, buf).map_err(write_status)
+            })?;
+        }
         self.finish_write(index, len, cmd.fua, || ns.flush().map_err(write_status))
     }
 
@@ -226,22 +330,23 @@ impl Controller {
     ) -> Result<(), Status> {
         let cmd = DatasetManagement::decode(sqe);
         let len = usize::from(cmd.ranges) * DsmRange::SIZE;
-        // At most 256 ranges of 16 bytes: within MAX_TRANSFER.
-        let raw = self.data_from_guest(sqe, len as u64)?;
+        // At most 256 ranges of 16 bytes: within MAX_TRANSFER. Check every
+        // range before touching any.
+        let ranges = self.with_data_from_guest(sqe, len as u64, |raw| {
+            Ok(raw
+                .chunks_exact(DsmRange::SIZE)
+                .map(|bytes| {
+                    let range = DsmRange::read_from(bytes).ok_or(Status::INVALID_FIELD)?;
+                    Self::byte_range(ns, range.slba.get(), u64::from(range.blocks.get()))
+                })
+                .collect::<Result<Vec<_>, Status>>())
+        })?;
         if !cmd.deallocate {
-            // Other attributes are hints; nothing to do.
+            // Other attributes are hints; nothing to do once the ranges
+            // were fetched.
             return Ok(());
         }
-        // Check every range before touching any.
-        let mut ranges = Vec::with_capacity(usize::from(cmd.ranges));
-        for bytes in raw.chunks_exact(DsmRange::SIZE) {
-            let range = DsmRange::read_from(bytes).ok_or(Status::INVALID_FIELD)?;
-            ranges.push(Self::byte_range(
-                ns,
-                range.slba.get(),
-                u64::from(range.blocks.get()),
-            )?);
-        }
+        let ranges = ranges?;
         for (offset, len) in ranges {
             if len > 0 {
                 ns.deallocate(offset, len).map_err(write_status)?;
@@ -251,3 +356,6 @@ impl Controller {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

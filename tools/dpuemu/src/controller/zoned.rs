@@ -346,8 +346,7 @@ impl Controller {
         let cmd = BlockRange::decode(sqe);
         let (_, len) = Self::byte_range(zoned, cmd.slba, u64::from(cmd.blocks))?;
         // ZASL equals MDTS: one limit for both.
-        let buf = self.data_from_guest(sqe, len)?;
-        let lba = zoned.write(cmd.slba, &buf, append)?;
+        let lba = self.with_data_from_guest(sqe, len, |buf| zoned.write(cmd.slba, buf, append))?;
         self.finish_write(nsid, len, cmd.fua, || {
             Namespace::flush(zoned).map_err(super::io::write_status)
         })?;
@@ -364,12 +363,13 @@ impl Controller {
         let cmd = DatasetManagement::decode(sqe);
         let len = usize::from(cmd.ranges) * DsmRange::SIZE;
         // At most 256 ranges of 16 bytes: within MAX_TRANSFER.
-        let raw = self.data_from_guest(sqe, len as u64)?;
-        for bytes in raw.chunks_exact(DsmRange::SIZE) {
-            let range = DsmRange::read_from(bytes).ok_or(Status::INVALID_FIELD)?;
-            Self::byte_range(zoned, range.slba.get(), u64::from(range.blocks.get()))?;
-        }
-        Ok(())
+        self.with_data_from_guest(sqe, len as u64, |raw| {
+            for bytes in raw.chunks_exact(DsmRange::SIZE) {
+                let range = DsmRange::read_from(bytes).ok_or(Status::INVALID_FIELD)?;
+                Self::byte_range(zoned, range.slba.get(), u64::from(range.blocks.get()))?;
+            }
+            Ok(())
+        })
     }
 
     /// Zone Management Receive: Report Zones (the extended report needs
