@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::RwLock;
+use std::sync::{RwLock, RwLockReadGuard};
 
 /// An access touched memory outside every mapped region (or wrote to a
 /// read-only region).
@@ -52,17 +52,15 @@ pub trait GuestMemory: Send + Sync {
     /// writable): the caller then copies through [`GuestMemory::read`] and
     /// [`GuestMemory::write`], which report the error. Memory without host
     /// mappings (the tests' vector) always answers `None`.
-    fn host_iovecs(&self, pieces: &[(u64, u64)], device_writes: bool) -> Option<HostIovecs<'_>> {
+    fn host_iovecs(
+        &self,
+        pieces: &mut dyn Iterator<Item = (u64, u64)>,
+        device_writes: bool,
+    ) -> Option<HostIovecs<'_>> {
         let _ = (pieces, device_writes);
         None
     }
 }
-
-/// Anything a [`HostIovecs`] keeps alive: the locks that keep its mappings
-/// in place.
-trait Held {}
-
-impl<T> Held for T {}
 
 /// A guest buffer as host virtual address ranges, for one vectored system
 /// call.
@@ -72,15 +70,71 @@ impl<T> Held for T {}
 /// handed to the kernel or copied with raw copies.
 ///
 /// INVARIANT: every `iovec` lies inside a mapping of [`DmaRegions`] (one the
-/// device may write if `device_writes`), and the guards in `held` (the read
-/// side of the region table's lock, and of any lock a wrapper such as Bus
-/// Master Enable adds) keep each such mapping in place until this value is
-/// dropped. Only [`DmaRegions::host_iovecs`] creates one.
+/// device may write if `device_writes`), and `_regions`, the read side of
+/// the region table's lock, keeps each such mapping in place until this
+/// value is dropped. Only [`DmaRegions::host_iovecs`] creates one.
 pub struct HostIovecs<'a> {
-    iovecs: Vec<libc::iovec>,
+    iovecs: Ranges,
     len: usize,
     device_writes: bool,
-    held: Vec<Box<dyn Held + 'a>>,
+    /// Keeps the regions mapped (unmapping takes the write side).
+    _regions: RwLockReadGuard<'a, BTreeMap<u64, MappedRegion>>,
+    /// A wrapper's lock that must stay held while the transfer runs (Bus
+    /// Master Enable's), dropped after `_regions`.
+    _wrapper: Option<RwLockReadGuard<'a, bool>>,
+}
+
+/// Ranges held inline up to [`Ranges::INLINE`] of them (a 4 KiB command
+/// has one or two), on the heap beyond: the direct path exists to save
+/// work per command, and an allocation is a good part of a small one.
+struct Ranges {
+    inline: [libc::iovec; Ranges::INLINE],
+    count: usize,
+    spilled: Vec<libc::iovec>,
+}
+
+impl Ranges {
+    const INLINE: usize = 4;
+    const EMPTY: libc::iovec = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+
+    fn new() -> Self {
+        Self {
+            inline: [Self::EMPTY; Self::INLINE],
+            count: 0,
+            spilled: Vec::new(),
+        }
+    }
+
+    fn as_slice(&self) -> &[libc::iovec] {
+        if self.spilled.is_empty() {
+            &self.inline[..self.count]
+        } else {
+            &self.spilled
+        }
+    }
+
+    fn last_mut(&mut self) -> Option<&mut libc::iovec> {
+        if self.spilled.is_empty() {
+            self.inline[..self.count].last_mut()
+        } else {
+            self.spilled.last_mut()
+        }
+    }
+
+    fn push(&mut self, iov: libc::iovec) {
+        if self.spilled.is_empty() && self.count < Self::INLINE {
+            self.inline[self.count] = iov;
+            self.count += 1;
+        } else {
+            if self.spilled.is_empty() {
+                self.spilled.extend_from_slice(&self.inline[..self.count]);
+            }
+            self.spilled.push(iov);
+        }
+    }
 }
 
 impl<'a> HostIovecs<'a> {
@@ -96,13 +150,13 @@ impl<'a> HostIovecs<'a> {
 
     /// The ranges, valid for as long as `self` lives (for the system call).
     pub fn iovecs(&self) -> &[libc::iovec] {
-        &self.iovecs
+        self.iovecs.as_slice()
     }
 
     /// Keeps `guard` until `self` is dropped: a wrapper's lock that must
     /// stay held while the transfer runs.
-    pub fn hold<T: 'a>(mut self, guard: T) -> Self {
-        self.held.push(Box::new(guard));
+    pub fn hold(mut self, guard: RwLockReadGuard<'a, bool>) -> Self {
+        self._wrapper = Some(guard);
         self
     }
 
@@ -112,9 +166,9 @@ impl<'a> HostIovecs<'a> {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         let mut done = 0usize;
-        for iov in &self.iovecs {
+        for iov in self.iovecs() {
             // SAFETY: By the type's invariant `iov` lies in a writable
-            // mapping that `held` keeps in place; `done + iov_len <= len ==
+            // mapping that `_regions` keeps in place; `done + iov_len <= len ==
             // data.len()` since the ranges add up to `len`; `data` is our
             // own memory, so it cannot overlap the guest's. A raw copy
             // makes no reference to the guest memory.
@@ -136,9 +190,9 @@ impl<'a> HostIovecs<'a> {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         let mut done = 0usize;
-        for iov in &self.iovecs {
+        for iov in self.iovecs() {
             // SAFETY: As in `scatter`, with the roles swapped: the source
-            // lies in a mapping `held` keeps in place, the destination in
+            // lies in a mapping `_regions` keeps in place, the destination in
             // `buf`. The guest may change the source meanwhile; the bytes
             // are then whatever it left, as with a real device's DMA.
             unsafe {
@@ -317,11 +371,15 @@ impl DmaRegions {
 
     /// Host addresses of `pieces`, checked like [`DmaRegions::access`]
     /// checks one range; see [`GuestMemory::host_iovecs`].
-    fn iovecs_of(&self, pieces: &[(u64, u64)], device_writes: bool) -> Option<HostIovecs<'_>> {
+    fn iovecs_of(
+        &self,
+        pieces: &mut dyn Iterator<Item = (u64, u64)>,
+        device_writes: bool,
+    ) -> Option<HostIovecs<'_>> {
         let regions = self.regions.read().ok()?;
-        let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(pieces.len());
+        let mut iovecs = Ranges::new();
         let mut total = 0usize;
-        for &(addr, len) in pieces {
+        for (addr, len) in pieces {
             let end = checked_end(addr, len).ok()?;
             let mut cur = addr;
             while cur < end {
@@ -353,13 +411,13 @@ impl DmaRegions {
         // writable one if `device_writes`) while holding the read lock,
         // which the result keeps, so no region is unmapped before it is
         // dropped (unmapping takes the write lock).
-        let buffer = HostIovecs {
+        Some(HostIovecs {
             iovecs,
             len: total,
             device_writes,
-            held: Vec::new(),
-        };
-        Some(buffer.hold(regions))
+            _regions: regions,
+            _wrapper: None,
+        })
     }
 
     /// The one checked accessor: runs `copy(host_ptr, buffer_offset,
@@ -404,7 +462,11 @@ impl DmaRegions {
 }
 
 impl GuestMemory for DmaRegions {
-    fn host_iovecs(&self, pieces: &[(u64, u64)], device_writes: bool) -> Option<HostIovecs<'_>> {
+    fn host_iovecs(
+        &self,
+        pieces: &mut dyn Iterator<Item = (u64, u64)>,
+        device_writes: bool,
+    ) -> Option<HostIovecs<'_>> {
         self.iovecs_of(pieces, device_writes)
     }
 

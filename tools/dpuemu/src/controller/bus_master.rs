@@ -91,7 +91,11 @@ impl GuestMemory for BusMaster {
     /// The ranges keep the read side of the lock with them, so clearing
     /// Bus Master Enable waits for a transfer into them to end. With bus
     /// mastering off there are none (the caller's copy is then refused).
-    fn host_iovecs(&self, pieces: &[(u64, u64)], device_writes: bool) -> Option<HostIovecs<'_>> {
+    fn host_iovecs(
+        &self,
+        pieces: &mut dyn Iterator<Item = (u64, u64)>,
+        device_writes: bool,
+    ) -> Option<HostIovecs<'_>> {
         let admitted = self.enabled.read().unwrap_or_else(|p| p.into_inner());
         if !*admitted {
             return None;

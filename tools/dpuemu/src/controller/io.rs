@@ -192,12 +192,14 @@ impl Controller {
         if !ns.direct_guest_io() {
             return None;
         }
-        let pieces = segments
+        if segments.iter().any(|s| s.addr.is_none()) {
+            return None;
+        }
+        let mut pieces = segments
             .iter()
-            .map(|s| s.addr.map(|addr| (addr, s.len)))
-            .collect::<Option<Vec<_>>>()?;
+            .filter_map(|s| s.addr.map(|addr| (addr, s.len)));
         self.memory
-            .host_iovecs(&pieces, direction == Direction::ToHost)
+            .host_iovecs(&mut pieces, direction == Direction::ToHost)
     }
 
     /// A read's data path through a buffer: the host's data pointers are
