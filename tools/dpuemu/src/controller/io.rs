@@ -3,8 +3,13 @@
 //!
 //! Each command runs to its end in one thread (the worker, or an executor
 //! thread beside it, `executor.rs`): a Write's completion is posted only
-//! after `pwrite` returned, and FUA or Flush reach stable storage
+//! after the media write returned, and FUA or Flush reach stable storage
 //! (fdatasync) before completing.
+//!
+//! Data moves straight between an image file and the guest's mapped pages
+//! (`preadv`/`pwritev`, [`Controller::direct_buffer`]) where the namespace
+//! allows it, and through the thread's reused buffer otherwise
+//! (Documentation/benchmarks.rst, "dpuemu's data path").
 
 use nvme_shim::opcode::io;
 use nvme_shim::sqe::{BlockRange, DatasetManagement, DsmRange, SubmissionEntry};
