@@ -273,12 +273,17 @@ fn run(options: &Options) -> Result<(), String> {
             let index = ssd_handles.len() as u16;
             let spec = remote.spec();
             info!(
-                "SSD {index}: remote SSD {} ({} {} namespace {}, {} MiB)",
+                "SSD {index}: remote SSD {} ({} {} namespace {}, {} MiB){}",
                 remote.name(),
                 spec.address,
                 spec.subnqn,
                 spec.nsid,
-                remote.size() >> 20
+                remote.size() >> 20,
+                if remote.is_connected() {
+                    ""
+                } else {
+                    ", absent: joins its family when it answers"
+                }
             );
             ssd_handles.push(SsdHandle {
                 index,
@@ -303,6 +308,26 @@ fn run(options: &Options) -> Result<(), String> {
         ..Default::default()
     };
     let volumes = Arc::new(VolumeManager::open_with(&ssd_handles, paged));
+    // A remote SSD absent at start-up leaves its family degraded, which is
+    // fine within the layout's tolerance; a family that cannot open
+    // without it is an error, as the unreachable remote was before.
+    let absent: Vec<(u16, &str)> = remote_ssds
+        .iter()
+        .filter(|(_, r)| !r.is_connected())
+        .map(|(index, r)| (*index, r.name()))
+        .collect();
+    let unopened = volumes.unopened_families();
+    if !absent.is_empty() && !unopened.is_empty() {
+        return Err(format!(
+            "{}; remote SSD(s) {} do not answer",
+            unopened.join("; "),
+            absent
+                .iter()
+                .map(|(_, name)| *name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     for (index, remote) in &remote_ssds {
         remote.on_return(nvmf::readd_hook(Arc::downgrade(&volumes), *index));
     }
@@ -324,6 +349,7 @@ fn run(options: &Options) -> Result<(), String> {
         },
         accel_namespaces,
     )];
+    let absent_ssds: Vec<usize> = absent.iter().map(|(i, _)| usize::from(*i)).collect();
     // Volumes are made and exported once the accelerator's function has
     // numbered those it found (the same namespaces serve both).
     let _nvmf = match (&nvmf_config, &nvmf_claimed) {
@@ -334,6 +360,7 @@ fn run(options: &Options) -> Result<(), String> {
                 images: media.len(),
                 table: &*functions[0].controller,
                 reserved: &reserved,
+                absent: &absent_ssds,
             };
             nvmf::start_appliance(config, claimed, &accel)?
         }

@@ -56,6 +56,9 @@ pub struct Accelerator<'a> {
     pub table: &'a dyn NamespaceTable,
     /// The NSIDs its function keeps from volumes (passthrough).
     pub reserved: &'a BTreeSet<u32>,
+    /// SSD numbers of the remote SSDs that did not answer at start-up: a
+    /// `[volume]` not found on the SSDs is not made on them.
+    pub absent: &'a [usize],
 }
 
 /// The appliance's start-up after the volume manager: makes the
@@ -72,6 +75,7 @@ pub fn start_appliance(
         accel.volumes,
         accel.ownership,
         accel.images,
+        accel.absent,
         accel.table,
         &directory,
     )?;
@@ -93,7 +97,8 @@ pub fn load(path: &Path) -> Result<TargetConfig, String> {
 }
 
 /// Connects to the remote SSDs of `config`, in file order. Each must
-/// answer now.
+/// answer now, unless its section gives its `size`: it then starts absent
+/// and joins when its remote answers ([`RemoteSsd::start`]).
 pub fn connect_remote_ssds(config: &TargetConfig) -> Result<Vec<Arc<RemoteSsd>>, String> {
     config
         .remote_ssds
@@ -103,9 +108,14 @@ pub fn connect_remote_ssds(config: &TargetConfig) -> Result<Vec<Arc<RemoteSsd>>,
                 timeout: std::time::Duration::from_secs(u64::from(r.timeout_secs)),
                 ..RemoteSsdPolicy::default()
             };
-            RemoteSsd::connect(&r.name, r.spec.clone(), policy).map_err(|e| {
+            RemoteSsd::start(&r.name, r.spec.clone(), policy, r.geometry).map_err(|e| {
+                let hint = if r.geometry.is_none() && e.kind() != std::io::ErrorKind::InvalidData {
+                    " (with a 'size' setting it may be absent at start-up)"
+                } else {
+                    ""
+                };
                 format!(
-                    "[remote-ssd {}] {} {} namespace {}: {e}",
+                    "[remote-ssd {}] {} {} namespace {}: {e}{hint}",
                     r.name, r.spec.address, r.spec.subnqn, r.spec.nsid
                 )
             })

@@ -25,6 +25,7 @@
 mod label;
 pub mod maintenance;
 mod media;
+mod members;
 mod namespace;
 
 use std::collections::BTreeSet;
@@ -33,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use dpu_engine::fault::{FaultControl, FaultOps, FaultyMedia};
 use dpu_engine::media::{Media, MediaError};
-use dpu_engine::protection::{ArrayState, Layout, MemberState, ProtectedMedia, ProtectionConfig};
+use dpu_engine::protection::{ArrayState, Layout, ProtectedMedia, ProtectionConfig};
 use dpu_engine::volume::{
     Compression, PagedOptions, Pool, Services, VolumeError, VolumeInfo, VolumeKey, VolumeKind,
     VolumeOptions, BLOCK_SIZE,
@@ -1486,45 +1487,6 @@ impl VolumeManager {
         if let Some(ssd) = self.ssd_position(index).map(|i| &self.ssds[i]) {
             ssd.faults.clear();
         }
-    }
-
-    /// SSD `index` is back (after a Fault Injection CLEAR, or a remote SSD
-    /// that reconnected): in every array that failed it, it comes back as
-    /// a replacement of itself and is rebuilt in the background, as md
-    /// re-adds a member. Arrays where it is in service are left alone, and
-    /// faults injected on it stay (only CLEAR ends them). Returns how many
-    /// arrays took it back.
-    pub fn readd_ssd(&self, index: u16) -> usize {
-        let Some(pos) = self.ssd_position(index) else {
-            return 0;
-        };
-        let mut readded = 0;
-        let state = self.lock();
-        for family in &state.families {
-            let Some(array) = &family.array else {
-                continue;
-            };
-            let Some(member) = family.members.iter().position(|m| *m == Some(pos)) else {
-                continue;
-            };
-            let failed = array
-                .status()
-                .members
-                .get(member)
-                .is_some_and(|m| m.state == MemberState::Failed);
-            let slice = SliceMedia::tail(self.ssds[pos].media.clone(), LABEL_AREA);
-            if let (true, Some(slice)) = (failed, slice) {
-                match array.replace_member(member, Arc::new(slice)) {
-                    Ok(()) => {
-                        info!("accel: SSD {index} re-added to its array, rebuilding");
-                        spawn_rebuild(array.clone(), family.alive.clone());
-                        readded += 1;
-                    }
-                    Err(e) => warn!("accel: SSD {index} cannot be re-added: {e}"),
-                }
-            }
-        }
-        readded
     }
 
     /// Fault Injection on an attached SSD's media under the engine.

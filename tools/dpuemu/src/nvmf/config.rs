@@ -81,6 +81,20 @@ pub struct RemoteSsdConfig {
     pub spec: RemoteSpec,
     /// Seconds the remote has to answer (`timeout`, default 10).
     pub timeout_secs: u32,
+    /// The namespace's size and block size when it does not answer at
+    /// start-up (`size SIZE [BLOCK]`, block 512 or 4096, default 4096):
+    /// with it the SSD starts absent (its member missing, the volume
+    /// degraded) and joins when the remote answers with that geometry;
+    /// without it dpuemu refuses to start. A remote that answers at
+    /// start-up must have it too.
+    pub geometry: Option<RemoteGeometry>,
+}
+
+/// A remote namespace's size in bytes and its block size as a shift.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteGeometry {
+    pub size: u64,
+    pub lba_shift: u8,
 }
 
 /// One I/O subsystem.
@@ -161,6 +175,7 @@ struct RemoteSsdDraft {
     subnqn: Option<String>,
     nsid: Option<u32>,
     timeout_secs: Option<u32>,
+    geometry: Option<RemoteGeometry>,
 }
 
 /// Parses the file's text. Errors name the line.
@@ -236,6 +251,10 @@ pub fn parse(text: &str) -> Result<TargetConfig, String> {
 
 /// `address`, `subsystem` and `namespace` of a `[remote-ssd]` section.
 fn remote_ssd_line(r: &mut RemoteSsdDraft, key: &str, values: &[&str]) -> Result<(), String> {
+    if key == "size" {
+        r.geometry = Some(remote_geometry(values)?);
+        return Ok(());
+    }
     let v = one(key, values)?;
     match key {
         "address" => r.address = Some(remote_address(v)?),
@@ -271,7 +290,30 @@ fn finish_remote_ssd(r: RemoteSsdDraft) -> Result<RemoteSsdConfig, String> {
             nsid: r.nsid.unwrap_or(1),
         },
         timeout_secs: r.timeout_secs.unwrap_or(10),
+        geometry: r.geometry,
     })
+}
+
+/// `size SIZE [BLOCK]` of a `[remote-ssd]` section: a whole number of
+/// blocks of 512 or 4096 bytes (default 4096).
+fn remote_geometry(values: &[&str]) -> Result<RemoteGeometry, String> {
+    let (size, block) = match values {
+        [size] => (*size, "4096"),
+        [size, block] => (*size, *block),
+        _ => return Err("'size' takes SIZE [BLOCK-SIZE]".into()),
+    };
+    let lba_shift = match block {
+        "512" => 9,
+        "4096" => 12,
+        other => return Err(format!("block size '{other}' is not 512 or 4096")),
+    };
+    let size = parse_size(size)?;
+    if size == 0 || size & ((1u64 << lba_shift) - 1) != 0 {
+        return Err(format!(
+            "size {size} is not a whole number of {block}-byte blocks"
+        ));
+    }
+    Ok(RemoteGeometry { size, lba_shift })
 }
 
 fn remote_address(v: &str) -> Result<SocketAddr, String> {
@@ -552,6 +594,7 @@ address [::1]:4430
 address 127.0.0.1:4430
 subsystem nqn.2026-12.org.linux:shelf
 timeout 3
+size 64M 512
 [subsystem nqn.2026-12.org.dpublk:b]
 ports 2
 allow-any-host
@@ -605,6 +648,19 @@ namespace 1 file /tmp/b.img
             (c.remote_ssds[0].timeout_secs, c.remote_ssds[1].timeout_secs),
             (10, 3)
         );
+        assert_eq!(c.remote_ssds[0].geometry, None, "no size: must answer");
+        assert_eq!(
+            c.remote_ssds[1].geometry,
+            Some(RemoteGeometry {
+                size: 64 << 20,
+                lba_shift: 9
+            })
+        );
+        for bad in ["size 0", "size 1000", "size 8M 1024", "size 8M 512 x"] {
+            let text =
+                format!("[remote-ssd r]\naddress 127.0.0.1:4420\nsubsystem nqn.a.b\n{bad}\n");
+            assert!(parse(&text).is_err(), "{bad}");
+        }
         // Remote SSDs alone need no port: the target serves nothing.
         let only = parse(
             "[remote-ssd r]

@@ -370,6 +370,27 @@ impl RemoteNamespace {
         })
     }
 
+    /// A namespace that has not answered yet, of the size and block size
+    /// the caller expects: commands fail as on a lost association until
+    /// [`RemoteNamespace::reconnect`] reaches a remote with exactly that
+    /// geometry.
+    pub fn absent(
+        spec: RemoteSpec,
+        reconnect: Reconnect,
+        timeout: Duration,
+        size: u64,
+        shift: u8,
+    ) -> Self {
+        Self {
+            spec,
+            size,
+            shift,
+            reconnect,
+            timeout,
+            session: Mutex::new(None),
+        }
+    }
+
     /// Where the namespace is.
     pub fn spec(&self) -> &RemoteSpec {
         &self.spec

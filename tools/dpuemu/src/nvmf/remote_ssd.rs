@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use log::{debug, info, warn};
 
+use super::config::RemoteGeometry;
 use super::initiator::{Reconnect, RemoteNamespace, RemoteSpec};
 use crate::namespace::Namespace;
 use crate::volumes::VolumeManager;
@@ -76,8 +77,72 @@ pub struct RemoteSsd {
 impl RemoteSsd {
     /// Connects to the remote namespace (it must answer now: its size
     /// becomes the SSD's) and starts the supervisor.
+    #[cfg(test)]
     pub fn connect(name: &str, spec: RemoteSpec, policy: RemoteSsdPolicy) -> io::Result<Arc<Self>> {
-        let namespace = RemoteNamespace::connect_with(spec, Reconnect::ByOwner, policy.timeout)?;
+        Self::start(name, spec, policy, None)
+    }
+
+    /// As [`RemoteSsd::connect`], but with `expected` a remote that does
+    /// not answer now is no error: the SSD starts absent with that
+    /// geometry (every command fails as on a lost connection, so a volume
+    /// family finds the member missing) and the supervisor connects it
+    /// once the remote answers with the same geometry, then runs the
+    /// [`RemoteSsd::on_return`] hook as after any reconnection. A remote
+    /// that answers now with another geometry is refused.
+    pub fn start(
+        name: &str,
+        spec: RemoteSpec,
+        policy: RemoteSsdPolicy,
+        expected: Option<RemoteGeometry>,
+    ) -> io::Result<Arc<Self>> {
+        let mut absent = false;
+        let namespace = match RemoteNamespace::connect_with(
+            spec.clone(),
+            Reconnect::ByOwner,
+            policy.timeout,
+        ) {
+            Ok(namespace) => {
+                let geometry = RemoteGeometry {
+                    size: namespace.size(),
+                    lba_shift: namespace.lba_shift(),
+                };
+                if let Some(want) = expected.filter(|want| *want != geometry) {
+                    return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "the namespace has {} bytes in blocks of {}, the configuration says {} in blocks of {}",
+                                geometry.size,
+                                1u64 << geometry.lba_shift,
+                                want.size,
+                                1u64 << want.lba_shift
+                            ),
+                        ));
+                }
+                namespace
+            }
+            Err(e) => {
+                let Some(want) = expected else {
+                    return Err(e);
+                };
+                warn!(
+                    "nvmf remote SSD {name}: {} {} namespace {} does not answer ({e}): \
+                         absent until it does ({} MiB in blocks of {} from the configuration)",
+                    spec.address,
+                    spec.subnqn,
+                    spec.nsid,
+                    want.size >> 20,
+                    1u64 << want.lba_shift
+                );
+                absent = true;
+                RemoteNamespace::absent(
+                    spec,
+                    Reconnect::ByOwner,
+                    policy.timeout,
+                    want.size,
+                    want.lba_shift,
+                )
+            }
+        };
         let ssd = Arc::new(Self {
             name: name.to_string(),
             namespace,
@@ -88,8 +153,13 @@ impl RemoteSsd {
         let weak = Arc::downgrade(&ssd);
         thread::Builder::new()
             .name(format!("nvmf-remote-{name}"))
-            .spawn(move || supervise(&weak, policy))?;
+            .spawn(move || supervise(&weak, policy, absent))?;
         Ok(ssd)
+    }
+
+    /// Whether the remote answers (as far as the last command knows).
+    pub fn is_connected(&self) -> bool {
+        self.namespace.is_connected()
     }
 
     /// The section's name.
@@ -123,10 +193,10 @@ impl RemoteSsd {
 }
 
 /// Connects `ssd` again whenever its association is lost, until the SSD
-/// is dropped.
-fn supervise(ssd: &Weak<RemoteSsd>, policy: RemoteSsdPolicy) {
+/// is dropped. An SSD that starts `absent` was logged as such already.
+fn supervise(ssd: &Weak<RemoteSsd>, policy: RemoteSsdPolicy, absent: bool) {
     let mut delay = policy.first;
-    let mut failures = 0u32;
+    let mut failures = u32::from(absent);
     loop {
         thread::sleep(delay);
         let Some(ssd) = ssd.upgrade() else {

@@ -58,12 +58,16 @@ pub fn create_volume(
 
 /// Makes the `[volume]` sections of `config` that `existing` does not
 /// have. `images` is the number of `--ssd` images (remote SSDs follow).
-/// Returns whether any was made.
+/// A volume with a member on an `absent` SSD (a remote SSD that did not
+/// answer at start-up) is an error: it may well exist on that SSD, and
+/// making it anew would wipe its other members. Returns whether any was
+/// made.
 pub fn create_missing(
     config: &TargetConfig,
     manager: &VolumeManager,
     ownership: &[Arc<SsdOwnership>],
     images: usize,
+    absent: &[usize],
     table: &dyn NamespaceTable,
     existing: &VolumeDirectory,
 ) -> Result<bool, String> {
@@ -79,6 +83,13 @@ pub fn create_missing(
                 .ssd_number(m, images)
                 .filter(|&n| n < ownership.len() && n < 64)
                 .ok_or_else(|| format!("[volume {}]: no SSD {m:?}", v.name))?;
+            if absent.contains(&n) {
+                return Err(format!(
+                    "[volume {}] is not found on the SSDs that answer, and its member {m:?} \
+                     (SSD {n}) does not answer: it is not made again without it",
+                    v.name
+                ));
+            }
             mask |= 1 << n;
         }
         let nsid = create_volume(manager, ownership, v, mask, table)?;

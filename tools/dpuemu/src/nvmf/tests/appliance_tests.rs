@@ -55,6 +55,7 @@ fn start(
         images: 1,
         table: &table,
         reserved: &reserved,
+        absent: &[],
     };
     let target = nvmf_api::start_appliance(config, &claimed, &accel)
         .expect("appliance")
