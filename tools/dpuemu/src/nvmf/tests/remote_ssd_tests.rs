@@ -156,7 +156,7 @@ fn a_remote_mirror_member_fails_with_its_target_and_resyncs_when_it_returns() {
 /// rust/dpu-engine's protection/readd_tests.rs reproduces each.
 #[test]
 fn writers_ride_out_two_remote_outages() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     let (_cleanup, dir) = temp_dir("remote-ssd-writers");
     let mut shelf_target = shelf(&dir, 0);
@@ -177,12 +177,20 @@ fn writers_ride_out_two_remote_outages() {
     let (manager, table, nsid) = remote_mirror(&dir, &remote);
     let ns = table.get(nsid);
     const WRITERS: usize = 4;
+    /// Checked writes of each writer in each phase (whole mirror,
+    /// degraded, rebuilt); about 20 fitted in the 300 ms phases before.
+    const PHASE_WRITES: u64 = 8;
     let quarter = VOLUME_BYTES as usize / WRITERS;
     let stop = Arc::new(AtomicBool::new(false));
+    // Each writer's count of checked writes, so every phase below lasts
+    // until all of them have written in it (not a fixed time, which on a
+    // loaded machine may pass with no write at all).
+    let progress: Arc<Vec<AtomicU64>> = Arc::new((0..WRITERS).map(|_| AtomicU64::new(0)).collect());
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let ns = Arc::clone(&ns);
             let stop = Arc::clone(&stop);
+            let progress = Arc::clone(&progress);
             std::thread::spawn(move || {
                 let mut expected = vec![0u8; quarter];
                 let base = (w * quarter) as u64;
@@ -202,25 +210,37 @@ fn writers_ride_out_two_remote_outages() {
                         .unwrap_or_else(|e| panic!("writer {w} read {round}: {e}"));
                     assert!(back == data, "writer {w} round {round}: read back differs");
                     writes += 1;
+                    progress[w].store(writes, Ordering::Release);
                 }
                 (expected, writes)
             })
         })
         .collect();
+    // Waits until every writer has written and read back `writes` more
+    // times since the call.
+    let each_writes = |what: &str, writes: u64| {
+        let from: Vec<u64> = progress.iter().map(|p| p.load(Ordering::Acquire)).collect();
+        wait_for(what, || {
+            progress
+                .iter()
+                .zip(&from)
+                .all(|(p, &at)| p.load(Ordering::Acquire) >= at + writes)
+        });
+    };
     for outage in 1..=2u64 {
-        std::thread::sleep(Duration::from_millis(300));
+        each_writes("writes to the whole mirror", PHASE_WRITES);
         shelf_target.shut_down();
         wait_for("the member to fail", || {
             array_state(&manager, nsid) == ARRAY_STATE_DEGRADED
         });
-        std::thread::sleep(Duration::from_millis(300));
+        each_writes("writes to the degraded mirror", PHASE_WRITES);
         shelf_target = shelf(&dir, address.port());
         wait_for("the reconnection", || remote.reconnections() >= outage);
     }
     wait_for("the rebuild", || {
         array_state(&manager, nsid) == ARRAY_STATE_OPTIMAL
     });
-    std::thread::sleep(Duration::from_millis(200));
+    each_writes("writes after the rebuild", PHASE_WRITES);
     stop.store(true, Ordering::Release);
     let mut expected = Vec::new();
     let mut total = 0;

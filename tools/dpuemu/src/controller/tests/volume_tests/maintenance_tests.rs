@@ -9,6 +9,8 @@ use nvme_shim::vendor::{maintenance, maintenance_state, MaintenanceLog, Maintena
 use super::*;
 
 const MAINT_SSD_BYTES: u64 = 8 << 20;
+/// How much of the victim decays in the [`Damage::Rot`] tests.
+const ROT_TEST_BYTES: u64 = 2 << 20;
 /// Blocks per write command (the PRP list of `block_io` holds 512).
 const CHUNK_BLOCKS: usize = 128;
 
@@ -475,7 +477,18 @@ fn scrub_finds_and_repairs(
     let want = a.fill(nsid, 0, 1536, 71);
     assert_eq!(a.flush(nsid), Status::SUCCESS);
     if damage == Damage::Rot {
-        let blocks = blocks.min(fault::ROT_MAX_BYTES / 512);
+        // The first 2 MiB past the journal decay (rows of data, of thin
+        // metadata and unwritten ones): a whole member's worth multiplied
+        // the scrubs' work without reaching another kind of row. The
+        // range holds some of the test's data.
+        let blocks = blocks.min(ROT_TEST_BYTES / 512);
+        let path = &images.paths[usize::from(victim)];
+        let end = (start + blocks) * 512;
+        let hits = blocks_holding(path, 3 << 19, &want, 1);
+        assert!(
+            hits.first().is_some_and(|&at| at + BLOCK as u64 <= end),
+            "{tag}: none of the data in the decaying range of SSD {victim}"
+        );
         // Past the limit, or no range at all: refused.
         assert!(a
             .fault(fault::ROT, victim, start, fault::ROT_MAX_BYTES / 512 + 1)
