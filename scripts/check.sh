@@ -53,8 +53,10 @@ kill_tree() {
 	for child in $(pgrep -P "$1"); do kill_tree "$child"; done
 	kill "$1" 2>/dev/null
 }
+declare -A beside_pids=() # start_beside's background parts, by name
 on_term() {
-	[ -z "$host_heavy_pid" ] || kill_tree "$host_heavy_pid"
+	local pid
+	for pid in "${beside_pids[@]}"; do kill_tree "$pid"; done
 	echo "FAIL make check: stopped by a signal (time limit?) after $(($(date +%s) - started)) s"
 	failed=$((failed + 1))
 	summary
@@ -124,33 +126,40 @@ host_heavy() {
 	record "nvme-tcp PDU fuzz, 10M inputs" $rc
 }
 
-# start_host_heavy: runs host_heavy in the background, its output and its
-# counts kept in $results until merge_host_heavy prints and adds them.
-host_heavy_pid=
+# start_beside NAME NICE COMMAND...: runs COMMAND (a function of this
+# script that records results) in the background at CPU priority NICE; its
+# output and its counts stay in $results until merge_beside NAME prints and
+# adds them, so parallel parts never interleave their output.
+start_beside() {
+	local name=$1 nice=$2
+	shift 2
+	(
+		renice -n "$nice" -p "$BASHPID" >/dev/null 2>&1 || true
+		passed=0 failed=0 skipped=0
+		"$@"
+		echo "$passed $failed $skipped" >"$results/$name.counts"
+	) >"$results/$name.out" 2>&1 </dev/null &
+	beside_pids[$name]=$!
+}
+merge_beside() { # merge_beside NAME WHAT
+	local name=$1 what=$2 p f s
+	[ -n "${beside_pids[$name]:-}" ] || return 0
+	wait "${beside_pids[$name]}"
+	unset "beside_pids[$name]"
+	echo "=== $what"
+	cat "$results/$name.out"
+	if read -r p f s <"$results/$name.counts" 2>/dev/null; then
+		passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+	else
+		record "$what: finished and reported" 1
+	fi
+}
 start_host_heavy() {
 	[[ " $suites " == *" host "* ]] || return 0
 	echo "=== host: clippy, cargo test and the fuzz sample run beside the VM suites (output below, at the end)"
-	(
-		renice -n 19 -p "$BASHPID" >/dev/null 2>&1 || true
-		passed=0 failed=0 skipped=0
-		host_heavy
-		echo "$passed $failed $skipped" >"$results/host-heavy.counts"
-	) >"$results/host-heavy.out" 2>&1 </dev/null &
-	host_heavy_pid=$!
+	start_beside host-heavy 19 host_heavy
 }
-merge_host_heavy() {
-	[ -n "$host_heavy_pid" ] || return 0
-	wait "$host_heavy_pid"
-	host_heavy_pid=
-	echo "=== host: clippy, cargo test and the fuzz sample"
-	cat "$results/host-heavy.out"
-	local p f s
-	if read -r p f s <"$results/host-heavy.counts" 2>/dev/null; then
-		passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
-	else
-		record "host part (clippy, cargo test, fuzz) finished and reported" 1
-	fi
-}
+merge_host_heavy() { merge_beside host-heavy "host: clippy, cargo test and the fuzz sample"; }
 
 if [[ " $suites " == *" host "* ]]; then
 	"$DPUBLK_TOP/scripts/setup-host.sh" || die "host setup failed"
@@ -207,7 +216,7 @@ if [[ " $suites " == *" vm "* ]]; then
 		shift
 		tests=("$@")
 		want_suite "$name" || return 0
-		echo "=== VM suite: $name (${#tests[@]} tests, limit ${limit}s)"
+		echo "=== VM suite: $name (${#tests[@]} tests, limit ${limit}s), $(date +%T)"
 		if [ "$module_rc" != 0 ]; then not_run "$name" "dpublk.ko did not build" "${tests[@]}"; return; fi
 		if [ "$needs_accel" = 1 ] && [ "$dpuemu_rc" != 0 ]; then
 			not_run "$name" "dpuemu did not build" "${tests[@]}"; return
@@ -239,7 +248,7 @@ if [[ " $suites " == *" vm "* ]]; then
 	run_script() {
 		local name=$1 script=() ; read -r -a script <<<"$2"; shift 2
 		want_suite "$name" || return 0
-		echo "=== VM suite: $name ($# results expected)"
+		echo "=== VM suite: $name ($# results expected), $(date +%T)"
 		if [ "$module_rc" != 0 ] || [ "$dpuemu_rc" != 0 ]; then
 			not_run "$name" "a build it needs failed" "$@"; return
 		fi
@@ -313,15 +322,19 @@ if [[ " $suites " == *" vm "* ]]; then
 		# accelerator); snapshot disks read-only, thin snapshots and clones,
 		# degraded RAID6, EC and RAID10 (the persistence suite makes
 		# encrypted, compressed volumes). One boot.
-		DPUBLK_GUEST_ENV="DPUBLK_SNAPSHOT_RO_CYCLES=100" \
+		DPUBLK_GUEST_ENV="DPUBLK_SNAPSHOT_RO_CYCLES=100 DPUBLK_DEGRADED_FIO_MB=48" \
 			run_suite management 600 --accelerator --ssds 6 --ssd-size 512M -- \
 			test_load_unload test_configfs_root test_dpublk_kunit test_nvmf_tcp \
 			test_configfs_snapshot_ro test_thin_snapshot_clone test_protection_degraded
-		# One power cut, on a layout the seed picks.
-		DPUBLK_VM_TIMEOUT=400 run_script power-loss \
-			"crash-campaign.sh --kill-points 1" kp0
-		DPUBLK_PERSIST_SNAPSHOTS=20 DPUBLK_VM_TIMEOUT=400 run_script volume-persistence persistence-test.sh \
+		# The persistence runs and one power cut (on a layout the seed
+		# picks) side by side, in two VM slots: two boots each, mostly
+		# booting and waiting, and the host part has finished by then.
+		DPUBLK_VM_SLOTS=2 DPUBLK_PERSIST_SNAPSHOTS=20 DPUBLK_VM_TIMEOUT=400 \
+			start_beside vm-volume-persistence 0 run_script volume-persistence persistence-test.sh \
 			locked_create persistence_create locked_verify persistence_verify
+		DPUBLK_VM_SLOTS=2 DPUBLK_VM_TIMEOUT=400 run_script power-loss \
+			"crash-campaign.sh --kill-points 1" kp0
+		merge_beside vm-volume-persistence "VM suite volume-persistence (ran beside power-loss)"
 	fi
 fi
 

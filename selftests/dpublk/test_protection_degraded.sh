@@ -5,6 +5,8 @@
 # for raid10) fails mid-run; every block reads back (0 mismatches) and the
 # volume says degraded. One more SSD failing its reads is beyond tolerance:
 # reads fail with I/O errors, none returns wrong data. Needs 6 SSDs.
+# DPUBLK_DEGRADED_FIO_MB (default 96, at most 96) is fio's region per
+# layout; make check's sample writes less.
 . "$(dirname "$0")/test_common.sh"
 . "$(dirname "$0")/dpublk_disk_common.sh"
 . "$(dirname "$0")/configfs_common.sh"
@@ -13,6 +15,9 @@
 unload_dpublk
 dmesg_mark
 protection_setup 6
+fio_mb=${DPUBLK_DEGRADED_FIO_MB:-96}
+[[ $fio_mb =~ ^[1-9][0-9]*$ ]] && [ "$fio_mb" -ge 16 ] && [ "$fio_mb" -le 96 ] ||
+	fail "DPUBLK_DEGRADED_FIO_MB must be 16..96, not '$fio_mb'"
 
 # degraded_case LAYOUT SSDS FIRST SECOND BEYOND [attr=value...]: FIRST
 # fails completely, SECOND vanishes, both while fio runs; BEYOND then
@@ -24,7 +29,7 @@ degraded_case() {
 	[ "$(vol_state "$layout")" = optimal ] || fail "$layout: new volume is $(vol_state "$layout")"
 	# Reference data past fio's region, for the beyond-tolerance reads.
 	reference_write "$dev" 96 16
-	fio_start "$dev" --size=96M
+	fio_start "$dev" --size=${fio_mb}M
 	fio_wait_busy "$dev"
 	ssd_fault "$first" fail_all
 	wait_state "$layout" degraded
