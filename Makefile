@@ -68,10 +68,15 @@ crash: all
 # HOSTILE_RATE (default 20), fio verifying every block (one VM boot); then
 # HOSTILE_READS (default 10000) configfs reads and 100 rebinds with
 # corrupted vendor and Identify payloads, each of which must be refused
-# (a second boot). Prints the count per kind from dpuemu's log.
+# (a second boot); then HOSTILE_LOST (default 50) I/O commands the device
+# never completes, one in HOSTILE_LOST_RATE (default 2000), each timed out
+# (3 s), aborted and recovered by a reset while fio verifies (a third
+# boot). Prints the count per kind from dpuemu's log.
 HOSTILE_ANOMALIES ?= 100000
 HOSTILE_RATE ?= 20
 HOSTILE_READS ?= 10000
+HOSTILE_LOST ?= 50
+HOSTILE_LOST_RATE ?= 2000
 .PHONY: hostile
 hostile: all
 	DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0 --hostile $(HOSTILE_RATE):1@hook" DPUBLK_VM_TIMEOUT=8400 \
@@ -80,6 +85,10 @@ hostile: all
 	DPUBLK_VM_TIMEOUT=3600 scripts/vm.sh --accelerator --ssds 4 --ssd-size 512M -- \
 		env HOSTILE_READS=$(HOSTILE_READS) HOSTILE_BINDS=100 \
 		selftests/dpublk/run_tests.sh test_dpublk_hostile_payloads
+	DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0 --hostile $(HOSTILE_LOST_RATE):3:never-complete@hook" \
+		DPUBLK_VM_TIMEOUT=3600 scripts/vm.sh --accelerator --ssds 2 -- \
+		env HOSTILE_ANOMALIES=$(HOSTILE_LOST) HOSTILE_REQUIRE=never-complete HOSTILE_IO_TIMEOUT_MS=3000 \
+		HOSTILE_SECONDS=30 selftests/dpublk/run_tests.sh test_dpublk_hostile_long
 
 # make check-debug: the dpublk, management and protection VM suites on the
 # debug kernel (DPUBLK_KERNEL_VARIANT=debug: KASAN, lockdep, atomic-sleep
