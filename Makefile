@@ -69,9 +69,9 @@ crash: all
 # HOSTILE_READS (default 10000) configfs reads and 100 rebinds with
 # corrupted vendor and Identify payloads, each of which must be refused
 # (a second boot); then HOSTILE_LOST (default 50) I/O commands the device
-# never completes, one in HOSTILE_LOST_RATE (default 2000), each timed out
-# (3 s), aborted and recovered by a reset while fio verifies (a third
-# boot). Prints the count per kind from dpuemu's log.
+# never completes, one in HOSTILE_LOST_RATE (default 2000), timed out (3 s),
+# aborted and recovered by controller resets (each requeues every lost
+# command outstanding) while fio verifies (a third boot). Prints the count per kind from dpuemu's log.
 HOSTILE_ANOMALIES ?= 100000
 HOSTILE_RATE ?= 20
 HOSTILE_READS ?= 10000
