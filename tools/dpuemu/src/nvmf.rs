@@ -106,6 +106,7 @@ pub fn connect_remote_ssds(config: &TargetConfig) -> Result<Vec<Arc<RemoteSsd>>,
         .map(|r| {
             let policy = RemoteSsdPolicy {
                 timeout: std::time::Duration::from_secs(u64::from(r.timeout_secs)),
+                kato: std::time::Duration::from_millis(u64::from(r.kato_ms)),
                 ..RemoteSsdPolicy::default()
             };
             RemoteSsd::start(&r.name, r.spec.clone(), policy, r.geometry).map_err(|e| {

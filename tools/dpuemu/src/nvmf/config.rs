@@ -81,6 +81,9 @@ pub struct RemoteSsdConfig {
     pub spec: RemoteSpec,
     /// Seconds the remote has to answer (`timeout`, default 10).
     pub timeout_secs: u32,
+    /// Keep Alive Timeout in milliseconds asked for in Connect (`kato`,
+    /// default 5000; 0 turns keep-alive off).
+    pub kato_ms: u32,
     /// The namespace's size and block size when it does not answer at
     /// start-up (`size SIZE [BLOCK]`, block 512 or 4096, default 4096):
     /// with it the SSD starts absent (its member missing, the volume
@@ -89,6 +92,14 @@ pub struct RemoteSsdConfig {
     /// start-up must have it too.
     pub geometry: Option<RemoteGeometry>,
 }
+
+/// The `kato` of a `[remote-ssd]` section: the default (Linux's hosts ask
+/// for 5 s too), and the range: below 100 ms a Keep Alive every 50 ms would
+/// be more traffic than watch; the top is the longest KATO dpuemu's target
+/// grants ([`super::target::MAX_KATO_MS`]).
+pub const DEFAULT_KATO_MS: u32 = 5_000;
+const MIN_KATO_MS: u32 = 100;
+const MAX_KATO_MS: u32 = super::target::MAX_KATO_MS;
 
 /// A remote namespace's size in bytes and its block size as a shift.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,6 +186,7 @@ struct RemoteSsdDraft {
     subnqn: Option<String>,
     nsid: Option<u32>,
     timeout_secs: Option<u32>,
+    kato_ms: Option<u32>,
     geometry: Option<RemoteGeometry>,
 }
 
@@ -273,6 +285,16 @@ fn remote_ssd_line(r: &mut RemoteSsdDraft, key: &str, values: &[&str]) -> Result
                     .ok_or_else(|| format!("timeout '{v}' is not 1-600 seconds"))?,
             )
         }
+        "kato" => {
+            r.kato_ms = Some(
+                v.parse()
+                    .ok()
+                    .filter(|ms| *ms == 0 || (MIN_KATO_MS..=MAX_KATO_MS).contains(ms))
+                    .ok_or_else(|| {
+                        format!("kato '{v}' is not 0 (off) or {MIN_KATO_MS}-{MAX_KATO_MS} ms")
+                    })?,
+            )
+        }
         other => return Err(format!("unknown remote-ssd setting '{other}'")),
     }
     Ok(())
@@ -290,6 +312,7 @@ fn finish_remote_ssd(r: RemoteSsdDraft) -> Result<RemoteSsdConfig, String> {
             nsid: r.nsid.unwrap_or(1),
         },
         timeout_secs: r.timeout_secs.unwrap_or(10),
+        kato_ms: r.kato_ms.unwrap_or(DEFAULT_KATO_MS),
         geometry: r.geometry,
     })
 }
@@ -594,6 +617,7 @@ address [::1]:4430
 address 127.0.0.1:4430
 subsystem nqn.2026-12.org.linux:shelf
 timeout 3
+kato 250
 size 64M 512
 [subsystem nqn.2026-12.org.dpublk:b]
 ports 2
@@ -647,6 +671,10 @@ namespace 1 file /tmp/b.img
         assert_eq!(
             (c.remote_ssds[0].timeout_secs, c.remote_ssds[1].timeout_secs),
             (10, 3)
+        );
+        assert_eq!(
+            (c.remote_ssds[0].kato_ms, c.remote_ssds[1].kato_ms),
+            (DEFAULT_KATO_MS, 250)
         );
         assert_eq!(c.remote_ssds[0].geometry, None, "no size: must answer");
         assert_eq!(
@@ -755,6 +783,9 @@ subsystem nqn.a.b
             ("[remote-ssd a]\nhost nqn.a.b\n", "unknown remote-ssd setting"),
             ("[remote-ssd a]\ntimeout 0\n", "1-600 seconds"),
             ("[remote-ssd a]\ntimeout 601\n", "1-600 seconds"),
+            ("[remote-ssd a]\nkato 99\n", "0 (off) or 100-300000 ms"),
+            ("[remote-ssd a]\nkato 300001\n", "0 (off) or 100-300000 ms"),
+            ("[remote-ssd a]\nkato -1\n", "0 (off) or 100-300000 ms"),
             ("[remote-ssd a]\naddress 1.2.3.4:1 1.2.3.4:2\n", "one value"),
             (
                 "[remote-ssd a]\naddress 1.2.3.4:1\nsubsystem nqn.a.b\n\

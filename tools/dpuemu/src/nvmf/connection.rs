@@ -477,8 +477,8 @@ impl<L: Link> Connection<'_, L> {
         if q.controller.dead.load(std::sync::atomic::Ordering::Acquire) {
             return Reply::Close;
         }
+        q.controller.keep_alive();
         if q.qid == 0 {
-            q.controller.keep_alive();
             let controller = Arc::clone(&q.controller);
             fabrics::admin_command(self, &controller, sqe, data, transfer)
         } else {

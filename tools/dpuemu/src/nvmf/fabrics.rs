@@ -197,8 +197,9 @@ fn connect<L: Link>(c: &mut Connection<'_, L>, sqe: &SubmissionEntry, data: &[u8
         return Reply::status(Status::INTERNAL_ERROR);
     }
     if qid == 0 {
+        let granted = controller.kato_ms.load(Ordering::Relaxed);
         info!(
-            "nvmf {peer}: host {hostnqn} connected to {subnqn}: controller {cntlid}, KATO {kato} ms"
+            "nvmf {peer}: host {hostnqn} connected to {subnqn}: controller {cntlid}, KATO {granted} ms (asked {kato})"
         );
     }
     Reply::result(u64::from(cntlid))
@@ -244,7 +245,7 @@ pub fn admin_command<L: Link>(
     c: &mut Connection<'_, L>,
     ctrl: &FabricsController,
     sqe: &SubmissionEntry,
-    _data: &[u8],
+    data: &[u8],
     transfer: usize,
 ) -> Reply {
     let discovery = ctrl.subsystem.is_none();
@@ -277,6 +278,12 @@ pub fn admin_command<L: Link>(
         }
         admin::SET_FEATURES => set_features(ctrl, sqe, discovery),
         admin::GET_FEATURES => get_features(ctrl, sqe, discovery),
+        // Keep Alive moves no data: one that names some (an SGL length, a
+        // data direction, carried bytes) is malformed. It restarted the
+        // Keep Alive Timer anyway, as any command does.
+        admin::KEEP_ALIVE if sqe.sgl1().length.get() != 0 || !data.is_empty() || transfer != 0 => {
+            Reply::status(Status::SGL_LENGTH_INVALID)
+        }
         admin::KEEP_ALIVE => Reply::status(Status::SUCCESS),
         admin::ASYNC_EVENT_REQUEST => {
             if c.hold_event_request() {
@@ -309,8 +316,7 @@ fn set_features(ctrl: &FabricsController, sqe: &SubmissionEntry, discovery: bool
             Reply::result(u64::from(n | n << 16))
         }
         FEATURE_KEEP_ALIVE_TIMER => {
-            ctrl.kato_ms.store(value, Ordering::Relaxed);
-            ctrl.keep_alive();
+            ctrl.set_kato(value);
             Reply::status(Status::SUCCESS)
         }
         feature::ASYNC_EVENT_CONFIG => Reply::status(Status::SUCCESS),

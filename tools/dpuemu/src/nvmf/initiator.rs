@@ -11,11 +11,14 @@
 //! supervisor reconnects in the background).
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::{Mutex, MutexGuard};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use nvme_shim::cqe::CompletionEntry;
 use nvme_shim::sqe::SubmissionEntry;
 use nvme_tcp::encode;
@@ -30,6 +33,11 @@ use crate::namespace::Namespace;
 pub const INITIATOR_NQN: &str = "nqn.2026-12.org.dpublk:initiator";
 /// How long a remote has to answer a PDU, unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The Keep Alive Timeout dpuemu asks for in Connect, unless told
+/// otherwise (what Linux's hosts ask for too).
+pub const DEFAULT_KATO: Duration = Duration::from_millis(super::config::DEFAULT_KATO_MS as u64);
+/// Admin opcode of Keep Alive.
+const KEEP_ALIVE: u8 = 0x18;
 /// Largest transfer dpuemu asks for, whatever the remote's MDTS.
 const MAX_TRANSFER: usize = 1 << 20;
 /// Command flags: PSDT 01b (SGL data, contiguous metadata buffer).
@@ -211,10 +219,115 @@ impl HostQueue {
 
 /// An established association: admin and I/O queue of one controller.
 struct Session {
-    _admin: HostQueue,
+    /// The admin queue when keep-alive is off (with it on, the keep-alive
+    /// thread owns it).
+    _admin: Option<HostQueue>,
+    _keep_alive: Option<KeepAlive>,
+    /// Set by the keep-alive thread when the remote stopped answering.
+    dead: Arc<AtomicBool>,
     io: HostQueue,
     in_capsule: usize,
     max_transfer: usize,
+}
+
+impl Session {
+    fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+}
+
+/// The Keep Alive sender of one association: a thread that owns the
+/// admin queue, which carries nothing else once the association is up.
+struct KeepAlive {
+    /// Dropping it stops the thread.
+    stop: Option<mpsc::Sender<()>>,
+    /// The admin socket, shut down to end a Keep Alive in flight at once.
+    admin: TcpStream,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        let _ = self.admin.shutdown(Shutdown::Both);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Counters of a namespace's keep-alive, over all its associations.
+#[derive(Default)]
+struct KeepAliveCounters {
+    /// Keep Alives the remote answered.
+    answered: Arc<AtomicU64>,
+    /// Keep-alive threads running.
+    threads: Arc<AtomicUsize>,
+}
+
+/// What the keep-alive thread works with.
+struct KeepAliveTask {
+    admin: HostQueue,
+    kato: Duration,
+    stop: mpsc::Receiver<()>,
+    dead: Arc<AtomicBool>,
+    /// The I/O socket, shut down when the remote is declared dead so that
+    /// a command waiting for it fails at once.
+    io: TcpStream,
+    answered: Arc<AtomicU64>,
+    what: String,
+}
+
+impl KeepAliveTask {
+    /// Sends Keep Alive every KATO/2 until stopped; a Keep Alive without an
+    /// answer within KATO, or with an error status, declares the remote
+    /// dead: the I/O socket is shut down, which fails the command in
+    /// progress (if any) as a lost connection does, and the owner sees
+    /// the session dead.
+    fn run(mut self) {
+        let interval = self.kato / 2;
+        let stream = &self.admin.stream;
+        if let Err(e) = stream
+            .set_read_timeout(Some(self.kato))
+            .and_then(|()| stream.set_write_timeout(Some(self.kato)))
+        {
+            warn!("nvmf initiator: {}: keep-alive socket: {e}", self.what);
+        }
+        loop {
+            match self.stop.recv_timeout(interval) {
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let sent = Instant::now();
+            let keep_alive = SubmissionEntry::new(KEEP_ALIVE, 0);
+            match self.admin.command(keep_alive, &[], &mut [], 0) {
+                Ok(_) => {
+                    self.answered.fetch_add(1, Ordering::AcqRel);
+                    debug!(
+                        "nvmf initiator: {}: Keep Alive answered in {} us",
+                        self.what,
+                        sent.elapsed().as_micros()
+                    );
+                }
+                Err(e) => {
+                    if matches!(self.stop.try_recv(), Err(mpsc::TryRecvError::Disconnected)) {
+                        // The session is being dropped: its shut-down
+                        // socket failed the Keep Alive.
+                        return;
+                    }
+                    warn!(
+                        "nvmf initiator: {}: Keep Alive failed after {} ms ({e}), KATO {} ms: remote declared dead",
+                        self.what,
+                        sent.elapsed().as_millis(),
+                        self.kato.as_millis()
+                    );
+                    self.dead.store(true, Ordering::Release);
+                    let _ = self.io.shutdown(Shutdown::Both);
+                    return;
+                }
+            }
+        }
+    }
 }
 
 fn fabrics(fctype: u8, cdw10: u32, cdw11: u32, cdw12: u32) -> SubmissionEntry {
@@ -246,10 +359,19 @@ struct Geometry {
 }
 
 impl Session {
-    fn establish(spec: &RemoteSpec, timeout: Duration) -> io::Result<(Self, Geometry)> {
+    /// Connects the admin and I/O queues; with a non-zero `kato` (at most
+    /// `u32::MAX` ms), Connect asks the remote for it and a keep-alive
+    /// thread starts, counting answered Keep Alives in `answered`.
+    fn establish(
+        spec: &RemoteSpec,
+        timeout: Duration,
+        kato: Duration,
+        counters: &KeepAliveCounters,
+    ) -> io::Result<(Self, Geometry)> {
+        let kato_ms = u32::try_from(kato.as_millis()).unwrap_or(u32::MAX);
         let mut admin = HostQueue::open(spec.address, timeout)?;
         let data = connect_data(spec, 0xffff);
-        let cntlid = admin.command(fabrics(0x01, 0, 31, 0), &data, &mut [], 8192)? as u16;
+        let cntlid = admin.command(fabrics(0x01, 0, 31, kato_ms), &data, &mut [], 8192)? as u16;
         // CC: enabled, 64-byte SQ and 16-byte CQ entries.
         let cc = 1 | 6 << 16 | 4 << 20;
         admin.command(fabrics(0x00, 0, 0x14, cc), &[], &mut [], 0)?;
@@ -308,9 +430,47 @@ impl Session {
             spec.address,
             size >> 20
         );
+        let dead = Arc::new(AtomicBool::new(false));
+        let (admin, keep_alive) = if kato_ms == 0 {
+            (Some(admin), None)
+        } else {
+            let (stop, stopped) = mpsc::channel();
+            let admin_socket = admin.stream.try_clone()?;
+            let task = KeepAliveTask {
+                admin,
+                kato: Duration::from_millis(u64::from(kato_ms)),
+                stop: stopped,
+                dead: Arc::clone(&dead),
+                io: io.stream.try_clone()?,
+                answered: Arc::clone(&counters.answered),
+                what: format!(
+                    "{} namespace {} at {}",
+                    spec.subnqn, spec.nsid, spec.address
+                ),
+            };
+            let live = Arc::clone(&counters.threads);
+            live.fetch_add(1, Ordering::AcqRel);
+            let thread = thread::Builder::new()
+                .name("nvmf-keepalive-host".into())
+                .spawn(move || {
+                    task.run();
+                    live.fetch_sub(1, Ordering::AcqRel);
+                })
+                .inspect_err(|_| {
+                    counters.threads.fetch_sub(1, Ordering::AcqRel);
+                })?;
+            let keep_alive = KeepAlive {
+                stop: Some(stop),
+                admin: admin_socket,
+                thread: Some(thread),
+            };
+            (None, Some(keep_alive))
+        };
         Ok((
             Self {
                 _admin: admin,
+                _keep_alive: keep_alive,
+                dead,
                 io,
                 in_capsule,
                 max_transfer: max_transfer.max(1 << shift),
@@ -342,30 +502,37 @@ pub struct RemoteNamespace {
     shift: u8,
     reconnect: Reconnect,
     timeout: Duration,
+    kato: Duration,
+    keep_alives: KeepAliveCounters,
     session: Mutex<Option<Session>>,
 }
 
 impl RemoteNamespace {
     /// Connects to the remote and reads the namespace's geometry.
     pub fn connect(spec: RemoteSpec) -> io::Result<Self> {
-        Self::connect_with(spec, Reconnect::Inline, DEFAULT_TIMEOUT)
+        Self::connect_with(spec, Reconnect::Inline, DEFAULT_TIMEOUT, DEFAULT_KATO)
     }
 
-    /// As [`RemoteNamespace::connect`], with the given reconnection policy
-    /// and the time the remote has for each PDU (a silent remote fails the
-    /// command in progress, and drops the association, after it).
+    /// As [`RemoteNamespace::connect`], with the given reconnection policy,
+    /// the time the remote has for each PDU (a silent remote fails the
+    /// command in progress, and drops the association, after it) and the
+    /// Keep Alive Timeout (zero: no keep-alive).
     pub fn connect_with(
         spec: RemoteSpec,
         reconnect: Reconnect,
         timeout: Duration,
+        kato: Duration,
     ) -> io::Result<Self> {
-        let (session, g) = Session::establish(&spec, timeout)?;
+        let keep_alives = KeepAliveCounters::default();
+        let (session, g) = Session::establish(&spec, timeout, kato, &keep_alives)?;
         Ok(Self {
             spec,
             size: g.size,
             shift: g.shift,
             reconnect,
             timeout,
+            kato,
+            keep_alives,
             session: Mutex::new(Some(session)),
         })
     }
@@ -378,6 +545,7 @@ impl RemoteNamespace {
         spec: RemoteSpec,
         reconnect: Reconnect,
         timeout: Duration,
+        kato: Duration,
         size: u64,
         shift: u8,
     ) -> Self {
@@ -387,6 +555,8 @@ impl RemoteNamespace {
             shift,
             reconnect,
             timeout,
+            kato,
+            keep_alives: KeepAliveCounters::default(),
             session: Mutex::new(None),
         }
     }
@@ -396,17 +566,37 @@ impl RemoteNamespace {
         &self.spec
     }
 
-    /// Whether an association is up (as far as the last command knows).
+    /// Whether an association is up (as far as the last command and the
+    /// last Keep Alive know).
     pub fn is_connected(&self) -> bool {
-        self.lock().is_some()
+        self.lock().as_ref().is_some_and(|s| !s.is_dead())
     }
 
-    /// Establishes a new association if there is none. The remote must
-    /// still have the namespace's size and block size. Commands are not
-    /// held up while it connects.
+    /// How many Keep Alives the remote answered so far.
+    #[cfg(test)]
+    pub fn keep_alives(&self) -> u64 {
+        self.keep_alives.answered.load(Ordering::Acquire)
+    }
+
+    /// How many keep-alive threads of this namespace run (at most one:
+    /// the current association's).
+    #[cfg(test)]
+    pub fn keep_alive_threads(&self) -> usize {
+        self.keep_alives.threads.load(Ordering::Acquire)
+    }
+
+    /// Establishes a new association if there is none (or the keep-alive
+    /// declared the last one dead). The remote must still have the
+    /// namespace's size and block size. Commands are not held up while it
+    /// connects.
     pub fn reconnect(&self) -> io::Result<()> {
-        if self.is_connected() {
-            return Ok(());
+        {
+            let mut guard = self.lock();
+            match guard.as_ref() {
+                Some(s) if !s.is_dead() => return Ok(()),
+                Some(_) => *guard = None,
+                None => {}
+            }
         }
         let session = self.establish()?;
         let mut guard = self.lock();
@@ -417,7 +607,8 @@ impl RemoteNamespace {
     }
 
     fn establish(&self) -> io::Result<Session> {
-        let (session, g) = Session::establish(&self.spec, self.timeout)?;
+        let (session, g) =
+            Session::establish(&self.spec, self.timeout, self.kato, &self.keep_alives)?;
         if g.size != self.size || g.shift != self.shift {
             return Err(protocol(format!(
                 "{} namespace {} changed its geometry",
@@ -436,6 +627,13 @@ impl RemoteNamespace {
     /// session.
     fn with_session<T>(&self, f: impl FnOnce(&mut Session) -> io::Result<T>) -> io::Result<T> {
         let mut guard = self.lock();
+        if guard.as_ref().is_some_and(Session::is_dead) {
+            warn!(
+                "nvmf initiator: {} namespace {}: no Keep Alive answer: connection dropped",
+                self.spec.subnqn, self.spec.nsid
+            );
+            *guard = None;
+        }
         if guard.is_none() {
             if self.reconnect == Reconnect::ByOwner {
                 return Err(io::Error::new(

@@ -20,7 +20,7 @@ use std::time::Duration;
 use log::{debug, info, warn};
 
 use super::config::RemoteGeometry;
-use super::initiator::{Reconnect, RemoteNamespace, RemoteSpec};
+use super::initiator::{Reconnect, RemoteNamespace, RemoteSpec, DEFAULT_KATO};
 use crate::namespace::Namespace;
 use crate::volumes::VolumeManager;
 
@@ -43,6 +43,10 @@ pub struct RemoteSsdPolicy {
     /// this the command quiesce time) and must not land on a row after the
     /// rebuild copied it.
     pub quiesce: Duration,
+    /// The Keep Alive Timeout asked for in Connect (zero: none). A remote
+    /// that leaves a Keep Alive unanswered for that long is lost, idle or
+    /// not, as if its connection had closed.
+    pub kato: Duration,
 }
 
 /// The default time a remote SSD has to answer: well below the 30 s
@@ -58,6 +62,7 @@ impl Default for RemoteSsdPolicy {
             max: Duration::from_secs(10),
             timeout: DEFAULT_REMOTE_SSD_TIMEOUT,
             quiesce: Duration::from_secs(2),
+            kato: DEFAULT_KATO,
         }
     }
 }
@@ -100,6 +105,7 @@ impl RemoteSsd {
             spec.clone(),
             Reconnect::ByOwner,
             policy.timeout,
+            policy.kato,
         ) {
             Ok(namespace) => {
                 let geometry = RemoteGeometry {
@@ -138,6 +144,7 @@ impl RemoteSsd {
                     spec,
                     Reconnect::ByOwner,
                     policy.timeout,
+                    policy.kato,
                     want.size,
                     want.lba_shift,
                 )
@@ -175,6 +182,18 @@ impl RemoteSsd {
     /// Sets what runs each time the remote is reached again after a loss.
     pub fn on_return(&self, hook: impl Fn() + Send + Sync + 'static) {
         *self.on_return.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(hook));
+    }
+
+    /// How many Keep Alives the remote answered.
+    #[cfg(test)]
+    pub fn keep_alives(&self) -> u64 {
+        self.namespace.keep_alives()
+    }
+
+    /// How many keep-alive threads run for it.
+    #[cfg(test)]
+    pub fn keep_alive_threads(&self) -> usize {
+        self.namespace.keep_alive_threads()
     }
 
     /// How many times the connection came back.

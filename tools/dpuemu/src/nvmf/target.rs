@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -21,6 +21,17 @@ use crate::ownership::SsdOwnership;
 pub const MAX_CONNECTIONS: usize = 256;
 /// Highest controller ID handed out (0xFFF0 and above are reserved).
 const MAX_CNTLID: u16 = 0xffef;
+/// The longest Keep Alive Timeout granted (5 minutes); a longer one asked
+/// for in Connect or Set Features is clamped to it (and Get Features says
+/// so). Clamped rather than refused: a host asking for a long KATO is
+/// harmless and should connect, but a silent host must not hold a
+/// controller, its ID and its connection threads for up to 49 days.
+pub const MAX_KATO_MS: u32 = 300_000;
+/// The most the Keep Alive Timer waits past KATO.
+const KATO_GRACE_MS: u64 = 2_000;
+/// How often the keep-alive watchdog looks at the most, and at the least.
+const WATCHDOG_MAX_PERIOD: Duration = Duration::from_millis(500);
+const WATCHDOG_MIN_PERIOD: Duration = Duration::from_millis(20);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -157,10 +168,14 @@ pub struct FabricsController {
     pub port: u16,
     /// CC and CSTS.
     pub registers: Mutex<Registers>,
-    /// Keep Alive Timeout in milliseconds (0: off).
+    /// Keep Alive Timeout in milliseconds (0: off), at most
+    /// [`MAX_KATO_MS`].
     pub kato_ms: AtomicU32,
-    /// When the last Keep Alive (or other admin command) arrived.
-    pub last_keep_alive: Mutex<Instant>,
+    /// When it was created: the origin of `last_command_ms`.
+    created: Instant,
+    /// When the last command (Keep Alive or any other, on any of its
+    /// queues) arrived, in ms since `created`: the Keep Alive Timer.
+    last_command_ms: AtomicU64,
     /// I/O queues granted by Set Features Number of Queues.
     pub io_queues: AtomicU32,
     /// I/O queue IDs with a connection.
@@ -205,19 +220,31 @@ impl FabricsController {
         }
     }
 
-    /// Whether the keep-alive timer expired. The target allows twice the
-    /// KATO: the host sends Keep Alive at half of it, and a guest under
-    /// emulation can be late.
+    /// Whether the Keep Alive Timer expired: no command for KATO plus a
+    /// grace of KATO (at most 2 s), since a host sends Keep Alive at about
+    /// half of it and a guest under emulation can be late.
     fn keep_alive_expired(&self, now: Instant) -> bool {
-        let kato = self.kato_ms.load(Ordering::Relaxed);
-        kato != 0
-            && now.duration_since(*lock(&self.last_keep_alive))
-                > Duration::from_millis(u64::from(kato) * 2)
+        let kato = u64::from(self.kato_ms.load(Ordering::Relaxed));
+        // A command may have arrived after `now` was read: no underflow.
+        let silent = (now.duration_since(self.created).as_millis() as u64)
+            .saturating_sub(self.last_command_ms.load(Ordering::Relaxed));
+        kato != 0 && silent > kato + kato.min(KATO_GRACE_MS)
     }
 
-    /// Restarts the keep-alive timer.
+    /// Restarts the Keep Alive Timer: the host sent a command. Any
+    /// command does, as with Traffic Based Keep Alive, so a busy host
+    /// needs no Keep Alive to stay connected.
     pub fn keep_alive(&self) {
-        *lock(&self.last_keep_alive) = Instant::now();
+        let now = self.created.elapsed().as_millis() as u64;
+        self.last_command_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Sets the KATO (Connect or Set Features), clamped to
+    /// [`MAX_KATO_MS`], and restarts the timer.
+    pub fn set_kato(&self, kato_ms: u32) {
+        self.kato_ms
+            .store(kato_ms.min(MAX_KATO_MS), Ordering::Relaxed);
+        self.keep_alive();
     }
 }
 
@@ -401,7 +428,18 @@ impl Target {
 
     fn keep_alive_loop(self: Arc<Self>) {
         while !self.stopping.load(Ordering::Acquire) {
-            thread::sleep(Duration::from_millis(500));
+            // A quarter of the shortest KATO, so that a short one is
+            // noticed on time, and no wake-up every 20 ms without one.
+            let period = lock(&self.controllers)
+                .values()
+                .map(|c| c.kato_ms.load(Ordering::Relaxed))
+                .filter(|&kato| kato != 0)
+                .min()
+                .map_or(WATCHDOG_MAX_PERIOD, |kato| {
+                    Duration::from_millis(u64::from(kato) / 4)
+                })
+                .clamp(WATCHDOG_MIN_PERIOD, WATCHDOG_MAX_PERIOD);
+            thread::sleep(period);
             let now = Instant::now();
             let expired: Vec<Arc<FabricsController>> = lock(&self.controllers)
                 .values()
@@ -454,8 +492,9 @@ impl Target {
             hostid,
             port,
             registers: Mutex::new(Registers::default()),
-            kato_ms: AtomicU32::new(kato_ms),
-            last_keep_alive: Mutex::new(Instant::now()),
+            kato_ms: AtomicU32::new(kato_ms.min(MAX_KATO_MS)),
+            created: Instant::now(),
+            last_command_ms: AtomicU64::new(0),
             io_queues: AtomicU32::new(0),
             connected: Mutex::new(Vec::new()),
             sockets: Mutex::new(Vec::new()),

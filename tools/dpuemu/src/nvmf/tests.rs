@@ -23,6 +23,7 @@ use crate::namespace::Namespace;
 
 mod appliance_tests;
 mod initiator_hostile_tests;
+mod keep_alive_tests;
 mod remote_ssd_absent_tests;
 mod remote_ssd_fault_tests;
 mod remote_ssd_tests;

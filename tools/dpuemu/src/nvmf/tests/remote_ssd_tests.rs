@@ -262,8 +262,9 @@ fn writers_ride_out_two_remote_outages() {
 
 /// A proxy to `target` that forwards both ways until `silent` is set,
 /// then swallows everything (a network that drops packets: nothing is
-/// closed, nothing answers).
-fn silenceable_proxy(
+/// closed, nothing answers; a side that closes meanwhile is not seen
+/// closing by the other).
+pub(super) fn silenceable_proxy(
     target: std::net::SocketAddr,
     silent: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::net::SocketAddr {
@@ -279,6 +280,9 @@ fn silenceable_proxy(
             if !silent.load(Ordering::Acquire) && to.write_all(&buf[..n]).is_err() {
                 break;
             }
+        }
+        if silent.load(Ordering::Acquire) {
+            return;
         }
         let _ = from.shutdown(Shutdown::Both);
         let _ = to.shutdown(Shutdown::Both);
@@ -322,6 +326,7 @@ fn a_silent_remote_fails_its_member_after_the_timeout() {
         max: Duration::from_millis(200),
         timeout: Duration::from_secs(1),
         quiesce: Duration::from_millis(200),
+        ..RemoteSsdPolicy::default()
     };
     let remote = RemoteSsd::connect("shelf", spec, policy).expect("remote SSD");
     let (manager, table, nsid) = remote_mirror(&dir, &remote);
