@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use super::remote_ssd_tests::{array_state, shelf, wait_for, SHELF};
+use super::remote_ssd_tests::{array_state, shelf, wait_for, wait_rebuilt, SHELF};
 use super::volume_tests::{image_handles, temp_dir, volume_io, Activated};
 use super::*;
 use crate::controller::SsdHandle;
@@ -140,9 +140,7 @@ fn an_appliance_serves_a_mirror_with_a_remote_member_through_a_remote_outage() {
     let second = shelf(&dir, remote_at.port());
     wait_for("the reconnection", || remote.reconnections() >= 1);
     write(&mut io, chunks - 4..chunks, 160, &mut expected);
-    wait_for("the rebuild", || {
-        array_state(&appliance.manager, nsid) == ARRAY_STATE_OPTIMAL
-    });
+    wait_rebuilt(&appliance.manager, nsid);
     assert_eq!(
         volume_io(&mut io, 0x00, 0, &[], false, 0).status,
         0,

@@ -5,15 +5,14 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use nvme_shim::vendor::{fault, ARRAY_STATE_DEGRADED, ARRAY_STATE_OPTIMAL};
+use nvme_shim::vendor::{fault, ARRAY_STATE_DEGRADED};
 
 use super::remote_ssd_tests::{
-    array_state, fault_on, remote_mirror, shelf, silenceable_proxy, verify, wait_for, write_chunks,
-    CHUNK, SHELF, VOLUME_BYTES,
+    array_state, fault_on, remote_mirror, shelf, shelf_spec, silenceable_proxy, verify, wait_for,
+    wait_rebuilt, write_chunks, CHUNK, VOLUME_BYTES,
 };
 use super::volume_tests::temp_dir;
 use super::*;
-use crate::nvmf::initiator::RemoteSpec;
 use crate::nvmf::{RemoteSsd, RemoteSsdPolicy};
 
 const KATO: Duration = Duration::from_millis(200);
@@ -28,11 +27,7 @@ fn a_frozen_remote_is_lost_within_kato_and_comes_back() {
     let shelf_target = shelf(&dir, 0);
     let silent = Arc::new(AtomicBool::new(false));
     let address = silenceable_proxy(shelf_target.ports[0].address, Arc::clone(&silent));
-    let spec = RemoteSpec {
-        address,
-        subnqn: SHELF.into(),
-        nsid: 1,
-    };
+    let spec = shelf_spec(address);
     let policy = RemoteSsdPolicy {
         first: Duration::from_millis(20),
         max: Duration::from_millis(200),
@@ -75,9 +70,7 @@ fn a_frozen_remote_is_lost_within_kato_and_comes_back() {
 
     silent.store(false, Ordering::Release);
     wait_for("the reconnection", || remote.reconnections() >= 1);
-    wait_for("the rebuild", || {
-        array_state(&manager, nsid) == ARRAY_STATE_OPTIMAL
-    });
+    wait_rebuilt(&manager, nsid);
     let before = remote.keep_alives();
     wait_for("keep-alives on the new association", || {
         remote.keep_alives() >= before + 2
@@ -97,11 +90,7 @@ fn a_command_waiting_on_a_frozen_remote_fails_within_kato() {
     let shelf_target = shelf(&dir, 0);
     let silent = Arc::new(AtomicBool::new(false));
     let address = silenceable_proxy(shelf_target.ports[0].address, Arc::clone(&silent));
-    let spec = RemoteSpec {
-        address,
-        subnqn: SHELF.into(),
-        nsid: 1,
-    };
+    let spec = shelf_spec(address);
     let policy = RemoteSsdPolicy {
         first: Duration::from_secs(60),
         timeout: Duration::from_secs(30),
@@ -139,11 +128,7 @@ fn a_command_waiting_on_a_frozen_remote_fails_within_kato() {
 fn an_idle_healthy_remote_stays_connected_over_many_kato_periods() {
     let (_cleanup, dir) = temp_dir("keep-alive-idle");
     let shelf_target = shelf(&dir, 0);
-    let spec = RemoteSpec {
-        address: shelf_target.ports[0].address,
-        subnqn: SHELF.into(),
-        nsid: 1,
-    };
+    let spec = shelf_spec(shelf_target.ports[0].address);
     // KATO 200 ms: a Keep Alive every 100 ms, the target drops the
     // controller after 400 ms without one, margin for a loaded machine.
     let kato = KATO;
@@ -177,11 +162,7 @@ fn an_idle_healthy_remote_stays_connected_over_many_kato_periods() {
 fn kato_zero_sends_no_keep_alive() {
     let (_cleanup, dir) = temp_dir("keep-alive-off");
     let shelf_target = shelf(&dir, 0);
-    let spec = RemoteSpec {
-        address: shelf_target.ports[0].address,
-        subnqn: SHELF.into(),
-        nsid: 1,
-    };
+    let spec = shelf_spec(shelf_target.ports[0].address);
     let policy = RemoteSsdPolicy {
         kato: Duration::ZERO,
         ..RemoteSsdPolicy::default()

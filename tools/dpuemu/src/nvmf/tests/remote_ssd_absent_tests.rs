@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use nvme_shim::vendor::{fault, layout, ARRAY_STATE_DEGRADED, ARRAY_STATE_OPTIMAL};
 
 use super::remote_ssd_tests::{
-    array_state, fault_on, remote_mirror, shelf, verify, wait_for, write_chunks, CHUNK, SHELF,
-    SSD_BYTES, VOLUME_BYTES,
+    array_state, fault_on, remote_mirror, shelf, shelf_spec, verify, wait_for, wait_rebuilt,
+    write_chunks, CHUNK, SHELF, SSD_BYTES, VOLUME_BYTES,
 };
 use super::volume_tests::{create_volume, image_handles, temp_dir, Activated};
 use super::*;
@@ -45,11 +45,7 @@ struct FirstRun {
 /// target.
 fn first_run(dir: &std::path::Path) -> FirstRun {
     let target = shelf(dir, 0);
-    let spec = RemoteSpec {
-        address: target.ports[0].address,
-        subnqn: SHELF.into(),
-        nsid: 1,
-    };
+    let spec = shelf_spec(target.ports[0].address);
     let remote = RemoteSsd::connect("shelf", spec.clone(), policy()).expect("remote SSD");
     let geometry = RemoteGeometry {
         size: remote.size(),
@@ -137,9 +133,7 @@ fn a_remote_member_absent_at_start_up_joins_and_rebuilds_when_its_target_answers
     // member takes its slot back and is rebuilt.
     let target = shelf(&dir, first.spec.address.port());
     wait_for("the first connection", || remote.reconnections() >= 1);
-    wait_for("the rebuild", || {
-        array_state(&manager, nsid) == ARRAY_STATE_OPTIMAL
-    });
+    wait_rebuilt(&manager, nsid);
     verify(&*ns, &first.expected, "rebuilt");
 
     // Every byte now comes from the remote member alone.
@@ -222,11 +216,7 @@ fn another_familys_member_answering_for_an_absent_member_is_refused_untouched() 
 fn a_family_beyond_its_tolerance_without_the_absent_remote_is_reported() {
     let (_cleanup, dir) = temp_dir("remote-ssd-absent-stripe");
     let target = shelf(&dir, 0);
-    let spec = RemoteSpec {
-        address: target.ports[0].address,
-        subnqn: SHELF.into(),
-        nsid: 1,
-    };
+    let spec = shelf_spec(target.ports[0].address);
     let remote = RemoteSsd::connect("shelf", spec.clone(), policy()).expect("remote SSD");
     let geometry = RemoteGeometry {
         size: remote.size(),

@@ -5,12 +5,11 @@
 use nvme_shim::vendor::{fault, ARRAY_STATE_DEGRADED, ARRAY_STATE_OPTIMAL};
 
 use super::remote_ssd_tests::{
-    array_state, fault_on, remote_mirror, shelf, verify, wait_for, write_chunks, CHUNK, SHELF,
-    VOLUME_BYTES,
+    array_state, fault_on, remote_mirror, shelf, shelf_spec, verify, wait_for, wait_rebuilt,
+    write_chunks, CHUNK, VOLUME_BYTES,
 };
 use super::volume_tests::{temp_dir, Activated};
 use super::*;
-use crate::nvmf::initiator::RemoteSpec;
 use crate::nvmf::{RemoteSsd, RemoteSsdPolicy};
 use crate::volumes::VolumeManager;
 
@@ -30,11 +29,7 @@ struct Mirror {
 fn mirror(dir: &std::path::Path) -> Mirror {
     let target = shelf(dir, 0);
     let address = target.ports[0].address;
-    let spec = RemoteSpec {
-        address,
-        subnqn: SHELF.into(),
-        nsid: 1,
-    };
+    let spec = shelf_spec(address);
     let policy = RemoteSsdPolicy {
         first: Duration::from_millis(20),
         max: Duration::from_millis(200),
@@ -84,9 +79,7 @@ fn an_injected_fault_on_a_remote_ssd_survives_its_reconnection() {
 
     let _back = shelf(&dir, m.address.port());
     wait_for("the reconnection", || m.remote.reconnections() >= 1);
-    wait_for("the rebuild", || {
-        array_state(&m.manager, m.nsid) == ARRAY_STATE_OPTIMAL
-    });
+    wait_rebuilt(&m.manager, m.nsid);
     m.ns.flush().expect("flush");
 
     fault_on(&m.manager, fault::DISAPPEAR, 0);
@@ -121,9 +114,7 @@ fn a_lost_remote_fails_its_member_on_a_read() {
 
     let _back = shelf(&dir, m.address.port());
     wait_for("the reconnection", || m.remote.reconnections() >= 1);
-    wait_for("the rebuild", || {
-        array_state(&m.manager, m.nsid) == ARRAY_STATE_OPTIMAL
-    });
+    wait_rebuilt(&m.manager, m.nsid);
     fault_on(&m.manager, fault::DISAPPEAR, 0);
     verify(&*m.ns, &m.expected, "remote member only, after the rebuild");
 }

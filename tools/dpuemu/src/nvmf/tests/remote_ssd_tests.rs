@@ -33,6 +33,15 @@ pub(super) fn shelf(dir: &std::path::Path, service: u16) -> Arc<Target> {
     Target::start(&config::parse(&text).expect("config"), &[]).expect("shelf target")
 }
 
+/// The shelf's namespace 1 at `address`, as a remote SSD names it.
+pub(super) fn shelf_spec(address: std::net::SocketAddr) -> RemoteSpec {
+    RemoteSpec {
+        address,
+        subnqn: SHELF.into(),
+        nsid: 1,
+    }
+}
+
 pub(super) fn array_state(manager: &VolumeManager, nsid: u32) -> u8 {
     let mut s = Statistics::zeroed();
     assert!(manager.statistics(nsid, &mut s), "volume {nsid}");
@@ -71,6 +80,13 @@ pub(super) fn verify(ns: &dyn Namespace, expected: &[u8], what: &str) {
     }
 }
 
+/// Waits until the volume's array is optimal again (its rebuild done).
+pub(super) fn wait_rebuilt(manager: &VolumeManager, nsid: u32) {
+    wait_for("the rebuild", || {
+        array_state(manager, nsid) == ARRAY_STATE_OPTIMAL
+    });
+}
+
 pub(super) fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !done() {
@@ -84,11 +100,7 @@ fn a_remote_mirror_member_fails_with_its_target_and_resyncs_when_it_returns() {
     let (_cleanup, dir) = temp_dir("remote-ssd");
     let first = shelf(&dir, 0);
     let address = first.ports[0].address;
-    let spec = RemoteSpec {
-        address,
-        subnqn: SHELF.into(),
-        nsid: 1,
-    };
+    let spec = shelf_spec(address);
     let policy = RemoteSsdPolicy {
         first: Duration::from_millis(20),
         max: Duration::from_millis(200),
@@ -124,9 +136,7 @@ fn a_remote_mirror_member_fails_with_its_target_and_resyncs_when_it_returns() {
     wait_for("the reconnection", || remote.reconnections() >= 1);
     // Writes during the rebuild reach both members.
     write_chunks(&*ns, 0..4, 120, &mut expected);
-    wait_for("the rebuild", || {
-        array_state(&manager, nsid) == ARRAY_STATE_OPTIMAL
-    });
+    wait_rebuilt(&manager, nsid);
     ns.flush().expect("flush");
     verify(&*ns, &expected, "rebuilt");
 
@@ -161,11 +171,7 @@ fn writers_ride_out_two_remote_outages() {
     let (_cleanup, dir) = temp_dir("remote-ssd-writers");
     let mut shelf_target = shelf(&dir, 0);
     let address = shelf_target.ports[0].address;
-    let spec = RemoteSpec {
-        address,
-        subnqn: SHELF.into(),
-        nsid: 1,
-    };
+    let spec = shelf_spec(address);
     let policy = RemoteSsdPolicy {
         first: Duration::from_millis(20),
         max: Duration::from_millis(100),
@@ -237,9 +243,7 @@ fn writers_ride_out_two_remote_outages() {
         shelf_target = shelf(&dir, address.port());
         wait_for("the reconnection", || remote.reconnections() >= outage);
     }
-    wait_for("the rebuild", || {
-        array_state(&manager, nsid) == ARRAY_STATE_OPTIMAL
-    });
+    wait_rebuilt(&manager, nsid);
     each_writes("writes after the rebuild", PHASE_WRITES);
     stop.store(true, Ordering::Release);
     let mut expected = Vec::new();
@@ -316,11 +320,7 @@ fn a_silent_remote_fails_its_member_after_the_timeout() {
     let shelf_target = shelf(&dir, 0);
     let silent = Arc::new(AtomicBool::new(false));
     let address = silenceable_proxy(shelf_target.ports[0].address, Arc::clone(&silent));
-    let spec = RemoteSpec {
-        address,
-        subnqn: SHELF.into(),
-        nsid: 1,
-    };
+    let spec = shelf_spec(address);
     let policy = RemoteSsdPolicy {
         first: Duration::from_millis(20),
         max: Duration::from_millis(200),
@@ -350,9 +350,7 @@ fn a_silent_remote_fails_its_member_after_the_timeout() {
 
     silent.store(false, Ordering::Release);
     wait_for("the reconnection", || remote.reconnections() >= 1);
-    wait_for("the rebuild", || {
-        array_state(&manager, nsid) == ARRAY_STATE_OPTIMAL
-    });
+    wait_rebuilt(&manager, nsid);
     fault_on(&manager, fault::DISAPPEAR, 0);
     verify(&*ns, &expected, "remote member only, after the silence");
     eprintln!("silent remote: the first write and flush took {took:?}");
@@ -410,11 +408,7 @@ fn a_remote_ssd_of_4k_blocks_takes_any_byte_range() {
     let claimed = crate::nvmf::claim_ssds(&config, &[]).expect("claim");
     let lookup = OneVolume(Arc::new(FourKiB(image)));
     let target = Target::start_with(&config, &claimed, &lookup).expect("4 KiB target");
-    let spec = RemoteSpec {
-        address: target.ports[0].address,
-        subnqn: SHELF.into(),
-        nsid: 1,
-    };
+    let spec = shelf_spec(target.ports[0].address);
     let remote = RemoteSsd::connect("shelf4k", spec, RemoteSsdPolicy::default()).expect("remote");
     assert_eq!(remote.lba_shift(), 12);
 
