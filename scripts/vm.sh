@@ -23,7 +23,6 @@
 #                       run); the guest finds it in DPUBLK_OUTPUT_DIR
 #
 # DPUBLK_DPUEMU_ARGS adds arguments to dpuemu (e.g. "--passthrough-ssd 0").
-# DPUBLK_VM_SLOTS lets that many VM runs go at once (default 1, below).
 # DPUBLK_VM_TIMEOUT bounds the whole VM run in seconds (default 1800): past
 # it QEMU is killed, the run fails with exit status 124 and the time limit is
 # logged, so a hung guest can never stall the caller.
@@ -70,26 +69,14 @@ done
 [ $# -gt 0 ] || die "vm.sh: no guest command given"
 kdir=${DPUBLK_KDIR:?}
 
-# One VM at a time by default: on a 2-core machine two busy TCG guests only
-# slow each other down and make timing-sensitive tests flaky. A caller that
-# knows its guests are light sets DPUBLK_VM_SLOTS=N to let up to N runs share
-# the machine (make check's sample runs its two multi-boot suites, mostly
-# boots and waits, side by side); a run takes the first free slot, and slot 0
-# is the lock every default run takes.
-slots=${DPUBLK_VM_SLOTS:-1}
-[[ $slots =~ ^[1-4]$ ]] || die "DPUBLK_VM_SLOTS must be 1 to 4, not '$slots'"
-waiting=0
-while :; do
-	for slot in $(seq 0 $((slots - 1))); do
-		lock=$DPUBLK_CACHE/.vm.lock
-		[ "$slot" = 0 ] || lock+=.$slot
-		exec 8>"$lock"
-		flock -n 8 && break 2
-	done
-	[ "$waiting" = 1 ] || log "waiting for another VM run to finish"
-	waiting=1
-	sleep 1
-done
+# One VM at a time: on a 2-core machine two TCG guests only slow each other
+# down and make timing-sensitive tests flaky (two side by side took 244 s
+# against 248 s one after the other, 2026-12-04).
+exec 8>"$DPUBLK_CACHE/.vm.lock"
+if ! flock -n 8; then
+	log "waiting for another VM run to finish"
+	flock 8
+fi
 
 # The run directory is visible to the guest at the same path (9p root), so
 # guest scripts and the host side can exchange files through it.
