@@ -290,6 +290,10 @@ if [[ " $suites " == *" vm "* ]]; then
 			test_configfs_snapshot_ro test_configfs_samples test_dpublk_flush_discard \
 			test_thin_snapshot_clone test_thin_snapshot_disk test_thin_pool_full \
 			test_reduction_dedup_compress test_reduction_encryption
+		# The accelerator's NVMe/TCP target configured through dpublk's
+		# configfs (issue 17), reached by the guest's nvme-tcp through QEMU's
+		# user network (the target listens in the host's dpuemu).
+		run_suite nvmf-configfs 600 --accelerator --ssds 2 --ssd-size 512M --net -- test_nvmf_configfs
 		# Protection: degraded mode, rebuild onto a spare, scrub (issue 6), a
 		# scrub under forced resets and unbind, and the driver refusing corrupt
 		# admin payloads (issue 14). Scrubs limited to 256 MB/s of SSD reads,

@@ -21,6 +21,10 @@
 #                       test_zns_function's comparison
 #     --output DIR      a directory the guest may write to (it outlives the
 #                       run); the guest finds it in DPUBLK_OUTPUT_DIR
+#     --net             QEMU's user network (slirp): the guest gets 10.0.2.15
+#                       by DHCP and reaches the host's 127.0.0.1 as 10.0.2.2
+#                       (test_nvmf_configfs: Linux's nvme-tcp in the guest
+#                       against the NVMe/TCP target of the host's dpuemu)
 #
 # DPUBLK_DPUEMU_ARGS adds arguments to dpuemu (e.g. "--passthrough-ssd 0").
 # DPUBLK_VM_TIMEOUT bounds the whole VM run in seconds (default 1800): past
@@ -49,7 +53,7 @@ if [ -z "${DPUBLK_IN_CHROOT:-}" ]; then
 	exit
 fi
 
-accelerator=0 ssds=4 ssd_size=1G iommu=0 memory=2G qemu_nvme= qemu_zns= output=
+accelerator=0 ssds=4 ssd_size=1G iommu=0 memory=2G qemu_nvme= qemu_zns= output= net=0
 while [ $# -gt 0 ]; do
 	case $1 in
 	--accelerator) accelerator=1 ;;
@@ -61,6 +65,7 @@ while [ $# -gt 0 ]; do
 	--qemu-nvme) qemu_nvme=$2; shift ;;
 	--qemu-zns) qemu_zns=$2; shift ;;
 	--output) output=$2; shift ;;
+	--net) net=1 ;;
 	--) shift; break ;;
 	*) die "vm.sh: unknown option $1" ;;
 	esac
@@ -201,6 +206,7 @@ fi
 # Tests that span VM runs keep their notes beside the images.
 [ -n "${DPUBLK_IMAGES_DIR:-}" ] && vng_args+=(--rwdir "$DPUBLK_IMAGES_DIR")
 [ "$accel" = tcg ] && vng_args+=(--disable-kvm)
+[ "$net" = 1 ] && vng_args+=(--network user)
 
 # The guest command runs with the repository as working directory and knows
 # where it is through the environment.

@@ -10,12 +10,14 @@
 //!     ssds/<name>/                  a local SSD and its hand-over
 //!     volumes/<name>/               a volume on the accelerator
 //!     volumes/<name>/snapshots/<s>/ its snapshots
+//!     nvmf/ports/<id>/, nvmf/subsystems/<nqn>/   the NVMe/TCP target
 //! ```
 //!
 //! Every attribute write is parsed strictly ([`parse`]); a refusal returns
 //! the documented errno and logs one line naming the object, the attribute
 //! and the reason. The accelerator validates every command again.
 
+mod nvmf;
 mod parse;
 mod snapshot;
 mod ssd;
@@ -41,7 +43,7 @@ use kernel::{
 use ssd::SsdState;
 
 /// Features this build of the driver implements, one word each.
-const FEATURES: &str = "pci\nssds\nvolumes\nsnapshots\n";
+const FEATURES: &str = "pci\nssds\nvolumes\nsnapshots\nnvmf\n";
 
 pub(crate) fn subsystem() -> impl PinInit<configfs::Subsystem<Root>, Error> {
     let item_type = configfs_attrs! {
@@ -130,6 +132,7 @@ impl AttributeOperations<2> for Root {
 /// then: every directory a user made holds a module reference, so the
 /// module cannot unload while one exists.
 pub(crate) struct Tree {
+    nvmf: Option<ChildGroup>,
     volumes: Option<ChildGroup>,
     ssds: Option<ChildGroup>,
 }
@@ -137,6 +140,7 @@ pub(crate) struct Tree {
 impl Tree {
     pub(crate) const fn new() -> Self {
         Self {
+            nvmf: None,
             volumes: None,
             ssds: None,
         }
@@ -153,6 +157,8 @@ impl Tree {
         // SAFETY: As above.
         self.volumes =
             Some(unsafe { ChildGroup::register(root_group, volume::VolumesDir::new()?)? });
+        // SAFETY: As above.
+        self.nvmf = Some(unsafe { ChildGroup::register(root_group, nvmf::NvmfDir::new()?)? });
         Ok(())
     }
 }

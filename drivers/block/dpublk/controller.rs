@@ -119,6 +119,10 @@ fn vendor_errno(sc: u8) -> Error {
         vs::NOT_IMPLEMENTED => EOPNOTSUPP,
         vs::KEY_MISMATCH => EKEYREJECTED,
         vs::KEY_REQUIRED => ENOKEY,
+        vs::NVMF_EXISTS => EEXIST,
+        vs::NVMF_NOT_FOUND => ENOENT,
+        vs::NVMF_ADDRESS_IN_USE => EADDRINUSE,
+        vs::NVMF_BUSY => EBUSY,
         _ => EIO,
     }
 }

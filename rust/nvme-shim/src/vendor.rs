@@ -56,6 +56,24 @@ pub mod opcode {
     /// Read a volume's service settings. NSID: the volume.
     /// Data out: `ServiceSettings`.
     pub const SERVICE_GET: u8 = 0xfa;
+    /// NVMe/TCP target: listen on a port. Data in: `NvmfPort`.
+    pub const NVMF_PORT_ADD: u8 = 0xc1;
+    /// NVMe/TCP target: stop listening on a port and end every connection
+    /// made through it. CDW10: port ID.
+    pub const NVMF_PORT_REMOVE: u8 = 0xc8;
+    /// NVMe/TCP target: create a subsystem, or replace the settings (ports,
+    /// allowed hosts, allow any host) of an existing one; its namespaces
+    /// stay. Data in: `NvmfSubsystem`.
+    pub const NVMF_SUBSYSTEM_SET: u8 = 0xc5;
+    /// NVMe/TCP target: remove a subsystem without namespaces and end its
+    /// controllers. Data in: `NvmfName`.
+    pub const NVMF_SUBSYSTEM_REMOVE: u8 = 0xc9;
+    /// NVMe/TCP target: add a namespace (a volume) to a subsystem. Data in:
+    /// `NvmfNamespace`.
+    pub const NVMF_NAMESPACE_ADD: u8 = 0xd1;
+    /// NVMe/TCP target: remove a namespace from a subsystem. Data in:
+    /// `NvmfNamespace` (volume name empty).
+    pub const NVMF_NAMESPACE_REMOVE: u8 = 0xd5;
 }
 
 /// Vendor status codes (Status Code Type 7).
@@ -92,6 +110,16 @@ pub mod status {
     pub const KEY_MISMATCH: u8 = 0x32;
     /// The volume is encrypted and no key was given (it stays locked).
     pub const KEY_REQUIRED: u8 = 0x33;
+    /// NVMe/TCP target: the port ID, subsystem NQN or NSID exists already.
+    pub const NVMF_EXISTS: u8 = 0x40;
+    /// NVMe/TCP target: no such port, subsystem or namespace.
+    pub const NVMF_NOT_FOUND: u8 = 0x41;
+    /// NVMe/TCP target: the port's address cannot be bound (in use, or not
+    /// an address of this machine).
+    pub const NVMF_ADDRESS_IN_USE: u8 = 0x42;
+    /// NVMe/TCP target: the subsystem still has namespaces, or the volume
+    /// is exported by another namespace already.
+    pub const NVMF_BUSY: u8 = 0x43;
 }
 
 /// Builds a vendor status (SCT 7) with Do Not Retry.
@@ -136,11 +164,23 @@ pub enum VendorCommand {
     FaultInject,
     /// See [`opcode::MAINTENANCE`].
     Maintenance,
+    /// See [`opcode::NVMF_PORT_ADD`].
+    NvmfPortAdd,
+    /// See [`opcode::NVMF_PORT_REMOVE`].
+    NvmfPortRemove,
+    /// See [`opcode::NVMF_SUBSYSTEM_SET`].
+    NvmfSubsystemSet,
+    /// See [`opcode::NVMF_SUBSYSTEM_REMOVE`].
+    NvmfSubsystemRemove,
+    /// See [`opcode::NVMF_NAMESPACE_ADD`].
+    NvmfNamespaceAdd,
+    /// See [`opcode::NVMF_NAMESPACE_REMOVE`].
+    NvmfNamespaceRemove,
 }
 
 impl VendorCommand {
     /// Every vendor command, for tables and tests.
-    pub const ALL: [VendorCommand; 17] = [
+    pub const ALL: [VendorCommand; 23] = [
         VendorCommand::SsdAttach,
         VendorCommand::SsdDetach,
         VendorCommand::SsdList,
@@ -158,6 +198,12 @@ impl VendorCommand {
         VendorCommand::Statistics,
         VendorCommand::FaultInject,
         VendorCommand::Maintenance,
+        VendorCommand::NvmfPortAdd,
+        VendorCommand::NvmfPortRemove,
+        VendorCommand::NvmfSubsystemSet,
+        VendorCommand::NvmfSubsystemRemove,
+        VendorCommand::NvmfNamespaceAdd,
+        VendorCommand::NvmfNamespaceRemove,
     ];
 
     /// Decodes an opcode, or `None` if it is not a dpublk vendor command.
@@ -180,6 +226,12 @@ impl VendorCommand {
             opcode::STATISTICS => VendorCommand::Statistics,
             opcode::FAULT_INJECT => VendorCommand::FaultInject,
             opcode::MAINTENANCE => VendorCommand::Maintenance,
+            opcode::NVMF_PORT_ADD => VendorCommand::NvmfPortAdd,
+            opcode::NVMF_PORT_REMOVE => VendorCommand::NvmfPortRemove,
+            opcode::NVMF_SUBSYSTEM_SET => VendorCommand::NvmfSubsystemSet,
+            opcode::NVMF_SUBSYSTEM_REMOVE => VendorCommand::NvmfSubsystemRemove,
+            opcode::NVMF_NAMESPACE_ADD => VendorCommand::NvmfNamespaceAdd,
+            opcode::NVMF_NAMESPACE_REMOVE => VendorCommand::NvmfNamespaceRemove,
             _ => return None,
         })
     }
@@ -204,6 +256,12 @@ impl VendorCommand {
             VendorCommand::Statistics => opcode::STATISTICS,
             VendorCommand::FaultInject => opcode::FAULT_INJECT,
             VendorCommand::Maintenance => opcode::MAINTENANCE,
+            VendorCommand::NvmfPortAdd => opcode::NVMF_PORT_ADD,
+            VendorCommand::NvmfPortRemove => opcode::NVMF_PORT_REMOVE,
+            VendorCommand::NvmfSubsystemSet => opcode::NVMF_SUBSYSTEM_SET,
+            VendorCommand::NvmfSubsystemRemove => opcode::NVMF_SUBSYSTEM_REMOVE,
+            VendorCommand::NvmfNamespaceAdd => opcode::NVMF_NAMESPACE_ADD,
+            VendorCommand::NvmfNamespaceRemove => opcode::NVMF_NAMESPACE_REMOVE,
         }
     }
 
@@ -222,7 +280,14 @@ impl VendorCommand {
             VendorCommand::SnapshotList => core::mem::size_of::<SnapshotList>(),
             VendorCommand::Statistics => core::mem::size_of::<Statistics>(),
             VendorCommand::FaultInject => core::mem::size_of::<FaultInjection>(),
-            VendorCommand::SsdAttach
+            VendorCommand::NvmfPortAdd => core::mem::size_of::<NvmfPort>(),
+            VendorCommand::NvmfSubsystemSet => core::mem::size_of::<NvmfSubsystem>(),
+            VendorCommand::NvmfSubsystemRemove => core::mem::size_of::<NvmfName>(),
+            VendorCommand::NvmfNamespaceAdd | VendorCommand::NvmfNamespaceRemove => {
+                core::mem::size_of::<NvmfNamespace>()
+            }
+            VendorCommand::NvmfPortRemove
+            | VendorCommand::SsdAttach
             | VendorCommand::SsdDetach
             | VendorCommand::VolumeDelete
             | VendorCommand::VolumeResize
@@ -898,6 +963,143 @@ pub fn maintenance_log_command(nsid: u32, cid: u16) -> SubmissionEntry {
     .encode(cid)
 }
 
+/// `NvmfPort::trtype`: TCP, the value of the discovery log's TRTYPE.
+pub const NVMF_TRTYPE_TCP: u8 = 3;
+/// `NvmfPort::adrfam`: IPv4, as the discovery log's ADRFAM.
+pub const NVMF_ADRFAM_IPV4: u8 = 1;
+/// `NvmfPort::adrfam`: IPv6.
+pub const NVMF_ADRFAM_IPV6: u8 = 2;
+/// Bytes of an NQN field: the specification's 223 bytes, a NUL and padding
+/// (the size of SUBNQN and HOSTNQN in Fabrics Connect data).
+pub const NVMF_NQN_FIELD: usize = 256;
+/// Bytes of a host NQN in [`NvmfSubsystem`]: 223 and a NUL.
+pub const NVMF_HOST_FIELD: usize = 224;
+/// Ports one subsystem may be served on.
+pub const NVMF_MAX_SUBSYSTEM_PORTS: usize = 16;
+/// Hosts one subsystem may allow by NQN.
+pub const NVMF_MAX_HOSTS: usize = 16;
+/// `NvmfSubsystem::flags`: every host may connect (`hosts` must be empty).
+pub const NVMF_SUBSYSTEM_ALLOW_ANY_HOST: u8 = 1 << 0;
+
+/// Payload of NVMe/TCP Port Add: where a port listens.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NvmfPort {
+    /// Port ID (PORTID in the discovery log), 1 to 65535.
+    pub port_id: Le16,
+    /// `NVMF_TRTYPE_*` (TCP only).
+    pub trtype: u8,
+    /// `NVMF_ADRFAM_*`; must match `traddr`.
+    pub adrfam: u8,
+    /// The TCP port to listen on, 1 to 65535.
+    pub trsvcid: Le16,
+    /// Reserved.
+    pub rsvd6: [u8; 2],
+    /// The address to listen on: an IPv4 or IPv6 literal, ASCII, NUL
+    /// terminated and padded.
+    pub traddr: [u8; 64],
+    /// Reserved.
+    pub rsvd72: [u8; 56],
+}
+
+const _: () = assert!(core::mem::size_of::<NvmfPort>() == 128);
+
+// SAFETY: repr(C) of Le types and u8 arrays: no padding, any bit pattern valid.
+unsafe impl Wire for NvmfPort {}
+
+/// Payload of NVMe/TCP Subsystem Set.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct NvmfSubsystem {
+    /// Subsystem NQN, NUL terminated and padded.
+    pub nqn: [u8; NVMF_NQN_FIELD],
+    /// `NVMF_SUBSYSTEM_*`.
+    pub flags: u8,
+    /// Valid entries of `ports`.
+    pub port_count: u8,
+    /// Valid entries of `hosts`.
+    pub host_count: u8,
+    /// Reserved.
+    pub rsvd259: [u8; 29],
+    /// Port IDs the subsystem is served on (a port need not exist yet).
+    pub ports: [Le16; NVMF_MAX_SUBSYSTEM_PORTS],
+    /// Reserved.
+    pub rsvd320: [u8; 64],
+    /// Host NQNs allowed to connect, each NUL terminated and padded.
+    pub hosts: [[u8; NVMF_HOST_FIELD]; NVMF_MAX_HOSTS],
+    /// Reserved.
+    pub rsvd3968: [u8; 128],
+}
+
+impl core::fmt::Debug for NvmfSubsystem {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("NvmfSubsystem")
+            .field("flags", &self.flags)
+            .field("port_count", &self.port_count)
+            .field("host_count", &self.host_count)
+            .finish_non_exhaustive()
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<NvmfSubsystem>() == 4096);
+
+// SAFETY: repr(C) of Le16 and u8 arrays (alignment 1): no padding (size
+// asserted), any bit pattern valid.
+unsafe impl Wire for NvmfSubsystem {}
+
+/// Payload of NVMe/TCP Subsystem Remove: the subsystem's NQN.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NvmfName {
+    /// Subsystem NQN, NUL terminated and padded.
+    pub nqn: [u8; NVMF_NQN_FIELD],
+}
+
+const _: () = assert!(core::mem::size_of::<NvmfName>() == 256);
+
+// SAFETY: repr(C) of a u8 array: no padding, any bit pattern valid.
+unsafe impl Wire for NvmfName {}
+
+/// Payload of NVMe/TCP Namespace Add and Remove.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NvmfNamespace {
+    /// Subsystem NQN, NUL terminated and padded.
+    pub nqn: [u8; NVMF_NQN_FIELD],
+    /// NSID in the subsystem, 1 to 1024.
+    pub nsid: Le32,
+    /// Reserved.
+    pub rsvd260: [u8; 28],
+    /// Add: the accelerator's volume (or clone) exported, by name. Remove:
+    /// all zero.
+    pub volume: [u8; 32],
+    /// Reserved.
+    pub rsvd320: [u8; 192],
+}
+
+const _: () = assert!(core::mem::size_of::<NvmfNamespace>() == 512);
+
+// SAFETY: repr(C) of Le32 and u8 arrays: no padding, any bit pattern valid.
+unsafe impl Wire for NvmfNamespace {}
+
+/// Builds NVMe/TCP Port Remove of port `port_id`.
+pub fn nvmf_port_remove(port_id: u16, cid: u16) -> SubmissionEntry {
+    let mut sqe = SubmissionEntry::new(opcode::NVMF_PORT_REMOVE, cid);
+    sqe.cdw10.set(u32::from(port_id));
+    sqe
+}
+
+/// The port ID of NVMe/TCP Port Remove (CDW10 bits 15:0, nonzero). Bits
+/// 31:16 are reserved; `None` if they are set or the ID is 0.
+pub const fn nvmf_port_id(sqe: &SubmissionEntry) -> Option<u16> {
+    let cdw10 = sqe.cdw10.get();
+    if cdw10 >> 16 != 0 || cdw10 == 0 {
+        None
+    } else {
+        Some(cdw10 as u16)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::opcode::admin;
@@ -1027,6 +1229,56 @@ mod tests {
         let mut n = ObjectName::zeroed();
         c_string_field(&mut n.name, b"snap");
         assert_eq!(&n.as_bytes()[..5], b"snap\0");
+    }
+
+    #[test]
+    fn nvmf_payload_layouts() {
+        let mut p = NvmfPort::zeroed();
+        p.port_id.set(7);
+        p.trtype = NVMF_TRTYPE_TCP;
+        p.adrfam = NVMF_ADRFAM_IPV4;
+        p.trsvcid.set(4420);
+        c_string_field(&mut p.traddr, b"127.0.0.1");
+        let b = p.as_bytes();
+        assert_eq!(&b[..6], &[7, 0, 3, 1, 0x44, 0x11]);
+        assert_eq!(&b[8..18], b"127.0.0.1\0");
+        assert_eq!(NvmfPort::read_from(b), Some(p));
+
+        let mut s = NvmfSubsystem::zeroed();
+        c_string_field(&mut s.nqn, b"nqn.2026-12.org.dpublk:a");
+        s.flags = NVMF_SUBSYSTEM_ALLOW_ANY_HOST;
+        s.port_count = 2;
+        s.ports[1].set(0x0102);
+        s.host_count = 1;
+        c_string_field(&mut s.hosts[15], b"nqn.h");
+        let b = s.as_bytes();
+        assert_eq!(&b[..4], b"nqn.");
+        assert_eq!((b[256], b[257], b[258]), (1, 2, 1));
+        assert_eq!(&b[290..292], &[2, 1]);
+        assert_eq!(&b[384 + 15 * 224..384 + 15 * 224 + 6], b"nqn.h\0");
+        assert!(NvmfSubsystem::read_from(b) == Some(s));
+        assert!(NvmfSubsystem::read_from(&b[..4095]).is_none());
+
+        let mut n = NvmfNamespace::zeroed();
+        n.nsid.set(3);
+        c_string_field(&mut n.volume, b"db0");
+        let b = n.as_bytes();
+        assert_eq!(&b[256..260], &[3, 0, 0, 0]);
+        assert_eq!(&b[288..292], b"db0\0");
+
+        let sqe = nvmf_port_remove(9, 1);
+        assert_eq!(
+            (sqe.opcode(), nvmf_port_id(&sqe)),
+            (opcode::NVMF_PORT_REMOVE, Some(9))
+        );
+        let mut bad = sqe;
+        bad.cdw10.set(0x1_0009);
+        assert_eq!(nvmf_port_id(&bad), None);
+        bad.cdw10.set(0);
+        assert_eq!(nvmf_port_id(&bad), None);
+        assert_eq!(payload_bytes(opcode::NVMF_SUBSYSTEM_SET), 4096);
+        assert_eq!(payload_bytes(opcode::NVMF_NAMESPACE_REMOVE), 512);
+        assert_eq!(payload_bytes(opcode::NVMF_PORT_REMOVE), 0);
     }
 
     #[test]

@@ -329,6 +329,9 @@ pub struct Controller {
     /// The host enabled all I/O command sets (CC.CSS = 110b); without
     /// them a zoned namespace is inactive.
     all_command_sets: AtomicBool,
+    /// The accelerator's NVMe/TCP target as the host configures it
+    /// (vendor NVMe/TCP commands, `nvmf/configure.rs`).
+    nvmf: crate::nvmf::HostTarget,
 }
 
 impl Controller {
@@ -407,6 +410,7 @@ impl Controller {
             executor: OnceLock::new(),
             io_command_sets,
             all_command_sets: AtomicBool::new(false),
+            nvmf: crate::nvmf::HostTarget::default(),
             config,
         })
     }
@@ -414,6 +418,11 @@ impl Controller {
     /// The controller's configuration.
     pub fn config(&self) -> &ControllerConfig {
         &self.config
+    }
+
+    /// The NVMe/TCP target the host's vendor commands configure.
+    pub fn nvmf(&self) -> &crate::nvmf::HostTarget {
+        &self.nvmf
     }
 
     /// Controller-wide counters.

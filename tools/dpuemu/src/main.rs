@@ -366,6 +366,11 @@ fn run(options: &Options) -> Result<(), String> {
         }
         _ => None,
     };
+    // The host's configfs (vendor NVMe/TCP commands) changes the file's
+    // target, or makes one at its first command.
+    if let Some(target) = &_nvmf {
+        functions[0].controller.nvmf().install(Arc::clone(target));
+    }
     for (i, (m, o)) in media.iter().zip(&ownership).enumerate() {
         // A zoned SSD function's namespace keeps the zone rules; the
         // accelerator and the NVMe/TCP target still see the raw image.

@@ -15,6 +15,7 @@
 //! a peer sends panics the process. See Documentation/nvmf.rst.
 
 pub mod config;
+mod configure;
 mod connection;
 mod fabrics;
 mod identify;
@@ -28,8 +29,11 @@ mod target;
 mod tests;
 mod volumes;
 
+pub use configure::HostTarget;
+#[cfg(test)]
+pub use initiator::{RemoteNamespace, RemoteSpec, INITIATOR_NQN};
 pub use remote_ssd::{readd_hook, RemoteSsd, RemoteSsdPolicy};
-pub use target::{claim_ssds, ClaimedSsds, Target};
+pub use target::{claim_ssds, ClaimedSsds, Target, VolumeLookup};
 pub use volumes::VolumeDirectory;
 
 use std::collections::BTreeSet;

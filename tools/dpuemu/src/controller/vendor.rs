@@ -201,7 +201,33 @@ impl Controller {
                 self.volumes(volumes)?
                     .maintenance(sqe.nsid.get(), sqe.cdw10.get(), sqe.cdw11.get())
             }
+            VendorCommand::NvmfPortAdd => self.nvmf.port_add(&self.raw_payload(sqe, cmd)?),
+            VendorCommand::NvmfPortRemove => self.nvmf.port_remove(sqe),
+            VendorCommand::NvmfSubsystemSet => {
+                self.nvmf.subsystem_set(&self.raw_payload(sqe, cmd)?)
+            }
+            VendorCommand::NvmfSubsystemRemove => {
+                self.nvmf.subsystem_remove(&self.raw_payload(sqe, cmd)?)
+            }
+            VendorCommand::NvmfNamespaceAdd => {
+                let raw = self.raw_payload(sqe, cmd)?;
+                let lookup = OpenVolumes {
+                    controller: self,
+                    volumes: self.volumes(volumes)?,
+                };
+                self.nvmf.namespace_add(&raw, &lookup)
+            }
+            VendorCommand::NvmfNamespaceRemove => {
+                self.nvmf.namespace_remove(&self.raw_payload(sqe, cmd)?)
+            }
         }
+    }
+
+    /// The payload of `cmd`, as the host sent it (checked by the caller).
+    fn raw_payload(&self, sqe: &SubmissionEntry, cmd: VendorCommand) -> Result<Vec<u8>, Status> {
+        let mut raw = vec![0u8; cmd.payload_bytes()];
+        self.receive_from_host(sqe, &mut raw)?;
+        Ok(raw)
     }
 
     fn volumes<'a>(&self, volumes: Option<&'a VolumeManager>) -> Result<&'a VolumeManager, Status> {
@@ -225,5 +251,36 @@ impl Controller {
         let mut raw = vec![0u8; cmd.payload_bytes()];
         self.receive_from_host(sqe, &mut raw)?;
         T::read_from(&raw).ok_or(vendor_status(vs::INVALID_PAYLOAD))
+    }
+}
+
+/// The accelerator's open volumes by name, as they are now (volumes made,
+/// cloned or unlocked since start-up included): Volume List names them,
+/// the controller's namespace table holds their namespaces. A locked
+/// volume has no namespace and is not found.
+struct OpenVolumes<'a> {
+    controller: &'a Controller,
+    volumes: &'a VolumeManager,
+}
+
+impl crate::nvmf::VolumeLookup for OpenVolumes<'_> {
+    fn volume(&self, name: &str) -> Option<std::sync::Arc<dyn crate::namespace::Namespace>> {
+        let mut entries =
+            vec![vendor::VolumeListEntry::zeroed(); crate::volumes::MAX_NSID as usize];
+        let count = self.volumes.list(&mut entries);
+        let nsid = entries
+            .iter()
+            .take(count)
+            .find(|e| {
+                e.nsid.get() != 0 && nvme_shim::wire::c_string_bytes(&e.name) == name.as_bytes()
+            })?
+            .nsid
+            .get();
+        let namespaces = self
+            .controller
+            .namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        namespaces.get(&nsid).map(|slot| slot.backend.clone())
     }
 }

@@ -147,7 +147,7 @@ fn connect<L: Link>(c: &mut Connection<'_, L>, sqe: &SubmissionEntry, data: &[u8
                     data: Vec::new(),
                 };
             }
-            Some(Arc::clone(s))
+            Some(s)
         };
         if cntlid != DYNAMIC_CNTLID {
             return invalid_parameter(true, 16);
@@ -229,7 +229,7 @@ fn property_set(ctrl: &FabricsController, sqe: &SubmissionEntry) -> Reply {
     let shutdown = (cc >> 14) & 0x3 != 0;
     if shutdown {
         if let Some(s) = &ctrl.subsystem {
-            for ns in s.namespaces.values() {
+            for ns in s.namespaces().values() {
                 if let Err(e) = ns.flush() {
                     warn!("nvmf: shutdown flush of {}: {e}", s.nqn);
                 }

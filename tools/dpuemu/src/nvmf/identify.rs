@@ -84,7 +84,7 @@ pub fn identify(ctrl: &FabricsController, sqe: &SubmissionEntry) -> Result<Vec<u
             }
             let mut page = vec![0u8; PAGE];
             for (slot, id) in s
-                .namespaces
+                .namespaces()
                 .keys()
                 .filter(|&&id| id > nsid)
                 .take(PAGE / 4)
@@ -95,7 +95,7 @@ pub fn identify(ctrl: &FabricsController, sqe: &SubmissionEntry) -> Result<Vec<u
             Ok(page)
         }
         (cns::NAMESPACE_DESCRIPTORS, Some(s)) => {
-            if !s.namespaces.contains_key(&nsid) {
+            if !s.namespaces().contains_key(&nsid) {
                 return Err(Status::INVALID_NAMESPACE);
             }
             let mut page = vec![0u8; PAGE];
@@ -181,7 +181,7 @@ fn namespace(s: &Subsystem, nsid: u32) -> Result<Vec<u8>, Status> {
         return Err(Status::INVALID_NAMESPACE);
     }
     let mut p = vec![0u8; PAGE];
-    let Some(ns) = s.namespaces.get(&nsid) else {
+    let Some(ns) = s.namespaces().get(&nsid).cloned() else {
         // An inactive NSID of the valid range: a zeroed page.
         return Ok(p);
     };
@@ -236,7 +236,7 @@ fn ana(s: &Subsystem, only_groups: bool) -> Vec<u8> {
     let nsids: Vec<u32> = if only_groups {
         Vec::new()
     } else {
-        s.namespaces.keys().copied().collect()
+        s.namespaces().keys().copied().collect()
     };
     let mut p = vec![0u8; 16 + 32 + 4 * nsids.len()];
     put64(&mut p, 0, 1); // change count
@@ -256,17 +256,17 @@ fn ana(s: &Subsystem, only_groups: bool) -> Vec<u8> {
 fn discovery(target: &Target, ctrl: &FabricsController) -> Vec<u8> {
     const HEADER: usize = 1024;
     const ENTRY: usize = 1024;
-    let Some(port) = target.ports.iter().find(|p| p.id == ctrl.port) else {
+    let Some(port) = target.port(ctrl.port) else {
         return vec![0u8; HEADER];
     };
-    let visible: Vec<&Subsystem> = target
-        .subsystems
+    let subsystems = target.subsystems();
+    let visible: Vec<&Subsystem> = subsystems
         .iter()
         .map(|s| s.as_ref())
-        .filter(|s| s.ports.contains(&port.id) && s.allows(&ctrl.hostnqn))
+        .filter(|s| s.on_port(port.id) && s.allows(&ctrl.hostnqn))
         .collect();
     let mut p = vec![0u8; HEADER + ENTRY * visible.len()];
-    put64(&mut p, 0, target.generation);
+    put64(&mut p, 0, target.generation());
     put64(&mut p, 8, visible.len() as u64);
     put16(&mut p, 16, 0);
     for (i, s) in visible.iter().enumerate() {

@@ -33,7 +33,7 @@ fn range(ns: &dyn Namespace, slba: u64, blocks: u64) -> Option<(u64, u64)> {
 pub fn command(s: &Subsystem, sqe: &SubmissionEntry, data: &[u8], transfer: usize) -> Reply {
     let nsid = sqe.nsid.get();
     if sqe.opcode() == op::FLUSH && nsid == ALL_NAMESPACES {
-        for ns in s.namespaces.values() {
+        for ns in s.namespaces().values() {
             if let Err(e) = ns.flush() {
                 warn!("nvmf {}: flush: {e}", s.nqn);
                 return Reply::status(Status::WRITE_FAULT);
@@ -41,7 +41,7 @@ pub fn command(s: &Subsystem, sqe: &SubmissionEntry, data: &[u8], transfer: usiz
         }
         return Reply::status(Status::SUCCESS);
     }
-    let Some(ns) = s.namespaces.get(&nsid).map(Arc::clone) else {
+    let Some(ns) = s.namespaces().get(&nsid).map(Arc::clone) else {
         return Reply::status(Status::INVALID_NAMESPACE);
     };
     let ns = ns.as_ref();

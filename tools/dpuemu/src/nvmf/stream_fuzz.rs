@@ -345,7 +345,7 @@ fn run(count: usize, seed: u64) -> BTreeMap<String, usize> {
         dir.display()
     );
     let target = Target::start(&config::parse(&text).expect("config"), &[]).expect("target");
-    let subsystem = target.subsystems[0].clone();
+    let subsystem = target.subsystems()[0].clone();
     let ctrl = target
         .create_controller(Some(subsystem), HOST, [7u8; 16], 1, 0)
         .expect("controller");

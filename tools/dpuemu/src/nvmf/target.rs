@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -91,35 +91,113 @@ pub fn claim_ssds(
     ))
 }
 
-/// An I/O subsystem.
-pub struct Subsystem {
-    /// Subsystem NQN.
-    pub nqn: String,
-    /// Serial number reported by its controllers.
-    pub serial: String,
+/// Who may reach a subsystem, and where: what Subsystem Set replaces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Access {
     /// Ports it is reachable through.
     pub ports: Vec<u16>,
     /// Hosts allowed to connect (unless `allow_any_host`).
     pub hosts: Vec<String>,
     /// Any host may connect.
     pub allow_any_host: bool,
-    /// Namespaces by NSID.
-    pub namespaces: BTreeMap<u32, Arc<dyn Namespace>>,
+}
+
+/// The namespaces of a subsystem by NSID.
+pub type NamespaceMap = BTreeMap<u32, Arc<dyn Namespace>>;
+
+/// An I/O subsystem. Its access and namespaces may change while
+/// controllers use it (the host's configfs, `configure.rs`): a command
+/// takes a snapshot of the namespaces ([`Subsystem::namespaces`]) and
+/// works on that.
+pub struct Subsystem {
+    /// Subsystem NQN.
+    pub nqn: String,
+    /// Serial number reported by its controllers.
+    pub serial: String,
+    access: RwLock<Access>,
+    namespaces: RwLock<Arc<NamespaceMap>>,
 }
 
 impl Subsystem {
+    /// A subsystem reachable as `access` says, with `namespaces`.
+    pub fn new(nqn: &str, serial: String, access: Access, namespaces: NamespaceMap) -> Self {
+        Self {
+            nqn: nqn.to_string(),
+            serial,
+            access: RwLock::new(access),
+            namespaces: RwLock::new(Arc::new(namespaces)),
+        }
+    }
+
     /// Whether `host` may connect.
     pub fn allows(&self, host: &str) -> bool {
-        self.allow_any_host || self.hosts.iter().any(|h| h == host)
+        let a = read(&self.access);
+        a.allow_any_host || a.hosts.iter().any(|h| h == host)
+    }
+
+    /// Whether the subsystem is served on port `port`.
+    pub fn on_port(&self, port: u16) -> bool {
+        read(&self.access).ports.contains(&port)
+    }
+
+    /// Its ports, hosts and allow-any-host setting.
+    pub fn access(&self) -> Access {
+        read(&self.access).clone()
+    }
+
+    /// The namespaces now (a snapshot: later changes do not alter it).
+    pub fn namespaces(&self) -> Arc<NamespaceMap> {
+        Arc::clone(&read(&self.namespaces))
+    }
+
+    /// Replaces who may reach the subsystem and where.
+    pub(super) fn set_access(&self, access: Access) {
+        *self.access.write().unwrap_or_else(|p| p.into_inner()) = access;
+    }
+
+    /// Changes the namespaces with `change`, which sees a copy of them
+    /// (so a command's snapshot never changes under it).
+    pub(super) fn change_namespaces<R>(&self, change: impl FnOnce(&mut NamespaceMap) -> R) -> R {
+        let mut guard = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
+        let mut copy: NamespaceMap = (**guard).clone();
+        let result = change(&mut copy);
+        *guard = Arc::new(copy);
+        result
     }
 }
 
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A listening port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Port {
     /// Port ID.
     pub id: u16,
     /// The address it listens on (the bound one, so port 0 is resolved).
     pub address: SocketAddr,
+}
+
+/// A port and its listener thread.
+struct Listening {
+    port: Port,
+    /// Set to stop this listener alone (Port Remove).
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// Why a port could not be added.
+#[derive(Debug)]
+pub enum PortError {
+    /// A port with that ID listens already.
+    Exists,
+    /// Another port of the target listens on that address.
+    AddressTaken,
+    /// The address cannot be bound.
+    Bind(io::Error),
+    /// No listener thread could be started.
+    Thread(io::Error),
 }
 
 /// Ends a connection from another thread than the one serving it.
@@ -259,21 +337,25 @@ pub enum ConnectError {
 }
 
 /// The whole target.
+///
+/// Lock order: `ports`, then `subsystems`, then `controllers`; no lock is
+/// held while a listener thread is joined.
 pub struct Target {
     /// I/O subsystems.
-    pub subsystems: Vec<Arc<Subsystem>>,
-    /// Listening ports.
-    pub ports: Vec<Port>,
+    subsystems: RwLock<Vec<Arc<Subsystem>>>,
+    /// Listening ports with their listener threads.
+    ports: Mutex<Vec<Listening>>,
     controllers: Mutex<BTreeMap<u16, Arc<FabricsController>>>,
     next_cntlid: Mutex<u16>,
+    /// Serial numbers handed to subsystems so far.
+    next_serial: AtomicU32,
     connections: AtomicU32,
     /// Bumped when the discovery log changes (GENCTR).
-    pub generation: u64,
+    generation: AtomicU64,
     /// Set by [`Target::shut_down`]: listeners and the watchdog end.
     stopping: AtomicBool,
-    /// The listener and watchdog threads, joined by [`Target::shut_down`]
-    /// (after which nothing but the caller holds the target).
-    listeners: Mutex<Vec<thread::JoinHandle<()>>>,
+    /// The watchdog thread, joined by [`Target::shut_down`].
+    watchdog: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
 impl Target {
@@ -328,72 +410,254 @@ impl Target {
                 };
                 namespaces.insert(nsid, ns);
             }
-            subsystems.push(Arc::new(Subsystem {
-                nqn: s.nqn.clone(),
-                serial: format!("DPUEMU-NVMF{i}"),
-                ports: s.ports.clone(),
-                hosts: s.hosts.clone(),
-                allow_any_host: s.allow_any_host,
+            subsystems.push(Arc::new(Subsystem::new(
+                &s.nqn,
+                format!("DPUEMU-NVMF{i}"),
+                Access {
+                    ports: s.ports.clone(),
+                    hosts: s.hosts.clone(),
+                    allow_any_host: s.allow_any_host,
+                },
                 namespaces,
-            }));
+            )));
         }
-        let mut listeners = Vec::new();
-        let mut ports = Vec::new();
+        let target = Self::empty()?;
+        target
+            .next_serial
+            .store(subsystems.len() as u32, Ordering::Relaxed);
+        *target.subsystems.write().unwrap_or_else(|p| p.into_inner()) = subsystems;
         for p in &config.ports {
-            let listener = TcpListener::bind(p.address)
-                .map_err(|e| format!("nvmf port {}: {}: {e}", p.id, p.address))?;
-            let address = listener
-                .local_addr()
-                .map_err(|e| format!("nvmf port {}: {e}", p.id))?;
-            ports.push(Port { id: p.id, address });
-            listeners.push((p.id, listener));
+            if let Err(e) = target.add_port(p.id, p.address) {
+                let why = match e {
+                    PortError::Bind(e) | PortError::Thread(e) => e.to_string(),
+                    PortError::Exists | PortError::AddressTaken => "defined twice".into(),
+                };
+                target.stop_everything();
+                return Err(format!("nvmf port {}: {}: {why}", p.id, p.address));
+            }
         }
-        let target = Arc::new(Self {
-            subsystems,
-            ports,
-            controllers: Mutex::new(BTreeMap::new()),
-            next_cntlid: Mutex::new(1),
-            connections: AtomicU32::new(0),
-            generation: 1,
-            stopping: AtomicBool::new(false),
-            listeners: Mutex::new(Vec::new()),
-        });
-        for (id, listener) in listeners {
-            let t = Arc::clone(&target);
-            let handle = thread::Builder::new()
-                .name(format!("nvmf-port{id}"))
-                .spawn(move || t.accept_loop(id, listener))
-                .map_err(|e| format!("nvmf: cannot start a listener: {e}"))?;
-            lock(&target.listeners).push(handle);
-        }
-        let t = Arc::clone(&target);
-        let watchdog = thread::Builder::new()
-            .name("nvmf-keepalive".into())
-            .spawn(move || t.keep_alive_loop())
-            .map_err(|e| format!("nvmf: cannot start the keep-alive watchdog: {e}"))?;
-        lock(&target.listeners).push(watchdog);
-        for p in &target.ports {
-            info!("nvmf: port {} listening on {}", p.id, p.address);
-        }
-        for s in &target.subsystems {
+        for s in read(&target.subsystems).iter() {
+            let a = s.access();
             info!(
                 "nvmf: subsystem {} on ports {:?}: namespaces {:?}, {}",
                 s.nqn,
-                s.ports,
-                s.namespaces.keys().collect::<Vec<_>>(),
-                if s.allow_any_host {
+                a.ports,
+                s.namespaces().keys().collect::<Vec<_>>(),
+                if a.allow_any_host {
                     "any host".to_string()
                 } else {
-                    format!("hosts {:?}", s.hosts)
+                    format!("hosts {:?}", a.hosts)
                 }
             );
         }
         Ok(target)
     }
 
-    fn accept_loop(self: Arc<Self>, port: u16, listener: TcpListener) {
+    /// A target with no port and no subsystem yet, its keep-alive
+    /// watchdog running: what the host's configfs starts from.
+    pub fn empty() -> Result<Arc<Self>, String> {
+        let target = Arc::new(Self {
+            subsystems: RwLock::new(Vec::new()),
+            ports: Mutex::new(Vec::new()),
+            controllers: Mutex::new(BTreeMap::new()),
+            next_cntlid: Mutex::new(1),
+            next_serial: AtomicU32::new(0),
+            connections: AtomicU32::new(0),
+            generation: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+            watchdog: Mutex::new(None),
+        });
+        let t = Arc::clone(&target);
+        let watchdog = thread::Builder::new()
+            .name("nvmf-keepalive".into())
+            .spawn(move || t.keep_alive_loop())
+            .map_err(|e| format!("nvmf: cannot start the keep-alive watchdog: {e}"))?;
+        *lock(&target.watchdog) = Some(watchdog);
+        Ok(target)
+    }
+
+    /// Binds `address` as port `id` and starts listening.
+    pub fn add_port(self: &Arc<Self>, id: u16, address: SocketAddr) -> Result<Port, PortError> {
+        let mut ports = lock(&self.ports);
+        if ports.iter().any(|l| l.port.id == id) {
+            return Err(PortError::Exists);
+        }
+        if ports
+            .iter()
+            .any(|l| l.port.address == address && address.port() != 0)
+        {
+            return Err(PortError::AddressTaken);
+        }
+        let listener = TcpListener::bind(address).map_err(PortError::Bind)?;
+        let address = listener.local_addr().map_err(PortError::Bind)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let t = Arc::clone(self);
+        let flag = Arc::clone(&stop);
+        let thread = thread::Builder::new()
+            .name(format!("nvmf-port{id}"))
+            .spawn(move || t.accept_loop(id, listener, &flag))
+            .map_err(PortError::Thread)?;
+        let port = Port { id, address };
+        ports.push(Listening {
+            port,
+            stop,
+            thread: Some(thread),
+        });
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        info!("nvmf: port {id} listening on {address}");
+        Ok(port)
+    }
+
+    /// Stops listening on port `id` and tears down every controller made
+    /// through it (their connections close). False if there is no such
+    /// port. Connections through it that have no controller yet are
+    /// refused at their Connect (the port is gone).
+    pub fn remove_port(&self, id: u16) -> bool {
+        let listening = {
+            let mut ports = lock(&self.ports);
+            let Some(i) = ports.iter().position(|l| l.port.id == id) else {
+                return false;
+            };
+            ports.remove(i)
+        };
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Self::stop_listener(listening);
+        self.remove_controllers_where(|c| c.port == id);
+        info!("nvmf: port {id} removed");
+        true
+    }
+
+    /// Ends a listener thread: sets its flag, wakes its accept() with a
+    /// connection, and waits for it.
+    fn stop_listener(mut l: Listening) {
+        l.stop.store(true, Ordering::Release);
+        let mut wake = l.port.address;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        if let Some(h) = l.thread.take() {
+            if h.join().is_err() {
+                warn!("nvmf: the listener of port {} panicked", l.port.id);
+            }
+        }
+    }
+
+    /// Tears down every controller `doomed` picks.
+    fn remove_controllers_where(&self, doomed: impl Fn(&FabricsController) -> bool) {
+        let ids: Vec<u16> = lock(&self.controllers)
+            .values()
+            .filter(|c| doomed(c))
+            .map(|c| c.cntlid)
+            .collect();
+        for id in ids {
+            self.remove_controller(id);
+        }
+    }
+
+    /// The listening ports.
+    #[cfg(test)]
+    pub fn ports(&self) -> Vec<Port> {
+        lock(&self.ports).iter().map(|l| l.port).collect()
+    }
+
+    /// Port `id`, if it listens.
+    pub fn port(&self, id: u16) -> Option<Port> {
+        lock(&self.ports)
+            .iter()
+            .find(|l| l.port.id == id)
+            .map(|l| l.port)
+    }
+
+    /// The I/O subsystems.
+    pub fn subsystems(&self) -> Vec<Arc<Subsystem>> {
+        read(&self.subsystems).clone()
+    }
+
+    /// The discovery log's generation counter.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Creates subsystem `nqn` with `access` and no namespace, or replaces
+    /// the access of the existing one (its namespaces stay). Controllers
+    /// made through a port it is no longer on are torn down; hosts already
+    /// connected stay connected when they leave the list (as with
+    /// nvmet), new Connects see the new list. Returns whether it was
+    /// created.
+    pub fn set_subsystem(&self, nqn: &str, access: Access) -> bool {
+        let created = {
+            let mut subsystems = self.subsystems.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = subsystems.iter().find(|s| s.nqn == nqn) {
+                s.set_access(access.clone());
+                false
+            } else {
+                let n = self.next_serial.fetch_add(1, Ordering::Relaxed);
+                subsystems.push(Arc::new(Subsystem::new(
+                    nqn,
+                    format!("DPUEMU-NVMF{n}"),
+                    access.clone(),
+                    NamespaceMap::new(),
+                )));
+                true
+            }
+        };
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.remove_controllers_where(|c| {
+            c.subsystem.as_ref().is_some_and(|s| s.nqn == nqn) && !access.ports.contains(&c.port)
+        });
+        info!(
+            "nvmf: subsystem {nqn} {}: ports {:?}, {}",
+            if created { "created" } else { "changed" },
+            access.ports,
+            if access.allow_any_host {
+                "any host".to_string()
+            } else {
+                format!("hosts {:?}", access.hosts)
+            }
+        );
+        created
+    }
+
+    /// Subsystem `nqn`, reachable or not.
+    pub fn find_subsystem(&self, nqn: &str) -> Option<Arc<Subsystem>> {
+        read(&self.subsystems)
+            .iter()
+            .find(|s| s.nqn == nqn)
+            .cloned()
+    }
+
+    /// Removes subsystem `nqn` and tears its controllers down.
+    pub fn remove_subsystem(&self, nqn: &str) -> bool {
+        let removed = {
+            let mut subsystems = self.subsystems.write().unwrap_or_else(|p| p.into_inner());
+            let before = subsystems.len();
+            subsystems.retain(|s| s.nqn != nqn);
+            subsystems.len() != before
+        };
+        if removed {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.remove_controllers_where(|c| c.subsystem.as_ref().is_some_and(|s| s.nqn == nqn));
+            info!("nvmf: subsystem {nqn} removed");
+        }
+        removed
+    }
+
+    /// Stops the listeners and the watchdog (start-up failed half way).
+    fn stop_everything(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let ports = std::mem::take(&mut *lock(&self.ports));
+        for l in ports {
+            Self::stop_listener(l);
+        }
+    }
+
+    fn accept_loop(self: Arc<Self>, port: u16, listener: TcpListener, stop: &AtomicBool) {
         for stream in listener.incoming() {
-            if self.stopping.load(Ordering::Acquire) {
+            if self.stopping.load(Ordering::Acquire) || stop.load(Ordering::Acquire) {
                 return;
             }
             let stream = match stream {
@@ -458,11 +722,13 @@ impl Target {
         }
     }
 
-    /// The I/O subsystem `nqn` if it is on `port`.
-    pub fn subsystem(&self, nqn: &str, port: u16) -> Option<&Arc<Subsystem>> {
-        self.subsystems
+    /// The I/O subsystem `nqn` if it is on `port` and the port listens.
+    pub fn subsystem(&self, nqn: &str, port: u16) -> Option<Arc<Subsystem>> {
+        self.port(port)?;
+        read(&self.subsystems)
             .iter()
-            .find(|s| s.nqn == nqn && s.ports.contains(&port))
+            .find(|s| s.nqn == nqn && s.on_port(port))
+            .cloned()
     }
 
     /// Creates a controller for an admin queue's Connect.
@@ -535,22 +801,23 @@ impl Target {
     /// returns) and every controller's connections close.
     #[cfg(test)]
     pub fn shut_down(&self) {
+        // The listeners end and their addresses are free again, but the
+        // ports stay listed, so a test can start a target on the same one.
         self.stopping.store(true, Ordering::Release);
-        for p in &self.ports {
-            // Wakes the listener blocked in accept(); it sees `stopping`.
-            let mut wake = p.address;
-            if wake.ip().is_unspecified() {
-                wake.set_ip(match wake {
-                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-                });
-            }
-            let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        let threads: Vec<Listening> = lock(&self.ports)
+            .iter_mut()
+            .map(|l| Listening {
+                port: l.port,
+                stop: Arc::clone(&l.stop),
+                thread: l.thread.take(),
+            })
+            .collect();
+        for l in threads {
+            Self::stop_listener(l);
         }
-        let handles = std::mem::take(&mut *lock(&self.listeners));
-        for h in handles {
+        if let Some(h) = lock(&self.watchdog).take() {
             if h.join().is_err() {
-                warn!("nvmf: a listener or watchdog thread panicked");
+                warn!("nvmf: the watchdog thread panicked");
             }
         }
         let ids: Vec<u16> = lock(&self.controllers).keys().copied().collect();

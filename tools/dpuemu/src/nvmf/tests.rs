@@ -60,7 +60,7 @@ fn fixture(name: &str) -> Fixture {
     );
     let config = config::parse(&text).expect("config");
     let target = Target::start(&config, &[]).expect("target");
-    let addr = target.ports[0].address;
+    let addr = target.ports()[0].address;
     Fixture {
         target,
         addr,
@@ -631,7 +631,7 @@ fn hostile_streams_never_panic_a_connection() {
         let mut client = TcpStream::connect(addr).expect("connect");
         let (server, _) = listener.accept().expect("accept");
         let target = Arc::clone(&f.target);
-        let port = f.target.ports[0].id;
+        let port = f.target.ports()[0].id;
         let serving = std::thread::spawn(move || {
             connection::serve(&target, port, server, "hostile");
         });
@@ -658,7 +658,7 @@ fn hostile_streams_never_panic_a_connection() {
     assert_eq!(io.io(0x01, 1, 2048, &data, false, 0).status, 0);
     assert_eq!(io.io(0x02, 1, 2048, &[], false, 8192).data, data);
     let mut direct = vec![0u8; 8192];
-    let ns: &dyn Namespace = f.target.subsystems[0].namespaces[&1].as_ref();
+    let ns: Arc<dyn Namespace> = f.target.subsystems()[0].namespaces()[&1].clone();
     ns.read_at(2048 * 512, &mut direct).expect("image read");
     assert_eq!(direct, data, "the image holds what the host wrote");
 }
@@ -691,9 +691,9 @@ fn an_exported_ssd_belongs_to_the_target() {
     let missing = text.replace("ssd 0", "ssd 1");
     assert!(Target::start(&config::parse(&missing).expect("config"), &ssds).is_err());
     // I/O through the target reaches the SSD image.
-    let mut admin = Host::connect(target.ports[0].address, false, false);
+    let mut admin = Host::connect(target.ports()[0].address, false, false);
     let cntlid = admin.enable(SUBSYSTEM, OTHER_HOST);
-    let mut io = Host::connect(target.ports[0].address, false, false);
+    let mut io = Host::connect(target.ports()[0].address, false, false);
     assert_eq!(
         io.fabrics_connect(1, cntlid, SUBSYSTEM, OTHER_HOST).status,
         0
@@ -721,18 +721,18 @@ fn a_remote_namespace_is_re_exported_through_the_initiator() {
     let gateway_text = format!(
         "[port 1]\nservice 0\n[subsystem nqn.2026-12.org.dpublk:gateway]\nports 1\nallow-any-host\n\
          namespace 1 remote {} {SUBSYSTEM} 1\n",
-        back.ports[0].address
+        back.ports()[0].address
     );
     let gateway =
         Target::start(&config::parse(&gateway_text).expect("config"), &[]).expect("gateway");
-    let gw_ns = gateway.subsystems[0].namespaces[&1].clone();
+    let gw_ns = gateway.subsystems()[0].namespaces()[&1].clone();
     assert_eq!(gw_ns.size(), 2 << 20, "geometry read from the remote");
     // A host writes through the gateway: small (in-capsule at the remote),
     // large (R2T at the remote, split at MAXH2CDATA), and reads back.
     let gnqn = "nqn.2026-12.org.dpublk:gateway";
-    let mut admin = Host::connect(gateway.ports[0].address, true, true);
+    let mut admin = Host::connect(gateway.ports()[0].address, true, true);
     let cntlid = admin.enable(gnqn, HOST);
-    let mut io = Host::connect(gateway.ports[0].address, true, true);
+    let mut io = Host::connect(gateway.ports()[0].address, true, true);
     assert_eq!(io.fabrics_connect(1, cntlid, gnqn, HOST).status, 0);
     let small = pattern(4096, 21);
     let big = pattern(128 << 10, 22);
@@ -741,7 +741,7 @@ fn a_remote_namespace_is_re_exported_through_the_initiator() {
     assert_eq!(io.io(0x02, 1, 1024, &[], false, 128 << 10).data, big);
     assert_eq!(io.io(0x00, 1, 0, &[], false, 0).status, 0, "flush");
     // The data is in the backend's image.
-    let back_ns = back.subsystems[0].namespaces[&1].clone();
+    let back_ns = back.subsystems()[0].namespaces()[&1].clone();
     let mut direct = vec![0u8; 4096];
     back_ns.read_at(0, &mut direct).expect("read");
     assert_eq!(direct, small);

@@ -15,6 +15,7 @@ use super::*;
 use crate::namespace::FileNamespace;
 
 mod maintenance_tests;
+mod nvmf_configure_tests;
 
 const SSD_BYTES: u64 = 4 << 20;
 const PAYLOAD: u64 = 0x300000;

@@ -69,7 +69,7 @@ fn start(
 
 /// A host's I/O queue on the appliance's subsystem.
 fn connect(target: &Target) -> (Host, Host) {
-    let addr = target.ports[0].address;
+    let addr = target.ports()[0].address;
     let mut admin = Host::connect(addr, false, false);
     let cntlid = admin.enable(APPLIANCE, HOST);
     let mut io = Host::connect(addr, false, false);
@@ -102,7 +102,7 @@ fn verify(io: &mut Host, expected: &[u8], what: &str) {
 fn an_appliance_serves_a_mirror_with_a_remote_member_through_a_remote_outage() {
     let (_cleanup, dir) = temp_dir("appliance");
     let first = shelf(&dir, 0);
-    let remote_at = first.ports[0].address;
+    let remote_at = first.ports()[0].address;
     let text = format!(
         "[remote-ssd shelf]\naddress {remote_at}\nsubsystem {SHELF}\n\
          [volume db0]\nlayout raid10\nssds 0 shelf\nsize {VOLUME_BYTES}\n\

@@ -111,7 +111,7 @@ fn the_initiator_survives_a_lying_remote() {
         dir.display()
     );
     let back = Target::start(&config::parse(&text).expect("config"), &[]).expect("target");
-    let target = back.ports[0].address;
+    let target = back.ports()[0].address;
     let (mut connected, mut refused, mut io_failed) = (0, 0, 0);
     let mut seed = 0x5eed_u64;
     for session in 0..150u64 {

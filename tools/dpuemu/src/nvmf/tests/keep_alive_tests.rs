@@ -26,7 +26,7 @@ fn a_frozen_remote_is_lost_within_kato_and_comes_back() {
     let (_cleanup, dir) = temp_dir("keep-alive-frozen");
     let shelf_target = shelf(&dir, 0);
     let silent = Arc::new(AtomicBool::new(false));
-    let address = silenceable_proxy(shelf_target.ports[0].address, Arc::clone(&silent));
+    let address = silenceable_proxy(shelf_target.ports()[0].address, Arc::clone(&silent));
     let spec = shelf_spec(address);
     let policy = RemoteSsdPolicy {
         first: Duration::from_millis(20),
@@ -89,7 +89,7 @@ fn a_command_waiting_on_a_frozen_remote_fails_within_kato() {
     let (_cleanup, dir) = temp_dir("keep-alive-inflight");
     let shelf_target = shelf(&dir, 0);
     let silent = Arc::new(AtomicBool::new(false));
-    let address = silenceable_proxy(shelf_target.ports[0].address, Arc::clone(&silent));
+    let address = silenceable_proxy(shelf_target.ports()[0].address, Arc::clone(&silent));
     let spec = shelf_spec(address);
     let policy = RemoteSsdPolicy {
         first: Duration::from_secs(60),
@@ -128,7 +128,7 @@ fn a_command_waiting_on_a_frozen_remote_fails_within_kato() {
 fn an_idle_healthy_remote_stays_connected_over_many_kato_periods() {
     let (_cleanup, dir) = temp_dir("keep-alive-idle");
     let shelf_target = shelf(&dir, 0);
-    let spec = shelf_spec(shelf_target.ports[0].address);
+    let spec = shelf_spec(shelf_target.ports()[0].address);
     // KATO 200 ms: a Keep Alive every 100 ms, the target drops the
     // controller after 400 ms without one, margin for a loaded machine.
     let kato = KATO;
@@ -162,7 +162,7 @@ fn an_idle_healthy_remote_stays_connected_over_many_kato_periods() {
 fn kato_zero_sends_no_keep_alive() {
     let (_cleanup, dir) = temp_dir("keep-alive-off");
     let shelf_target = shelf(&dir, 0);
-    let spec = shelf_spec(shelf_target.ports[0].address);
+    let spec = shelf_spec(shelf_target.ports()[0].address);
     let policy = RemoteSsdPolicy {
         kato: Duration::ZERO,
         ..RemoteSsdPolicy::default()

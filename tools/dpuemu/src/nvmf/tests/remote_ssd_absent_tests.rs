@@ -45,7 +45,7 @@ struct FirstRun {
 /// target.
 fn first_run(dir: &std::path::Path) -> FirstRun {
     let target = shelf(dir, 0);
-    let spec = shelf_spec(target.ports[0].address);
+    let spec = shelf_spec(target.ports()[0].address);
     let remote = RemoteSsd::connect("shelf", spec.clone(), policy()).expect("remote SSD");
     let geometry = RemoteGeometry {
         size: remote.size(),
@@ -216,7 +216,7 @@ fn another_familys_member_answering_for_an_absent_member_is_refused_untouched() 
 fn a_family_beyond_its_tolerance_without_the_absent_remote_is_reported() {
     let (_cleanup, dir) = temp_dir("remote-ssd-absent-stripe");
     let target = shelf(&dir, 0);
-    let spec = shelf_spec(target.ports[0].address);
+    let spec = shelf_spec(target.ports()[0].address);
     let remote = RemoteSsd::connect("shelf", spec.clone(), policy()).expect("remote SSD");
     let geometry = RemoteGeometry {
         size: remote.size(),

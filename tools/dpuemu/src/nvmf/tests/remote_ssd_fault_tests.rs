@@ -28,7 +28,7 @@ struct Mirror {
 
 fn mirror(dir: &std::path::Path) -> Mirror {
     let target = shelf(dir, 0);
-    let address = target.ports[0].address;
+    let address = target.ports()[0].address;
     let spec = shelf_spec(address);
     let policy = RemoteSsdPolicy {
         first: Duration::from_millis(20),

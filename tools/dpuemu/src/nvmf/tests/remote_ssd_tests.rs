@@ -99,7 +99,7 @@ pub(super) fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 fn a_remote_mirror_member_fails_with_its_target_and_resyncs_when_it_returns() {
     let (_cleanup, dir) = temp_dir("remote-ssd");
     let first = shelf(&dir, 0);
-    let address = first.ports[0].address;
+    let address = first.ports()[0].address;
     let spec = shelf_spec(address);
     let policy = RemoteSsdPolicy {
         first: Duration::from_millis(20),
@@ -170,7 +170,7 @@ fn writers_ride_out_two_remote_outages() {
 
     let (_cleanup, dir) = temp_dir("remote-ssd-writers");
     let mut shelf_target = shelf(&dir, 0);
-    let address = shelf_target.ports[0].address;
+    let address = shelf_target.ports()[0].address;
     let spec = shelf_spec(address);
     let policy = RemoteSsdPolicy {
         first: Duration::from_millis(20),
@@ -319,7 +319,7 @@ fn a_silent_remote_fails_its_member_after_the_timeout() {
     let (_cleanup, dir) = temp_dir("remote-ssd-silent");
     let shelf_target = shelf(&dir, 0);
     let silent = Arc::new(AtomicBool::new(false));
-    let address = silenceable_proxy(shelf_target.ports[0].address, Arc::clone(&silent));
+    let address = silenceable_proxy(shelf_target.ports()[0].address, Arc::clone(&silent));
     let spec = shelf_spec(address);
     let policy = RemoteSsdPolicy {
         first: Duration::from_millis(20),
@@ -408,7 +408,7 @@ fn a_remote_ssd_of_4k_blocks_takes_any_byte_range() {
     let claimed = crate::nvmf::claim_ssds(&config, &[]).expect("claim");
     let lookup = OneVolume(Arc::new(FourKiB(image)));
     let target = Target::start_with(&config, &claimed, &lookup).expect("4 KiB target");
-    let spec = shelf_spec(target.ports[0].address);
+    let spec = shelf_spec(target.ports()[0].address);
     let remote = RemoteSsd::connect("shelf4k", spec, RemoteSsdPolicy::default()).expect("remote");
     assert_eq!(remote.lba_shift(), 12);
 

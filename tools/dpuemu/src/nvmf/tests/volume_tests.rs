@@ -185,7 +185,7 @@ fn a_volume_is_a_namespace_of_the_target() {
         &directory,
     )
     .expect("target");
-    let addr = target.ports[0].address;
+    let addr = target.ports()[0].address;
 
     let mut admin = Host::connect(addr, true, true);
     let cntlid = admin.enable(SUBSYSTEM, HOST);
