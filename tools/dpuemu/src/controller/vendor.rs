@@ -155,7 +155,24 @@ impl Controller {
                 req.key.zeroize();
                 result
             }
-            VendorCommand::VolumeDelete => self.volumes(volumes)?.delete(sqe.nsid.get(), self),
+            VendorCommand::VolumeDelete => {
+                let volumes = self.volumes(volumes)?;
+                // A volume the NVMe/TCP target exports stays until its
+                // namespace there is removed (configfs disables it first).
+                let backend = {
+                    let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+                    namespaces.get(&sqe.nsid.get()).map(|s| s.backend.clone())
+                };
+                if backend.is_some_and(|b| self.nvmf.exports(&b)) {
+                    warn!(
+                        "{}: namespace {} is exported over NVMe/TCP: not deleted",
+                        self.config.name,
+                        sqe.nsid.get()
+                    );
+                    return Err(vendor_status(vs::VOLUME_BUSY));
+                }
+                volumes.delete(sqe.nsid.get(), self)
+            }
             VendorCommand::VolumeResize => self
                 .volumes(volumes)?
                 .resize(sqe.nsid.get(), vendor::resize_bytes(sqe)),

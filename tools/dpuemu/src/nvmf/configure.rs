@@ -70,6 +70,16 @@ impl HostTarget {
             .clone()
     }
 
+    /// Whether a subsystem of the target exports `ns` (a volume's
+    /// namespace): Volume Delete is refused for it.
+    pub fn exports(&self, ns: &Arc<dyn Namespace>) -> bool {
+        self.existing().is_some_and(|t| {
+            t.subsystems()
+                .iter()
+                .any(|s| s.namespaces().values().any(|e| same_namespace(e, ns)))
+        })
+    }
+
     /// NVMe/TCP Port Add.
     pub fn port_add(&self, raw: &[u8]) -> Result<u32, Status> {
         let p = NvmfPort::read_from(raw).ok_or(vendor_status(vs::INVALID_PAYLOAD))?;

@@ -147,6 +147,11 @@ fn a_volume_exported_through_vendor_commands_serves_a_tcp_host() {
     c_string_field(&mut name.nqn, NQN.as_bytes());
     assert_eq!(a.nvmf(op::NVMF_SUBSYSTEM_REMOVE, name.as_bytes()), busy);
     assert_eq!(a.port_remove(9), not_found);
+    assert_eq!(
+        a.delete(nsid),
+        Err(vendor_status(vs::VOLUME_BUSY)),
+        "an exported volume is not deleted"
+    );
 
     // The host writes over TCP (in the capsule and through R2T); the
     // accelerator's namespace reads it back, and the other way round.
