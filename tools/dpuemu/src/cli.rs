@@ -66,6 +66,9 @@ Options:
                          ports of FILE (Documentation/nvmf.rst); listens only
                          on the addresses FILE names; its [remote-ssd]
                          sections add remote NVMe/TCP namespaces as SSDs
+  --ha-config FILE       one node of an active/passive pair over the same
+                         SSD images (Documentation/ha.rst); needs
+                         --nvmf-config; SIGHUP hands over to the peer
   --metadata-cache SIZE  memory for each pool's metadata cache (bytes, or
                          K/M/G suffix; 256K to 64G, default 256M): new pools
                          keep their metadata on the SSDs, paged through it
@@ -105,6 +108,8 @@ pub struct Options {
     pub power_loss_report: Option<PathBuf>,
     /// NVMe/TCP target configuration (`--nvmf-config`).
     pub nvmf_config: Option<PathBuf>,
+    /// High-availability pair configuration (`--ha-config`).
+    pub ha_config: Option<PathBuf>,
     /// Bytes of each pool's metadata cache (`--metadata-cache`).
     pub metadata_cache: u64,
     /// `--zoned-ssd`: SSD index and zone layout, one per zoned SSD.
@@ -266,6 +271,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     let mut hostile = None;
     let mut power_loss_report = None;
     let mut nvmf_config = None;
+    let mut ha_config = None;
     let mut metadata_cache = METADATA_CACHE_DEFAULT;
     let mut zoned_ssds: Vec<(usize, ZoneConfig)> = Vec::new();
     let mut scrub_rate = 0;
@@ -319,6 +325,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 power_loss_report = Some(PathBuf::from(value("--power-loss-report")?))
             }
             "--nvmf-config" => nvmf_config = Some(PathBuf::from(value("--nvmf-config")?)),
+            "--ha-config" => ha_config = Some(PathBuf::from(value("--ha-config")?)),
             "--metadata-cache" => {
                 metadata_cache = parse_metadata_cache(&value("--metadata-cache")?)?
             }
@@ -363,6 +370,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         hostile,
         power_loss_report,
         nvmf_config,
+        ha_config,
         metadata_cache,
         zoned_ssds,
         scrub_rate,

@@ -8,6 +8,7 @@
 mod cli;
 mod controller;
 mod guest_memory;
+mod ha;
 mod interrupts;
 mod logger;
 mod lost_command;
@@ -65,7 +66,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Blocks SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 in this thread (and every
+/// Blocks SIGTERM, SIGINT, SIGUSR1, SIGUSR2 and SIGHUP in this thread (and every
 /// thread it starts afterwards), so only `wait_for_signal` receives them:
 /// the main thread takes signals synchronously with sigwait, so no code
 /// runs in signal-handler context.
@@ -79,6 +80,7 @@ fn block_signals() -> Result<libc::sigset_t, String> {
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGUSR1);
         libc::sigaddset(&mut set, libc::SIGUSR2);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
             return Err(format!("pthread_sigmask: error {rc}"));
@@ -96,6 +98,19 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
         error!("sigwait failed: error {rc}");
     }
     signal
+}
+
+/// Whether SIGTERM or SIGINT arrived (taken without waiting; other
+/// pending signals are dropped): the passive phase of an HA node polls it.
+fn exit_signal_pending(set: &libc::sigset_t) -> bool {
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `set` is an initialized signal set, the info pointer may be
+    // null, and `zero` is a valid timespec.
+    let signal = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &zero) };
+    matches!(signal, libc::SIGTERM | libc::SIGINT)
 }
 
 #[expect(clippy::too_many_arguments)]
@@ -207,6 +222,21 @@ fn run(options: &Options) -> Result<(), String> {
     std::fs::create_dir_all(&options.socket_dir)
         .map_err(|e| format!("{}: {e}", options.socket_dir.display()))?;
 
+    // --ha-config: one node of an active/passive pair (Documentation/ha.rst).
+    let mut ha = match &options.ha_config {
+        Some(path) => {
+            if options.passthrough_ssd.is_some() || !options.zoned_ssds.is_empty() {
+                return Err("--ha-config: no --passthrough-ssd or --zoned-ssd in a pair".into());
+            }
+            let nvmf_config = options.nvmf_config.as_deref().map(nvmf::load).transpose()?;
+            Some(ha::HaRuntime::new(
+                path,
+                nvmf_config.as_ref(),
+                options.power_loss_seed.is_some(),
+            )?)
+        }
+        None => None,
+    };
     let mut media: Vec<Arc<dyn Namespace>> = Vec::new();
     // The SSDs' volatile write caches when power loss is simulated.
     let mut volatile: Vec<Arc<VolatileNamespace>> = Vec::new();
@@ -219,7 +249,10 @@ fn run(options: &Options) -> Result<(), String> {
             spec.path.display(),
             ns.size() >> 20
         );
-        if options.power_loss_seed.is_some() {
+        if let Some(ha) = &mut ha {
+            let index = media.len();
+            media.push(ha.wrap_ssd(Arc::new(ns), &spec.path, index)?);
+        } else if options.power_loss_seed.is_some() {
             let layer = Arc::new(VolatileNamespace::new(
                 &format!("ssd{}", media.len()),
                 Box::new(ns),
@@ -300,6 +333,11 @@ fn run(options: &Options) -> Result<(), String> {
             .collect();
         nvmf_claimed = Some(nvmf::claim_ssds(config, &ssds)?);
     }
+    // A pair's node opens nothing before it holds the fence: until then
+    // it serves its hosts an inaccessible path.
+    if let (Some(ha), Some(config)) = (&mut ha, &nvmf_config) {
+        ha.wait_for_media(config, || exit_signal_pending(&signals))?;
+    }
     volumes::maintenance::SCRUB_BYTES_PER_SEC
         .store(options.scrub_rate, std::sync::atomic::Ordering::Relaxed);
     // Families found on the SSDs' labels are attached and opened here.
@@ -362,7 +400,21 @@ fn run(options: &Options) -> Result<(), String> {
                 reserved: &reserved,
                 absent: &absent_ssds,
             };
-            nvmf::start_appliance(config, claimed, &accel)?
+            match &ha {
+                // The node's target serves the volumes behind its path
+                // gate: made here, exported by `serve`.
+                Some(ha) => {
+                    let volumes_only = nvmf::config::TargetConfig {
+                        ports: Vec::new(),
+                        ..config.clone()
+                    };
+                    nvmf::start_appliance(&volumes_only, claimed, &accel)
+                        .inspect_err(|e| ha.failed(e))?;
+                    let directory = nvmf::VolumeDirectory::from_manager(&volumes, &reserved);
+                    Some(ha.serve(config, claimed, &directory)?)
+                }
+                None => nvmf::start_appliance(config, claimed, &accel)?,
+            }
         }
         _ => None,
     };
@@ -436,6 +488,14 @@ fn run(options: &Options) -> Result<(), String> {
                 lost_command::LOST_COMMANDS.arm();
                 info!("SIGUSR1: the accelerator loses its next I/O command");
             }
+            libc::SIGHUP => match &ha {
+                Some(ha) => ha.handover(_nvmf.as_deref(), || {
+                    for function in &functions {
+                        function.controller.flush_all();
+                    }
+                }),
+                None => info!("SIGHUP ignored: no --ha-config"),
+            },
             libc::SIGUSR2 => match options.power_loss_seed {
                 Some(seed) => power_cut(&volatile, options, seed),
                 None => info!("SIGUSR2 ignored: no --power-loss-sim"),

@@ -68,11 +68,25 @@ pub trait Namespace: Send + Sync {
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Deallocates `len` bytes at `offset`; they read back as zeroes.
     fn deallocate(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// The Asymmetric Namespace Access state of the path through this
+    /// process ([`ana`]): optimized, unless a high-availability pair made
+    /// it inaccessible (the passive node, or a node that lost the fence).
+    fn ana_state(&self) -> u8 {
+        ana::OPTIMIZED
+    }
     /// The zoned namespace this is (`--zoned-ssd`), whose I/O commands
     /// follow the zone rules (`controller/zoned.rs`).
     fn zoned(&self) -> Option<&crate::zoned::ZonedNamespace> {
         None
     }
+}
+
+/// ANA states (NVMe base specification, Asymmetric Namespace Access).
+pub mod ana {
+    /// ANA Optimized.
+    pub const OPTIMIZED: u8 = 0x01;
+    /// ANA Inaccessible: no I/O through this path; the host uses another.
+    pub const INACCESSIBLE: u8 = 0x03;
 }
 
 /// Most entries one `preadv`/`pwritev` takes (Linux's UIO_MAXIOV).

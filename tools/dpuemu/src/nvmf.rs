@@ -33,7 +33,7 @@ pub use configure::HostTarget;
 #[cfg(test)]
 pub use initiator::{RemoteNamespace, RemoteSpec, INITIATOR_NQN};
 pub use remote_ssd::{readd_hook, RemoteSsd, RemoteSsdPolicy};
-pub use target::{claim_ssds, ClaimedSsds, Target, VolumeLookup};
+pub use target::{claim_ssds, ClaimedSsds, Target, VolumeLookup, FIRST_CNTLID};
 pub use volumes::VolumeDirectory;
 
 use std::collections::BTreeSet;

@@ -244,7 +244,13 @@ fn ana(s: &Subsystem, only_groups: bool) -> Vec<u8> {
     put32(&mut p, 16, ANA_GROUP);
     put32(&mut p, 20, nsids.len() as u32);
     put64(&mut p, 24, 1);
-    p[32] = ANA_OPTIMIZED;
+    // The group's state is its namespaces' (a high-availability node makes
+    // them all inaccessible together).
+    p[32] = s
+        .namespaces()
+        .values()
+        .next()
+        .map_or(ANA_OPTIMIZED, |ns| ns.ana_state());
     for (i, id) in nsids.iter().enumerate() {
         put32(&mut p, 48 + 4 * i, *id);
     }

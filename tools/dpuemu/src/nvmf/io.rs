@@ -6,11 +6,11 @@ use std::sync::Arc;
 use log::warn;
 use nvme_shim::opcode::io as op;
 use nvme_shim::sqe::SubmissionEntry;
-use nvme_shim::status::Status;
+use nvme_shim::status::{sct, Status};
 
 use super::connection::Reply;
 use super::target::Subsystem;
-use crate::namespace::Namespace;
+use crate::namespace::{ana, Namespace};
 
 /// Force Unit Access bit of Write's CDW12.
 const FUA: u32 = 1 << 30;
@@ -29,8 +29,42 @@ fn range(ns: &dyn Namespace, slba: u64, blocks: u64) -> Option<(u64, u64)> {
     Some((slba << shift, blocks << shift))
 }
 
+/// ANA Inaccessible (Path Related Status 02h): the host's multipath
+/// retries the command on another path.
+pub const ANA_INACCESSIBLE: Status = Status::new(sct::PATH, 0x02);
+
+/// Whether the command's namespace (every namespace for NSID FFFFFFFFh)
+/// is reachable through this path ([`Namespace::ana_state`]).
+fn path_accessible(s: &Subsystem, nsid: u32) -> bool {
+    let ok = |ns: &Arc<dyn Namespace>| ns.ana_state() == ana::OPTIMIZED;
+    let namespaces = s.namespaces();
+    match namespaces.get(&nsid) {
+        Some(ns) => ok(ns),
+        None => nsid != ALL_NAMESPACES || namespaces.values().all(ok),
+    }
+}
+
 /// An I/O command; `data` is a write's data, `transfer` a read's length.
+/// On an inaccessible path (a high-availability node that does not own
+/// the media) it runs nothing and completes with a path error, as does a
+/// command that failed because the path became inaccessible meanwhile
+/// (the node was fenced under it): never a media error the host would
+/// hand to the application.
 pub fn command(s: &Subsystem, sqe: &SubmissionEntry, data: &[u8], transfer: usize) -> Reply {
+    let nsid = sqe.nsid.get();
+    if !path_accessible(s, nsid) {
+        return Reply::status(ANA_INACCESSIBLE);
+    }
+    let reply = execute(s, sqe, data, transfer);
+    match reply {
+        Reply::Done { status, .. } if !status.is_success() && !path_accessible(s, nsid) => {
+            Reply::status(ANA_INACCESSIBLE)
+        }
+        reply => reply,
+    }
+}
+
+fn execute(s: &Subsystem, sqe: &SubmissionEntry, data: &[u8], transfer: usize) -> Reply {
     let nsid = sqe.nsid.get();
     if sqe.opcode() == op::FLUSH && nsid == ALL_NAMESPACES {
         for ns in s.namespaces().values() {

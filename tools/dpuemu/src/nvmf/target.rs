@@ -21,6 +21,10 @@ use crate::ownership::SsdOwnership;
 pub const MAX_CONNECTIONS: usize = 256;
 /// Highest controller ID handed out (0xFFF0 and above are reserved).
 const MAX_CNTLID: u16 = 0xffef;
+/// The first controller ID a target hands out: the two nodes of a
+/// high-availability pair number their controllers apart, since Linux's
+/// host refuses two controllers of one subsystem with the same ID.
+pub static FIRST_CNTLID: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
 /// The longest Keep Alive Timeout granted (5 minutes); a longer one asked
 /// for in Connect or Set Features is clamped to it (and Get Features says
 /// so). Clamped rather than refused: a host asking for a long KATO is
@@ -460,7 +464,7 @@ impl Target {
             subsystems: RwLock::new(Vec::new()),
             ports: Mutex::new(Vec::new()),
             controllers: Mutex::new(BTreeMap::new()),
-            next_cntlid: Mutex::new(1),
+            next_cntlid: Mutex::new(FIRST_CNTLID.load(Ordering::Relaxed)),
             next_serial: AtomicU32::new(0),
             connections: AtomicU32::new(0),
             generation: AtomicU64::new(1),
@@ -799,7 +803,6 @@ impl Target {
     /// Stops the target as a killed process would look to its hosts: the
     /// ports stop listening (the addresses can be bound again once this
     /// returns) and every controller's connections close.
-    #[cfg(test)]
     pub fn shut_down(&self) {
         // The listeners end and their addresses are free again, but the
         // ports stay listed, so a test can start a target on the same one.

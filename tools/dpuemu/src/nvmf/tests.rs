@@ -22,6 +22,7 @@ use super::target::Target;
 use crate::namespace::Namespace;
 
 mod appliance_tests;
+mod ha_tests;
 mod initiator_hostile_tests;
 mod keep_alive_tests;
 mod remote_ssd_absent_tests;
