@@ -61,9 +61,9 @@ pub mod opcode {
     /// NVMe/TCP target: stop listening on a port and end every connection
     /// made through it. CDW10: port ID.
     pub const NVMF_PORT_REMOVE: u8 = 0xc8;
-    /// NVMe/TCP target: create a subsystem, or replace the settings (ports,
-    /// allowed hosts, allow any host) of an existing one; its namespaces
-    /// stay. Data in: `NvmfSubsystem`.
+    /// NVMe/TCP target: create a subsystem (flag `NVMF_SUBSYSTEM_CREATE`),
+    /// or replace the settings (ports, allowed hosts, allow any host) of an
+    /// existing one; its namespaces stay. Data in: `NvmfSubsystem`.
     pub const NVMF_SUBSYSTEM_SET: u8 = 0xc5;
     /// NVMe/TCP target: remove a subsystem without namespaces and end its
     /// controllers. Data in: `NvmfName`.
@@ -980,6 +980,10 @@ pub const NVMF_MAX_SUBSYSTEM_PORTS: usize = 16;
 pub const NVMF_MAX_HOSTS: usize = 16;
 /// `NvmfSubsystem::flags`: every host may connect (`hosts` must be empty).
 pub const NVMF_SUBSYSTEM_ALLOW_ANY_HOST: u8 = 1 << 0;
+/// `NvmfSubsystem::flags`: create the subsystem (`NVMF_EXISTS` if it
+/// exists); without it Subsystem Set changes an existing one
+/// (`NVMF_NOT_FOUND` if there is none).
+pub const NVMF_SUBSYSTEM_CREATE: u8 = 1 << 1;
 
 /// Payload of NVMe/TCP Port Add: where a port listens.
 #[repr(C)]

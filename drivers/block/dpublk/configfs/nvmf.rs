@@ -710,9 +710,9 @@ impl SubsystemState {
         parse::value(page).map_err(|why| self.refuse(attr, why, EINVAL))
     }
 
-    /// Subsystem Set with `c`: creates the subsystem on the accelerator or
-    /// replaces its ports and hosts.
-    fn push(&self, c: &SubsystemConfig) -> Result {
+    /// Subsystem Set with `c`: creates the subsystem on the accelerator
+    /// (`create`) or replaces its ports and hosts.
+    fn push(&self, c: &SubsystemConfig, create: bool) -> Result {
         let mut s = zeroed_box::<NvmfSubsystem>()?;
         c_string_field(&mut s.nqn, &self.nqn);
         s.flags = if c.allow_any_host {
@@ -720,6 +720,9 @@ impl SubsystemState {
         } else {
             0
         };
+        if create {
+            s.flags |= vendor::NVMF_SUBSYSTEM_CREATE;
+        }
         // Both lists are bounded by their stores (16 each).
         s.port_count = c.ports.len() as u8;
         for (slot, &id) in s.ports.iter_mut().zip(c.ports.iter()) {
@@ -752,7 +755,7 @@ impl SubsystemState {
         next.ports.extend_from_slice(&c.ports, GFP_KERNEL)?;
         change(&mut next)?;
         if c.enabled {
-            self.push(&next)
+            self.push(&next, false)
                 .map_err(|e| self.refuse(attr, "the accelerator refused the change", e))?;
         }
         *c = next;
@@ -765,7 +768,7 @@ impl SubsystemState {
         }
         pin(&self.address)
             .map_err(|e| self.refuse("enable", "cannot pin the directory (being removed?)", e))?;
-        if let Err(e) = self.push(c) {
+        if let Err(e) = self.push(c, true) {
             unpin(&self.address);
             let why = if e == EEXIST {
                 "the accelerator serves this NQN already"

@@ -115,8 +115,12 @@ impl HostTarget {
     pub fn subsystem_set(&self, raw: &[u8]) -> Result<u32, Status> {
         let s = NvmfSubsystem::read_from(raw).ok_or(vendor_status(vs::INVALID_PAYLOAD))?;
         let (nqn, access) = check_subsystem(&s).map_err(|why| invalid("Subsystem Set", why))?;
-        self.target()?.set_subsystem(&nqn, access);
-        Ok(0)
+        let create = s.flags & vendor::NVMF_SUBSYSTEM_CREATE != 0;
+        match self.target()?.set_subsystem(&nqn, access, create) {
+            Ok(()) => Ok(0),
+            Err(true) => Err(vendor_status(vs::NVMF_EXISTS)),
+            Err(false) => Err(vendor_status(vs::NVMF_NOT_FOUND)),
+        }
     }
 
     /// NVMe/TCP Subsystem Remove: refused while it has namespaces.
@@ -274,7 +278,7 @@ pub fn check_subsystem(s: &NvmfSubsystem) -> Result<(String, Access), Refusal> {
     zero(&s.rsvd259)?;
     zero(&s.rsvd320)?;
     zero(&s.rsvd3968)?;
-    if s.flags & !vendor::NVMF_SUBSYSTEM_ALLOW_ANY_HOST != 0 {
+    if s.flags & !(vendor::NVMF_SUBSYSTEM_ALLOW_ANY_HOST | vendor::NVMF_SUBSYSTEM_CREATE) != 0 {
         return Err("undefined flags");
     }
     let ports = usize::from(s.port_count);
@@ -427,8 +431,10 @@ mod tests {
         s.hosts[0] = [0; 224];
         assert!(check_subsystem(&s).unwrap().1.allow_any_host);
         s = ok;
-        s.flags = 2;
+        s.flags = 4;
         assert!(check_subsystem(&s).is_err());
+        s.flags = vendor::NVMF_SUBSYSTEM_CREATE;
+        assert!(check_subsystem(&s).is_ok());
         s = ok;
         s.port_count = 2;
         s.ports[1].set(1);

@@ -586,16 +586,21 @@ impl Target {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Creates subsystem `nqn` with `access` and no namespace, or replaces
-    /// the access of the existing one (its namespaces stay). Controllers
-    /// made through a port it is no longer on are torn down; hosts already
-    /// connected stay connected when they leave the list (as with
-    /// nvmet), new Connects see the new list. Returns whether it was
-    /// created.
-    pub fn set_subsystem(&self, nqn: &str, access: Access) -> bool {
+    /// Creates subsystem `nqn` with `access` and no namespace (`create`),
+    /// or replaces the access of the existing one (its namespaces stay).
+    /// Controllers made through a port it is no longer on are torn down;
+    /// hosts already connected stay connected when they leave the list (as
+    /// with nvmet), new Connects see the new list. Fails with whether the
+    /// subsystem exists when `create` says it should not, or the other way
+    /// round.
+    pub fn set_subsystem(&self, nqn: &str, access: Access, create: bool) -> Result<(), bool> {
         let created = {
             let mut subsystems = self.subsystems.write().unwrap_or_else(|p| p.into_inner());
-            if let Some(s) = subsystems.iter().find(|s| s.nqn == nqn) {
+            let existing = subsystems.iter().find(|s| s.nqn == nqn);
+            if existing.is_some() == create {
+                return Err(existing.is_some());
+            }
+            if let Some(s) = existing {
                 s.set_access(access.clone());
                 false
             } else {
@@ -623,7 +628,7 @@ impl Target {
                 format!("hosts {:?}", access.hosts)
             }
         );
-        created
+        Ok(())
     }
 
     /// Subsystem `nqn`, reachable or not.

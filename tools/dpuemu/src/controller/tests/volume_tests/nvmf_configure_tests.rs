@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 
 use nvme_shim::vendor::{
     status as vs, vendor_status, NvmfName, NvmfNamespace, NvmfPort, NvmfSubsystem,
-    NVMF_ADRFAM_IPV4, NVMF_SUBSYSTEM_ALLOW_ANY_HOST, NVMF_TRTYPE_TCP,
+    NVMF_ADRFAM_IPV4, NVMF_SUBSYSTEM_ALLOW_ANY_HOST, NVMF_SUBSYSTEM_CREATE, NVMF_TRTYPE_TCP,
 };
 
 use super::*;
@@ -49,6 +49,12 @@ fn subsystem_payload(nqn: &str, ports: &[u16], hosts: &[&str], any: bool) -> Nvm
     } else {
         0
     };
+    s
+}
+
+/// Subsystem Set that creates the subsystem.
+fn creating(mut s: NvmfSubsystem) -> NvmfSubsystem {
+    s.flags |= NVMF_SUBSYSTEM_CREATE;
     s
 }
 
@@ -95,7 +101,12 @@ fn a_volume_exported_through_vendor_commands_serves_a_tcp_host() {
     a.nvmf(op::NVMF_PORT_ADD, port_payload(1, address).as_bytes())
         .expect("Port Add");
     let s = subsystem_payload(NQN, &[1], &[INITIATOR_NQN], false);
-    a.nvmf(op::NVMF_SUBSYSTEM_SET, s.as_bytes())
+    assert_eq!(
+        a.nvmf(op::NVMF_SUBSYSTEM_SET, s.as_bytes()),
+        Err(vendor_status(vs::NVMF_NOT_FOUND)),
+        "a change of a subsystem that does not exist"
+    );
+    a.nvmf(op::NVMF_SUBSYSTEM_SET, creating(s).as_bytes())
         .expect("Subsystem Set");
     let n = namespace_payload(NQN, 1, "db0");
     a.nvmf(op::NVMF_NAMESPACE_ADD, n.as_bytes())
@@ -136,6 +147,11 @@ fn a_volume_exported_through_vendor_commands_serves_a_tcp_host() {
             namespace_payload("nqn.2026-12.org.dpublk:none", 1, "db0").as_bytes()
         ),
         not_found
+    );
+    assert_eq!(
+        a.nvmf(op::NVMF_SUBSYSTEM_SET, creating(s).as_bytes()),
+        exists,
+        "created twice"
     );
     let mut any_with_hosts = s;
     any_with_hosts.flags = NVMF_SUBSYSTEM_ALLOW_ANY_HOST;
@@ -209,7 +225,7 @@ fn a_volume_exported_through_vendor_commands_serves_a_tcp_host() {
     // The same again from scratch works (the address is free again).
     a.nvmf(op::NVMF_PORT_ADD, port_payload(1, address).as_bytes())
         .expect("Port Add again");
-    a.nvmf(op::NVMF_SUBSYSTEM_SET, any.as_bytes())
+    a.nvmf(op::NVMF_SUBSYSTEM_SET, creating(any).as_bytes())
         .expect("Subsystem Set");
     a.nvmf(op::NVMF_NAMESPACE_ADD, n.as_bytes())
         .expect("Namespace Add again");
