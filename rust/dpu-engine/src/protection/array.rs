@@ -194,7 +194,7 @@ fn random_u64() -> u64 {
     hasher.finish()
 }
 
-fn new_uuid() -> [u8; 16] {
+pub(super) fn new_uuid() -> [u8; 16] {
     let mut uuid = [0u8; 16];
     uuid[..8].copy_from_slice(&random_u64().to_le_bytes());
     uuid[8..].copy_from_slice(&random_u64().to_le_bytes());
