@@ -315,14 +315,17 @@ impl Media for FaultyMedia {
             state.corrupt_reads.clone()
         };
         self.inner.read_at(offset, buf)?;
-        let cached = self.control.lock().cache.clone().unwrap_or_default();
-        for (at, data) in &cached {
+        // The cache is read in place (not copied): reads are frequent and
+        // the cache of a long crash run holds many writes.
+        let state = self.control.lock();
+        for (at, data) in state.cache.iter().flatten() {
             let written = *at..*at + data.len() as u64;
             if let Some(hit) = overlap(&written, &range) {
                 buf[(hit.start - offset) as usize..(hit.end - offset) as usize]
                     .copy_from_slice(&data[(hit.start - at) as usize..(hit.end - at) as usize]);
             }
         }
+        drop(state);
         if corrupt.iter().any(|r| overlap(r, &range).is_some()) {
             self.control.lock().injected += 1;
             for r in &corrupt {

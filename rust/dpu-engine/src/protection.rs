@@ -28,6 +28,7 @@ mod array;
 mod codec;
 mod format;
 mod gf256;
+pub mod lograid;
 mod maintenance;
 mod repair;
 
@@ -39,6 +40,7 @@ mod tests;
 pub use array::{ProtectedMedia, ProtectionConfig};
 pub use codec::Layout;
 pub use format::MemberState;
+pub use lograid::{GcState, LogRaid, LogRaidConfig, LogRaidStats, LogScrubReport};
 pub use maintenance::{RebuildProgress, ScrubReport};
 
 /// The health of a whole array.

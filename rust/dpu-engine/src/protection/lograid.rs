@@ -132,7 +132,10 @@ fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     inner.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn meta_members(g: &Geometry, members: &[Option<Arc<dyn Media>>]) -> MediaResult<Vec<Option<Arc<dyn Media>>>> {
+fn meta_members(
+    g: &Geometry,
+    members: &[Option<Arc<dyn Media>>],
+) -> MediaResult<Vec<Option<Arc<dyn Media>>>> {
     members
         .iter()
         .map(|m| {
@@ -170,7 +173,9 @@ impl LogRaid {
             logical_blocks: 1,
             reserve: config.reserve_segments,
         };
-        if config.chunk < BLOCK || !config.chunk.is_multiple_of(BLOCK) || config.segment_stripes == 0
+        if config.chunk < BLOCK
+            || !config.chunk.is_multiple_of(BLOCK)
+            || config.segment_stripes == 0
         {
             return Err(MediaError::Unrecoverable(
                 "lograid: the chunk must be a multiple of 4096, a segment at least one stripe"
@@ -195,14 +200,15 @@ impl LogRaid {
         };
         g.validate()?;
         let present: Vec<Option<Arc<dyn Media>>> = members.iter().cloned().map(Some).collect();
-        let regions: Vec<Arc<dyn Media>> = meta_members(&g, &present)?.into_iter().flatten().collect();
+        let regions: Vec<Arc<dyn Media>> =
+            meta_members(&g, &present)?.into_iter().flatten().collect();
         let meta_config = ProtectionConfig {
             journal_slots: META_JOURNAL_SLOTS,
             ..ProtectionConfig::new(layout, META_CHUNK)
         };
         let meta: Arc<dyn Media> = Arc::new(ProtectedMedia::create(meta_config, regions)?);
-        let mut tm = TransactionManager::format(meta, config.cache_blocks.max(16), 0)
-            .map_err(meta_error)?;
+        let mut tm =
+            TransactionManager::format(meta, config.cache_blocks.max(16), 0).map_err(meta_error)?;
         let (pmt, seg_tree) = (pmt_info()?, segment_info()?);
         for (slot, info) in [(state::R_PMT, &pmt), (state::R_SEGMENTS, &seg_tree)] {
             let root = btree::empty(&mut tm, info).map_err(meta_error)?;

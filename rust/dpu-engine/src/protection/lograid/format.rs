@@ -225,7 +225,9 @@ impl Geometry {
             None
         };
         bad.map_or(Ok(()), |why| {
-            Err(MediaError::Unrecoverable(format!("lograid geometry: {why}")))
+            Err(MediaError::Unrecoverable(format!(
+                "lograid geometry: {why}"
+            )))
         })
     }
 

@@ -397,8 +397,7 @@ impl Inner {
         value[..8].copy_from_slice(&location.to_le_bytes());
         value[8..12].copy_from_slice(&crc.to_le_bytes());
         let root = self.tm.root(R_PMT);
-        let root =
-            btree::insert(&mut self.tm, &self.pmt, root, lba, &value).map_err(meta_error)?;
+        let root = btree::insert(&mut self.tm, &self.pmt, root, lba, &value).map_err(meta_error)?;
         self.tm.set_root(R_PMT, root).map_err(meta_error)?;
         let segment = self.g.split(location).0;
         if let Some(s) = self.segs.get_mut(segment as usize) {
@@ -468,7 +467,9 @@ impl Inner {
             .get(self.open as usize)
             .is_some_and(|s| s.state == SegState::Open && self.wp <= self.g.segment_stripes);
         if !open_ok {
-            return Err(MediaError::Io("lograid metadata names no open segment".into()));
+            return Err(MediaError::Io(
+                "lograid metadata names no open segment".into(),
+            ));
         }
         self.free = (0..self.g.segments)
             .filter(|s| self.segs[*s as usize].state == SegState::Free)
@@ -587,10 +588,7 @@ impl Inner {
             bytes.extend_from_slice(data);
         }
         bytes.resize((g.stripe_blocks() * BLOCK) as usize, 0);
-        let chunks: Vec<Vec<u8>> = bytes
-            .chunks(g.chunk as usize)
-            .map(<[u8]>::to_vec)
-            .collect();
+        let chunks: Vec<Vec<u8>> = bytes.chunks(g.chunk as usize).map(<[u8]>::to_vec).collect();
         let row = g.row(segment, stripe);
         let slots = g.layout.encode(&chunks)?;
         let offset = g.chunk_offset(segment, stripe);

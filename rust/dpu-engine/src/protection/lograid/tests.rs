@@ -16,7 +16,9 @@ pub(super) fn raid6() -> LogRaidConfig {
 }
 
 pub(super) fn mem_members(n: usize) -> Vec<Arc<MemMedia>> {
-    (0..n).map(|_| Arc::new(MemMedia::new(MEMBER_BYTES))).collect()
+    (0..n)
+        .map(|_| Arc::new(MemMedia::new(MEMBER_BYTES)))
+        .collect()
 }
 
 pub(super) fn as_media<M: Media + 'static>(members: &[Arc<M>]) -> Vec<Arc<dyn Media>> {
@@ -32,7 +34,8 @@ pub(super) fn present(members: &[Arc<dyn Media>]) -> Vec<Option<Arc<dyn Media>>>
 
 /// A block that says which LBA and version it is, everywhere.
 pub(super) fn pattern(lba: u64, version: u64) -> Vec<u8> {
-    let mut x = lba.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ version.wrapping_mul(0xd1b5_4a32_d192_ed03);
+    let mut x =
+        lba.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ version.wrapping_mul(0xd1b5_4a32_d192_ed03);
     let mut block = Vec::with_capacity(BLOCK as usize);
     block.extend_from_slice(&lba.to_le_bytes());
     block.extend_from_slice(&version.to_le_bytes());
@@ -107,7 +110,9 @@ fn data_round_trips_on_every_parity_layout_and_across_reopen() {
 fn multi_block_and_partial_block_io_through_media() {
     let members = as_media(&mem_members(6));
     let array = LogRaid::create(raid6(), members).unwrap();
-    let data: Vec<u8> = (0..5 * BLOCK as usize + 100).map(|i| (i % 251) as u8).collect();
+    let data: Vec<u8> = (0..5 * BLOCK as usize + 100)
+        .map(|i| (i % 251) as u8)
+        .collect();
     array.write_at(1000, &data).unwrap();
     let mut back = vec![0u8; data.len()];
     array.read_at(1000, &mut back).unwrap();
@@ -145,18 +150,22 @@ fn a_flushed_partial_stripe_survives_reopen_through_the_write_buffer() {
 fn overwrites_fill_the_array_many_times_with_gc_and_verify() {
     let mems = mem_members(6);
     let members = as_media(&mems);
-    let array = LogRaid::create(raid6(), members.clone()).unwrap();
+    let config = LogRaidConfig {
+        segment_stripes: 8,
+        ..raid6()
+    };
+    let array = LogRaid::create(config, members.clone()).unwrap();
     let blocks = array.blocks();
     let mut model = HashMap::new();
     let mut rng = Rng(99);
     let mut version = 0;
-    // Fill, then overwrite ten times the capacity, hot and cold LBAs.
+    // Fill, then overwrite five times the capacity, hot and cold LBAs.
     for lba in 0..blocks {
         version += 1;
         array.write_blocks(lba, &pattern(lba, version)).unwrap();
         model.insert(lba, version);
     }
-    for i in 0..10 * blocks {
+    for i in 0..5 * blocks {
         let lba = if rng.below(4) == 0 {
             rng.below(blocks)
         } else {
@@ -170,7 +179,10 @@ fn overwrites_fill_the_array_many_times_with_gc_and_verify() {
         }
     }
     let stats = array.stats();
-    assert!(stats.gc_bytes > 0 && stats.segments_cleaned > 0, "{stats:?}");
+    assert!(
+        stats.gc_bytes > 0 && stats.segments_cleaned > 0,
+        "{stats:?}"
+    );
     assert!(stats.free_segments >= 1, "{stats:?}");
     // Parity costs 1.5x; summaries, records and GC moves come on top.
     assert!(stats.write_amplification >= 1.5, "{stats:?}");
@@ -213,7 +225,10 @@ fn reads_survive_two_lost_members_and_not_three() {
     controls[4].disappear();
     verify(&array, &model);
     assert!(array.stats().degraded_reads > 0);
-    assert_eq!(array.stats().failed_members.iter().filter(|f| **f).count(), 2);
+    assert_eq!(
+        array.stats().failed_members.iter().filter(|f| **f).count(),
+        2
+    );
     for version in 201..=400u64 {
         let lba = rng.below(array.blocks());
         array.write_blocks(lba, &pattern(lba, version)).unwrap();
@@ -233,7 +248,10 @@ fn reads_survive_two_lost_members_and_not_three() {
         let array = LogRaid::open(set, 64).unwrap();
         verify(&array, &model);
         array.check().unwrap();
-        assert_eq!(array.stats().failed_members.iter().filter(|f| **f).count(), 2);
+        assert_eq!(
+            array.stats().failed_members.iter().filter(|f| **f).count(),
+            2
+        );
         drop(array);
     }
     // A third member lost: reads of its blocks fail, never return garbage.
@@ -375,13 +393,22 @@ fn create_refuses_bad_configurations() {
         copies: 2,
     };
     assert!(LogRaid::create(LogRaidConfig::new(mirror, 4096, 4), members.clone()).is_err());
-    assert!(LogRaid::create(LogRaidConfig::new(Layout::Raid6 { members: 6 }, 1000, 4), members.clone()).is_err());
-    assert!(LogRaid::create(LogRaidConfig::new(Layout::Raid6 { members: 5 }, 4096, 4), members.clone()).is_err());
+    assert!(LogRaid::create(
+        LogRaidConfig::new(Layout::Raid6 { members: 6 }, 1000, 4),
+        members.clone()
+    )
+    .is_err());
+    assert!(LogRaid::create(
+        LogRaidConfig::new(Layout::Raid6 { members: 5 }, 4096, 4),
+        members.clone()
+    )
+    .is_err());
     let huge = LogRaidConfig {
         logical_bytes: 1 << 30,
         ..raid6()
     };
     assert!(LogRaid::create(huge, members.clone()).is_err());
-    let blank: Vec<Option<Arc<dyn Media>>> = as_media(&mem_members(6)).into_iter().map(Some).collect();
+    let blank: Vec<Option<Arc<dyn Media>>> =
+        as_media(&mem_members(6)).into_iter().map(Some).collect();
     assert!(LogRaid::open(blank, 64).is_err());
 }
