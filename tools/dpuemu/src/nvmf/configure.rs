@@ -496,4 +496,135 @@ mod tests {
         bad.rsvd260[3] = 1;
         assert!(check_namespace(&bad, true).is_err());
     }
+
+    /// One volume, a file namespace in a temporary directory.
+    struct OneVolume(Arc<dyn Namespace>);
+
+    impl VolumeLookup for OneVolume {
+        fn volume(&self, name: &str) -> Option<Arc<dyn Namespace>> {
+            (name == "db0").then(|| Arc::clone(&self.0))
+        }
+    }
+
+    /// What a refused command must leave alone: every subsystem's access
+    /// and NSIDs.
+    fn state(h: &HostTarget) -> Vec<(String, Access, Vec<u32>)> {
+        h.existing().map_or_else(Vec::new, |t| {
+            t.subsystems()
+                .iter()
+                .map(|s| {
+                    (
+                        s.nqn.clone(),
+                        s.access(),
+                        s.namespaces().keys().copied().collect(),
+                    )
+                })
+                .collect()
+        })
+    }
+
+    fn next(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
+    /// Flips bits, sets bytes to boundary values or cuts text fields short
+    /// at random places of `bytes`.
+    fn mutate(bytes: &mut [u8], seed: &mut u64) {
+        for _ in 0..1 + next(seed) % 4 {
+            let at = (next(seed) % bytes.len() as u64) as usize;
+            match next(seed) % 4 {
+                0 => bytes[at] ^= 1 << (next(seed) % 8),
+                1 => bytes[at] = [0, 0xff, b' ', b'.', b':', 0x7f][(next(seed) % 6) as usize],
+                2 => bytes[at] = 0,
+                _ => bytes[at] = b'a' + (next(seed) % 26) as u8,
+            }
+        }
+    }
+
+    /// Mutated Subsystem Set, Remove and Namespace Add and Remove
+    /// payloads (the driver's commands are untrusted): none panics, what
+    /// is accepted follows the rules, what is refused changes nothing.
+    #[test]
+    fn mutated_payloads_are_refused_whole_or_applied_sound() {
+        let dir = std::env::temp_dir().join(format!("dpuemu-configure-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ns = crate::namespace::FileNamespace::open(&dir.join("v.img"), Some(1 << 20)).unwrap();
+        let volumes = OneVolume(Arc::new(ns));
+        let h = HostTarget::default();
+        let mut good = subsystem("nqn.2026-12.org.dpublk:m");
+        good.flags = vendor::NVMF_SUBSYSTEM_CREATE;
+        h.subsystem_set(good.as_bytes()).unwrap();
+        let mut n = NvmfNamespace::zeroed();
+        c_string_field(&mut n.nqn, b"nqn.2026-12.org.dpublk:m");
+        n.nsid.set(1);
+        c_string_field(&mut n.volume, b"db0");
+        let mut seed = 0x5eed_u64;
+        let (mut applied, mut refused) = (0, 0);
+        for round in 0..20_000 {
+            let before = state(&h);
+            let result = match round % 4 {
+                0 => {
+                    let mut s = good;
+                    s.flags = 0;
+                    mutate(s.as_bytes_mut(), &mut seed);
+                    let r = h.subsystem_set(s.as_bytes());
+                    if r.is_ok() {
+                        let (nqn, access) = check_subsystem(&s).unwrap();
+                        assert!(valid_nqn(&nqn));
+                        assert!(!(access.allow_any_host && !access.hosts.is_empty()));
+                        assert!(access.hosts.iter().all(|x| valid_nqn(x)));
+                        assert!(access.ports.iter().all(|&p| p != 0));
+                    }
+                    r
+                }
+                1 => {
+                    let mut m = n;
+                    mutate(m.as_bytes_mut(), &mut seed);
+                    h.namespace_add(m.as_bytes(), &volumes)
+                }
+                2 => {
+                    let mut m = n;
+                    m.volume = [0; 32];
+                    mutate(m.as_bytes_mut(), &mut seed);
+                    h.namespace_remove(m.as_bytes())
+                }
+                _ => {
+                    let mut m = NvmfName::zeroed();
+                    c_string_field(&mut m.nqn, b"nqn.2026-12.org.dpublk:m");
+                    mutate(m.as_bytes_mut(), &mut seed);
+                    h.subsystem_remove(m.as_bytes())
+                }
+            };
+            match result {
+                Ok(_) => applied += 1,
+                Err(_) => {
+                    refused += 1;
+                    assert_eq!(
+                        state(&h),
+                        before,
+                        "round {round}: a refusal changed the target"
+                    );
+                }
+            }
+            // Keep a subsystem to work on, and the volume exported half
+            // the time.
+            if h.existing()
+                .and_then(|t| t.find_subsystem("nqn.2026-12.org.dpublk:m"))
+                .is_none()
+            {
+                h.subsystem_set(good.as_bytes()).unwrap();
+            }
+            if round % 8 == 7 {
+                let _ = h.namespace_add(n.as_bytes(), &volumes);
+            }
+        }
+        assert!(
+            applied > 1000 && refused > 1000,
+            "{applied} applied, {refused} refused"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
