@@ -574,7 +574,7 @@ mod tests {
                     if r.is_ok() {
                         let (nqn, access) = check_subsystem(&s).unwrap();
                         assert!(valid_nqn(&nqn));
-                        assert!(!(access.allow_any_host && !access.hosts.is_empty()));
+                        assert!(!access.allow_any_host || access.hosts.is_empty());
                         assert!(access.hosts.iter().all(|x| valid_nqn(x)));
                         assert!(access.ports.iter().all(|&p| p != 0));
                     }
