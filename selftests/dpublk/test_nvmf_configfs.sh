@@ -20,6 +20,11 @@
 
 accelerator_pci >/dev/null || skip "no accelerator function (run with --accelerator)"
 command -v nvme >/dev/null || fail "nvme-cli is not installed in the VM"
+# virtme-ng configures the user network by DHCP; if that did not happen,
+# slirp's fixed addresses work as well.
+if ! ip -4 addr show 2>/dev/null | grep -q 'inet 10\.0\.2\.' && [ -e /sys/class/net/eth0 ]; then
+	ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 2>/dev/null
+fi
 ip -4 addr show 2>/dev/null | grep -q 'inet 10\.0\.2\.' ||
 	skip "no QEMU user network to the host (run scripts/vm.sh with --net)"
 modprobe nvme-tcp || fail "cannot load nvme-tcp"
