@@ -145,6 +145,30 @@ class BenchReportTest(unittest.TestCase):
         self.assertAlmostEqual(rep["host_cpu_us_per_mb"], 17.0 * 1e12 / (ios * 4096))
         self.assertAlmostEqual(rep["window"]["iops"], 10000)
 
+    def test_nvme_tcp_target_share(self):
+        # The dpuemu-tcp row's .cpu files carry its in-guest target's ticks
+        # (guest clock, HZ 100 in guest.env); nvmet-tcp's carry none.
+        w = "randread-4k-qd32"
+        for rep in (1, 2, 3):
+            cpu = cpu_file(5000 * WINDOW, 4096, 0.8, 1.0, 15.0, 0.0)
+            lines = cpu.splitlines()
+            lines.insert(lines.index("window_end:"), "target_ticks=1000")
+            lines.insert(lines.index("fio_running_at_end=1"), f"target_ticks={1000 + 30 * rep}")
+            self.dir.add("dpuemu-tcp", w, rep, "randread", "4k", 5000, sched_s=1.0, qemu_s=15.0,
+                         cpu="\n".join(lines) + "\n")
+            self.dir.add("nvmet-tcp", w, rep, "randread", "4k", 6000, sched_s=1.2, qemu_s=15.0)
+        text, results, rows = self.run_report()
+        ours = rows[("dpuemu-tcp", w)]["stats"]["guest_target_us_per_io"]
+        ios = 5000 * WINDOW
+        self.assertAlmostEqual(ours["median"], 0.6 * 1e6 / ios)
+        self.assertAlmostEqual(ours["min"], 0.3 * 1e6 / ios)
+        self.assertNotIn("guest_target_us_per_io", rows[("nvmet-tcp", w)]["stats"])
+        ratio = [q for q in results["comparisons"] if q["subject"] == "dpuemu-tcp"]
+        self.assertEqual(len(ratio), 1)
+        self.assertAlmostEqual(ratio[0]["iops"], 5000 / 6000)
+        self.assertIn("| dpuemu-tcp | randread-4k-qd32 |", text)
+        self.assertIn("target's own µs/IO", text)
+
     def test_stall_flag(self):
         self.add_base_rows()
         text, results, rows = self.run_report()

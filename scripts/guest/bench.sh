@@ -275,6 +275,88 @@ setup_dm_crypt() {
 	preload "$dev" && echo "$dev"
 }
 
+# NVMe/TCP (issue 17): dpuemu's target against Linux's nvmet-tcp, both
+# inside the guest on its loopback (as in test_nvmf_tcp.sh: the guest's
+# initiator cannot reach the host), both serving the same image file on a
+# tmpfs, reached by the guest's own nvme-tcp initiator. Read workloads only,
+# so the two exports of one file never disagree. Both sides of each
+# connection run in the guest, emulated by TCG alike, so guest CPU per I/O
+# holds initiator and target; the .target files of a repetition add the
+# target's own share where it is one process (dpuemu), see
+# target_ticks below.
+TCP_DIR=/run/dpublk-bench-tcp
+TCP_IMAGE=$TCP_DIR/shared.img
+TCP_HOSTID=6c0b1f3e-5a43-4d2e-9d67-0000000000c3
+TCP_HOSTNQN=nqn.2014-08.org.nvmexpress:uuid:$TCP_HOSTID
+tcp_mb=${DPUBLK_BENCH_TCP_SIZE_MB:-512}
+target_pid=
+# tcp_image: the shared image, made and written once end to end (the first
+# of the two rows to be set up makes it).
+tcp_image() {
+	[ -f "$TCP_IMAGE" ] && return 0
+	mkdir -p "$TCP_DIR"
+	mountpoint -q "$TCP_DIR" || mount -t tmpfs -o size=$((tcp_mb + 64))M tmpfs "$TCP_DIR" >&2 || return 1
+	truncate -s "${tcp_mb}M" "$TCP_IMAGE" || return 1
+	preload "$TCP_IMAGE" >&2
+}
+# tcp_connect NQN SERVICE: connects the guest's initiator, prints the disk.
+tcp_connect() {
+	local nqn=$1 service=$2 b i
+	modprobe nvme-tcp >&2 || return 1
+	ip link set lo up
+	nvme connect -t tcp -a 127.0.0.1 -s "$service" -n "$nqn" --hostnqn="$TCP_HOSTNQN" \
+		--hostid="$TCP_HOSTID" >&2 || { msg "nvme connect to $nqn failed"; return 1; }
+	for i in $(seq 1 100); do
+		for b in /sys/block/nvme*n1; do
+			[ "$(cat "$b/device/subsysnqn" 2>/dev/null)" = "$nqn" ] || continue
+			[ -b "/dev/${b##*/}" ] && { echo "/dev/${b##*/}"; return 0; }
+		done
+		sleep 0.1
+	done
+	msg "no disk for $nqn after nvme connect"
+	return 1
+}
+setup_dpuemu_tcp() {
+	local dpuemu=$DPUBLK_TOP/target/release/dpuemu nqn=nqn.2026-12.org.dpublk:bench-dpuemu i
+	tcp_image || return 1
+	cat >"$TCP_DIR/dpuemu.conf" <<CONF
+[port 1]
+address 127.0.0.1
+service 4430
+
+[subsystem $nqn]
+ports 1
+host $TCP_HOSTNQN
+namespace 1 file $TCP_IMAGE ${tcp_mb}M
+CONF
+	mkdir -p "$TCP_DIR/sockets"
+	setsid "$dpuemu" --socket-dir "$TCP_DIR/sockets" --nvmf-config "$TCP_DIR/dpuemu.conf" \
+		>"$out/dpuemu-tcp.log" 2>&1 </dev/null &
+	target_pid=$!
+	echo "$target_pid" >"$out/dpuemu-tcp.pid"
+	for i in $(seq 1 100); do
+		grep -q 'listening on' "$out/dpuemu-tcp.log" && break
+		kill -0 "$target_pid" 2>/dev/null || { msg "dpuemu's target exited"; return 1; }
+		sleep 0.1
+	done
+	tcp_connect "$nqn" 4430
+}
+setup_nvmet_tcp() {
+	local nqn=nqn.2026-12.org.dpublk:bench-nvmet sub port=$NVMET/ports/7
+	tcp_image || return 1
+	ensure_configfs
+	modprobe nvmet >&2 && modprobe nvmet-tcp >&2 || return 1
+	sub=$NVMET/subsystems/$nqn
+	mkdir "$sub" && echo 1 >"$sub/attr_allow_any_host" && mkdir "$sub/namespaces/1" &&
+		echo "$TCP_IMAGE" >"$sub/namespaces/1/device_path" && echo 1 >"$sub/namespaces/1/buffered_io" &&
+		echo 1 >"$sub/namespaces/1/enable" && mkdir "$port" && echo tcp >"$port/addr_trtype" &&
+		echo ipv4 >"$port/addr_adrfam" && echo 127.0.0.1 >"$port/addr_traddr" &&
+		echo 4431 >"$port/addr_trsvcid" && ln -s "$sub" "$port/subsystems/$nqn" ||
+		{ msg "cannot export $TCP_IMAGE through nvmet"; return 1; }
+	tcp_connect "$nqn" 4431
+}
+NVMET=$CONFIGFS/nvmet
+
 # The device table: label, setup function, workloads ("all" or a list of
 # workload labels), and a function printing the device's space accounting
 # after each job ("-" for none). The first three rows run
@@ -295,6 +377,8 @@ DEVICES=(
 	"dm-vdo             setup_dm_vdo             write-128k-qd8-dedup space_dm_vdo"
 	"dpublk-crypt       setup_dpublk_crypt       read-128k-qd8,write-128k-qd8-dedup -"
 	"dm-crypt           setup_dm_crypt           read-128k-qd8,write-128k-qd8-dedup -"
+	"dpuemu-tcp         setup_dpuemu_tcp         randread-4k-qd32,read-128k-qd8 -"
+	"nvmet-tcp          setup_nvmet_tcp          randread-4k-qd32,read-128k-qd8 -"
 )
 BASE_ROWS=" dpublk qemu-nvme null_blk "
 
@@ -370,6 +454,19 @@ guest_state() {
 	done
 }
 
+# target_ticks LABEL: for the dpuemu-tcp row, the CPU its in-guest target
+# process has used (utime + stime, clock ticks), as a line of the .cpu file.
+target_ticks() {
+	local stat
+	[ "$1" = dpuemu-tcp ] && [ -n "$target_pid" ] || return 0
+	read -r stat <"/proc/$target_pid/stat" || return 0
+	# Fields after the command name (which may hold spaces): state is the
+	# 3rd field, utime the 14th and stime the 15th.
+	stat=${stat##*) }
+	read -r -a stat <<<"$stat"
+	echo "target_ticks=$((stat[11] + stat[12]))"
+}
+
 # run_job LABEL DEV WORKLOAD RW BS QD EXTRA SPACE REP: repetition REP of one
 # fio job. The CPU window opens after the ramp and closes while fio is still
 # running, so it covers only steady I/O; then fio is stopped (SIGINT: it
@@ -405,9 +502,11 @@ run_job() {
 		echo "runtime=$runtime"
 		echo "window_start:"
 		sample "$dev"
+		target_ticks "$label"
 		sleep "$runtime"
 		echo "window_end:"
 		sample "$dev"
+		target_ticks "$label"
 		# fio must still be running when the window closes, or its tail
 		# (and fio's exit) would be in it.
 		kill -0 $pid 2>/dev/null && echo "fio_running_at_end=1" || echo "fio_running_at_end=0"
