@@ -6,7 +6,25 @@
 
 if [ -z "${DPUBLK_IN_CHROOT:-}" ]; then
 	kdir=$("$DPUBLK_TOP/scripts/setup-kernel.sh")
+	# A module built from the same committed sources against the same
+	# kernel tree (its directory name carries its own key) is reused: a
+	# fresh clone of an unchanged tree does not compile it again.
+	ko="$DPUBLK_TOP/build/module/drivers/block/dpublk/dpublk.ko"
+	key=$(tree_key Kbuild Makefile drivers rust/kernel-ext rust/nvme-shim)
+	cached=
+	[ -n "$key" ] && cached="$DPUBLK_CACHE/modules/$(basename "$kdir")-$key/dpublk.ko"
+	if [ -n "$cached" ] && [ -f "$cached" ]; then
+		install -D -m 644 "$cached" "$ko"
+		log "dpublk.ko: reused $cached (same sources, same kernel tree)"
+		echo "$ko"
+		exit
+	fi
 	DPUBLK_KDIR=$kdir in_chroot "$DPUBLK_TOP/scripts/build-module.sh"
+	if [ -n "$cached" ]; then
+		install -D -m 644 "$ko" "$cached.tmp" && mv "$cached.tmp" "$cached"
+		# Keep the ten newest builds.
+		ls -1dt "$DPUBLK_CACHE"/modules/*/ 2>/dev/null | tail -n +11 | xargs -r rm -rf
+	fi
 	exit
 fi
 kdir=${DPUBLK_KDIR:?}

@@ -199,10 +199,29 @@ if [[ " $suites " == *" vm "* ]]; then
 	# fingerprints decide what is still valid), then copied in.
 	rm -f "$DPUBLK_TOP/target/release/dpuemu"
 	release_target=${DPUBLK_RELEASE_TARGET_DIR:-$DPUBLK_CACHE/cargo-release-target}
-	CARGO_TARGET_DIR=$release_target cargo build --release --workspace --quiet 2>"$results/cargo-build.log" &&
-		install -D -m 755 "$release_target/release/dpuemu" "$DPUBLK_TOP/target/release/dpuemu"
-	dpuemu_rc=$?; [ $dpuemu_rc = 0 ] || tail -20 "$results/cargo-build.log"
-	record "dpuemu release build" $dpuemu_rc
+	# A fresh clone gives every workspace file a new mtime, so cargo would
+	# compile all of the workspace's own crates again: a binary built from
+	# the same committed sources and the same toolchain is reused instead
+	# (tree_key in lib.sh; never for an uncommitted tree).
+	dpuemu_key=$(tree_key Cargo.toml Cargo.lock rust tools)
+	dpuemu_cached=
+	[ -n "$dpuemu_key" ] &&
+		dpuemu_cached="$DPUBLK_CACHE/dpuemu-builds/$(hash_of "$(cargo --version)" "$(rustc --version)" "$dpuemu_key")/dpuemu"
+	if [ -n "$dpuemu_cached" ] && [ -x "$dpuemu_cached" ]; then
+		install -D -m 755 "$dpuemu_cached" "$DPUBLK_TOP/target/release/dpuemu"
+		dpuemu_rc=$?
+		record "dpuemu release build (reused: same sources and toolchain)" $dpuemu_rc
+	else
+		CARGO_TARGET_DIR=$release_target cargo build --release --workspace --quiet 2>"$results/cargo-build.log" &&
+			install -D -m 755 "$release_target/release/dpuemu" "$DPUBLK_TOP/target/release/dpuemu"
+		dpuemu_rc=$?; [ $dpuemu_rc = 0 ] || tail -20 "$results/cargo-build.log"
+		record "dpuemu release build" $dpuemu_rc
+		if [ $dpuemu_rc = 0 ] && [ -n "$dpuemu_cached" ]; then
+			install -D -m 755 "$release_target/release/dpuemu" "$dpuemu_cached.tmp" &&
+				mv "$dpuemu_cached.tmp" "$dpuemu_cached"
+			ls -1dt "$DPUBLK_CACHE"/dpuemu-builds/*/ 2>/dev/null | tail -n +11 | xargs -r rm -rf
+		fi
+	fi
 	start_host_heavy
 
 	# run_suite NAME TIME-LIMIT VM-OPTIONS... -- TESTS...

@@ -26,6 +26,20 @@ hash_of() {
 	done | sha256sum | cut -c1-16
 }
 
+# tree_key PATH... : a key for build results of these paths of the
+# repository: the hash of git's record of every tracked file under them
+# (path and blob id). Prints nothing when there is no key to trust: not a
+# git checkout, or a file under the paths modified or untracked (a build
+# of an uncommitted tree is never cached).
+tree_key() {
+	local listing
+	git -C "$DPUBLK_TOP" rev-parse --git-dir >/dev/null 2>&1 || return 0
+	[ -z "$(git -C "$DPUBLK_TOP" status --porcelain --untracked-files=all -- "$@" 2>/dev/null)" ] || return 0
+	listing=$(git -C "$DPUBLK_TOP" ls-files -s -- "$@") || return 0
+	[ -n "$listing" ] || return 0
+	printf '%s\n' "$listing" | sha256sum | cut -c1-16
+}
+
 # Host packages the scripts themselves need (never the toolchain: that lives
 # in the chroot so kernel, module and VM share one environment).
 host_packages_ok() {
