@@ -334,7 +334,7 @@ if [[ " $suites " == *" vm "* ]]; then
 		# dpublk on the accelerator behind the vIOMMU: data, lost command
 		# (abort and reset), the hostile device for 10 s, PCI remove; SSD 1
 		# a zoned SSD function next to QEMU's zoned namespace.
-		DPUBLK_GUEST_ENV="HOSTILE_SECONDS=10 DPUBLK_FIO_JOB_MB=2 DPUBLK_RESET_JOB_MB=24 DPUBLK_RESET_BUSY_SECONDS=25" \
+		DPUBLK_GUEST_ENV="HOSTILE_SECONDS=10 DPUBLK_FIO_JOB_MB=2 DPUBLK_RESET_JOB_MB=24 DPUBLK_RESET_BUSY_SECONDS=15 DPUBLK_RESET_IO_TIMEOUT_MS=3000" \
 			DPUBLK_DPUEMU_ARGS="--passthrough-ssd 0 --zoned-ssd 1:16M:12M:8:10" \
 			run_suite dpublk 600 --accelerator --ssds 2 --iommu --qemu-zns 512M -- \
 			test_dpublk_probe test_dpublk_fio_verify test_dpublk_reset test_dpublk_hostile \
@@ -345,7 +345,7 @@ if [[ " $suites " == *" vm "* ]]; then
 		# accelerator); snapshot disks read-only, thin snapshots and clones,
 		# degraded RAID6, EC and RAID10 (the persistence suite makes
 		# encrypted, compressed volumes). One boot.
-		DPUBLK_GUEST_ENV="DPUBLK_SNAPSHOT_RO_CYCLES=100 DPUBLK_DEGRADED_FIO_MB=48" \
+		DPUBLK_GUEST_ENV="DPUBLK_SNAPSHOT_RO_CYCLES=100 DPUBLK_DEGRADED_FIO_MB=32" \
 			run_suite management 600 --accelerator --ssds 6 --ssd-size 512M -- \
 			test_load_unload test_configfs_root test_dpublk_kunit test_nvmf_tcp \
 			test_configfs_snapshot_ro test_thin_snapshot_clone test_protection_degraded
@@ -355,7 +355,7 @@ if [[ " $suites " == *" vm "* ]]; then
 		# are CPU-bound, so two at once only slow each other down.)
 		DPUBLK_VM_TIMEOUT=400 run_script power-loss \
 			"crash-campaign.sh --kill-points 1" kp0
-		DPUBLK_PERSIST_SNAPSHOTS=20 DPUBLK_VM_TIMEOUT=400 run_script volume-persistence persistence-test.sh \
+		DPUBLK_PERSIST_SNAPSHOTS=10 DPUBLK_VM_TIMEOUT=400 run_script volume-persistence persistence-test.sh \
 			locked_create persistence_create locked_verify persistence_verify
 	fi
 fi

@@ -110,6 +110,7 @@ cleanup() {
 	# at once. No fd of this script's is inherited, so a pipe reading its
 	# output ends when the script does.
 	rm -rf "$rundir" </dev/null >/dev/null 2>&1 8>&- &
+	log "VM run cleaned up"
 }
 trap cleanup EXIT
 
@@ -217,6 +218,7 @@ vm_timeout=${DPUBLK_VM_TIMEOUT:-1800}
 # both go.
 rc=0
 timeout --kill-after=20 "$vm_timeout" vng "${vng_args[@]}" --exec "$guest_cmd" || rc=$?
+log "VM exited (status $rc)"
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
 	log "error: VM time limit of ${vm_timeout}s reached; QEMU killed"
 	exit 124

@@ -12,8 +12,10 @@
 # without an error and verify what it wrote, a second pass must read the
 # first pattern back, the disk must stay, the controller must not be
 # failed, and the kernel log must stay clean. DPUBLK_RESET_JOB_MB (64) is
-# the verified job's size and DPUBLK_RESET_BUSY_SECONDS (40) how long the
-# other jobs write: make check's sample shortens both.
+# the verified job's size, DPUBLK_RESET_BUSY_SECONDS (40) how long the
+# other jobs write and DPUBLK_RESET_IO_TIMEOUT_MS (5000) the request
+# timeout (twice it passes before the reset): make check's sample shortens
+# all three.
 . "$(dirname "$0")/test_common.sh"
 . "$(dirname "$0")/dpublk_disk_common.sh"
 
@@ -22,9 +24,12 @@
 unload_dpublk
 dmesg_mark
 load_dpublk_disk
-short_io_timeout 5000
 job_mb=${DPUBLK_RESET_JOB_MB:-64}
 busy_seconds=${DPUBLK_RESET_BUSY_SECONDS:-40}
+io_timeout_ms=${DPUBLK_RESET_IO_TIMEOUT_MS:-5000}
+[[ $io_timeout_ms =~ ^[1-9][0-9]*$ ]] && [ "$io_timeout_ms" -ge 1000 ] ||
+	fail "DPUBLK_RESET_IO_TIMEOUT_MS must be a number of at least 1000"
+short_io_timeout "$io_timeout_ms"
 [[ $job_mb =~ ^[1-9][0-9]*$ ]] && [ "$job_mb" -le 64 ] || fail "DPUBLK_RESET_JOB_MB must be 1..64"
 [[ $busy_seconds =~ ^[1-9][0-9]*$ ]] || fail "DPUBLK_RESET_BUSY_SECONDS must be a positive number"
 
@@ -46,8 +51,8 @@ on_exit "kill -9 $busy_pid 2>/dev/null"
 wait_disk_busy $fio_pid
 host_request dpuemu-lose-io >/dev/null
 lost=$(date +%s)
-# Two timeouts (5 s each with short_io_timeout: before and after the
-# abort), then the reset.
+# Two timeouts (io_timeout_ms each: before and after the abort), then the
+# reset.
 for i in $(seq 1 300); do
 	kill -0 $fio_pid 2>/dev/null || break
 	[ $((i % 10)) = 0 ] && diag "$i s: requests in flight (reads writes): $(cat /sys/block/dpublk0/inflight)"

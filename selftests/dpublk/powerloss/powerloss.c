@@ -327,6 +327,15 @@ static void request_power_cut(const char *ctl)
 		die("rename %s: %s", tmp, strerror(errno));
 }
 
+/* Whether the host agent has answered the power-cut request. */
+static bool power_cut_confirmed(const char *ctl)
+{
+	char done[4096];
+
+	snprintf(done, sizeof(done), "%s/powerloss-cut.done", ctl);
+	return access(done, F_OK) == 0;
+}
+
 static int cmd_write(const char *dev, const char *log_path, uint64_t seed, int argc, char **argv)
 {
 	unsigned int threads = 4, i, max_seconds = 60;
@@ -416,8 +425,19 @@ static int cmd_write(const char *dev, const char *log_path, uint64_t seed, int a
 		       now_ms() - start, atomic_load(&w.writes), atomic_load(&w.flushes));
 		fflush(stdout);
 	}
-	while (now_ms() - start < (uint64_t)max_seconds * 1000 + kill_after_ms)
+	while (now_ms() - start < (uint64_t)max_seconds * 1000 + kill_after_ms) {
+		/*
+		 * Once the agent confirms the cut, the device is gone: waiting
+		 * longer only keeps a VM whose QEMU did not abort running.
+		 */
+		if (ctl && power_cut_confirmed(ctl)) {
+			printf("the host agent confirmed the power cut after %" PRIu64 " ms\n",
+			       now_ms() - start);
+			fflush(stdout);
+			_exit(3);
+		}
 		usleep(100000);
+	}
 	atomic_store(&w.stop, true);
 	printf("%lu writes, %lu flushes, %lu errors after %" PRIu64 " ms\n", atomic_load(&w.writes),
 	       atomic_load(&w.flushes), atomic_load(&w.errors), now_ms() - start);
