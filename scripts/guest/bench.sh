@@ -289,7 +289,6 @@ TCP_IMAGE=$TCP_DIR/shared.img
 TCP_HOSTID=6c0b1f3e-5a43-4d2e-9d67-0000000000c3
 TCP_HOSTNQN=nqn.2014-08.org.nvmexpress:uuid:$TCP_HOSTID
 tcp_mb=${DPUBLK_BENCH_TCP_SIZE_MB:-512}
-target_pid=
 # tcp_image: the shared image, made and written once end to end (the first
 # of the two rows to be set up makes it).
 tcp_image() {
@@ -330,6 +329,7 @@ host $TCP_HOSTNQN
 namespace 1 file $TCP_IMAGE ${tcp_mb}M
 CONF
 	mkdir -p "$TCP_DIR/sockets"
+	local target_pid
 	setsid "$dpuemu" --socket-dir "$TCP_DIR/sockets" --nvmf-config "$TCP_DIR/dpuemu.conf" \
 		>"$out/dpuemu-tcp.log" 2>&1 </dev/null &
 	target_pid=$!
@@ -404,7 +404,10 @@ preload() {
 		--iodepth=8 --size=100% --refill_buffers=0 --buffer_pattern=0xa5 \
 		--output-format=json --output="/tmp/preload.json" >/dev/null 2>&1 ||
 		{ msg "preload of $dev failed"; return 1; }
-	msg "preloaded $dev ($(($(blockdev --getsize64 "$dev") / 1048576)) MiB) in $((SECONDS - start)) s"
+	local bytes
+	# A block device, or an image file (the NVMe/TCP rows' shared image).
+	bytes=$(blockdev --getsize64 "$dev" 2>/dev/null || stat -c %s "$dev")
+	msg "preloaded $dev ($((bytes / 1048576)) MiB) in $((SECONDS - start)) s"
 }
 
 # counters DEV: guest CPU jiffies (user nice system idle iowait irq softirq),
@@ -457,9 +460,11 @@ guest_state() {
 # target_ticks LABEL: for the dpuemu-tcp row, the CPU its in-guest target
 # process has used (utime + stime, clock ticks), as a line of the .cpu file.
 target_ticks() {
-	local stat
-	[ "$1" = dpuemu-tcp ] && [ -n "$target_pid" ] || return 0
-	read -r stat <"/proc/$target_pid/stat" || return 0
+	local stat pid
+	# The setup functions run in a subshell ($(...)): the pid comes back
+	# through the file setup_dpuemu_tcp writes.
+	[ "$1" = dpuemu-tcp ] && read -r pid <"$out/dpuemu-tcp.pid" 2>/dev/null || return 0
+	read -r stat <"/proc/$pid/stat" || return 0
 	# Fields after the command name (which may hold spaces): state is the
 	# 3rd field, utime the 14th and stime the 15th.
 	stat=${stat##*) }
