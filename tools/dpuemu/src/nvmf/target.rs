@@ -188,6 +188,9 @@ struct Listening {
     port: Port,
     /// Set to stop this listener alone (Port Remove).
     stop: Arc<AtomicBool>,
+    /// The listening socket (a second handle), shut down to wake the
+    /// thread blocked in accept().
+    socket: Option<Arc<TcpListener>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -494,6 +497,9 @@ impl Target {
         }
         let listener = TcpListener::bind(address).map_err(PortError::Bind)?;
         let address = listener.local_addr().map_err(PortError::Bind)?;
+        // No second handle only if the process is out of descriptors; the
+        // wake-up connection then has to do.
+        let socket = listener.try_clone().ok().map(Arc::new);
         let stop = Arc::new(AtomicBool::new(false));
         let t = Arc::clone(self);
         let flag = Arc::clone(&stop);
@@ -505,6 +511,7 @@ impl Target {
         ports.push(Listening {
             port,
             stop,
+            socket,
             thread: Some(thread),
         });
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -531,10 +538,18 @@ impl Target {
         true
     }
 
-    /// Ends a listener thread: sets its flag, wakes its accept() with a
-    /// connection, and waits for it.
+    /// Ends a listener thread: sets its flag, wakes its accept() (shutting
+    /// the listening socket down makes Linux's accept() fail at once; a
+    /// connection is the fallback), and waits for it.
     fn stop_listener(mut l: Listening) {
         l.stop.store(true, Ordering::Release);
+        if let Some(socket) = &l.socket {
+            use std::os::fd::AsRawFd;
+            // SAFETY: `shutdown` only changes the state of the socket
+            // behind the descriptor, which `socket` owns and keeps open for
+            // the duration of the call; no memory is passed.
+            unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_RDWR) };
+        }
         let mut wake = l.port.address;
         if wake.ip().is_unspecified() {
             wake.set_ip(match wake {
@@ -817,6 +832,7 @@ impl Target {
             .map(|l| Listening {
                 port: l.port,
                 stop: Arc::clone(&l.stop),
+                socket: l.socket.clone(),
                 thread: l.thread.take(),
             })
             .collect();
