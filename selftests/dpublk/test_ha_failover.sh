@@ -68,10 +68,12 @@ CONF
 done
 
 state_of() { sed -n 's/^state //p' "$TEST_TMP/$1.status" 2>/dev/null; }
-wait_state() { # wait_state NODE STATE SECONDS
+wait_state() { # wait_state NODE STATE SECONDS: a passive node also must have heard an active peer
 	local i
 	for i in $(seq 1 $(($3 * 10))); do
-		[ "$(state_of "$1")" = "$2" ] && return 0
+		if [ "$(state_of "$1")" = "$2" ]; then
+			[ "$2" != passive ] || grep -q '^peer_state active$' "$TEST_TMP/$1.status" && return 0
+		fi
 		sleep 0.1
 	done
 	sed 's/^/#   /' "$TEST_TMP/$1.status" 2>/dev/null
