@@ -7,7 +7,10 @@
 # while the active node is SIGKILLed HA_KILLS times (the other node takes
 # over; the killed one is restarted and comes back passive); each time, a
 # probe write outside fio's range measures how long I/O stalled. Then an
-# orderly handover (SIGHUP) under fio: no error either. Fails on any fio
+# orderly handover (SIGHUP) under fio: no error either. A ghost-write
+# check: the active frozen with writes in flight, the passive takes over,
+# new data goes over the same blocks, the old node is thawed: none of its
+# stale writes lands. Fails on any fio
 # error or verify mismatch, or a stall over HA_MAX_STALL seconds.
 # Needs a kernel with CONFIG_NVME_MULTIPATH (skips otherwise).
 # dpublk-timeout: 900
@@ -63,6 +66,7 @@ peer 127.0.0.1:${HEARTBEAT[$(other $n)]}
 role ${ROLE[$n]}
 interval 100
 timeout 1000
+fence-wait 2000
 status $TEST_TMP/$n.status
 CONF
 done
@@ -168,6 +172,45 @@ written=$(jq '[.jobs[].write.io_bytes] | add' "$out")
 verified=$(jq '[.jobs[].read.io_bytes] | add' "$out")
 [ "$verified" -gt 0 ] || fail "fio verified nothing"
 diag "fio: $written bytes written and $verified verified across the kills; worst stall $worst ms"
+
+# Ghost writes: the active is frozen (SIGSTOP) with writes of 0xaa in
+# flight to [170, 174) MiB; the passive takes over, the host's keep-alive
+# gives up on the frozen path and retries there, and 0x55 is then written
+# over the same blocks through the new active. Thawed, the old node still
+# holds the commands it had received: the fence must refuse every one of
+# them, so the blocks read 0x55 at the end.
+passive=$(other $active)
+fio --name=ghost --filename="$dev" --ioengine=libaio --direct=1 --rw=write --bs=64k --iodepth=16 \
+	--size=4M --offset=170M --buffer_pattern=0xaa --time_based --runtime=15 \
+	--output="$TEST_TMP/ghost.out" &
+ghost_pid=$!
+sleep 2
+kill -STOP "${PID[$active]}"
+thawed=
+for i in $(seq 1 200); do
+	[ "$(state_of "$passive")" = active ] && break
+	# The freeze caught a write between its fence check and its end: the
+	# fence waits for it (Documentation/ha.rst, "A frozen old node"), so
+	# thaw first; that one write is ordered before the fence.
+	if grep -q '^last_error fence: .*still in progress' "$TEST_TMP/$passive.status"; then
+		diag "ghost writes: the freeze caught a write inside its fence check; thawing first"
+		kill -CONT "${PID[$active]}"
+		thawed=1
+		break
+	fi
+	sleep 0.1
+done
+wait_state "$passive" active 30
+wait "$ghost_pid" || { sed 's/^/#   /' "$TEST_TMP/ghost.out" | tail -20; fail "fio with the active frozen failed"; }
+head -c 4M /dev/zero | tr '\0' '\125' >"$TEST_TMP/new"
+dd if="$TEST_TMP/new" of="$dev" bs=1M seek=170 oflag=direct,sync status=none || fail "the new data could not be written"
+[ -n "$thawed" ] || kill -CONT "${PID[$active]}"
+wait_state "$active" passive 60
+grep -q 'lost the media' "$TEST_TMP/$active.log" || fail "the thawed node did not notice the fence"
+cmp -s "$TEST_TMP/new" <(dd if="$dev" bs=1M skip=170 count=4 iflag=direct status=none) ||
+	fail "a stale write of the frozen node reached the media after the fence"
+diag "ghost writes: node $active frozen and thawed after node $passive took over; none of its writes landed"
+active=$passive
 
 # Orderly handover (SIGHUP) to the passive node under fio, then failback.
 for turn in handover failback; do
