@@ -197,8 +197,24 @@ impl HaRuntime {
 
     /// Orderly handover (SIGHUP): closes the path, lets `flush` make every
     /// acknowledged write durable, releases the fence, waits for the peer
-    /// to serve, then restarts this process as the passive node.
-    pub fn handover(&self, target: Option<&Target>, flush: impl FnOnce()) -> ! {
+    /// to serve, then restarts this process as the passive node. Refused
+    /// (the node goes on serving) unless this node is active and a passive
+    /// peer was heard within the timeout: nobody would take over.
+    pub fn handover(&self, target: Option<&Target>, flush: impl FnOnce()) {
+        if let Some(node) = &self.node {
+            let s = node.status();
+            let peer_ready = s.peer.as_ref().is_some_and(|(h, at)| {
+                h.state == NodeState::Passive && at.elapsed() < self.config.timeout
+            });
+            if s.state != NodeState::Active || !peer_ready {
+                warn!(
+                    "ha: handover refused: this node is {} and no passive peer was heard \
+                     within the timeout",
+                    s.state.name()
+                );
+                return;
+            }
+        }
         info!("ha: handover requested");
         self.gate.close();
         if let Some(t) = target {
