@@ -189,9 +189,8 @@ if [ -n "$qemu_zns" ]; then
 	# QEMU's own zoned namespace, the reference test_zns_function compares
 	# dpuemu's zoned SSD function with: 16 MiB zones of 12 MiB capacity, 8
 	# open and 10 active at most (what the test passes to --zoned-ssd).
-	# cache=unsafe: its data never outlives the run, and a flush of the
-	# image's dirty pages when QEMU exits held the pipeline of make check's
-	# dpublk suite for about 7 s after the guest was done.
+	# cache=unsafe: its data never outlives the run, so QEMU need not
+	# flush the image to the host's disk on the guest's flushes or at exit.
 	truncate -s "$qemu_zns" "$rundir/qemu-zns.img"
 	qemu_opts+=" -drive file=$rundir/qemu-zns.img,if=none,id=qemu-zns,format=raw,cache=unsafe"
 	qemu_opts+=" -device nvme,id=qzc,serial=qemu-zns"
