@@ -135,7 +135,7 @@ auto) accel=$(probe_kvm) ;;
 esac
 
 qemu_opts="-object memory-backend-memfd,id=mem0,size=$memory,share=on -machine memory-backend=mem0"
-append="console=ttyS0 panic_on_warn=1 hung_task_panic=1 softlockup_panic=1 nvme_core.io_timeout=10 nvme_core.admin_timeout=10"
+append="console=ttyS0 panic_on_warn=1 hung_task_panic=1 softlockup_panic=1 nvme_core.io_timeout=10 nvme_core.admin_timeout=10 nvme_core.multipath=N"
 if [ "$iommu" = 1 ]; then
 	qemu_opts+=" -device intel-iommu,caching-mode=on"
 	append+=" intel_iommu=on iommu.strict=1"
