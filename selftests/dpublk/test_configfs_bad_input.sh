@@ -225,7 +225,6 @@ for bad in raid5 RAID6 " raid6" "raid6 " "raid6,ec" 0 ""; do
 	expect EINVAL "$B" "layout '$bad'" w "$B/layout" "$bad"
 done
 expect EINVAL "$B" "layout with a NUL" wb "$B/layout" "raid6\\0"
-expect EOPNOTSUPP "$B" "layout not implemented" w "$B/layout" lograid
 for bad in gzip LZ4 " lz4" "lz4 " "lz4,zstd" 1; do
 	expect EINVAL "$B" "compression '$bad'" w "$B/compression" "$bad"
 done

@@ -34,7 +34,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use dpu_engine::fault::{FaultControl, FaultOps, FaultyMedia};
 use dpu_engine::media::{Media, MediaError};
-use dpu_engine::protection::{ArrayState, Layout, ProtectedMedia, ProtectionConfig};
+use dpu_engine::protection::{
+    ArrayState, Layout, LogRaid, LogRaidConfig, ProtectedMedia, ProtectionConfig,
+};
 use dpu_engine::volume::{
     Compression, PagedOptions, Pool, Services, VolumeError, VolumeInfo, VolumeKey, VolumeKind,
     VolumeOptions, BLOCK_SIZE,
@@ -322,6 +324,8 @@ impl State {
 struct Plan {
     /// `None`: SINGLE (one SSD, or a concatenation).
     protection: Option<Layout>,
+    /// The protection is a log-structured array (Log-RAID) of that parity.
+    log: bool,
     data_shards: u8,
     parity_shards: u8,
 }
@@ -351,7 +355,20 @@ fn plan_layout(code: u8, k: u8, m: u8, n: usize) -> Result<Plan, Status> {
             let (data, parity) = (usize::from(k), usize::from(m));
             (Some(Layout::Erasure { data, parity }), k, m)
         }
-        layout::LOG_RAID => return Err(status(vs::NOT_IMPLEMENTED)),
+        layout::LOG_RAID => {
+            // RAID6 when k + 2 (or nothing) is asked for, else k + m.
+            let (k, m) = match (usize::from(k), usize::from(m)) {
+                (0, 0) | (0, 2) if n >= 4 => (n - 2, 2),
+                (k, m) if k >= 1 && m >= 1 && k + m == n => (k, m),
+                _ => return Err(invalid),
+            };
+            let parity = if m == 2 {
+                Layout::Raid6 { members: n }
+            } else {
+                Layout::Erasure { data: k, parity: m }
+            };
+            (Some(parity), k as u8, m as u8)
+        }
         _ => return Err(invalid),
     };
     if let Some(l) = &protection {
@@ -359,9 +376,26 @@ fn plan_layout(code: u8, k: u8, m: u8, n: usize) -> Result<Plan, Status> {
     }
     Ok(Plan {
         protection,
+        log: code == layout::LOG_RAID,
         data_shards,
         parity_shards,
     })
+}
+
+/// Metadata blocks a Log-RAID array caches (its PMT and segment table).
+const LOG_RAID_CACHE_BLOCKS: usize = 1024;
+
+/// A Log-RAID array over `slices`: chunks of the family's stripe size,
+/// segments of a thirty-second of the smallest member, between one chunk
+/// and 4 MiB per member (Documentation/lograid.rst).
+fn log_raid_config(layout: Layout, stripe: u32, slices: &[Arc<dyn Media>]) -> LogRaidConfig {
+    let chunk = u64::from(stripe);
+    let smallest = slices.iter().map(|s| s.size()).min().unwrap_or(0);
+    let segment = (smallest / 32).clamp(chunk, 4 << 20);
+    LogRaidConfig {
+        cache_blocks: LOG_RAID_CACHE_BLOCKS,
+        ..LogRaidConfig::new(layout, chunk, (segment / chunk).max(1))
+    }
 }
 
 /// The SINGLE stack or the protected array over member slices.
@@ -577,6 +611,10 @@ impl VolumeManager {
                 Some(parts) => Ok((Arc::new(ConcatMedia::new(parts)) as _, None)),
                 None => Err("a member of a SINGLE family is missing".into()),
             }
+        } else if family.layout == layout::LOG_RAID {
+            LogRaid::open(slices, LOG_RAID_CACHE_BLOCKS)
+                .map(|a| (Arc::new(a) as Arc<dyn Media>, None))
+                .map_err(|e| e.to_string())
         } else {
             ProtectedMedia::open(slices)
                 .map(|a| {
@@ -930,9 +968,6 @@ impl VolumeManager {
                 return Err(status(vs::SSD_IN_USE));
             }
         }
-        if req.layout == layout::LOG_RAID {
-            return Err(status(vs::NOT_IMPLEMENTED));
-        }
         let plan = plan_layout(
             req.layout,
             req.data_shards,
@@ -1027,6 +1062,14 @@ impl VolumeManager {
             slices.push(Arc::new(slice));
         }
         let (media, array): Stack = match plan.protection {
+            Some(layout) if plan.log => {
+                let array = LogRaid::create(log_raid_config(layout, stripe, &slices), slices)
+                    .map_err(|e| match e {
+                        MediaError::Unrecoverable(_) | MediaError::OutOfRange { .. } => no_space,
+                        _ => Status::WRITE_FAULT,
+                    })?;
+                (Arc::new(array) as Arc<dyn Media>, None)
+            }
             None if slices.len() == 1 => (slices.remove(0), None),
             None => (Arc::new(ConcatMedia::new(slices)), None),
             Some(layout) => {

@@ -375,12 +375,8 @@ impl VolumeState {
             layout::ERASURE if n != usize::from(c.ec_k) + usize::from(c.ec_m) => {
                 return refuse("ec needs exactly ec_k + ec_m SSDs")
             }
-            layout::LOG_RAID => {
-                return Err(self.refuse(
-                    "enable",
-                    "the lograid layout is not implemented by this accelerator",
-                    EOPNOTSUPP,
-                ))
+            layout::LOG_RAID if n != usize::from(c.ec_k) + usize::from(c.ec_m) => {
+                return refuse("lograid needs exactly ec_k + ec_m SSDs")
             }
             _ => {}
         }
@@ -415,7 +411,7 @@ impl VolumeState {
         let (data, parity) = match c.layout {
             layout::RAID10 => (c.copies, 0),
             layout::RAID6 => (c.ssds.len() as u8 - 2, 2),
-            layout::ERASURE => (c.ec_k, c.ec_m),
+            layout::ERASURE | layout::LOG_RAID => (c.ec_k, c.ec_m),
             _ => (c.ssds.len() as u8, 0),
         };
         payload.data_shards = data;
@@ -737,9 +733,6 @@ volume_attribute!(2,
         let layout = v.parse("layout", parse::choice(page, &LAYOUTS))? as u8;
         let mut c = v.config.lock();
         v.may_change(&c, "layout", false)?;
-        if layout == layout::LOG_RAID {
-            return report(DIR, &v.name, "layout", "lograid is not implemented by this accelerator", EOPNOTSUPP);
-        }
         c.layout = layout;
         Ok(())
     }

@@ -542,6 +542,14 @@ impl Inner {
 
     /// Seals the open segment and opens a free one, in one commit.
     pub fn switch_segment(&mut self) -> MediaResult<()> {
+        // Segments emptied since the last commit become free through one;
+        // nothing changes before a free segment is known to exist.
+        if self.free.is_empty() && !self.pending_free.is_empty() {
+            self.commit()?;
+        }
+        if self.free.is_empty() {
+            return Err(MediaError::NoSpace);
+        }
         let old = self.open;
         let clock = self.clock;
         if let Some(seg) = self.segs.get_mut(old as usize) {
@@ -573,6 +581,11 @@ impl Inner {
     /// positions as padding), points the PMT at its blocks, and moves on.
     pub fn write_stripe(&mut self) -> MediaResult<()> {
         let g = self.g.clone();
+        // A switch that found no free segment left the open one full: try
+        // again before writing past its end.
+        if self.wp >= g.segment_stripes {
+            self.switch_segment()?;
+        }
         let (segment, stripe) = (self.open, self.wp);
         let epoch = self.segs[segment as usize].epoch;
         let header = Header {

@@ -14,6 +14,7 @@ use nvme_shim::wire::c_string_field;
 use super::*;
 use crate::namespace::FileNamespace;
 
+mod lograid_tests;
 mod maintenance_tests;
 mod nvmf_configure_tests;
 
@@ -295,7 +296,7 @@ fn every_layout_is_created_and_verified_through_io() {
     let images = Images::new("layouts", 6, SSD_BYTES);
     let mut a = Accel::start(&images);
     a.attach(&[0, 1, 2, 3, 4, 5]);
-    let cases: [(&str, u8, u8, u8, u64); 8] = [
+    let cases: [(&str, u8, u8, u8, u64); 10] = [
         ("single", layout::SINGLE, 0, 0, 0b1),
         ("concat", layout::SINGLE, 0, 0, 0b11),
         ("stripe", layout::RAID0, 0, 0, 0b111),
@@ -304,6 +305,8 @@ fn every_layout_is_created_and_verified_through_io() {
         ("raid6", layout::RAID6, 0, 0, 0b1111),
         ("raid6x6", layout::RAID6, 4, 2, 0b111111),
         ("ec32", layout::ERASURE, 3, 2, 0b11111),
+        ("lograid6", layout::LOG_RAID, 0, 0, 0b111111),
+        ("lograid31", layout::LOG_RAID, 3, 1, 0b1111),
     ];
     for (i, &(name, lay, k, m, mask)) in cases.iter().enumerate() {
         let mut req = request(name, lay, mask, 64 << 20);
@@ -354,6 +357,7 @@ fn every_layout_is_created_and_verified_through_io() {
             layout::SINGLE => (1, 0),
             layout::RAID0 => (3, 0),
             _ if lay == layout::RAID6 => (mask.count_ones() as u8 - 2, 2),
+            _ if lay == layout::LOG_RAID && k == 0 => (mask.count_ones() as u8 - 2, 2),
             _ => (k, m),
         };
         assert_eq!((entry.data_shards, entry.parity_shards), (dk, pk), "{name}");
@@ -418,7 +422,11 @@ fn volume_create_validation() {
             |r| r.services.set(service::LOG_STRUCTURED),
             not_impl,
         ),
-        ("Log-RAID", |r| r.layout = layout::LOG_RAID, not_impl),
+        (
+            "Log-RAID on one SSD",
+            |r| r.layout = layout::LOG_RAID,
+            bad_layout,
+        ),
         ("unknown layout", |r| r.layout = 9, bad_layout),
         ("stripe 3000", |r| r.stripe_bytes.set(3000), invalid),
         ("stripe 2 KiB", |r| r.stripe_bytes.set(2048), invalid),
