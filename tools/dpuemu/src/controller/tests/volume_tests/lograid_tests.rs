@@ -33,13 +33,13 @@ fn a_lograid_volume_survives_restarts_and_two_lost_ssds() {
             }
             assert_eq!(a.flush(nsid), Status::SUCCESS);
         }
-        assert_eq!(a.read(nsid, 0, blocks as u32).unwrap(), want);
+        assert_eq!(a.read(nsid, 0, blocks as usize).unwrap(), want);
         nsid
     };
     {
         let mut a = Accel::start(&images);
         assert!((0..6).all(|s| a.ssd_in_use(s)));
-        assert_eq!(a.read(nsid, 0, blocks as u32).unwrap(), want);
+        assert_eq!(a.read(nsid, 0, blocks as usize).unwrap(), want);
         // Writes go on after the restart.
         let data = blocks_pattern(4, 0x77);
         assert_eq!(a.write(nsid, 10, &data), Status::SUCCESS);
@@ -60,7 +60,7 @@ fn a_lograid_volume_survives_restarts_and_two_lost_ssds() {
     {
         let mut a = Accel::start(&images);
         assert!([0, 2, 3, 5].iter().all(|&s| a.ssd_in_use(s)));
-        assert_eq!(a.read(nsid, 0, blocks as u32).unwrap(), want);
+        assert_eq!(a.read(nsid, 0, blocks as usize).unwrap(), want);
     }
     // A third: beyond the layout, the volume is listed as failed.
     blank(0);
