@@ -282,8 +282,8 @@ if [[ " $suites " == *" vm "* ]]; then
 		# The stock drivers, the module's KUnit suites, and NVMe/TCP inside the
 		# guest (dpuemu's target against Linux's nvme-tcp host, dpuemu's
 		# initiator against Linux's nvmet-tcp; each starts its own dpuemu).
-		run_suite basic 800 -- test_load_unload test_configfs_root test_null_blk_fio test_rnull_fio \
-			test_dpublk_kunit test_nvmf_tcp test_nvmf_initiator test_nvmf_remote_member
+		run_suite basic 1100 -- test_load_unload test_configfs_root test_null_blk_fio test_rnull_fio \
+			test_dpublk_kunit test_nvmf_tcp test_nvmf_initiator test_nvmf_remote_member test_ha_failover
 		# dpuemu's functions under the stock nvme driver (issue 3).
 		run_suite accel 600 --accelerator --ssds 2 -- test_functions_present test_ssd_fio_verify test_dpuemu_idle
 		run_suite accel-iommu 600 --accelerator --ssds 2 --iommu -- test_functions_present test_ssd_fio_verify
