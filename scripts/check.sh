@@ -321,6 +321,9 @@ if [[ " $suites " == *" vm "* ]]; then
 			run_suite protection 1500 --accelerator --ssds 7 --ssd-size 128M -- \
 			test_protection_scrub test_protection_scrub_reset test_protection_degraded \
 			test_protection_rebuild test_dpublk_hostile_payloads
+		# Log-RAID (issue 13): 4+2 and 3+1 over conventional SSD functions,
+		# degraded by two while fio verifies.
+		run_suite lograid 600 --accelerator --ssds 6 -- test_lograid
 		# Several VM runs over the same SSD images each (QEMU's vfio-user client
 		# does not survive its server's death). The power-loss campaign's
 		# sample: two power cuts (three boots); `make crash N=50` is the campaign.

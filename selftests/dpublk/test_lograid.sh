@@ -17,7 +17,7 @@ dmesg_mark
 protection_setup 6
 
 dev=$(make_volume lograid s0,s1,s2,s3,s4,s5 lograid 64M ec_k=4 ec_m=2)
-diag "lograid 4+2 on /dev/$dev"
+diag "lograid 4+2 on $dev"
 # Overwrites of the same region make the log wrap and GC run.
 fio_start "$dev" --size=48M
 fio_finish
@@ -34,7 +34,7 @@ ssd_fault s1 clear
 ssd_fault s4 clear
 
 dev=$(make_volume lograid31 s0,s1,s2,s3 lograid 32M ec_k=3 ec_m=1)
-diag "lograid 3+1 on /dev/$dev"
+diag "lograid 3+1 on $dev"
 fio_start "$dev" --size=24M
 fio_finish
 remove_volume lograid31
