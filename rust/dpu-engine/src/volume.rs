@@ -55,7 +55,7 @@ pub use reduce::Compression;
 
 use crypt::Cipher;
 use engine::Engine;
-use paged::{CommitStep, PagedState, WriteStep};
+use paged::{CommitStep, Dedup, PagedState, ReadStep, WriteStep};
 use state::{PoolState, Prepared};
 
 /// The pool's block size: the unit of mapping, dedup and allocation.
@@ -136,6 +136,10 @@ impl From<VolumeError> for MediaError {
 }
 
 pub type VolumeResult<T> = Result<T, VolumeError>;
+
+/// Lookups a block read makes at most when the records it finds fail
+/// their check (see [`Volume::read_blocks`]).
+const READ_ATTEMPTS: u32 = 4;
 
 /// Deferred nodes the background releaser frees per lock hold.
 const RELEASE_STEP: usize = 16;
@@ -310,6 +314,35 @@ impl LockHolds {
     }
 }
 
+thread_local! {
+    /// How many pool locks this thread holds (a pool can sit on a volume
+    /// of another), for the tests that check that no media write or flush
+    /// happens under one.
+    static HOLDING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether the calling thread holds a pool lock now.
+#[cfg(test)]
+pub(crate) fn pool_lock_held() -> bool {
+    HOLDING.with(|h| h.get() > 0)
+}
+
+/// Counts the thread as holding a pool lock while it lives.
+struct HoldMark;
+
+impl HoldMark {
+    fn new() -> HoldMark {
+        HOLDING.with(|h| h.set(h.get() + 1));
+        HoldMark
+    }
+}
+
+impl Drop for HoldMark {
+    fn drop(&mut self) {
+        HOLDING.with(|h| h.set(h.get().saturating_sub(1)));
+    }
+}
+
 /// The pool lock, held: records how long, and where it was taken, when
 /// released.
 struct Held<'a> {
@@ -318,6 +351,7 @@ struct Held<'a> {
     cpu_since: u64,
     site: Site,
     holds: &'a LockHolds,
+    _mark: HoldMark,
 }
 
 impl Deref for Held<'_> {
@@ -477,6 +511,7 @@ impl Pool {
             let Ok(mut engine) = state.lock() else {
                 return;
             };
+            let mark = HoldMark::new();
             let since = Instant::now();
             let cpu_since = cputime::thread_cpu_ns();
             let pending = match &mut *engine {
@@ -489,6 +524,7 @@ impl Pool {
             };
             let needed = engine.take_commit_request();
             drop(engine);
+            drop(mark);
             holds.record(since, cpu_since, std::panic::Location::caller());
             // A step that grew the transaction large commits it, written
             // without the lock as every operation's commit is.
@@ -512,17 +548,19 @@ impl Pool {
 
     /// Runs `op` under the pool lock, then, if it asked for a commit,
     /// makes that commit durable without holding the lock across its I/O.
-    /// A journaled snapshot instead needs its journal record durable,
-    /// also written without the lock.
+    /// A journaled snapshot instead needs its journal record durable, and
+    /// a flush with nothing to commit a media flush, both also written
+    /// without the lock.
     #[track_caller]
     fn run<T>(&self, op: impl FnOnce(&mut Engine) -> VolumeResult<T>) -> VolumeResult<T> {
-        let (value, needed, journal) = {
+        let (value, needed, journal, media_flush) = {
             let mut engine = self.lock()?;
             let value = op(&mut engine);
             (
                 value,
                 engine.take_commit_request(),
                 engine.take_journal_request(),
+                engine.take_media_flush(),
             )
         };
         let value = value?;
@@ -530,6 +568,12 @@ impl Pool {
             if let Err(e) = journal.make_durable(number) {
                 self.lock()?.journal_failed();
                 return Err(e);
+            }
+        }
+        if let Some(media) = media_flush {
+            if let Err(e) = media.flush() {
+                self.lock()?.media_flush_failed();
+                return Err(e.into());
             }
         }
         if let Some(generation) = needed {
@@ -574,6 +618,7 @@ impl Pool {
             cpu_since: cputime::thread_cpu_ns(),
             site,
             holds: &self.holds,
+            _mark: HoldMark::new(),
         })
     }
 
@@ -734,37 +779,68 @@ impl Volume {
             .chunks_exact(BLOCK_SIZE)
             .map(|block| Prepared::new(block, self.services, cipher))
             .collect();
-        // A new block's bytes go to the media without the pool lock: only
-        // the lookups, the allocation and the mapping hold it.
+        // No media I/O under the pool lock: a new block's bytes are
+        // written, and a dedup candidate's read back and compared, between
+        // two holds; only the lookups, the allocation and the mapping hold
+        // it.
         for (i, block) in prepared.iter().enumerate() {
             let at = lba.saturating_add(i as u64);
-            let step = self
-                .pool
-                .run(|state| state.write_block_begin(self.id, at, block, cipher))?;
-            if let WriteStep::Place(mut placement) = step {
-                let written = placement.write();
-                self.pool
-                    .run(|state| state.write_block_end(self.id, at, placement, written))?;
+            let mut dedup = Dedup::Look;
+            loop {
+                let step = self
+                    .pool
+                    .run(|state| state.write_block_begin(self.id, at, block, cipher, dedup))?;
+                match step {
+                    WriteStep::Done => break,
+                    WriteStep::Place(mut placement) => {
+                        let written = placement.write();
+                        self.pool
+                            .run(|state| state.write_block_end(self.id, at, placement, written))?;
+                        break;
+                    }
+                    WriteStep::Verify(check) => {
+                        dedup = if check.matches(block.data, cipher) {
+                            Dedup::Matched(check)
+                        } else {
+                            Dedup::Skip
+                        };
+                    }
+                }
             }
         }
         self.pool.run(|state| state.complete_write())
     }
 
     /// Reads whole blocks from block `lba`; unwritten blocks read as zeros.
+    /// Each block is looked up under the pool lock and read without it.
     pub fn read_blocks(&self, lba: u64, buf: &mut [u8]) -> VolumeResult<()> {
         if !buf.len().is_multiple_of(BLOCK_SIZE) {
             return Err(VolumeError::InvalidArgument(
                 "read is not whole blocks".into(),
             ));
         }
-        let mut state = self.pool.lock()?;
+        let cipher = self.cipher.as_deref();
         for (i, block) in buf.chunks_exact_mut(BLOCK_SIZE).enumerate() {
-            state.read_block(
-                self.id,
-                lba.saturating_add(i as u64),
-                block,
-                self.cipher.as_deref(),
-            )?;
+            let at = lba.saturating_add(i as u64);
+            let mut last_failed: Option<u64> = None;
+            for attempt in 1.. {
+                let step = self.pool.lock()?.read_begin(self.id, at, block, cipher)?;
+                let ReadStep::Record(record) = step else {
+                    break;
+                };
+                match record.read(block, cipher) {
+                    Ok(()) => break,
+                    // The record may have died and its block been reused
+                    // between the lookup and the read (an overwrite and a
+                    // commit meanwhile): look again. The same record
+                    // failing twice is a real error, and so is a block
+                    // that keeps changing under a failing read.
+                    Err(e) if last_failed == Some(record.rid()) || attempt >= READ_ATTEMPTS => {
+                        return Err(e)
+                    }
+                    Err(_) => last_failed = Some(record.rid()),
+                }
+            }
         }
         Ok(())
     }

@@ -5,10 +5,15 @@
 //! checksum covers everything but itself, so a torn, misdirected or stale
 //! block fails [`verify`] instead of being parsed.
 //!
-//! The cache holds at most its capacity in blocks. Reads fill it, the
-//! least recently used block leaves it first, and a dirty block is written
-//! back when it leaves (or at [`BlockCache::write_back`], which a commit
-//! calls). Writing a dirty block early is safe because the transaction
+//! The cache holds at most its capacity in blocks. Reads fill it, and the
+//! least recently used *clean* block leaves it first: a dirty block stays
+//! until a commit takes it ([`BlockCache::take_dirty`]) or writes it
+//! ([`BlockCache::write_back`]), and is written back when it leaves only
+//! if nothing clean is left to evict (a transaction that dirtied more than
+//! the whole cache). The pool commits a transaction long before it dirties
+//! half the cache, so evictions never write and the pool lock, under which
+//! blocks are read and dirtied, is never held across a media write.
+//! Writing a dirty block early is safe anyway because the transaction
 //! manager only ever dirties blocks allocated in the running transaction,
 //! which nothing durable refers to.
 //!
@@ -71,6 +76,9 @@ pub struct CacheStats {
     /// Blocks written to the media (evictions and commits).
     pub writes: u64,
     pub evictions: u64,
+    /// Evictions that had to write a dirty block (the cache held nothing
+    /// clean).
+    pub dirty_evictions: u64,
     /// The most blocks ever resident at once.
     pub peak_resident: usize,
 }
@@ -86,7 +94,7 @@ pub struct BlockCache {
     media: Arc<dyn Media>,
     capacity: usize,
     entries: HashMap<u64, Entry>,
-    /// Last use → block, oldest first.
+    /// Last use → block, oldest first, of the clean blocks only.
     lru: BTreeMap<u64, u64>,
     /// Dirty blocks, so that a write back costs what was dirtied.
     dirty: BTreeSet<u64>,
@@ -146,10 +154,22 @@ impl BlockCache {
     fn touch(&mut self, number: u64) {
         self.tick += 1;
         if let Some(entry) = self.entries.get_mut(&number) {
-            self.lru.remove(&entry.tick);
+            if !entry.dirty {
+                self.lru.remove(&entry.tick);
+                self.lru.insert(self.tick, number);
+            }
             entry.tick = self.tick;
-            self.lru.insert(self.tick, number);
         }
+    }
+
+    /// Marks resident block `number` clean (it is on its way to the media).
+    fn mark_clean(&mut self, number: u64) -> Option<Block> {
+        let entry = self.entries.get_mut(&number)?;
+        if entry.dirty {
+            entry.dirty = false;
+            self.lru.insert(entry.tick, number);
+        }
+        Some(entry.data.clone())
     }
 
     fn check_range(&self, number: u64) -> MetaResult<()> {
@@ -199,6 +219,33 @@ impl BlockCache {
         self.insert(number, Arc::new(data), true)
     }
 
+    /// Changes block `number` of type `magic` in place through `change`
+    /// and marks it dirty (the caller guarantees nothing durable refers to
+    /// it). Readers holding the old bytes keep them: the block is copied
+    /// first if anyone else holds it.
+    pub fn modify(
+        &mut self,
+        number: u64,
+        magic: u32,
+        change: impl FnOnce(&mut [u8]),
+    ) -> MetaResult<()> {
+        if !self.entries.contains_key(&number) {
+            self.read(number, magic)?;
+        }
+        self.touch(number);
+        let Some(entry) = self.entries.get_mut(&number) else {
+            return Err(MetaError::Corrupt(format!("block {number} left the cache")));
+        };
+        verify_type(number, &entry.data, magic)?;
+        change(Arc::make_mut(&mut entry.data).as_mut_slice());
+        if !entry.dirty {
+            entry.dirty = true;
+            self.lru.remove(&entry.tick);
+            self.dirty.insert(number);
+        }
+        Ok(())
+    }
+
     fn insert(&mut self, number: u64, data: Block, dirty: bool) -> MetaResult<()> {
         self.tick += 1;
         let entry = Entry {
@@ -211,8 +258,10 @@ impl BlockCache {
         }
         if dirty {
             self.dirty.insert(number);
+        } else {
+            self.dirty.remove(&number);
+            self.lru.insert(self.tick, number);
         }
-        self.lru.insert(self.tick, number);
         let evicted = self.evict();
         self.stats.peak_resident = self.stats.peak_resident.max(self.entries.len());
         evicted
@@ -220,15 +269,21 @@ impl BlockCache {
 
     fn evict(&mut self) -> MetaResult<()> {
         while self.entries.len() > self.capacity {
-            let Some((_, number)) = self.lru.pop_first() else {
-                break;
+            // The oldest clean block, else (everything resident is dirty)
+            // a dirty one, written first.
+            let number = match self.lru.pop_first() {
+                Some((_, number)) => number,
+                None => match self.dirty.pop_first() {
+                    Some(number) => number,
+                    None => break,
+                },
             };
             let Some(entry) = self.entries.remove(&number) else {
                 continue;
             };
             self.stats.evictions += 1;
-            self.dirty.remove(&number);
             if entry.dirty {
+                self.stats.dirty_evictions += 1;
                 self.store(number, &entry.data)?;
             }
         }
@@ -246,13 +301,10 @@ impl BlockCache {
     /// Writes every dirty block (in block order); does not flush.
     pub fn write_back(&mut self) -> MetaResult<()> {
         for number in std::mem::take(&mut self.dirty) {
-            let Some(data) = self.entries.get(&number).map(|e| e.data.clone()) else {
+            let Some(data) = self.mark_clean(number) else {
                 continue;
             };
             self.store(number, &data)?;
-            if let Some(entry) = self.entries.get_mut(&number) {
-                entry.dirty = false;
-            }
         }
         Ok(())
     }
@@ -264,12 +316,11 @@ impl BlockCache {
     pub fn take_dirty(&mut self) -> Vec<(u64, Block)> {
         let mut taken = Vec::with_capacity(self.dirty.len());
         for number in std::mem::take(&mut self.dirty) {
-            let Some(entry) = self.entries.get_mut(&number) else {
+            let Some(data) = self.mark_clean(number) else {
                 continue;
             };
-            entry.dirty = false;
-            self.in_flight.insert(number, entry.data.clone());
-            taken.push((number, entry.data.clone()));
+            self.in_flight.insert(number, data.clone());
+            taken.push((number, data));
         }
         self.stats.writes += taken.len() as u64;
         taken
@@ -341,6 +392,44 @@ mod tests {
             assert!(data[BLOCK_HEADER..].iter().all(|&b| b == n as u8));
             assert!(fresh.resident() <= MIN_CAPACITY);
         }
+    }
+
+    #[test]
+    fn clean_blocks_leave_first_and_dirty_ones_wait_for_the_commit() {
+        let mem = Arc::new(MemMedia::new(128 * META_BLOCK));
+        let mut cache = BlockCache::new(mem.clone(), MIN_CAPACITY).unwrap();
+        for n in 0..MIN_CAPACITY as u64 {
+            cache.write(n, block(n as u8)).unwrap();
+        }
+        cache.write_back().unwrap();
+        let written = cache.stats().writes;
+        // Four dirty blocks, then many reads: the dirty ones, the oldest
+        // of all, stay; only clean blocks are evicted, and nothing is
+        // written until the commit takes the dirty ones.
+        for n in 100..104u64 {
+            cache.write(n, block(n as u8)).unwrap();
+        }
+        for round in 0..3 {
+            for n in 0..MIN_CAPACITY as u64 {
+                let data = cache.read(n, MAGIC).unwrap();
+                assert_eq!(data[BLOCK_HEADER], n as u8, "round {round}");
+                assert!(cache.resident() <= MIN_CAPACITY);
+            }
+        }
+        assert_eq!(cache.stats().writes, written);
+        assert_eq!(cache.stats().dirty_evictions, 0);
+        assert_eq!(cache.dirty(), 4);
+        let taken = cache.take_dirty();
+        assert_eq!(
+            taken.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            [100, 101, 102, 103]
+        );
+        // Taken blocks are clean now and may leave like any other.
+        for n in 0..MIN_CAPACITY as u64 {
+            cache.read(n, MAGIC).unwrap();
+        }
+        assert!(cache.resident() <= MIN_CAPACITY);
+        assert_eq!(cache.dirty(), 0);
     }
 
     #[test]

@@ -290,6 +290,65 @@ fn check_value(info: &TreeInfo, value: &[u8]) -> MetaResult<()> {
     Ok(())
 }
 
+/// A node read in place, without decoding it: what a lookup needs (one
+/// binary search per level, no copy of the node's keys and values).
+struct NodeView<'a> {
+    data: &'a [u8],
+    leaf: bool,
+    count: usize,
+    value_size: usize,
+    capacity: usize,
+}
+
+impl<'a> NodeView<'a> {
+    /// The same header checks as [`Node::decode`]; the key order is
+    /// checked when a node is decoded to be changed.
+    fn new(block: u64, data: &'a [u8], info: &TreeInfo) -> MetaResult<Self> {
+        let leaf = le_u32(data, 16) & LEAF != 0;
+        let count = le_u32(data, 20) as usize;
+        let value_size = le_u32(data, 24) as usize;
+        let capacity = le_u32(data, 28) as usize;
+        let want = if leaf { info.value_size } else { 8 };
+        if value_size != want || capacity > self::capacity(value_size) || count > capacity {
+            return Err(MetaError::Corrupt(format!(
+                "B-tree node {block}: header does not match the tree"
+            )));
+        }
+        Ok(NodeView {
+            data,
+            leaf,
+            count,
+            value_size,
+            capacity,
+        })
+    }
+
+    fn key(&self, i: usize) -> u64 {
+        le_u64(self.data, BODY + 8 * i)
+    }
+
+    /// Entries whose key is at most `key`.
+    fn at_most(&self, key: u64) -> usize {
+        let (mut lo, mut hi) = (0, self.count);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.key(mid) <= key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    fn value(&self, i: usize) -> &'a [u8] {
+        // In bounds: the header check keeps `capacity` entries of
+        // `value_size` bytes inside the block, and `i < count <= capacity`.
+        let at = BODY + 8 * self.capacity + i * self.value_size;
+        &self.data[at..at + self.value_size]
+    }
+}
+
 /// The value of `key`.
 pub fn lookup(
     tm: &mut TransactionManager,
@@ -297,20 +356,19 @@ pub fn lookup(
     root: u64,
     key: u64,
 ) -> MetaResult<Option<Vec<u8>>> {
-    let mut node = read_node(tm, info, root)?;
+    let mut block = root;
     for _ in 0..MAX_DEPTH {
+        let data = tm.read(block, BTREE_MAGIC)?;
+        let node = NodeView::new(block, &data, info)?;
+        let below = node.at_most(key);
         if node.leaf {
-            return Ok(node
-                .keys
-                .binary_search(&key)
-                .ok()
-                .map(|i| node.value(i).to_vec()));
+            let found = below > 0 && node.key(below - 1) == key;
+            return Ok(found.then(|| node.value(below - 1).to_vec()));
         }
-        if node.len() == 0 {
+        if node.count == 0 {
             return Err(MetaError::Corrupt("empty internal B-tree node".into()));
         }
-        let child = node.child(node.child_index(key));
-        node = read_node(tm, info, child)?;
+        block = le_u64(node.value(below.saturating_sub(1)), 0);
     }
     Err(too_deep())
 }

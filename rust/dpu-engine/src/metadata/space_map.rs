@@ -79,7 +79,25 @@ pub fn set(
     if index >= entries {
         return Err(out_of_range(index, entries));
     }
-    set_in(tm, root, levels(entries), index, value)
+    set_in(tm, root, levels(entries), index, value, false)
+}
+
+/// As [`set`], and a node left holding only zeros is freed (its parent
+/// then holds a null pointer): for maps whose indexes are used once, in
+/// order (record ids), so that the map stays as large as the live part.
+/// Not for the space maps the transaction manager itself keeps, whose
+/// updates must not free blocks while it applies them.
+pub fn set_pruning(
+    tm: &mut TransactionManager,
+    root: u64,
+    entries: u64,
+    index: u64,
+    value: u32,
+) -> MetaResult<u64> {
+    if index >= entries {
+        return Err(out_of_range(index, entries));
+    }
+    set_in(tm, root, levels(entries), index, value, true)
 }
 
 fn set_in(
@@ -88,6 +106,7 @@ fn set_in(
     level: u32,
     index: u64,
     value: u32,
+    prune: bool,
 ) -> MetaResult<u64> {
     let magic = if level == 0 {
         SM_LEAF_MAGIC
@@ -97,23 +116,37 @@ fn set_in(
     if block == 0 && value == 0 {
         return Ok(0);
     }
-    let (at, mut data) = if block == 0 {
-        (tm.new_block()?, blank_block(magic))
+    let at = if block == 0 {
+        let at = tm.new_block()?;
+        tm.write(at, blank_block(magic))?;
+        at
     } else {
-        // Space map nodes are never shared: shadowing moves them.
-        let (at, _) = tm.shadow(block, magic)?;
-        (at, tm.read(at, magic)?.to_vec())
+        // Space map nodes are never shared: shadowing moves them (or
+        // keeps them where they are, once moved in this transaction).
+        tm.shadow(block, magic)?.0
     };
-    if level == 0 {
-        put_u32(&mut data, BODY + 4 * index as usize, value);
+    // Changed in place: a path already moved in this transaction costs
+    // no copy, and an index node whose child stayed put no write at all.
+    let stored = if level == 0 {
+        tm.modify(at, magic, |data| {
+            put_u32(data, BODY + 4 * index as usize, value)
+        })?;
+        u64::from(value)
     } else {
         let child_span = span(level - 1);
         let slot = BODY + 8 * (index / child_span) as usize;
-        let child = le_u64(&data, slot);
-        let child = set_in(tm, child, level - 1, index % child_span, value)?;
-        put_u64(&mut data, slot, child);
+        let child = le_u64(&tm.read(at, magic)?, slot);
+        let moved = set_in(tm, child, level - 1, index % child_span, value, prune)?;
+        if moved != child {
+            tm.modify(at, magic, |data| put_u64(data, slot, moved))?;
+        }
+        moved
+    };
+    // Only a change to zero can empty a node; then every slot is checked.
+    if prune && stored == 0 && tm.read(at, magic)?[BODY..].iter().all(|&b| b == 0) {
+        tm.dec(at)?;
+        return Ok(0);
     }
-    tm.write(at, data)?;
     Ok(at)
 }
 
@@ -194,6 +227,45 @@ fn walk(
     for slot in 0..POINTERS_PER_NODE as usize {
         let child = le_u64(&node, BODY + 8 * slot);
         walk(tm, child, level - 1, visit)?;
+    }
+    Ok(())
+}
+
+/// Calls `visit` with every nonzero count, in index order (for checks).
+pub fn for_each_count(
+    tm: &mut TransactionManager,
+    root: u64,
+    entries: u64,
+    visit: &mut dyn FnMut(u64, u32),
+) -> MetaResult<()> {
+    visit_counts(tm, root, levels(entries), 0, visit)
+}
+
+fn visit_counts(
+    tm: &mut TransactionManager,
+    block: u64,
+    level: u32,
+    base: u64,
+    visit: &mut dyn FnMut(u64, u32),
+) -> MetaResult<()> {
+    if block == 0 {
+        return Ok(());
+    }
+    if level == 0 {
+        let leaf = tm.read(block, SM_LEAF_MAGIC)?;
+        for i in 0..COUNTS_PER_LEAF {
+            let count = le_u32(&leaf, BODY + 4 * i as usize);
+            if count != 0 {
+                visit(base + i, count);
+            }
+        }
+        return Ok(());
+    }
+    let node = tm.read(block, SM_NODE_MAGIC)?;
+    let child_span = span(level - 1);
+    for slot in 0..POINTERS_PER_NODE {
+        let child = le_u64(&node, BODY + 8 * slot as usize);
+        visit_counts(tm, child, level - 1, base + slot * child_span, visit)?;
     }
     Ok(())
 }

@@ -181,6 +181,9 @@ pub struct TransactionManager {
     freed: HashSet<u64>,
     /// Buffered count changes of metadata blocks.
     deltas: BTreeMap<u64, i64>,
+    /// A commit is applying the buffered changes to the space map (the
+    /// committed counts of blocks allocated in this transaction change).
+    applying: bool,
     /// Data blocks whose count fell to zero in this transaction.
     data_freed: HashSet<u64>,
     meta_cursor: u64,
@@ -213,6 +216,7 @@ impl TransactionManager {
             allocated: HashSet::new(),
             freed: HashSet::new(),
             deltas: BTreeMap::new(),
+            applying: false,
             data_freed: HashSet::new(),
             meta_cursor: SUPERBLOCKS,
             data_cursor: 0,
@@ -462,6 +466,22 @@ impl TransactionManager {
         self.cache.write(block, data)
     }
 
+    /// Changes a block allocated in this transaction in place.
+    pub fn modify(
+        &mut self,
+        block: u64,
+        magic: u32,
+        change: impl FnOnce(&mut [u8]),
+    ) -> MetaResult<()> {
+        self.usable()?;
+        if !self.allocated.contains(&block) {
+            return Err(MetaError::InvalidArgument(format!(
+                "block {block} is not writable in this transaction"
+            )));
+        }
+        self.cache.modify(block, magic, change)
+    }
+
     /// Current reference count of metadata block `block`.
     pub fn count(&mut self, block: u64) -> MetaResult<u32> {
         let stored = space_map::get(self, self.meta_sm, self.meta_blocks, block)?;
@@ -545,7 +565,17 @@ impl TransactionManager {
     /// reference of their own, which the caller takes.
     pub fn shadow(&mut self, block: u64, magic: u32) -> MetaResult<(u64, bool)> {
         self.usable()?;
-        let shared = self.count(block)? > 1;
+        // A block allocated in this transaction was free in the committed
+        // space map, so its count is its buffered delta; only while a
+        // commit applies the deltas to the map is the map read.
+        let quick = match self.deltas.get(&block) {
+            Some(&delta) if !self.applying && self.allocated.contains(&block) => Some(delta > 1),
+            _ => None,
+        };
+        let shared = match quick {
+            Some(shared) => shared,
+            None => self.count(block)? > 1,
+        };
         // A block allocated in this transaction is written in place unless
         // it was shared since (a snapshot taken in the same transaction).
         if self.allocated.contains(&block) && !shared {
@@ -718,6 +748,7 @@ impl TransactionManager {
         // map nodes, which changes other counts; each node is shadowed at
         // most once per transaction, so this ends. A change stays buffered
         // until its leaf holds it, so counts read meanwhile stay right.
+        self.applying = true;
         while let Some((&block, &delta)) = self.deltas.first_key_value() {
             let stored = space_map::get(self, self.meta_sm, self.meta_blocks, block)?;
             let value = u32::try_from(i64::from(stored) + delta)
@@ -734,6 +765,7 @@ impl TransactionManager {
                 self.deltas.remove(&block);
             }
         }
+        self.applying = false;
         let generation = self.generation + 1;
         let mut sb = blank_block(SUPERBLOCK_MAGIC);
         put_u64(&mut sb, SB_VERSION, VERSION);

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use super::crypt::{Cipher, VolumeKey};
-use super::paged::{CommitStep, Journal, PagedOptions, PagedState, Placement, WriteStep};
+use super::paged::{
+    CommitStep, Dedup, Journal, PagedOptions, PagedState, Placement, ReadStep, WriteStep,
+};
 use super::state::{OpenedVolume, PoolState, Prepared};
 use super::{PoolStats, Services, VolumeError, VolumeInfo, VolumeStats, BLOCK_SIZE};
 use crate::media::{Media, MediaError};
@@ -66,6 +68,22 @@ impl Engine {
         match self {
             Engine::InMemory(_) => None,
             Engine::Paged(s) => s.take_journal_request(),
+        }
+    }
+
+    /// The media flush the operation just run needs before it is
+    /// acknowledged (paged pools; format 1 flushes as it goes).
+    pub(crate) fn take_media_flush(&mut self) -> Option<Arc<dyn Media>> {
+        match self {
+            Engine::InMemory(_) => None,
+            Engine::Paged(s) => s.take_media_flush(),
+        }
+    }
+
+    /// A media flush failed: the pool fails until reopened.
+    pub(crate) fn media_flush_failed(&mut self) {
+        if let Engine::Paged(s) = self {
+            s.media_flush_failed();
         }
     }
 
@@ -174,12 +192,13 @@ impl Engine {
         lba: u64,
         block: &Prepared<'_>,
         cipher: Option<&Cipher>,
+        dedup: Dedup,
     ) -> Result<WriteStep, VolumeError> {
         match self {
             Engine::InMemory(s) => s
                 .write_block(vol, lba, block, cipher)
                 .map(|()| WriteStep::Done),
-            Engine::Paged(s) => s.write_block_begin(vol, lba, block, cipher),
+            Engine::Paged(s) => s.write_block_begin(vol, lba, block, cipher, dedup),
         }
     }
 
@@ -203,14 +222,19 @@ impl Engine {
         both!(self, s => s.complete_write())
     }
 
-    pub(crate) fn read_block(
+    /// Reads one block (format 1), or (paged pools) looks it up and says
+    /// which record to read without the pool lock.
+    pub(crate) fn read_begin(
         &mut self,
         vol: u32,
         lba: u64,
         out: &mut [u8],
         cipher: Option<&Cipher>,
-    ) -> Result<(), VolumeError> {
-        both!(self, s => s.read_block(vol, lba, out, cipher))
+    ) -> Result<ReadStep, VolumeError> {
+        match self {
+            Engine::InMemory(s) => s.read_block(vol, lba, out, cipher).map(|()| ReadStep::Done),
+            Engine::Paged(s) => s.read_begin(vol, lba, out, cipher),
+        }
     }
 
     pub(crate) fn discard(&mut self, vol: u32, lba: u64, count: u64) -> Result<(), VolumeError> {

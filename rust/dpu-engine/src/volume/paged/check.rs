@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use super::records::{self, index_info, mapping_info, ZERO_ENTRY};
-use super::slots::{DEFERRED, INDEX, PACK, PACKED, RECORDS, STORED};
+use super::slots::{DEFERRED, INDEX, PACK, PACKED, RECORDS, REFS, STORED};
 use super::{catalog, decode_pack, deferred_info, le, PagedState};
 use crate::metadata::btree::{self, TreeInfo};
 use crate::metadata::space_map;
@@ -100,6 +100,10 @@ pub(super) fn check(state: &mut PagedState) -> Result<(), VolumeError> {
     space_map::for_each_node(&mut state.tm, data_sm, data_blocks, &mut |b| {
         sm_nodes.push(b)
     })?;
+    let refs_root = state.tm.root(REFS);
+    space_map::for_each_node(&mut state.tm, refs_root, records::RID_SPACE, &mut |b| {
+        sm_nodes.push(b)
+    })?;
     for b in sm_nodes {
         *recount.meta.entry(b).or_default() += 1;
     }
@@ -116,15 +120,20 @@ pub(super) fn check(state: &mut PagedState) -> Result<(), VolumeError> {
     // Records: counts equal the leaf entries naming them; blocks hold
     // exactly the live records (and the pack cursor's hold).
     let all = records::all(&mut state.tm)?;
+    let counts: BTreeMap<u64, u32> = records::all_counts(&mut state.tm)?.into_iter().collect();
+    let missing = |rid: &&u64| all.binary_search_by_key(*rid, |(r, _)| *r).is_err();
+    if let Some(rid) = counts.keys().find(missing) {
+        return Err(corrupt(format!("record {rid}: counted but missing")));
+    }
     let mut data: BTreeMap<u64, u64> = BTreeMap::new();
     let mut packed_blocks: BTreeSet<u64> = BTreeSet::new();
     let mut stored = 0;
     for (rid, rec) in &all {
         let expected = recount.records.remove(rid).unwrap_or(0);
-        if u64::from(rec.refs) != expected || expected == 0 {
+        let found = counts.get(rid).copied().unwrap_or(0);
+        if u64::from(found) != expected || expected == 0 {
             return Err(corrupt(format!(
-                "record {rid}: count {}, referenced {expected} times",
-                rec.refs
+                "record {rid}: count {found}, referenced {expected} times"
             )));
         }
         *data.entry(rec.block).or_default() += 1;

@@ -8,11 +8,23 @@
 //! reference per entry, and dropping the last reference frees the record:
 //! it leaves this tree and the dedup index, and its data block's count
 //! (the live records the block holds) drops by one.
+//!
+//! The counts live apart from the records, in a counts map (root slot
+//! [`super::slots::REFS`]): the space map structure of
+//! [`crate::metadata::space_map`], one `u32` per record id, 1,016 to a
+//! leaf. A copied map leaf takes a reference on each of its hundreds of
+//! entries' records, whose ids are spread over the whole write history;
+//! with the count inside the record, each of them dirtied a records leaf
+//! of its own (about 90 metadata blocks per write after a snapshot), while
+//! ids are handed out in order, so the counts map is dense and a
+//! transaction dirties each of its few leaves once. Records themselves
+//! are then written once, when stored, and removed when they die.
 
 use super::super::reduce::{Compression, UNIT};
 use super::super::{VolumeError, BLOCK_SIZE};
-use super::slots::{INDEX, PACKED, RECORDS, STORED};
+use super::slots::{INDEX, PACKED, RECORDS, REFS, STORED};
 use crate::metadata::btree::{self, TreeInfo, ValueKind};
+use crate::metadata::space_map;
 use crate::metadata::transaction::TransactionManager;
 use crate::metadata::{MetaError, MetaResult};
 
@@ -20,6 +32,16 @@ use crate::metadata::{MetaError, MetaResult};
 pub(crate) const ZERO_ENTRY: u64 = u64::MAX;
 
 const RECORD_VALUE: usize = 40;
+
+/// Record ids the counts map covers (its shape depends on it, so it is
+/// fixed): three index levels over the leaves, about 1.3 * 10^11 ids, a
+/// path of four blocks. A pool hands out one id per block it stores (and
+/// loses at most a lease of 65,536 per crash): 500 PB of 4 KiB blocks
+/// written; past that, writes of new blocks fail with an error.
+pub(crate) const RID_SPACE: u64 = space_map::COUNTS_PER_LEAF
+    * space_map::POINTERS_PER_NODE
+    * space_map::POINTERS_PER_NODE
+    * space_map::POINTERS_PER_NODE;
 
 /// A stored block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +58,6 @@ pub(crate) struct RecordEntry {
     pub domain: u32,
     /// CRC32C of the stored bytes, checked on every read.
     pub crc: u32,
-    pub refs: u32,
     /// The dedup index key this record was indexed under, if it was.
     pub index_key: Option<u64>,
 }
@@ -60,7 +81,7 @@ impl RecordEntry {
         out[14..16].copy_from_slice(&self.len.to_le_bytes());
         out[16..20].copy_from_slice(&self.domain.to_le_bytes());
         out[20..24].copy_from_slice(&self.crc.to_le_bytes());
-        out[24..28].copy_from_slice(&self.refs.to_le_bytes());
+        // Bytes 24..28 are reserved (zero): the count is in the counts map.
         out[28..36].copy_from_slice(&self.index_key.unwrap_or(0).to_le_bytes());
         out
     }
@@ -95,7 +116,6 @@ impl RecordEntry {
             len: u16_at(14)?,
             domain: u32_at(16)?,
             crc: u32_at(20)?,
-            refs: u32_at(24)?,
         };
         let units_per_block = (BLOCK_SIZE / UNIT) as u32;
         if u32::from(rec.unit) + u32::from(rec.units) > units_per_block
@@ -142,7 +162,7 @@ pub(crate) fn get(tm: &mut TransactionManager, rid: u64) -> MetaResult<Option<Re
 }
 
 /// Stores record `rid`.
-pub(crate) fn put(tm: &mut TransactionManager, rid: u64, rec: &RecordEntry) -> MetaResult<()> {
+fn put(tm: &mut TransactionManager, rid: u64, rec: &RecordEntry) -> MetaResult<()> {
     let root = tm.root(RECORDS);
     let root = btree::insert(tm, &records_info()?, root, rid, &rec.encode())?;
     tm.set_root(RECORDS, root)
@@ -186,29 +206,62 @@ pub(crate) fn add_counter(tm: &mut TransactionManager, slot: usize, by: i64) -> 
     tm.set_root(slot, now)
 }
 
+/// The reference count of record `rid` (0: no such record).
+pub(crate) fn count(tm: &mut TransactionManager, rid: u64) -> MetaResult<u32> {
+    if rid >= RID_SPACE {
+        return Err(MetaError::Corrupt(format!("record id {rid} out of range")));
+    }
+    let root = tm.root(REFS);
+    space_map::get(tm, root, RID_SPACE, rid)
+}
+
+fn set_count(tm: &mut TransactionManager, rid: u64, count: u32) -> MetaResult<()> {
+    let root = tm.root(REFS);
+    let root = space_map::set_pruning(tm, root, RID_SPACE, rid, count)?;
+    tm.set_root(REFS, root)
+}
+
+/// Stores a new record `rid` with one reference (the caller's entry).
+pub(crate) fn create(tm: &mut TransactionManager, rid: u64, rec: &RecordEntry) -> MetaResult<()> {
+    if count(tm, rid)? != 0 {
+        return Err(MetaError::Corrupt(format!("record id {rid} reused")));
+    }
+    put(tm, rid, rec)?;
+    set_count(tm, rid, 1)
+}
+
+/// Every nonzero count of the counts map, in id order (checks).
+pub(crate) fn all_counts(tm: &mut TransactionManager) -> MetaResult<Vec<(u64, u32)>> {
+    let root = tm.root(REFS);
+    let mut out = Vec::new();
+    space_map::for_each_count(tm, root, RID_SPACE, &mut |rid, n| out.push((rid, n)))?;
+    Ok(out)
+}
+
 /// The [`crate::metadata::transaction::ValueRefs`] hook of the mapping
-/// trees.
+/// trees. Only the counts map changes unless the last reference goes.
 pub(crate) fn record_ref(tm: &mut TransactionManager, rid: u64, by: i64) -> MetaResult<()> {
     if rid == ZERO_ENTRY {
         return Ok(());
     }
-    let mut rec =
-        get(tm, rid)?.ok_or_else(|| MetaError::Corrupt(format!("record {rid} missing")))?;
+    let now = count(tm, rid)?;
+    // A live record has a count of at least one: zero means a map entry
+    // names a record that does not exist.
+    if now == 0 {
+        return Err(MetaError::Corrupt(format!("record {rid} missing")));
+    }
     if by > 0 {
-        rec.refs = rec
-            .refs
+        let next = now
             .checked_add(1)
             .ok_or(MetaError::TooManyReferences(rid))?;
-        return put(tm, rid, &rec);
+        return set_count(tm, rid, next);
     }
-    rec.refs = rec
-        .refs
-        .checked_sub(1)
-        .ok_or_else(|| MetaError::Corrupt(format!("record {rid}: count below zero")))?;
-    if rec.refs > 0 {
-        return put(tm, rid, &rec);
+    set_count(tm, rid, now - 1)?;
+    if now > 1 {
+        return Ok(());
     }
     // The last reference: the record dies.
+    let rec = get(tm, rid)?.ok_or_else(|| MetaError::Corrupt(format!("record {rid} missing")))?;
     let root = tm.root(RECORDS);
     let (root, _) = btree::remove(tm, &records_info()?, root, rid)?;
     tm.set_root(RECORDS, root)?;

@@ -515,7 +515,7 @@ fn a_closed_pool_does_no_more_work() {
 /// clear error with the block given back.
 #[test]
 fn block_writes_in_two_halves_survive_commits_crashes_and_deletes() {
-    use super::{PagedState, WriteStep};
+    use super::{Dedup, PagedState, WriteStep};
     use crate::volume::state::Prepared;
 
     let media = Arc::new(MemMedia::new((4096 * BS) as usize));
@@ -526,11 +526,11 @@ fn block_writes_in_two_halves_survive_commits_crashes_and_deletes() {
     let id = state.open_volume("v", None).unwrap().id;
     let free_before = state.stats().free_blocks;
     let begin = |state: &mut PagedState, lba: u64, data: &[u8]| match state
-        .write_block_begin(id, lba, &Prepared::new(data, raw, None), None)
+        .write_block_begin(id, lba, &Prepared::new(data, raw, None), None, Dedup::Look)
         .unwrap()
     {
         WriteStep::Place(p) => p,
-        WriteStep::Done => panic!("a new raw block is placed outside the lock"),
+        _ => panic!("a new raw block is placed outside the lock"),
     };
 
     // A commit between the halves: the block is not in it, and the write
@@ -862,4 +862,160 @@ fn a_deleted_leaf_is_released_a_few_entries_at_a_time() {
     pool.check().unwrap();
     let empty = pool.stats().unwrap();
     assert_eq!((empty.stored_bytes, empty.data_blocks), (0, 0), "{empty:?}");
+}
+
+/// A media that counts the I/O issued while the calling thread holds a
+/// pool lock.
+struct LockWatch {
+    inner: Arc<MemMedia>,
+    /// Byte offset where the pool's data area starts.
+    data_start: std::sync::atomic::AtomicU64,
+    writes: std::sync::atomic::AtomicU64,
+    flushes: std::sync::atomic::AtomicU64,
+    data_reads: std::sync::atomic::AtomicU64,
+    meta_reads: std::sync::atomic::AtomicU64,
+}
+
+impl LockWatch {
+    fn count(counter: &std::sync::atomic::AtomicU64) {
+        if crate::volume::pool_lock_held() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn get(counter: &std::sync::atomic::AtomicU64) -> u64 {
+        counter.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Media for LockWatch {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> crate::media::MediaResult<()> {
+        let start = self.data_start.load(std::sync::atomic::Ordering::Relaxed);
+        if offset >= start {
+            LockWatch::count(&self.data_reads);
+        } else {
+            LockWatch::count(&self.meta_reads);
+        }
+        self.inner.read_at(offset, buf)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> crate::media::MediaResult<()> {
+        LockWatch::count(&self.writes);
+        self.inner.write_at(offset, data)
+    }
+
+    fn flush(&self) -> crate::media::MediaResult<()> {
+        LockWatch::count(&self.flushes);
+        self.inner.flush()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> crate::media::MediaResult<()> {
+        LockWatch::count(&self.writes);
+        self.inner.discard(offset, len)
+    }
+}
+
+/// The pool lock is never held across a media write, a flush or a data
+/// read: writes of new blocks, dedup candidates' read-back, block reads,
+/// commits, journaled snapshots, flushes and the releaser's commits all
+/// run between holds, and the cache never evicts a dirty block (it would
+/// write it under the lock) while a transaction stays below half of it.
+/// Only metadata reads (cache misses) happen under the lock. Compression
+/// is left out: a packed block's write still runs under the lock.
+#[test]
+fn no_media_write_flush_or_data_read_under_the_pool_lock() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let blocks = 16_384u64;
+    let watch = Arc::new(LockWatch {
+        inner: Arc::new(MemMedia::new((blocks * BS) as usize)),
+        data_start: AtomicU64::new(u64::MAX),
+        writes: AtomicU64::new(0),
+        flushes: AtomicU64::new(0),
+        data_reads: AtomicU64::new(0),
+        meta_reads: AtomicU64::new(0),
+    });
+    // A cache of 128 blocks under a few thousand blocks of metadata, so
+    // that blocks are evicted and read again all the time.
+    let options = PagedOptions {
+        cache_bytes: 128 * META_BLOCK,
+        ..PagedOptions::default()
+    };
+    let pool = Pool::format_paged(watch.clone(), &options).unwrap();
+    // The data area follows the metadata area of 6 % (see PagedOptions).
+    let meta_blocks = blocks * 6 / 100;
+    watch.data_start.store(meta_blocks * BS, Ordering::Relaxed);
+    let releaser = pool.spawn_releaser();
+    let size = 4_000u64;
+    let v = create(&pool, "v", size, services(true, true, Compression::None));
+    let mut expected: std::collections::HashMap<u64, Vec<u8>> = Default::default();
+    let mut seed = 7u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..3_000u64 {
+        let lba = next() % size;
+        // About half duplicates of earlier content, some zero blocks.
+        let content = match next() % 10 {
+            0 => vec![0u8; BLOCK_SIZE],
+            1..=5 => noise(next() % 300),
+            _ => noise(1_000 + i),
+        };
+        v.write_blocks(lba, &content).unwrap();
+        expected.insert(lba, content);
+        if i % 100 == 99 {
+            pool.snapshot("v", &format!("v@{i}")).unwrap();
+        }
+        if i % 500 == 250 {
+            v.discard_blocks(lba, 8.min(size - lba)).unwrap();
+            for gone in lba..(lba + 8).min(size) {
+                expected.insert(gone, vec![0u8; BLOCK_SIZE]);
+            }
+            v.flush().unwrap();
+        }
+    }
+    v.flush().unwrap();
+    // Nothing to commit: a flush that only flushes the media.
+    v.flush().unwrap();
+    for (lba, content) in &expected {
+        assert_eq!(&read(&v, *lba), content, "block {lba}");
+    }
+    for i in (99..3_000u64).step_by(200) {
+        pool.delete(&format!("v@{i}")).unwrap();
+    }
+    while !pool.release_step(16).unwrap() {}
+    pool.flush().unwrap();
+    pool.check().unwrap();
+    for (lba, content) in &expected {
+        assert_eq!(&read(&v, *lba), content, "block {lba} after the deletes");
+    }
+    assert!(
+        LockWatch::get(&watch.meta_reads) > 0,
+        "the cache was large enough to never miss: the test proves nothing"
+    );
+    assert_eq!(
+        LockWatch::get(&watch.writes),
+        0,
+        "media writes under the pool lock"
+    );
+    assert_eq!(
+        LockWatch::get(&watch.flushes),
+        0,
+        "flushes under the pool lock"
+    );
+    assert_eq!(
+        LockWatch::get(&watch.data_reads),
+        0,
+        "data reads under the pool lock"
+    );
+    drop(v);
+    drop(pool);
+    releaser.join().unwrap();
 }
