@@ -123,6 +123,9 @@ fn members(dir: &Path, member_bytes: u64, create: bool) -> Result<Vec<Arc<dyn Me
                 .open(&path)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             let media = FileMedia::new(file, member_bytes).map_err(|e| e.to_string())?;
+            // Random 4 KiB I/O: readahead would only read (zero-fill, in
+            // the sparse images' holes) pages nobody asked for.
+            media.advise_random();
             Ok(Arc::new(media) as Arc<dyn Media>)
         })
         .collect()

@@ -167,6 +167,23 @@ impl FileMedia {
         })
     }
 
+    /// Tells the kernel that I/O to the file is random: no readahead.
+    /// For images whose reads are scattered blocks (a parity array's
+    /// read-modify-writes, metadata lookups), where readahead only reads
+    /// pages nobody asked for, and over a sparse image's holes zero-fills
+    /// them (measured at a twentieth of the engine bench's CPU time).
+    /// Sequential readers keep the default. Advice only: a failure
+    /// changes nothing but speed, so it is not reported.
+    pub fn advise_random(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: posix_fadvise takes a descriptor and a range and touches
+        // no memory of ours; `self.file` keeps the descriptor open for the
+        // duration of the call.
+        unsafe {
+            libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM);
+        }
+    }
+
     /// The error a failed flush left, if any.
     fn failed(&self) -> MediaResult<()> {
         let error = self.flush_error.lock().map_err(|_| MediaError::Gone)?;

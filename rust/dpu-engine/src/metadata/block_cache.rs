@@ -22,10 +22,10 @@
 //! set, even if evicted, until [`BlockCache::end_in_flight`] says they are
 //! on the media.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::{le_u32, le_u64, MetaError, MetaResult, META_BLOCK};
+use super::{le_u32, le_u64, BlockMap, MetaError, MetaResult, META_BLOCK};
 use crate::media::Media;
 
 /// The owner's bytes start here; bytes 0..4 are the owner's type magic.
@@ -93,14 +93,14 @@ struct Entry {
 pub struct BlockCache {
     media: Arc<dyn Media>,
     capacity: usize,
-    entries: HashMap<u64, Entry>,
+    entries: BlockMap<Entry>,
     /// Last use → block, oldest first, of the clean blocks only.
     lru: BTreeMap<u64, u64>,
     /// Dirty blocks, so that a write back costs what was dirtied.
     dirty: BTreeSet<u64>,
     /// Blocks of a commit being written without the cache: the only
     /// current copy until the commit's writes are done.
-    in_flight: HashMap<u64, Block>,
+    in_flight: BlockMap<Block>,
     tick: u64,
     stats: CacheStats,
 }
@@ -116,10 +116,10 @@ impl BlockCache {
         Ok(BlockCache {
             media,
             capacity,
-            entries: HashMap::new(),
+            entries: BlockMap::default(),
             lru: BTreeMap::new(),
             dirty: BTreeSet::new(),
-            in_flight: HashMap::new(),
+            in_flight: BlockMap::default(),
             tick: 0,
             stats: CacheStats::default(),
         })
@@ -191,20 +191,24 @@ impl BlockCache {
             verify_type(number, &data, magic)?;
             return Ok(data);
         }
+        let data = self.fetch(number, magic)?;
+        self.insert(number, data.clone(), false)?;
+        Ok(data)
+    }
+
+    /// Block `number` from the in-flight set or the media, not cached.
+    fn fetch(&mut self, number: u64, magic: u32) -> MetaResult<Block> {
         self.check_range(number)?;
         if let Some(data) = self.in_flight.get(&number).cloned() {
             self.stats.hits += 1;
             verify_type(number, &data, magic)?;
-            self.insert(number, data.clone(), false)?;
             return Ok(data);
         }
         let mut data = vec![0u8; META_BLOCK];
         self.media.read_at(number * META_BLOCK as u64, &mut data)?;
         self.stats.reads += 1;
         verify(number, &data, magic)?;
-        let data = Arc::new(data);
-        self.insert(number, data.clone(), false)?;
-        Ok(data)
+        Ok(Arc::new(data))
     }
 
     /// Replaces block `number` with `data` (sealed on its way to the media).
@@ -230,7 +234,11 @@ impl BlockCache {
         change: impl FnOnce(&mut [u8]),
     ) -> MetaResult<()> {
         if !self.entries.contains_key(&number) {
-            self.read(number, magic)?;
+            // Evicted since it was written (a dirty eviction): back in,
+            // changed and dirty, in one insert.
+            let mut data = self.fetch(number, magic)?.to_vec();
+            change(&mut data);
+            return self.insert(number, Arc::new(data), true);
         }
         self.touch(number);
         let Some(entry) = self.entries.get_mut(&number) else {

@@ -33,12 +33,12 @@
 //! reaches, and the next transaction's writes never touch anything either
 //! superblock reaches. Only one commit is in flight at a time.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::block_cache::{seal, verify, Block, BlockCache, CacheStats};
 use super::space_map;
-use super::{blank_block, le_u64, put_u64, MetaError, MetaResult, META_BLOCK};
+use super::{blank_block, le_u64, put_u64, BlockSet, MetaError, MetaResult, META_BLOCK};
 use crate::media::Media;
 
 pub const SUPERBLOCK_MAGIC: u32 = u32::from_le_bytes(*b"DPMs");
@@ -164,28 +164,28 @@ pub struct TransactionManager {
     in_flight: bool,
     /// Blocks and data blocks freed by the commit in flight: the durable
     /// superblock may still use them.
-    pending_freed: HashSet<u64>,
-    pending_data_freed: HashSet<u64>,
+    pending_freed: BlockSet,
+    pending_data_freed: BlockSet,
     /// Data blocks taken by writes in progress outside the owner's lock
     /// ([`TransactionManager::reserve_data`]): free in every state, so no
     /// commit refers to them, and not allocatable meanwhile.
-    reserved_data: HashSet<u64>,
+    reserved_data: BlockSet,
     meta_blocks: u64,
     data_blocks: u64,
     meta_sm: u64,
     data_sm: u64,
     roots: [u64; ROOTS],
     /// Metadata blocks allocated in this transaction: writable in place.
-    allocated: HashSet<u64>,
+    allocated: BlockSet,
     /// Metadata blocks whose count fell to zero in this transaction.
-    freed: HashSet<u64>,
+    freed: BlockSet,
     /// Buffered count changes of metadata blocks.
     deltas: BTreeMap<u64, i64>,
     /// A commit is applying the buffered changes to the space map (the
     /// committed counts of blocks allocated in this transaction change).
     applying: bool,
     /// Data blocks whose count fell to zero in this transaction.
-    data_freed: HashSet<u64>,
+    data_freed: BlockSet,
     meta_cursor: u64,
     data_cursor: u64,
     /// A flush or superblock write failed: the media's state is unknown.
@@ -205,19 +205,19 @@ impl TransactionManager {
             generation: 0,
             durable: 0,
             in_flight: false,
-            pending_freed: HashSet::new(),
-            pending_data_freed: HashSet::new(),
-            reserved_data: HashSet::new(),
+            pending_freed: BlockSet::default(),
+            pending_data_freed: BlockSet::default(),
+            reserved_data: BlockSet::default(),
             meta_blocks,
             data_blocks,
             meta_sm: 0,
             data_sm: 0,
             roots: [0; ROOTS],
-            allocated: HashSet::new(),
-            freed: HashSet::new(),
+            allocated: BlockSet::default(),
+            freed: BlockSet::default(),
             deltas: BTreeMap::new(),
             applying: false,
-            data_freed: HashSet::new(),
+            data_freed: BlockSet::default(),
             meta_cursor: SUPERBLOCKS,
             data_cursor: 0,
             failed: false,

@@ -111,8 +111,9 @@ const MAX_COMMIT_BLOCKS: usize = 4096;
 /// The longest a release step keeps going (it always releases one node).
 const RELEASE_STEP_TIME: std::time::Duration = std::time::Duration::from_millis(10);
 /// Entries of a deleted volume's map leaf whose record references one
-/// release step drops at most (a leaf holds hundreds).
-const RELEASE_ENTRIES: usize = 16;
+/// release step drops at most (a leaf holds up to 254). Each is a count
+/// in the counts map, a few microseconds, unless the record dies with it.
+const RELEASE_ENTRIES: usize = 128;
 /// Deferred mapping nodes a flush releases on its way.
 const FLUSH_RELEASE_BUDGET: usize = 64;
 
