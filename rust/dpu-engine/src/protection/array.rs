@@ -1323,10 +1323,7 @@ impl Media for ProtectedMedia {
     }
 
     fn copies(&self) -> usize {
-        match self.geometry.layout {
-            Layout::Mirror { copies, .. } => copies,
-            _ => 1,
-        }
+        super::repair::parity_copies(self.geometry.layout)
     }
 
     fn read_copy_at(&self, copy: usize, offset: u64, buf: &mut [u8]) -> MediaResult<()> {
