@@ -74,6 +74,13 @@ pub mod opcode {
     /// NVMe/TCP target: remove a namespace from a subsystem. Data in:
     /// `NvmfNamespace` (volume name empty).
     pub const NVMF_NAMESPACE_REMOVE: u8 = 0xd5;
+    /// Make a namespace of a remote NVMe/TCP subsystem one more SSD of the
+    /// accelerator and attach it. Data in: `RemoteSsdAdd`. DW0: the new
+    /// SSD's index.
+    pub const REMOTE_SSD_ADD: u8 = 0xd9;
+    /// Detach a remote SSD made by Remote SSD Add and disconnect it; its
+    /// index is free again. CDW10: SSD index.
+    pub const REMOTE_SSD_REMOVE: u8 = 0xcc;
 }
 
 /// Vendor status codes (Status Code Type 7).
@@ -120,6 +127,12 @@ pub mod status {
     /// NVMe/TCP target: the subsystem still has namespaces, or the volume
     /// is exported by another namespace already.
     pub const NVMF_BUSY: u8 = 0x43;
+    /// Remote SSD Add: the remote namespace does not answer (and no size
+    /// was given to wait for it with).
+    pub const REMOTE_UNREACHABLE: u8 = 0x44;
+    /// Remote SSD Add: the remote namespace answers with another size or
+    /// block size than the one given.
+    pub const REMOTE_GEOMETRY: u8 = 0x45;
 }
 
 /// Builds a vendor status (SCT 7) with Do Not Retry.
@@ -176,11 +189,15 @@ pub enum VendorCommand {
     NvmfNamespaceAdd,
     /// See [`opcode::NVMF_NAMESPACE_REMOVE`].
     NvmfNamespaceRemove,
+    /// See [`opcode::REMOTE_SSD_ADD`].
+    RemoteSsdAdd,
+    /// See [`opcode::REMOTE_SSD_REMOVE`].
+    RemoteSsdRemove,
 }
 
 impl VendorCommand {
     /// Every vendor command, for tables and tests.
-    pub const ALL: [VendorCommand; 23] = [
+    pub const ALL: [VendorCommand; 25] = [
         VendorCommand::SsdAttach,
         VendorCommand::SsdDetach,
         VendorCommand::SsdList,
@@ -204,6 +221,8 @@ impl VendorCommand {
         VendorCommand::NvmfSubsystemRemove,
         VendorCommand::NvmfNamespaceAdd,
         VendorCommand::NvmfNamespaceRemove,
+        VendorCommand::RemoteSsdAdd,
+        VendorCommand::RemoteSsdRemove,
     ];
 
     /// Decodes an opcode, or `None` if it is not a dpublk vendor command.
@@ -232,6 +251,8 @@ impl VendorCommand {
             opcode::NVMF_SUBSYSTEM_REMOVE => VendorCommand::NvmfSubsystemRemove,
             opcode::NVMF_NAMESPACE_ADD => VendorCommand::NvmfNamespaceAdd,
             opcode::NVMF_NAMESPACE_REMOVE => VendorCommand::NvmfNamespaceRemove,
+            opcode::REMOTE_SSD_ADD => VendorCommand::RemoteSsdAdd,
+            opcode::REMOTE_SSD_REMOVE => VendorCommand::RemoteSsdRemove,
             _ => return None,
         })
     }
@@ -262,6 +283,8 @@ impl VendorCommand {
             VendorCommand::NvmfSubsystemRemove => opcode::NVMF_SUBSYSTEM_REMOVE,
             VendorCommand::NvmfNamespaceAdd => opcode::NVMF_NAMESPACE_ADD,
             VendorCommand::NvmfNamespaceRemove => opcode::NVMF_NAMESPACE_REMOVE,
+            VendorCommand::RemoteSsdAdd => opcode::REMOTE_SSD_ADD,
+            VendorCommand::RemoteSsdRemove => opcode::REMOTE_SSD_REMOVE,
         }
     }
 
@@ -286,7 +309,9 @@ impl VendorCommand {
             VendorCommand::NvmfNamespaceAdd | VendorCommand::NvmfNamespaceRemove => {
                 core::mem::size_of::<NvmfNamespace>()
             }
+            VendorCommand::RemoteSsdAdd => core::mem::size_of::<RemoteSsdAdd>(),
             VendorCommand::NvmfPortRemove
+            | VendorCommand::RemoteSsdRemove
             | VendorCommand::SsdAttach
             | VendorCommand::SsdDetach
             | VendorCommand::VolumeDelete
@@ -1104,6 +1129,64 @@ pub const fn nvmf_port_id(sqe: &SubmissionEntry) -> Option<u16> {
     }
 }
 
+/// Payload of Remote SSD Add: a namespace of a remote NVMe/TCP subsystem
+/// that the accelerator reaches with its initiator and uses as one more
+/// SSD (the configuration file's `[remote-ssd NAME]`).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RemoteSsdAdd {
+    /// `NVMF_TRTYPE_*` (TCP only).
+    pub trtype: u8,
+    /// `NVMF_ADRFAM_*`; must match `traddr`.
+    pub adrfam: u8,
+    /// The remote's TCP port, 1 to 65535.
+    pub trsvcid: Le16,
+    /// The namespace in the remote subsystem (1 to FFFFFFFDh).
+    pub nsid: Le32,
+    /// 0: the remote must answer now, and its size is the SSD's. Otherwise
+    /// the namespace's size in bytes (whole blocks of `lba_shift`): a
+    /// remote that does not answer yet is added absent and joins when it
+    /// does, and one that answers must have this geometry.
+    pub size_bytes: Le64,
+    /// With `size_bytes`: log2 of the block size, 9 or 12; 0 otherwise.
+    pub lba_shift: u8,
+    /// Reserved.
+    pub rsvd17: [u8; 15],
+    /// A name for the accelerator's log (the host's handle name): 1 to 31
+    /// of `[A-Za-z0-9._-]`, NUL terminated and padded.
+    pub name: [u8; 32],
+    /// The remote's address: an IPv4 or IPv6 literal, NUL terminated and
+    /// padded.
+    pub traddr: [u8; 64],
+    /// The remote subsystem's NQN, NUL terminated and padded.
+    pub subnqn: [u8; NVMF_NQN_FIELD],
+    /// Reserved.
+    pub rsvd384: [u8; 128],
+}
+
+impl core::fmt::Debug for RemoteSsdAdd {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RemoteSsdAdd")
+            .field("trsvcid", &self.trsvcid.get())
+            .field("nsid", &self.nsid.get())
+            .field("size_bytes", &self.size_bytes.get())
+            .finish_non_exhaustive()
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<RemoteSsdAdd>() == 512);
+
+// SAFETY: repr(C) of Le types and u8 arrays, all of alignment 1: no
+// padding (size asserted), and any bit pattern is a valid value.
+unsafe impl Wire for RemoteSsdAdd {}
+
+/// Builds Remote SSD Remove of SSD `index`.
+pub fn remote_ssd_remove(index: u16, cid: u16) -> SubmissionEntry {
+    let mut sqe = SubmissionEntry::new(opcode::REMOTE_SSD_REMOVE, cid);
+    sqe.cdw10.set(u32::from(index));
+    sqe
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::opcode::admin;
@@ -1283,6 +1366,45 @@ mod tests {
         assert_eq!(payload_bytes(opcode::NVMF_SUBSYSTEM_SET), 4096);
         assert_eq!(payload_bytes(opcode::NVMF_NAMESPACE_REMOVE), 512);
         assert_eq!(payload_bytes(opcode::NVMF_PORT_REMOVE), 0);
+    }
+
+    #[test]
+    fn remote_ssd_payload_layout() {
+        let mut r = RemoteSsdAdd::zeroed();
+        r.trtype = NVMF_TRTYPE_TCP;
+        r.adrfam = NVMF_ADRFAM_IPV6;
+        r.trsvcid.set(4420);
+        r.nsid.set(2);
+        r.size_bytes.set(1 << 30);
+        r.lba_shift = 12;
+        c_string_field(&mut r.name, b"shelf1");
+        c_string_field(&mut r.traddr, b"::1");
+        c_string_field(&mut r.subnqn, b"nqn.2026-12.org.example:shelf");
+        let b = r.as_bytes();
+        assert_eq!(&b[..8], &[3, 2, 0x44, 0x11, 2, 0, 0, 0]);
+        assert_eq!(&b[8..16], &(1u64 << 30).to_le_bytes());
+        assert_eq!(b[16], 12);
+        assert_eq!(&b[32..39], b"shelf1\0");
+        assert_eq!(&b[64..68], b"::1\0");
+        assert_eq!(&b[128..132], b"nqn.");
+        assert!(RemoteSsdAdd::read_from(b) == Some(r));
+        assert!(RemoteSsdAdd::read_from(&b[..511]).is_none());
+        assert_eq!(payload_bytes(opcode::REMOTE_SSD_ADD), 512);
+        assert_eq!(
+            VendorCommand::RemoteSsdAdd.direction(),
+            DataDirection::HostToController
+        );
+
+        let sqe = remote_ssd_remove(5, 3);
+        assert_eq!((sqe.opcode(), sqe.cid()), (opcode::REMOTE_SSD_REMOVE, 3));
+        assert_eq!(ssd_index(&sqe), Some(5));
+        assert_eq!(payload_bytes(opcode::REMOTE_SSD_REMOVE), 0);
+        assert_eq!(
+            VendorCommand::RemoteSsdRemove.direction(),
+            DataDirection::None
+        );
+        let st = vendor_status(status::REMOTE_UNREACHABLE);
+        assert_eq!((st.sct(), st.sc()), (7, 0x44));
     }
 
     #[test]
