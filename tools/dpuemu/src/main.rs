@@ -333,6 +333,24 @@ fn run(options: &Options) -> Result<(), String> {
             .collect();
         nvmf_claimed = Some(nvmf::claim_ssds(config, &ssds)?);
     }
+    // SSD indexes that the host's Remote SSD Add fills later (configfs
+    // `ssds/<name>/remote`): empty until then, and hidden from SSD List.
+    let remote_slots: Vec<nvmf::SlotHandle> = (ssd_handles.len()..64)
+        .take(nvmf::REMOTE_SLOTS)
+        .map(|i| nvmf::SlotHandle {
+            index: i as u16,
+            ownership: Arc::new(SsdOwnership::new()),
+            slot: Arc::new(nvmf::RemoteSlot::default()),
+        })
+        .collect();
+    for s in &remote_slots {
+        ssd_handles.push(SsdHandle {
+            index: s.index,
+            ownership: s.ownership.clone(),
+            media: s.slot.clone(),
+            serial: format!("DPUEMU-REMOTE{}", s.index),
+        });
+    }
     // A pair's node opens nothing before it holds the fence: until then
     // it serves its hosts an inaccessible path.
     if let (Some(ha), Some(config)) = (&mut ha, &nvmf_config) {
@@ -369,6 +387,12 @@ fn run(options: &Options) -> Result<(), String> {
     for (index, remote) in &remote_ssds {
         remote.on_return(nvmf::readd_hook(Arc::downgrade(&volumes), *index));
     }
+    let remote_slots = nvmf::RemoteSlots::new(
+        remote_slots,
+        Arc::downgrade(&volumes),
+        remote_ssds.iter().map(|(_, r)| r.spec().clone()).collect(),
+        nvmf::RemoteSsdPolicy::default(),
+    );
     // The NSIDs the accelerator's function keeps from its volumes.
     let reserved: BTreeSet<u32> = (1..=accel_namespaces.len() as u32).collect();
     let ssd_ownership: Vec<Arc<SsdOwnership>> =
@@ -423,6 +447,10 @@ fn run(options: &Options) -> Result<(), String> {
     if let Some(target) = &_nvmf {
         functions[0].controller.nvmf().install(Arc::clone(target));
     }
+    functions[0]
+        .controller
+        .nvmf()
+        .install_remote_slots(remote_slots);
     for (i, (m, o)) in media.iter().zip(&ownership).enumerate() {
         // A zoned SSD function's namespace keeps the zone rules; the
         // accelerator and the NVMe/TCP target still see the raw image.

@@ -21,6 +21,7 @@ mod fabrics;
 mod identify;
 mod initiator;
 mod io;
+mod remote_slots;
 mod remote_ssd;
 #[cfg(test)]
 mod stream_fuzz;
@@ -32,6 +33,7 @@ mod volumes;
 pub use configure::HostTarget;
 #[cfg(test)]
 pub use initiator::{RemoteNamespace, RemoteSpec, INITIATOR_NQN};
+pub use remote_slots::{RemoteSlot, RemoteSlots, SlotHandle, REMOTE_SLOTS};
 pub use remote_ssd::{readd_hook, RemoteSsd, RemoteSsdPolicy};
 pub use target::{claim_ssds, ClaimedSsds, Target, VolumeLookup, FIRST_CNTLID};
 pub use volumes::VolumeDirectory;

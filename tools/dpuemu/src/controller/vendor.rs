@@ -33,7 +33,7 @@ impl Controller {
                 let index = vendor::ssd_index(sqe).ok_or(Status::INVALID_FIELD)?;
                 let ssd = ssds
                     .iter()
-                    .find(|s| s.index == index)
+                    .find(|s| s.index == index && !self.nvmf.is_empty_remote_slot(index))
                     .ok_or(vendor_status(vs::SSD_NOT_FOUND))?;
                 if cmd == VendorCommand::SsdAttach && ssd.media.zoned().is_some() {
                     // A volume family's label and metadata would overwrite
@@ -70,7 +70,12 @@ impl Controller {
             VendorCommand::SsdList => {
                 let mut list = vendor::SsdList::zeroed();
                 let mut count = 0u32;
-                for (entry, ssd) in list.entries.iter_mut().zip(ssds) {
+                // A reserved remote SSD index is an SSD once Remote SSD Add
+                // filled it.
+                let present = ssds
+                    .iter()
+                    .filter(|s| !self.nvmf.is_empty_remote_slot(s.index));
+                for (entry, ssd) in list.entries.iter_mut().zip(present) {
                     let view = ssd.ownership.view();
                     entry.index.set(ssd.index);
                     entry.state = if view.attached {
@@ -237,6 +242,8 @@ impl Controller {
             VendorCommand::NvmfNamespaceRemove => {
                 self.nvmf.namespace_remove(&self.raw_payload(sqe, cmd)?)
             }
+            VendorCommand::RemoteSsdAdd => self.nvmf.remote_ssd_add(&self.raw_payload(sqe, cmd)?),
+            VendorCommand::RemoteSsdRemove => self.nvmf.remote_ssd_remove(sqe),
         }
     }
 

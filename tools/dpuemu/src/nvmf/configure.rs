@@ -10,7 +10,7 @@
 //! refused command changes nothing.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use log::{info, warn};
 use nvme_shim::sqe::SubmissionEntry;
@@ -21,12 +21,13 @@ use nvme_shim::vendor::{
 use nvme_shim::wire::Wire;
 
 use super::config::{valid_nqn, valid_volume_name, DISCOVERY_NQN, MAX_NSID};
+use super::remote_slots::RemoteSlots;
 use super::target::{Access, PortError, Target, VolumeLookup};
 use crate::namespace::Namespace;
 
 /// Why a payload was refused (for the log; the host sees
 /// `INVALID_PAYLOAD`).
-type Refusal = &'static str;
+pub(super) type Refusal = &'static str;
 
 /// The target the host configures: the one the configuration file
 /// started (appliance mode with a host driver too), or one made at the
@@ -34,6 +35,9 @@ type Refusal = &'static str;
 #[derive(Default)]
 pub struct HostTarget {
     target: Mutex<Option<Arc<Target>>>,
+    /// The SSD indexes Remote SSD Add fills (none: the command is not
+    /// implemented, as in tests without them).
+    remote: OnceLock<RemoteSlots>,
 }
 
 fn invalid(what: &str, why: Refusal) -> Status {
@@ -46,6 +50,36 @@ impl HostTarget {
     /// commands change.
     pub fn install(&self, target: Arc<Target>) {
         *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(target);
+    }
+
+    /// Gives the host's Remote SSD Add and Remove the SSD indexes reserved
+    /// for them. Only the first call counts.
+    pub fn install_remote_slots(&self, slots: RemoteSlots) {
+        if self.remote.set(slots).is_err() {
+            warn!("nvmf configure: remote SSD indexes installed twice");
+        }
+    }
+
+    /// Whether SSD `index` is a reserved remote SSD index with nothing in
+    /// it: SSD List, Attach and Detach do not see it.
+    pub fn is_empty_remote_slot(&self, index: u16) -> bool {
+        self.remote.get().is_some_and(|r| r.is_empty_slot(index))
+    }
+
+    /// Remote SSD Add (`remote_slots.rs`).
+    pub fn remote_ssd_add(&self, raw: &[u8]) -> Result<u32, Status> {
+        self.remote
+            .get()
+            .ok_or(vendor_status(vs::NOT_IMPLEMENTED))?
+            .add(raw)
+    }
+
+    /// Remote SSD Remove (`remote_slots.rs`).
+    pub fn remote_ssd_remove(&self, sqe: &SubmissionEntry) -> Result<u32, Status> {
+        self.remote
+            .get()
+            .ok_or(vendor_status(vs::NOT_IMPLEMENTED))?
+            .remove(sqe)
     }
 
     /// The target, made empty at the first use.
@@ -208,7 +242,7 @@ fn same_namespace(a: &Arc<dyn Namespace>, b: &Arc<dyn Namespace>) -> bool {
 
 /// The text of a NUL-terminated field: ASCII up to the first NUL, and
 /// nothing but NULs after it (a field without a NUL is refused).
-fn c_text(field: &[u8]) -> Result<&str, Refusal> {
+pub(super) fn c_text(field: &[u8]) -> Result<&str, Refusal> {
     let end = field
         .iter()
         .position(|&b| b == 0)
@@ -219,7 +253,7 @@ fn c_text(field: &[u8]) -> Result<&str, Refusal> {
     std::str::from_utf8(&field[..end]).map_err(|_| "a text field that is not ASCII")
 }
 
-fn zero(bytes: &[u8]) -> Result<(), Refusal> {
+pub(super) fn zero(bytes: &[u8]) -> Result<(), Refusal> {
     if bytes.iter().all(|&b| b == 0) {
         Ok(())
     } else {

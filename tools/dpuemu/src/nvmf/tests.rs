@@ -26,6 +26,7 @@ mod ha_tests;
 mod initiator_hostile_tests;
 mod keep_alive_tests;
 mod remote_ssd_absent_tests;
+mod remote_ssd_configure_tests;
 mod remote_ssd_fault_tests;
 mod remote_ssd_tests;
 mod volume_tests;

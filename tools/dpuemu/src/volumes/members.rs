@@ -84,6 +84,22 @@ impl VolumeManager {
         readded
     }
 
+    /// A remote SSD the host added while dpuemu runs (Remote SSD Add):
+    /// if it carries a volume family's label, it rejoins its family's
+    /// missing member slot as a remote SSD absent at start-up does when it
+    /// answers ([`VolumeManager::join_missing_member`]); a blank disk is
+    /// left alone without a word. Returns whether it joined.
+    pub fn join_by_label(&self, index: u16) -> bool {
+        let Some(pos) = self.ssd_position(index) else {
+            return false;
+        };
+        if label::read_label(self.ssds[pos].media.as_ref()).is_none() {
+            return false;
+        }
+        let mut state = self.lock();
+        self.join_missing_member(&mut state, pos)
+    }
+
     /// SSD `pos` answers for the first time since the families were
     /// opened. If its label says it is the member of an open family whose
     /// slot is missing, it takes that slot back: it is claimed, put in the
