@@ -566,10 +566,21 @@ impl VolumeState {
         let mut sqe = SubmissionEntry::new(vendor::opcode::VOLUME_DELETE, 0);
         sqe.nsid.set(c.nsid);
         mgmt.vendor_command(sqe, Payload::None).map_err(|e| {
-            let why = if e == EBUSY {
-                "snapshots or clones depend on the volume"
-            } else {
+            // Volume Busy has two causes: snapshots (and the clones made
+            // of them) depend on the volume, or the NVMe/TCP target
+            // exports it. The snapshot list tells them apart.
+            let why = if e != EBUSY {
                 "the accelerator refused to delete the volume"
+            } else {
+                match mgmt.read_snapshot_list(c.nsid) {
+                    Ok(list) if list.len() >= LIST_ENTRY_BYTES => {
+                        "snapshots or clones depend on the volume"
+                    }
+                    Ok(_) => {
+                        "the NVMe/TCP target exports the volume (disable its namespace in nvmf/subsystems/ first)"
+                    }
+                    Err(_) => "snapshots depend on the volume or the NVMe/TCP target exports it",
+                }
             };
             self.refuse("destroy", why, e)
         })?;
