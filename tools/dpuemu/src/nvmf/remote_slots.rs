@@ -154,7 +154,7 @@ impl RemoteSlots {
             vendor_status(vs::INVALID_PAYLOAD)
         })?;
         let _changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
-        let taken = self.fixed.iter().any(|f| *f == spec)
+        let taken = self.fixed.contains(&spec)
             || self
                 .slots
                 .iter()
