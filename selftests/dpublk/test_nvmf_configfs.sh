@@ -17,6 +17,7 @@
 . "$(dirname "$0")/test_common.sh"
 . "$(dirname "$0")/dpublk_disk_common.sh"
 . "$(dirname "$0")/configfs_common.sh"
+. "$(dirname "$0")/nvmf_host_common.sh"
 
 accelerator_pci >/dev/null || skip "no accelerator function (run with --accelerator)"
 command -v nvme >/dev/null || fail "nvme-cli is not installed in the VM"
@@ -30,6 +31,7 @@ ip -4 addr show 2>/dev/null | grep -q 'inet 10\.0\.2\.' ||
 modprobe nvme-tcp || fail "cannot load nvme-tcp"
 
 HOST=10.0.2.2
+NVMF_ADDRESS=$HOST
 NQN=nqn.2026-12.org.dpublk:configfs-selftest
 HIDDEN=nqn.2026-12.org.dpublk:configfs-hidden
 HOSTID=6c0b1f3e-5a43-4d2e-9d67-0000000000c1
@@ -123,40 +125,8 @@ echo "$disc" | grep -Eq "trsvcid: +$PORT\$" || fail "discovery entry without ser
 diag "discovery: $NQN listed, $HIDDEN hidden"
 
 # 4. Connect, verify, and find the data in the volume.
-connect() { # connect HOSTNQN HOSTID [nvme connect options...]
-	local hostnqn=$1 hostid=$2
-	shift 2
-	nvme connect -t tcp -a "$HOST" -s "$PORT" -n "$NQN" --hostnqn="$hostnqn" --hostid="$hostid" "$@"
-}
-namespace_dev() {
-	local b
-	for b in /sys/block/nvme*n1; do
-		[ -e "$b/device/subsysnqn" ] || continue
-		[ "$(cat "$b/device/subsysnqn")" = "$NQN" ] || continue
-		[ "$(cat "$b/device/transport")" = tcp ] || continue
-		echo "/dev/$(basename "$b")"
-		return
-	done
-}
-wait_dev() {
-	local i dev
-	for i in $(seq 1 100); do
-		dev=$(namespace_dev)
-		[ -n "$dev" ] && [ -b "$dev" ] && { echo "$dev"; return; }
-		sleep 0.1
-	done
-}
-disconnect() {
-	nvme disconnect -n "$NQN" >/dev/null 2>&1
-	local i
-	for i in $(seq 1 100); do
-		[ -z "$(namespace_dev)" ] && return 0
-		sleep 0.1
-	done
-	fail "$NQN still has a block device after nvme disconnect"
-}
-connect "$HOSTNQN" "$HOSTID" >/dev/null || fail "nvme connect failed"
-dev=$(wait_dev)
+nvmf_connect "$HOSTNQN" "$HOSTID" >/dev/null || fail "nvme connect failed"
+dev=$(nvmf_wait_dev)
 [ -n "$dev" ] || fail "no block device for $NQN after nvme connect"
 size=$(blockdev --getsize64 "$dev")
 [ "$size" = $((256 << 20)) ] || fail "$dev has $size bytes, the volume 256 MiB"
@@ -166,24 +136,24 @@ fio_verify "$dev" --bs=128k --iodepth=8 --size=32M --offset=16M
 head -c 1M /dev/urandom >"$TEST_TMP/pattern"
 dd if="$TEST_TMP/pattern" of="$dev" bs=64k seek=$((200 << 4)) oflag=direct conv=fsync status=none ||
 	fail "dd to $dev"
-disconnect
+nvmf_disconnect
 diag "$dev verified; a 1 MiB pattern written at 200 MiB"
 
 # 5. A host not on the list is refused; added (live), it connects.
-if connect "$STRANGER" "$STRANGER_ID" >"$TEST_TMP/stranger.out" 2>&1; then
+if nvmf_connect "$STRANGER" "$STRANGER_ID" >"$TEST_TMP/stranger.out" 2>&1; then
 	fail "nvme connect as $STRANGER succeeded"
 fi
 for c in /sys/class/nvme/nvme*; do
 	[ -e "$c/hostnqn" ] || continue
 	[ "$(cat "$c/hostnqn")" = "$STRANGER" ] && fail "a controller exists for $STRANGER"
 done
-[ -z "$(namespace_dev)" ] || fail "a block device appeared for the refused host"
+[ -z "$(nvmf_namespace_dev)" ] || fail "a block device appeared for the refused host"
 cfs_write "$SUB/allowed_hosts" "add $STRANGER"
-connect "$STRANGER" "$STRANGER_ID" >/dev/null || fail "$STRANGER refused after it was added"
-[ -n "$(wait_dev)" ] || fail "no block device for $STRANGER once allowed"
-disconnect
+nvmf_connect "$STRANGER" "$STRANGER_ID" >/dev/null || fail "$STRANGER refused after it was added"
+[ -n "$(nvmf_wait_dev)" ] || fail "no block device for $STRANGER once allowed"
+nvmf_disconnect
 cfs_write "$SUB/allowed_hosts" "remove $STRANGER"
-if connect "$STRANGER" "$STRANGER_ID" >/dev/null 2>&1; then
+if nvmf_connect "$STRANGER" "$STRANGER_ID" >/dev/null 2>&1; then
 	fail "$STRANGER connected after it was removed"
 fi
 diag "$STRANGER refused, allowed once added, refused again once removed"
@@ -277,8 +247,8 @@ expect EINVAL "$SS/$HIDDEN/namespaces/1" "namespaces/1: enable: enable the subsy
 	w "$SS/$HIDDEN/namespaces/1/enable" 1
 rmdir "$SS/$HIDDEN/namespaces/1" "$SS/$HIDDEN" "$NS/2" "$P/2" || fail "rmdir of disabled objects"
 # rmmod while handles exist (and a host is connected).
-connect "$HOSTNQN" "$HOSTID" --ctrl-loss-tmo=3 --reconnect-delay=1 >/dev/null || fail "nvme connect failed"
-dev=$(wait_dev)
+nvmf_connect "$HOSTNQN" "$HOSTID" --ctrl-loss-tmo=3 --reconnect-delay=1 >/dev/null || fail "nvme connect failed"
+dev=$(nvmf_wait_dev)
 [ -n "$dev" ] || fail "no block device after the bad-input cases"
 rmmod dpublk 2>/dev/null && fail "rmmod dpublk succeeded with nvmf handles"
 cmp -s "$TEST_TMP/pattern" <(dd if="$dev" bs=64k skip=$((200 << 4)) count=16 iflag=direct status=none) ||
@@ -294,11 +264,11 @@ fi
 cfs_write "$SUB/enable" 0
 cfs_write "$P/1/enable" 0
 for i in $(seq 1 100); do
-	[ -z "$(namespace_dev)" ] && break
+	[ -z "$(nvmf_namespace_dev)" ] && break
 	sleep 0.1
 done
 nvme disconnect -n "$NQN" >/dev/null 2>&1
-[ -z "$(namespace_dev)" ] || fail "the host still has a block device after teardown"
+[ -z "$(nvmf_namespace_dev)" ] || fail "the host still has a block device after teardown"
 if nvme discover -t tcp -a "$HOST" -s "$PORT" --hostnqn="$HOSTNQN" >/dev/null 2>&1; then
 	fail "discovery still answers on a disabled port"
 fi

@@ -10,6 +10,7 @@
 # The target runs inside the guest: see Documentation/nvmf.rst for why.
 # dpublk-timeout: 900
 . "$(dirname "$0")/test_common.sh"
+. "$(dirname "$0")/nvmf_host_common.sh"
 
 DPUEMU=${DPUBLK_DPUEMU:-$DPUBLK_TOP/target/release/dpuemu}
 [ -x "$DPUEMU" ] || fail "dpuemu is not built: $DPUEMU"
@@ -63,39 +64,6 @@ stop_target() {
 	wait "$target_pid" 2>/dev/null
 	target_pid=
 }
-connect() { # connect HOSTNQN HOSTID [nvme connect options...]
-	local hostnqn=$1 hostid=$2
-	shift 2
-	nvme connect -t tcp -a 127.0.0.1 -s "$PORT" -n "$NQN" --hostnqn="$hostnqn" --hostid="$hostid" "$@"
-}
-# The block device of our subsystem's namespace 1 (empty if none).
-namespace_dev() {
-	local b
-	for b in /sys/block/nvme*n1; do
-		[ -e "$b/device/subsysnqn" ] || continue
-		[ "$(cat "$b/device/subsysnqn")" = "$NQN" ] || continue
-		[ "$(cat "$b/device/transport")" = tcp ] || continue
-		echo "/dev/$(basename "$b")"
-		return
-	done
-}
-wait_dev() {
-	local i dev
-	for i in $(seq 1 100); do
-		dev=$(namespace_dev)
-		[ -n "$dev" ] && [ -b "$dev" ] && { echo "$dev"; return; }
-		sleep 0.1
-	done
-}
-disconnect() {
-	nvme disconnect -n "$NQN" >/dev/null 2>&1
-	local i
-	for i in $(seq 1 100); do
-		[ -z "$(namespace_dev)" ] && return 0
-		sleep 0.1
-	done
-	fail "$NQN still has a block device after nvme disconnect"
-}
 on_exit 'nvme disconnect -n "$NQN" >/dev/null 2>&1; stop_target'
 
 dmesg_mark
@@ -111,8 +79,8 @@ echo "$disc" | grep -Eq "traddr: +127\.0\.0\.1\$" || fail "discovery entry witho
 diag "discovery: $NQN listed, $HIDDEN hidden"
 
 # 2. Connect and verify.
-connect "$HOSTNQN" "$HOSTID" --reconnect-delay=1 --ctrl-loss-tmo=120 >/dev/null || fail "nvme connect failed"
-dev=$(wait_dev)
+nvmf_connect "$HOSTNQN" "$HOSTID" --reconnect-delay=1 --ctrl-loss-tmo=120 >/dev/null || fail "nvme connect failed"
+dev=$(nvmf_wait_dev)
 [ -n "$dev" ] || fail "no block device for $NQN after nvme connect"
 size=$(blockdev --getsize64 "$dev")
 [ "$size" = $((192 << 20)) ] || fail "$dev has $size bytes, the image 192 MiB"
@@ -145,9 +113,9 @@ fio_pass() { # fio_pass DEV OUTPUT extra fio args...: one seeded 16 MiB job
 		{ sed 's/^/#   /' "$out" | tail -20; return 1; }
 }
 fio_pass "$dev" "$TEST_TMP/write.out" --do_verify=0 || fail "fio write pass failed"
-disconnect
-connect "$HOSTNQN" "$HOSTID" --reconnect-delay=1 --ctrl-loss-tmo=120 >/dev/null || fail "reconnect failed"
-dev=$(wait_dev)
+nvmf_disconnect
+nvmf_connect "$HOSTNQN" "$HOSTID" --reconnect-delay=1 --ctrl-loss-tmo=120 >/dev/null || fail "reconnect failed"
+dev=$(nvmf_wait_dev)
 [ -n "$dev" ] || fail "no block device after the reconnect"
 fio_pass "$dev" "$TEST_TMP/verify.out" --verify_only=1 ||
 	fail "data written before the disconnect did not verify after it"
@@ -174,10 +142,10 @@ written=$(jq '[.jobs[].write.io_bytes] | add' "$out")
 [ "$written" -gt 0 ] || fail "fio wrote nothing across the restart"
 dmesg_since_mark | grep -q 'Successfully reconnected' || fail "the host never reconnected"
 diag "target restarted under fio: $written bytes written and verified"
-disconnect
+nvmf_disconnect
 
 # 5. A host not on the allowed list is refused, and gets no controller.
-if connect "$STRANGER" "$STRANGER_ID" >"$TEST_TMP/stranger.out" 2>&1; then
+if nvmf_connect "$STRANGER" "$STRANGER_ID" >"$TEST_TMP/stranger.out" 2>&1; then
 	fail "nvme connect as $STRANGER succeeded"
 fi
 for c in /sys/class/nvme/nvme*; do
@@ -185,17 +153,17 @@ for c in /sys/class/nvme/nvme*; do
 	[ "$(cat "$c/hostnqn")" = "$STRANGER" ] && fail "a controller exists for $STRANGER"
 done
 grep -q "host $STRANGER is not allowed on $NQN" "$LOG" || fail "the target did not log the refusal"
-[ -z "$(namespace_dev)" ] || fail "a block device appeared for the refused host"
+[ -z "$(nvmf_namespace_dev)" ] || fail "a block device appeared for the refused host"
 diag "host $STRANGER refused"
 
 # 6. Header and data digests.
-connect "$HOSTNQN" "$HOSTID" --hdr-digest --data-digest >/dev/null || fail "nvme connect with digests failed"
-dev=$(wait_dev)
+nvmf_connect "$HOSTNQN" "$HOSTID" --hdr-digest --data-digest >/dev/null || fail "nvme connect with digests failed"
+dev=$(nvmf_wait_dev)
 [ -n "$dev" ] || fail "no block device with digests on"
 grep -q 'header digest true, data digest true' "$LOG" || fail "the target did not negotiate both digests"
 fio_verify "$dev" --bs=4k --iodepth=16 --size=16M --offset=150M
 fio_verify "$dev" --bs=128k --iodepth=8 --size=24M --offset=166M
-disconnect
+nvmf_disconnect
 
 kill -0 "$target_pid" 2>/dev/null || fail "the target died"
 grep -q 'panicked' "$LOG" && fail "the target panicked"
