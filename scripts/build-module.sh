@@ -20,11 +20,7 @@ if [ -z "${DPUBLK_IN_CHROOT:-}" ]; then
 		exit
 	fi
 	DPUBLK_KDIR=$kdir in_chroot "$DPUBLK_TOP/scripts/build-module.sh"
-	if [ -n "$cached" ]; then
-		install -D -m 644 "$ko" "$cached.tmp" && mv "$cached.tmp" "$cached"
-		# Keep the ten newest builds.
-		ls -1dt "$DPUBLK_CACHE"/modules/*/ 2>/dev/null | tail -n +11 | xargs -r rm -rf
-	fi
+	if [ -n "$cached" ]; then cache_keep "$ko" "$cached" 644 || log "dpublk.ko: could not keep a copy in $cached"; fi
 	exit
 fi
 kdir=${DPUBLK_KDIR:?}

@@ -53,10 +53,8 @@ kill_tree() {
 	for child in $(pgrep -P "$1"); do kill_tree "$child"; done
 	kill "$1" 2>/dev/null
 }
-declare -A beside_pids=() # start_beside's background parts, by name
 on_term() {
-	local pid
-	for pid in "${beside_pids[@]}"; do kill_tree "$pid"; done
+	[ -z "$host_heavy_pid" ] || kill_tree "$host_heavy_pid"
 	echo "FAIL make check: stopped by a signal (time limit?) after $(($(date +%s) - started)) s"
 	failed=$((failed + 1))
 	summary
@@ -126,40 +124,35 @@ host_heavy() {
 	record "nvme-tcp PDU fuzz, 10M inputs" $rc
 }
 
-# start_beside NAME NICE COMMAND...: runs COMMAND (a function of this
-# script that records results) in the background at CPU priority NICE; its
-# output and its counts stay in $results until merge_beside NAME prints and
-# adds them, so parallel parts never interleave their output.
-start_beside() {
-	local name=$1 nice=$2
-	shift 2
-	(
-		renice -n "$nice" -p "$BASHPID" >/dev/null 2>&1 || true
-		passed=0 failed=0 skipped=0
-		"$@"
-		echo "$passed $failed $skipped" >"$results/$name.counts"
-	) >"$results/$name.out" 2>&1 </dev/null &
-	beside_pids[$name]=$!
-}
-merge_beside() { # merge_beside NAME WHAT
-	local name=$1 what=$2 p f s
-	[ -n "${beside_pids[$name]:-}" ] || return 0
-	wait "${beside_pids[$name]}"
-	unset "beside_pids[$name]"
-	echo "=== $what"
-	cat "$results/$name.out"
-	if read -r p f s <"$results/$name.counts" 2>/dev/null; then
-		passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
-	else
-		record "$what: finished and reported" 1
-	fi
-}
+# start_host_heavy: runs host_heavy in the background at the lowest CPU
+# priority, its output and its counts kept in $results until
+# merge_host_heavy prints and adds them (never interleaved with the VM
+# suites' output).
+host_heavy_pid=
 start_host_heavy() {
 	[[ " $suites " == *" host "* ]] || return 0
 	echo "=== host: clippy, cargo test and the fuzz sample run beside the VM suites (output below, at the end)"
-	start_beside host-heavy 19 host_heavy
+	(
+		renice -n 19 -p "$BASHPID" >/dev/null 2>&1 || true
+		passed=0 failed=0 skipped=0
+		host_heavy
+		echo "$passed $failed $skipped" >"$results/host-heavy.counts"
+	) >"$results/host-heavy.out" 2>&1 </dev/null &
+	host_heavy_pid=$!
 }
-merge_host_heavy() { merge_beside host-heavy "host: clippy, cargo test and the fuzz sample"; }
+merge_host_heavy() {
+	local p f s
+	[ -n "$host_heavy_pid" ] || return 0
+	wait "$host_heavy_pid"
+	host_heavy_pid=
+	echo "=== host: clippy, cargo test and the fuzz sample"
+	cat "$results/host-heavy.out"
+	if read -r p f s <"$results/host-heavy.counts" 2>/dev/null; then
+		passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+	else
+		record "host part (clippy, cargo test, fuzz) finished and reported" 1
+	fi
+}
 
 if [[ " $suites " == *" host "* ]]; then
 	"$DPUBLK_TOP/scripts/setup-host.sh" || die "host setup failed"
@@ -217,9 +210,7 @@ if [[ " $suites " == *" vm "* ]]; then
 		dpuemu_rc=$?; [ $dpuemu_rc = 0 ] || tail -20 "$results/cargo-build.log"
 		record "dpuemu release build" $dpuemu_rc
 		if [ $dpuemu_rc = 0 ] && [ -n "$dpuemu_cached" ]; then
-			install -D -m 755 "$release_target/release/dpuemu" "$dpuemu_cached.tmp" &&
-				mv "$dpuemu_cached.tmp" "$dpuemu_cached"
-			ls -1dt "$DPUBLK_CACHE"/dpuemu-builds/*/ 2>/dev/null | tail -n +11 | xargs -r rm -rf
+			cache_keep "$release_target/release/dpuemu" "$dpuemu_cached" 755
 		fi
 	fi
 	start_host_heavy

@@ -40,6 +40,16 @@ tree_key() {
 	printf '%s\n' "$listing" | sha256sum | cut -c1-16
 }
 
+# cache_keep FILE CACHED MODE : keeps a build result keyed by tree_key:
+# FILE copied to CACHED (through a temporary name, so a reader never finds
+# half a file), then only the ten newest entries of the directory that
+# holds CACHED's directory are left.
+cache_keep() {
+	local file=$1 cached=$2 mode=$3
+	install -D -m "$mode" "$file" "$cached.tmp" && mv "$cached.tmp" "$cached" || return 1
+	ls -1dt "$(dirname "$(dirname "$cached")")"/*/ 2>/dev/null | tail -n +11 | xargs -r rm -rf
+}
+
 # Host packages the scripts themselves need (never the toolchain: that lives
 # in the chroot so kernel, module and VM share one environment).
 host_packages_ok() {
