@@ -6,11 +6,12 @@
 
 if [ -z "${DPUBLK_IN_CHROOT:-}" ]; then
 	kdir=$("$DPUBLK_TOP/scripts/setup-kernel.sh")
-	# A module built from the same committed sources against the same
-	# kernel tree (its directory name carries its own key) is reused: a
-	# fresh clone of an unchanged tree does not compile it again.
+	# A module built from the same committed sources with this script's
+	# own build command against the same kernel tree (its directory name
+	# carries its own key) is reused: a fresh clone of an unchanged tree
+	# does not compile it again.
 	ko="$DPUBLK_TOP/build/module/drivers/block/dpublk/dpublk.ko"
-	key=$(tree_key Kbuild Makefile drivers rust/kernel-ext rust/nvme-shim)
+	key=$(tree_key Kbuild Makefile drivers rust/kernel-ext rust/nvme-shim scripts/build-module.sh)
 	cached=
 	[ -n "$key" ] && cached="$DPUBLK_CACHE/modules/$(basename "$kdir")-$key/dpublk.ko"
 	if [ -n "$cached" ] && [ -f "$cached" ]; then
