@@ -21,6 +21,7 @@ set -u
 . "$DPUBLK_TOP/selftests/dpublk/test_common.sh"
 . "$DPUBLK_TOP/selftests/dpublk/dpublk_disk_common.sh"
 . "$DPUBLK_TOP/selftests/dpublk/configfs_common.sh"
+. "$DPUBLK_TOP/selftests/dpublk/nvmf_host_common.sh"
 out=${DPUBLK_OUTPUT_DIR:?no output directory (run by scripts/bench.sh)}
 # shellcheck source=/dev/null # written by scripts/bench.sh
 [ -f "$out/settings.env" ] && . "$out/settings.env"
@@ -300,20 +301,15 @@ tcp_image() {
 }
 # tcp_connect NQN SERVICE: connects the guest's initiator, prints the disk.
 tcp_connect() {
-	local nqn=$1 service=$2 b i
+	# nvmf_host_common.sh's helpers take the subsystem and service from
+	# NQN and PORT (bash's dynamic scope carries these locals to them).
+	local NQN=$1 PORT=$2 dev
 	modprobe nvme-tcp >&2 || return 1
 	ip link set lo up
-	nvme connect -t tcp -a 127.0.0.1 -s "$service" -n "$nqn" --hostnqn="$TCP_HOSTNQN" \
-		--hostid="$TCP_HOSTID" >&2 || { msg "nvme connect to $nqn failed"; return 1; }
-	for i in $(seq 1 100); do
-		for b in /sys/block/nvme*n1; do
-			[ "$(cat "$b/device/subsysnqn" 2>/dev/null)" = "$nqn" ] || continue
-			[ -b "/dev/${b##*/}" ] && { echo "/dev/${b##*/}"; return 0; }
-		done
-		sleep 0.1
-	done
-	msg "no disk for $nqn after nvme connect"
-	return 1
+	nvmf_connect "$TCP_HOSTNQN" "$TCP_HOSTID" >&2 || { msg "nvme connect to $NQN failed"; return 1; }
+	dev=$(nvmf_wait_dev)
+	[ -n "$dev" ] || { msg "no disk for $NQN after nvme connect"; return 1; }
+	echo "$dev"
 }
 setup_dpuemu_tcp() {
 	local dpuemu=$DPUBLK_TOP/target/release/dpuemu nqn=nqn.2026-12.org.dpublk:bench-dpuemu i
