@@ -111,7 +111,7 @@ clean:
 # make fuzz-nvmf: the NVMe/TCP PDU parser's mutation fuzzer, 10 million
 # seeded inputs (FUZZ_INPUTS, FUZZ_SEED), then one million mutated sessions
 # through dpuemu's NVMe/TCP connection code (FUZZ_STREAMS); fails on a panic
-# or a broken invariant (Documentation/nvmf.rst).
+# or a broken invariant (Documentation/nvme-tcp.rst).
 FUZZ_INPUTS ?= 10000000
 FUZZ_SEED ?= 1
 FUZZ_STREAMS ?= 1000000

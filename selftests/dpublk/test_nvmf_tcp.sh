@@ -7,7 +7,7 @@
 # disconnect/reconnect keeps it, the target killed and restarted under fio
 # loses nothing (the host reconnects and retries), a host NQN not on the
 # allowed list is refused, and header plus data digests pass fio verify.
-# The target runs inside the guest: see Documentation/nvmf.rst for why.
+# The target runs inside the guest: see Documentation/nvme-tcp.rst for why.
 # dpublk-timeout: 900
 . "$(dirname "$0")/test_common.sh"
 . "$(dirname "$0")/nvmf_host_common.sh"

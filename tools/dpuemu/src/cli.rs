@@ -63,7 +63,7 @@ Options:
                          never-complete); @hook: off until the test-hook
                          register turns it on
   --nvmf-config FILE     serve NVMe/TCP from the subsystems, namespaces and
-                         ports of FILE (Documentation/nvmf.rst); listens only
+                         ports of FILE (Documentation/nvme-tcp.rst); listens only
                          on the addresses FILE names; its [remote-ssd]
                          sections add remote NVMe/TCP namespaces as SSDs
   --ha-config FILE       one node of an active/passive pair over the same

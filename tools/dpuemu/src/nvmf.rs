@@ -12,7 +12,7 @@
 //! peer sends is untrusted: a PDU that breaks the transport's rules ends
 //! its connection with a C2HTermReq naming the error, a command that
 //! breaks the command set's rules fails with its NVMe status, and nothing
-//! a peer sends panics the process. See Documentation/nvmf.rst.
+//! a peer sends panics the process. See Documentation/nvme-tcp.rst.
 
 pub mod config;
 mod configure;

@@ -1,5 +1,5 @@
 //! The target's configuration file (`dpuemu --nvmf-config FILE`), the
-//! appliance mode's only input. Format (Documentation/nvmf.rst):
+//! appliance mode's only input. Format (Documentation/nvme-tcp.rst):
 //!
 //! ```text
 //! # A comment.
