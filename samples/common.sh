@@ -23,13 +23,18 @@ need_dpublk() {
 }
 
 # attach NAME DEVICE: hands the SSD (PCI address or serial number) to the
-# accelerator under the handle ssds/NAME.
+# accelerator under the handle ssds/NAME. A remote SSD's DEVICE is
+# "tcp ADDRESS SERVICE SUBNQN [NSID]": the accelerator connects to it and
+# attaches it when `device` is written.
 attach() {
 	local dir=$CFS/ssds/$1
 	[ -d "$dir" ] || mkdir "$dir"
 	if [ "$(cat "$dir/attach")" != 1 ]; then
 		put "$dir/device" "$2"
-		put "$dir/attach" 1
+		case $2 in
+		"tcp "*) ;;
+		*) put "$dir/attach" 1 ;;
+		esac
 	fi
 	say "SSD $2 attached to the accelerator as ssds/$1 ($(cat "$dir/capacity") bytes)"
 }

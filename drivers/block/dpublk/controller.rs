@@ -123,6 +123,12 @@ fn vendor_errno(sc: u8) -> Error {
         vs::NVMF_NOT_FOUND => ENOENT,
         vs::NVMF_ADDRESS_IN_USE => EADDRINUSE,
         vs::NVMF_BUSY => EBUSY,
+        // Remote SSD Add: nothing answers at the address (or the subsystem
+        // or namespace is not there), or the namespace's size or block
+        // size is not one the accelerator can use. configfs logs which,
+        // naming the handle (configfs/ssd.rs).
+        vs::REMOTE_UNREACHABLE => EHOSTUNREACH,
+        vs::REMOTE_GEOMETRY => EINVAL,
         _ => EIO,
     }
 }
@@ -921,6 +927,14 @@ mod tests {
         assert_eq!(
             errno(vendor::vendor_status(vendor::status::KEY_MISMATCH)),
             Some(EKEYREJECTED.to_errno())
+        );
+        assert_eq!(
+            errno(vendor::vendor_status(vendor::status::REMOTE_UNREACHABLE)),
+            Some(EHOSTUNREACH.to_errno())
+        );
+        assert_eq!(
+            errno(vendor::vendor_status(vendor::status::REMOTE_GEOMETRY)),
+            Some(EINVAL.to_errno())
         );
         assert_eq!(errno(vendor::vendor_status(0x7f)), Some(EIO.to_errno()));
     }

@@ -47,10 +47,16 @@ use kernel::{
     new_mutex,
     prelude::*,
     sync::{Arc, Mutex},
+    time::Delta,
 };
 
 /// Size of the management payload buffer: the largest vendor payload.
 const PAYLOAD_BYTES: usize = 4096;
+/// How long the accelerator has to answer Remote SSD Add: it connects to
+/// the remote subsystem before it answers, and gives up on a remote that
+/// does not answer after its own connection timeout (10 s in dpuemu), so
+/// the command must not be declared lost before that.
+pub(crate) const REMOTE_SSD_ADD_TIMEOUT: Delta = Delta::from_secs(30);
 /// Most namespaces turned into disks per controller.
 pub(crate) const MAX_NAMESPACES: usize = 64;
 
@@ -227,6 +233,18 @@ impl Management {
     /// Sends vendor command `sqe` with `payload`. The payload buffer is
     /// wiped afterwards (it may have carried a key).
     pub(crate) fn vendor_command(&self, sqe: SubmissionEntry, payload: Payload<'_>) -> Result<u32> {
+        self.vendor_command_within(sqe, payload, ADMIN_TIMEOUT)
+    }
+
+    /// [`Management::vendor_command`] for a command the accelerator may
+    /// take up to `timeout` to answer (Remote SSD Add connects to another
+    /// machine first: [`REMOTE_SSD_ADD_TIMEOUT`]).
+    pub(crate) fn vendor_command_within(
+        &self,
+        sqe: SubmissionEntry,
+        payload: Payload<'_>,
+        timeout: Delta,
+    ) -> Result<u32> {
         let state = self.state.lock();
         if state.gone {
             return Err(ENODEV);
@@ -246,9 +264,9 @@ impl Management {
             // No buffer to guard: wait without the state lock (module
             // documentation).
             drop(state);
-            return self.ctrl.admin_command(sqe);
+            return self.ctrl.admin_command_within(sqe, timeout, None);
         }
-        Self::transfer(&self.ctrl, &state, sqe, payload)
+        Self::transfer_within(&self.ctrl, &state, sqe, payload, timeout)
     }
 
     /// Sends `sqe` with `payload` in the payload buffer, under the state
@@ -256,8 +274,20 @@ impl Management {
     fn transfer(
         ctrl: &Controller,
         state: &ManagementState,
+        sqe: SubmissionEntry,
+        payload: Payload<'_>,
+    ) -> Result<u32> {
+        Self::transfer_within(ctrl, state, sqe, payload, ADMIN_TIMEOUT)
+    }
+
+    /// [`Management::transfer`] for a command that may take up to
+    /// `timeout`.
+    fn transfer_within(
+        ctrl: &Controller,
+        state: &ManagementState,
         mut sqe: SubmissionEntry,
         payload: Payload<'_>,
+        timeout: Delta,
     ) -> Result<u32> {
         let len = match &payload {
             Payload::None => 0,
@@ -287,7 +317,7 @@ impl Management {
         // The buffer is one page-aligned page: PRP1 covers any payload.
         sqe.prp1.set(buffer.dma_address());
         sqe.prp2.set(0);
-        let result = ctrl.admin_command_within(sqe, ADMIN_TIMEOUT, Some(buffer));
+        let result = ctrl.admin_command_within(sqe, timeout, Some(buffer));
         if let (Ok(_), Payload::FromDevice(room)) = (&result, payload) {
             let n = room.len();
             // SAFETY: The command's own completion came back (`Ok`), so the

@@ -120,7 +120,7 @@ fn nqn(text: &[u8]) -> Result<&[u8], parse::Refusal> {
 }
 
 /// A subsystem NQN: an NQN that is not the discovery subsystem's.
-fn subsystem_nqn(text: &[u8]) -> Result<&[u8], parse::Refusal> {
+pub(super) fn subsystem_nqn(text: &[u8]) -> Result<&[u8], parse::Refusal> {
     let n = nqn(text)?;
     if n == DISCOVERY_NQN {
         return Err("the discovery NQN is not a subsystem of its own");
@@ -129,7 +129,7 @@ fn subsystem_nqn(text: &[u8]) -> Result<&[u8], parse::Refusal> {
 }
 
 /// An IPv4 literal: four decimal bytes, no leading zeros.
-fn ipv4(text: &[u8]) -> bool {
+pub(super) fn ipv4(text: &[u8]) -> bool {
     let mut count = 0;
     for part in text.split(|&b| b == b'.') {
         count += 1;
@@ -148,7 +148,7 @@ fn ipv4(text: &[u8]) -> bool {
 /// An IPv6 literal: up to eight groups of 1-4 hex digits, at most one
 /// `::`, optionally ending in an IPv4 literal (two groups' worth). No
 /// zone (`%eth0`) and no brackets.
-fn ipv6(text: &[u8]) -> bool {
+pub(super) fn ipv6(text: &[u8]) -> bool {
     if text.len() < 2 || text.len() > 45 {
         return false;
     }

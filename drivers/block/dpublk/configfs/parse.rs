@@ -9,6 +9,7 @@
 //! garbage, numbers that overflow 64 bits — is refused, so a typo never
 //! becomes a setting. Each parser says why it refused, for the dmesg line.
 
+use super::nvmf;
 use kernel::prelude::*;
 
 /// Why a value was refused (shown in the kernel log).
@@ -16,11 +17,17 @@ pub(crate) type Refusal = &'static str;
 
 /// The value without its one optional trailing newline.
 pub(crate) fn value(page: &[u8]) -> Result<&[u8], Refusal> {
+    value_within(page, 256)
+}
+
+/// [`value`] for attributes whose values can be longer (at most `max`
+/// bytes): an SSD handle's `device` may hold a 223-byte NQN.
+pub(crate) fn value_within(page: &[u8], max: usize) -> Result<&[u8], Refusal> {
     let text = page.strip_suffix(b"\n").unwrap_or(page);
     if text.is_empty() {
         return Err("empty value");
     }
-    if text.len() > 256 {
+    if text.len() > max {
         return Err("value too long");
     }
     if text.iter().any(|&b| !b.is_ascii_graphic() && b != b' ') {
@@ -142,6 +149,107 @@ pub(crate) fn pci_address(text: &[u8]) -> Option<(u32, u8, u8, u8)> {
         return None;
     }
     Some((domain, bus as u8, slot as u8, function as u8))
+}
+
+/// The longest `device` value: `tcp`, an IPv6 literal (45 bytes), a
+/// service, an NQN (223 bytes), an NSID and the spaces between them.
+pub(crate) const MAX_DEVICE: usize = 300;
+
+/// A namespace of a remote NVMe/TCP subsystem, as written to an SSD
+/// handle's `device`: `tcp ADDRESS SERVICE SUBNQN [NSID]`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct RemoteNamespace<'a> {
+    /// An IPv4 or IPv6 literal (no host names: the accelerator resolves
+    /// nothing).
+    pub(crate) address: &'a [u8],
+    pub(crate) ipv6: bool,
+    /// The TCP port, 1 to 65535.
+    pub(crate) service: u16,
+    /// The subsystem's NQN (not the discovery subsystem's).
+    pub(crate) subnqn: &'a [u8],
+    /// The namespace in the subsystem, 1 to FFFFFFFDh (1 when not written).
+    pub(crate) nsid: u32,
+}
+
+/// The transport word that starts a remote namespace's `device` value.
+const TCP: &[u8] = b"tcp";
+/// Highest NSID a remote namespace may have (FFFFFFFEh and FFFFFFFFh are
+/// not namespaces).
+const MAX_REMOTE_NSID: u64 = 0xffff_fffd;
+
+/// Whether a `device` value names a remote namespace (its first word is
+/// the transport) rather than a local SSD (a PCI address or a serial
+/// number, which have no spaces).
+pub(crate) fn is_remote(text: &[u8]) -> bool {
+    text == TCP || text.starts_with(b"tcp ")
+}
+
+/// Parses `tcp ADDRESS SERVICE SUBNQN [NSID]`: one space between words,
+/// an address the accelerator can connect to (not unspecified, not
+/// multicast), the rules of `nvmf/` for addresses and NQNs.
+pub(crate) fn remote_namespace(text: &[u8]) -> Result<RemoteNamespace<'_>, Refusal> {
+    const USAGE: Refusal = "expected 'tcp ADDRESS SERVICE SUBNQN [NSID]'";
+    let mut words = [&b""[..]; 5];
+    let mut count = 0;
+    for word in text.split(|&b| b == b' ') {
+        if word.is_empty() {
+            return Err("words are separated by exactly one space");
+        }
+        *words
+            .get_mut(count)
+            .ok_or("trailing words after the NSID")? = word;
+        count += 1;
+    }
+    let [transport, address, service, subnqn, nsid] = words;
+    if transport != TCP || count < 4 {
+        return Err(USAGE);
+    }
+    let ipv6 = if nvmf::ipv4(address) {
+        false
+    } else if nvmf::ipv6(address) {
+        true
+    } else {
+        return Err("ADDRESS is not an IPv4 or IPv6 literal");
+    };
+    if address.iter().all(|&b| matches!(b, b'0' | b'.' | b':')) {
+        return Err("ADDRESS is the unspecified address: nothing to connect to");
+    }
+    if is_multicast(address, ipv6) {
+        return Err("ADDRESS is a multicast address: nothing to connect to");
+    }
+    let service = u16::try_from(digits(service)?)
+        .ok()
+        .filter(|&s| s != 0)
+        .ok_or("SERVICE is a TCP port, 1-65535")?;
+    let subnqn = nvmf::subsystem_nqn(subnqn)?;
+    let nsid = if count == 5 {
+        match digits(nsid)? {
+            n @ 1..=MAX_REMOTE_NSID => n as u32,
+            _ => return Err("NSID is 1 to 4294967293"),
+        }
+    } else {
+        1
+    };
+    Ok(RemoteNamespace {
+        address,
+        ipv6,
+        service,
+        subnqn,
+        nsid,
+    })
+}
+
+/// Whether a checked address literal is multicast: 224.0.0.0/4, ff00::/8.
+fn is_multicast(address: &[u8], ipv6: bool) -> bool {
+    if ipv6 {
+        // The first group, unless the address starts with `::`; four
+        // digits starting `ff` are ff00 or more.
+        let first = address.split(|&b| b == b':').next().unwrap_or(b"");
+        first.len() == 4 && first[..2].eq_ignore_ascii_case(b"ff")
+    } else {
+        let first = address.split(|&b| b == b'.').next().unwrap_or(b"");
+        digits(first).is_ok_and(|n| (224..=239).contains(&n))
+    }
 }
 
 /// An AES-XTS-256 key: 128 hexadecimal digits (64 bytes). The two 256-bit
@@ -266,6 +374,58 @@ mod tests {
         ] {
             assert_eq!(pci_address(bad), None);
         }
+    }
+
+    #[test]
+    fn remote_namespaces() {
+        fn parsed(text: &str) -> Result<RemoteNamespace<'_>, Refusal> {
+            remote_namespace(text.as_bytes())
+        }
+        let nqn = "nqn.2026-12.org.example:shelf";
+        let r = parsed("tcp 10.0.2.2 4420 nqn.2026-12.org.example:shelf").unwrap();
+        assert_eq!(r.address, b"10.0.2.2");
+        assert!(!r.ipv6);
+        assert_eq!((r.service, r.subnqn, r.nsid), (4420, nqn.as_bytes(), 1));
+        let r = parsed("tcp fe80::1 1 nqn.2026-12.org.example:shelf 4294967293").unwrap();
+        assert!(r.ipv6);
+        assert_eq!((r.service, r.nsid), (1, 0xffff_fffd));
+        assert!(parsed("tcp 10.0.2.2 65535 nqn.2026-12.org.example:shelf 7").is_ok());
+        assert!(is_remote(b"tcp"));
+        assert!(is_remote(b"tcp 1.2.3.4"));
+        assert!(!is_remote(b"tcpserial"));
+        assert!(!is_remote(b"0000:01:00.0"));
+        for bad in [
+            "tcp",
+            "tcp 10.0.2.2",
+            "tcp 10.0.2.2 4420",
+            "rdma 10.0.2.2 4420 nqn.2026-12.org.example:shelf",
+            "tcp  10.0.2.2 4420 nqn.2026-12.org.example:shelf",
+            "tcp 10.0.2.2  4420 nqn.2026-12.org.example:shelf",
+            "tcp 10.0.2.2 4420 nqn.2026-12.org.example:shelf  1",
+            "tcp 10.0.2.2 4420 nqn.2026-12.org.example:shelf 1 2",
+            "tcp localhost 4420 nqn.2026-12.org.example:shelf",
+            "tcp 10.0.2.256 4420 nqn.2026-12.org.example:shelf",
+            "tcp [::1] 4420 nqn.2026-12.org.example:shelf",
+            "tcp 0.0.0.0 4420 nqn.2026-12.org.example:shelf",
+            "tcp :: 4420 nqn.2026-12.org.example:shelf",
+            "tcp 0:0:0:0:0:0:0:0 4420 nqn.2026-12.org.example:shelf",
+            "tcp 224.0.0.1 4420 nqn.2026-12.org.example:shelf",
+            "tcp ff02::1 4420 nqn.2026-12.org.example:shelf",
+            "tcp 10.0.2.2 0 nqn.2026-12.org.example:shelf",
+            "tcp 10.0.2.2 65536 nqn.2026-12.org.example:shelf",
+            "tcp 10.0.2.2 04420 nqn.2026-12.org.example:shelf",
+            "tcp 10.0.2.2 0x10 nqn.2026-12.org.example:shelf",
+            "tcp 10.0.2.2 4420 shelf",
+            "tcp 10.0.2.2 4420 nqn.2014-08.org.nvmexpress.discovery",
+            "tcp 10.0.2.2 4420 nqn.2026-12.org.example:shelf 0",
+            "tcp 10.0.2.2 4420 nqn.2026-12.org.example:shelf 4294967294",
+            "tcp 10.0.2.2 4420 nqn.2026-12.org.example:shelf -1",
+            "tcp 10.0.2.2 4420 nqn.2026-12.org.example:shelf 01",
+        ] {
+            assert!(parsed(bad).is_err());
+        }
+        assert!(value_within(&[b'a'; MAX_DEVICE], MAX_DEVICE).is_ok());
+        assert!(value_within(&[b'a'; MAX_DEVICE + 1], MAX_DEVICE).is_err());
     }
 
     #[test]

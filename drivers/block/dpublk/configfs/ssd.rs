@@ -1,21 +1,30 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! `ssds/<name>/`: a local NVMe SSD and its hand-over to the accelerator.
+//! `ssds/<name>/`: an SSD of the accelerator, local or remote.
 //!
-//! Attaching unbinds the SSD's PCI function from the stock nvme driver
-//! (refused with `EBUSY` while one of its block devices is open), keeps
-//! every driver off it with `driver_override`, and tells the accelerator to
-//! take the media (SSD Attach). Detaching reverses the three steps.
+//! A local SSD is one of the accelerator's NVMe SSD functions. Attaching
+//! unbinds it from the stock nvme driver (refused with `EBUSY` while one of
+//! its block devices is open), keeps every driver off it with
+//! `driver_override`, and tells the accelerator to take the media (SSD
+//! Attach). Detaching reverses the three steps.
+//!
+//! A remote SSD is a namespace of an NVMe/TCP subsystem on another machine
+//! (`device` is `tcp ADDRESS SERVICE SUBNQN [NSID]`), which the accelerator
+//! reaches with its own initiator. Remote SSD Add connects to it and makes
+//! it one more SSD, attached, under an index the accelerator picks; Remote
+//! SSD Remove (detach, `rmdir`) disconnects it and frees the index. While
+//! attached, a lost connection fails the member in its volumes, and the
+//! accelerator reconnects and rebuilds it on its own.
 
 use super::{bstr, parse, refuse, report, Registry};
 use crate::{
-    management::{self, Payload, LIST_ENTRY_BYTES},
+    management::{self, Payload, LIST_ENTRY_BYTES, REMOTE_SSD_ADD_TIMEOUT},
     pci_function::{PciFunction, NO_DRIVER},
     shim::{
         pci,
         sqe::SubmissionEntry,
-        vendor::{self, SsdListEntry},
-        wire::{c_string_bytes, Wire},
+        vendor::{self, RemoteSsdAdd, SsdListEntry},
+        wire::{c_string_bytes, c_string_field, Wire},
     },
 };
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -50,11 +59,20 @@ impl SsdsDir {
     }
 }
 
+/// What an SSD handle's `device` names.
+enum SsdDevice {
+    /// One of the accelerator's local SSD functions.
+    Local(PciFunction),
+    /// A namespace of a remote NVMe/TCP subsystem: the Remote SSD Add that
+    /// makes it an SSD (sent again by each attach).
+    Remote(KBox<RemoteSsdAdd>),
+}
+
 /// What an SSD handle knows, under its lock. The lock is held across the
 /// accelerator's commands about this SSD (attach, detach, fault).
 pub(crate) struct SsdInner {
-    /// The SSD's PCI function, once `device` was written.
-    function: Option<PciFunction>,
+    /// The SSD, once `device` was written.
+    device: Option<SsdDevice>,
     /// Attached to the accelerator (through this handle or before it).
     attached: bool,
 }
@@ -123,10 +141,18 @@ impl SsdState {
     }
 
     /// Makes the claimed SSD the handle's SSD. Called with `inner` held.
-    fn publish(&self, inner: &mut SsdInner, function: PciFunction, index: u16, attached: bool) {
-        inner.function = Some(function);
+    fn publish(&self, inner: &mut SsdInner, device: SsdDevice, index: u16, attached: bool) {
+        inner.device = Some(device);
         self.index.store(u32::from(index), Ordering::Release);
         self.set_attached(inner, attached);
+    }
+
+    /// Records that the handle's remote SSD left the accelerator: its
+    /// index is free (the next Remote SSD Add may get another one). Called
+    /// with `inner` held.
+    fn forget_index(&self, inner: &mut SsdInner) {
+        self.set_attached(inner, false);
+        self.index.store(NO_INDEX, Ordering::Release);
     }
 
     /// Records whether the SSD is attached. Called with `inner` held.
@@ -169,7 +195,7 @@ impl configfs::GroupOperations for SsdsDir {
                 pending: AtomicU32::new(NO_INDEX),
                 attached: AtomicBool::new(false),
                 inner <- new_mutex!(SsdInner {
-                    function: None,
+                    device: None,
                     attached: false,
                 }),
             }),
@@ -283,7 +309,16 @@ fn trim_serial(serial: &[u8]) -> &[u8] {
 
 fn attach(state: &SsdState, inner: &mut SsdInner) -> Result {
     let name = &state.name[..];
-    let (Some(function), Some(index)) = (&inner.function, state.index()) else {
+    if inner.attached {
+        return report("ssds", name, "attach", "already attached", EBUSY);
+    }
+    if let Some(SsdDevice::Remote(add)) = &inner.device {
+        // A remote SSD attaches by being added again (its index may
+        // differ from the last one).
+        let add = KBox::new(**add, GFP_KERNEL)?;
+        return attach_remote(state, inner, add, "attach");
+    }
+    let (Some(SsdDevice::Local(function)), Some(index)) = (&inner.device, state.index()) else {
         return report(
             "ssds",
             name,
@@ -292,9 +327,6 @@ fn attach(state: &SsdState, inner: &mut SsdInner) -> Result {
             EINVAL,
         );
     };
-    if inner.attached {
-        return report("ssds", name, "attach", "already attached", EBUSY);
-    }
     if function.has_open_block_devices() {
         return report(
             "ssds",
@@ -323,16 +355,128 @@ fn attach(state: &SsdState, inner: &mut SsdInner) -> Result {
     Ok(())
 }
 
+/// Why the accelerator refused Remote SSD Add, by the errno its status
+/// maps to (controller.rs).
+fn remote_refusal(e: Error) -> &'static str {
+    if e == EHOSTUNREACH {
+        "the accelerator cannot reach the remote namespace (nothing answers at that address and service, or the subsystem or namespace is not there)"
+    } else if e == EINVAL {
+        "the remote namespace's size or block size is not one the accelerator can use"
+    } else if e == EEXIST {
+        "that remote namespace is an SSD of the accelerator already"
+    } else if e == ENOSPC {
+        "every SSD index the accelerator keeps for remote SSDs is taken"
+    } else if e == EOPNOTSUPP {
+        "the accelerator has no NVMe/TCP initiator"
+    } else if e == ETIMEDOUT {
+        "the accelerator did not answer Remote SSD Add in time"
+    } else {
+        "the accelerator refused the remote namespace"
+    }
+}
+
+/// Sends Remote SSD Add for `add` and makes the SSD it returns the
+/// handle's, attached (the accelerator attaches a remote SSD as it adds
+/// it). `attr` is the attribute written, for the log. Called with `inner`
+/// held; the registry lock is taken only for the claim, after the
+/// command.
+fn attach_remote(
+    state: &SsdState,
+    inner: &mut SsdInner,
+    add: KBox<RemoteSsdAdd>,
+    attr: &str,
+) -> Result {
+    let name = &state.name[..];
+    let mgmt = management::current()?;
+    let dw0 = mgmt
+        .vendor_command_within(
+            SubmissionEntry::new(vendor::opcode::REMOTE_SSD_ADD, 0),
+            Payload::ToDevice(add.as_bytes()),
+            REMOTE_SSD_ADD_TIMEOUT,
+        )
+        .map_err(|e| refuse("ssds", name, attr, remote_refusal(e), e))?;
+    // The index comes from the device: one a volume's SSD mask cannot
+    // hold is refused, and the SSD given back.
+    let index = match u16::try_from(dw0) {
+        Ok(index) if index < MAX_SSD_INDEX => index,
+        _ => {
+            give_back_remote(&mgmt, name, dw0);
+            return Err(
+                mgmt.refuse_payload(format_args!("Remote SSD Add returned SSD index {dw0}"))
+            );
+        }
+    };
+    // Remote SSD Add picked a free index, so no other handle stands for
+    // it; a handle found claiming it means the accelerator and the tree
+    // disagree, and the SSD goes back rather than be shared.
+    match Registry::claim_ssd(state, index) {
+        Ok(()) => {}
+        Err(other) => {
+            give_back_remote(&mgmt, name, dw0);
+            return match other {
+                Some(other) => {
+                    pr_err!(
+                        "ssds/{}: {attr}: SSD {index} is already ssds/{} (EEXIST)\n",
+                        bstr(name),
+                        bstr(&other)
+                    );
+                    Err(EEXIST)
+                }
+                None => report(
+                    "ssds",
+                    name,
+                    attr,
+                    "another write to 'device' is in progress",
+                    EBUSY,
+                ),
+            };
+        }
+    }
+    let _claim = Claim(state);
+    pr_info!(
+        "ssds/{}: tcp {} {} {} namespace {} is SSD {index}, attached to the accelerator\n",
+        bstr(name),
+        bstr(c_string_bytes(&add.traddr)),
+        add.trsvcid.get(),
+        bstr(c_string_bytes(&add.subnqn)),
+        add.nsid.get()
+    );
+    state.publish(inner, SsdDevice::Remote(add), index, true);
+    Ok(())
+}
+
+/// Sends Remote SSD Remove for an SSD the handle will not keep (best
+/// effort: the add is being undone, and its error is the one reported).
+fn give_back_remote(mgmt: &management::Management, name: &[u8], dw0: u32) {
+    let Ok(index) = u16::try_from(dw0) else {
+        return;
+    };
+    if let Err(e) = mgmt.vendor_command(vendor::remote_ssd_remove(index, 0), Payload::None) {
+        pr_warn!(
+            "ssds/{}: remote SSD {index} could not be given back: {e:?}\n",
+            bstr(name)
+        );
+    }
+}
+
 fn detach(state: &SsdState, inner: &mut SsdInner) -> Result {
     let name = &state.name[..];
-    let Some(index) = state.index() else {
+    if inner.device.is_none() {
         return Ok(());
-    };
-    if !inner.attached {
-        return report("ssds", name, "attach", "not attached", EINVAL);
     }
+    // A detached remote SSD has no index any more: refused like a
+    // detached local one.
+    let (true, Some(index)) = (inner.attached, state.index()) else {
+        return report("ssds", name, "attach", "not attached", EINVAL);
+    };
     let mgmt = management::current()?;
-    if let Err(e) = mgmt.vendor_command(vendor::ssd_command(index, false, 0), Payload::None) {
+    let remote = matches!(inner.device, Some(SsdDevice::Remote(_)));
+    let sqe = if remote {
+        vendor::remote_ssd_remove(index, 0)
+    } else {
+        vendor::ssd_command(index, false, 0)
+    };
+    if let Err(e) = mgmt.vendor_command(sqe, Payload::None) {
         let why = if e == EBUSY {
             "a volume stores data on the SSD"
         } else {
@@ -340,8 +484,16 @@ fn detach(state: &SsdState, inner: &mut SsdInner) -> Result {
         };
         return report("ssds", name, "attach", why, e);
     }
+    if remote {
+        state.forget_index(inner);
+        pr_info!(
+            "ssds/{}: remote SSD {index} removed from the accelerator and disconnected\n",
+            bstr(name)
+        );
+        return Ok(());
+    }
     state.set_attached(inner, false);
-    if let Some(function) = &inner.function {
+    if let Some(SsdDevice::Local(function)) = &inner.device {
         function.set_driver_override(None)?;
         if let Err(e) = function.attach_driver() {
             pr_warn!("ssds/{}: nvme did not bind again: {e:?}\n", bstr(name));
@@ -353,6 +505,38 @@ fn detach(state: &SsdState, inner: &mut SsdInner) -> Result {
         );
     }
     Ok(())
+}
+
+/// Builds Remote SSD Add for `remote`, under the handle's name (the
+/// accelerator logs it).
+fn remote_payload(name: &[u8], remote: &parse::RemoteNamespace<'_>) -> Result<KBox<RemoteSsdAdd>> {
+    let mut add = KBox::new(RemoteSsdAdd::zeroed(), GFP_KERNEL)?;
+    add.trtype = vendor::NVMF_TRTYPE_TCP;
+    add.adrfam = if remote.ipv6 {
+        vendor::NVMF_ADRFAM_IPV6
+    } else {
+        vendor::NVMF_ADRFAM_IPV4
+    };
+    add.trsvcid.set(remote.service);
+    add.nsid.set(remote.nsid);
+    // Size 0: the remote must answer now, and its size is the SSD's.
+    c_string_field(&mut add.name, name);
+    c_string_field(&mut add.traddr, remote.address);
+    c_string_field(&mut add.subnqn, remote.subnqn);
+    Ok(add)
+}
+
+/// `device` = `tcp ...`: Remote SSD Add, and the SSD it returns becomes
+/// the handle's, attached.
+fn store_remote(s: &SsdState, text: &[u8]) -> Result {
+    let remote = parse::remote_namespace(text)
+        .map_err(|why| refuse("ssds", &s.name, "device", why, EINVAL))?;
+    let add = remote_payload(&s.name, &remote)?;
+    let mut inner = s.inner.lock();
+    if inner.attached {
+        return report("ssds", &s.name, "device", "detach the SSD first", EBUSY);
+    }
+    attach_remote(s, &mut inner, add, "device")
 }
 
 macro_rules! ssd_attribute {
@@ -380,18 +564,29 @@ macro_rules! ssd_attribute {
 
 ssd_attribute!(0,
     show: |s, w| {
-        match &s.inner.lock().function {
-            Some(f) => writeln!(w, "{}", f.name().to_str().unwrap_or("?"))?,
+        match &s.inner.lock().device {
+            Some(SsdDevice::Local(f)) => writeln!(w, "{}", f.name().to_str().unwrap_or("?"))?,
+            Some(SsdDevice::Remote(add)) => writeln!(
+                w,
+                "tcp {} {} {} {}",
+                bstr(c_string_bytes(&add.traddr)),
+                add.trsvcid.get(),
+                bstr(c_string_bytes(&add.subnqn)),
+                add.nsid.get()
+            )?,
             None => writeln!(w)?,
         }
         Ok(())
     },
     store: |s, page| {
-        let text = parse::value(page)
+        let text = parse::value_within(page, parse::MAX_DEVICE)
             .map_err(|why| refuse("ssds", &s.name, "device", why, EINVAL))?;
         let busy = || report("ssds", &s.name, "device", "detach the SSD first", EBUSY);
         if s.is_attached() {
             return busy();
+        }
+        if parse::is_remote(text) {
+            return store_remote(s, text);
         }
         // Finding the SSD may ask the accelerator (a serial number): no
         // lock is held meanwhile.
@@ -431,7 +626,7 @@ ssd_attribute!(0,
                 .set_driver_override(Some(NO_DRIVER))
                 .map_err(|e| refuse("ssds", &s.name, "device", "cannot keep the host's drivers off the SSD", e))?;
         }
-        s.publish(&mut inner, function, index, attached);
+        s.publish(&mut inner, SsdDevice::Local(function), index, attached);
         Ok(())
     }
 );
@@ -455,10 +650,11 @@ ssd_attribute!(1,
 
 ssd_attribute!(2, show: |s, w| {
     let inner = s.inner.lock();
-    let text = match (&inner.function, inner.attached) {
+    let text = match (&inner.device, inner.attached) {
         (None, _) => "unconfigured",
         (Some(_), true) => "attached",
-        (Some(f), false) => match f.bound_driver() {
+        (Some(SsdDevice::Remote(_)), false) => "detached",
+        (Some(SsdDevice::Local(f)), false) => match f.bound_driver() {
             Some(_) => "host",
             None => "unbound",
         },
