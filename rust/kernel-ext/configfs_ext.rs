@@ -187,6 +187,34 @@ impl DefaultGroup {
     }
 }
 
+/// Makes `children` default groups of the group `init` creates, once it is
+/// initialized and before configfs links it, so they appear and disappear
+/// with it (the `configfs_add_default_group()` calls of a C `make_group`).
+///
+/// # Safety
+///
+/// Each of `children` is the [`DefaultGroup::raw`] of a [`DefaultGroup`]
+/// that the data of the group made by `init` owns (so it is dropped no
+/// earlier than that data), and none of them is linked anywhere else.
+pub(crate) unsafe fn with_default_groups<D, const N: usize>(
+    init: impl PinInit<Group<D>, Error>,
+    children: [*mut bindings::config_group; N],
+) -> impl PinInit<Group<D>, Error> {
+    init.pin_chain(move |group| {
+        // SAFETY: `group` is initialized, and configfs links it only after
+        // this initializer returns (it is being created), so it is the
+        // unlinked parent `DefaultGroup::link` asks for; the children are
+        // unlinked and owned by its data (function requirement).
+        unsafe {
+            let parent = <Group<D> as HasGroup<D>>::group(&*group).cast_mut();
+            for child in children {
+                DefaultGroup::link(parent, child);
+            }
+        }
+        Ok(())
+    })
+}
+
 impl Drop for DefaultGroup {
     fn drop(&mut self) {
         // SAFETY: We own the initial reference (type invariant); configfs

@@ -33,7 +33,7 @@ use crate::{
 };
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{
-    configfs::{self, AttributeOperations, HasGroup},
+    configfs::{self, AttributeOperations},
     configfs_attrs,
     fmt::Write as _,
     new_mutex,
@@ -264,25 +264,17 @@ impl NvmfDir {
             data: NvmfDir,
             attributes: [],
         };
-        Ok(configfs::Group::new(
+        let init = configfs::Group::new(
             c"nvmf".try_into()?,
             item_type,
             try_pin_init!(NvmfDir {
                 _ports: ports,
                 _subsystems: subsystems,
             }),
-        )
-        .pin_chain(move |group| {
-            // SAFETY: `group` is initialized and not linked yet (it is
-            // registered after this initializer returns); the default
-            // groups are owned by its data, dropped with it.
-            unsafe {
-                let parent = <configfs::Group<NvmfDir> as HasGroup<NvmfDir>>::group(&*group);
-                DefaultGroup::link(parent.cast_mut(), ports_raw);
-                DefaultGroup::link(parent.cast_mut(), subsystems_raw);
-            }
-            Ok(())
-        }))
+        );
+        // SAFETY: Both default groups are owned by the `NvmfDir` data of
+        // the group `init` makes, and linked nowhere else.
+        Ok(unsafe { configfs_ext::with_default_groups(init, [ports_raw, subsystems_raw]) })
     }
 }
 
@@ -675,7 +667,7 @@ impl configfs::GroupOperations for SubsystemsDir {
             ],
         };
         let recorder = state.clone();
-        Ok(configfs::Group::new(
+        let init = configfs::Group::new(
             name.try_into()?,
             item_type,
             try_pin_init!(Subsystem {
@@ -685,15 +677,11 @@ impl configfs::GroupOperations for SubsystemsDir {
         )
         .pin_chain(move |group| {
             recorder.address.record(&*group);
-            // SAFETY: `group` is initialized and configfs has not linked it
-            // yet; the default group is owned by the subsystem's data,
-            // which is dropped with the subsystem's group.
-            unsafe {
-                let parent = <configfs::Group<Subsystem> as HasGroup<Subsystem>>::group(&*group);
-                DefaultGroup::link(parent.cast_mut(), namespaces_raw);
-            }
             Ok(())
-        }))
+        });
+        // SAFETY: The namespaces group is owned by the `Subsystem` data of
+        // the group `init` makes, and linked nowhere else.
+        Ok(unsafe { configfs_ext::with_default_groups(init, [namespaces_raw]) })
     }
 }
 

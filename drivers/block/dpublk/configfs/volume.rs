@@ -21,7 +21,7 @@ use crate::{
     },
 };
 use kernel::{
-    configfs::{self, AttributeOperations, HasGroup},
+    configfs::{self, AttributeOperations},
     configfs_attrs,
     fmt::Write as _,
     new_mutex,
@@ -259,7 +259,7 @@ impl configfs::GroupOperations for VolumesDir {
             ],
         };
         let recorder = state.clone();
-        Ok(configfs::Group::new(
+        let init = configfs::Group::new(
             name.try_into()?,
             item_type,
             try_pin_init!(Volume {
@@ -269,15 +269,11 @@ impl configfs::GroupOperations for VolumesDir {
         )
         .pin_chain(move |group| {
             recorder.address.record(&*group);
-            // SAFETY: `group` is initialized and configfs has not linked it
-            // yet; the default group is owned by the volume's data, which
-            // is dropped with the volume's group.
-            unsafe {
-                let parent = <configfs::Group<Volume> as HasGroup<Volume>>::group(&*group);
-                DefaultGroup::link(parent.cast_mut(), snapshots_raw);
-            }
             Ok(())
-        }))
+        });
+        // SAFETY: The snapshots group is owned by the `Volume` data of the
+        // group `init` makes, and linked nowhere else.
+        Ok(unsafe { configfs_ext::with_default_groups(init, [snapshots_raw]) })
     }
 }
 
