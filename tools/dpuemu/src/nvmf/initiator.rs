@@ -60,6 +60,32 @@ fn protocol(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
+/// A remote namespace whose size or block size dpuemu cannot use (an
+/// inactive NSID reads as 0 blocks), or not the one expected. Carried in an
+/// [`io::Error`] of kind `InvalidData`, so a caller can tell it from a
+/// remote that breaks the protocol ([`is_geometry_error`]): Remote SSD Add
+/// answers the one REMOTE_GEOMETRY and the other REMOTE_UNREACHABLE.
+#[derive(Debug)]
+pub struct GeometryError(pub String);
+
+impl std::fmt::Display for GeometryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for GeometryError {}
+
+/// A [`GeometryError`] as an `io::Error`.
+pub fn geometry_error(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, GeometryError(what))
+}
+
+/// Whether `e` is a [`GeometryError`].
+pub fn is_geometry_error(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<GeometryError>())
+}
+
 /// One queue's connection.
 struct HostQueue {
     stream: TcpStream,
@@ -411,7 +437,7 @@ impl Session {
             .flatten()
             .filter(|&size| size > 0);
         let Some(size) = size else {
-            return Err(protocol(format!(
+            return Err(geometry_error(format!(
                 "{} namespace {}: {blocks} blocks of 2^{shift} bytes",
                 spec.subnqn, spec.nsid
             )));
@@ -610,7 +636,7 @@ impl RemoteNamespace {
         let (session, g) =
             Session::establish(&self.spec, self.timeout, self.kato, &self.keep_alives)?;
         if g.size != self.size || g.shift != self.shift {
-            return Err(protocol(format!(
+            return Err(geometry_error(format!(
                 "{} namespace {} changed its geometry",
                 self.spec.subnqn, self.spec.nsid
             )));

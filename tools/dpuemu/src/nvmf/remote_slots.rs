@@ -27,7 +27,7 @@ use nvme_shim::wire::Wire;
 
 use super::config::{valid_nqn, valid_volume_name, RemoteGeometry, DISCOVERY_NQN};
 use super::configure::{c_text, zero, Refusal};
-use super::initiator::RemoteSpec;
+use super::initiator::{is_geometry_error, RemoteSpec};
 use super::remote_ssd::{readd_hook, RemoteSsd, RemoteSsdPolicy};
 use crate::namespace::Namespace;
 use crate::ownership::SsdOwnership;
@@ -179,7 +179,10 @@ impl RemoteSlots {
                 "nvmf configure: remote SSD {name}: {} {} namespace {}: {e}",
                 spec.address, spec.subnqn, spec.nsid
             );
-            if e.kind() == io::ErrorKind::InvalidData {
+            // A remote that breaks the protocol is as unusable as one that
+            // does not answer; only a namespace it can read but not use
+            // (size, block size) is a geometry refusal.
+            if is_geometry_error(&e) {
                 vendor_status(vs::REMOTE_GEOMETRY)
             } else {
                 vendor_status(vs::REMOTE_UNREACHABLE)

@@ -20,7 +20,7 @@ use std::time::Duration;
 use log::{debug, info, warn};
 
 use super::config::RemoteGeometry;
-use super::initiator::{Reconnect, RemoteNamespace, RemoteSpec, DEFAULT_KATO};
+use super::initiator::{geometry_error, Reconnect, RemoteNamespace, RemoteSpec, DEFAULT_KATO};
 use crate::namespace::Namespace;
 use crate::volumes::VolumeManager;
 
@@ -113,16 +113,13 @@ impl RemoteSsd {
                     lba_shift: namespace.lba_shift(),
                 };
                 if let Some(want) = expected.filter(|want| *want != geometry) {
-                    return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "the namespace has {} bytes in blocks of {}, the configuration says {} in blocks of {}",
-                                geometry.size,
-                                1u64 << geometry.lba_shift,
-                                want.size,
-                                1u64 << want.lba_shift
-                            ),
-                        ));
+                    return Err(geometry_error(format!(
+                        "the namespace has {} bytes in blocks of {}, the configuration says {} in blocks of {}",
+                        geometry.size,
+                        1u64 << geometry.lba_shift,
+                        want.size,
+                        1u64 << want.lba_shift
+                    )));
                 }
                 namespace
             }

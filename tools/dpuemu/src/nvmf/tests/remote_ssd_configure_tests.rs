@@ -97,6 +97,28 @@ fn a_remote_ssd_added_by_the_host_mirrors_fails_resyncs_and_rejoins_by_label() {
         Err(vendor_status(vs::REMOTE_GEOMETRY))
     );
     assert!(host.is_empty_remote_slot(1));
+    // An NSID the remote does not have reads as a namespace of 0 blocks:
+    // a namespace the accelerator cannot use, not an unreachable remote.
+    assert_eq!(
+        add(&host, address, 7),
+        Err(vendor_status(vs::REMOTE_GEOMETRY))
+    );
+    // A remote that breaks the protocol (here: garbage for an ICResp) is
+    // unreachable, not a geometry refusal.
+    let garbage = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let babbler = garbage.local_addr().expect("address");
+    let talker = std::thread::spawn(move || {
+        use std::io::Write;
+        if let Ok((mut stream, _)) = garbage.accept() {
+            let _ = stream.write_all(&[0xff; 128]);
+        }
+    });
+    assert_eq!(
+        add(&host, babbler, 1),
+        Err(vendor_status(vs::REMOTE_UNREACHABLE))
+    );
+    talker.join().expect("the babbling remote");
+    assert!(host.is_empty_remote_slot(1));
 
     assert_eq!(add(&host, address, 1), Ok(1));
     assert!(!host.is_empty_remote_slot(1));
