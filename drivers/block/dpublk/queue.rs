@@ -104,6 +104,21 @@ impl CqPosition {
     }
 }
 
+/// Zeroed memory for a ring of `entries` (at least 2) entries of
+/// `entry_bytes` each, lent to the device `access` describes.
+fn ring_memory(
+    dev: &device::Device<device::Bound>,
+    entries: u16,
+    entry_bytes: usize,
+    access: &Arc<DeviceAccess>,
+) -> Result<DeviceMemory<[u8]>> {
+    if entries < 2 {
+        return Err(EINVAL);
+    }
+    let mem = Coherent::zeroed_slice(dev, usize::from(entries) * entry_bytes, GFP_KERNEL)?;
+    Ok(DeviceMemory::lent(mem, access.clone()))
+}
+
 /// A submission ring.
 ///
 /// # Invariants
@@ -128,16 +143,8 @@ impl SubmissionRing {
         entries: u16,
         access: &Arc<DeviceAccess>,
     ) -> Result<Self> {
-        if entries < 2 {
-            return Err(EINVAL);
-        }
-        let mem = Coherent::zeroed_slice(
-            dev,
-            usize::from(entries) * SubmissionEntry::BYTES,
-            GFP_KERNEL,
-        )?;
         Ok(Self {
-            mem: DeviceMemory::lent(mem, access.clone()),
+            mem: ring_memory(dev, entries, SubmissionEntry::BYTES, access)?,
             entries,
             head: 0,
             tail: 0,
@@ -232,16 +239,8 @@ impl CompletionRing {
         entries: u16,
         access: &Arc<DeviceAccess>,
     ) -> Result<Self> {
-        if entries < 2 {
-            return Err(EINVAL);
-        }
-        let mem = Coherent::zeroed_slice(
-            dev,
-            usize::from(entries) * CompletionEntry::BYTES,
-            GFP_KERNEL,
-        )?;
         Ok(Self {
-            mem: DeviceMemory::lent(mem, access.clone()),
+            mem: ring_memory(dev, entries, CompletionEntry::BYTES, access)?,
             entries,
             pos: CqPosition::start(),
         })
