@@ -45,6 +45,9 @@ pub struct HaRuntime {
     gate: Arc<PathGate>,
     ssds: Vec<PathBuf>,
     node: Option<HaNode>,
+    /// The passive phase's target and its stand-ins, which become the
+    /// serving target at the takeover (the hosts' connections stay).
+    standby: Option<(Arc<Target>, StandbyVolumes)>,
     /// Kept so that the promote hook's channel stays open.
     _requests: Option<Receiver<Request>>,
     answers: Option<SyncSender<Result<(), String>>>,
@@ -69,6 +72,7 @@ impl HaRuntime {
             gate: PathGate::new(false),
             ssds: Vec::new(),
             node: None,
+            standby: None,
             _requests: None,
             answers: None,
         })
@@ -90,20 +94,17 @@ impl HaRuntime {
     /// The passive phase: serves the configuration's subsystems with
     /// inaccessible stand-ins (hosts add this path) and runs the node
     /// until it holds the fence. Returns with the SSDs fenced for this
-    /// node and the stand-in target stopped; the caller opens the volumes
-    /// and calls [`HaRuntime::serve`]. `pending_exit` is polled for a
-    /// signal that ends the process meanwhile.
+    /// node, the stand-ins still served (inaccessible); the caller opens
+    /// the volumes and calls [`HaRuntime::serve`]. `pending_exit` is
+    /// polled for a signal that ends the process meanwhile.
     pub fn wait_for_media(
         &mut self,
         nvmf: &TargetConfig,
         mut pending_exit: impl FnMut() -> bool,
     ) -> Result<(), String> {
         let claimed = crate::nvmf::claim_ssds(nvmf, &[])?;
-        let standby = Target::start_with(
-            nvmf,
-            &claimed,
-            &StandbyVolumes::new(nvmf, self.gate.clone()),
-        )?;
+        let standins = StandbyVolumes::new(nvmf, self.gate.clone());
+        let standby = Target::start_with(nvmf, &claimed, &standins)?;
         info!(
             "ha: node {}: passive path served (ANA inaccessible)",
             self.config.node
@@ -156,31 +157,40 @@ impl HaRuntime {
             }
         };
         self._requests = Some(requests);
-        info!("ha: taking over ({why}): stopping the passive path");
-        // The hosts' connections to the stand-ins close; they connect
-        // again to the serving target and read its ANA log (optimized).
-        standby.shut_down();
+        info!("ha: taking over ({why}): opening the volumes");
+        self.standby = Some((standby, standins));
         Ok(())
     }
 
-    /// Starts the active target over `volumes` (behind the path gate) and
-    /// tells the node it serves. On error the node is told too.
+    /// Serves `volumes` behind the path gate and tells the node it
+    /// serves (on error too). After a passive phase, the stand-ins become
+    /// the volumes in place and every host that enabled it gets an ANA
+    /// change notice, upon which it reads the ANA log (optimized now) and
+    /// sends its queued I/O here at once; a node that started active
+    /// starts its target.
     pub fn serve(
         &self,
         nvmf: &TargetConfig,
         claimed: &ClaimedSsds,
         volumes: &dyn VolumeLookup,
     ) -> Result<Arc<Target>, String> {
-        let served = Target::start_with(
-            nvmf,
-            claimed,
-            &ServingVolumes {
-                inner: volumes,
-                gate: self.gate.clone(),
-            },
-        );
-        if served.is_ok() {
+        let served = match &self.standby {
+            Some((target, standins)) => standins.promote(volumes).map(|()| Arc::clone(target)),
+            None => Target::start_with(
+                nvmf,
+                claimed,
+                &ServingVolumes {
+                    inner: volumes,
+                    gate: self.gate.clone(),
+                },
+            ),
+        };
+        if let Ok(target) = &served {
             self.gate.open();
+            if self.standby.is_some() {
+                info!("ha: path optimized: ANA change notices to the hosts");
+                notify_ana_change(target);
+            }
         }
         if let Some(answers) = &self.answers {
             let _ = answers.send(served.as_ref().map(|_| ()).map_err(|e| e.clone()));
@@ -236,6 +246,19 @@ impl HaRuntime {
             }
         }
         restart_passive()
+    }
+}
+
+/// Sends the ANA change notices from a thread of their own: a host that
+/// does not read its socket must not hold the takeover up.
+fn notify_ana_change(target: &Arc<Target>) {
+    let t = Arc::clone(target);
+    let spawned = std::thread::Builder::new()
+        .name("ha-ana-notice".into())
+        .spawn(move || t.notify_ana_change());
+    if let Err(e) = spawned {
+        warn!("ha: no thread for the ANA change notices ({e}): sending them here");
+        target.notify_ana_change();
     }
 }
 

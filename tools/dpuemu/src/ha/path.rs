@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::namespace::{ana, Namespace};
 use crate::nvmf::config::{NamespaceSource, TargetConfig};
@@ -52,7 +52,10 @@ fn inaccessible() -> io::Error {
 /// node serves, or only its geometry (the passive node has no volumes
 /// open, yet its hosts must see the namespace to add the path).
 pub struct PathNamespace {
-    volume: Option<Arc<dyn Namespace>>,
+    /// Set once, when the node takes over: the passive node's stand-in
+    /// becomes the volume in place, so the hosts' connections to this
+    /// path stay. Never unset: a node that loses the media restarts.
+    volume: OnceLock<Arc<dyn Namespace>>,
     size: u64,
     lba_shift: u8,
     gate: Arc<PathGate>,
@@ -62,7 +65,7 @@ impl PathNamespace {
     /// The passive node's stand-in for a volume of `size` bytes.
     pub fn standby(size: u64, gate: Arc<PathGate>) -> Self {
         Self {
-            volume: None,
+            volume: OnceLock::new(),
             size,
             // Volumes have 4 KiB logical blocks: both paths must agree.
             lba_shift: 12,
@@ -72,16 +75,32 @@ impl PathNamespace {
 
     /// The active node's volume behind `gate`.
     pub fn serving(volume: Arc<dyn Namespace>, gate: Arc<PathGate>) -> Self {
-        Self {
-            size: volume.size(),
-            lba_shift: volume.lba_shift(),
-            volume: Some(volume),
-            gate,
+        let s = Self::standby(volume.size(), gate);
+        let lba_shift = volume.lba_shift();
+        let _ = s.volume.set(volume);
+        Self { lba_shift, ..s }
+    }
+
+    /// Puts the volume behind a stand-in (it serves once the gate opens).
+    /// Refused if the volume's geometry is not the one the hosts were
+    /// shown, or a volume is there already.
+    pub fn install(&self, volume: Arc<dyn Namespace>) -> Result<(), String> {
+        if volume.size() != self.size || volume.lba_shift() != self.lba_shift {
+            return Err(format!(
+                "the volume has {} bytes in blocks of 2^{}, the path showed {} in 2^{}",
+                volume.size(),
+                volume.lba_shift(),
+                self.size,
+                self.lba_shift
+            ));
         }
+        self.volume
+            .set(volume)
+            .map_err(|_| "a volume is installed already".to_string())
     }
 
     fn volume(&self) -> io::Result<&Arc<dyn Namespace>> {
-        match &self.volume {
+        match self.volume.get() {
             Some(v) if self.gate.is_open() => Ok(v),
             _ => Err(inaccessible()),
         }
@@ -93,10 +112,10 @@ impl Namespace for PathNamespace {
         self.size
     }
     fn used(&self) -> u64 {
-        self.volume.as_ref().map_or(0, |v| v.used())
+        self.volume.get().map_or(0, |v| v.used())
     }
     fn is_volume(&self) -> bool {
-        self.volume.as_ref().is_some_and(|v| v.is_volume())
+        self.volume.get().is_some_and(|v| v.is_volume())
     }
     fn lba_shift(&self) -> u8 {
         self.lba_shift
@@ -117,7 +136,7 @@ impl Namespace for PathNamespace {
         self.volume()?.deallocate(offset, len)
     }
     fn ana_state(&self) -> u8 {
-        if self.volume.is_some() && self.gate.is_open() {
+        if self.volume.get().is_some() && self.gate.is_open() {
             ana::OPTIMIZED
         } else {
             ana::INACCESSIBLE
@@ -126,10 +145,13 @@ impl Namespace for PathNamespace {
 }
 
 /// The volumes a passive node exports: stand-ins sized from the
-/// configuration's `[volume]` sections.
+/// configuration's `[volume]` sections, which become the volumes when the
+/// node takes over ([`StandbyVolumes::promote`]).
 pub struct StandbyVolumes {
     sizes: BTreeMap<String, u64>,
     gate: Arc<PathGate>,
+    /// Every stand-in handed out, by volume name.
+    made: Mutex<Vec<(String, Arc<PathNamespace>)>>,
 }
 
 impl StandbyVolumes {
@@ -139,14 +161,39 @@ impl StandbyVolumes {
             .iter()
             .map(|v| (v.name.clone(), v.size))
             .collect();
-        Self { sizes, gate }
+        Self {
+            sizes,
+            gate,
+            made: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Installs the open volumes behind the stand-ins (the gate stays as
+    /// it is: the caller opens it). Fails if a volume is not open or its
+    /// geometry is not the one shown.
+    pub fn promote(&self, volumes: &dyn VolumeLookup) -> Result<(), String> {
+        let made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, standby) in made.iter() {
+            let volume = volumes
+                .volume(name)
+                .ok_or_else(|| format!("volume '{name}' is not open"))?;
+            standby
+                .install(volume)
+                .map_err(|e| format!("volume '{name}': {e}"))?;
+        }
+        Ok(())
     }
 }
 
 impl VolumeLookup for StandbyVolumes {
     fn volume(&self, name: &str) -> Option<Arc<dyn Namespace>> {
         let size = *self.sizes.get(name)?;
-        Some(Arc::new(PathNamespace::standby(size, self.gate.clone())))
+        let standby = Arc::new(PathNamespace::standby(size, self.gate.clone()));
+        self.made
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name.to_string(), standby.clone()));
+        Some(standby)
     }
 }
 
@@ -213,6 +260,10 @@ mod tests {
         fn size(&self) -> u64 {
             dpu_engine::media::Media::size(&self.0)
         }
+        // As a volume's.
+        fn lba_shift(&self) -> u8 {
+            12
+        }
         fn read_at(&self, o: u64, b: &mut [u8]) -> io::Result<()> {
             dpu_engine::media::Media::read_at(&self.0, o, b).map_err(io::Error::other)
         }
@@ -249,6 +300,45 @@ mod tests {
         gate.close();
         assert_eq!(serving.ana_state(), ana::INACCESSIBLE);
         assert!(serving.read_at(4096, &mut back).is_err());
+    }
+
+    #[test]
+    fn a_stand_in_becomes_the_volume_in_place() {
+        let text = "[port 1]\nservice 4420\n[volume db0]\nlayout single\nssds 0\nsize 1M\n\
+                    [subsystem nqn.2026-12.org.dpublk:ha]\nports 1\nallow-any-host\n\
+                    namespace 1 volume db0\n";
+        let config = crate::nvmf::config::parse(text).unwrap();
+        let gate = PathGate::new(false);
+        let standby = StandbyVolumes::new(&config, gate.clone());
+        let exported = standby.volume("db0").unwrap();
+        assert!(standby.volume("db1").is_none());
+        assert_eq!(exported.ana_state(), ana::INACCESSIBLE);
+
+        struct One(Arc<dyn Namespace>);
+        impl VolumeLookup for One {
+            fn volume(&self, name: &str) -> Option<Arc<dyn Namespace>> {
+                (name == "db0").then(|| self.0.clone())
+            }
+        }
+        // A volume of another size than the hosts were shown is refused.
+        let wrong = One(Arc::new(Mem(MemMedia::new(2 << 20))));
+        assert!(standby.promote(&wrong).unwrap_err().contains("bytes"));
+        let volume: Arc<dyn Namespace> = Arc::new(Mem(MemMedia::new(1 << 20)));
+        volume.write_at(8192, &[3; 4096]).unwrap();
+        standby.promote(&One(volume.clone())).unwrap();
+        // Installed but not served until the gate opens.
+        assert_eq!(exported.ana_state(), ana::INACCESSIBLE);
+        let mut back = [0u8; 4096];
+        assert!(exported.read_at(8192, &mut back).is_err());
+        gate.open();
+        assert_eq!(exported.ana_state(), ana::OPTIMIZED);
+        exported.read_at(8192, &mut back).unwrap();
+        assert_eq!(back, [3; 4096]);
+        // Once only.
+        assert!(standby
+            .promote(&One(volume))
+            .unwrap_err()
+            .contains("already"));
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! One NVMe/TCP connection: connection initialization, the PDU stream, and
 //! the data movement of each command (in-capsule data, R2T and H2CData,
-//! C2HData), around the command handlers of `fabrics` and `io`.
+//! C2HData), around the command handlers of `fabrics` and `io`; and a
+//! controller's asynchronous events ([`AsyncEvents`]), which another thread
+//! completes on the admin queue's connection.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use log::{debug, info, warn};
@@ -46,6 +49,145 @@ pub const FABRICS_OPCODE: u8 = 0x7f;
 pub const TRANSIENT_TRANSPORT_ERROR: Status = Status::new(sct::GENERIC, 0x22);
 /// SGL Offset Invalid.
 pub const SGL_OFFSET_INVALID: Status = Status::dnr(sct::GENERIC, 0x16);
+
+/// Asynchronous Event Configuration (Set Features 0Bh) bit of ANA change
+/// notices: the only event this target reports.
+pub const AEN_ANA_CHANGE: u32 = 1 << 11;
+/// Completion dword 0 of an ANA change notice: event type Notice (2h),
+/// information Asymmetric Namespace Access Change (03h), log page 0Ch.
+pub const ANA_CHANGE_NOTICE: u32 = 0x2 | 0x03 << 8 | 0x0c << 16;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The asynchronous events of one controller: the Asynchronous Event
+/// Requests its admin queue holds, what the host enabled, and the way to
+/// complete a held request from any thread (an HA node that changes its
+/// ANA state is not the admin queue's thread).
+///
+/// An ANA change is reported once: the completion masks further ANA
+/// change notices until the host reads the ANA log with RAE cleared, as
+/// the NVMe base specification asks (the host then sees the newest state
+/// in the log anyway). A change while no request is held waits for the
+/// next one.
+///
+/// Lock order: `state`, then the connection's send lock.
+#[derive(Default)]
+pub struct AsyncEvents {
+    state: Mutex<EventState>,
+}
+
+#[derive(Default)]
+struct EventState {
+    /// Asynchronous Event Configuration, as far as supported.
+    enabled: u32,
+    /// CIDs of the held requests, oldest first.
+    held: VecDeque<u16>,
+    /// An ANA change waits for a request.
+    pending: bool,
+    /// An ANA change was reported and the host has not read the log yet.
+    masked: bool,
+    /// The admin queue's connection, once it is bound.
+    sink: Option<EventSink>,
+}
+
+/// Where a controller's events are sent: a second handle of its admin
+/// queue's socket, written under the connection's send lock so that a
+/// completion never lands inside another PDU.
+struct EventSink {
+    writer: Box<dyn Write + Send>,
+    send_lock: Arc<Mutex<()>>,
+    negotiated: Negotiated,
+    sqhd: Arc<AtomicU16>,
+}
+
+impl EventSink {
+    fn complete(&mut self, cid: u16, dw0: u32) -> io::Result<()> {
+        let sqhd = self.sqhd.load(Ordering::Acquire);
+        let cqe = CompletionEntry::new(cid, 0, sqhd, Status::SUCCESS, false, dw0);
+        let h = encode::capsule_resp(&cqe.to_bytes(), &self.negotiated);
+        let mut out = Vec::new();
+        append(&mut out, &h, &[]);
+        let _sending = lock(&self.send_lock);
+        self.writer.write_all(&out)
+    }
+}
+
+impl AsyncEvents {
+    /// Set Features Asynchronous Event Configuration: keeps the bits of
+    /// the events this target reports (others are accepted and ignored,
+    /// as hosts enable SMART warnings everywhere).
+    pub fn configure(&self, value: u32) {
+        lock(&self.state).enabled = value & AEN_ANA_CHANGE;
+    }
+
+    /// Get Features Asynchronous Event Configuration.
+    pub fn configuration(&self) -> u32 {
+        lock(&self.state).enabled
+    }
+
+    /// Holds Asynchronous Event Request `cid`; false past the limit
+    /// (AERL + 1 outstanding). A change waiting for a request completes
+    /// this one at once.
+    pub fn hold(&self, cid: u16, limit: usize) -> bool {
+        let mut s = lock(&self.state);
+        if s.held.len() >= limit {
+            return false;
+        }
+        s.held.push_back(cid);
+        Self::deliver(&mut s);
+        true
+    }
+
+    /// The host read the ANA log with RAE cleared: ANA change notices are
+    /// unmasked. Called before the log is built, so a change after it is
+    /// either in that log or reported again.
+    pub fn ana_log_read(&self) {
+        lock(&self.state).masked = false;
+    }
+
+    /// This controller's ANA state changed: completes a held request with
+    /// the ANA change notice if the host enabled it and the notice is not
+    /// masked. False if the host did not enable it (it learns of the
+    /// change only from its next I/O's status, or a new connection).
+    pub fn ana_changed(&self) -> bool {
+        let mut s = lock(&self.state);
+        if s.enabled & AEN_ANA_CHANGE == 0 {
+            return false;
+        }
+        if !s.masked {
+            s.pending = true;
+            Self::deliver(&mut s);
+        }
+        true
+    }
+
+    fn deliver(s: &mut EventState) {
+        if !s.pending || s.sink.is_none() {
+            return;
+        }
+        let Some(cid) = s.held.pop_front() else {
+            return;
+        };
+        s.pending = false;
+        s.masked = true;
+        if let Some(sink) = &mut s.sink {
+            // A failed send is a closed connection: its controller goes
+            // with it, and the host's next one reads the ANA log at
+            // connect.
+            if let Err(e) = sink.complete(cid, ANA_CHANGE_NOTICE) {
+                debug!("nvmf: ANA change notice (CID {cid}) not sent: {e}");
+            }
+        }
+    }
+
+    fn connect(&self, sink: EventSink) {
+        let mut s = lock(&self.state);
+        s.sink = Some(sink);
+        Self::deliver(&mut s);
+    }
+}
 
 /// The queue a connection carries, once Fabrics Connect succeeded.
 pub struct Queue {
@@ -141,7 +283,12 @@ pub struct Connection<'t, L: Link> {
     pub queue: Option<Queue>,
     pending: BTreeMap<u16, PendingWrite>,
     next_ttag: u16,
-    held: usize,
+    /// Taken around every write to the stream: an asynchronous event is
+    /// sent from another thread through a second handle (see
+    /// [`AsyncEvents`]).
+    send_lock: Arc<Mutex<()>>,
+    /// The submission queue head, for an event completed from elsewhere.
+    sqhd: Arc<AtomicU16>,
     buffer: Vec<u8>,
     /// The header of the PDU being handled, for a termination request.
     last_header: [u8; 128],
@@ -158,11 +305,21 @@ pub trait Link: Read + Write {
     fn connected(&mut self) -> io::Result<()>;
     /// Ends the connection.
     fn close(&mut self);
+    /// A second handle that writes to the connection from another thread
+    /// (asynchronous events), or `None` if the link has none: its events
+    /// then wait forever.
+    fn event_writer(&self) -> io::Result<Option<Box<dyn Write + Send>>> {
+        Ok(None)
+    }
 }
 
 impl Link for TcpStream {
     fn closer(&self) -> io::Result<Closer> {
         Ok(Closer::socket(self.try_clone()?))
+    }
+
+    fn event_writer(&self) -> io::Result<Option<Box<dyn Write + Send>>> {
+        Ok(Some(Box::new(self.try_clone()?)))
     }
 
     fn connected(&mut self) -> io::Result<()> {
@@ -193,7 +350,8 @@ pub fn serve_link<L: Link>(target: &Target, port: u16, stream: L, peer: &str) {
         queue: None,
         pending: BTreeMap::new(),
         next_ttag: 0,
-        held: 0,
+        send_lock: Arc::new(Mutex::new(())),
+        sqhd: Arc::new(AtomicU16::new(0)),
         buffer: Vec::new(),
         last_header: [0; 128],
         last_header_len: 0,
@@ -254,10 +412,16 @@ impl<L: Link> Connection<'_, L> {
         }
     }
 
+    /// Writes `bytes` (whole PDUs) to the stream, under the send lock.
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let _sending = lock(&self.send_lock);
+        self.stream.write_all(bytes)
+    }
+
     /// Sends C2HTermReq with `fes` and `fei` and ends the connection.
     fn terminate(&mut self, reason: String, fes: u16, fei: u32) -> End {
         let term = encode::term_req(false, fes, fei, &self.last_header[..self.last_header_len]);
-        let _ = self.stream.write_all(term.as_bytes());
+        let _ = self.send(term.as_bytes());
         End::Protocol { reason, fes, fei }
     }
 
@@ -305,7 +469,7 @@ impl<L: Link> Connection<'_, L> {
             data_digest: req.data_digest,
             maxh2cdata: MAXH2CDATA,
         });
-        self.stream.write_all(resp.as_bytes())?;
+        self.send(resp.as_bytes())?;
         self.receiver.stage = Stage::Ready(self.negotiated);
         info!(
             "nvmf {}: initialized (header digest {}, data digest {}, HPDA {})",
@@ -327,6 +491,7 @@ impl<L: Link> Connection<'_, L> {
         let sqe = SubmissionEntry::from_bytes(c.sqe);
         if let Some(q) = &mut self.queue {
             q.sqhd = if q.sqhd >= q.sqsize { 0 } else { q.sqhd + 1 };
+            self.sqhd.store(q.sqhd, Ordering::Release);
         }
         if !digest_ok {
             return self.complete(&sqe, Reply::status(TRANSIENT_TRANSPORT_ERROR));
@@ -378,7 +543,7 @@ impl<L: Link> Connection<'_, L> {
                     },
                 );
                 let r2t = encode::r2t(sqe.cid(), ttag, 0, sgl_len, &self.negotiated);
-                self.stream.write_all(r2t.as_bytes())?;
+                self.send(r2t.as_bytes())?;
                 Ok(())
             }
             DataDirection::ControllerToHost if sgl_id == SGL_TRANSPORT && c.data.is_empty() => {
@@ -490,13 +655,15 @@ impl<L: Link> Connection<'_, L> {
         }
     }
 
-    /// Counts a held Asynchronous Event Request; false past the limit.
-    pub fn hold_event_request(&mut self) -> bool {
-        if self.held > usize::from(fabrics::AERL) {
+    /// Holds Asynchronous Event Request `cid` until its controller has an
+    /// event; false past the limit.
+    pub fn hold_event_request(&mut self, cid: u16) -> bool {
+        let Some(q) = &self.queue else {
             return false;
-        }
-        self.held += 1;
-        true
+        };
+        q.controller
+            .events
+            .hold(cid, usize::from(fabrics::AERL) + 1)
     }
 
     /// Sends a command's data and response.
@@ -535,17 +702,29 @@ impl<L: Link> Connection<'_, L> {
         cqe.dw1.set((result >> 32) as u32);
         let h = encode::capsule_resp(&cqe.to_bytes(), &self.negotiated);
         append(&mut out, &h, &[]);
-        self.stream.write_all(&out)?;
+        self.send(&out)?;
         if close {
             return Err(End::Closed);
         }
         Ok(())
     }
 
-    /// Binds the connection to its queue after a successful Connect.
+    /// Binds the connection to its queue after a successful Connect; an
+    /// admin queue's connection becomes where its controller's events go.
     pub fn bind(&mut self, queue: Queue) -> io::Result<()> {
         queue.controller.attach(queue.qid, self.stream.closer()?)?;
         self.stream.connected()?;
+        if queue.qid == 0 {
+            if let Some(writer) = self.stream.event_writer()? {
+                self.sqhd.store(queue.sqhd, Ordering::Release);
+                queue.controller.events.connect(EventSink {
+                    writer,
+                    send_lock: Arc::clone(&self.send_lock),
+                    negotiated: self.negotiated,
+                    sqhd: Arc::clone(&self.sqhd),
+                });
+            }
+        }
         self.queue = Some(queue);
         Ok(())
     }

@@ -263,6 +263,11 @@ pub fn admin_command<L: Link>(
             let dwords = (u64::from(sqe.cdw11.get() & 0xffff) << 16 | u64::from(cdw10 >> 16)) + 1;
             let offset = u64::from(sqe.cdw12.get()) | u64::from(sqe.cdw13.get()) << 32;
             let only_groups = cdw10 & (1 << 8) != 0;
+            // Reading the ANA log with Retain Asynchronous Event cleared
+            // clears a reported ANA change.
+            if lid == ANA_LOG && cdw10 & (1 << 15) == 0 {
+                ctrl.events.ana_log_read();
+            }
             let Some(log) = identify::log_page(c.target, ctrl, lid, only_groups) else {
                 return Reply::status(Status::INVALID_LOG_PAGE);
             };
@@ -286,7 +291,7 @@ pub fn admin_command<L: Link>(
         }
         admin::KEEP_ALIVE => Reply::status(Status::SUCCESS),
         admin::ASYNC_EVENT_REQUEST => {
-            if c.hold_event_request() {
+            if c.hold_event_request(sqe.cid()) {
                 Reply::Held
             } else {
                 Reply::status(Status::AER_LIMIT_EXCEEDED)
@@ -301,6 +306,9 @@ fn fit(mut page: Vec<u8>, transfer: usize) -> Vec<u8> {
     page.resize(transfer, 0);
     page
 }
+
+/// Log page identifier of the ANA log.
+const ANA_LOG: u8 = 0x0c;
 
 /// Feature identifiers the target keeps beyond nvme-shim's list.
 const FEATURE_KEEP_ALIVE_TIMER: u8 = 0x0f;
@@ -319,7 +327,10 @@ fn set_features(ctrl: &FabricsController, sqe: &SubmissionEntry, discovery: bool
             ctrl.set_kato(value);
             Reply::status(Status::SUCCESS)
         }
-        feature::ASYNC_EVENT_CONFIG => Reply::status(Status::SUCCESS),
+        feature::ASYNC_EVENT_CONFIG => {
+            ctrl.events.configure(value);
+            Reply::status(Status::SUCCESS)
+        }
         feature::VOLATILE_WRITE_CACHE if !discovery => Reply::status(Status::SUCCESS),
         _ => Reply::status(Status::INVALID_FIELD),
     }
@@ -335,7 +346,7 @@ fn get_features(ctrl: &FabricsController, sqe: &SubmissionEntry, discovery: bool
             Reply::result(u64::from(n | n << 16))
         }
         FEATURE_KEEP_ALIVE_TIMER => Reply::result(u64::from(ctrl.kato_ms.load(Ordering::Relaxed))),
-        feature::ASYNC_EVENT_CONFIG => Reply::result(0),
+        feature::ASYNC_EVENT_CONFIG => Reply::result(u64::from(ctrl.events.configuration())),
         feature::VOLATILE_WRITE_CACHE if !discovery => Reply::result(1),
         _ => Reply::status(Status::INVALID_FIELD),
     }

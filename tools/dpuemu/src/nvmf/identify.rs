@@ -11,6 +11,7 @@ use nvme_shim::sqe::SubmissionEntry;
 use nvme_shim::status::Status;
 
 use super::config::MAX_NSID;
+use super::connection::AEN_ANA_CHANGE;
 use super::connection::{IN_CAPSULE_DATA, MAX_PENDING};
 use super::fabrics::{AERL, VERSION};
 use super::target::{FabricsController, Subsystem, Target};
@@ -130,7 +131,9 @@ fn controller(ctrl: &FabricsController) -> Vec<u8> {
     p[77] = MDTS;
     put16(&mut p, 78, ctrl.cntlid);
     put32(&mut p, 80, VERSION);
-    put32(&mut p, 92, 0); // OAES
+    // OAES: ANA change notices (I/O controllers).
+    let oaes = if io { AEN_ANA_CHANGE } else { 0 };
+    put32(&mut p, 92, oaes);
     p[111] = if io {
         CNTRLTYPE_IO
     } else {
@@ -142,10 +145,11 @@ fn controller(ctrl: &FabricsController) -> Vec<u8> {
     // KAS: keep-alive granularity in 100 ms units.
     put16(&mut p, 320, 1);
     if io {
-        // ANATT 10 s; ANACAP: optimized state reported, group ID does not
-        // change while a namespace is attached; one group.
+        // ANATT 10 s; ANACAP: optimized and inaccessible states reported,
+        // group ID does not change while a namespace is attached; one
+        // group.
         p[342] = 10;
-        p[343] = 1 | (1 << 7);
+        p[343] = 1 | (1 << 3) | (1 << 7);
         put32(&mut p, 344, ANA_GROUP);
         put32(&mut p, 348, ANA_GROUP);
     }

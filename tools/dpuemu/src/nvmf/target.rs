@@ -269,6 +269,8 @@ pub struct FabricsController {
     sockets: Mutex<Vec<(u16, Closer)>>,
     /// Set once it is torn down.
     pub dead: AtomicBool,
+    /// Its Asynchronous Event Requests and what they may report.
+    pub events: connection::AsyncEvents,
 }
 
 impl FabricsController {
@@ -789,6 +791,7 @@ impl Target {
             connected: Mutex::new(Vec::new()),
             sockets: Mutex::new(Vec::new()),
             dead: AtomicBool::new(false),
+            events: connection::AsyncEvents::default(),
         });
         controllers.insert(cntlid, Arc::clone(&c));
         Ok(c)
@@ -870,6 +873,32 @@ impl Target {
         let ids: Vec<u16> = lock(&self.controllers).keys().copied().collect();
         for id in ids {
             self.remove_controller(id);
+        }
+    }
+
+    /// The ANA state of the target's namespaces changed (a node of a
+    /// high-availability pair took over or lost the media): every I/O
+    /// controller whose host enabled ANA change notices gets one; the
+    /// others are torn down, so that their hosts reconnect and read the
+    /// new state at connect (a host waiting for a path to become usable
+    /// would otherwise wait forever). May block on a host that does not
+    /// read its socket: call it from a thread of its own where that
+    /// matters.
+    pub fn notify_ana_change(&self) {
+        let controllers: Vec<Arc<FabricsController>> =
+            lock(&self.controllers).values().cloned().collect();
+        for c in controllers {
+            if c.subsystem.is_none() || c.dead.load(Ordering::Acquire) {
+                continue;
+            }
+            if !c.events.ana_changed() {
+                info!(
+                    "nvmf: controller {} ({}) did not enable ANA change notices: \
+                     closed so that its host reconnects",
+                    c.cntlid, c.hostnqn
+                );
+                self.remove_controller(c.cntlid);
+            }
         }
     }
 

@@ -1,7 +1,10 @@
 //! ANA through the wire (Documentation/ha.rst): the two nodes of a pair
 //! serve the same subsystem; the passive node's path and a path whose
 //! node lost the media are inaccessible in the ANA log, and their I/O
-//! completes with ANA Inaccessible (a path error) rather than running.
+//! completes with ANA Inaccessible (a path error) rather than running; a
+//! takeover tells the connected hosts with an ANA change notice.
+
+use std::io::ErrorKind;
 
 use super::*;
 use crate::ha::path::{PathGate, ServingVolumes, StandbyVolumes};
@@ -116,4 +119,266 @@ fn a_node_that_loses_the_media_turns_its_path_inaccessible() {
     assert_eq!(back, data, "a write on the inaccessible path landed");
     target.shut_down();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Asynchronous Event Configuration (Set and Get Features 0Bh) and its
+/// ANA change bit.
+const FEATURE_ASYNC_EVENT: u32 = 0x0b;
+const ANA_CHANGE_ENABLED: u32 = 1 << 11;
+/// Completion dword 0 of an ANA change notice: Notice, ANA change, log 0Ch.
+const ANA_CHANGE_NOTICE: u32 = 0x000c_0302;
+/// How long a test waits to be sure that nothing arrives.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// What arrived on an admin queue that had nothing to wait for.
+#[derive(Debug, PartialEq, Eq)]
+enum Arrived {
+    /// A completion: CID, status, dword 0.
+    Completion(u16, u16, u32),
+    /// Nothing within the wait.
+    Nothing,
+    /// The target closed the connection.
+    Closed,
+}
+
+impl Host {
+    /// Sends an Asynchronous Event Request without waiting for it;
+    /// returns its CID.
+    fn event_request(&mut self) -> u16 {
+        self.cid = self.cid.wrapping_add(1);
+        let mut sqe = SubmissionEntry::new(0x0c, 0);
+        sqe.set_cid(self.cid);
+        self.send_capsule(&sqe, &[]);
+        self.cid
+    }
+
+    /// What arrives within `wait` when no command waits for its answer.
+    fn arrived(&mut self, wait: Duration) -> Arrived {
+        self.stream.set_read_timeout(Some(wait)).expect("timeout");
+        let mut ch = [0u8; COMMON_HEADER_BYTES];
+        let got = self.stream.read(&mut ch[..1]);
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        match got {
+            Ok(0) => return Arrived::Closed,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Arrived::Nothing
+            }
+            Err(_) => return Arrived::Closed,
+        }
+        self.stream.read_exact(&mut ch[1..]).expect("header");
+        let layout = self.rx.frame(&ch).expect("target sent a bad header");
+        let mut pdu = vec![0u8; layout.plen()];
+        pdu[..8].copy_from_slice(&ch);
+        self.stream.read_exact(&mut pdu[8..]).expect("PDU body");
+        match self.rx.parse(&pdu).expect("target sent a bad PDU").pdu {
+            Pdu::CapsuleResp(r) => {
+                let cqe = CompletionEntry::from_bytes(r.cqe);
+                Arrived::Completion(cqe.command_id(), cqe.status().0, cqe.result.get())
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Enables ANA change notices (`enable`) or only what Linux never
+    /// asks of this target (SMART warnings), and checks Get Features.
+    fn configure_events(&mut self, enable: bool) {
+        let value = if enable { ANA_CHANGE_ENABLED } else { 0xff };
+        let set = self.admin(0x09, 0, FEATURE_ASYNC_EVENT, value, 0);
+        assert_eq!(set.status, 0, "Set Features 0Bh");
+        let get = self.admin(0x0a, 0, FEATURE_ASYNC_EVENT, 0, 0);
+        assert_eq!(get.status, 0, "Get Features 0Bh");
+        assert_eq!(
+            get.result as u32,
+            if enable { ANA_CHANGE_ENABLED } else { 0 }
+        );
+    }
+}
+
+/// A file in 4 KiB logical blocks, as volumes are (the stand-ins show
+/// that geometry).
+struct Volume4k(FileNamespace);
+
+impl Namespace for Volume4k {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn lba_shift(&self) -> u8 {
+        12
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write_at(offset, data)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.0.write_zeroes(offset, len)
+    }
+    fn deallocate(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.0.deallocate(offset, len)
+    }
+}
+
+/// One 4 KiB block of I/O at `lba` (Read or Write).
+fn io_4k(io: &mut Host, opcode: u8, lba: u64, data: &[u8]) -> Completion {
+    let mut sqe = SubmissionEntry::new(opcode, 0);
+    sqe.nsid.set(1);
+    sqe.cdw10.set(lba as u32);
+    sqe.cdw11.set((lba >> 32) as u32);
+    io.command(sqe, data, true, if data.is_empty() { 4096 } else { 0 })
+}
+
+/// A passive node's path over a stand-in, with the volume to put behind
+/// it at the takeover.
+struct StandbyPath {
+    target: Arc<Target>,
+    gate: Arc<PathGate>,
+    standins: StandbyVolumes,
+    volume: Arc<dyn Namespace>,
+    dir: std::path::PathBuf,
+}
+
+impl StandbyPath {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("dpuemu-nvmf-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let volume: Arc<dyn Namespace> = Arc::new(Volume4k(
+            FileNamespace::open(&dir.join("db0.img"), Some(1 << 20)).expect("image"),
+        ));
+        let config = pair_config();
+        let claimed = claim_ssds(&config, &[]).expect("claim");
+        let gate = PathGate::new(false);
+        let standins = StandbyVolumes::new(&config, gate.clone());
+        let target = Target::start_with(&config, &claimed, &standins).expect("standby target");
+        Self {
+            target,
+            gate,
+            standins,
+            volume,
+            dir,
+        }
+    }
+
+    /// What [`crate::ha::HaRuntime::serve`] does at a takeover.
+    fn take_over(&self) {
+        self.standins
+            .promote(&OneVolume(self.volume.clone()))
+            .expect("promote");
+        self.gate.open();
+        self.target.notify_ana_change();
+    }
+}
+
+impl Drop for StandbyPath {
+    fn drop(&mut self) {
+        self.target.shut_down();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn an_ana_change_completes_one_held_event_request_per_change() {
+    let path = StandbyPath::new("aen");
+    let (mut admin, mut io) = session(path.target.ports()[0].address);
+    // OAES announces ANA change notices: Linux enables only what it says.
+    let id = admin.admin(0x06, 0, 1, 0, 4096);
+    let oaes = u32::from_le_bytes(id.data[92..96].try_into().unwrap());
+    assert_eq!(oaes & ANA_CHANGE_ENABLED, ANA_CHANGE_ENABLED);
+    admin.configure_events(true);
+    let first = admin.event_request();
+    assert_eq!(admin.arrived(QUIET), Arrived::Nothing, "before any change");
+    assert_eq!(ana_state(&mut admin), 3, "inaccessible");
+
+    // The takeover: the same connection is told, once.
+    path.take_over();
+    assert_eq!(
+        admin.arrived(Duration::from_secs(5)),
+        Arrived::Completion(first, 0, ANA_CHANGE_NOTICE)
+    );
+    let second = admin.event_request();
+    assert_eq!(
+        admin.arrived(QUIET),
+        Arrived::Nothing,
+        "one notice per change"
+    );
+    // Another change before the host read the log: masked (the log the
+    // host reads next shows the newest state anyway).
+    path.target.notify_ana_change();
+    assert_eq!(admin.arrived(QUIET), Arrived::Nothing, "masked until read");
+    // The host reads the log as Linux does (RAE cleared) and sends I/O on
+    // the connection it had: optimized now, and the data lands.
+    assert_eq!(ana_state(&mut admin), 1, "optimized");
+    let data = pattern(4096, 5);
+    assert_eq!(io_4k(&mut io, 0x01, 16, &data).status, 0);
+    assert_eq!(io_4k(&mut io, 0x02, 16, &[]).data, data);
+    let mut back = vec![0u8; 4096];
+    path.volume.read_at(16 * 4096, &mut back).expect("read");
+    assert_eq!(back, data);
+
+    // The next change (the node loses the media) completes the request
+    // held meanwhile.
+    path.gate.close();
+    path.target.notify_ana_change();
+    assert_eq!(
+        admin.arrived(Duration::from_secs(5)),
+        Arrived::Completion(second, 0, ANA_CHANGE_NOTICE)
+    );
+    assert_eq!(ana_state(&mut admin), 3);
+    // A change while no request is held waits for the next request.
+    path.gate.open();
+    path.target.notify_ana_change();
+    assert_eq!(admin.arrived(QUIET), Arrived::Nothing);
+    let third = admin.event_request();
+    assert_eq!(
+        admin.arrived(Duration::from_secs(5)),
+        Arrived::Completion(third, 0, ANA_CHANGE_NOTICE)
+    );
+    assert_eq!(ana_state(&mut admin), 1);
+}
+
+#[test]
+fn a_host_that_did_not_enable_notices_gets_none_and_is_reconnected() {
+    let path = StandbyPath::new("aen-off");
+    let (mut admin, mut io) = session(path.target.ports()[0].address);
+    admin.configure_events(false);
+    admin.event_request();
+    assert_eq!(admin.arrived(QUIET), Arrived::Nothing);
+    assert_eq!(path.target.controller_count(), 1);
+    // No notice: the controller is closed instead, so the host connects
+    // again and reads the new state at connect.
+    path.take_over();
+    assert_eq!(admin.arrived(Duration::from_secs(5)), Arrived::Closed);
+    assert_eq!(io.arrived(Duration::from_secs(5)), Arrived::Closed);
+    assert_eq!(path.target.controller_count(), 0);
+    let (mut admin, _io) = session(path.target.ports()[0].address);
+    assert_eq!(ana_state(&mut admin), 1, "optimized at reconnect");
+}
+
+#[test]
+fn event_requests_past_the_limit_are_refused() {
+    let path = StandbyPath::new("aen-limit");
+    let (mut admin, _io) = session(path.target.ports()[0].address);
+    admin.configure_events(true);
+    // AERL is 3 (0-based): four are held, the fifth refused.
+    let held: Vec<u16> = (0..4).map(|_| admin.event_request()).collect();
+    assert_eq!(admin.arrived(QUIET), Arrived::Nothing);
+    let fifth = admin.event_request();
+    assert_eq!(
+        admin.arrived(Duration::from_secs(5)),
+        Arrived::Completion(fifth, 0x105 | DNR, 0),
+        "Asynchronous Event Request Limit Exceeded"
+    );
+    // One change completes the oldest held request, and only it.
+    path.take_over();
+    assert_eq!(
+        admin.arrived(Duration::from_secs(5)),
+        Arrived::Completion(held[0], 0, ANA_CHANGE_NOTICE)
+    );
+    assert_eq!(admin.arrived(QUIET), Arrived::Nothing);
 }
