@@ -12,6 +12,7 @@
 pub mod config;
 pub mod fence;
 pub mod heartbeat;
+pub mod media_heartbeat;
 pub mod node;
 pub mod path;
 

@@ -21,6 +21,7 @@ use log::{error, info, warn};
 use super::config::{HaConfig, Role};
 use super::fence::Fence;
 use super::heartbeat::{Heartbeat, NodeState, HEARTBEAT_BYTES};
+use super::media_heartbeat::MediaHeartbeat;
 
 /// Becoming active: see [`Hooks::promote`].
 pub type PromoteHook = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -65,6 +66,12 @@ struct Shared {
     fence: Arc<Fence>,
     ssds: Vec<PathBuf>,
     socket: UdpSocket,
+    /// The tie-breaker when the UDP link is silent (`None` if the images
+    /// could not be opened for it: then silence alone decides).
+    media: Option<MediaHeartbeat>,
+    /// Set while the peer is silent over UDP but alive on the media (said
+    /// once per outage).
+    link_down: AtomicBool,
     status: Mutex<Status>,
     hooks: Hooks,
     stop: AtomicBool,
@@ -115,11 +122,18 @@ impl HaNode {
         hooks: Hooks,
     ) -> io::Result<Self> {
         socket.set_read_timeout(Some(config.interval))?;
+        let media = MediaHeartbeat::open(&config.node, &ssds, config.role)
+            .inspect_err(|e| {
+                warn!("ha: no media heartbeat ({e}): a silent heartbeat link means a takeover")
+            })
+            .ok();
         let shared = Arc::new(Shared {
             config,
             fence,
             ssds,
             socket,
+            media,
+            link_down: AtomicBool::new(false),
             status: Mutex::new(Status {
                 state: NodeState::Passive,
                 generation: 0,
@@ -208,8 +222,20 @@ impl Shared {
 
     fn send_loop(&self) {
         let mut warned = false;
+        let mut media_warned = false;
         while !self.stop.load(Ordering::Acquire) {
-            let h = self.heartbeat().encode();
+            let heartbeat = self.heartbeat();
+            if let (Some(media), true) = (&self.media, heartbeat.state.owns_media()) {
+                match media.beat() {
+                    Err(e) if !media_warned => {
+                        warn!("ha: media heartbeat: {e}");
+                        media_warned = true;
+                    }
+                    Err(_) => {}
+                    Ok(()) => media_warned = false,
+                }
+            }
+            let h = heartbeat.encode();
             if let Err(e) = self.socket.send_to(&h, self.config.peer) {
                 // The peer's host may be down: that is what the peer's
                 // silence will tell the watcher. Say it once.
@@ -259,12 +285,15 @@ impl Shared {
                 if let Some(h) = self.receive() {
                     self.heard(h);
                 }
+                self.observe_media();
             }
             let peer_owns = lock(&self.status)
                 .peer
                 .as_ref()
                 .is_some_and(|(h, _)| h.state.owns_media());
-            if !peer_owns {
+            if peer_owns || self.peer_alive_on_media() {
+                info!("ha: the peer serves: starting passive");
+            } else {
                 self.take_over("start-up in the active role");
             }
         }
@@ -272,11 +301,28 @@ impl Shared {
             if let Some(h) = self.receive() {
                 self.heard(h);
             }
+            self.observe_media();
             self.decide();
         }
     }
 
+    fn observe_media(&self) {
+        if let Some(media) = &self.media {
+            media.observe();
+        }
+    }
+
+    /// Whether the peer's media heartbeat moved within the timeout.
+    fn peer_alive_on_media(&self) -> bool {
+        self.media
+            .as_ref()
+            .is_some_and(|m| m.peer_alive(self.config.timeout))
+    }
+
     fn heard(&self, h: Heartbeat) {
+        if self.link_down.swap(false, Ordering::AcqRel) {
+            info!("ha: heartbeats from {} again", h.node);
+        }
         let mut s = lock(&self.status);
         let changed = s.peer.as_ref().is_none_or(|(p, _)| p.state != h.state);
         if changed {
@@ -334,6 +380,12 @@ impl Shared {
                     {
                         self.take_over(&format!("handover from {}", h.node));
                     }
+                    // Only the heartbeat link is down: the peer still
+                    // writes its heartbeat on the media. Taking over would
+                    // fence a healthy node (and be fenced back).
+                    _ if silent_since.elapsed() >= timeout && self.peer_alive_on_media() => {
+                        self.link_is_down(silent_since.elapsed());
+                    }
                     _ if silent_since.elapsed() >= timeout => {
                         let who = peer
                             .as_ref()
@@ -363,6 +415,22 @@ impl Shared {
             }
             NodeState::TakingOver => {}
         }
+    }
+
+    /// The peer is silent over UDP but alive on the media: says so once
+    /// per outage, in the log and the state file.
+    fn link_is_down(&self, silent: Duration) {
+        if self.link_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let why = format!(
+            "no heartbeat from the peer for {} ms, but its media heartbeat moves: \
+             heartbeat link down? not taking over",
+            silent.as_millis()
+        );
+        warn!("ha: {why}");
+        lock(&self.status).last_error = Some(why);
+        self.write_status();
     }
 
     /// Fences the SSDs (retrying while a frozen writer holds one), then

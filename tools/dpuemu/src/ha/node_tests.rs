@@ -59,6 +59,12 @@ fn hooks(
 }
 
 fn pair(name: &str) -> Pair {
+    pair_sending_a_to(name, None)
+}
+
+/// A pair whose node A sends its heartbeats to `a_peer` instead of B (a
+/// heartbeat link down in one direction).
+fn pair_sending_a_to(name: &str, a_peer: Option<SocketAddr>) -> Pair {
     let images = Images::new(name, 2);
     let sa = UdpSocket::bind("127.0.0.1:0").unwrap();
     let sb = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -67,7 +73,13 @@ fn pair(name: &str) -> Pair {
     let (fb, b_ssds) = fenced_node("dpu-b", &images);
     let promoted = Arc::new(Mutex::new(Vec::new()));
     let demoted = Arc::new(AtomicUsize::new(0));
-    let ca = config("dpu-a", Role::Active, la, lb, images.dir.join("a.status"));
+    let ca = config(
+        "dpu-a",
+        Role::Active,
+        la,
+        a_peer.unwrap_or(lb),
+        images.dir.join("a.status"),
+    );
     let cb = config("dpu-b", Role::Passive, lb, la, images.dir.join("b.status"));
     let a = HaNode::start_on(
         ca,
@@ -273,5 +285,42 @@ fn stray_datagrams_change_nothing() {
     assert_eq!(p.b.status().state, NodeState::Passive);
     assert_eq!(a.status().state, NodeState::Active);
     a.stop();
+    p.b.stop();
+}
+
+/// The heartbeat link fails while both nodes run: the passive one hears
+/// nothing, but the active one's media heartbeat moves, so it does not
+/// take over (no alternating fences); once the active node really stops,
+/// it does.
+#[test]
+fn a_lost_heartbeat_link_does_not_split_the_brain() {
+    // A's heartbeats go to a socket nobody reads.
+    let void = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut p = pair_sending_a_to("link-down", Some(void.local_addr().unwrap()));
+    let a = p.a.take().unwrap();
+    wait_for("a active", Duration::from_secs(5), || {
+        a.status().state == NodeState::Active
+    });
+    wait_for("b sees the link down", TIMEOUT * 4, || {
+        status_file(&p, "b").contains("media heartbeat moves")
+    });
+    std::thread::sleep(TIMEOUT * 2);
+    assert!(p.b.status().peer.is_none(), "b heard a over UDP");
+    assert_eq!(p.b.status().state, NodeState::Passive);
+    assert_eq!(a.status().state, NodeState::Active);
+    assert_eq!(a.status().generation, 1);
+    p.a_ssds[0].write_at(1 << 20, &[5u8; 4096]).unwrap();
+    assert_eq!(p.demoted.load(Ordering::SeqCst), 0);
+    // A dies: both heartbeats stop, and B takes over.
+    let killed = Instant::now();
+    a.stop();
+    wait_for("b active", TIMEOUT * 4, || {
+        p.b.status().state == NodeState::Active
+    });
+    assert!(killed.elapsed() >= TIMEOUT - INTERVAL * 2);
+    assert_eq!(p.b.status().generation, 2);
+    let mut back = [0u8; 4096];
+    p.b_ssds[0].read_at(1 << 20, &mut back).unwrap();
+    assert_eq!(back, [5u8; 4096]);
     p.b.stop();
 }
