@@ -63,6 +63,18 @@ N ?= 3
 crash: all
 	scripts/crash-campaign.sh --kill-points $(N)
 
+# make crash-ha N=50: the HA pair's failover campaign in one VM boot:
+# test_ha_failover with N SIGKILLs of the active node under fio verify and
+# the acknowledged-writes log (Documentation/ha.rst, Testing); prints each
+# stall and p50/p99/max. HA_MAX_P99_MS (default 2000) fails a slower p99;
+# a stall over HA_MAX_STALL (5 s) fails at once.
+HA_MAX_P99_MS ?= 2000
+.PHONY: crash-ha
+crash-ha: all
+	DPUBLK_VM_TIMEOUT=$$(( 1200 + $(N) * 60 )) scripts/vm.sh -- \
+		env HA_KILLS=$(N) HA_MAX_P99_MS=$(HA_MAX_P99_MS) DPUBLK_TIME_FACTOR=$$(( 1 + $(N) / 20 )) \
+		selftests/dpublk/run_tests.sh test_ha_failover
+
 # make hostile: dpublk under a hostile accelerator until HOSTILE_ANOMALIES
 # (default 100000) protocol anomalies were injected at one I/O completion in
 # HOSTILE_RATE (default 20), fio verifying every block (one VM boot); then

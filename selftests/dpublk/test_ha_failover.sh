@@ -5,21 +5,37 @@
 # NVMe/TCP subsystem; Linux's native NVMe multipath connects to both. fio
 # randwrite with verify (O_SYNC: every acknowledged write is durable) runs
 # while the active node is SIGKILLed HA_KILLS times (the other node takes
-# over; the killed one is restarted and comes back passive); each time, a
-# probe write outside fio's range measures how long I/O stalled. Then an
+# over and tells the hosts with an ANA change notice; the killed one is
+# restarted and comes back passive); each time, a probe write outside
+# fio's range measures how long I/O stalled (printed per kill with where
+# the time went, then p50, p99 and the worst). Beside fio, a writer of
+# acknowledged writes: every O_DIRECT+O_DSYNC 4 KiB write carries its
+# sequence number and block, is logged once acknowledged, and after the
+# kills every logged write must be on the device. Then an
 # orderly handover (SIGHUP) under fio: no error either. A ghost-write
 # check: the active frozen with writes in flight, the passive takes over,
 # new data goes over the same blocks, the old node is thawed: none of its
 # stale writes lands. Fails on any fio
-# error or verify mismatch, or a stall over HA_MAX_STALL seconds.
+# error or verify mismatch, a missing acknowledged write, a stall over
+# HA_MAX_STALL seconds or a p99 over HA_MAX_P99_MS.
+# Knobs: HA_KILLS (3; make crash-ha N=50 runs 50 in one boot),
+# HA_TIMEOUT_MS (the heartbeat timeout, 500), HA_MAX_STALL (5 s),
+# HA_MAX_P99_MS (unset: printed, not judged), HA_FIO_MB (48).
 # Needs a kernel with CONFIG_NVME_MULTIPATH (skips otherwise).
 # dpublk-timeout: 900
 . "$(dirname "$0")/test_common.sh"
 
 DPUEMU=${DPUBLK_DPUEMU:-$DPUBLK_TOP/target/release/dpuemu}
 HA_KILLS=${HA_KILLS:-3}
-HA_MAX_STALL=${HA_MAX_STALL:-15}
+HA_TIMEOUT_MS=${HA_TIMEOUT_MS:-500}
+HA_MAX_STALL=${HA_MAX_STALL:-5}
+HA_MAX_P99_MS=${HA_MAX_P99_MS:-}
 HA_FIO_MB=${HA_FIO_MB:-48}
+# The acknowledged-writes region: 4 KiB blocks in [100, 150) MiB, away from
+# fio (from 0), the handover's fio, the probe (160 MiB) and the ghost
+# check (170 MiB).
+ACK_FIRST=$((100 << 8))
+ACK_BLOCKS=$((50 << 8))
 [ -x "$DPUEMU" ] || fail "dpuemu is not built: $DPUEMU"
 "$DPUEMU" --help | grep -q -- --ha-config || fail "$DPUEMU has no --ha-config"
 command -v nvme >/dev/null || fail "nvme-cli is not installed in the VM"
@@ -65,7 +81,7 @@ listen 127.0.0.1:${HEARTBEAT[$n]}
 peer 127.0.0.1:${HEARTBEAT[$(other $n)]}
 role ${ROLE[$n]}
 interval 100
-timeout 1000
+timeout $HA_TIMEOUT_MS
 fence-wait 2000
 status $TEST_TMP/$n.status
 CONF
@@ -115,7 +131,67 @@ ana_states() { # "SERVICE=STATE ..." of every path
 		echo "$(sed -n 's/.*trsvcid=\([0-9]*\).*/\1/p' "/sys/class/nvme/$ctrl/address")=$(cat "$p/ana_state")"
 	done | sort | tr '\n' ' '
 }
-on_exit 'nvme disconnect -n "$NQN" >/dev/null 2>&1; kill_node a; kill_node b'
+# log_ms NODE PATTERN: the time of day (ms, UTC) of NODE's last log line
+# matching PATTERN (dpuemu logs HH:MM:SS.mmm in UTC).
+log_ms() {
+	grep -a -- "$2" "$TEST_TMP/$1.log" | tail -1 |
+		awk '{ split($1, t, /[:.]/); print ((t[1] * 60 + t[2]) * 60 + t[3]) * 1000 + t[4] }'
+}
+now_ms() { echo $(($(date -u +%s%3N) % 86400000)); }
+# percentile P VALUES...: the nearest-rank percentile.
+percentile() {
+	local p=$1; shift
+	printf '%s\n' "$@" | sort -n | awk -v p="$p" '{ v[NR] = $1 } END { r = int((p * NR + 99) / 100); if (r < 1) r = 1; print v[r] }'
+}
+
+# The acknowledged-writes writer: one synchronous O_DIRECT 4 KiB write at a
+# time to a random block of the region, each carrying "dpublk-ack SEQ
+# BLOCK"; a write is appended to the log only once dd returned success
+# (acknowledged, and durable: O_DSYNC). Stops between writes when the stop
+# file appears; a failed write is an error that reached the application.
+ack_writer() {
+	local seq=0 blk
+	while [ ! -e "$TEST_TMP/ack.stop" ]; do
+		seq=$((seq + 1))
+		blk=$((ACK_FIRST + (RANDOM * 32768 + RANDOM) % ACK_BLOCKS))
+		if { printf 'dpublk-ack %08d %08d\n' "$seq" "$blk"; head -c 4067 /dev/zero; } |
+			dd of="$dev" bs=4096 count=1 seek="$blk" oflag=direct,dsync iflag=fullblock status=none; then
+			echo "$blk $seq" >>"$TEST_TMP/ack.log"
+		else
+			echo "write $seq to block $blk failed" >>"$TEST_TMP/ack.errors"
+		fi
+	done
+}
+# ack_check: every acknowledged write is on the device, the last one of
+# each block exactly (one writer, one write at a time: nothing later can
+# have overwritten it). Prints the counts; fails on a missing write.
+ack_check() {
+	local acked region=$TEST_TMP/ack.region missing
+	[ ! -s "$TEST_TMP/ack.errors" ] || { sed 's/^/#   /' "$TEST_TMP/ack.errors" | head; fail "acknowledged writer: writes failed"; }
+	acked=$(wc -l <"$TEST_TMP/ack.log")
+	[ "$acked" -gt 0 ] || fail "acknowledged writer: no write completed"
+	dd if="$dev" of="$region" bs=1M skip=$((ACK_FIRST >> 8)) count=$((ACK_BLOCKS >> 8)) iflag=direct status=none ||
+		fail "cannot read the acknowledged-writes region back"
+	# What the device holds, as "BLOCK SEQ" from each header's byte offset,
+	# against the last acknowledged SEQ of each block.
+	missing=$(grep -a -b -o 'dpublk-ack [0-9]\{8\} [0-9]\{8\}' "$region" |
+		awk -v first="$ACK_FIRST" -F '[: ]' '
+			NR == FNR { last[$1] = $2; next }
+			$1 % 4096 == 0 { at = first + $1 / 4096; if ($4 + 0 == at) found[at] = $3 + 0 }
+			END {
+				n = 0
+				for (b in last) {
+					has = b in found
+					if (has && found[b] == last[b] + 0) continue
+					if (++n <= 5) printf "#   block %d: acknowledged %d, the device has %s\n", b, last[b], has ? found[b] : "no write of it" > "/dev/stderr"
+				}
+				print n
+			}' "$TEST_TMP/ack.log" -)
+	[ "$missing" = 0 ] || fail "acknowledged writer: $missing of the acknowledged blocks are not on the device"
+	diag "acknowledged writes: $acked acknowledged across the kills ($(cut -d' ' -f1 "$TEST_TMP/ack.log" | sort -u | wc -l) blocks), 0 missing"
+}
+
+on_exit 'touch "$TEST_TMP/ack.stop"; nvme disconnect -n "$NQN" >/dev/null 2>&1; kill_node a; kill_node b'
 
 dmesg_mark
 start_node a
@@ -143,15 +219,29 @@ fio --name=ha --filename="$dev" --ioengine=libaio --direct=1 --sync=1 --rw=randw
 	--iodepth=8 --size=${HA_FIO_MB}M --offset=0 --verify=crc32c --verify_fatal=1 --do_verify=1 \
 	--verify_state_save=0 --output-format=json --output="$out" &
 fio_pid=$!
+: >"$TEST_TMP/ack.log"
+ack_writer &
+ack_pid=$!
 active=a
-worst=0
+stalls=()
 for k in $(seq 1 "$HA_KILLS"); do
 	sleep 3
-	kill -0 "$fio_pid" 2>/dev/null || { diag "fio finished after $((k - 1)) kills"; break; }
+	# With many kills fio may finish first: run it again (it verifies
+	# what it wrote each time).
+	if ! kill -0 "$fio_pid" 2>/dev/null; then
+		wait "$fio_pid" || { sed 's/^/#   /' "$out" | tail -20; fail "fio across the failovers failed"; }
+		[ "$(jq '[.jobs[].error] | add' "$out")" = 0 ] || fail "fio reported an error across the failovers"
+		fio --name=ha --filename="$dev" --ioengine=libaio --direct=1 --sync=1 --rw=randwrite --bs=8k \
+			--iodepth=8 --size=${HA_FIO_MB}M --offset=0 --verify=crc32c --verify_fatal=1 --do_verify=1 \
+			--verify_state_save=0 --output-format=json --output="$out" &
+		fio_pid=$!
+		sleep 1
+	fi
 	passive=$(other $active)
 	wait_state "$passive" passive 30
 	kill_node "$active"
 	t0=$(date +%s%N)
+	killed_ms=$(now_ms)
 	timeout 60 dd if=/dev/urandom of="$dev" bs=4k count=1 seek=$((160 << 8)) oflag=direct,sync status=none ||
 		fail "kill $k: the probe write failed or hung after node $active was killed"
 	stall=$((($(date +%s%N) - t0) / 1000000))
@@ -159,19 +249,32 @@ for k in $(seq 1 "$HA_KILLS"); do
 	reason=$(sed -n 's/^last_failover_reason //p' "$TEST_TMP/$passive.status")
 	took=$(sed -n 's/^last_failover_took_ms //p' "$TEST_TMP/$passive.status")
 	gen=$(sed -n 's/^fence_generation //p' "$TEST_TMP/$passive.status")
-	diag "kill $k: node $active SIGKILLed; I/O resumed after $stall ms (node $passive: generation $gen, takeover $took ms, '$reason')"
-	[ "$stall" -gt "$worst" ] && worst=$stall
+	# Where the time went, from the new active's log: detecting the
+	# silence, fencing and opening the volumes (replay), and the host
+	# (the ANA change notice, its ANA log read, the requeued I/O).
+	decided=$(($(log_ms "$passive" 'takes over:') - killed_ms))
+	serving=$(($(log_ms "$passive" 'active with fence generation') - killed_ms))
+	diag "kill $k: node $active SIGKILLed; I/O resumed after $stall ms: detected at $decided ms, serving at $serving ms (fence and replay $took ms), host $((stall - serving)) ms (node $passive: generation $gen, '$reason')"
+	stalls+=("$stall")
 	[ "$stall" -le $((HA_MAX_STALL * 1000)) ] || fail "kill $k: I/O stalled $stall ms (limit ${HA_MAX_STALL} s)"
 	start_node "$active"
 	wait_state "$active" passive 60
 	active=$passive
 done
+touch "$TEST_TMP/ack.stop"
+wait "$ack_pid"
+p50=$(percentile 50 "${stalls[@]}")
+p99=$(percentile 99 "${stalls[@]}")
+worst=$(percentile 100 "${stalls[@]}")
+diag "stalls over ${#stalls[@]} kills: p50 $p50 ms, p99 $p99 ms, max $worst ms (heartbeat timeout $HA_TIMEOUT_MS ms)"
+[ -z "$HA_MAX_P99_MS" ] || [ "$p99" -le "$HA_MAX_P99_MS" ] || fail "stall p99 $p99 ms is over $HA_MAX_P99_MS ms"
 wait "$fio_pid" || { sed 's/^/#   /' "$out" | tail -20; fail "fio across the failovers failed"; }
 [ "$(jq '[.jobs[].error] | add' "$out")" = 0 ] || fail "fio reported an error across the failovers"
 written=$(jq '[.jobs[].write.io_bytes] | add' "$out")
 verified=$(jq '[.jobs[].read.io_bytes] | add' "$out")
 [ "$verified" -gt 0 ] || fail "fio verified nothing"
-diag "fio: $written bytes written and $verified verified across the kills; worst stall $worst ms"
+diag "fio: $written bytes written and $verified verified across the kills (its last run); worst stall $worst ms"
+ack_check
 
 # Ghost writes: the active is frozen (SIGSTOP) with writes of 0xaa in
 # flight to [170, 174) MiB; the passive takes over, the host's keep-alive
