@@ -590,6 +590,8 @@ impl Pool {
             let step = self.lock()?.commit_step(needed)?;
             match step {
                 CommitStep::Done => return Ok(()),
+                // Others may take the lock before the next step.
+                CommitStep::Again => std::thread::yield_now(),
                 CommitStep::Wait(done) => {
                     done.wait()?;
                 }

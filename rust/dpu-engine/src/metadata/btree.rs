@@ -646,19 +646,22 @@ pub enum Released {
 }
 
 /// As [`release_node`], in smaller steps: a leaf whose last reference
-/// this is and that holds more than `most` entries drops only the first
-/// `most` entries' references, and keeps the rest in a copy (a shadow,
-/// the original freed) that the caller releases later. A leaf drops a
-/// reference per entry (hundreds, each a tree update), so this bounds the
-/// work of one call.
+/// this is drops its first entries' references, at most `most` of them
+/// and none once `until` has passed (the first always), and keeps the
+/// rest in a copy (a shadow, the original freed) that the caller releases
+/// later; a copy left empty is freed too. A leaf drops a reference per
+/// entry (hundreds, each a tree update, and more where what the entry
+/// names dies with it), so this bounds the work of one call by count and
+/// by time.
 pub fn release_node_part(
     tm: &mut TransactionManager,
     info: &TreeInfo,
     block: u64,
     most: usize,
+    until: Option<std::time::Instant>,
 ) -> MetaResult<Released> {
     let node = read_node(tm, info, block)?;
-    if !node.leaf || node.len() <= most.max(1) || tm.count(block)? > 1 {
+    if !node.leaf || !info.kind.counts() || node.len() <= 1 || tm.count(block)? > 1 {
         return release_node(tm, info, block).map(Released::Node);
     }
     let (copy, shared) = tm.shadow(block, BTREE_MAGIC)?;
@@ -668,9 +671,20 @@ pub fn release_node_part(
         )));
     }
     let mut node = read_node(tm, info, copy)?;
-    for _ in 0..most.max(1) {
+    let mut dropped = 0;
+    while node.len() > 0 {
+        let late = || until.is_some_and(|t| std::time::Instant::now() >= t);
+        if dropped >= most.max(1) || (dropped > 0 && late()) {
+            break;
+        }
         let value = node.remove_at(0);
         value_ref(tm, info.kind, &value, -1)?;
+        dropped += 1;
+    }
+    if node.len() == 0 {
+        // Everything went: the copy holds nothing to release later.
+        tm.dec(copy)?;
+        return Ok(Released::Node(Vec::new()));
     }
     write_node(tm, copy, &node)?;
     Ok(Released::Part(copy))

@@ -11,8 +11,8 @@
 //! never written in place.
 //!
 //! The same structure serves the metadata blocks (whose changes the
-//! transaction manager buffers and applies at commit, since changing the
-//! map allocates metadata blocks itself) and the data blocks.
+//! transaction manager buffers and applies in steps and at commit, since
+//! changing the map allocates metadata blocks itself) and the data blocks.
 
 use super::transaction::TransactionManager;
 use super::{blank_block, le_u32, le_u64, put_u32, put_u64, MetaError, MetaResult, META_BLOCK};

@@ -294,6 +294,84 @@ fn bounded_cache_while_the_tree_grows_far_beyond_it() {
     assert!(reopened.cache_stats().peak_resident <= CACHE);
 }
 
+/// Buffered count changes applied to the space map in small steps while
+/// the transaction goes on (as the pool does once they accumulate) leave
+/// every count exact at every step, a commit applies only what the steps
+/// left, and the reopened state is the committed one, counts exact. The
+/// transaction copies a snapshotted tree's nodes, frees and allocates:
+/// thousands of changes, which its commit used to apply all at once.
+#[test]
+fn counts_applied_in_steps_during_a_transaction_stay_exact() {
+    const STEP: usize = 8;
+    const PENDING: usize = 32;
+    const KEYS: u64 = 4000;
+    let media = Arc::new(MemMedia::new(4 * META_BLOCKS * META_BLOCK));
+    let mut tm = TransactionManager::format(media.clone(), 64, 4 * DATA_BLOCKS).unwrap();
+    let info = TreeInfo::with_fanout(8, ValueKind::DataBlock, 8).unwrap();
+    // As the pool does: steps of a few changes once more are buffered.
+    let steps = |tm: &mut TransactionManager| {
+        while tm.pending_counts() > PENDING {
+            let left = tm.apply_counts(STEP, None).unwrap();
+            assert_eq!(left, tm.pending_counts());
+        }
+    };
+    let mut root = btree::empty(&mut tm, &info).unwrap();
+    let mut model = BTreeMap::new();
+    for k in 0..KEYS {
+        let block = tm.alloc_data().unwrap();
+        root = btree::insert(&mut tm, &info, root, k, &value(block)).unwrap();
+        model.insert(k, block);
+        steps(&mut tm);
+    }
+    tm.set_root(0, root).unwrap();
+    tm.commit().unwrap();
+    let snap = btree::share(&mut tm, root).unwrap();
+    let snap_model = model.clone();
+    let applied_before = tm.transaction_stats().counts_applied;
+    for i in 0..6000u64 {
+        let k = (i * 7919) % KEYS;
+        if i % 3 == 0 {
+            root = btree::remove(&mut tm, &info, root, k).unwrap().0;
+            model.remove(&k);
+        } else {
+            let block = tm.alloc_data().unwrap();
+            root = btree::insert(&mut tm, &info, root, k, &value(block)).unwrap();
+            model.insert(k, block);
+        }
+        steps(&mut tm);
+        if i % 1000 == 0 {
+            check_references(&mut tm, &[(root, info), (snap, info)]);
+        }
+    }
+    check_references(&mut tm, &[(root, info), (snap, info)]);
+    let stats = tm.transaction_stats();
+    assert!(
+        stats.counts_applied - applied_before > 1500,
+        "{stats:?}: the steps applied too few changes to matter"
+    );
+    tm.set_root(0, root).unwrap();
+    tm.set_root(1, snap).unwrap();
+    tm.commit().unwrap();
+    let stats = tm.transaction_stats();
+    assert_eq!(stats.pending_counts, 0);
+    assert!(
+        stats.largest_commit_counts <= 2 * PENDING,
+        "a commit applied {} changes itself",
+        stats.largest_commit_counts
+    );
+    check_references(&mut tm, &[(root, info), (snap, info)]);
+    let mut reopened = TransactionManager::open(media, 64).unwrap();
+    let (root, snap) = (reopened.root(0), reopened.root(1));
+    check_references(&mut reopened, &[(root, info), (snap, info)]);
+    let got = |tm: &mut TransactionManager, r| contents(tm, &info, r);
+    assert_eq!(got(&mut reopened, root), model);
+    assert_eq!(got(&mut reopened, snap), snap_model);
+    let used = (0..reopened.meta_blocks())
+        .filter(|&b| reopened.count(b).unwrap() > 0)
+        .count();
+    assert_eq!(reopened.meta_used(), used as u64);
+}
+
 /// A commit writes each run of consecutive dirty blocks as one write of
 /// at most 64 blocks, and what it wrote reads back after a reopen.
 #[test]
@@ -363,6 +441,9 @@ enum Op {
     /// many operations ran in the following transaction (as the pool does
     /// with the lock released).
     SplitCommit(u8),
+    /// Buffered count changes applied to the space map in the middle of
+    /// the transaction: this many (or all there are).
+    ApplyCounts(u8),
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -373,6 +454,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(Op::DropSnapshot),
         2 => Just(Op::Commit),
         1 => (0u8..8).prop_map(Op::SplitCommit),
+        2 => any::<u8>().prop_map(Op::ApplyCounts),
     ]
 }
 
@@ -471,6 +553,10 @@ impl Run {
                 btree::release(tm, info, s)?;
             }
             Op::DropSnapshot(_) => {}
+            Op::ApplyCounts(least) => {
+                let left = tm.apply_counts(usize::from(*least), None)?;
+                assert_eq!(left, tm.pending_counts());
+            }
             Op::Commit => {
                 let mut done: Vec<State> = self.finish_pending()?.into_iter().collect();
                 self.set_roots()?;
@@ -517,6 +603,10 @@ fn recovered_state(tm: &mut TransactionManager, info: &TreeInfo) -> Vec<BTreeMap
     let roots: Vec<u64> = (0..8).map(|s| tm.root(s)).filter(|r| *r != 0).collect();
     let trees: Vec<(u64, TreeInfo)> = roots.iter().map(|r| (*r, *info)).collect();
     check_references(tm, &trees);
+    let used = (0..tm.meta_blocks())
+        .filter(|&b| tm.count(b).is_ok_and(|c| c > 0))
+        .count();
+    assert_eq!(tm.meta_used(), used as u64, "blocks in use");
     roots.iter().map(|r| contents(tm, info, *r)).collect()
 }
 

@@ -12,8 +12,11 @@
 //!   the transaction freed).
 //! * Reference count changes of metadata blocks are buffered (they change
 //!   the metadata space map, which allocates metadata blocks itself) and
-//!   applied at commit until no change is left; data block counts go
-//!   straight to the data space map.
+//!   applied to the running transaction's map in bounded steps
+//!   ([`TransactionManager::apply_counts`], which the owner calls as they
+//!   accumulate) and at commit until no change is left; data block counts
+//!   go straight to the data space map. A count is always the map's value
+//!   plus the change still buffered, whichever part is applied.
 //!
 //! A commit writes the dirty blocks, flushes, writes the superblock slot
 //! the last commit did not use and flushes again. The superblock holds the
@@ -21,8 +24,9 @@
 //!
 //! A commit can also run in two halves, so that its owner holds its lock
 //! only for the first: [`TransactionManager::prepare_commit`] applies the
-//! buffered counts, takes the dirty blocks out of the cache, seals the
-//! next superblock and starts the next transaction at once;
+//! counts still buffered (what the steps before it left), takes the dirty
+//! blocks out of the cache, seals the next superblock and starts the next
+//! transaction at once;
 //! [`PreparedCommit::write`] then does the I/O with no access to the
 //! manager, and [`TransactionManager::finish_commit`] records the outcome.
 //! Meanwhile the next transaction runs with one more rule: blocks (and
@@ -75,6 +79,12 @@ pub struct TransactionStats {
     pub freed: usize,
     pub pending_counts: usize,
     pub data_freed: usize,
+    /// Buffered metadata count changes applied to the space map since the
+    /// manager was opened, in steps and by commits.
+    pub counts_applied: u64,
+    /// The most of them the first half of one commit applied (the rest
+    /// went in [`TransactionManager::apply_counts`] steps before it).
+    pub largest_commit_counts: usize,
 }
 
 /// The I/O half of a commit (see the module's description): the blocks
@@ -181,9 +191,17 @@ pub struct TransactionManager {
     freed: BlockSet,
     /// Buffered count changes of metadata blocks.
     deltas: BTreeMap<u64, i64>,
-    /// A commit is applying the buffered changes to the space map (the
-    /// committed counts of blocks allocated in this transaction change).
-    applying: bool,
+    /// Blocks allocated in this transaction whose count the running
+    /// space map holds (a change was applied to it): for the others the
+    /// map still says zero and the buffered change is the whole count.
+    counted: BlockSet,
+    /// Metadata blocks with a nonzero count in the running space map
+    /// (`meta_used` is the committed map's, until the commit).
+    running_used: u64,
+    /// Buffered changes applied since the manager was opened.
+    counts_applied: u64,
+    /// The most buffered changes the first half of one commit applied.
+    largest_commit_counts: usize,
     /// Data blocks whose count fell to zero in this transaction.
     data_freed: BlockSet,
     meta_cursor: u64,
@@ -216,7 +234,10 @@ impl TransactionManager {
             allocated: BlockSet::default(),
             freed: BlockSet::default(),
             deltas: BTreeMap::new(),
-            applying: false,
+            counted: BlockSet::default(),
+            running_used: 0,
+            counts_applied: 0,
+            largest_commit_counts: 0,
             data_freed: BlockSet::default(),
             meta_cursor: SUPERBLOCKS,
             data_cursor: 0,
@@ -303,6 +324,7 @@ impl TransactionManager {
         tm.meta_sm = le_u64(&sb, SB_META_SM);
         tm.data_sm = le_u64(&sb, SB_DATA_SM);
         tm.meta_used = le_u64(&sb, SB_META_USED);
+        tm.running_used = tm.meta_used;
         tm.data_used = le_u64(&sb, SB_DATA_USED);
         if tm.meta_used > meta_blocks || tm.data_used > tm.data_blocks {
             return Err(MetaError::Corrupt(
@@ -436,6 +458,8 @@ impl TransactionManager {
             allocated: self.allocated.len(),
             freed: self.freed.len(),
             pending_counts: self.deltas.len(),
+            counts_applied: self.counts_applied,
+            largest_commit_counts: self.largest_commit_counts,
             data_freed: self.data_freed.len(),
         }
     }
@@ -566,10 +590,12 @@ impl TransactionManager {
     pub fn shadow(&mut self, block: u64, magic: u32) -> MetaResult<(u64, bool)> {
         self.usable()?;
         // A block allocated in this transaction was free in the committed
-        // space map, so its count is its buffered delta; only while a
-        // commit applies the deltas to the map is the map read.
+        // space map, so its count is its buffered delta until a change of
+        // it is applied to the map; only then is the map read.
         let quick = match self.deltas.get(&block) {
-            Some(&delta) if !self.applying && self.allocated.contains(&block) => Some(delta > 1),
+            Some(&delta) if self.allocated.contains(&block) && !self.counted.contains(&block) => {
+                Some(delta > 1)
+            }
             _ => None,
         };
         let shared = match quick {
@@ -699,6 +725,79 @@ impl TransactionManager {
         Ok(count == 0)
     }
 
+    /// Buffered metadata count changes not applied to the space map yet.
+    pub fn pending_counts(&self) -> usize {
+        self.deltas.len()
+    }
+
+    /// Applies buffered metadata count changes to the running
+    /// transaction's space map: `least` of them (or all there are), then
+    /// more until `until` has passed (none more without it); returns how
+    /// many are left. The owner calls this as changes accumulate, so that
+    /// the first half of a commit, which applies the rest, does a bounded
+    /// amount of work; the count keeps the steps going on a machine so
+    /// loaded that the time would let one apply next to nothing.
+    ///
+    /// Applying a change shadows space map nodes, which buffers more
+    /// changes; each node is shadowed at most once per transaction, so
+    /// applying until none is left ends. A change stays buffered until
+    /// its leaf holds it, so a count read meanwhile (the map's value plus
+    /// the buffered rest) stays right. Nothing the committed superblock
+    /// reaches is written: the map's nodes are shadowed like any other
+    /// metadata. Blocks allocated here whose count the map now holds are
+    /// still not allocatable (their count is not zero), and blocks freed
+    /// here stay out of reach through `freed` until the commit, so the
+    /// rule of what is allocatable does not change. An error fails the
+    /// manager, as it may stop a change half way.
+    pub fn apply_counts(
+        &mut self,
+        least: usize,
+        until: Option<std::time::Instant>,
+    ) -> MetaResult<usize> {
+        self.usable()?;
+        let result = self.try_apply_counts(least, until);
+        if result.is_err() {
+            self.failed = true;
+        }
+        result.map(|_| self.deltas.len())
+    }
+
+    /// Applies as [`TransactionManager::apply_counts`] says; returns how
+    /// many changes it applied.
+    fn try_apply_counts(
+        &mut self,
+        least: usize,
+        until: Option<std::time::Instant>,
+    ) -> MetaResult<usize> {
+        let mut applied = 0;
+        while let Some((&block, &delta)) = self.deltas.first_key_value() {
+            let more = || until.is_some_and(|t| std::time::Instant::now() < t);
+            if applied >= least && !more() {
+                break;
+            }
+            let stored = space_map::get(self, self.meta_sm, self.meta_blocks, block)?;
+            let value = u32::try_from(i64::from(stored) + delta)
+                .map_err(|_| MetaError::Corrupt(format!("block {block}: count out of range")))?;
+            self.meta_sm = space_map::set(self, self.meta_sm, self.meta_blocks, block, value)?;
+            match (stored, value) {
+                (0, v) if v > 0 => self.running_used += 1,
+                (s, 0) if s > 0 => self.running_used = self.running_used.saturating_sub(1),
+                _ => {}
+            }
+            let left = self.deltas.entry(block).or_default();
+            *left -= delta;
+            if *left == 0 {
+                self.deltas.remove(&block);
+            }
+            if self.allocated.contains(&block) {
+                self.counted.insert(block);
+            }
+            applied += 1;
+        }
+        self.counts_applied += applied as u64;
+        Ok(applied)
+    }
+
     /// Makes the transaction durable and starts the next one. Any media
     /// failure fails the manager: the media's state is known again only
     /// after [`TransactionManager::open`].
@@ -744,28 +843,12 @@ impl TransactionManager {
     }
 
     fn try_prepare(&mut self) -> MetaResult<PreparedCommit> {
-        // Apply the buffered metadata counts. Applying one shadows space
-        // map nodes, which changes other counts; each node is shadowed at
-        // most once per transaction, so this ends. A change stays buffered
-        // until its leaf holds it, so counts read meanwhile stay right.
-        self.applying = true;
-        while let Some((&block, &delta)) = self.deltas.first_key_value() {
-            let stored = space_map::get(self, self.meta_sm, self.meta_blocks, block)?;
-            let value = u32::try_from(i64::from(stored) + delta)
-                .map_err(|_| MetaError::Corrupt(format!("block {block}: count out of range")))?;
-            self.meta_sm = space_map::set(self, self.meta_sm, self.meta_blocks, block, value)?;
-            match (stored, value) {
-                (0, v) if v > 0 => self.meta_used += 1,
-                (s, 0) if s > 0 => self.meta_used = self.meta_used.saturating_sub(1),
-                _ => {}
-            }
-            let left = self.deltas.entry(block).or_default();
-            *left -= delta;
-            if *left == 0 {
-                self.deltas.remove(&block);
-            }
-        }
-        self.applying = false;
+        // Whatever the steps during the transaction left: the owner's
+        // steps keep this few, as it is work under the owner's lock.
+        let applied = self.try_apply_counts(usize::MAX, None)?;
+        self.largest_commit_counts = self.largest_commit_counts.max(applied);
+        self.meta_used = self.running_used;
+        self.counted.clear();
         let generation = self.generation + 1;
         let mut sb = blank_block(SUPERBLOCK_MAGIC);
         put_u64(&mut sb, SB_VERSION, VERSION);

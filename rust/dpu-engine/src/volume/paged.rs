@@ -104,15 +104,41 @@ const MIN_META_BLOCKS: u64 = 64;
 /// The smallest data area.
 const MIN_DATA_BLOCKS: u64 = 8;
 /// A transaction that allocated this many metadata blocks is committed
-/// (at most; half the cache when that is smaller): the first half of a
-/// commit, which applies the buffered counts, runs under the pool lock,
-/// so its size bounds that hold.
+/// (at most; half the cache when that is smaller), which bounds its
+/// bookkeeping and the dirty share of the cache.
 const MAX_COMMIT_BLOCKS: usize = 4096;
-/// The longest a release step keeps going (it always releases one node).
-const RELEASE_STEP_TIME: std::time::Duration = std::time::Duration::from_millis(10);
+/// Buffered metadata count changes an operation leaves: past this, it
+/// applies some to the space map ([`PagedState::apply_counts_step`]).
+/// A transaction buffers a change per block it allocates or frees
+/// (thousands), and applied all at once in the first half of its commit
+/// they held the pool lock for up to 249 ms of CPU in the full bench,
+/// each change a space map leaf that the cache may have let go.
+const PENDING_COUNTS: usize = 256;
+/// Buffered changes the first half of a commit applies itself at most;
+/// above this, [`PagedState::commit_step`] first applies them in steps
+/// of their own, the pool lock released in between.
+const PREPARE_COUNTS: usize = 64;
+/// The longest one step applies buffered count changes once it applied
+/// [`COUNT_STEP_LEAST`].
+const COUNT_STEP_TIME: std::time::Duration = std::time::Duration::from_millis(1);
+/// Buffered count changes one step applies whatever the time (all there
+/// are, when fewer): about what a write adds, so that the steps keep up
+/// when the machine is so loaded that the time allows next to none, and
+/// few, as each may be a space map leaf read from the media (about
+/// 100 µs of CPU each at the bench's 200,000 writes).
+const COUNT_STEP_LEAST: usize = 8;
+/// Count steps a commit takes before it prepares with whatever is left,
+/// so that writers adding changes as fast as the steps apply them cannot
+/// hold it back for ever.
+const MAX_COUNT_STEPS: u32 = 256;
+/// The longest a release step keeps going (it always drops one
+/// reference): checked between nodes and between a leaf's entries.
+const RELEASE_STEP_TIME: std::time::Duration = std::time::Duration::from_millis(2);
 /// Entries of a deleted volume's map leaf whose record references one
 /// release step drops at most (a leaf holds up to 254). Each is a count
-/// in the counts map, a few microseconds, unless the record dies with it.
+/// in the counts map, a few microseconds, unless the record dies with it
+/// (a records, index and space map update each, their leaves perhaps
+/// not cached): [`RELEASE_STEP_TIME`] bounds those.
 const RELEASE_ENTRIES: usize = 128;
 /// Deferred mapping nodes a flush releases on its way.
 const FLUSH_RELEASE_BUDGET: usize = 64;
@@ -217,6 +243,14 @@ pub(crate) struct PagedState {
     /// acknowledged (a flush with nothing to commit), done without the
     /// pool lock.
     media_flush_requested: bool,
+    /// Count steps taken for the commit about to be prepared (see
+    /// [`MAX_COUNT_STEPS`]).
+    count_steps: u32,
+    /// [`RELEASE_STEP_TIME`] (tests shorten it).
+    release_step_time: std::time::Duration,
+    /// [`PENDING_COUNTS`] and [`PREPARE_COUNTS`] (tests lower them, to
+    /// see the steps at work at a size a test runs quickly).
+    count_limits: (usize, usize),
 }
 
 impl PagedState {
@@ -326,6 +360,9 @@ impl PagedState {
             structural: 0,
             journaled_snapshots: 0,
             media_flush_requested: false,
+            count_steps: 0,
+            release_step_time: RELEASE_STEP_TIME,
+            count_limits: (PENDING_COUNTS, PREPARE_COUNTS),
         };
         if let Some(blocks) = state.journal_blocks() {
             let journaled = state.tm.root(JOURNALED);
@@ -424,6 +461,7 @@ impl PagedState {
             }
         }
         self.tm.set_root(JOURNALED, self.journal_number)?;
+        self.count_steps = 0;
         let prepared = self.tm.prepare_commit()?;
         self.dirty = false;
         Ok((prepared, self.tm.root(LEASE)))
@@ -482,6 +520,11 @@ impl PagedState {
         if let Some(flight) = &self.in_flight {
             return Ok(CommitStep::Wait(flight.done.clone()));
         }
+        if self.tm.pending_counts() > self.count_limits.1 && self.count_steps < MAX_COUNT_STEPS {
+            self.count_steps += 1;
+            self.apply_counts_step()?;
+            return Ok(CommitStep::Again);
+        }
         let (prepared, lease) = match self.prepare() {
             Ok(p) => p,
             Err(e) => {
@@ -536,12 +579,29 @@ impl PagedState {
     }
 
     /// Commits a transaction that grew large (bounding its bookkeeping and
-    /// the dirty share of the cache).
+    /// the dirty share of the cache), and applies buffered count changes
+    /// once there are more than [`PENDING_COUNTS`], so that the first half
+    /// of the commit finds few left.
     fn after_change(&mut self) -> Result<(), VolumeError> {
+        if self.tm.pending_counts() > self.count_limits.0 {
+            self.apply_counts_step()?;
+        }
         if self.tm.transaction_stats().allocated >= self.commit_after {
             self.request_commit();
         }
         Ok(())
+    }
+
+    /// Applies [`COUNT_STEP_LEAST`] buffered count changes, and more for
+    /// up to [`COUNT_STEP_TIME`].
+    fn apply_counts_step(&mut self) -> Result<(), VolumeError> {
+        let until = std::time::Instant::now() + COUNT_STEP_TIME;
+        let result = self
+            .tm
+            .apply_counts(COUNT_STEP_LEAST, Some(until))
+            .map(|_| ())
+            .map_err(VolumeError::from);
+        self.changing(result)
     }
 
     /// The media to flush, without the pool lock, before the operation
@@ -931,9 +991,9 @@ impl PagedState {
     /// commit.
     pub(crate) fn release_step(&mut self, budget: usize) -> Result<bool, VolumeError> {
         self.usable()?;
-        let started = std::time::Instant::now();
-        for _ in 0..budget {
-            if started.elapsed() >= RELEASE_STEP_TIME {
+        let until = std::time::Instant::now() + self.release_step_time;
+        for done in 0..budget {
+            if done > 0 && std::time::Instant::now() >= until {
                 break;
             }
             let Some((node, count)) = self.first_deferred()? else {
@@ -946,6 +1006,7 @@ impl PagedState {
                     &mapping_info()?,
                     node,
                     RELEASE_ENTRIES,
+                    Some(until),
                 )?;
                 let root = self.tm.root(DEFERRED);
                 let root = if count > 1 {

@@ -62,4 +62,7 @@ pub(crate) enum CommitStep {
     /// Write this commit (without the pool lock), record the outcome in
     /// its `done`, then ask again.
     Write(CommitWrite),
+    /// A step of work towards the commit was done under the lock (buffered
+    /// count changes applied): release the lock and ask again.
+    Again,
 }
