@@ -124,8 +124,9 @@ const COUNT_STEP_TIME: std::time::Duration = std::time::Duration::from_millis(1)
 /// Buffered count changes one step applies whatever the time (all there
 /// are, when fewer): about what a write adds, so that the steps keep up
 /// when the machine is so loaded that the time allows next to none, and
-/// few, as each may be a space map leaf read from the media (about
-/// 100 µs of CPU each at the bench's 200,000 writes).
+/// few, as each may be a space map leaf read from the media (roughly
+/// 100 µs of CPU each at the bench's 200,000 writes, judging by what
+/// steps of 32 added to writes' holds).
 const COUNT_STEP_LEAST: usize = 8;
 /// Count steps a commit takes before it prepares with whatever is left,
 /// so that writers adding changes as fast as the steps apply them cannot
