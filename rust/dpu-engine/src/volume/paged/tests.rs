@@ -1136,7 +1136,7 @@ fn a_release_step_stops_inside_a_leaf_when_its_time_is_up() {
             (last - stored) / BS
         );
         last = stored;
-        if steps % 150 == 0 {
+        if steps.is_multiple_of(150) {
             pool.check().unwrap();
             let reopened = Pool::open(crashed_copy(&media)).unwrap();
             reopened.check().unwrap();
