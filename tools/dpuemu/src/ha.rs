@@ -199,6 +199,18 @@ impl HaRuntime {
         served
     }
 
+    /// Stops the node's threads and the target (tests; a process simply
+    /// exits).
+    #[cfg(test)]
+    pub fn stop(self) {
+        if let Some(node) = self.node {
+            node.stop();
+        }
+        if let Some((target, _)) = self.standby {
+            target.shut_down();
+        }
+    }
+
     /// Tells the node that start-up failed after the fence.
     pub fn failed(&self, why: &str) {
         if let Some(answers) = &self.answers {

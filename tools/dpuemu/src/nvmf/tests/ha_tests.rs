@@ -382,3 +382,81 @@ fn event_requests_past_the_limit_are_refused() {
     );
     assert_eq!(admin.arrived(QUIET), Arrived::Nothing);
 }
+
+/// A free port on the loopback for `bind` (TCP or UDP), released again.
+fn free_port(udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("udp port")
+            .port()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("tcp port")
+            .port()
+    }
+}
+
+/// The whole runtime of a passive node (crate::ha::HaRuntime): a host
+/// connected to its inaccessible path is told of the takeover on the same
+/// connection, finds the path optimized and writes through it.
+#[test]
+fn a_node_that_takes_over_tells_its_connected_hosts() {
+    let dir = std::env::temp_dir().join(format!("dpuemu-nvmf-ha-runtime-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let service = free_port(false);
+    let nvmf = config::parse(&format!(
+        "[port 1]\naddress 127.0.0.1\nservice {service}\n\
+         [volume db0]\nlayout single\nssds 0\nsize 1M\n\
+         [subsystem {SUBSYSTEM}]\nports 1\nhost {HOST}\nnamespace 1 volume db0\n"
+    ))
+    .expect("config");
+    // The peer never answers: the node takes over after the timeout,
+    // long enough for the host to connect first.
+    let ha = dir.join("node.ha");
+    std::fs::write(
+        &ha,
+        format!(
+            "node dpu-t\nlisten 127.0.0.1:{}\npeer 127.0.0.1:{}\nrole passive\n\
+             interval 20\ntimeout 1500\ncontroller-ids 1\n",
+            free_port(true),
+            free_port(true)
+        ),
+    )
+    .expect("ha config");
+    let volume: Arc<dyn Namespace> = Arc::new(Volume4k(
+        FileNamespace::open(&dir.join("db0.img"), Some(1 << 20)).expect("image"),
+    ));
+    let mut runtime = crate::ha::HaRuntime::new(&ha, Some(&nvmf), false).expect("runtime");
+    let node = std::thread::spawn(move || {
+        runtime.wait_for_media(&nvmf, || false)?;
+        let claimed = claim_ssds(&nvmf, &[])?;
+        runtime.serve(&nvmf, &claimed, &OneVolume(volume))?;
+        Ok::<_, String>(runtime)
+    });
+    let addr: SocketAddr = format!("127.0.0.1:{service}").parse().expect("addr");
+    let started = std::time::Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no passive path"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (mut admin, mut io) = session(addr);
+    admin.configure_events(true);
+    assert_eq!(ana_state(&mut admin), 3, "passive: inaccessible");
+    let aer = admin.event_request();
+    assert_eq!(
+        admin.arrived(Duration::from_secs(10)),
+        Arrived::Completion(aer, 0, ANA_CHANGE_NOTICE)
+    );
+    assert_eq!(ana_state(&mut admin), 1, "active: optimized");
+    let data = pattern(4096, 11);
+    assert_eq!(io_4k(&mut io, 0x01, 3, &data).status, 0);
+    assert_eq!(io_4k(&mut io, 0x02, 3, &[]).data, data);
+    let runtime = node.join().expect("node thread").expect("takeover");
+    runtime.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
