@@ -304,6 +304,11 @@ if [[ " $suites " == *" vm "* ]]; then
 		# configfs (issue 17), reached by the guest's nvme-tcp through QEMU's
 		# user network (the target listens in the host's dpuemu).
 		run_suite nvmf-configfs 600 --accelerator --ssds 2 --ssd-size 512M --net -- test_nvmf_configfs
+		# A remote SSD configured through configfs (issue 17): the host's
+		# dpuemu reaches nvmet-tcp in the guest through a forward of QEMU's
+		# user network, and mirrors a local SSD onto it.
+		run_suite nvmf-remote-configfs 1200 --accelerator --ssds 2 --ssd-size 512M --net-forward auto:4420 -- \
+			test_nvmf_remote_configfs
 		# Protection: degraded mode, rebuild onto a spare, scrub (issue 6), a
 		# scrub under forced resets and unbind, and the driver refusing corrupt
 		# admin payloads (issue 14). Scrubs limited to 256 MB/s of SSD reads,

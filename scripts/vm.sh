@@ -25,6 +25,14 @@
 #                       by DHCP and reaches the host's 127.0.0.1 as 10.0.2.2
 #                       (test_nvmf_configfs: Linux's nvme-tcp in the guest
 #                       against the NVMe/TCP target of the host's dpuemu)
+#     --net-forward HOSTPORT:GUESTPORT
+#                       --net, and the host's 127.0.0.1:HOSTPORT forwarded
+#                       to the guest's TCP port GUESTPORT (slirp hostfwd), so
+#                       a host program reaches a server in the guest
+#                       (test_nvmf_remote_configfs: the host's dpuemu
+#                       connects to nvmet-tcp in the guest). HOSTPORT "auto"
+#                       takes a free port; the guest finds the pair in
+#                       DPUBLK_NET_FORWARD.
 #
 # DPUBLK_DPUEMU_ARGS adds arguments to dpuemu (e.g. "--passthrough-ssd 0").
 # DPUBLK_VM_TIMEOUT bounds the whole VM run in seconds (default 1800): past
@@ -53,7 +61,7 @@ if [ -z "${DPUBLK_IN_CHROOT:-}" ]; then
 	exit
 fi
 
-accelerator=0 ssds=4 ssd_size=1G iommu=0 memory=2G qemu_nvme= qemu_zns= output= net=0
+accelerator=0 ssds=4 ssd_size=1G iommu=0 memory=2G qemu_nvme= qemu_zns= output= net=0 net_forward=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--accelerator) accelerator=1 ;;
@@ -66,6 +74,7 @@ while [ $# -gt 0 ]; do
 	--qemu-zns) qemu_zns=$2; shift ;;
 	--output) output=$2; shift ;;
 	--net) net=1 ;;
+	--net-forward) net=1 net_forward=$2; shift ;;
 	--) shift; break ;;
 	*) die "vm.sh: unknown option $1" ;;
 	esac
@@ -198,6 +207,32 @@ if [ -n "$qemu_zns" ]; then
 	qemu_opts+=",zoned.zone_capacity=12M,zoned.max_open=8,zoned.max_active=10"
 fi
 
+if [ -n "$net_forward" ]; then
+	[[ $net_forward =~ ^(auto|[0-9]+):([0-9]+)$ ]] || die "vm.sh: --net-forward takes HOSTPORT:GUESTPORT"
+	host_port=${BASH_REMATCH[1]} guest_port=${BASH_REMATCH[2]}
+	if [ "$host_port" = auto ]; then
+		# A port nothing listens on; the host may run other VMs and
+		# services, so try a few.
+		host_port=
+		for _ in $(seq 1 20); do
+			p=$((20000 + RANDOM % 40000))
+			if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+				host_port=$p
+				break
+			fi
+		done
+		[ -n "$host_port" ] || die "vm.sh: no free TCP port on the host for --net-forward"
+	fi
+	# vng's --network user makes a user netdev without forwards and has no
+	# option for them, so the same network is built here (virtio-net, user
+	# netdev, DHCP and stable interface names on the kernel command line,
+	# as vng does) with the forward added.
+	qemu_opts+=" -device virtio-net-pci,netdev=n0 -netdev user,id=n0,hostfwd=tcp:127.0.0.1:$host_port-:$guest_port"
+	append+=" virtme.dhcp net.ifnames=0 biosdevname=0"
+	net_forward=$host_port:$guest_port
+	log "forwarding the host's 127.0.0.1:$host_port to the guest's port $guest_port"
+fi
+
 # The guest's root is read-only; the run directory is writable so tests can
 # talk to the host agent and leave results behind.
 vng_args=(--run "$kdir" --force-9p --disable-microvm --memory "$memory" --cpus 2 --rwdir "$rundir"
@@ -209,11 +244,11 @@ fi
 # Tests that span VM runs keep their notes beside the images.
 [ -n "${DPUBLK_IMAGES_DIR:-}" ] && vng_args+=(--rwdir "$DPUBLK_IMAGES_DIR")
 [ "$accel" = tcg ] && vng_args+=(--disable-kvm)
-[ "$net" = 1 ] && vng_args+=(--network user)
+[ "$net" = 1 ] && [ -z "$net_forward" ] && vng_args+=(--network user)
 
 # The guest command runs with the repository as working directory and knows
 # where it is through the environment.
-guest_cmd="cd '$DPUBLK_TOP' && export DPUBLK_TOP='$DPUBLK_TOP' DPUBLK_RUNDIR='$rundir' DPUBLK_ACCEL_MODE=$accel DPUBLK_IOMMU=$iommu DPUBLK_IMAGES_DIR='${DPUBLK_IMAGES_DIR:-}' DPUBLK_OUTPUT_DIR='$output' DPUBLK_MODULE='$DPUBLK_TOP/build/module/drivers/block/dpublk/dpublk.ko' && $*"
+guest_cmd="cd '$DPUBLK_TOP' && export DPUBLK_TOP='$DPUBLK_TOP' DPUBLK_RUNDIR='$rundir' DPUBLK_ACCEL_MODE=$accel DPUBLK_IOMMU=$iommu DPUBLK_IMAGES_DIR='${DPUBLK_IMAGES_DIR:-}' DPUBLK_OUTPUT_DIR='$output' DPUBLK_NET_FORWARD='$net_forward' DPUBLK_MODULE='$DPUBLK_TOP/build/module/drivers/block/dpublk/dpublk.ko' && $*"
 log "booting VM ($accel, ${memory} RAM, iommu=$iommu, accelerator=$accelerator${qemu_nvme:+, qemu-nvme=$qemu_nvme})"
 vm_timeout=${DPUBLK_VM_TIMEOUT:-1800}
 # timeout(1) signals its whole process group, so vng and the QEMU it forks
