@@ -332,6 +332,14 @@ pub struct Controller {
     /// The accelerator's NVMe/TCP target as the host configures it
     /// (vendor NVMe/TCP commands, `nvmf/configure.rs`).
     nvmf: crate::nvmf::HostTarget,
+    /// Bumped at every reset and enable: an admin command that ends on
+    /// another thread (Remote SSD Add) posts its completion only if this
+    /// is still the value it was taken under, so a late completion never
+    /// lands in the admin queue of a later enable.
+    admin_epoch: AtomicU64,
+    /// A Remote SSD Add is running on its own thread (`vendor.rs`); a
+    /// second Add or a Remove is refused meanwhile.
+    remote_ssd_add_running: AtomicBool,
 }
 
 impl Controller {
@@ -411,6 +419,8 @@ impl Controller {
             io_command_sets,
             all_command_sets: AtomicBool::new(false),
             nvmf: crate::nvmf::HostTarget::default(),
+            admin_epoch: AtomicU64::new(0),
+            remote_ssd_add_running: AtomicBool::new(false),
             config,
         })
     }
@@ -723,6 +733,7 @@ impl Controller {
             }
             return;
         }
+        self.admin_epoch.fetch_add(1, Ordering::SeqCst);
         let mut table = self.queues.write().unwrap_or_else(|p| p.into_inner());
         table.sqs[0] = Some(Arc::new(Mutex::new(SubmissionQueue::new(
             0,
@@ -749,6 +760,9 @@ impl Controller {
     /// queue after in-flight batches finish, forgets shadow doorbells and
     /// outstanding AERs.
     fn reset(&self, r: &mut Registers) {
+        // Before the queues go: a late admin completion that sees the old
+        // epoch is dropped (`post_late_admin`).
+        self.admin_epoch.fetch_add(1, Ordering::SeqCst);
         self.delete_all_queues();
         self.reset_zones();
         lock(&self.admin).aers.clear();
@@ -864,6 +878,60 @@ impl Controller {
         if let Some((sq, cq, _)) = self.queue_pair(0) {
             while self.process_queue(&sq, &cq, None, BATCH) {}
         }
+    }
+
+    /// Posts the `completion` of admin command `sqe`, which ended on another
+    /// thread than the one that took it (Remote SSD Add), and raises the
+    /// admin queue's interrupt. `epoch` is the `admin_epoch` the command was
+    /// taken under: after a reset or a new enable the completion is dropped,
+    /// so it never lands in a later admin queue. Bus Master Enable, the
+    /// error log and a hang apply as in `finish`. Waits (on this thread,
+    /// never the transport's) while the admin completion queue is full.
+    /// Returns whether the completion was posted.
+    fn post_late_admin(
+        &self,
+        epoch: u64,
+        sqe: &SubmissionEntry,
+        completion: queues::Completion,
+    ) -> bool {
+        // A hung controller posts nothing; the hang ends or the controller
+        // stops (the epoch check below then sees any reset).
+        self.hang.wait(&self.stop);
+        loop {
+            let current = self.admin_epoch.load(Ordering::SeqCst) == epoch;
+            let Some((sq, cq, _)) = self.queue_pair(0).filter(|_| current) else {
+                break;
+            };
+            // The admin SQ's lock first, then the CQ's: the order
+            // `process_queue` takes them in. Holding the SQ lock keeps
+            // `process_admin` from posting meanwhile and a reset from
+            // deleting the queues under us.
+            let sq = lock(&sq);
+            if sq.deleted || self.admin_epoch.load(Ordering::SeqCst) != epoch {
+                break;
+            }
+            if !self.cq_has_room(&cq, None, 0) {
+                drop(sq);
+                if lock(&cq).deleted || self.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                // The host frees entries soon; this thread may wait.
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                continue;
+            }
+            let posted = matches!(self.finish(0, &sq, &cq, sqe, completion, 0), Finish::Posted);
+            drop(sq);
+            if posted {
+                self.raise(&cq);
+            }
+            return posted;
+        }
+        info!(
+            "{}: admin cid {} ended after a controller reset: completion dropped",
+            self.config.name,
+            sqe.cid()
+        );
+        false
     }
 
     /// Processes the I/O submission queues of worker `worker`. Returns

@@ -32,7 +32,8 @@ fn ring_end(base: u64, entries: u32, size: u64) -> Result<u64, Status> {
 
 impl Controller {
     /// Executes one admin command. `None` means the command stays
-    /// outstanding (Asynchronous Event Request).
+    /// outstanding (Asynchronous Event Request, or a Remote SSD Add that
+    /// completes from its own thread).
     pub(super) fn execute_admin(&self, sqe: &SubmissionEntry) -> Option<Completion> {
         let cid = sqe.cid();
         let result = if sqe.fuse() != 0 || sqe.psdt() != nvme_shim::dptr::Psdt::Prp {
@@ -65,6 +66,16 @@ impl Controller {
                     }
                 }
                 op if op >= admin::VENDOR_FIRST => match &self.personality {
+                    Personality::Accelerator { .. }
+                        if op == nvme_shim::vendor::opcode::REMOTE_SSD_ADD =>
+                    {
+                        // It connects over the network: it runs on its own
+                        // thread and completes from there (`vendor.rs`).
+                        match self.start_remote_ssd_add(sqe) {
+                            Ok(()) => return None,
+                            Err(status) => Err(status),
+                        }
+                    }
                     Personality::Accelerator { ssds, volumes } => {
                         self.execute_vendor(sqe, ssds, Some(volumes))
                     }

@@ -1725,3 +1725,261 @@ fn shutdown_releases_the_ssd_for_the_accelerator() {
 mod bus_master_tests;
 mod volume_tests;
 mod zoned_tests;
+
+/// An accelerator with SSD 0 in RAM and one reserved remote SSD index, 1,
+/// that Remote SSD Add fills.
+fn accelerator_with_remote_slot() -> (Host, Arc<SsdOwnership>) {
+    use crate::nvmf::{RemoteSlot, RemoteSlots, RemoteSsdPolicy, SlotHandle};
+    let local = SsdHandle {
+        index: 0,
+        ownership: Arc::new(SsdOwnership::new()),
+        media: Arc::new(MemNamespace::new(1 << 20)),
+        serial: "SSD0".into(),
+    };
+    let slot = SlotHandle {
+        index: 1,
+        ownership: Arc::new(SsdOwnership::new()),
+        slot: Arc::new(RemoteSlot::default()),
+    };
+    let remote = SsdHandle {
+        index: 1,
+        ownership: slot.ownership.clone(),
+        media: slot.slot.clone(),
+        serial: "REMOTE1".into(),
+    };
+    let ownership = slot.ownership.clone();
+    let ssds = vec![local, remote];
+    let volumes = Arc::new(VolumeManager::open(&ssds));
+    let weak = Arc::downgrade(&volumes);
+    let mut host = Host::with_personality(Personality::Accelerator { ssds, volumes });
+    host.ctrl.nvmf().install_remote_slots(RemoteSlots::new(
+        vec![slot],
+        weak,
+        Vec::new(),
+        RemoteSsdPolicy::default(),
+    ));
+    host.enable();
+    (host, ownership)
+}
+
+/// Remote SSD Add of namespace 1 of `SHELF_NQN` at `address`, its payload
+/// at `DATA + 0x3000`.
+fn remote_ssd_add(host: &Host, address: std::net::SocketAddr) -> SubmissionEntry {
+    let mut r = vendor::RemoteSsdAdd::zeroed();
+    r.trtype = vendor::NVMF_TRTYPE_TCP;
+    r.adrfam = vendor::NVMF_ADRFAM_IPV4;
+    r.trsvcid.set(address.port());
+    r.nsid.set(1);
+    nvme_shim::wire::c_string_field(&mut r.name, b"shelf");
+    nvme_shim::wire::c_string_field(&mut r.traddr, address.ip().to_string().as_bytes());
+    nvme_shim::wire::c_string_field(&mut r.subnqn, SHELF_NQN.as_bytes());
+    host.mem.write(DATA + 0x3000, r.as_bytes()).unwrap();
+    let mut sqe = SubmissionEntry::new(vendor::opcode::REMOTE_SSD_ADD, 0);
+    sqe.prp1.set(DATA + 0x3000);
+    sqe
+}
+
+const SHELF_NQN: &str = "nqn.2026-12.org.dpublk:ctrl-shelf";
+
+impl Host {
+    /// Submits an admin command without waiting for its completion;
+    /// returns its CID.
+    fn submit_admin(&mut self, mut sqe: SubmissionEntry) -> u16 {
+        let cid = self.next_cid();
+        sqe.set_cid(cid);
+        Self::push(&self.mem, &mut self.asq, &sqe);
+        self.write32(
+            regs::doorbell_offset(0, DoorbellKind::SubmissionTail, 0),
+            self.asq.index,
+        );
+        cid
+    }
+
+    /// Waits up to `secs` for the next admin completion.
+    fn wait_admin(&mut self, secs: u64) -> CompletionEntry {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        let cqe = loop {
+            if let Some(cqe) = Self::pop(&self.mem, &mut self.acq) {
+                break cqe;
+            }
+            assert!(std::time::Instant::now() < deadline, "admin completion");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        self.write32(
+            regs::doorbell_offset(0, DoorbellKind::CompletionHead, 0),
+            self.acq.index,
+        );
+        cqe
+    }
+
+    /// Waits until no Remote SSD Add runs any more.
+    fn wait_remote_ssd_add(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.ctrl.remote_ssd_add_running.load(Ordering::SeqCst) {
+            assert!(std::time::Instant::now() < deadline, "Remote SSD Add ends");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+#[test]
+fn remote_ssd_add_to_a_silent_remote_stalls_no_register_and_no_io() {
+    let (mut host, ownership) = accelerator_with_remote_slot();
+    host.create_pair(1, 8);
+    // It accepts (the kernel's backlog) and never answers the ICReq.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = silent.local_addr().expect("address");
+    let add = remote_ssd_add(&host, address);
+    let started = std::time::Instant::now();
+    let cid = host.submit_admin(add);
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    assert!(Host::pop(&host.mem, &mut host.acq).is_none(), "outstanding");
+
+    // Registers, the other admin commands and I/O go on meanwhile.
+    let started = std::time::Instant::now();
+    assert_eq!(host.read32(regs::CSTS), Csts::RDY);
+    host.mem.write(DATA, &pattern(4096, 3)).unwrap();
+    assert_eq!(
+        host.io_status(1, host.rw(io::WRITE, 0, 8, DATA, 0)),
+        Status::SUCCESS
+    );
+    assert_eq!(
+        host.io_status(1, host.rw(io::READ, 0, 8, DATA + 0x1000, 0)),
+        Status::SUCCESS
+    );
+    assert_eq!(host.read_mem(DATA + 0x1000, 4096), pattern(4096, 3));
+    let mut queues = SubmissionEntry::new(admin::GET_FEATURES, 0);
+    queues
+        .cdw10
+        .set(u32::from(nvme_shim::opcode::feature::NUMBER_OF_QUEUES));
+    assert_eq!(host.admin_status(queues), Status::SUCCESS);
+    // One Add at a time, and no Remove while it runs.
+    assert_eq!(
+        host.admin_status(remote_ssd_add(&host, address)),
+        Status::COMMAND_SEQUENCE_ERROR
+    );
+    let mut remove = SubmissionEntry::new(vendor::opcode::REMOTE_SSD_REMOVE, 0);
+    remove.cdw10.set(1);
+    assert_eq!(host.admin_status(remove), Status::COMMAND_SEQUENCE_ERROR);
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+
+    // The Add ends with the connection timeout, from its own thread.
+    let vectors = host.irqs.raised.lock().unwrap().len();
+    let cqe = host.wait_admin(30);
+    assert_eq!(cqe.command_id(), cid);
+    assert_eq!(cqe.queue(), 0);
+    assert_eq!(cqe.status(), vendor_status(vs::REMOTE_UNREACHABLE));
+    assert!(host.irqs.raised.lock().unwrap()[vectors..].contains(&0));
+    host.wait_remote_ssd_add();
+    assert!(host.ctrl.nvmf().is_empty_remote_slot(1));
+    assert!(!ownership.view().attached);
+    drop(silent);
+}
+
+/// Forwards one connection to `to` once `gate` says so: a remote that
+/// answers late. The counter is the bytes the remote answered with.
+fn late_forwarder(
+    to: std::net::SocketAddr,
+) -> (std::net::SocketAddr, mpsc::Sender<()>, Arc<AtomicU64>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (gate, open) = mpsc::channel::<()>();
+    let answered = Arc::new(AtomicU64::new(0));
+    let counter = answered.clone();
+    std::thread::spawn(move || {
+        let Ok((client, _)) = listener.accept() else {
+            return;
+        };
+        if open.recv().is_err() {
+            return;
+        }
+        let Ok(server) = std::net::TcpStream::connect(to) else {
+            return;
+        };
+        let pipe = |mut from: std::net::TcpStream,
+                    mut to: std::net::TcpStream,
+                    count: Option<Arc<AtomicU64>>| {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = from.read(&mut buf) {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    if let Some(c) = &count {
+                        c.fetch_add(n as u64, Ordering::SeqCst);
+                    }
+                }
+                let _ = to.shutdown(std::net::Shutdown::Both);
+            })
+        };
+        if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
+            pipe(c, server, None);
+            pipe(s, client, Some(counter));
+        }
+    });
+    (address, gate, answered)
+}
+
+#[test]
+fn remote_ssd_add_completes_late_and_a_reset_drops_its_completion() {
+    let dir = std::env::temp_dir().join(format!("dpuemu-ctrl-remote-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let text = format!(
+        "[port 1]\nservice 0\n[subsystem {SHELF_NQN}]\nports 1\nallow-any-host\n\
+         namespace 1 file {}/remote.img 16M\n",
+        dir.display()
+    );
+    let shelf =
+        crate::nvmf::Target::start(&crate::nvmf::config::parse(&text).expect("config"), &[])
+            .expect("shelf target");
+    let address = shelf.ports()[0].address;
+    let (mut host, ownership) = accelerator_with_remote_slot();
+
+    // A remote that answers: DW0 is the new SSD's index.
+    let cid = host.submit_admin(remote_ssd_add(&host, address));
+    let cqe = host.wait_admin(30);
+    assert_eq!(cqe.command_id(), cid);
+    assert_eq!(cqe.status(), Status::SUCCESS);
+    assert_eq!(cqe.result.get(), 1);
+    assert!(ownership.view().attached);
+    assert!(!host.ctrl.nvmf().is_empty_remote_slot(1));
+    host.wait_remote_ssd_add();
+    let mut remove = SubmissionEntry::new(vendor::opcode::REMOTE_SSD_REMOVE, 0);
+    remove.cdw10.set(1);
+    assert_eq!(host.admin_status(remove), Status::SUCCESS);
+    assert!(host.ctrl.nvmf().is_empty_remote_slot(1));
+
+    // The host resets the controller while the Add connects; the remote
+    // answers afterwards. The completion is not written to the new admin
+    // queue, and the SSD is removed again.
+    let (late, gate, answered) = late_forwarder(address);
+    host.submit_admin(remote_ssd_add(&host, late));
+    host.write32(regs::CC, 0);
+    assert_eq!(host.read32(regs::CSTS) & Csts::RDY, 0);
+    host.mem
+        .write(ACQ, &[0u8; 16 * ADMIN_ENTRIES as usize])
+        .unwrap();
+    host.enable();
+    assert_eq!(host.read32(regs::CSTS), Csts::RDY);
+    gate.send(()).expect("the late remote");
+    host.wait_remote_ssd_add();
+    // The remote did answer: the Add succeeded and was undone.
+    assert!(answered.load(Ordering::SeqCst) > 0);
+    assert!(
+        Host::pop(&host.mem, &mut host.acq).is_none(),
+        "no late completion"
+    );
+    assert!(host.ctrl.nvmf().is_empty_remote_slot(1));
+    assert!(!ownership.view().attached);
+    // The new admin queue works, and the index can be added again.
+    let cid = host.submit_admin(remote_ssd_add(&host, address));
+    let cqe = host.wait_admin(30);
+    assert_eq!(cqe.command_id(), cid);
+    assert_eq!((cqe.status(), cqe.result.get()), (Status::SUCCESS, 1));
+    host.wait_remote_ssd_add();
+    assert_eq!(host.admin_status(remove), Status::SUCCESS);
+    shelf.shut_down();
+    let _ = std::fs::remove_dir_all(&dir);
+}

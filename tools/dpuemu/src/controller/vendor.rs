@@ -5,6 +5,8 @@
 //! (`crate::volumes`), which runs the data services engine. Payloads from
 //! the host are copied in whole and validated there.
 
+use std::sync::atomic::Ordering;
+
 use log::{info, warn};
 use nvme_shim::sqe::SubmissionEntry;
 use nvme_shim::status::Status;
@@ -15,6 +17,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::admin::CommandResult;
 use super::data::{self, Direction};
+use super::queues::Completion;
 use super::{Controller, SsdHandle};
 use crate::volumes::VolumeManager;
 
@@ -242,9 +245,92 @@ impl Controller {
             VendorCommand::NvmfNamespaceRemove => {
                 self.nvmf.namespace_remove(&self.raw_payload(sqe, cmd)?)
             }
-            VendorCommand::RemoteSsdAdd => self.nvmf.remote_ssd_add(&self.raw_payload(sqe, cmd)?),
-            VendorCommand::RemoteSsdRemove => self.nvmf.remote_ssd_remove(sqe),
+            // `execute_admin` starts it on its own thread.
+            VendorCommand::RemoteSsdAdd => Err(Status::INTERNAL_ERROR),
+            VendorCommand::RemoteSsdRemove => {
+                if self.remote_ssd_add_running.load(Ordering::SeqCst) {
+                    // The Add holds the slots while it connects; waiting
+                    // for it here would stall the register thread.
+                    warn!(
+                        "{}: Remote SSD Remove refused: a Remote SSD Add is running",
+                        self.config.name
+                    );
+                    return Err(Status::COMMAND_SEQUENCE_ERROR);
+                }
+                self.nvmf.remote_ssd_remove(sqe)
+            }
         }
+    }
+
+    /// Remote SSD Add, started from the register thread: the payload is
+    /// copied in here, then a thread of its own connects (up to the 10 s
+    /// connection timeout), fills the slot and posts the completion
+    /// (`post_late_admin`). `Ok` means the command stays outstanding. One
+    /// Add runs at a time: a second one, or a Remove, meanwhile ends with
+    /// Command Sequence Error.
+    pub(super) fn start_remote_ssd_add(&self, sqe: &SubmissionEntry) -> Result<(), Status> {
+        let raw = self.raw_payload(sqe, VendorCommand::RemoteSsdAdd)?;
+        let ctrl = self.this.upgrade().ok_or(Status::INTERNAL_ERROR)?;
+        if self.remote_ssd_add_running.swap(true, Ordering::SeqCst) {
+            warn!(
+                "{}: Remote SSD Add refused: another one is running",
+                self.config.name
+            );
+            return Err(Status::COMMAND_SEQUENCE_ERROR);
+        }
+        // Read on the register thread while the admin SQ is locked: a
+        // reset that follows bumps it, whatever the thread below does.
+        let epoch = self.admin_epoch.load(Ordering::SeqCst);
+        let sqe = *sqe;
+        let spawned = std::thread::Builder::new()
+            .name(format!("{}-remote-ssd-add", self.config.name))
+            .spawn(move || ctrl.finish_remote_ssd_add(epoch, &sqe, &raw));
+        if let Err(e) = spawned {
+            warn!(
+                "{}: Remote SSD Add: no thread for it: {e}",
+                self.config.name
+            );
+            self.remote_ssd_add_running.store(false, Ordering::SeqCst);
+            return Err(Status::INTERNAL_ERROR);
+        }
+        Ok(())
+    }
+
+    /// The thread of a Remote SSD Add: adds the SSD and posts the
+    /// completion (DW0 the new SSD's index, or the refusal's status). If
+    /// the completion is dropped (a reset, Bus Master Enable off), the host
+    /// never learns the index, so the SSD is removed again.
+    fn finish_remote_ssd_add(&self, epoch: u64, sqe: &SubmissionEntry, raw: &[u8]) {
+        let result = self.nvmf.remote_ssd_add(raw);
+        let completion = match result {
+            Ok(index) => Completion {
+                cid: sqe.cid(),
+                status: Status::SUCCESS,
+                result: u64::from(index),
+            },
+            Err(status) => Completion {
+                cid: sqe.cid(),
+                status,
+                result: 0,
+            },
+        };
+        let posted = self.post_late_admin(epoch, sqe, completion);
+        if let (false, Ok(index)) = (posted, result) {
+            let mut remove = *sqe;
+            remove.cdw10.set(index);
+            match self.nvmf.remote_ssd_remove(&remove) {
+                Ok(_) => info!(
+                    "{}: SSD {index}: its Remote SSD Add was never completed: removed again",
+                    self.config.name
+                ),
+                Err(status) => warn!(
+                    "{}: SSD {index}: its Remote SSD Add was never completed and it \
+                     cannot be removed ({status:?}): it stays added",
+                    self.config.name
+                ),
+            }
+        }
+        self.remote_ssd_add_running.store(false, Ordering::SeqCst);
     }
 
     /// The payload of `cmd`, as the host sent it (checked by the caller).
