@@ -368,6 +368,8 @@ fn remote_refusal(e: Error) -> &'static str {
         "every SSD index the accelerator keeps for remote SSDs is taken"
     } else if e == EOPNOTSUPP {
         "the accelerator has no NVMe/TCP initiator"
+    } else if e == EBUSY {
+        "the accelerator is adding another remote SSD; try again when that write returns"
     } else if e == ETIMEDOUT {
         "the accelerator did not answer Remote SSD Add in time"
     } else {
@@ -477,7 +479,9 @@ fn detach(state: &SsdState, inner: &mut SsdInner) -> Result {
         vendor::ssd_command(index, false, 0)
     };
     if let Err(e) = mgmt.vendor_command(sqe, Payload::None) {
-        let why = if e == EBUSY {
+        let why = if e == EBUSY && remote {
+            "a volume stores data on the SSD, or the accelerator is adding another remote SSD"
+        } else if e == EBUSY {
             "a volume stores data on the SSD"
         } else {
             "the accelerator refused to detach the SSD"

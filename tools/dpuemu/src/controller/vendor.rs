@@ -255,7 +255,7 @@ impl Controller {
                         "{}: Remote SSD Remove refused: a Remote SSD Add is running",
                         self.config.name
                     );
-                    return Err(Status::COMMAND_SEQUENCE_ERROR);
+                    return Err(vendor_status(vs::SSD_BUSY));
                 }
                 self.nvmf.remote_ssd_remove(sqe)
             }
@@ -267,7 +267,7 @@ impl Controller {
     /// connection timeout), fills the slot and posts the completion
     /// (`post_late_admin`). `Ok` means the command stays outstanding. One
     /// Add runs at a time: a second one, or a Remove, meanwhile ends with
-    /// Command Sequence Error.
+    /// SSD Busy (the host retries; `EBUSY` in configfs).
     pub(super) fn start_remote_ssd_add(&self, sqe: &SubmissionEntry) -> Result<(), Status> {
         let raw = self.raw_payload(sqe, VendorCommand::RemoteSsdAdd)?;
         let ctrl = self.this.upgrade().ok_or(Status::INTERNAL_ERROR)?;
@@ -276,7 +276,7 @@ impl Controller {
                 "{}: Remote SSD Add refused: another one is running",
                 self.config.name
             );
-            return Err(Status::COMMAND_SEQUENCE_ERROR);
+            return Err(vendor_status(vs::SSD_BUSY));
         }
         // Read on the register thread while the admin SQ is locked: a
         // reset that follows bumps it, whatever the thread below does.
