@@ -348,6 +348,12 @@ if [[ " $suites " == *" vm "* ]]; then
 			run_suite management 600 --accelerator --ssds 6 --ssd-size 512M -- \
 			test_load_unload test_configfs_root test_dpublk_kunit test_nvmf_tcp \
 			test_configfs_snapshot_ro test_thin_snapshot_clone test_protection_degraded
+		# The HA pair under Linux's native multipath: two SIGKILLs of the
+		# active, the ghost write, handover and failback (`make crash-ha
+		# N=50` is the campaign). Its own boot: native multipath needs the
+		# NVMe core loaded with multipath=Y, which the other boots' SSD
+		# functions under the stock nvme driver rule out.
+		DPUBLK_GUEST_ENV="HA_KILLS=2" run_suite ha 400 -- test_ha_failover
 		# One power cut, on a layout the seed picks, then the persistence
 		# runs. (Run side by side in two VM slots on 2026-12-04 they took
 		# 244 s together against 248 s one after the other: TCG guests
