@@ -122,22 +122,6 @@ expect() {
 }
 w() { echo "$2" >"$1"; } # w PATH VALUE: a raw write for expect
 
-# seeded PASS OFFSET_MIB SIZE_MIB SEED [fio options...]: a reproducible
-# write (or, with --verify_only=1, its check of every block).
-seeded() {
-	local out=$TEST_TMP/$1.json
-	fio --name="$1" --filename="$dev" --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k \
-		--iodepth=8 --offset="$2M" --size="$3M" --randseed="$4" --verify=crc32c --verify_fatal=1 \
-		--verify_state_save=0 --output-format=json --output="$out" "${@:5}" ||
-		{ sed 's/^/#   /' "$out" | tail -20; fail "fio $1 failed"; }
-	[ "$(jq '[.jobs[].error] | add' "$out")" = 0 ] || fail "fio $1 reported an error"
-	case " ${*:5} " in
-	*" --verify_only=1 "*)
-		[ "$(jq '[.jobs[].read.io_bytes] | add' "$out")" = $(($3 << 20)) ] ||
-			fail "fio $1 verified $(jq '[.jobs[].read.io_bytes] | add' "$out") bytes, not $3 MiB"
-		;;
-	esac
-}
 
 attach_ssd local 0
 R=$DPUBLK_CFS/ssds/shelf

@@ -228,7 +228,19 @@ impl Host {
     }
 
     /// Submits an admin command and returns its completion.
-    fn admin(&mut self, mut sqe: SubmissionEntry) -> CompletionEntry {
+    fn admin(&mut self, sqe: SubmissionEntry) -> CompletionEntry {
+        let cid = self.submit_admin(sqe);
+        // Most commands complete before the doorbell write returns; a
+        // scrub completes from its own thread.
+        let cqe = self.wait_admin(60);
+        assert_eq!(cqe.command_id(), cid);
+        assert_eq!(cqe.queue(), 0);
+        cqe
+    }
+
+    /// Submits an admin command without waiting for its completion;
+    /// returns its CID.
+    fn submit_admin(&mut self, mut sqe: SubmissionEntry) -> u16 {
         let cid = self.next_cid();
         sqe.set_cid(cid);
         Self::push(&self.mem, &mut self.asq, &sqe);
@@ -236,18 +248,29 @@ impl Host {
             regs::doorbell_offset(0, DoorbellKind::SubmissionTail, 0),
             self.asq.index,
         );
-        // Most commands complete before the doorbell write returns; a
-        // scrub completes from its own thread.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        cid
+    }
+
+    /// Waits up to `secs` for the next admin completion and consumes it:
+    /// spinning first (most completions are there already), then polling
+    /// every millisecond.
+    fn wait_admin(&mut self, secs: u64) -> CompletionEntry {
+        let start = std::time::Instant::now();
         let cqe = loop {
             if let Some(cqe) = Self::pop(&self.mem, &mut self.acq) {
                 break cqe;
             }
-            assert!(std::time::Instant::now() < deadline, "admin completion");
-            std::thread::yield_now();
+            let waited = start.elapsed();
+            assert!(
+                waited < std::time::Duration::from_secs(secs),
+                "admin completion"
+            );
+            if waited < std::time::Duration::from_millis(10) {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         };
-        assert_eq!(cqe.command_id(), cid);
-        assert_eq!(cqe.queue(), 0);
         self.write32(
             regs::doorbell_offset(0, DoorbellKind::CompletionHead, 0),
             self.acq.index,
@@ -1782,36 +1805,6 @@ fn remote_ssd_add(host: &Host, address: std::net::SocketAddr) -> SubmissionEntry
 const SHELF_NQN: &str = "nqn.2026-12.org.dpublk:ctrl-shelf";
 
 impl Host {
-    /// Submits an admin command without waiting for its completion;
-    /// returns its CID.
-    fn submit_admin(&mut self, mut sqe: SubmissionEntry) -> u16 {
-        let cid = self.next_cid();
-        sqe.set_cid(cid);
-        Self::push(&self.mem, &mut self.asq, &sqe);
-        self.write32(
-            regs::doorbell_offset(0, DoorbellKind::SubmissionTail, 0),
-            self.asq.index,
-        );
-        cid
-    }
-
-    /// Waits up to `secs` for the next admin completion.
-    fn wait_admin(&mut self, secs: u64) -> CompletionEntry {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-        let cqe = loop {
-            if let Some(cqe) = Self::pop(&self.mem, &mut self.acq) {
-                break cqe;
-            }
-            assert!(std::time::Instant::now() < deadline, "admin completion");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        };
-        self.write32(
-            regs::doorbell_offset(0, DoorbellKind::CompletionHead, 0),
-            self.acq.index,
-        );
-        cqe
-    }
-
     /// Waits until no Remote SSD Add runs any more.
     fn wait_remote_ssd_add(&self) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

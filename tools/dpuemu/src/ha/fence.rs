@@ -112,6 +112,21 @@ impl FenceRecord {
     }
 }
 
+/// Opens the SSD images at `paths` for reading and writing, naming the
+/// image in the error of one that cannot be opened.
+pub(super) fn open_images(paths: &[PathBuf]) -> io::Result<Vec<File>> {
+    paths
+        .iter()
+        .map(|p| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        })
+        .collect()
+}
+
 fn read_record(file: &File) -> io::Result<Option<FenceRecord>> {
     let mut b = [0u8; RECORD_BYTES];
     file.read_exact_at(&mut b, RECORD_OFFSET)?;
@@ -244,16 +259,7 @@ impl Fence {
     /// holds it); on `TimedOut` the records are already raised, so calling
     /// again later completes the fence. Returns the new generation.
     pub fn take(&self, paths: &[PathBuf], wait: Duration) -> io::Result<u64> {
-        let files = paths
-            .iter()
-            .map(|p| {
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(p)
-                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))
-            })
-            .collect::<io::Result<Vec<File>>>()?;
+        let files = open_images(paths)?;
         let mut highest = 0u64;
         for file in &files {
             // An undecodable record (a torn raise) counts as nothing: the

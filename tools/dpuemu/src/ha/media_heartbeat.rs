@@ -23,7 +23,7 @@
 //! | 40 | 20 | reserved (0) |
 //! | 60 | 4 | CRC32C of bytes 0..60 |
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -99,16 +99,7 @@ impl MediaHeartbeat {
     /// Opens the images at `paths` for a node whose role is `role` (which
     /// decides its slot; the peer's is the other one).
     pub fn open(node: &str, paths: &[PathBuf], role: Role) -> io::Result<Self> {
-        let files = paths
-            .iter()
-            .map(|p| {
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(p)
-                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))
-            })
-            .collect::<io::Result<Vec<File>>>()?;
+        let files = super::fence::open_images(paths)?;
         let own = slot_offset(role);
         let peer = slot_offset(match role {
             Role::Active => Role::Passive,

@@ -31,6 +31,34 @@ mod remote_ssd_fault_tests;
 mod remote_ssd_tests;
 mod volume_tests;
 
+/// An image file with 4 KiB logical blocks, as volumes are and as many
+/// NVMe SSDs and nvmet's file namespaces on most file systems are.
+struct FourKiB(crate::namespace::FileNamespace);
+
+impl Namespace for FourKiB {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn lba_shift(&self) -> u8 {
+        12
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write_at(offset, data)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.0.write_zeroes(offset, len)
+    }
+    fn deallocate(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.0.deallocate(offset, len)
+    }
+}
+
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-00000000aaaa";
 const OTHER_HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-00000000bbbb";
 const SUBSYSTEM: &str = "nqn.2026-12.org.dpublk:test";

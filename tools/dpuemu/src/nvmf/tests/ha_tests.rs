@@ -197,34 +197,6 @@ impl Host {
     }
 }
 
-/// A file in 4 KiB logical blocks, as volumes are (the stand-ins show
-/// that geometry).
-struct Volume4k(FileNamespace);
-
-impl Namespace for Volume4k {
-    fn size(&self) -> u64 {
-        self.0.size()
-    }
-    fn lba_shift(&self) -> u8 {
-        12
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.0.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.0.write_at(offset, data)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.0.write_zeroes(offset, len)
-    }
-    fn deallocate(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.0.deallocate(offset, len)
-    }
-}
-
 /// One 4 KiB block of I/O at `lba` (Read or Write).
 fn io_4k(io: &mut Host, opcode: u8, lba: u64, data: &[u8]) -> Completion {
     let mut sqe = SubmissionEntry::new(opcode, 0);
@@ -248,7 +220,7 @@ impl StandbyPath {
     fn new(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("dpuemu-nvmf-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let volume: Arc<dyn Namespace> = Arc::new(Volume4k(
+        let volume: Arc<dyn Namespace> = Arc::new(super::FourKiB(
             FileNamespace::open(&dir.join("db0.img"), Some(1 << 20)).expect("image"),
         ));
         let config = pair_config();
@@ -425,7 +397,7 @@ fn a_node_that_takes_over_tells_its_connected_hosts() {
         ),
     )
     .expect("ha config");
-    let volume: Arc<dyn Namespace> = Arc::new(Volume4k(
+    let volume: Arc<dyn Namespace> = Arc::new(super::FourKiB(
         FileNamespace::open(&dir.join("db0.img"), Some(1 << 20)).expect("image"),
     ));
     let mut runtime = crate::ha::HaRuntime::new(&ha, Some(&nvmf), false).expect("runtime");

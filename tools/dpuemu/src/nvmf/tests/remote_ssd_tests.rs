@@ -356,34 +356,6 @@ fn a_silent_remote_fails_its_member_after_the_timeout() {
     eprintln!("silent remote: the first write and flush took {took:?}");
 }
 
-/// An image file with 4 KiB logical blocks, as many NVMe SSDs and nvmet's
-/// file namespaces on most file systems are.
-struct FourKiB(crate::namespace::FileNamespace);
-
-impl Namespace for FourKiB {
-    fn size(&self) -> u64 {
-        self.0.size()
-    }
-    fn lba_shift(&self) -> u8 {
-        12
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.0.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.0.write_at(offset, data)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.0.write_zeroes(offset, len)
-    }
-    fn deallocate(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.0.deallocate(offset, len)
-    }
-}
-
 struct OneVolume(Arc<dyn Namespace>);
 
 impl crate::nvmf::target::VolumeLookup for OneVolume {
@@ -406,7 +378,7 @@ fn a_remote_ssd_of_4k_blocks_takes_any_byte_range() {
     );
     let config = config::parse(&text).expect("config");
     let claimed = crate::nvmf::claim_ssds(&config, &[]).expect("claim");
-    let lookup = OneVolume(Arc::new(FourKiB(image)));
+    let lookup = OneVolume(Arc::new(super::FourKiB(image)));
     let target = Target::start_with(&config, &claimed, &lookup).expect("4 KiB target");
     let spec = shelf_spec(target.ports()[0].address);
     let remote = RemoteSsd::connect("shelf4k", spec, RemoteSsdPolicy::default()).expect("remote");
