@@ -17,8 +17,12 @@ pub(crate) type Refusal = &'static str;
 
 /// The value without its one optional trailing newline.
 pub(crate) fn value(page: &[u8]) -> Result<&[u8], Refusal> {
-    value_within(page, 256)
+    value_within(page, MAX_VALUE)
 }
+
+/// The longest value of an attribute, but for a remote SSD's `device`
+/// ([`MAX_DEVICE`]).
+pub(crate) const MAX_VALUE: usize = 256;
 
 /// [`value`] for attributes whose values can be longer (at most `max`
 /// bytes): an SSD handle's `device` may hold a 223-byte NQN.

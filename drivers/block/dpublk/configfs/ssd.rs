@@ -592,6 +592,11 @@ ssd_attribute!(0,
         if parse::is_remote(text) {
             return store_remote(s, text);
         }
+        // A local SSD's PCI address or serial number is short; only a
+        // remote namespace needs `MAX_DEVICE`.
+        if text.len() > parse::MAX_VALUE {
+            return report("ssds", &s.name, "device", "value too long", EINVAL);
+        }
         // Finding the SSD may ask the accelerator (a serial number): no
         // lock is held meanwhile.
         let (function, index) = match resolve(text) {
